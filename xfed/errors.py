@@ -1,0 +1,39 @@
+"""The exception types xfed raises for user-facing problems: each carries a one-line message."""
+
+
+class XfedError(Exception):
+    """Base: the CLI prints `str(err)` on one line and exits 2 (no traceback)."""
+
+    exit_code = 2
+
+
+class ConfigError(XfedError):
+    """A config file is malformed, incomplete or inconsistent (message names file, stage, key)."""
+
+
+class BrokerError(XfedError):
+    """Redis unreachable, or a broker operation failed (message names the address / key)."""
+
+
+class FrameError(XfedError):
+    """A message read from Redis is malformed, truncated, oversized, forged or of the wrong type."""
+
+
+class ChannelTimeout(BrokerError):
+    """A peer did not answer in time (message names the nodes that did not answer)."""
+
+
+class JobError(XfedError):
+    """A job failed or was refused (message names the node and the reason)."""
+
+
+class ModelError(XfedError):
+    """A model folder, weight file, tokenizer or adapter could not be loaded (names file and key)."""
+
+
+class PreflightError(JobError):
+    """Parties disagree on base model, tokenizer, peft config or schedule."""
+
+
+class SecurityError(XfedError):
+    """A signature, key or identity check failed."""
