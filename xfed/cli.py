@@ -1,0 +1,97 @@
+"""Command line: XFL's role flags (-s, -t NODE, -a, -c VERB) plus `convert` and `keygen`.
+
+Each role lives in its own package; this module only parses arguments, dispatches lazily
+(so `-c validate` never imports torch), and turns XfedError into one line + exit code 2.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from xfed.errors import XfedError
+
+CLIENT_VERBS = ("start", "stop", "status", "list", "nodes", "validate")
+TOOLS = ("convert", "keygen")
+
+
+def _default_config_path() -> str:
+    return os.environ.get("XFED_CONFIG_PATH") or "./config"
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=(
+        "Roles: -s scheduler, -t NODE_ID trainer (label_trainer), -a assist trainer, "
+        "-c VERB client with VERB in start|stop|status|list|nodes|validate. "
+        "Tools: `xfed convert SRC DST` writes a native copy of a THUDM ChatGLM folder; "
+        "`xfed keygen NODE` makes an Ed25519 identity key pair for a node."
+    ),
+)
+@click.option("-s", "--scheduler", is_flag=True, help="Run the scheduler daemon.")
+@click.option("-t", "--trainer", "trainer", metavar="NODE_ID", help="Run the trainer (label_trainer) daemon NODE_ID.")
+@click.option("-a", "--assist_trainer", is_flag=True, help="Run the assist trainer (aggregator) daemon.")
+@click.option("-c", "--client", "client", type=click.Choice(CLIENT_VERBS), metavar="VERB",
+              help="Client verb: start | stop [JOB] | status [JOB] | list | nodes | validate.")
+@click.option("--config_path", "--config-path", "config_path", default=_default_config_path,
+              show_default="$XFED_CONFIG_PATH or ./config", help="Folder with fed_conf.json and trainer_config_*.json.")
+@click.option("--bar", is_flag=True, help="Show a progress bar (client start --follow / status).")
+@click.option("--follow", is_flag=True, help="start: stream progress until the job ends; exit 0 on success, 1 otherwise.")
+@click.option("--wait-nodes", "wait_nodes", type=float, default=0.0, metavar="SECONDS",
+              help="start: wait up to SECONDS for every participant to be alive.")
+@click.option("--resume", "resume", metavar="JOB", default=None, help="start: resume a FAILED/STOPPED job from its last round.")
+@click.option("--schema", is_flag=True, help="validate: print the JSON schema of the config files.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output where supported.")
+@click.option("--out", "out_dir", default=None, help="keygen: folder for the key files.")
+@click.argument("args", nargs=-1)
+def main(scheduler, trainer, assist_trainer, client, config_path, bar, follow, wait_nodes, resume, schema,
+         as_json, out_dir, args):
+    """xfed: federated LoRA / P-tuning v2 fine-tuning of ChatGLM-family models over Redis."""
+    roles = [r for r in (scheduler, trainer, assist_trainer, client) if r]
+    try:
+        if len(roles) > 1:
+            raise XfedError("choose one role: -s, -t NODE_ID, -a or -c VERB")
+        if not roles:
+            if args and args[0] in TOOLS:
+                return _tool(args[0], list(args[1:]), config_path=config_path, out_dir=out_dir)
+            click.echo(click.get_current_context().get_help())
+            sys.exit(2)
+        if scheduler:
+            from xfed.scheduler.main import run_scheduler
+            return run_scheduler(config_path)
+        if trainer:
+            from xfed.node.main import run_node
+            return run_node(config_path, node_id=trainer, assist=False)
+        if assist_trainer:
+            from xfed.node.main import run_node
+            return run_node(config_path, node_id=None, assist=True)
+        if client == "validate":
+            from xfed.config.validate import validate_command
+            sys.exit(validate_command(config_path, schema=schema))
+        from xfed.client import run_client
+        sys.exit(run_client(client, config_path, list(args), bar=bar, follow=follow,
+                            wait_nodes=wait_nodes, resume=resume, as_json=as_json) or 0)
+    except XfedError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _tool(name: str, args: list[str], *, config_path: str, out_dir: str | None):
+    if name == "convert":
+        if len(args) != 2:
+            raise XfedError("usage: xfed convert SRC DST")
+        from xfed.models.convert import convert_command
+        return convert_command(args[0], args[1])
+    if name == "keygen":
+        if len(args) != 1:
+            raise XfedError("usage: xfed keygen NODE [--out DIR]")
+        from xfed.security.keygen import keygen_command
+        return keygen_command(args[0], out_dir=out_dir or config_path)
+    raise XfedError(f"unknown tool {name!r}")
+
+
+if __name__ == "__main__":
+    main()
