@@ -1,0 +1,18 @@
+"""Node identities: Ed25519 keys pinned in fed_conf.json that authenticate the Diffie-Hellman exchange."""
+from xfed.security.identity import (
+    IdentityKey,
+    dh_transcript,
+    load_private_key,
+    public_key_hex,
+    sign_dh_public,
+    verify_dh_public,
+)
+
+__all__ = [
+    "IdentityKey",
+    "dh_transcript",
+    "load_private_key",
+    "public_key_hex",
+    "sign_dh_public",
+    "verify_dh_public",
+]

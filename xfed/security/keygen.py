@@ -1,0 +1,16 @@
+"""`xfed keygen NODE`: make a node's Ed25519 identity key and print the line to pin in fed_conf.json."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from xfed.security.identity import default_key_path, generate, write_private_key
+
+
+def keygen_command(node_id: str, *, out_dir: str) -> None:
+    key = generate(node_id)
+    path = write_private_key(key, default_key_path(out_dir, node_id))
+    click.echo(f"private key: {path} (keep it on {node_id}'s machine only)")
+    click.echo('pin the public key in every party\'s fed_conf.json under "identities":')
+    click.echo(json.dumps({node_id: key.public_hex}))
