@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from xfed.errors import ConfigError, SecurityError
-from xfed.security.identity import generate, load_private_key, sign_dh_public, verify_dh_public, write_private_key
+from xfed.security.identity import (
+    generate,
+    load_private_key,
+    sign_dh_public,
+    verify_dh_public,
+    write_private_key,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 FIELDS = dict(session="7/0/1", receiver="node-2", group_bits=3072, value=2**3000 + 12345)
