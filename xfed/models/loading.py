@@ -1,0 +1,148 @@
+"""load_pretrained: any supported local model folder -> (transformers causal LM, tokenizer).
+
+Never runs Python shipped inside a model folder (no trust_remote_code) and never downloads
+(local_files_only): THUDM ChatGLM folders are loaded by xfed's own code, everything else
+through transformers' Auto classes.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xfed.errors import ModelError
+from xfed.models.checkpoint import has_weights
+from xfed.models.family import detect_family, read_config
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    """torch dtype from a dtype, a name ('float16', 'bf16' …) or None (float32: weights on disk are cast)."""
+    if dtype is None or dtype == "auto":
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise ModelError(f"dtype {dtype!r} not supported (use one of {', '.join(sorted(_DTYPES))})")
+    return _DTYPES[key]
+
+
+def load_pretrained(path: str | Path, *, dtype: torch.dtype | str | None = None, device: Any = None,
+                    allow_random_init: bool = False):
+    """(model, tokenizer) for a local folder: ChatGLM-6B, ChatGLM2/3-6B (as GlmForCausalLM) or any
+    folder AutoModelForCausalLM loads natively. A folder without weights is a ModelError unless
+    `allow_random_init`. Weights are cast to `dtype` (default float32)."""
+    folder = Path(path).expanduser()
+    family = detect_family(folder)
+    cfg = read_config(folder)
+    torch_dtype = resolve_dtype(dtype)
+    if family == "chatglm":
+        return _load_v1(folder, torch_dtype, device, allow_random_init)
+    if family in ("chatglm2", "chatglm3") and cfg.get("model_type") == "chatglm":
+        from xfed.models.chatglm3.loader import load_thudm_v2
+        return load_thudm_v2(folder, cfg, family, dtype=torch_dtype, device=device,
+                             allow_random_init=allow_random_init)
+    model = _load_native_model(folder, torch_dtype, device, allow_random_init)
+    if family in ("chatglm2", "chatglm3"):
+        from xfed.models.chatglm3.loader import load_tokenizer
+        from xfed.models.chatglm3.semantics import install_thudm_semantics
+        install_thudm_semantics(model)
+        return model, load_tokenizer(folder, family)
+    return model, _load_native_tokenizer(folder)
+
+
+def _load_v1(folder: Path, dtype: torch.dtype, device: Any, allow_random_init: bool):
+    try:
+        from xfed.models.chatglm import from_thudm_folder
+    except ImportError as err:
+        raise ModelError(f"{folder}: ChatGLM-6B (v1) support is not available in this build ({err})") from None
+    params = inspect.signature(from_thudm_folder).parameters
+    kwargs: dict[str, Any] = {"dtype": dtype, "device": device}
+    if "allow_random_init" in params:
+        kwargs["allow_random_init"] = allow_random_init
+    elif not has_weights(folder):
+        raise ModelError(f"{folder}: no weights (pytorch_model.bin, shards with an index, or model.safetensors)")
+    return from_thudm_folder(folder, **kwargs)
+
+
+def _load_native_model(folder: Path, dtype: torch.dtype, device: Any, allow_random_init: bool):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except (ValueError, KeyError, OSError) as err:
+        raise ModelError(f"{folder / 'config.json'}: transformers cannot load this config without remote code "
+                         f"({_one_line(err)})") from None
+    if not has_weights(folder):
+        if not allow_random_init:
+            raise ModelError(f"{folder}: no weights (model.safetensors, pytorch_model.bin or a shard index); "
+                             "pass allow_random_init=True for a random model")
+        log.warning("%s: no weights, initialising %s randomly", folder, config.model_type)
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
+        except ValueError as err:
+            raise ModelError(f"{folder / 'config.json'}: not a causal LM transformers knows ({_one_line(err)})") \
+                from None
+    else:
+        try:
+            model, info = AutoModelForCausalLM.from_pretrained(
+                folder, config=config, dtype=dtype, local_files_only=True, trust_remote_code=False,
+                output_loading_info=True)
+        except ValueError as err:
+            raise ModelError(f"{folder / 'config.json'}: not a causal LM transformers knows ({_one_line(err)})") \
+                from None
+        except (OSError, RuntimeError) as err:
+            raise ModelError(f"{folder}: weights could not be loaded ({_one_line(err)})") from None
+        _check_loading_info(folder, info)
+    if device is not None:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def _check_loading_info(folder: Path, info: dict[str, Any]) -> None:
+    files = ", ".join(p.name for p in _weight_names(folder))
+    for kind, label in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
+                        ("mismatched_keys", "with the wrong shape")):
+        keys = sorted(info.get(kind) or [])
+        if keys:
+            first = keys[0]
+            if isinstance(first, tuple):
+                name, got, want = (list(first) + [None, None])[:3]
+                raise ModelError(f"{folder / files}: weight {name!r} {label}: {tuple(got or ())} in the file, "
+                                 f"{tuple(want or ())} expected")
+            raise ModelError(f"{folder / files}: weight {first!r} {label} ({len(keys)} in all)")
+
+
+def _weight_names(folder: Path) -> list[Path]:
+    from xfed.models.checkpoint import weight_files
+    return weight_files(folder)[:1] or [Path("weights")]
+
+
+def _load_native_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    import xfed.models.chatglm3.tokenization  # noqa: F401  (registers ChatGLM3Tokenizer for saved copies)
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
+    except (ValueError, OSError, KeyError, TypeError, AttributeError, ImportError) as err:
+        raise ModelError(f"{folder}: no usable tokenizer files (tokenizer.json / tokenizer_config.json …): "
+                         f"{_one_line(err)}") from None
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+        log.info("%s: tokenizer has no pad token; padding with eos %r", folder, tok.eos_token)
+    return tok
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:240] + ("…" if len(text) > 240 else "")
