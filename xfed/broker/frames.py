@@ -1,0 +1,338 @@
+"""Wire format of data-plane messages: a JSON header plus tensors as safetensors bytes; strict decoding.
+
+A frame is::
+
+    b"XFD1" | u32 LE header length H | H bytes of JSON header (space padded) | safetensors payload
+
+and the payload is standard safetensors (u64 LE length N, N bytes of JSON, then the raw little-endian
+data), so ``safetensors.numpy.load(payload)`` reads it too. Tensors are laid out by decreasing item
+size and both JSON parts are padded, so every array starts at an offset that is a multiple of its
+item size: decoding is zero-copy (`np.frombuffer`) and the arrays are aligned.
+
+Decoding trusts nothing: it checks the total size against a limit before looking inside, every
+header field's type and range, that the safetensors index exactly tiles the data (no holes, no
+overlap, sizes match dtype x shape, computed in Python ints so a forged shape cannot overflow),
+and allocates nothing that the buffer's real length does not already back. Every failure is a
+`FrameError` naming the sender/channel when it is known. Nothing is ever unpickled or evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from xfed.errors import FrameError
+
+MAGIC = b"XFD1"
+VERSION = 1
+DEFAULT_MAX_FRAME_BYTES = 4 << 30
+MAX_HEADER_BYTES = 1 << 20          # JSON header incl. meta
+MAX_CONTROL_BYTES = 1 << 20
+MAX_TENSORS = 65536
+MAX_NDIM = 16
+MAX_NAME_CHARS = 512
+MAX_JSON_DEPTH = 32
+KINDS = ("tensors", "control")
+
+# safetensors dtype names <-> numpy (little endian)
+_ST_TO_NP = {
+    "BOOL": np.dtype("?"), "U8": np.dtype("u1"), "I8": np.dtype("i1"), "U16": np.dtype("<u2"),
+    "I16": np.dtype("<i2"), "U32": np.dtype("<u4"), "I32": np.dtype("<i4"), "U64": np.dtype("<u8"),
+    "I64": np.dtype("<i8"), "F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8"),
+}
+_NP_TO_ST = {(dt.kind, dt.itemsize): name for name, dt in _ST_TO_NP.items()}
+SUPPORTED_DTYPES = tuple(_ST_TO_NP)
+
+_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_CHANNEL_RE = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
+_MAX_INT = 1 << 53
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """Who sent what to whom: checked against what the receiving channel expects."""
+
+    sender: str
+    receiver: str
+    job: str
+    stage: int
+    channel: str
+    seq: int
+    attempt: int = 0
+    kind: str = "tensors"
+
+
+@dataclass
+class Frame:
+    header: FrameHeader
+    meta: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+# --- encoding ----------------------------------------------------------------------------------------
+
+def _pad_json(obj: Any, prefix_len: int) -> bytes:
+    raw = json.dumps(obj, separators=(",", ":"), allow_nan=False, ensure_ascii=False).encode("utf-8")
+    pad = (-(prefix_len + len(raw))) % 8
+    return raw + b" " * pad
+
+
+def as_wire_array(name: str, value: Any) -> np.ndarray:
+    """`value` as a C-contiguous little-endian array of a supported dtype (no copy when it already is)."""
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS or name == "__metadata__":
+        raise FrameError(f"tensor name {name!r} is not a 1-{MAX_NAME_CHARS} character string")
+    arr = np.asarray(value)
+    key = (arr.dtype.kind, arr.dtype.itemsize)
+    if key not in _NP_TO_ST:
+        raise FrameError(f"tensor {name!r}: dtype {arr.dtype} is not one of {', '.join(SUPPORTED_DTYPES)}")
+    if arr.ndim > MAX_NDIM:
+        raise FrameError(f"tensor {name!r}: {arr.ndim} dimensions (at most {MAX_NDIM})")
+    wire = _ST_TO_NP[_NP_TO_ST[key]]
+    return np.asarray(arr, dtype=wire, order="C")  # ascontiguousarray would turn 0-d into 1-d
+
+
+def encode_safetensors_parts(tensors: Mapping[str, Any], prefix_len: int = 0) -> tuple[list, int]:
+    """(buffers, total length) of a safetensors payload; buffers are zero-copy views of the arrays.
+
+    `prefix_len` is where the payload will start in the final buffer (for alignment padding).
+    """
+    if len(tensors) > MAX_TENSORS:
+        raise FrameError(f"{len(tensors)} tensors in one frame (at most {MAX_TENSORS})")
+    arrays = {name: as_wire_array(name, value) for name, value in tensors.items()}
+    # decreasing item size keeps every tensor aligned to its item size without holes
+    order = sorted(arrays, key=lambda n: -arrays[n].dtype.itemsize)
+    offsets: dict[str, list[int]] = {}
+    pos = 0
+    for name in order:
+        offsets[name] = [pos, pos + arrays[name].nbytes]
+        pos += arrays[name].nbytes
+    index = {name: {"dtype": _NP_TO_ST[(a.dtype.kind, a.dtype.itemsize)], "shape": list(a.shape),
+                    "data_offsets": offsets[name]} for name, a in arrays.items()}
+    head = _pad_json(index, prefix_len + 8)
+    parts: list = [struct.pack("<Q", len(head)), head]
+    parts += [memoryview(arrays[n]).cast("B") for n in order if arrays[n].nbytes]
+    return parts, 8 + len(head) + pos
+
+
+def encode_frame_parts(header: FrameHeader, tensors: Mapping[str, Any] | None = None,
+                       meta: Mapping[str, Any] | None = None) -> tuple[list, int]:
+    """(buffers, total length) of a frame, without joining the tensor data (callers chunk it)."""
+    tensors = tensors or {}
+    kind = "tensors" if tensors else "control"
+    payload, payload_len = encode_safetensors_parts(tensors, 0) if tensors else ([], 0)
+    head = {"v": VERSION, "kind": kind, "sender": header.sender, "receiver": header.receiver,
+            "job": header.job, "stage": header.stage, "attempt": header.attempt, "channel": header.channel,
+            "seq": header.seq, "meta": dict(meta or {}), "payload_bytes": payload_len}
+    try:
+        head_bytes = _pad_json(head, 8)
+    except (TypeError, ValueError) as exc:
+        raise FrameError(f"channel {header.channel!r}: meta is not plain JSON ({exc})") from None
+    if len(head_bytes) > MAX_HEADER_BYTES:
+        raise FrameError(f"channel {header.channel!r}: header of {len(head_bytes)} bytes "
+                         f"(meta too large, at most {MAX_HEADER_BYTES})")
+    _check_header(head, f"frame to {header.receiver}")  # refuse to send what the peer would refuse
+    # the prefix is padded to a multiple of 8, so the payload (padded for offset 0) stays aligned
+    prefix = MAGIC + struct.pack("<I", len(head_bytes)) + head_bytes
+    return [prefix, *payload], len(prefix) + payload_len
+
+
+def encode_frame(header: FrameHeader, tensors: Mapping[str, Any] | None = None,
+                 meta: Mapping[str, Any] | None = None) -> bytes:
+    parts, _ = encode_frame_parts(header, tensors, meta)
+    return b"".join(parts)
+
+
+def encode_control(message: Mapping[str, Any]) -> bytes:
+    """A control message (requests, commands, events, DH public values) as compact JSON."""
+    try:
+        raw = json.dumps(dict(message), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise FrameError(f"control message is not plain JSON: {exc}") from None
+    data = raw.encode("utf-8")
+    if len(data) > MAX_CONTROL_BYTES:
+        raise FrameError(f"control message of {len(data)} bytes (at most {MAX_CONTROL_BYTES})")
+    return data
+
+
+# --- decoding ----------------------------------------------------------------------------------------
+
+def _reject_constant(value: str) -> Any:
+    raise ValueError(f"{value} is not allowed")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _depth(obj: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """Nesting depth, iteratively (no recursion on hostile input)."""
+    stack, deepest = [(obj, 1)], 0
+    while stack:
+        node, d = stack.pop()
+        if d > limit:
+            return d
+        deepest = max(deepest, d)
+        if isinstance(node, dict):
+            stack.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, d + 1) for v in node)
+    return deepest
+
+
+def parse_json(data: bytes | bytearray | memoryview, what: str) -> Any:
+    """Strict JSON: UTF-8, no NaN/Infinity, no duplicate keys, bounded depth; FrameError otherwise."""
+    try:
+        obj = json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant,
+                         object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError, UnicodeDecodeError, TypeError) as exc:
+        raise FrameError(f"{what}: not valid JSON ({str(exc)[:120]})") from None
+    if _depth(obj) > MAX_JSON_DEPTH:
+        raise FrameError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH}")
+    return obj
+
+
+def decode_control(data: bytes | bytearray | memoryview, *, max_bytes: int = MAX_CONTROL_BYTES,
+                   what: str = "control message") -> dict[str, Any]:
+    """A JSON object from `data` (FrameError if oversized, not UTF-8 JSON, or not an object)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise FrameError(f"{what}: expected bytes, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise FrameError(f"{what}: {len(data)} bytes (at most {max_bytes})")
+    obj = parse_json(data, what)
+    if not isinstance(obj, dict):
+        raise FrameError(f"{what}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _is_int(v: Any, lo: int = 0, hi: int = _MAX_INT) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v < hi
+
+
+_HEADER_KEYS = {"v", "kind", "sender", "receiver", "job", "stage", "attempt", "channel", "seq", "meta",
+                "payload_bytes"}
+
+
+def _check_header(head: Any, what: str) -> FrameHeader:
+    if not isinstance(head, dict):
+        raise FrameError(f"{what}: header is not a JSON object")
+    if set(head) != _HEADER_KEYS:
+        missing, extra = sorted(_HEADER_KEYS - set(head)), sorted(set(head) - _HEADER_KEYS)
+        raise FrameError(f"{what}: header fields missing {missing} / unexpected {extra[:5]}")
+    if head["v"] != VERSION or isinstance(head["v"], bool):
+        raise FrameError(f"{what}: frame version {head['v']!r}, this xfed reads version {VERSION}")
+    if head["kind"] not in KINDS:
+        raise FrameError(f"{what}: kind {head['kind']!r} is not one of {KINDS}")
+    for name in ("sender", "receiver", "job"):
+        if not isinstance(head[name], str) or not _ID_RE.match(head[name]):
+            raise FrameError(f"{what}: bad {name} {str(head[name])[:70]!r}")
+    if not isinstance(head["channel"], str) or not _CHANNEL_RE.match(head["channel"]):
+        raise FrameError(f"{what}: bad channel {str(head['channel'])[:70]!r}")
+    for name in ("stage", "attempt", "seq", "payload_bytes"):
+        if not _is_int(head[name]):
+            raise FrameError(f"{what}: {name} {str(head[name])[:30]!r} is not a non-negative integer")
+    if not isinstance(head["meta"], dict):
+        raise FrameError(f"{what}: meta is not a JSON object")
+    if head["kind"] == "control" and head["payload_bytes"]:
+        raise FrameError(f"{what}: a control frame carries {head['payload_bytes']} payload bytes")
+    return FrameHeader(sender=head["sender"], receiver=head["receiver"], job=head["job"], stage=head["stage"],
+                       channel=head["channel"], seq=head["seq"], attempt=head["attempt"], kind=head["kind"])
+
+
+def decode_safetensors(buf: bytes | bytearray | memoryview, offset: int, length: int,
+                       what: str) -> dict[str, np.ndarray]:
+    """Tensors from the safetensors bytes at buf[offset:offset+length], zero-copy, fully validated."""
+    if length < 8:
+        raise FrameError(f"{what}: safetensors payload of {length} bytes is truncated")
+    (n,) = struct.unpack_from("<Q", buf, offset)
+    if n > min(length - 8, MAX_HEADER_BYTES + 8 * MAX_TENSORS * 64):
+        raise FrameError(f"{what}: safetensors header claims {n} bytes, payload has {length - 8}")
+    index = parse_json(memoryview(buf)[offset + 8: offset + 8 + n], f"{what}: safetensors header")
+    if not isinstance(index, dict):
+        raise FrameError(f"{what}: safetensors header is not a JSON object")
+    index.pop("__metadata__", None)
+    if len(index) > MAX_TENSORS:
+        raise FrameError(f"{what}: {len(index)} tensors (at most {MAX_TENSORS})")
+    data_start, data_len = offset + 8 + n, length - 8 - n
+    spans = []
+    specs = []
+    for name, spec in index.items():
+        if not 0 < len(name) <= MAX_NAME_CHARS:
+            raise FrameError(f"{what}: tensor name of {len(name)} characters")
+        if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
+            raise FrameError(f"{what}: tensor {name[:60]!r}: entry must have dtype, shape, data_offsets")
+        dtype = _ST_TO_NP.get(spec["dtype"]) if isinstance(spec["dtype"], str) else None
+        if dtype is None:
+            raise FrameError(f"{what}: tensor {name[:60]!r}: dtype {str(spec['dtype'])[:20]!r} not supported")
+        shape, offs = spec["shape"], spec["data_offsets"]
+        if (not isinstance(shape, list) or len(shape) > MAX_NDIM
+                or not all(_is_int(d, 0, 1 << 40) for d in shape)):
+            raise FrameError(f"{what}: tensor {name[:60]!r}: bad shape {str(shape)[:60]}")
+        if not isinstance(offs, list) or len(offs) != 2 or not all(_is_int(o, 0, 1 << 62) for o in offs):
+            raise FrameError(f"{what}: tensor {name[:60]!r}: bad data_offsets {str(offs)[:60]}")
+        nbytes = math.prod(shape) * dtype.itemsize  # Python ints: a forged shape cannot overflow
+        if offs[1] - offs[0] != nbytes or offs[1] > data_len:
+            raise FrameError(f"{what}: tensor {name[:60]!r}: {offs[1] - offs[0]} bytes at {offs} but "
+                             f"{spec['dtype']}{shape} needs {nbytes} of the {data_len} present")
+        spans.append((offs[0], offs[1]))
+        specs.append((name, dtype, shape, offs[0]))
+    pos = 0
+    for begin, end in sorted(spans):
+        if begin != pos:
+            raise FrameError(f"{what}: safetensors data has a hole or overlap at byte {pos}")
+        pos = end
+    if pos != data_len:
+        raise FrameError(f"{what}: safetensors data is {data_len} bytes, the index covers {pos}")
+    out: dict[str, np.ndarray] = {}
+    for name, dtype, shape, begin in specs:
+        count = math.prod(shape)
+        arr = np.frombuffer(buf, dtype=dtype, count=count, offset=data_start + begin) if count else \
+            np.empty(0, dtype=dtype)
+        out[name] = arr.reshape(shape)
+    return out
+
+
+def decode_frame(buf: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 expect: FrameHeader | None = None) -> Frame:
+    """Parse and validate one frame; with `expect`, sender/receiver/job/stage/attempt/channel must match.
+
+    Arrays are views into `buf` (writable when `buf` is a bytearray). Raises FrameError only.
+    """
+    what = f"frame from {expect.sender} on {expect.channel!r}" if expect else "frame"
+    if not isinstance(buf, (bytes, bytearray, memoryview)):
+        raise FrameError(f"{what}: expected bytes, got {type(buf).__name__}")
+    if isinstance(buf, memoryview) and (buf.ndim != 1 or buf.itemsize != 1):
+        buf = buf.cast("B")
+    size = len(buf)
+    if size > max_bytes:
+        raise FrameError(f"{what}: {size} bytes exceeds the limit of {max_bytes}")
+    if size < 8 or bytes(buf[:4]) != MAGIC:
+        raise FrameError(f"{what}: not an xfed frame (bad magic or truncated)")
+    (h,) = struct.unpack_from("<I", buf, 4)
+    if h > min(size - 8, MAX_HEADER_BYTES):
+        raise FrameError(f"{what}: header claims {h} bytes, frame has {size - 8}")
+    head = parse_json(memoryview(buf)[8: 8 + h], f"{what}: header")
+    header = _check_header(head, what)
+    if header.kind == "tensors" or head["payload_bytes"]:
+        if head["payload_bytes"] != size - 8 - h:
+            raise FrameError(f"{what}: header says {head['payload_bytes']} payload bytes, "
+                             f"{size - 8 - h} arrived (truncated or padded)")
+    elif size != 8 + h:
+        raise FrameError(f"{what}: {size - 8 - h} stray bytes after a control frame")
+    if expect is not None:
+        for name in ("sender", "receiver", "job", "stage", "attempt", "channel"):
+            if getattr(header, name) != getattr(expect, name):
+                raise FrameError(f"{what}: {name} is {getattr(header, name)!r}, expected "
+                                 f"{getattr(expect, name)!r} (misrouted or forged)")
+    tensors = decode_safetensors(buf, 8 + h, size - 8 - h, what) if header.kind == "tensors" else {}
+    return Frame(header=header, meta=head["meta"], tensors=tensors)
