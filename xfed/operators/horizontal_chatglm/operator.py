@@ -1,0 +1,252 @@
+"""`run(ctx)`: one stage of federated LoRA / P-tuning v2 on one node (label trainer or assist trainer).
+
+Order of a job: authoritative params (assist → trainers, conflicts reported key by key) →
+local set-up → preflight (fingerprints + step counts → number of rounds, or a diff table) →
+aggregation set-up (DH for otp) → the assist trainer's initial adapter → rounds → final/.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from xfed.errors import ConfigError, JobError, XfedError
+
+from . import protocol
+from .adapter_state import extract_trainable, load_trainable, save_adapter
+from .metrics import MetricsLog
+from .party import (
+    PartyData,
+    build_adapter,
+    fingerprints,
+    load_base_model,
+    load_party_data,
+    set_threads,
+)
+from .preflight import authoritative_params, compare_fingerprints, format_conflicts
+from .rounds import Evaluator, FederatedCallback, RoundRunner
+from .schedule import count_rounds, party_schedule
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: Any) -> dict[str, Any]:
+    """Run this node's part of the stage; returns a small JSON-able summary."""
+    set_threads()
+    if ctx.identity == "assist_trainer":
+        return _Assist(ctx).run()
+    if ctx.identity == "label_trainer":
+        return _Label(ctx).run()
+    raise ConfigError(f"{ctx.node_id}: identity {ctx.identity!r} is not label_trainer or assist_trainer")
+
+
+def _own_params(ctx: Any) -> dict[str, Any]:
+    params = ctx.stage.train_info.train_params
+    return dict(params.model_dump(exclude_unset=True) if hasattr(params, "model_dump") else params or {})
+
+
+def _warn(ctx: Any, message: str) -> None:
+    log.warning(message)
+    ctx.report("warning", {"message": message})
+
+
+def _encryption(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    encryption = params.get("encryption") or {"plain": {}}
+    kinds = [k for k in ("otp", "plain") if k in encryption]
+    if len(kinds) != 1:
+        raise ConfigError(f"train_params.encryption: exactly one of otp, plain is required, got {sorted(encryption)}")
+    return kinds[0], encryption
+
+
+def _output_dir(ctx: Any) -> Path:
+    """output.path with [JOB_ID] / [NODE_ID] / [STAGE_ID] filled in."""
+    output = getattr(ctx.stage, "output", None)
+    path = str(getattr(output, "path", "") or "")
+    if not path:
+        raise ConfigError(f"{ctx.node_id}: output.path: required (where adapters and metrics.json go)")
+    for placeholder, value in (("[JOB_ID]", ctx.job_id), ("[NODE_ID]", ctx.node_id), ("[STAGE_ID]", ctx.stage_id)):
+        path = path.replace(placeholder, str(value))
+    return Path(path)
+
+
+def _agg_steps(params: dict[str, Any]) -> Any:
+    return (params.get("aggregation") or {}).get("agg_steps", 1.0)
+
+
+class _Party:
+    """What both roles share: local set-up, outputs, and the round loop around the Trainer."""
+
+    def __init__(self, ctx: Any):
+        self.ctx = ctx
+        self.node = ctx.node_id
+        self.own = _own_params(ctx)
+        self.warnings: list[str] = []
+
+    # -- local set-up ---------------------------------------------------------------------------
+    def setup(self, params: dict[str, Any]) -> None:
+        from .training import build_trainer, count_optimizer_steps, training_arguments
+
+        self.params = params
+        trainer_params = dict(params.get("trainer") or {})
+        self.output_dir = _output_dir(self.ctx)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        args = training_arguments(trainer_params, self.ctx.work_dir / "trainer")
+        self.model, self.tokenizer, self.model_dir = load_base_model(self.ctx.stage, args.use_cpu)
+        self.peft_model = build_adapter(self.model, params, self.ctx.stage, args.seed)
+        self.data: PartyData | None = load_party_data(self.ctx.stage, params, self.tokenizer, self.peft_model)
+        self.trainer = None
+        self.total_steps = 0
+        if self.data is not None:
+            self.trainer = build_trainer(self.peft_model, args, self.data.train, self.data.collator, callbacks=[])
+            self.total_steps = count_optimizer_steps(self.trainer)
+        self.fingerprints = fingerprints(self.model_dir, self.tokenizer, self.peft_model, params)
+        self.weighting = (params.get("aggregation") or {}).get("weighting", "num_examples")
+        if self.weighting not in ("num_examples", "uniform"):
+            raise ConfigError(f"train_params.aggregation.weighting: expected num_examples or uniform, got {self.weighting!r}")
+        n = self.data.num_examples if self.data is not None else 0
+        self.weight = float(n) if self.weighting == "num_examples" else 1.0
+        self.metrics = MetricsLog(self.output_dir / "metrics.json", {
+            "job_id": self.ctx.job_id, "node": self.node, "identity": self.ctx.identity,
+            "peft": next(iter(params.get("peft") or {}), None), "encryption": _encryption(params)[0],
+            "num_examples": n, "total_steps": self.total_steps, "weighting": self.weighting,
+        })
+
+    def evaluator(self) -> Evaluator | None:
+        d = self.data
+        if d is None or not (d.val_features or d.val_prompts):
+            return None
+        dataset = self.params.get("dataset") or {}
+        batch = int((self.params.get("trainer") or {}).get("per_device_eval_batch_size", 8))
+        return Evaluator(d.val_features, d.collator, d.val_prompts, d.val_answers, self.tokenizer,
+                         batch_size=batch, max_new_tokens=int(dataset.get("max_dst_length", 32) or 32))
+
+    # -- rounds -----------------------------------------------------------------------------------
+    def run_rounds(self, rounds: int, aggregate, aggregator) -> dict[str, Any]:
+        trains = self.trainer is not None
+        schedule = party_schedule(rounds, self.total_steps) if trains else party_schedule(rounds, rounds)
+        self.metrics.write(rounds=rounds, schedule_steps=list(schedule.steps) if trains else [])
+        runner = RoundRunner(self.ctx, self.peft_model, aggregate, aggregator, schedule, self.weight,
+                             self.output_dir, self.metrics, evaluator=self.evaluator(), trains=trains)
+        started = time.monotonic()
+        if trains:
+            callback = FederatedCallback(runner)
+            self.trainer.add_callback(callback)
+            self.trainer.train()
+            if callback.rounds_done != rounds:
+                raise JobError(f"{self.node}: training ended after {callback.rounds_done} of {rounds} rounds")
+        else:
+            for round_idx in range(1, rounds + 1):
+                if self.ctx.should_stop():
+                    raise JobError(f"{self.node}: job stopped before round {round_idx}")
+                runner.run_round(round_idx, None)
+        final = save_adapter(self.peft_model, self.output_dir / "final")
+        self.metrics.write(final=str(final), elapsed_s=round(time.monotonic() - started, 2), warnings=self.warnings)
+        last = self.metrics.rounds[-1] if self.metrics.rounds else {}
+        return {"rounds": rounds, "final": str(final), "metrics": str(self.metrics.path),
+                "last_round": {k: v for k, v in last.items() if isinstance(v, (int, float, str))},
+                "warnings": self.warnings}
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        _warn(self.ctx, message)
+
+
+class _Label(_Party):
+    def run(self) -> dict[str, Any]:
+        ctx = self.ctx
+        if ctx.assist_id is None:
+            if len(ctx.trainer_ids) > 1:
+                raise ConfigError(f"{self.node}: {len(ctx.trainer_ids)} label trainers need an assist_trainer in fed_info")
+            return self._run_alone()
+        protocol.send_meta(ctx, ctx.assist_id, protocol.HELLO, {"train_params": self.own})
+        reply = protocol.recv_meta(ctx, ctx.assist_id, protocol.PARAMS)
+        if not reply.get("ok", True):
+            raise JobError(str(reply.get("error", "assist trainer refused the parameters")))
+        for line in format_conflicts(self.node, reply.get("conflicts") or []):
+            self.warn(line)
+        try:
+            self.setup(dict(reply["train_params"]))
+        except XfedError as exc:  # tell the assist trainer, so it fails fast too
+            protocol.send_meta(ctx, ctx.assist_id, protocol.PREFLIGHT, {"error": str(exc)})
+            raise
+        if self.trainer is None:
+            raise ConfigError(f"{self.node}: input.trainset: a label trainer needs training data")
+        protocol.send_meta(ctx, ctx.assist_id, protocol.PREFLIGHT, {
+            "fingerprints": self.fingerprints, "num_steps": self.total_steps,
+            "num_examples": self.data.num_examples if self.data else 0,
+        })
+        plan = protocol.recv_meta(ctx, ctx.assist_id, protocol.PLAN)
+        if not plan.get("ok"):
+            from xfed.errors import PreflightError
+
+            raise PreflightError(str(plan.get("error", "preflight failed")))
+        for message in plan.get("warnings") or []:
+            self.warnings.append(message)
+        from xfed.aggregation import make_leaf
+
+        kind, encryption = _encryption(self.params)
+        leaf = make_leaf(ctx, encryption)
+        leaf.setup()
+        load_trainable(self.peft_model, leaf.receive_initial(), source=f"initial adapter from {ctx.assist_id}")
+        return self.run_rounds(int(plan["rounds"]), leaf.aggregate, leaf)
+
+    def _run_alone(self) -> dict[str, Any]:
+        """One party, no assist trainer (XFL's 1party demos): local training with the same checkpoints."""
+        self.setup(self.own)
+        if self.trainer is None:
+            raise ConfigError(f"{self.node}: input.trainset: a label trainer needs training data")
+        if _encryption(self.params)[0] == "otp":
+            self.warn(f"{self.node}: encryption otp with a single party masks nothing; training locally")
+        rounds = count_rounds(_agg_steps(self.params), {self.node: self.total_steps})
+        return self.run_rounds(rounds, lambda _round, tensors, _weight: tensors, None)
+
+
+class _Assist(_Party):
+    def run(self) -> dict[str, Any]:
+        ctx = self.ctx
+        trainers = list(ctx.trainer_ids)
+        if not trainers:
+            raise ConfigError(f"{self.node}: fed_info.trainer lists no label trainers")
+        hellos = protocol.gather_meta(ctx, trainers, protocol.HELLO)
+        for node in trainers:
+            effective, conflicts = authoritative_params(self.own, dict(hellos[node].get("train_params") or {}))
+            for line in format_conflicts(node, conflicts):
+                self.warn(line)
+            protocol.send_meta(ctx, node, protocol.PARAMS, {"ok": True, "train_params": effective, "conflicts": conflicts})
+        try:
+            self.setup(self.own)
+            reports = protocol.gather_meta(ctx, trainers, protocol.PREFLIGHT)
+            failed = {node: r["error"] for node, r in reports.items() if r.get("error")}
+            if failed:
+                node, error = sorted(failed.items())[0]
+                raise JobError(f"{node} failed its set-up: {error}")
+            by_node = {self.node: self.fingerprints, **{n: dict(reports[n].get("fingerprints") or {}) for n in trainers}}
+            try:
+                compare_fingerprints(self.node, by_node)
+            except XfedError as exc:
+                table = getattr(exc, "table", "")
+                if table:
+                    ctx.report("log", {"message": "preflight diff table\n" + table})
+                raise
+            steps = {n: int(reports[n].get("num_steps", 0)) for n in trainers}
+            if self.trainer is not None:
+                steps[self.node] = self.total_steps
+            rounds = count_rounds(_agg_steps(self.params), steps)
+            kind, encryption = _encryption(self.params)
+            if kind == "otp" and len(trainers) < 2:
+                self.warn(f"encryption otp with {len(trainers)} masked party: masking cannot hide an update "
+                          "from the aggregator; running anyway")
+        except XfedError as exc:
+            protocol_error = str(exc)
+            for node in trainers:
+                protocol.send_meta(ctx, node, protocol.PLAN, {"ok": False, "error": protocol_error})
+            raise
+        for node in trainers:
+            protocol.send_meta(ctx, node, protocol.PLAN, {"ok": True, "rounds": rounds, "warnings": self.warnings})
+        from xfed.aggregation import make_root
+
+        root = make_root(ctx, encryption)
+        root.setup()
+        root.broadcast_initial(extract_trainable(self.peft_model))
+        return self.run_rounds(rounds, root.aggregate, root)

@@ -1,0 +1,124 @@
+"""One party's local set-up: base model, tokenizer, adapter, data, Trainer, step count and fingerprints."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xfed.errors import ConfigError, ModelError
+
+from .adapter_state import trainable_names
+from .peft_setup import apply_peft, check_trainable, peft_config_summary
+from .preflight import LOCAL_DATASET_KEYS, digest, model_fingerprint, tokenizer_fingerprint
+
+
+def set_threads() -> None:
+    """Training shares the machine with other parties in tests and demos: one thread unless told otherwise."""
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
+
+
+def load_base_model(stage: Any, use_cpu: bool) -> tuple[Any, Any, Path]:
+    """(model, tokenizer, folder) through xfed.models.load_pretrained (local folders only, never downloads)."""
+    pretrained = getattr(stage.input, "pretrained_model", None)
+    path = getattr(pretrained, "path", None) if pretrained is not None else None
+    if not path:
+        raise ConfigError("input.pretrained_model.path: required (a local model folder)")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelError(f"input.pretrained_model.path: {folder} is not a folder")
+    allow_random = bool(
+        getattr(pretrained, "allow_random_init", False)
+        or (getattr(stage.model_info, "config", None) or {}).get("allow_random_init", False)
+    )
+    device = "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
+    try:
+        from xfed.models import load_pretrained
+    except ImportError:
+        load_pretrained = None
+    if load_pretrained is not None:
+        model, tokenizer = load_pretrained(str(folder), device=device, allow_random_init=allow_random)
+    else:  # until the models layer lands: plain transformers, local files only
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")) and not allow_random:
+            raise ModelError(f"{folder}: no weight files (*.safetensors, pytorch_model*.bin); "
+                             "set allow_random_init: true to train a randomly initialised model")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"{folder}: cannot load model ({str(exc).splitlines()[0]})") from None
+        model.to(device)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # generation and batching need a pad id
+    return model, tokenizer, folder
+
+
+@dataclass
+class PartyData:
+    """What training and evaluation need from the party's private files."""
+
+    train: Any
+    num_examples: int
+    collator: Any
+    val_features: list[dict[str, Any]] = field(default_factory=list)
+    val_prompts: list[list[int]] = field(default_factory=list)
+    val_answers: list[str] = field(default_factory=list)
+
+
+def load_party_data(stage: Any, params: dict[str, Any], tokenizer: Any, model: Any) -> PartyData | None:
+    """The party's trainset (None when it has none: an aggregating assist trainer) and optional valset."""
+    from . import data
+
+    dataset_params = params.get("dataset") or {}
+    trainset = list(getattr(stage.input, "trainset", None) or [])
+    if not trainset:
+        return None
+    train_records = data.read_records(trainset, dataset_params)
+    if not train_records:
+        raise ConfigError(f"input.trainset: {trainset[0].get('path', trainset[0])}: no training examples")
+    train = data.build_features(train_records, tokenizer, dataset_params, model=model)
+    collator = data.make_collator(tokenizer)
+    out = PartyData(train=train, num_examples=len(train), collator=collator)
+    valset = list(getattr(stage.input, "valset", None) or [])
+    if valset:
+        val_records = data.read_records(valset, dataset_params)
+        out.val_features = list(data.build_features(val_records, tokenizer, dataset_params, model=model))
+        pairs = data.build_prompts(val_records, tokenizer, dataset_params, model=model)
+        out.val_prompts = [p for p, _ in pairs]
+        out.val_answers = [a for _, a in pairs]
+    return out
+
+
+def fingerprints(model_dir: Path, tokenizer: Any, peft_model: Any, params: dict[str, Any]) -> dict[str, str]:
+    """The four digests every party must share (see preflight.FINGERPRINT_KEYS)."""
+    params_peft = dict(peft_model.named_parameters())
+    shapes = {name: list(params_peft[name].shape) for name in trainable_names(peft_model)}
+    config = peft_config_summary(peft_model.peft_config[peft_model.active_adapter])
+    agg = params.get("aggregation") or {}
+    encryption = params.get("encryption") or {}
+    return {
+        "base_model": model_fingerprint(model_dir),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "peft": digest({"config": config, "trainable": shapes}),
+        "schedule": digest({
+            "agg_steps": agg.get("agg_steps"), "weighting": agg.get("weighting", "num_examples"),
+            "encryption": encryption,
+            "dataset": {k: v for k, v in (params.get("dataset") or {}).items() if k not in LOCAL_DATASET_KEYS},
+        }),
+    }
+
+
+def build_adapter(model: Any, params: dict[str, Any], stage: Any, seed: int) -> Any:
+    """A fresh adapter (seeded, though the assist trainer's initial adapter replaces it) or a resumed one."""
+    from transformers import set_seed
+
+    set_seed(seed)
+    adapter = getattr(stage.input, "adapter_model", None)
+    adapter_path = getattr(adapter, "path", None) if adapter is not None else None
+    peft_model = apply_peft(model, params.get("peft") or {}, adapter_path)
+    check_trainable(peft_model, "train_params.peft")
+    return peft_model

@@ -1,0 +1,31 @@
+"""The operator's control messages between label trainers and the assist trainer (JSON meta only).
+
+hello (trainer → assist: its own train_params) · params (assist → trainer: the authoritative
+params and the conflicts found) · preflight (trainer → assist: fingerprints, steps, examples) ·
+plan (assist → trainer: ok + number of rounds, or the preflight failure).
+Every wait is bounded; Comm itself gives up early when the job is stopped or failed.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+HELLO, PARAMS, PREFLIGHT, PLAN = "hcg.hello", "hcg.params", "hcg.preflight", "hcg.plan"
+
+# Loading a 6B model from a slow disk can take minutes; a dead party is caught sooner by the
+# scheduler's heartbeats, which fail the job (Comm's waits then end) — this is only the last resort.
+DEFAULT_TIMEOUT_S = float(os.environ.get("XFED_PREFLIGHT_TIMEOUT", "1800"))
+
+
+def recv_meta(ctx: Any, peer: str, tag: str, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """The meta of the next `tag` message from `peer` (ChannelTimeout names the peer)."""
+    return dict(ctx.comm.recv(peer, tag, timeout=timeout).meta or {})
+
+
+def gather_meta(ctx: Any, peers: list[str], tag: str, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, dict[str, Any]]:
+    """`tag` meta from every peer; ChannelTimeout names the peers that did not answer."""
+    return {peer: dict(msg.meta or {}) for peer, msg in ctx.comm.gather(peers, tag, timeout=timeout).items()}
+
+
+def send_meta(ctx: Any, peer: str, tag: str, meta: dict[str, Any]) -> None:
+    ctx.comm.send(peer, tag, tensors=None, meta=meta)

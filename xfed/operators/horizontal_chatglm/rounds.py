@@ -1,0 +1,169 @@
+"""One aggregation round end to end, and the TrainerCallback that triggers rounds at the schedule's steps.
+
+A round: extract the trainable tensors → aggregate (plain or OTP, through xfed.aggregation) →
+load the average in place (the optimizer keeps its moments) → evaluate on the party's valset →
+save `checkpoint-{round}/` → record metrics in metrics.json and the job's event stream.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from transformers import TrainerCallback
+
+from xfed.errors import JobError
+
+from .adapter_state import extract_trainable, load_trainable, save_adapter
+from .metrics import MetricsLog, generation_scores, peak_memory_mb
+from .schedule import Schedule
+
+# (round, own tensors or None, own weight) -> weighted mean of everyone's tensors
+AggregateFn = Callable[[int, "dict[str, np.ndarray] | None", float], "dict[str, np.ndarray]"]
+
+
+@dataclass
+class Evaluator:
+    """The party's own valset: loss always, generation scores on up to `max_generate` examples."""
+
+    features: list[dict[str, Any]]
+    collator: Any
+    prompts: list[list[int]]
+    answers: list[str]
+    tokenizer: Any
+    batch_size: int = 8
+    max_new_tokens: int = 32
+    max_generate: int = 64
+
+    def __call__(self, model: Any) -> dict[str, float]:
+        from .training import greedy_answers, valset_loss
+
+        out: dict[str, float] = {}
+        if self.features:
+            out["eval_loss"] = round(valset_loss(model, self.features, self.collator, self.batch_size), 6)
+        n = min(len(self.prompts), self.max_generate)
+        if n:
+            predictions = greedy_answers(model, self.tokenizer, self.prompts[:n], self.max_new_tokens)
+            out.update({k: round(v, 4) for k, v in generation_scores(predictions, self.answers[:n]).items()})
+        return out
+
+
+def _comm_counters(comm: Any) -> dict[str, int]:
+    """Byte counters of the channel layer, when it keeps them (`bytes_sent` / `bytes_received`)."""
+    stats = getattr(comm, "stats", None)
+    source = stats() if callable(stats) else (stats if stats is not None else comm)
+    out = {}
+    for key in ("bytes_sent", "bytes_received"):
+        value = source.get(key) if isinstance(source, dict) else getattr(source, key, None)
+        if isinstance(value, (int, float)):
+            out[key] = int(value)
+    return out
+
+
+def _aggregator_timings(aggregator: Any) -> dict[str, float]:
+    """mask / unmask / wait milliseconds of the last round, when the aggregation layer reports them."""
+    stats = getattr(aggregator, "last_stats", None)
+    stats = stats() if callable(stats) else stats
+    if not isinstance(stats, dict):
+        return {}
+    return {k: round(float(v), 1) for k, v in stats.items() if k.endswith("_ms") and isinstance(v, (int, float))}
+
+
+@dataclass
+class RoundRunner:
+    """Runs the rounds of one party; shared by label trainers and a training or aggregating assist trainer."""
+
+    ctx: Any
+    peft_model: Any
+    aggregate: AggregateFn
+    aggregator: Any
+    schedule: Schedule
+    weight: float
+    output_dir: Path
+    metrics: MetricsLog
+    evaluator: Evaluator | None = None
+    trains: bool = True
+    _losses: list[float] = field(default_factory=list)
+    _last_counters: dict[str, int] = field(default_factory=dict)
+
+    def note_loss(self, loss: float) -> None:
+        self._losses.append(float(loss))
+
+    def run_round(self, round_idx: int, global_step: int | None) -> dict[str, Any]:
+        started = time.monotonic()
+        own = extract_trainable(self.peft_model) if self.trains else None
+        agg_started = time.monotonic()
+        averaged = self.aggregate(round_idx, own, self.weight if self.trains else 0.0)
+        agg_ms = (time.monotonic() - agg_started) * 1000
+        self._check_finite(averaged, round_idx)
+        load_trainable(self.peft_model, averaged, source=f"aggregate of round {round_idx}")
+        record: dict[str, Any] = {"round": round_idx, "rounds": self.schedule.rounds, "node": self.ctx.node_id}
+        if global_step is not None:
+            record["step"] = global_step
+        if self._losses:
+            record["train_loss"] = round(sum(self._losses) / len(self._losses), 6)
+            self._losses.clear()
+        if self.evaluator is not None:
+            record.update(self.evaluator(self.peft_model))
+        save_adapter(self.peft_model, self.output_dir / f"checkpoint-{round_idx}")
+        counters = _comm_counters(self.ctx.comm)
+        for key, value in counters.items():
+            record[key] = value - self._last_counters.get(key, 0)
+        self._last_counters = counters
+        record["aggregate_ms"] = round(agg_ms, 1)
+        record.update(_aggregator_timings(self.aggregator))
+        record.update(peak_memory_mb())
+        record["round_s"] = round(time.monotonic() - started, 3)
+        record["eta_s"] = self.metrics.eta_seconds(round_idx, self.schedule.rounds)
+        self.metrics.add(record)
+        self.ctx.report("metrics", record)
+        self.ctx.report("progress", {"round": round_idx, "rounds": self.schedule.rounds, "eta_s": record["eta_s"]})
+        return record
+
+    def _check_finite(self, tensors: dict[str, np.ndarray], round_idx: int) -> None:
+        for name, value in tensors.items():
+            if not np.all(np.isfinite(value)):
+                raise JobError(f"{self.ctx.node_id}: round {round_idx} aggregate has non-finite values in {name}")
+
+
+class FederatedCallback(TrainerCallback):
+    """Runs `RoundRunner.run_round` at the schedule's optimizer steps; stops training when the job stops.
+
+    The Trainer logs a step's loss after `on_step_end`, so a round that ends at step s is marked
+    there and run from `on_log` (logging every step is forced), once the step's loss is known;
+    `on_train_end` runs a round still pending if no log came.
+    """
+
+    def __init__(self, runner: RoundRunner):
+        self.runner = runner
+        self.rounds_done = 0
+        self._pending: tuple[int, int] | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.runner.ctx.should_stop():
+            raise JobError(f"{self.runner.ctx.node_id}: job stopped during training (step {state.global_step})")
+        self._flush()  # a round whose log never came
+        round_idx = self.runner.schedule.round_at(state.global_step)
+        if round_idx is not None:
+            self._pending = (round_idx, state.global_step)
+            control.should_log = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, (int, float)) and math.isfinite(loss):
+            self.runner.note_loss(loss)
+        self._flush()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._pending is not None:
+            round_idx, step = self._pending
+            self._pending = None
+            self.runner.run_round(round_idx, step)
+            self.rounds_done = round_idx
