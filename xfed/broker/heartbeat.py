@@ -1,0 +1,168 @@
+"""Node registry and heartbeats: who is alive is whoever's TTL key has not expired yet.
+
+A daemon registers (role, node id, host, pid, version) in `node:{N}:info` and refreshes
+`node:{N}:hb` from a background thread every `interval` seconds with a TTL of `ttl_factor`
+intervals. A SIGKILLed daemon stops refreshing and its key disappears by itself; nobody has to
+notice the death for it to become visible. The thread survives Redis outages (it re-registers once
+Redis is back, in case the restart lost the data).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+import xfed
+from xfed.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL = 2.0
+TTL_FACTOR = 3
+
+
+@dataclass
+class NodeInfo:
+    """What `alive_nodes`/`nodes` report about one node."""
+
+    node: str
+    alive: bool
+    role: str = ""
+    host: str = ""
+    pid: int | None = None
+    version: str = ""
+    started: float | None = None
+    job: str = ""
+    ttl_ms: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Heartbeat:
+    """Register a node and keep its heartbeat key alive until `stop()` (or the process dies)."""
+
+    def __init__(self, r: redis.Redis, keys, node_id: str, role: str, *, interval: float = DEFAULT_INTERVAL,
+                 ttl_factor: int = TTL_FACTOR, key: str | None = None, info_key: str | None = None) -> None:
+        if interval <= 0:
+            raise ValueError("heartbeat interval must be > 0")
+        self.r = r
+        self.keys = keys
+        self.node_id = node_id
+        self.role = role
+        self.interval = float(interval)
+        self.ttl_ms = max(1, int(self.interval * ttl_factor * 1000))
+        self.key = key or keys.heartbeat(node_id)
+        self.info_key = info_key or keys.node_info(node_id)
+        self.info: dict[str, str] = {
+            "node": node_id, "role": role, "host": socket.gethostname(), "pid": str(os.getpid()),
+            "version": getattr(xfed, "__version__", "0"), "started": repr(time.time()),
+            "interval": repr(self.interval), "job": "",
+        }
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = False
+
+    def start(self) -> Heartbeat:
+        """Register and beat once synchronously (BrokerError if Redis is down), then in the background."""
+        self.beat(register=True)
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.node_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def set_job(self, job_id: str | None) -> None:
+        """Advertise what this node is busy with (shown by `-c nodes`)."""
+        self.info["job"] = job_id or ""
+        try:
+            self.r.hset(self.info_key, "job", self.info["job"])
+        except redis.RedisError:
+            pass  # the next beat re-registers the whole hash
+
+    def beat(self, *, register: bool = False) -> None:
+        try:
+            pipe = self.r.pipeline(transaction=False)
+            if register:
+                pipe.hset(self.info_key, mapping=self.info)
+                pipe.sadd(self.keys.nodes(), self.node_id)
+            else:
+                pipe.exists(self.info_key)
+            pipe.set(self.key, repr(time.time()), px=self.ttl_ms)
+            res = pipe.execute()
+            if not register and not res[0]:  # Redis restarted without our registration
+                self.beat(register=True)
+            self.connected = True
+        except redis.RedisError as err:
+            self.connected = False
+            raise BrokerError(f"heartbeat of {self.node_id} ({self.key}): {type(err).__name__}: {err}") from err
+
+    def _run(self) -> None:
+        warned = False
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+                if warned:
+                    log.warning("heartbeat of %s: Redis reachable again", self.node_id)
+                warned = False
+            except BrokerError as err:
+                if not warned:
+                    log.warning("%s (retrying)", err)
+                warned = True
+
+    def stop(self, *, deregister: bool = True) -> None:
+        """Stop beating; with deregister the node disappears at once instead of after the TTL."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval + 1)
+        if deregister:
+            try:
+                self.r.delete(self.key)
+                self.r.hset(self.info_key, "job", "")
+            except redis.RedisError:
+                pass
+
+
+def _s(v) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else ("" if v is None else str(v))
+
+
+def node_infos(r: redis.Redis, keys, node_ids: list[str] | None = None) -> dict[str, NodeInfo]:
+    """Registration + liveness of `node_ids` (default: every registered node)."""
+    try:
+        if node_ids is None:
+            node_ids = sorted(_s(n) for n in r.smembers(keys.nodes()))
+        pipe = r.pipeline(transaction=False)
+        for n in node_ids:
+            pipe.pttl(keys.heartbeat(n))
+            pipe.hgetall(keys.node_info(n))
+        res = pipe.execute()
+    except redis.RedisError as err:
+        raise BrokerError(f"reading node registry: {type(err).__name__}: {err}") from err
+    out: dict[str, NodeInfo] = {}
+    for i, n in enumerate(node_ids):
+        ttl, info = res[2 * i], {_s(k): _s(v) for k, v in (res[2 * i + 1] or {}).items()}
+        alive = isinstance(ttl, int) and ttl > 0
+        pid = info.get("pid")
+        try:
+            started = float(info["started"]) if info.get("started") else None
+        except ValueError:
+            started = None
+        out[n] = NodeInfo(node=n, alive=alive, role=info.get("role", ""), host=info.get("host", ""),
+                          pid=int(pid) if pid and pid.isdigit() else None, version=info.get("version", ""),
+                          started=started, job=info.get("job", ""), ttl_ms=ttl if alive else None)
+    return out
+
+
+def alive_nodes(r: redis.Redis, keys, node_ids: list[str] | None = None) -> set[str]:
+    """The subset of `node_ids` (default: all registered) whose heartbeat key is alive."""
+    return {n for n, info in node_infos(r, keys, node_ids).items() if info.alive}
+
+
+def dump(infos: dict[str, NodeInfo]) -> str:
+    return json.dumps({n: i.to_dict() for n, i in infos.items()})

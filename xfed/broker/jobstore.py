@@ -1,0 +1,305 @@
+"""Job state in Redis: one hash per job (state machine, stage, reason, per-node state, timestamps).
+
+The state machine itself (`JobState`, `can_transition`) is pure logic; `JobStore` applies it
+atomically in Redis with a compare-and-set script, so a late stop can never overwrite a failure.
+Everything the scheduler knows about a job lives here, which is what lets a restarted scheduler
+re-attach to running jobs.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import redis
+
+from xfed.errors import BrokerError, JobError
+
+
+class JobState(str, Enum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCESSFUL = "SUCCESSFUL"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobState.SUCCESSFUL, JobState.FAILED, JobState.STOPPED})
+ACTIVE = frozenset({JobState.PENDING, JobState.RUNNING})
+
+# RUNNING -> RUNNING is a stage advance; terminal states are final (first outcome wins).
+_ALLOWED: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.RUNNING, JobState.FAILED, JobState.STOPPED}),
+    JobState.RUNNING: frozenset({JobState.RUNNING, JobState.SUCCESSFUL, JobState.FAILED, JobState.STOPPED}),
+    JobState.SUCCESSFUL: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.STOPPED: frozenset(),
+}
+
+# What a node can be doing within a job (per-node table of `status`).
+NODE_STATES = ("pending", "dispatched", "running", "done", "failed", "stopping", "stopped")
+
+
+def can_transition(old: JobState, new: JobState) -> bool:
+    """Whether the job state machine allows old -> new."""
+    return new in _ALLOWED[old]
+
+
+def parse_state(value: str | bytes | None, *, job_id: str = "?") -> JobState:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    try:
+        return JobState(value)
+    except ValueError:
+        raise JobError(f"job {job_id}: unknown state {value!r} in Redis") from None
+
+
+@dataclass
+class NodeStatus:
+    """One node's view inside a job: stored as JSON in the job hash field `node:<id>`."""
+
+    state: str = "pending"
+    stage: int = -1
+    pid: int | None = None
+    message: str = ""
+    progress: dict[str, Any] = field(default_factory=dict)
+    n_stages: int | None = None
+    result: dict[str, Any] | None = None
+    updated: float = 0.0
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, separators=(",", ":"), default=str)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes | None) -> NodeStatus:
+        if not raw:
+            return cls()
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return cls(message="unreadable node status")
+        if not isinstance(data, dict):
+            return cls(message="unreadable node status")
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        try:
+            return cls(**known)
+        except TypeError:
+            return cls(message="unreadable node status")
+
+
+@dataclass
+class Job:
+    """A snapshot of one job hash."""
+
+    job_id: str
+    state: JobState
+    stage: int = -1
+    attempt: int = 0
+    n_stages: int | None = None
+    reason: str = ""
+    node: str = ""
+    participants: list[str] = field(default_factory=list)
+    created: float = 0.0
+    started: float | None = None
+    ended: float | None = None
+    updated: float = 0.0
+    nodes: dict[str, NodeStatus] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job_id, "state": self.state.value, "stage": self.stage, "attempt": self.attempt,
+            "n_stages": self.n_stages, "reason": self.reason, "node": self.node,
+            "participants": self.participants, "created": self.created, "started": self.started,
+            "ended": self.ended, "updated": self.updated,
+            "nodes": {n: s.__dict__ for n, s in self.nodes.items()},
+        }
+
+
+def _s(v: bytes | str | None) -> str:
+    if v is None:
+        return ""
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def _f(v: bytes | str | None) -> float | None:
+    try:
+        return float(_s(v)) if v not in (None, b"", "") else None
+    except ValueError:
+        return None
+
+
+def _i(v: bytes | str | None, default: int | None = None) -> int | None:
+    try:
+        return int(_s(v)) if v not in (None, b"", "") else default
+    except ValueError:
+        return default
+
+
+def job_from_hash(job_id: str, h: dict) -> Job:
+    """Build a Job from HGETALL output (bytes or str keys); pure, used by tests and the client."""
+    h = {_s(k): v for k, v in h.items()}
+    try:
+        participants = json.loads(_s(h.get("participants")) or "[]")
+        if not isinstance(participants, list):
+            participants = []
+    except ValueError:
+        participants = []
+    nodes = {k[5:]: NodeStatus.from_json(v) for k, v in h.items() if k.startswith("node:")}
+    known = {"state", "stage", "attempt", "n_stages", "reason", "node", "participants", "created", "started",
+             "ended", "updated"}
+    return Job(
+        job_id=job_id, state=parse_state(h.get("state"), job_id=job_id), stage=_i(h.get("stage"), -1),
+        attempt=_i(h.get("attempt"), 0), n_stages=_i(h.get("n_stages")), reason=_s(h.get("reason")),
+        node=_s(h.get("node")), participants=[str(p) for p in participants],
+        created=_f(h.get("created")) or 0.0, started=_f(h.get("started")), ended=_f(h.get("ended")),
+        updated=_f(h.get("updated")) or 0.0, nodes=nodes,
+        extra={k: _s(v) for k, v in h.items() if k not in known and not k.startswith("node:")},
+    )
+
+
+# Atomic compare-and-set of the state field: KEYS[1] job hash; ARGV[1] new state; ARGV[2] comma
+# separated allowed old states; ARGV[3] now (sets `started` on the first RUNNING); ARGV[4..] field/value
+# pairs written with it.
+_CAS = """
+local old = redis.call('HGET', KEYS[1], 'state')
+if not old then return -1 end
+local allowed = ',' .. ARGV[2] .. ','
+if not string.find(allowed, ',' .. old .. ',', 1, true) then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
+if ARGV[1] == 'RUNNING' then redis.call('HSETNX', KEYS[1], 'started', ARGV[3]) end
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+
+class JobStore:
+    """Jobs in Redis: ids from an atomic counter, a hash per job, an index for `list`, expiry at the end."""
+
+    def __init__(self, r: redis.Redis, keys, *, retention_s: float = 7 * 24 * 3600) -> None:
+        self.r = r
+        self.keys = keys
+        self.retention_s = retention_s
+        self._cas = r.register_script(_CAS)
+
+    # -- creation / reading -------------------------------------------------------------
+    def new_job_id(self) -> str:
+        return str(self._call(self.r.incr, self.keys.job_counter()))
+
+    def create(self, participants: list[str], *, attempt: int = 0, extra: dict[str, str] | None = None,
+               job_id: str | None = None) -> str:
+        job_id = job_id or self.new_job_id()
+        now = time.time()
+        mapping: dict[str, str] = {
+            "state": JobState.PENDING.value, "stage": "-1", "attempt": str(attempt),
+            "participants": json.dumps(list(participants)), "created": repr(now), "updated": repr(now),
+        }
+        for n in participants:
+            mapping[f"node:{n}"] = NodeStatus(updated=now).to_json()
+        mapping.update(extra or {})
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(self.keys.job(job_id), mapping=mapping)
+        pipe.zadd(self.keys.jobs_index(), {job_id: int(job_id) if job_id.isdigit() else now})
+        self._call(pipe.execute)
+        return job_id
+
+    def get(self, job_id: str) -> Job | None:
+        h = self._call(self.r.hgetall, self.keys.job(job_id))
+        return job_from_hash(str(job_id), h) if h else None
+
+    def require(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job is None:
+            raise JobError(f"job {job_id}: no such job (unknown id, or expired)")
+        return job
+
+    def state(self, job_id: str) -> JobState | None:
+        v = self._call(self.r.hget, self.keys.job(job_id), "state")
+        return parse_state(v, job_id=job_id) if v else None
+
+    def job_ids(self, *, newest_first: bool = True, limit: int = 100) -> list[str]:
+        ids = self._call(self.r.zrange, self.keys.jobs_index(), 0, limit - 1, desc=newest_first)
+        return [_s(i) for i in ids]
+
+    def list(self, *, limit: int = 100) -> list[Job]:
+        jobs, gone = [], []
+        for job_id in self.job_ids(limit=limit):
+            job = self.get(job_id)
+            if job is None:
+                gone.append(job_id)
+            else:
+                jobs.append(job)
+        if gone:  # expired hashes: tidy the index lazily
+            self._call(self.r.zrem, self.keys.jobs_index(), *gone)
+        return jobs
+
+    def active(self) -> list[Job]:
+        return [j for j in self.list(limit=1000) if j.active]
+
+    def latest(self) -> Job | None:
+        ids = self.job_ids(limit=20)
+        for job_id in ids:
+            job = self.get(job_id)
+            if job is not None:
+                return job
+        return None
+
+    # -- writing --------------------------------------------------------------------------
+    def transition(self, job_id: str, new: JobState, **fields: Any) -> bool:
+        """Move the job to `new` if the state machine allows it from its current state (atomic).
+
+        Returns False when it does not (e.g. a stop arriving after the job already failed)."""
+        allowed_from = [s.value for s, targets in _ALLOWED.items() if new in targets]
+        now = time.time()
+        fields.setdefault("updated", repr(now))
+        if new.terminal:
+            fields.setdefault("ended", repr(now))
+        args: list[str] = [new.value, ",".join(allowed_from), repr(now)]
+        for k, v in fields.items():
+            args += [k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v)]
+        rc = self._call(self._cas, keys=[self.keys.job(job_id)], args=args)
+        if rc == -1:
+            raise JobError(f"job {job_id}: no such job")
+        return rc == 1
+
+    def set_fields(self, job_id: str, **fields: Any) -> None:
+        mapping = {k: v if isinstance(v, str) else str(v) for k, v in fields.items()}
+        mapping.setdefault("updated", repr(time.time()))
+        self._call(self.r.hset, self.keys.job(job_id), mapping=mapping)
+
+    def set_node(self, job_id: str, node: str, status: NodeStatus) -> None:
+        status.updated = time.time()
+        self._call(self.r.hset, self.keys.job(job_id), f"node:{node}", status.to_json())
+
+    def node(self, job_id: str, node: str) -> NodeStatus:
+        return NodeStatus.from_json(self._call(self.r.hget, self.keys.job(job_id), f"node:{node}"))
+
+    def expire(self, job_id: str, *, extra_keys: tuple[str, ...] = ()) -> int:
+        """After a job ends: delete its mailboxes now; its hash and events expire after `retention_s`."""
+        deleted = 0
+        mailboxes = self._call(lambda: list(self.r.scan_iter(match=self.keys.mailbox_pattern(job_id), count=500)))
+        if mailboxes:
+            deleted = self._call(self.r.delete, *mailboxes)
+        ttl = max(1, int(self.retention_s))
+        pipe = self.r.pipeline(transaction=False)
+        for key in (self.keys.job(job_id), self.keys.job_events(job_id), *extra_keys):
+            pipe.expire(key, ttl)
+        self._call(pipe.execute)
+        return deleted
+
+    # -- errors -----------------------------------------------------------------------------
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError as err:
+            raise BrokerError(f"job store: {type(err).__name__}: {err}") from err

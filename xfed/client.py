@@ -1,0 +1,366 @@
+"""The client (`python xfed.py -c VERB`): start [--follow] [--bar], stop [JOB], status [JOB], list, nodes.
+
+Requests go to the scheduler through the requests stream and the answer comes back on a
+per-request reply key (bounded wait); read-only verbs (status, list, nodes) read Redis directly,
+so they work even while the scheduler is down.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import time
+import uuid
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from xfed.broker.heartbeat import alive_nodes, node_infos
+from xfed.broker.jobstore import Job, JobState, JobStore
+from xfed.broker.streams import ControlStream
+from xfed.errors import BrokerError, JobError, XfedError
+
+REPLY_TIMEOUT_S = 15.0
+SCHEDULER_GONE_S = 30.0
+
+
+def run_client(verb: str, config_path: str, args: list[str], *, bar: bool = False, follow: bool = False,
+               wait_nodes: float = 0.0, resume: str | None = None, as_json: bool = False) -> int:
+    """Dispatch one client verb; returns the process exit code (XfedError -> the CLI's one line)."""
+    from xfed.broker.connection import connect
+    from xfed.broker.keys import Keys
+    from xfed.config import load_fed_conf
+
+    fed = load_fed_conf(config_path)
+    client = Client(fed, connect(fed, retry_s=5.0, client_name="xfed-client"), Keys(fed.redis.namespace),
+                    as_json=as_json)
+    if verb == "start":
+        if args:
+            raise XfedError(f"start takes no arguments (got {' '.join(args)})")
+        return client.start(follow=follow, bar=bar, wait_nodes=wait_nodes, resume=resume)
+    if len(args) > 1:
+        raise XfedError(f"{verb} takes at most one JOB argument")
+    job = args[0] if args else None
+    if verb == "stop":
+        return client.stop(job)
+    if verb == "status":
+        return client.status(job)
+    if verb == "list":
+        return client.list()
+    if verb == "nodes":
+        return client.nodes()
+    raise XfedError(f"unknown client verb {verb!r}")
+
+
+def _ts(t: float | None) -> str:
+    return _dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def _dur(job: Job) -> str:
+    if not job.started:
+        return "-"
+    end = job.ended or time.time()
+    return f"{end - job.started:.1f} s"
+
+
+class Client:
+    def __init__(self, fed: Any, r: Any, keys: Any, *, as_json: bool = False, console: Console | None = None) -> None:
+        self.fed, self.r, self.keys, self.as_json = fed, r, keys, as_json
+        self.jobs = JobStore(r, keys)
+        self.console = console or Console(highlight=False, soft_wrap=False)
+        self.interval = float(getattr(fed, "heartbeat_interval", 2.0) or 2.0)
+
+    # -- talking to the scheduler ------------------------------------------------------------
+    def scheduler_alive(self) -> bool:
+        try:
+            ttl = self.r.pttl(self.keys.scheduler())
+        except Exception as err:  # redis errors, without importing redis here
+            raise BrokerError(f"reading the scheduler's heartbeat: {err}") from err
+        return isinstance(ttl, int) and ttl > 0
+
+    def request(self, msg: dict[str, Any], *, timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
+        if not self.scheduler_alive():
+            raise JobError(f"no scheduler is running for namespace {self.keys.namespace!r} "
+                           f"(start one: python xfed.py -s --config_path DIR)")
+        request_id = uuid.uuid4().hex
+        ControlStream(self.r, self.keys.requests(), maxlen=10_000).add({**msg, "request_id": request_id})
+        try:
+            got = self.r.blpop([self.keys.reply(request_id)], timeout=timeout)
+        except Exception as err:
+            raise BrokerError(f"waiting for the scheduler's reply: {err}") from err
+        if not got:
+            raise JobError(f"the scheduler did not answer the {msg['type']} request within {timeout:g} s")
+        try:
+            reply = json.loads(got[1])
+        except ValueError:
+            raise JobError("the scheduler's reply is not valid JSON") from None
+        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+            raise JobError("the scheduler's reply is malformed")
+        return reply
+
+    # -- verbs ------------------------------------------------------------------------------
+    def start(self, *, follow: bool = False, bar: bool = False, wait_nodes: float = 0.0,
+              resume: str | None = None) -> int:
+        participants = list(self.fed.node_ids)
+        if wait_nodes > 0:
+            self._wait_nodes(participants, wait_nodes)
+        msg: dict[str, Any] = {"type": "start"}
+        if resume:
+            msg["resume"] = str(resume)
+        reply = self.request(msg)
+        if not reply["ok"]:
+            raise JobError(str(reply.get("error") or "start refused"))
+        job_id = str(reply["job"])
+        if self.as_json and not follow:
+            print(json.dumps({"job": job_id}))
+        else:
+            print(job_id, flush=True)
+        if follow:
+            return self.follow(job_id, bar=bar)
+        return 0
+
+    def _wait_nodes(self, participants: list[str], seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            missing = [n for n in participants if n not in alive_nodes(self.r, self.keys, participants)]
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                raise JobError(f"cannot start: node(s) not alive after waiting {seconds:g} s: {', '.join(missing)}")
+            time.sleep(min(0.25, max(0.01, deadline - time.monotonic())))
+
+    def stop(self, job_id: str | None) -> int:
+        msg: dict[str, Any] = {"type": "stop"}
+        if job_id is not None:
+            msg["job"] = str(job_id)
+        reply = self.request(msg)
+        if not reply["ok"]:
+            raise JobError(str(reply.get("error") or "stop refused"))
+        if self.as_json:
+            print(json.dumps({"job": reply["job"], "state": reply.get("state", "STOPPED")}))
+        else:
+            print(f"job {reply['job']} {reply.get('state', 'STOPPED')}")
+        return 0
+
+    def _job(self, job_id: str | None) -> Job:
+        if job_id is not None:
+            return self.jobs.require(str(job_id))
+        job = self.jobs.latest()
+        if job is None:
+            raise JobError("no jobs yet")
+        return job
+
+    def status(self, job_id: str | None) -> int:
+        job = self._job(job_id)
+        rounds = self.round_rows(job.job_id)
+        alive = alive_nodes(self.r, self.keys, job.participants)
+        if self.as_json:
+            out = job.to_dict()
+            out["rounds"] = rounds
+            out["alive"] = sorted(alive)
+            print(json.dumps(out, default=str))
+            return 0
+        stages = f"{job.stage + 1}/{job.n_stages}" if job.n_stages else str(job.stage + 1 if job.stage >= 0 else "-")
+        head = Table(show_header=False, box=None, pad_edge=False)
+        head.add_row("job", job.job_id)
+        head.add_row("state", job.state.value)
+        head.add_row("stage", stages)
+        head.add_row("created", _ts(job.created))
+        head.add_row("started", _ts(job.started))
+        head.add_row("ended", _ts(job.ended))
+        head.add_row("duration", _dur(job))
+        if job.reason:
+            head.add_row("reason", job.reason)
+        if job.node:
+            head.add_row("failed node", job.node)
+        self.console.print(head)
+        table = Table(title="nodes", title_justify="left")
+        for col in ("node", "state", "stage", "progress", "pid", "alive", "message"):
+            table.add_column(col)
+        for n in job.participants:
+            s = job.nodes.get(n)
+            if s is None:
+                table.add_row(n, "-", "-", "-", "-", "yes" if n in alive else "no", "")
+                continue
+            prog = s.progress or {}
+            p = f"{prog['round']}/{prog['rounds']}" if "round" in prog and "rounds" in prog else (
+                f"{100 * float(prog['fraction']):.0f}%" if isinstance(prog.get("fraction"), (int, float)) else "-")
+            table.add_row(n, s.state, str(s.stage), p, str(s.pid or "-"), "yes" if n in alive else "no",
+                          (s.message or "")[:120])
+        self.console.print(table)
+        if rounds:
+            self.console.print(self._round_table(rounds))
+        return 0
+
+    def round_rows(self, job_id: str) -> list[dict[str, Any]]:
+        """Per-round metrics events of a job, oldest first (one row per node and round)."""
+        rows = []
+        for entry in ControlStream(self.r, self.keys.job_events(job_id)).read("0-0", count=100_000):
+            m = entry.msg
+            if m and m["type"] == "metrics":
+                rows.append({"node": m["node"], "stage": m["stage"], **m["data"]})
+        return rows
+
+    @staticmethod
+    def _round_table(rows: list[dict[str, Any]]) -> Table:
+        cols = ["stage", "round", "node"]
+        for row in rows:
+            for k in row:
+                if k not in cols:
+                    cols.append(k)
+        table = Table(title="rounds", title_justify="left")
+        for c in cols:
+            table.add_column(c, justify="right" if c not in ("node",) else "left")
+        for row in sorted(rows, key=lambda r: (r.get("stage", 0), _num(r.get("round")), r.get("node", ""))):
+            table.add_row(*[_fmt(row.get(c)) for c in cols])
+        return table
+
+    def list(self) -> int:
+        jobs = self.jobs.list(limit=200)
+        if self.as_json:
+            print(json.dumps([j.to_dict() for j in jobs], default=str))
+            return 0
+        table = Table(title="jobs", title_justify="left")
+        for col in ("job", "state", "stage", "created", "duration", "reason"):
+            table.add_column(col)
+        for j in jobs:
+            table.add_row(j.job_id, j.state.value, str(j.stage), _ts(j.created), _dur(j), (j.reason or "")[:100])
+        self.console.print(table)
+        return 0
+
+    def nodes(self) -> int:
+        configured = list(self.fed.node_ids)
+        infos = node_infos(self.r, self.keys, None)
+        for n in configured:
+            infos.setdefault(n, node_infos(self.r, self.keys, [n])[n])
+        sched_alive = self.scheduler_alive()
+        if self.as_json:
+            print(json.dumps({"scheduler": sched_alive, "nodes": {n: i.to_dict() for n, i in infos.items()}}))
+            return 0
+        table = Table(title="nodes", title_justify="left")
+        for col in ("node", "role", "alive", "host", "pid", "version", "job", "configured"):
+            table.add_column(col)
+        order = configured + sorted(n for n in infos if n not in configured)
+        for n in order:
+            i = infos[n]
+            alive = i.alive if n != "scheduler" else sched_alive
+            table.add_row(n, i.role or "-", "yes" if alive else "no", i.host or "-", str(i.pid or "-"),
+                          i.version or "-", i.job or "-", "yes" if n in configured else "no")
+        self.console.print(table)
+        return 0
+
+    # -- following a job --------------------------------------------------------------------
+    def follow(self, job_id: str, *, bar: bool = False) -> int:
+        """Stream a job's events until it ends; 0 when SUCCESSFUL, 1 otherwise."""
+        return Follower(self, job_id, bar=bar).run()
+
+
+class Follower:
+    """Prints a job's events as they come (or drives progress bars with --bar) until it ends."""
+
+    def __init__(self, client: Client, job_id: str, *, bar: bool = False) -> None:
+        self.c, self.job_id, self.bar = client, job_id, bar
+        self.stream = ControlStream(client.r, client.keys.job_events(job_id))
+        self.progress = None
+        self.tasks: dict[str, Any] = {}
+
+    def say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(text, highlight=False, markup=False)
+        else:
+            print(text, flush=True)
+
+    def run(self) -> int:
+        job = self.c.jobs.require(self.job_id)
+        if self.bar:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.progress = Progress(TextColumn("{task.description:<16}"), BarColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                                     console=Console(stderr=False, highlight=False))
+            for n in job.participants:
+                self.tasks[n] = self.progress.add_task(n, total=1.0, info="")
+            self.progress.start()
+        try:
+            return self._loop()
+        finally:
+            if self.progress is not None:
+                self.progress.stop()
+
+    def _loop(self) -> int:
+        last, next_check, gone_since = "0-0", 0.0, None
+        while True:
+            for entry in self.stream.read(last, block_ms=300):
+                last = entry.id
+                if entry.msg is not None:
+                    self._show(entry.msg)
+            now = time.monotonic()
+            if now < next_check:
+                continue
+            next_check = now + 0.5
+            job = self.c.jobs.require(self.job_id)
+            if job.state.terminal:
+                for entry in self.stream.read(last, count=100_000):  # whatever arrived meanwhile
+                    if entry.msg is not None:
+                        self._show(entry.msg)
+                return self._final(job)
+            if self.c.scheduler_alive():
+                gone_since = None
+            elif gone_since is None:
+                gone_since = now
+            elif now - gone_since > SCHEDULER_GONE_S:
+                self.say(f"the scheduler has been gone for {SCHEDULER_GONE_S:g} s; job {self.job_id} is still "
+                         f"{job.state.value} in Redis (check again with -c status {self.job_id})")
+                return 1
+
+    def _final(self, job: Job) -> int:
+        if job.state is JobState.SUCCESSFUL:
+            self.say(f"job {job.job_id} SUCCESSFUL in {_dur(job)}")
+            return 0
+        why = f": {job.reason}" if job.reason else ""
+        self.say(f"job {job.job_id} {job.state.value}{why}")
+        return 1
+
+    def _show(self, m: dict[str, Any]) -> None:
+        kind, node = m["type"], m.get("node", "")
+        data = m.get("data") if isinstance(m.get("data"), dict) else {}
+        if kind == "job":
+            if m["state"] == "RUNNING":
+                self.say(f"job {m['job']} RUNNING stage {m['stage']}")
+        elif kind == "status":
+            pid = f" (pid {m['pid']})" if isinstance(m.get("pid"), int) else ""
+            self.say(f"{node}: {m['state']}{pid}")
+        elif kind == "progress":
+            frac = data.get("fraction")
+            info = f"round {data['round']}/{data['rounds']}" if "round" in data and "rounds" in data else ""
+            if self.progress is not None and node in self.tasks:
+                self.progress.update(self.tasks[node], completed=float(frac) if isinstance(frac, (int, float))
+                                     else 0.0, info=info)
+            elif info:
+                self.say(f"{node}: {info}")
+        elif kind == "metrics":
+            fields = " ".join(f"{k}={_fmt(v)}" for k, v in data.items() if k != "round")
+            self.say(f"{node} round {_fmt(data.get('round'))}: {fields}")
+        elif kind in ("warning", "log"):
+            self.say(f"{kind} {node}: {data.get('message', data)}")
+        elif kind == "error":
+            self.say(f"error {node}: {m['message']}")
+        elif kind == "done":
+            if self.progress is not None and node in self.tasks:
+                self.progress.update(self.tasks[node], completed=1.0)
+            self.say(f"{node}: stage {m['stage']} done")
+
+
+def _num(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) else 0.0
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+__all__ = ["Client", "run_client", "JobState"]

@@ -1,0 +1,109 @@
+"""The stage child process as the daemon sees it: start, watch, stop (TERM then KILL), explain its exit."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from xfed.node.stage_runner import EXIT_DONE, EXIT_ERROR_REPORTED, EXIT_ORPHANED, EXIT_STOPPED
+
+
+def describe_exit(rc: int) -> str:
+    """Human words for a Popen return code (negative = killed by that signal)."""
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if -rc == signal.SIGKILL else ""
+        return f"killed by {name} (signal {-rc}){hint}"
+    return {EXIT_DONE: "exited normally", EXIT_ERROR_REPORTED: "failed (error reported)",
+            EXIT_STOPPED: "stopped on request", EXIT_ORPHANED: "exited because its daemon died"}.get(
+        rc, f"exited with code {rc}")
+
+
+class StageChild:
+    """One `python -m xfed.node.stage_runner` process in its own process group."""
+
+    def __init__(self, *, job_id: str, stage_id: int, attempt: int, node_id: str, config_path: str,
+                 work_dir: Path, grace_s: float = 5.0, entry_id: str | None = None) -> None:
+        self.job_id, self.stage_id, self.attempt, self.node_id = job_id, stage_id, attempt, node_id
+        self.config_path, self.work_dir, self.grace_s = config_path, Path(work_dir), grace_s
+        self.entry_id = entry_id           # the command-stream entry to ack once the stage is over
+        self.log_path = self.work_dir / "stage.log"
+        self.proc: subprocess.Popen | None = None
+        self.stop_reason = ""
+        self._kill_at: float | None = None
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "xfed.node.stage_runner", "--config-path", str(self.config_path),
+               "--node", self.node_id, "--job", str(self.job_id), "--stage", str(self.stage_id),
+               "--attempt", str(self.attempt), "--parent-pid", str(os.getpid()), "--work-dir", str(self.work_dir)]
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, start_new_session=True, close_fds=True)
+        self.started = time.monotonic()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def poll(self) -> int | None:
+        """Return code once exited (and the group reaped), else None; escalates a pending stop."""
+        if self.proc is None:
+            return None
+        rc = self.proc.poll()
+        if rc is None:
+            if self._kill_at is not None and time.monotonic() >= self._kill_at:
+                self._signal_group(signal.SIGKILL)
+                self._kill_at = None
+            return None
+        self._signal_group(signal.SIGKILL)  # grandchildren (data loaders, ...) go with it
+        return rc
+
+    def stop(self, reason: str) -> None:
+        """SIGTERM the group now, SIGKILL after `grace_s` (driven by `poll`)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if not self.stop_reason:
+            self.stop_reason = reason
+            self._signal_group(signal.SIGTERM)
+            self._kill_at = time.monotonic() + self.grace_s
+
+    def kill(self, timeout: float = 5.0) -> None:
+        """SIGKILL the group and wait (daemon shutdown)."""
+        if self.proc is None:
+            return
+        self.stop_reason = self.stop_reason or "daemon shutting down"
+        self._signal_group(signal.SIGKILL)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def _signal_group(self, sig: int) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def log_tail(self, n_chars: int = 300) -> str:
+        """The last non-empty line of the child's log (for an error message)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 4096))
+                lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        return lines[-1][:n_chars] if lines else ""

@@ -1,0 +1,80 @@
+"""StageContext: everything an operator's `run(ctx)` gets for one stage on one node."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from xfed.errors import BrokerError
+
+
+class StopWatcher:
+    """`should_stop()` for a stage: a local flag (SIGTERM) or the job no longer RUNNING this stage.
+
+    Reads the job hash at most every `poll_s` seconds so operators may call it in tight loops."""
+
+    def __init__(self, r, keys, job_id: str, stage_id: int, attempt: int, *, poll_s: float = 0.25) -> None:
+        self.r, self.key = r, keys.job(job_id)
+        self.stage_id, self.attempt, self.poll_s = int(stage_id), int(attempt), poll_s
+        self.flag = threading.Event()
+        self.reason = ""
+        self._checked = 0.0
+        self._lock = threading.Lock()
+
+    def stop(self, reason: str) -> None:
+        self.reason = self.reason or reason
+        self.flag.set()
+
+    def __call__(self) -> bool:
+        if self.flag.is_set():
+            return True
+        now = time.monotonic()
+        with self._lock:
+            if now - self._checked < self.poll_s:
+                return False
+            self._checked = now
+        try:
+            state, stage, attempt = self.r.hmget(self.key, "state", "stage", "attempt")
+        except Exception:  # redis errors: a Redis blip is not a stop; Comm has its own timeouts
+            return False
+        state = state.decode() if isinstance(state, bytes) else state
+        if state is None:
+            self.stop("job no longer exists in Redis")
+        elif state != "RUNNING":
+            self.stop(f"job is {state}")
+        elif stage is not None and int(stage) != self.stage_id:
+            self.stop(f"job moved to stage {int(stage)}")
+        elif attempt is not None and int(attempt) != self.attempt:
+            self.stop(f"job is now attempt {int(attempt)}")
+        return self.flag.is_set()
+
+
+@dataclass
+class StageContext:
+    """The contract of docs/CONTRACTS.md: built by the stage runner, handed to `operator.run`."""
+
+    job_id: str
+    stage_id: int
+    attempt: int
+    node_id: str
+    identity: str
+    stage: Any                      # this node's own Stage config (never leaves the party)
+    fed: Any                        # FedConf
+    trainer_ids: list[str]
+    assist_id: str | None
+    comm: Any                       # xfed.broker.channels.Comm for this (job, stage)
+    work_dir: Path
+    _report: Callable[[str, dict], None] = field(repr=False, default=lambda kind, data: None)
+    _should_stop: Callable[[], bool] = field(repr=False, default=lambda: False)
+
+    def report(self, kind: str, data: dict) -> None:
+        """kind in progress|metrics|log|warning -> the job's event stream (best effort)."""
+        try:
+            self._report(kind, data)
+        except BrokerError:
+            pass
+
+    def should_stop(self) -> bool:
+        return self._should_stop()

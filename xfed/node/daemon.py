@@ -1,0 +1,232 @@
+"""Node daemon (-t NODE / -a): waits for stage commands, runs each stage in a child, watches it.
+
+One loop, no threads besides the heartbeat: read the node's command stream (consumer group, the
+`run_stage` entry acked only once the stage is over), start/stop the child, poll it, and report
+its death if it did not report for itself. Redis outages are waited out with backoff; a bad job
+(bad config, crashing operator, malformed messages) fails that job and the daemon takes the next.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from xfed.broker.heartbeat import Heartbeat
+from xfed.broker.jobstore import JobState, JobStore
+from xfed.broker.streams import ControlStream, Entry
+from xfed.errors import BrokerError, XfedError
+from xfed.node.child import StageChild, describe_exit
+from xfed.node.events import EventReporter
+from xfed.node.stage_runner import EXIT_DONE, EXIT_ERROR_REPORTED, EXIT_STOPPED
+
+log = logging.getLogger("xfed.node")
+
+GROUP = "daemon"
+
+
+def default_work_root(config_path: str | os.PathLike) -> Path:
+    """Scratch space for stages (child logs, operator work dirs): $XFED_WORK_DIR or <config>/work."""
+    env = os.environ.get("XFED_WORK_DIR")
+    return Path(env) if env else Path(config_path).resolve() / "work"
+
+
+class NodeDaemon:
+    """The long-running process of one party (label trainer or assist trainer)."""
+
+    def __init__(self, *, config_path: str | os.PathLike, node_id: str, role: str, fed: Any, r: Any, keys: Any,
+                 work_root: Path | None = None, stop_grace_s: float = 5.0) -> None:
+        self.config_path = str(config_path)
+        self.node_id, self.role, self.fed, self.r, self.keys = node_id, role, fed, r, keys
+        self.work_root = Path(work_root) if work_root else default_work_root(config_path)
+        self.stop_grace_s = stop_grace_s
+        self.interval = float(getattr(fed, "heartbeat_interval", 2.0) or 2.0)
+        self.cmds = ControlStream(r, keys.node_cmd(node_id), maxlen=1000)
+        self.jobs = JobStore(r, keys)
+        self.hb = Heartbeat(r, keys, node_id, role, interval=self.interval)
+        self.child: StageChild | None = None
+        self.shutdown = threading.Event()
+        self._outbox: list[tuple[EventReporter, str, dict]] = []
+        self._last_job_check = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.hb.start()
+        self.cmds.ensure_group(GROUP)
+        self._recover_pending()
+        log.info("%s %s ready (heartbeat every %.2g s, work dir %s)", self.role, self.node_id, self.interval,
+                 self.work_root)
+        down_since: float | None = None
+        backoff = 0.1
+        try:
+            while not self.shutdown.is_set():
+                try:
+                    self._flush_outbox()
+                    block = 100 if self.child else 500
+                    for entry in self.cmds.read_group(GROUP, self.node_id, block_ms=block):
+                        self._handle(entry)
+                    self._watch_child()
+                    if down_since is not None:
+                        log.warning("Redis reachable again after %.1f s", time.monotonic() - down_since)
+                        self.hb.beat(register=True)
+                        down_since, backoff = None, 0.1
+                except BrokerError as err:
+                    if down_since is None:
+                        down_since = time.monotonic()
+                        log.warning("broker problem, retrying: %s", err)
+                    self._watch_child(offline=True)
+                    self.shutdown.wait(backoff)
+                    backoff = min(backoff * 2, 2.0)
+        finally:
+            self._shutdown_child()
+            self.hb.stop()
+            log.info("%s %s stopped", self.role, self.node_id)
+        return 0
+
+    def request_shutdown(self, *_: Any) -> None:
+        self.shutdown.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_shutdown)
+        signal.signal(signal.SIGINT, self.request_shutdown)
+
+    # -- commands -------------------------------------------------------------------------------
+    def _recover_pending(self) -> None:
+        """Commands delivered to a previous incarnation of this daemon and never acked."""
+        for entry in self.cmds.read_group(GROUP, self.node_id, pending=True, count=1000):
+            msg = entry.msg or {}
+            if msg.get("type") == "run_stage":
+                job = self.jobs.get(msg["job"])
+                if job is not None and job.state is JobState.RUNNING and job.stage == msg["stage"]:
+                    self._reporter(msg["job"], msg["stage"], msg["attempt"]).error(
+                        f"{self.node_id}: daemon restarted during stage {msg['stage']}; its stage process was lost")
+            self.cmds.ack(GROUP, entry.id)
+
+    def _handle(self, entry: Entry) -> None:
+        if entry.error:
+            log.warning("ignoring malformed command: %s", entry.error)
+            self.cmds.ack(GROUP, entry.id)
+            return
+        msg = entry.msg
+        kind = msg["type"]
+        if kind == "run_stage":
+            self._run_stage(entry.id, msg)
+        elif kind == "stop_job":
+            if self.child is not None and self.child.job_id == msg["job"]:
+                log.info("stopping job %s: %s", msg["job"], msg["reason"])
+                self.child.stop(msg["reason"])
+            self.cmds.ack(GROUP, entry.id)
+        else:
+            log.warning("ignoring %s command on %s", kind, self.cmds.key)
+            self.cmds.ack(GROUP, entry.id)
+
+    def _run_stage(self, entry_id: str, msg: dict) -> None:
+        job_id, stage_id, attempt = msg["job"], msg["stage"], msg["attempt"]
+        child = self.child
+        if child is not None:
+            if (child.job_id, child.stage_id, child.attempt) != (job_id, stage_id, attempt):
+                self._reporter(job_id, stage_id, attempt).error(
+                    f"{self.node_id} is busy with job {child.job_id} stage {child.stage_id}")
+            self.cmds.ack(GROUP, entry_id)
+            return
+        job = self.jobs.get(job_id)
+        if job is None or job.state is not JobState.RUNNING or job.stage != stage_id or job.attempt != attempt:
+            log.info("ignoring stale command for job %s stage %s", job_id, stage_id)
+            self.cmds.ack(GROUP, entry_id)
+            return
+        reporter = self._reporter(job_id, stage_id, attempt)
+        problem = self._check_own_config(stage_id)
+        if problem:
+            reporter.error(problem)
+            self.cmds.ack(GROUP, entry_id)
+            return
+        work_dir = self.work_root / self.node_id / f"job-{job_id}" / f"stage-{stage_id}.{attempt}"
+        child = StageChild(job_id=job_id, stage_id=stage_id, attempt=attempt, node_id=self.node_id,
+                           config_path=self.config_path, work_dir=work_dir, grace_s=self.stop_grace_s,
+                           entry_id=entry_id)
+        child.start()
+        self.child = child
+        self.hb.set_job(job_id)
+        log.info("job %s stage %s: started pid %s (log %s)", job_id, stage_id, child.pid, child.log_path)
+        reporter.status("starting", pid=child.pid, log=str(child.log_path))
+
+    def _check_own_config(self, stage_id: int) -> str:
+        """Read this node's own trainer_config at stage start (edits between jobs take effect)."""
+        from xfed.config import load_stages
+
+        try:
+            stages = load_stages(self.config_path, self.node_id)
+        except XfedError as err:
+            return f"{self.node_id}: {err}"
+        if not 0 <= stage_id < len(stages):
+            return (f"{self.node_id}: trainer_config_{self.node_id}.json has {len(stages)} stage(s); "
+                    f"the job asked for stage {stage_id}")
+        return ""
+
+    # -- the child ------------------------------------------------------------------------------
+    def _watch_child(self, offline: bool = False) -> None:
+        child = self.child
+        if child is None:
+            return
+        rc = child.poll()
+        if rc is None:
+            if not offline and time.monotonic() - self._last_job_check > 0.5:
+                self._last_job_check = time.monotonic()
+                state = self.jobs.state(child.job_id)
+                if state is None or state.terminal:
+                    child.stop(f"job is {state.value if state else 'gone'}")
+            return
+        reporter = self._reporter(child.job_id, child.stage_id, child.attempt)
+        what = describe_exit(rc)
+        log.info("job %s stage %s: child pid %s %s", child.job_id, child.stage_id, child.pid, what)
+        if rc in (EXIT_DONE, EXIT_ERROR_REPORTED, EXIT_STOPPED):
+            pass  # the child reported for itself
+        elif child.stop_reason:
+            self._send(reporter, "status", {"state": "stopped", "reason": child.stop_reason, "exit": what})
+        else:
+            tail = child.log_tail()
+            self._send(reporter, "error", {
+                "message": f"{self.node_id}: stage {child.stage_id} process (pid {child.pid}) {what}"
+                           + (f"; last log line: {tail}" if tail else "") + f" [log {child.log_path}]",
+                "exit": what})
+        self.child = None
+        self.hb.set_job(None)
+        try:
+            if child.entry_id:
+                self.cmds.ack(GROUP, child.entry_id)
+        except BrokerError:
+            pass  # left pending: the next incarnation sees the job is over and drops it
+
+    def _shutdown_child(self) -> None:
+        child = self.child
+        if child is None:
+            return
+        child.kill()
+        try:
+            self._reporter(child.job_id, child.stage_id, child.attempt).error(
+                f"{self.node_id}: daemon shut down during stage {child.stage_id}")
+            if child.entry_id:
+                self.cmds.ack(GROUP, child.entry_id)
+        except (BrokerError, XfedError):
+            pass
+        self.child = None
+
+    # -- events ---------------------------------------------------------------------------------
+    def _reporter(self, job_id: str, stage_id: int, attempt: int) -> EventReporter:
+        return EventReporter(self.r, self.keys, job_id, self.node_id, stage_id, attempt)
+
+    def _send(self, reporter: EventReporter, kind: str, fields: dict) -> None:
+        """Emit now, or keep it for when Redis is back (a death must never go unreported)."""
+        try:
+            reporter.emit(kind, **fields)
+        except BrokerError:
+            self._outbox.append((reporter, kind, fields))
+
+    def _flush_outbox(self) -> None:
+        while self._outbox:
+            reporter, kind, fields = self._outbox[0]
+            reporter.emit(kind, **fields)
+            self._outbox.pop(0)

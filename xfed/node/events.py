@@ -1,0 +1,69 @@
+"""Node -> scheduler events of one job (status, progress, metrics, log, warning, error, done)."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from xfed.broker.streams import ControlStream
+from xfed.errors import BrokerError, FrameError
+
+log = logging.getLogger(__name__)
+
+REPORT_KINDS = ("progress", "metrics", "log", "warning")
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """Make operator-supplied data JSON-safe (numpy scalars, NaN, tuples) without ever failing."""
+    if depth > 8:
+        return str(value)
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, depth + 1) for v in value]
+    item = getattr(value, "item", None)  # numpy scalar / 0-d array / torch scalar
+    if callable(item):
+        try:
+            return _jsonable(item(), depth + 1)
+        except (TypeError, ValueError):
+            pass
+    return str(value)
+
+
+class EventReporter:
+    """Appends this node's events for (job, stage, attempt) to the job's event stream."""
+
+    def __init__(self, r, keys, job_id: str, node_id: str, stage_id: int, attempt: int = 0) -> None:
+        self.stream = ControlStream(r, keys.job_events(job_id), maxlen=100_000)
+        self.job_id, self.node_id, self.stage_id, self.attempt = str(job_id), node_id, int(stage_id), int(attempt)
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        msg = {"type": kind, "job": self.job_id, "node": self.node_id, "stage": self.stage_id,
+               "attempt": self.attempt, "ts": time.time()}
+        msg.update(_jsonable(fields))
+        self.stream.add(msg)
+
+    def report(self, kind: str, data: dict[str, Any]) -> None:
+        """StageContext.report: progress | metrics | log | warning (never raises for a lost event)."""
+        if kind not in REPORT_KINDS:
+            raise ValueError(f"report kind must be one of {REPORT_KINDS}, got {kind!r}")
+        try:
+            self.emit(kind, data=data if isinstance(data, dict) else {"value": data})
+        except (BrokerError, FrameError) as err:
+            log.warning("could not report %s event: %s", kind, err)
+
+    def status(self, state: str, **fields: Any) -> None:
+        self.emit("status", state=state, **fields)
+
+    def error(self, message: str, **fields: Any) -> None:
+        self.emit("error", message=message[:4000], **fields)
+
+    def done(self, n_stages: int, result: dict[str, Any] | None = None) -> None:
+        self.emit("done", n_stages=int(n_stages), result=result or {})

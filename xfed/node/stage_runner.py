@@ -1,0 +1,145 @@
+"""Child process that runs one stage of one job on one node: `python -m xfed.node.stage_runner ...`.
+
+The node daemon starts it in its own process group; it builds the StageContext (real Comm), calls
+the operator, and reports `done` or `error` itself. Exit codes tell the daemon what was reported:
+0 done, 3 error reported, 4 stopped on request; anything else (a signal, OOM, an exit before any
+report) is for the daemon to report. The child dies with its daemon (PDEATHSIG + a parent watch),
+so a SIGKILLed daemon never leaves a stage running.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+EXIT_DONE = 0
+EXIT_ERROR_REPORTED = 3
+EXIT_STOPPED = 4
+EXIT_ORPHANED = 5
+
+log = logging.getLogger("xfed.stage")
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux PDEATHSIG, plus a watch thread for the race where the parent died before prctl ran."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(EXIT_ORPHANED)
+            time.sleep(0.2)
+
+    if os.getppid() != parent_pid:
+        os._exit(EXIT_ORPHANED)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m xfed.node.stage_runner")
+    p.add_argument("--config-path", required=True)
+    p.add_argument("--node", required=True)
+    p.add_argument("--job", required=True)
+    p.add_argument("--stage", type=int, required=True)
+    p.add_argument("--attempt", type=int, default=0)
+    p.add_argument("--parent-pid", type=int, default=0)
+    p.add_argument("--work-dir", required=True)
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    from xfed.broker.connection import connect
+    from xfed.broker.keys import Keys
+    from xfed.config import load_fed_conf, load_stages
+    from xfed.errors import XfedError
+    from xfed.node.context import StageContext, StopWatcher
+    from xfed.node.events import EventReporter
+
+    fed = load_fed_conf(args.config_path)
+    keys = Keys(fed.redis.namespace)
+    r = connect(fed)
+    reporter = EventReporter(r, keys, args.job, args.node, args.stage, args.attempt)
+    watcher = StopWatcher(r, keys, args.job, args.stage, args.attempt)
+
+    def on_term(signum, frame):  # first SIGTERM: stop cooperatively; the daemon SIGKILLs after a grace
+        watcher.stop("stop requested")
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        stages = load_stages(args.config_path, args.node)
+        if not 0 <= args.stage < len(stages):
+            raise XfedError(f"trainer_config_{args.node}.json has {len(stages)} stage(s); "
+                            f"the job asked for stage {args.stage}")
+        stage = stages[args.stage]
+        reporter.status("running", pid=os.getpid())
+        ctx = StageContext(
+            job_id=args.job, stage_id=args.stage, attempt=args.attempt, node_id=args.node,
+            identity=stage.identity, stage=stage, fed=fed, trainer_ids=list(fed.trainer_ids),
+            assist_id=fed.assist_trainer_id, comm=_make_comm(r, keys, args, watcher),
+            work_dir=Path(args.work_dir), _report=reporter.report, _should_stop=watcher,
+        )
+        from xfed.operators.registry import operator_module
+
+        result = operator_module(stage.model_info.name).run(ctx)
+        reporter.done(len(stages), result if isinstance(result, dict) else {"result": result})
+        return EXIT_DONE
+    except BaseException as err:  # noqa: B036 - every way out must be reported (or deliberately not)
+        if watcher.flag.is_set() or isinstance(err, KeyboardInterrupt):
+            log.info("stage stopped: %s", watcher.reason or type(err).__name__)
+            _try(reporter.status, "stopped", reason=watcher.reason or "interrupted")
+            return EXIT_STOPPED
+        if isinstance(err, XfedError):
+            message = str(err)
+        else:
+            traceback.print_exc()
+            message = f"{type(err).__name__}: {err} (traceback in {args.work_dir}/stage.log)"
+        log.error("stage failed: %s", message)
+        return EXIT_ERROR_REPORTED if _try(reporter.error, message) else 1
+
+
+def _make_comm(r, keys, args, watcher):
+    from xfed.broker.channels import Comm
+
+    return Comm(r, keys, args.job, args.stage, args.node, attempt=args.attempt, should_stop=watcher)
+
+
+def _try(fn, *a, **kw) -> bool:
+    try:
+        fn(*a, **kw)
+        return True
+    except Exception as err:  # Redis gone: the daemon reports the exit code instead
+        log.error("could not report to Redis: %s", err)
+        return False
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.parent_pid:
+        _die_with_parent(args.parent_pid)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format=f"%(asctime)s {args.node} job {args.job} stage {args.stage} %(levelname)s %(message)s")
+    try:
+        code = run(args)
+    except Exception as err:  # config/connection failure before a reporter existed
+        traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # operator threads (tokenizers, data loaders) must not keep the child alive
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""The scheduler loop: requests in, stage commands out, node events and heartbeats watched.
+
+All state lives in Redis (job hashes, event streams with a stored cursor, command streams), so a
+restarted scheduler re-attaches to whatever is running. One loop, no threads besides the heartbeat.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from xfed.broker.heartbeat import Heartbeat, alive_nodes, node_infos
+from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus
+from xfed.broker.streams import ControlStream, Entry, read_many
+from xfed.errors import BrokerError, XfedError
+from xfed.scheduler.progress import decide_after_stage, missing_nodes
+
+log = logging.getLogger("xfed.scheduler")
+
+GROUP = "scheduler"
+SCHEDULER_ID = "scheduler"
+REPLY_TTL_S = 60
+# after a job ends, keep reading its events a little so the per-node table shows who stopped
+LINGER_S = 10.0
+
+
+class Scheduler:
+    def __init__(self, *, fed: Any, r: Any, keys: Any, interval: float | None = None) -> None:
+        self.fed, self.r, self.keys = fed, r, keys
+        self.interval = float(interval or getattr(fed, "heartbeat_interval", 2.0) or 2.0)
+        self.participants = list(fed.node_ids)
+        self.jobs = JobStore(r, keys)
+        self.requests = ControlStream(r, keys.requests(), maxlen=10_000)
+        self.hb = Heartbeat(r, keys, SCHEDULER_ID, "scheduler", interval=self.interval, key=keys.scheduler())
+        self.cursors: dict[str, str] = {}          # job id -> last event id read
+        self.lingering: dict[str, float] = {}      # finished job id -> stop reading at (monotonic)
+        self.shutdown = threading.Event()
+        self._last_liveness = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def run(self) -> int:
+        self._wait_for_previous_scheduler()
+        self.hb.start()
+        self.requests.ensure_group(GROUP)
+        self.reattach()
+        log.info("scheduler ready: participants %s, heartbeat %.2g s", ", ".join(self.participants), self.interval)
+        down_since: float | None = None
+        try:
+            while not self.shutdown.is_set():
+                try:
+                    self.step()
+                    if down_since is not None:
+                        log.warning("Redis reachable again after %.1f s", time.monotonic() - down_since)
+                        self.hb.beat(register=True)
+                        self.requests.ensure_group(GROUP)
+                        down_since = None
+                except BrokerError as err:
+                    if down_since is None:
+                        down_since = time.monotonic()
+                        log.warning("broker problem, retrying: %s", err)
+                    self.shutdown.wait(0.5)
+        finally:
+            self.hb.stop()
+            log.info("scheduler stopped")
+        return 0
+
+    def _wait_for_previous_scheduler(self) -> None:
+        """Refuse to run beside a live scheduler; wait out the heartbeat TTL of a dead one."""
+        deadline = time.monotonic() + 3 * self.interval + 1
+        while True:
+            info = node_infos(self.r, self.keys, [SCHEDULER_ID])[SCHEDULER_ID]
+            ttl = self.r.pttl(self.keys.scheduler())
+            if not (isinstance(ttl, int) and ttl > 0):
+                return
+            if time.monotonic() > deadline:
+                raise XfedError(f"another scheduler is running for namespace {self.keys.namespace!r} "
+                                f"(host {info.host or '?'}, pid {info.pid or '?'})")
+            time.sleep(min(0.2, ttl / 1000))
+
+    def reattach(self) -> None:
+        for job in self.jobs.active():
+            self.cursors[job.job_id] = job.extra.get("cursor") or "0-0"
+            log.info("re-attached to job %s (%s, stage %s)", job.job_id, job.state.value, job.stage)
+            if job.state is JobState.PENDING:  # we died between creating and dispatching it
+                self._dispatch(job.job_id, 0, job.attempt, job.participants)
+            else:
+                self._advance_if_ready(job.job_id)
+
+    def step(self) -> None:
+        """One turn of the loop: requests, events, heartbeats."""
+        busy = bool(self.cursors)
+        for entry in self.requests.read_group(GROUP, SCHEDULER_ID, block_ms=None if busy else 200, count=20):
+            self._handle_request(entry)
+        if self.cursors:
+            streams = {self.keys.job_events(j): c for j, c in self.cursors.items()}
+            by_key = read_many(self.r, streams, block_ms=100)
+            for job_id in list(self.cursors):
+                entries = by_key.get(self.keys.job_events(job_id), [])
+                if entries:
+                    self._process_events(job_id, entries)
+        now = time.monotonic()
+        for job_id, until in list(self.lingering.items()):
+            if now > until:
+                self.lingering.pop(job_id, None)
+                self.cursors.pop(job_id, None)
+        if now - self._last_liveness >= self.interval / 4:
+            self._last_liveness = now
+            self._check_liveness()
+
+    # -- requests -------------------------------------------------------------------------------
+    def _handle_request(self, entry: Entry) -> None:
+        try:
+            if entry.error:
+                log.warning("ignoring malformed request: %s", entry.error)
+                return
+            msg = entry.msg
+            try:
+                reply = self._start(msg) if msg["type"] == "start" else self._stop(msg)
+            except XfedError as err:
+                reply = {"ok": False, "error": str(err)}
+            self._reply(msg["request_id"], reply)
+        finally:
+            self.requests.ack(GROUP, entry.id)
+
+    def _reply(self, request_id: str, reply: dict) -> None:
+        try:
+            key = self.keys.reply(request_id)
+        except XfedError:
+            log.warning("request id %r is not usable as a key; no reply sent", request_id[:80])
+            return
+        pipe = self.r.pipeline(transaction=True)
+        pipe.rpush(key, json.dumps(reply))
+        pipe.expire(key, REPLY_TTL_S)
+        pipe.execute()
+
+    def _start(self, msg: dict) -> dict:
+        if msg.get("resume"):
+            return {"ok": False, "error": f"--resume {msg['resume']}: resuming a job is not available yet"}
+        for job in self.jobs.active():
+            return {"ok": False, "error": f"job {job.job_id} is still {job.state.value}; wait for it or stop it "
+                                         f"(-c stop {job.job_id})"}
+        missing = missing_nodes(self.participants, alive_nodes(self.r, self.keys, self.participants))
+        if missing:
+            return {"ok": False, "missing": missing,
+                    "error": f"cannot start: node(s) not alive (no heartbeat): {', '.join(missing)}"}
+        job_id = self.jobs.create(self.participants, extra={"cursor": "0-0"})
+        self.cursors[job_id] = "0-0"
+        self._dispatch(job_id, 0, 0, self.participants)
+        log.info("job %s started on %s", job_id, ", ".join(self.participants))
+        return {"ok": True, "job": job_id}
+
+    def _stop(self, msg: dict) -> dict:
+        job_id = msg.get("job")
+        if job_id is None:
+            active = self.jobs.active()
+            if not active:
+                return {"ok": False, "error": "no job is running"}
+            job_id = active[0].job_id
+        job = self.jobs.require(str(job_id))
+        if not job.active:
+            return {"ok": False, "error": f"job {job.job_id} already ended {job.state.value}"}
+        self._finish(job.job_id, JobState.STOPPED, "stopped by client request", "")
+        return {"ok": True, "job": job.job_id, "state": JobState.STOPPED.value}
+
+    # -- stages ---------------------------------------------------------------------------------
+    def _dispatch(self, job_id: str, stage: int, attempt: int, participants: list[str]) -> None:
+        if not self.jobs.transition(job_id, JobState.RUNNING, stage=stage, attempt=attempt):
+            return
+        for n in participants:
+            self.jobs.set_node(job_id, n, NodeStatus(state="dispatched", stage=stage))
+        for n in participants:
+            ControlStream(self.r, self.keys.node_cmd(n), maxlen=1000).add(
+                {"type": "run_stage", "job": job_id, "stage": stage, "attempt": attempt,
+                 "participants": participants, "ts": time.time()})
+        self._job_event(job_id, JobState.RUNNING, stage)
+
+    def _advance_if_ready(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or job.state is not JobState.RUNNING:
+            return
+        decision = decide_after_stage(job.stage, job.participants, job.nodes)
+        if decision.action == "next":
+            log.info("job %s: stage %s done, dispatching stage %s", job_id, job.stage, decision.stage)
+            self._dispatch(job_id, decision.stage, job.attempt, job.participants)
+        elif decision.action == "success":
+            n_stages = job.stage + 1
+            self._finish(job_id, JobState.SUCCESSFUL, "", "", n_stages=n_stages)
+        elif decision.action == "fail":
+            self._finish(job_id, JobState.FAILED, decision.reason, decision.node)
+
+    def _finish(self, job_id: str, state: JobState, reason: str, node: str, **fields: Any) -> bool:
+        job = self.jobs.get(job_id)
+        if job is None or not self.jobs.transition(job_id, state, reason=reason, node=node, **fields):
+            return False
+        log.info("job %s %s%s", job_id, state.value, f": {reason}" if reason else "")
+        if state is not JobState.SUCCESSFUL:
+            for n in job.participants:
+                try:
+                    ControlStream(self.r, self.keys.node_cmd(n), maxlen=1000).add(
+                        {"type": "stop_job", "job": job_id, "reason": f"job {state.value}"
+                         + (f": {reason}" if reason else ""), "ts": time.time()})
+                except BrokerError as err:
+                    log.warning("could not send stop to %s: %s", n, err)
+        self._job_event(job_id, state, job.stage, reason=reason, node=node)
+        self.jobs.expire(job_id)
+        self.lingering[job_id] = time.monotonic() + LINGER_S
+        return True
+
+    def _job_event(self, job_id: str, state: JobState, stage: int, **fields: Any) -> None:
+        ControlStream(self.r, self.keys.job_events(job_id), maxlen=100_000).add(
+            {"type": "job", "job": job_id, "state": state.value, "stage": stage, "ts": time.time(), **fields})
+
+    # -- events ---------------------------------------------------------------------------------
+    def _process_events(self, job_id: str, entries: list[Entry]) -> None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            self.cursors.pop(job_id, None)
+            return
+        changed = False
+        for entry in entries:
+            self.cursors[job_id] = entry.id
+            if job.state.terminal:
+                self._note_after_end(job, entry)
+                continue
+            if entry.error:
+                self._finish(job_id, JobState.FAILED, f"malformed event: {entry.error}", "")
+                job = self.jobs.get(job_id) or job
+                continue
+            changed |= self._apply_event(job, entry.msg)
+            if changed:
+                job = self.jobs.get(job_id) or job
+        self.jobs.set_fields(job_id, cursor=self.cursors[job_id])
+        if changed:
+            self._advance_if_ready(job_id)
+
+    def _apply_event(self, job: Job, msg: dict) -> bool:
+        """Update the job from one node event; True when a stage may have completed or it failed."""
+        kind, node = msg["type"], msg.get("node", "")
+        if kind == "job":
+            return False
+        if node not in job.participants:
+            log.warning("job %s: event from non-participant %r ignored", job.job_id, node)
+            return False
+        if msg.get("stage") != job.stage or msg.get("attempt", 0) != job.attempt:
+            return False  # late event of an earlier stage/attempt
+        status = job.nodes.setdefault(node, NodeStatus())
+        status.stage = job.stage
+        if kind == "status":
+            status.state = {"starting": "running", "running": "running", "stopped": "stopped"}.get(
+                msg["state"], msg["state"])
+            if isinstance(msg.get("pid"), int):
+                status.pid = msg["pid"]
+        elif kind == "progress":
+            status.progress = msg["data"]
+            if status.state in ("dispatched", "pending"):
+                status.state = "running"
+        elif kind == "error":
+            status.state, status.message = "failed", msg["message"]
+            self.jobs.set_node(job.job_id, node, status)
+            message = msg["message"]
+            reason = message if message.startswith(f"{node}:") else f"{node}: {message}"
+            self._finish(job.job_id, JobState.FAILED, reason, node)
+            return True
+        elif kind == "done":
+            status.state, status.n_stages = "done", msg["n_stages"]
+            result = msg.get("result")
+            status.result = result if isinstance(result, dict) else None
+            self.jobs.set_node(job.job_id, node, status)
+            return True
+        else:  # metrics / log / warning: clients read them from the stream
+            return False
+        self.jobs.set_node(job.job_id, node, status)
+        return False
+
+    def _note_after_end(self, job: Job, entry: Entry) -> None:
+        """After the end, record who stopped (for `status`), but change nothing else."""
+        msg = entry.msg
+        if not msg or msg["type"] not in ("status", "error") or msg.get("node") not in job.participants:
+            return
+        status = job.nodes.get(msg["node"], NodeStatus())
+        if status.state in ("done", "failed"):
+            return
+        status.state = "stopped" if msg["type"] == "error" or msg.get("state") == "stopped" else status.state
+        self.jobs.set_node(job.job_id, msg["node"], status)
+
+    # -- liveness -------------------------------------------------------------------------------
+    def _check_liveness(self) -> None:
+        running = [j for j in self.cursors if j not in self.lingering]
+        if not running:
+            return
+        alive = alive_nodes(self.r, self.keys, self.participants)
+        for job_id in running:
+            job = self.jobs.get(job_id)
+            if job is None or not job.active:
+                continue
+            dead = missing_nodes(job.participants, alive)
+            if dead:
+                first = dead[0]
+                self.jobs.set_node(job_id, first, NodeStatus(state="failed", stage=job.stage,
+                                                             message="heartbeat expired"))
+                self._finish(job_id, JobState.FAILED,
+                             f"{first}: heartbeat expired (none for {3 * self.interval:g} s): its daemon died or "
+                             f"lost Redis" + (f"; also silent: {', '.join(dead[1:])}" if dead[1:] else ""), first)
