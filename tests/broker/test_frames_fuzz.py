@@ -1,0 +1,114 @@
+"""Fuzz: random, truncated, oversized, bit-flipped and wrongly-typed input to decode_frame -> FrameError only.
+
+About 5,000 + 10,500 + 1,000 + 1,200 + 500 = 18,000 frames per run; any exception other than
+FrameError (or a hang) fails the test.
+"""
+
+import json
+import random
+import struct
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xfed.broker.frames import FrameHeader, decode_control, decode_frame, encode_frame
+from xfed.errors import FrameError
+
+H = FrameHeader(sender="a", receiver="b", job="1", stage=0, channel="c", seq=0)
+VALID = [
+    encode_frame(H, {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "u": np.arange(3, dtype=np.uint64)},
+                 {"k": [1, 2]}),
+    encode_frame(H, {"s": np.float64(1.0), "e": np.zeros((0, 3), np.int8), "b": np.array([True])}),
+    encode_frame(H, None, {"ctl": True}),
+]
+LIMIT = 1 << 16
+
+
+def _decode(data) -> None:
+    try:
+        decode_frame(data, max_bytes=LIMIT)
+    except FrameError:
+        pass
+
+
+def _wrap(head: dict, payload: bytes) -> bytes:
+    hb = json.dumps(head).encode()
+    return b"XFD1" + struct.pack("<I", len(hb)) + hb + payload
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.binary(max_size=512), st.randoms(use_true_random=False))
+def test_random_bytes_only_raise_frame_error(data, rnd):
+    _decode(data)
+    _decode(b"XFD1" + data)
+    try:
+        decode_control(data)
+    except FrameError:
+        pass
+    for _ in range(8):  # cheap bulk: 10 frames per example
+        _decode(b"XFD1" + struct.pack("<I", rnd.randrange(0, 600)) + rnd.randbytes(rnd.randrange(0, 600)))
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.integers(0, len(VALID) - 1), st.integers(0, 10**9), st.randoms(use_true_random=False))
+def test_truncated_and_bit_flipped_frames_only_raise_frame_error(which, cut, rnd):
+    whole = VALID[which]
+    assert decode_frame(whole, max_bytes=LIMIT).header.channel == H.channel  # the unmodified one decodes
+    _decode(whole[: cut % len(whole)])
+    for _ in range(10):  # 10 truncations and 10 bit-flipped copies per example
+        _decode(whole[: rnd.randrange(len(whole))])
+        frame = bytearray(whole)
+        for _ in range(rnd.randrange(1, 5)):
+            frame[rnd.randrange(len(frame))] ^= 1 << rnd.randrange(8)
+        _decode(frame)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(["v", "kind", "sender", "receiver", "job", "stage", "attempt", "channel", "seq", "meta",
+                        "payload_bytes"]), _json_values)
+def test_wrongly_typed_header_fields_only_raise_frame_error(field, value):
+    (h,) = struct.unpack_from("<I", VALID[0], 4)
+    head = json.loads(VALID[0][8:8 + h])
+    head[field] = value
+    _decode(_wrap(head, VALID[0][8 + h:]))
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(["dtype", "shape", "data_offsets"]), _json_values,
+       st.integers(0, 2**64 - 1))
+def test_forged_safetensors_index_only_raises_frame_error(field, value, claimed_len):
+    (h,) = struct.unpack_from("<I", VALID[0], 4)
+    head = json.loads(VALID[0][8:8 + h])
+    payload = VALID[0][8 + h:]
+    (n,) = struct.unpack_from("<Q", payload, 0)
+    index = json.loads(payload[8:8 + n])
+    index["w"][field] = value
+    ib = json.dumps(index).encode()
+    body = struct.pack("<Q", len(ib)) + ib + payload[8 + n:]
+    head["payload_bytes"] = len(body)
+    _decode(_wrap(head, body))
+    # a header that claims a gigantic safetensors index must be refused without allocating it
+    head["payload_bytes"] = len(payload)
+    _decode(_wrap(head, struct.pack("<Q", claimed_len) + payload[8:]))
+
+
+def test_oversized_inputs_are_refused_fast_by_length():
+    big = bytes(LIMIT + 1)
+    for _ in range(200):
+        _decode(big)
+    rnd = random.Random(1)
+    for _ in range(300):
+        claimed = rnd.randrange(0, 2**32)
+        _decode(b"XFD1" + struct.pack("<I", claimed) + b"{}")
+    for wrong in (None, 3, "text", [1], {"a": 1}, 1.5):
+        try:
+            decode_frame(wrong)  # type: ignore[arg-type]
+        except FrameError:
+            pass
