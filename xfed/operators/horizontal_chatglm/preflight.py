@@ -29,6 +29,7 @@ LOCAL_TRAINER_KEYS = frozenset({
 LOCAL_DATASET_KEYS = frozenset({"key_query", "key_answer", "prompt_column", "response_column", "history_column"})
 # Sections the assist trainer decides outright.
 SHARED_SECTIONS = ("aggregation", "encryption", "peft")
+ONE_OF_SECTIONS = ("encryption", "peft")
 
 
 def _canonical(value: Any) -> str:
@@ -53,9 +54,14 @@ def authoritative_params(assist: dict[str, Any], party: dict[str, Any]) -> tuple
             conflicts.append({"key": key, "party": mine, "assist": theirs})
 
     for section in SHARED_SECTIONS:
-        if section in party and party[section] is not None:
-            for key, mine, theirs in _leaf_diff(section, party[section], assist.get(section)):
-                note(key, mine, theirs)
+        mine, theirs = party.get(section), assist.get(section)
+        if mine is None:
+            continue
+        if section in ONE_OF_SECTIONS and isinstance(mine, dict) and isinstance(theirs, dict) and set(mine) != set(theirs):
+            note(section, mine, theirs)  # otp vs plain, LORA vs PREFIX_TUNING: one conflict, not one per leaf
+            continue
+        for key, leaf_mine, leaf_theirs in _leaf_diff(section, mine, theirs):
+            note(key, leaf_mine, leaf_theirs)
     for section, local_keys in (("trainer", LOCAL_TRAINER_KEYS), ("dataset", LOCAL_DATASET_KEYS)):
         merged = dict(assist.get(section) or {})
         for key, mine in (party.get(section) or {}).items():
