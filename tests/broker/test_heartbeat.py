@@ -1,0 +1,44 @@
+"""Heartbeats: registration, expiry after the TTL when beats stop, re-registration after data loss."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from xfed.broker.heartbeat import Heartbeat, alive_nodes, node_infos
+from xfed.broker.keys import Keys
+
+
+@pytest.mark.integration
+def test_dead_node_disappears_after_three_intervals(redis_server):
+    r = redis_server.client()
+    keys = Keys("hb")
+    hb = Heartbeat(r, keys, "n1", "label_trainer", interval=0.2).start()
+    try:
+        info = node_infos(r, keys, ["n1", "n2"])
+        assert info["n1"].alive and info["n1"].role == "label_trainer" and info["n1"].pid > 0
+        assert not info["n2"].alive
+        assert alive_nodes(r, keys) == {"n1"}
+        time.sleep(0.7)  # beats keep it alive past one TTL
+        assert alive_nodes(r, keys, ["n1"]) == {"n1"}
+        r.flushall()  # data lost: the next beat registers again
+        time.sleep(0.5)
+        assert node_infos(r, keys, ["n1"])["n1"].role == "label_trainer"
+        hb.set_job("5")
+        assert node_infos(r, keys, ["n1"])["n1"].job == "5"
+    finally:
+        hb.stop(deregister=False)
+    t0 = time.monotonic()
+    while alive_nodes(r, keys, ["n1"]):
+        time.sleep(0.02)
+        assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 <= 0.6 + 0.05  # TTL = 3 intervals
+
+
+@pytest.mark.integration
+def test_graceful_stop_deregisters_at_once(redis_server):
+    r = redis_server.client()
+    keys = Keys("hb2")
+    hb = Heartbeat(r, keys, "n1", "assist_trainer", interval=5).start()
+    hb.stop()
+    assert alive_nodes(r, keys, ["n1"]) == set()

@@ -1,0 +1,75 @@
+"""Job state machine (pure) and the Redis job store (compare-and-set, index, expiry)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from xfed.broker.jobstore import JobState, JobStore, NodeStatus, can_transition, job_from_hash, parse_state
+from xfed.broker.keys import Keys
+from xfed.errors import JobError
+
+S = JobState
+
+
+@pytest.mark.parametrize("old,new,ok", [
+    (S.PENDING, S.RUNNING, True), (S.PENDING, S.FAILED, True), (S.PENDING, S.STOPPED, True),
+    (S.PENDING, S.SUCCESSFUL, False), (S.RUNNING, S.RUNNING, True), (S.RUNNING, S.SUCCESSFUL, True),
+    (S.RUNNING, S.FAILED, True), (S.RUNNING, S.STOPPED, True), (S.RUNNING, S.PENDING, False),
+    (S.FAILED, S.STOPPED, False), (S.STOPPED, S.FAILED, False), (S.SUCCESSFUL, S.RUNNING, False),
+    (S.FAILED, S.RUNNING, False),
+])
+def test_state_machine_transitions(old, new, ok):
+    assert can_transition(old, new) is ok
+
+
+def test_terminal_states_are_final():
+    for t in (S.SUCCESSFUL, S.FAILED, S.STOPPED):
+        assert t.terminal
+        assert not any(can_transition(t, n) for n in S)
+    assert not S.RUNNING.terminal and not S.PENDING.terminal
+
+
+def test_unknown_state_is_a_job_error_naming_the_job():
+    with pytest.raises(JobError, match="job 7: unknown state 'BOGUS'"):
+        parse_state(b"BOGUS", job_id="7")
+
+
+def test_job_from_hash_tolerates_garbage_fields():
+    job = job_from_hash("3", {b"state": b"RUNNING", b"stage": b"x", b"participants": b"{not json",
+                              b"node:n1": b"[1,2]", b"node:n2": NodeStatus(state="done", stage=0).to_json()})
+    assert job.state is S.RUNNING and job.stage == -1 and job.participants == []
+    assert job.nodes["n1"].message == "unreadable node status"
+    assert job.nodes["n2"].state == "done"
+
+
+@pytest.mark.integration
+def test_store_cas_first_outcome_wins_and_expiry(redis_server):
+    r = redis_server.client()
+    keys = Keys("jt")
+    store = JobStore(r, keys, retention_s=100)
+    a, b = store.create(["n1", "n2"]), store.create(["n1", "n2"])
+    assert (a, b) == ("1", "2")
+    assert store.get(a).state is S.PENDING
+    assert store.transition(a, S.RUNNING, stage=0)
+    job = store.get(a)
+    assert job.state is S.RUNNING and job.stage == 0 and job.started is not None
+    assert store.transition(a, S.FAILED, reason="n1: boom", node="n1")
+    assert not store.transition(a, S.STOPPED, reason="late stop")  # first outcome wins
+    job = store.get(a)
+    assert (job.state, job.reason, job.node) == (S.FAILED, "n1: boom", "n1") and job.ended >= job.started
+    assert [j.job_id for j in store.list()] == ["2", "1"]
+    assert [j.job_id for j in store.active()] == ["2"]
+    store.set_node(a, "n2", NodeStatus(state="stopped", stage=0))
+    assert store.node(a, "n2").state == "stopped"
+    r.xadd(keys.mailbox(a, 0, "n1", "n2"), {b"d": b"x"})
+    r.xadd(keys.job_events(a), {b"m": b"{}"})
+    assert store.expire(a) == 1
+    assert not r.exists(keys.mailbox(a, 0, "n1", "n2"))
+    assert 0 < r.ttl(keys.job(a)) <= 100 and 0 < r.ttl(keys.job_events(a)) <= 100
+    with pytest.raises(JobError, match="job 99: no such job"):
+        store.transition("99", S.RUNNING)
+    r.delete(keys.job(b))
+    time.sleep(0)
+    assert [j.job_id for j in store.list()] == ["1"]  # expired hash tidied from the index
+    assert store.get("42") is None
