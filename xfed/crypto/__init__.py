@@ -1,8 +1,35 @@
-"""Secure-aggregation primitives: NIST DRBGs, RFC 7919 Diffie-Hellman, fixed-point rings, one-time pads."""
+"""Secure-aggregation primitives: NIST DRBGs, RFC 7919 Diffie-Hellman, fixed-point rings, one-time pads.
+
+numpy + stdlib + gmpy2 (+ `cryptography` for AES only); this package imports neither torch nor redis.
+"""
 
 from xfed.crypto.dh import GROUP_BITS, DhGroup, generate_keypair, named_group, shared_secret, validate_public
 from xfed.crypto.drbg import MAX_REQUEST_BYTES, RESEED_INTERVAL, CtrDrbg, HmacDrbg, ReseedRequired
+from xfed.crypto.fixedpoint import add_into, decode, default_frac_bits, encode, encoded_shape, sub_into
+from xfed.crypto.otp import (
+    CSPRNGS,
+    DEFAULT_LANES,
+    PROTOCOL_LABEL,
+    PadStream,
+    derivation_inputs,
+    mask,
+    pad_stream,
+    pad_words,
+    sign_for,
+    unmask_sum,
+)
+from xfed.crypto.pad_workers import available_cores, get_pad_workers, shutdown_pad_workers
 
 __all__ = [
-    "DhGroup", "GROUP_BITS", "generate_keypair", "named_group", "shared_secret", "validate_public",
-    "CtrDrbg", "HmacDrbg", "MAX_REQUEST_BYTES", "RESEED_INTERVAL", "ReseedRequired"]
+    # DRBGs
+    "HmacDrbg", "CtrDrbg", "MAX_REQUEST_BYTES", "RESEED_INTERVAL", "ReseedRequired",
+    # Diffie-Hellman
+    "DhGroup", "GROUP_BITS", "named_group", "generate_keypair", "validate_public", "shared_secret",
+    # fixed point
+    "encode", "decode", "add_into", "sub_into", "default_frac_bits", "encoded_shape",
+    # one-time pads
+    "PadStream", "pad_stream", "pad_words", "derivation_inputs", "mask", "unmask_sum", "sign_for",
+    "CSPRNGS", "DEFAULT_LANES", "PROTOCOL_LABEL",
+    # pad worker processes
+    "available_cores", "get_pad_workers", "shutdown_pad_workers",
+]

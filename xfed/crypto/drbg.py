@@ -291,6 +291,13 @@ class CtrDrbg:
         self._key, self._v, self._counter = bytes(key), int(v), int(counter)
         return self
 
+    def import_state(self, state: tuple[bytes, int, int, bool]) -> None:
+        """Take over the state another copy of this stream reached (see `export_state`)."""
+        other = CtrDrbg.from_state(state)
+        if other.derivation_function != self.derivation_function:
+            raise ValueError("CTR_DRBG state is for the other derivation-function mode")
+        self._key, self._v, self._counter = other._key, other._v, other._counter
+
     def reseed(self, entropy: bytes, additional: bytes = b"") -> None:
         """CTR_DRBG_Reseed."""
         entropy = _as_bytes(entropy, "entropy")

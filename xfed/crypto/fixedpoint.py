@@ -1,0 +1,196 @@
+"""Fixed-point encoding of float arrays into the rings Z/2^64 and Z/2^128, vectorised with numpy.
+
+A value v is stored as the two's-complement integer round(w * v * 2^frac_bits) modulo 2^bits.
+Layouts (what `mask` sends and `unmask_sum` reads):
+- 64 bits: a uint64 array of the tensor's shape.
+- 128 bits: a uint64 array of shape (*shape, 2) holding [low, high] limbs, i.e. each element is a
+  little-endian 128-bit integer in memory, so 16 DRBG bytes read as "<u8" pairs are one pad element.
+
+Sums of encoded values are correct as long as the true sum fits the signed range; `encode`
+refuses (OverflowError naming the tensor) any input for which n_parties such values could
+leave it, instead of wrapping silently. NaN and infinity are refused (ValueError) the same way.
+No Python loop over elements: every step is a numpy pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "SUPPORTED_BITS",
+    "default_frac_bits",
+    "check_params",
+    "encode",
+    "decode",
+    "add_into",
+    "sub_into",
+    "encoded_shape",
+    "words_per_element",
+]
+
+SUPPORTED_BITS = (64, 128)
+_DEFAULT_FRAC = {64: 32, 128: 64}  # XFL's scale for 64-bit; 2^64 for 128-bit
+_TWO64 = float(2**64)
+
+
+def default_frac_bits(bits: int) -> int:
+    """32 for the 64-bit ring (XFL's 2^32 scale), 64 for the 128-bit ring."""
+    check_params(bits, None)
+    return _DEFAULT_FRAC[bits]
+
+
+def check_params(bits: int, frac_bits: int | None) -> int:
+    """Validate (bits, frac_bits); returns frac_bits with the default filled in."""
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"fixed-point ring must be 64 or 128 bits, got {bits!r}")
+    if frac_bits is None:
+        return _DEFAULT_FRAC[bits]
+    if isinstance(frac_bits, bool) or not isinstance(frac_bits, (int, np.integer)) or not 0 <= frac_bits <= bits - 2:
+        raise ValueError(f"frac_bits must be an integer in [0, {bits - 2}] for {bits}-bit fixed point, got {frac_bits!r}")
+    return int(frac_bits)
+
+
+def words_per_element(bits: int) -> int:
+    """uint64 words per encoded element: 1 or 2."""
+    return bits // 64
+
+
+def encoded_shape(shape: tuple[int, ...], bits: int) -> tuple[int, ...]:
+    """Shape of the uint64 array that encodes a tensor of `shape`."""
+    return tuple(shape) if bits == 64 else (*shape, 2)
+
+
+def _scaled(x: np.ndarray, *, scale: float, name: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"tensor {name!r}: cannot encode dtype {arr.dtype}")
+    y = np.empty(arr.shape, dtype=np.float64)  # an array even for 0-d input
+    np.multiply(arr, scale, out=y)
+    return y
+
+
+def _check_range(y: np.ndarray, *, bits: int, n_parties: int, name: str, frac_bits: int) -> None:
+    """NaN/inf -> ValueError; n_parties * (max|y| + 1/2) beyond the signed range -> OverflowError."""
+    if y.size == 0:
+        return
+    top, bottom = float(y.max()), float(y.min())
+    if math.isnan(top) or math.isnan(bottom):
+        raise ValueError(f"tensor {name!r} contains NaN; refusing to encode it")
+    m = max(abs(top), abs(bottom))
+    if math.isinf(m):
+        raise ValueError(f"tensor {name!r} contains infinity; refusing to encode it")
+    # Rounding adds at most 1/2 per party; the factor keeps float64's own error on the safe side.
+    if n_parties * (m + 0.5) >= 2.0 ** (bits - 1) * (1.0 - 2.0**-40):
+        raise OverflowError(
+            f"tensor {name!r}: |weight * value| up to {m / 2.0**frac_bits:.6g} times {n_parties} parties "
+            f"does not fit {bits}-bit fixed point with {frac_bits} fractional bits; "
+            f"use 128 bits or fewer frac_bits"
+        )
+
+
+def encode(
+    x: np.ndarray,
+    *,
+    bits: int = 64,
+    frac_bits: int | None = None,
+    weight: float = 1.0,
+    n_parties: int = 1,
+    name: str = "tensor",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """round(weight * x * 2^frac_bits) mod 2^bits as uint64 (see module docstring for the layout).
+
+    `n_parties` is how many such values will be summed: the overflow check is for the sum.
+    `out` (uint64, encoded_shape) receives the result when given.
+    """
+    frac_bits = check_params(bits, frac_bits)
+    weight = float(weight)
+    if not math.isfinite(weight) or weight < 0:
+        raise ValueError(f"tensor {name!r}: weight must be a finite number >= 0, got {weight!r}")
+    if isinstance(n_parties, bool) or not isinstance(n_parties, (int, np.integer)) or n_parties < 1:
+        raise ValueError(f"n_parties must be a positive integer, got {n_parties!r}")
+    y = _scaled(x, scale=weight * 2.0**frac_bits, name=name)
+    _check_range(y, bits=bits, n_parties=int(n_parties), name=name, frac_bits=frac_bits)
+    np.rint(y, out=y)  # round half to even: nearest, without a bias toward +inf
+    shape = encoded_shape(y.shape, bits)
+    if out is None:
+        out = np.empty(shape, dtype=np.uint64)
+    elif out.shape != shape or out.dtype != np.uint64:
+        raise ValueError(f"tensor {name!r}: out must be uint64 of shape {shape}")
+    if bits == 64:
+        np.copyto(out.view(np.int64), y, casting="unsafe")
+        return out
+    # 128 bits: split |y| < 2^127 into exact 64-bit limbs in float64 (both parts are exactly
+    # representable: lo keeps the low bits of |y|'s 53-bit mantissa), then negate in two's
+    # complement where y < 0 with a vectorised borrow.
+    neg = y < 0
+    np.abs(y, out=y)
+    hi_f = np.floor(y * (1.0 / _TWO64))
+    y -= hi_f * _TWO64
+    lo, hi = out[..., 0], out[..., 1]
+    np.copyto(lo, y, casting="unsafe")
+    np.copyto(hi, hi_f, casting="unsafe")
+    if neg.any():
+        borrow = lo == 0
+        np.negative(lo, out=lo, where=neg)
+        np.invert(hi, out=hi, where=neg)
+        np.add(hi, 1, out=hi, where=neg & borrow)
+    return out
+
+
+def decode(
+    v: np.ndarray,
+    *,
+    bits: int = 64,
+    frac_bits: int | None = None,
+    divide_by: float = 1.0,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Signed fixed-point back to float64, divided by `divide_by` (folded into one multiply)."""
+    frac_bits = check_params(bits, frac_bits)
+    divide_by = float(divide_by)
+    if not math.isfinite(divide_by) or divide_by == 0:
+        raise ValueError(f"divide_by must be a finite non-zero number, got {divide_by!r}")
+    v = np.asarray(v)
+    if v.dtype != np.uint64:
+        raise ValueError(f"fixed-point values must be uint64, got {v.dtype}")
+    scale = 2.0**-frac_bits / divide_by
+    if out is None:
+        out = np.empty(v.shape if bits == 64 else v.shape[:-1], dtype=np.float64)
+    if bits == 64:
+        return np.multiply(v.view(np.int64), scale, out=out)
+    if v.shape[-1:] != (2,):
+        raise ValueError(f"128-bit fixed-point values need a last axis of 2 limbs, got shape {v.shape}")
+    hi = np.multiply(v[..., 1].view(np.int64), 2.0 ** (64 - frac_bits) / divide_by, out=out)
+    hi += v[..., 0] * scale
+    return hi
+
+
+def add_into(acc: np.ndarray, other: np.ndarray, bits: int) -> np.ndarray:
+    """acc += other (mod 2^bits), in place, with the 128-bit carry vectorised."""
+    if bits == 64:
+        return np.add(acc, other, out=acc)
+    lo = acc[..., 0]
+    olo = other[..., 0]
+    np.add(lo, olo, out=lo)
+    carry = lo < olo  # wrapped iff the sum came out below an addend
+    hi = acc[..., 1]
+    np.add(hi, other[..., 1], out=hi)
+    np.add(hi, carry, out=hi, casting="unsafe")
+    return acc
+
+
+def sub_into(acc: np.ndarray, other: np.ndarray, bits: int) -> np.ndarray:
+    """acc -= other (mod 2^bits), in place, with the 128-bit borrow vectorised."""
+    if bits == 64:
+        return np.subtract(acc, other, out=acc)
+    lo = acc[..., 0]
+    olo = other[..., 0]
+    borrow = lo < olo
+    np.subtract(lo, olo, out=lo)
+    hi = acc[..., 1]
+    np.subtract(hi, other[..., 1], out=hi)
+    np.subtract(hi, borrow, out=hi, casting="unsafe")
+    return acc

@@ -1,0 +1,323 @@
+"""One-time-pad masking of named tensors for secure aggregation, and the aggregator's unmasked sum.
+
+Key derivation (one pad stream per pair of nodes and per session):
+  session          = f"{job_id}/{stage_id}/{attempt}"   (supplied by the caller)
+  entropy input    = the pair's Diffie-Hellman secret (big-endian, length of p)
+  nonce            = session as UTF-8
+  personalization  = b"xfed/otp-pad/v1" || lp(lower id) || lp(higher id) || u16(lane) || u16(lanes)
+with lp(b) = u16 big-endian length || b, ids as UTF-8 and "lower" in Python string order.
+A stream is `lanes` independently instantiated DRBGs (sub-streams) of the chosen csprng
+(hmac_drbg with method sha1...sha512, or ctr_drbg = CTR_DRBG/AES-256 with the derivation
+function). A request for n pad words is split into `lanes` contiguous runs, run c being words
+[c*n//lanes, (c+1)*n//lanes), drawn from lane c with DRBG `fill` (64 KiB NIST requests; the
+bytes read as little-endian uint64). Lanes let one pair's pad be generated on several cores;
+both ends of a pair must use the same `lanes`. Two pairs, jobs, stages or attempts never
+share a pad stream, because the nonce or personalization differs.
+
+Masking (per round, per party): tensors in sorted-name order are encoded to fixed point
+(`fixedpoint.encode`, weighted, overflow-checked for n_parties) into one flat word buffer; for
+each peer the next len(buffer) pad words of that pair's stream are added if this party's id is
+the lower of the two, subtracted otherwise. Every pair's pads cancel in the sum of all parties.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from xfed.crypto import fixedpoint
+from xfed.crypto.drbg import CtrDrbg, HmacDrbg, normalize_hash_name
+from xfed.crypto.pad_workers import available_cores, get_pad_workers
+
+__all__ = [
+    "PROTOCOL_LABEL",
+    "DEFAULT_LANES",
+    "CSPRNGS",
+    "PadStream",
+    "pad_stream",
+    "pad_words",
+    "derivation_inputs",
+    "mask",
+    "unmask_sum",
+    "sign_for",
+]
+
+PROTOCOL_LABEL = b"xfed/otp-pad/v1"
+DEFAULT_LANES = 4  # sub-streams per pair: enough to balance 2-8 cores for any number of peers
+CSPRNGS = ("hmac_drbg", "ctr_drbg")
+# Below this many pad bytes per round, process start/hand-over costs more than it saves.
+_PARALLEL_MIN_BYTES = 4 << 20
+
+
+def _lp(data: bytes) -> bytes:
+    if len(data) > 0xFFFF:
+        raise ValueError("node id longer than 65535 bytes")
+    return len(data).to_bytes(2, "big") + data
+
+
+def derivation_inputs(
+    secret: bytes, *, session: str, node_a: str, node_b: str, lane: int = 0, lanes: int = DEFAULT_LANES
+) -> tuple[bytes, bytes, bytes]:
+    """(entropy, nonce, personalization) of one lane of the pad stream between node_a and node_b."""
+    if not isinstance(secret, (bytes, bytearray)) or len(secret) < 32:
+        raise ValueError("pad stream secret must be at least 32 bytes (a Diffie-Hellman shared secret)")
+    if not isinstance(session, str) or not session:
+        raise ValueError("pad stream session must be a non-empty string such as 'job/stage/attempt'")
+    if not isinstance(node_a, str) or not isinstance(node_b, str) or not node_a or not node_b:
+        raise ValueError("pad stream node ids must be non-empty strings")
+    if node_a == node_b:
+        raise ValueError(f"pad stream needs two different nodes, got {node_a!r} twice")
+    if not 1 <= lanes <= 0xFFFF or not 0 <= lane < lanes:
+        raise ValueError(f"lane {lane} out of range for {lanes} lanes")
+    low, high = sorted((node_a, node_b))
+    personalization = (
+        PROTOCOL_LABEL
+        + _lp(low.encode())
+        + _lp(high.encode())
+        + lane.to_bytes(2, "big")
+        + lanes.to_bytes(2, "big")
+    )
+    return bytes(secret), session.encode(), personalization
+
+
+class PadStream:
+    """The pad words one pair of nodes shares in one session (see the module docstring)."""
+
+    def __init__(self, csprng: str, method: str, lanes: list[HmacDrbg | CtrDrbg], pair: tuple[str, str]) -> None:
+        self.csprng = csprng
+        self.method = method
+        self.lanes = lanes
+        self.pair = pair
+        self.words_drawn = 0
+
+    def split(self, n_words: int) -> list[tuple[int, int, int]]:
+        """(lane, start, stop) runs of a request for n_words words, empty runs left out."""
+        n_lanes = len(self.lanes)
+        bounds = [c * n_words // n_lanes for c in range(n_lanes + 1)]
+        return [(c, bounds[c], bounds[c + 1]) for c in range(n_lanes) if bounds[c + 1] > bounds[c]]
+
+    def fill_words(self, out: np.ndarray) -> None:
+        """Write the next out.size pad words into `out` (a contiguous uint64 array)."""
+        if out.dtype != np.uint64 or not out.flags.c_contiguous:
+            raise ValueError("pad words go into a C-contiguous uint64 array")
+        flat = out.reshape(-1)
+        for lane, start, stop in self.split(flat.size):
+            self.lanes[lane].fill(flat[start:stop])
+        self.words_drawn += flat.size
+
+
+def pad_stream(
+    secret: bytes,
+    *,
+    csprng: str = "hmac_drbg",
+    method: str = "sha512",
+    session: str,
+    node_a: str,
+    node_b: str,
+    lanes: int = DEFAULT_LANES,
+) -> PadStream:
+    """The pad stream node_a and node_b share for `session` (same result with the ids swapped).
+
+    csprng: "hmac_drbg" (method: sha1, sha224, sha256, sha384, sha512) or "ctr_drbg"
+    (AES-256 with the derivation function; method is ignored).
+    """
+    name = str(csprng).lower()
+    if name not in CSPRNGS:
+        raise ValueError(f"unknown csprng {csprng!r}; expected one of {list(CSPRNGS)}")
+    method_name = normalize_hash_name(method) if name == "hmac_drbg" else "aes256"
+    drbgs: list[HmacDrbg | CtrDrbg] = []
+    for lane in range(lanes):
+        entropy, nonce, perso = derivation_inputs(
+            secret, session=session, node_a=node_a, node_b=node_b, lane=lane, lanes=lanes
+        )
+        if name == "hmac_drbg":
+            drbgs.append(HmacDrbg(method_name, entropy, nonce, perso))
+        else:
+            drbgs.append(CtrDrbg(entropy, nonce, perso, derivation_function=True))
+    return PadStream(name, method_name, drbgs, tuple(sorted((node_a, node_b))))
+
+
+def pad_words(stream: PadStream, n_words: int) -> np.ndarray:
+    """The next n_words pad words of `stream` as a new uint64 array (advances the stream)."""
+    out = np.empty(int(n_words), dtype=np.uint64)
+    stream.fill_words(out)
+    return out
+
+
+def sign_for(self_id: str, peer_id: str) -> int:
+    """+1 if self_id is the lower id of the pair (adds the pad), -1 if the higher (subtracts)."""
+    if self_id == peer_id:
+        raise ValueError(f"node {self_id!r} cannot share a pad with itself")
+    return 1 if self_id < peer_id else -1
+
+
+def _use_processes(streams: Sequence[PadStream], pad_bytes: int, workers: int | None) -> int:
+    """How many worker processes to use for this round's pads (0: generate in this process)."""
+    if workers is not None:
+        return max(0, int(workers)) if workers != 1 else 0
+    if True or pad_bytes < _PARALLEL_MIN_BYTES or available_cores() < 2:  # TEMP: auto off until the pool is subprocess-based
+        return 0
+    # ctr_drbg is AES in C at GB/s: shipping the work to processes would cost more than it saves.
+    if all(s.csprng == "ctr_drbg" for s in streams):
+        return 0
+    return available_cores()
+
+
+_scratch: np.ndarray | None = None  # warm pad buffer for in-process generation, reused across rounds
+
+
+def _scratch_words(n_words: int) -> np.ndarray:
+    global _scratch
+    if _scratch is None or _scratch.size < n_words:
+        _scratch = np.empty(max(n_words, 1), dtype=np.uint64)
+    return _scratch[:n_words]
+
+
+def mask(
+    named: Mapping[str, np.ndarray],
+    *,
+    bits: int = 64,
+    frac_bits: int | None = None,
+    weight: float = 1.0,
+    n_parties: int,
+    self_id: str,
+    peer_streams: Mapping[str, PadStream],
+    workers: int | None = None,
+    pad_timeout: float | None = None,
+) -> dict[str, np.ndarray]:
+    """Encode `named` (weighted) to fixed point and add this party's pads; returns name -> uint64 array.
+
+    Arrays come back in `fixedpoint.encoded_shape`; tensors are processed in sorted-name order.
+    `n_parties` is the number of parties whose masked dicts will be summed (overflow check).
+    `workers`: None picks automatically (processes for large hmac_drbg pads on >= 2 cores),
+    0 or 1 generates in this process, n >= 2 uses n worker processes.
+    Errors (NaN, overflow, bad arguments) are raised before any stream advances.
+    """
+    frac_bits = fixedpoint.check_params(bits, frac_bits)
+    for peer in peer_streams:
+        sign_for(self_id, peer)
+    names = sorted(named)
+    arrays = [np.asarray(named[k]) for k in names]
+    wpe = fixedpoint.words_per_element(bits)
+    sizes = [a.size * wpe for a in arrays]
+    offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
+    total = int(offsets[-1])
+    flat = np.empty(total, dtype=np.uint64)
+    result: dict[str, np.ndarray] = {}
+    for k, a, start, stop in zip(names, arrays, offsets[:-1], offsets[1:], strict=True):
+        view = flat[start:stop].reshape(fixedpoint.encoded_shape(a.shape, bits))
+        fixedpoint.encode(a, bits=bits, frac_bits=frac_bits, weight=weight, n_parties=n_parties, name=k, out=view)
+        result[k] = view
+    if total == 0 or not peer_streams:
+        return result
+
+    peers = sorted(peer_streams)
+    streams = [peer_streams[p] for p in peers]
+    signs = [sign_for(self_id, p) for p in peers]
+    acc = flat.reshape(-1, 2) if bits == 128 else flat
+    n_proc = _use_processes(streams, total * 8 * len(peers), workers)
+    if n_proc:
+        tasks = []
+        for row, stream in enumerate(streams):
+            for lane, start, stop in stream.split(total):
+                tasks.append((stream.lanes[lane], row * total + start, stop - start))
+        # Timeout: far beyond a slow pure-Python DRBG (1 MB/s per task), so only a hang trips it.
+        timeout = pad_timeout if pad_timeout is not None else 60.0 + total * 8 * len(peers) / 1e6
+        pads = get_pad_workers(n_proc).fill(tasks, total * len(peers), timeout)
+        for row, (stream, sign) in enumerate(zip(streams, signs, strict=True)):
+            stream.words_drawn += total
+            pad = pads[row * total : (row + 1) * total]
+            _apply(acc, pad.reshape(-1, 2) if bits == 128 else pad, sign, bits)
+    else:
+        scratch = _scratch_words(total)
+        for stream, sign in zip(streams, signs, strict=True):
+            stream.fill_words(scratch)
+            _apply(acc, scratch.reshape(-1, 2) if bits == 128 else scratch, sign, bits)
+    return result
+
+
+def _apply(acc: np.ndarray, pad: np.ndarray, sign: int, bits: int) -> None:
+    if sign > 0:
+        fixedpoint.add_into(acc, pad, bits)
+    else:
+        fixedpoint.sub_into(acc, pad, bits)
+
+
+_sum_scratch: np.ndarray | None = None  # warm 128-bit accumulator, reused across rounds
+
+
+def _sum_words(n_words: int) -> np.ndarray:
+    global _sum_scratch
+    if _sum_scratch is None or _sum_scratch.size < n_words:
+        _sum_scratch = np.empty(max(n_words, 1), dtype=np.uint64)
+    return _sum_scratch[:n_words]
+
+
+def unmask_sum(
+    masked_dicts: Sequence[Mapping[str, np.ndarray]],
+    *,
+    bits: int = 64,
+    frac_bits: int | None = None,
+    divide_by: float = 1.0,
+    out: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Sum the parties' masked dicts modulo 2^bits and decode: name -> float64 (sum / divide_by).
+
+    The pads cancel only when every masked party's dict is included. Every dict must have the
+    same names, dtype uint64 and shapes (ValueError naming the tensor and party otherwise).
+    `out` may supply float64 arrays (warm buffers reused across rounds) to decode into.
+    """
+    frac_bits = fixedpoint.check_params(bits, frac_bits)
+    if not math.isfinite(float(divide_by)) or float(divide_by) == 0:
+        raise ValueError(f"divide_by must be a finite non-zero number, got {divide_by!r}")
+    dicts = list(masked_dicts)
+    if not dicts:
+        raise ValueError("unmask_sum needs at least one masked dict")
+    names = sorted(dicts[0])
+    for i, d in enumerate(dicts):
+        if sorted(d) != names:
+            missing = sorted(set(names) - set(d))
+            extra = sorted(set(d) - set(names))
+            raise ValueError(f"masked dict #{i} has different tensors (missing {missing}, extra {extra})")
+    result: dict[str, np.ndarray] = {}
+    for name in names:
+        parts = [np.asarray(d[name]) for d in dicts]
+        shape = parts[0].shape
+        for i, part in enumerate(parts):
+            if part.dtype != np.uint64 or part.shape != shape:
+                raise ValueError(
+                    f"tensor {name!r} of masked dict #{i}: expected uint64 {shape}, got {part.dtype} {part.shape}"
+                )
+        if bits == 128 and shape[-1:] != (2,):
+            raise ValueError(f"tensor {name!r}: 128-bit values need a last axis of 2 limbs, got {shape}")
+        dec_shape = shape if bits == 64 else shape[:-1]
+        target = None if out is None else out.get(name)
+        if target is None:
+            target = np.empty(dec_shape, dtype=np.float64)
+        elif target.shape != dec_shape or target.dtype != np.float64:
+            raise ValueError(f"out[{name!r}] must be float64 of shape {dec_shape}")
+        if bits == 64:
+            # Sum in the output's own memory viewed as uint64, then convert in place.
+            acc = target.view(np.uint64)
+            _sum_into(acc, parts, bits)
+            result[name] = fixedpoint.decode(acc, bits=64, frac_bits=frac_bits, divide_by=divide_by, out=target)
+        else:
+            acc = _sum_words(int(np.prod(shape))).reshape(shape)
+            _sum_into(acc, parts, bits)
+            result[name] = fixedpoint.decode(acc, bits=128, frac_bits=frac_bits, divide_by=divide_by, out=target)
+    return result
+
+
+def _sum_into(acc: np.ndarray, parts: list[np.ndarray], bits: int) -> None:
+    if len(parts) == 1:
+        np.copyto(acc, parts[0])
+        return
+    if bits == 64:
+        np.add(parts[0], parts[1], out=acc)
+    else:
+        np.copyto(acc, parts[0])
+        fixedpoint.add_into(acc, parts[1], bits)
+    for part in parts[2:]:
+        fixedpoint.add_into(acc, part, bits)
