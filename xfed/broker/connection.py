@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -136,25 +137,39 @@ def address_from(target: Any) -> tuple[RedisAddress | None, Any]:
            "cert_file": _opt(options, "tls_cert", "cert_file", "ssl_certfile", "tls_cert_file"),
            "key_file": _opt(options, "tls_key", "key_file", "ssl_keyfile", "tls_key_file")}
     address = RedisAddress.parse(spec, **{k: str(v) for k, v in tls.items() if v})
-    user, pw = _opt(options, "username", "user"), _opt(options, "password")
+    resolve = getattr(options, "resolved_password", None)  # FedConf: password or password_env
+    user, pw = _opt(options, "username", "user"), resolve() if callable(resolve) else _opt(options, "password")
     if user or pw:
         address = replace(address, username=user or address.username, password=pw or address.password)
     return address, options
 
 
-def connect(target: Any, *, retry_s: float = 10.0, embedded_dir: str | os.PathLike | None = None,
+def default_embedded_dir(target: Any) -> Path:
+    """The embedded server's folder: `redis.embedded_dir`, else one per config folder under the temp dir."""
+    options = getattr(target, "redis", None)
+    folder = _opt(options, "embedded_dir")
+    if folder:
+        return Path(folder)
+    config_dir = getattr(target, "config_dir", None)
+    # short, so the unix socket path stays under the AF_UNIX limit
+    tag = hashlib.sha256(str(Path(config_dir).resolve()).encode()).hexdigest()[:12] if config_dir else "default"
+    return Path(tempfile.gettempdir()) / f"xfed-{os.getuid()}-{tag}"
+
+
+def connect(target: Any, *, retry_s: float | None = None, embedded_dir: str | os.PathLike | None = None,
             client_name: str | None = None) -> redis.Redis:
     """A redis.Redis (bytes in/out) for `target` (FedConf, spec string or RedisAddress).
 
-    Waits up to `retry_s` for the first PING, then raises BrokerError naming the address.
+    Waits up to `retry_s` (default: `redis.connect_timeout` of the FedConf, else 10 s) for the first PING, then raises BrokerError naming the address.
     Afterwards every command is retried on connection errors with exponential backoff (capped
     at 2 s) for about `retry_s` seconds, so a Redis restart does not break a daemon.
     """
     address, options = address_from(target)
+    if retry_s is None:
+        retry_s = float(_opt(options, "connect_timeout") or 10.0)
     embedded = None
     if address is None:
-        folder = embedded_dir or _opt(options, "embedded_dir", "work_dir", "dir")
-        embedded = EmbeddedRedis(folder or Path(tempfile.gettempdir()) / f"xfed-embedded-{os.getuid()}")
+        embedded = EmbeddedRedis(embedded_dir or default_embedded_dir(target))
         address = embedded.join()
     retries = max(3, int(retry_s / 1.0) + 2)
     client = redis.Redis(

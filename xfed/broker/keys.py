@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from xfed.errors import ConfigError
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")  # ':' allowed: it only ever prefixes the schema
 
 
 def check_id(kind: str, value: object) -> str:
@@ -46,7 +47,9 @@ class Keys:
     namespace: str = "xfed"
 
     def __post_init__(self) -> None:
-        check_id("redis namespace", self.namespace)
+        if not isinstance(self.namespace, str) or not _NAMESPACE_RE.match(self.namespace):
+            raise ConfigError(f"invalid redis namespace {self.namespace!r}: use 1-64 characters from "
+                              "A-Z a-z 0-9 _ . : -")
 
     # --- control plane -------------------------------------------------------------------------
     def requests(self) -> str:

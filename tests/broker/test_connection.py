@@ -1,0 +1,89 @@
+"""Connecting: address forms, clear errors naming the address, credentials, embedded refcounted server."""
+
+import json
+import os
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from xfed.broker.connection import EmbeddedRedis, RedisAddress, address_from, connect
+from xfed.errors import BrokerError, ConfigError
+
+
+def test_address_forms_parse_and_display_hides_password():
+    a = RedisAddress.parse("rediss://alice:s%40cret@redis.example:7000/3", ca_file="/ca.pem")
+    assert (a.host, a.port, a.db, a.username, a.password, a.tls, a.ca_file) == (
+        "redis.example", 7000, 3, "alice", "s@cret", True, "/ca.pem")
+    assert "s@cret" not in a.display() and "s@cret" not in repr(a)
+    assert RedisAddress.parse("10.0.0.2:6380") == RedisAddress(host="10.0.0.2", port=6380)
+    assert RedisAddress.parse("unix:///run/r.sock").unix_socket == "/run/r.sock"
+    for bad in ("", "http://x", "host:port", "redis://h/x"):
+        with pytest.raises(ConfigError):
+            RedisAddress.parse(bad)
+
+
+def test_fedconf_options_override_url_credentials():
+    opts = SimpleNamespace(username="bob", resolved_password=lambda: "pw", tls_ca_file=None, tls_cert_file=None,
+                           tls_key_file=None, connect_timeout=3.0)
+    address, _ = address_from(SimpleNamespace(redis_server="redis://x@h:1/0", redis=opts))
+    assert (address.username, address.password) == ("bob", "pw")
+    assert address_from(SimpleNamespace(redis_server="embedded", redis=opts))[0] is None
+
+
+def test_unreachable_redis_fails_fast_naming_the_address():
+    t0 = time.monotonic()
+    with pytest.raises(BrokerError, match=r"cannot reach Redis at redis://127\.0\.0\.1:1/0"):
+        connect("127.0.0.1:1", retry_s=0.3)
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.integration
+def test_connect_reconnects_after_a_restart(redis_server):
+    r = connect(redis_server.address, retry_s=5)
+    r.set("k", b"v")
+    redis_server.restart(keep_data=True)
+    assert r.get("k") == b"v"  # the pooled connection died; the retry reconnects
+
+
+@pytest.mark.integration
+def test_wrong_password_is_a_one_line_broker_error(redis_factory):
+    srv = redis_factory(["--requirepass", "right"])
+    with pytest.raises(BrokerError, match="refused the credentials"):
+        connect(f"redis://:wrong@{srv.address}/0", retry_s=1)
+    assert connect(f"redis://:right@{srv.address}/0", retry_s=1).ping()
+
+
+@pytest.mark.integration
+def test_embedded_server_is_shared_and_stops_with_its_last_member(tmp_path):
+    folder = tmp_path / "emb"
+    r1 = connect("embedded", embedded_dir=folder, retry_s=5)
+    r2 = connect("embedded", embedded_dir=folder, retry_s=5)
+    r1.set("shared", b"1")
+    assert r2.get("shared") == b"1"
+    pid = json.loads((folder / "server.json").read_text())["pid"]
+    r1.xfed_embedded.leave()
+    assert r2.get("shared") == b"1"  # still up: r2 is a member
+    r2.xfed_embedded.leave()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("embedded redis-server still running after the last member left")
+    assert not (folder / "server.json").exists()
+
+
+@pytest.mark.integration
+def test_embedded_member_that_died_is_pruned(tmp_path):
+    folder = tmp_path / "emb"
+    (folder / "members").mkdir(parents=True)
+    (folder / "members" / "999999999.1").write_text("0")  # a pid that cannot exist
+    emb = EmbeddedRedis(folder)
+    emb.join()
+    emb.leave()
+    assert not (folder / "server.json").exists()
+    assert not list((folder / "members").iterdir())
