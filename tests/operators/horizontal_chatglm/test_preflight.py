@@ -1,52 +1,29 @@
-"""Authoritative params (assist trainer wins, conflicts key by key) and fingerprint comparison."""
+"""Preflight: conflicts reported key by key, fingerprints compared with a per-party diff table."""
 import pytest
 
 from xfed.errors import PreflightError
+from xfed.operators.horizontal_chatglm.config import merge_authoritative
 from xfed.operators.horizontal_chatglm.preflight import (
-    authoritative_params,
     compare_fingerprints,
-    format_conflicts,
+    conflict_warnings,
     model_fingerprint,
 )
 
 ASSIST = {
     "aggregation": {"agg_steps": 0.2},
-    "encryption": {"otp": {"key_bitlength": 64}},
     "peft": {"LORA": {"r": 8, "target_modules": ["q_proj"]}},
-    "trainer": {"learning_rate": 1e-3, "per_device_train_batch_size": 1, "num_train_epochs": 2, "seed": 42},
-    "dataset": {"max_src_length": 100, "key_query": "input"},
+    "trainer": {"learning_rate": 1e-3, "per_device_train_batch_size": 1, "seed": 42},
 }
 
 
-def test_xfl_label_trainer_config_inherits_everything_but_its_local_keys():
-    party = {"trainer": {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4, "no_cuda": True}}
-    effective, conflicts = authoritative_params(ASSIST, party)
-    assert conflicts == []
-    assert effective["peft"] == ASSIST["peft"] and effective["encryption"] == ASSIST["encryption"]
-    assert effective["trainer"]["per_device_train_batch_size"] == 2  # the party's hardware, its choice
-    assert effective["trainer"]["learning_rate"] == 1e-3
-    assert effective["trainer"]["gradient_accumulation_steps"] == 4
-
-
-def test_conflicting_shared_keys_are_reported_one_by_one_and_the_assist_wins():
-    party = {
-        "trainer": {"learning_rate": 0.5, "seed": 42},
-        "peft": {"LORA": {"r": 16, "target_modules": ["q_proj"]}},
-        "encryption": {"plain": {}},
-    }
-    effective, conflicts = authoritative_params(ASSIST, party)
-    keys = sorted(c["key"] for c in conflicts)
-    assert keys == ["encryption", "peft.LORA.r", "trainer.learning_rate"]
-    assert effective["trainer"]["learning_rate"] == 1e-3 and effective["peft"]["LORA"]["r"] == 8
-    lines = format_conflicts("node-2", conflicts)
-    assert any(line.startswith("node-2: train_params.trainer.learning_rate = 0.5 differs") for line in lines)
-
-
-def test_party_column_names_stay_local():
-    effective, conflicts = authoritative_params(ASSIST, {"dataset": {"key_query": "content", "max_src_length": 50}})
-    assert effective["dataset"]["key_query"] == "content"
-    assert effective["dataset"]["max_src_length"] == 100
-    assert [c["key"] for c in conflicts] == ["dataset.max_src_length"]
+def test_each_conflicting_key_is_one_warning_naming_party_and_key():
+    party = {"trainer": {"learning_rate": 0.5, "per_device_train_batch_size": 4}, "peft": {"LORA": {"r": 16}}}
+    effective, conflicts = merge_authoritative(ASSIST, party)
+    lines = conflict_warnings("node-2", conflicts)
+    assert len(lines) == 2
+    assert any(line.startswith("node-2: train_params.trainer.learning_rate") for line in lines)
+    assert any(line.startswith("node-2: train_params.peft.LORA.r") for line in lines)
+    assert effective["trainer"]["learning_rate"] == 1e-3 and effective["trainer"]["per_device_train_batch_size"] == 4
 
 
 def test_fingerprint_mismatch_names_the_party_and_builds_a_table():

@@ -24,7 +24,7 @@ from .party import (
     load_party_data,
     set_threads,
 )
-from .preflight import authoritative_params, compare_fingerprints, format_conflicts
+from .preflight import compare_fingerprints, conflict_warnings
 from .rounds import Evaluator, FederatedCallback, RoundRunner
 from .schedule import count_rounds, party_schedule
 
@@ -44,6 +44,26 @@ def run(ctx: Any) -> dict[str, Any]:
 def _own_params(ctx: Any) -> dict[str, Any]:
     params = ctx.stage.train_info.train_params
     return dict(params.model_dump(exclude_unset=True) if hasattr(params, "model_dump") else params or {})
+
+
+def validated_params(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """Complete train_params (defaults filled) checked by the config's Params model; one-line errors."""
+    from pydantic import ValidationError
+
+    from .config import Params
+
+    try:
+        model = Params.model_validate(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        loc = ".".join(str(part) for part in first["loc"])
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{where}: train_params.{loc}: {first['msg']}{more}") from None
+    out = model.model_dump(exclude_none=True)
+    out["encryption"] = model.encryption_dict()
+    out["trainer"] = model.trainer_kwargs()
+    return out
 
 
 def _warn(ctx: Any, message: str) -> None:
@@ -163,10 +183,11 @@ class _Label(_Party):
         reply = protocol.recv_meta(ctx, ctx.assist_id, protocol.PARAMS)
         if not reply.get("ok", True):
             raise JobError(str(reply.get("error", "assist trainer refused the parameters")))
-        for line in format_conflicts(self.node, reply.get("conflicts") or []):
-            self.warn(line)
+        for line in conflict_warnings(self.node, list(reply.get("conflicts") or [])):
+            self.warnings.append(line)  # the assist trainer reports them to the job's events
+            log.warning(line)
         try:
-            self.setup(dict(reply["train_params"]))
+            self.setup(validated_params(dict(reply["train_params"]), self.node))
         except XfedError as exc:  # tell the assist trainer, so it fails fast too
             protocol.send_meta(ctx, ctx.assist_id, protocol.PREFLIGHT, {"error": str(exc)})
             raise
@@ -193,7 +214,7 @@ class _Label(_Party):
 
     def _run_alone(self) -> dict[str, Any]:
         """One party, no assist trainer (XFL's 1party demos): local training with the same checkpoints."""
-        self.setup(self.own)
+        self.setup(validated_params(self.own, self.node))
         if self.trainer is None:
             raise ConfigError(f"{self.node}: input.trainset: a label trainer needs training data")
         if _encryption(self.params)[0] == "otp":
@@ -209,13 +230,15 @@ class _Assist(_Party):
         if not trainers:
             raise ConfigError(f"{self.node}: fed_info.trainer lists no label trainers")
         hellos = protocol.gather_meta(ctx, trainers, protocol.HELLO)
+        from .config import merge_authoritative
+
         for node in trainers:
-            effective, conflicts = authoritative_params(self.own, dict(hellos[node].get("train_params") or {}))
-            for line in format_conflicts(node, conflicts):
+            effective, conflicts = merge_authoritative(self.own, dict(hellos[node].get("train_params") or {}))
+            for line in conflict_warnings(node, conflicts):
                 self.warn(line)
             protocol.send_meta(ctx, node, protocol.PARAMS, {"ok": True, "train_params": effective, "conflicts": conflicts})
         try:
-            self.setup(self.own)
+            self.setup(validated_params(self.own, self.node))
             reports = protocol.gather_meta(ctx, trainers, protocol.PREFLIGHT)
             failed = {node: r["error"] for node, r in reports.items() if r.get("error")}
             if failed:

@@ -11,8 +11,9 @@ import torch
 from xfed.errors import ConfigError, ModelError
 
 from .adapter_state import trainable_names
+from .config import LOCAL_DATASET_KEYS
 from .peft_setup import apply_peft, check_trainable, peft_config_summary
-from .preflight import LOCAL_DATASET_KEYS, digest, model_fingerprint, tokenizer_fingerprint
+from .preflight import digest, model_fingerprint, tokenizer_fingerprint
 
 
 def set_threads() -> None:
@@ -79,7 +80,7 @@ def load_party_data(stage: Any, params: dict[str, Any], tokenizer: Any, model: A
         return None
     train_records = data.read_records(trainset, dataset_params)
     if not train_records:
-        raise ConfigError(f"input.trainset: {trainset[0].get('path', trainset[0])}: no training examples")
+        raise ConfigError(f"input.trainset: {getattr(trainset[0], 'path', trainset[0])}: no training examples")
     train = data.build_features(train_records, tokenizer, dataset_params, model=model)
     collator = data.make_collator(tokenizer)
     out = PartyData(train=train, num_examples=len(train), collator=collator)

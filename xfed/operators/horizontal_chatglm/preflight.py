@@ -1,4 +1,4 @@
-"""Preflight: the assist trainer's authoritative train_params, and fingerprints every party must share.
+"""Preflight: the fingerprints every party must share before any training, compared with a diff table.
 
 Before any training every party reports digests of its base model (config + weight files),
 tokenizer (vocabulary + special tokens), effective peft config and schedule inputs; the
@@ -6,7 +6,6 @@ assist trainer compares them and fails the job with a per-party diff table namin
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from pathlib import Path
@@ -15,21 +14,6 @@ from typing import Any
 from xfed.errors import PreflightError
 
 FINGERPRINT_KEYS = ("base_model", "tokenizer", "peft", "schedule")
-
-# Trainer keys that describe a party's own hardware and bookkeeping: each party keeps its own
-# (XFL's demos give label trainers their own batch size and no_cuda).  Every other trainer key
-# is shared and the assist trainer's value wins.
-LOCAL_TRAINER_KEYS = frozenset({
-    "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-    "no_cuda", "use_cpu", "torch_compile", "save_strategy", "save_steps", "save_total_limit",
-    "logging_steps", "logging_strategy", "dataloader_num_workers", "dataloader_pin_memory",
-    "fp16", "bf16", "gradient_checkpointing", "output_dir", "disable_tqdm", "log_level",
-})
-# Dataset keys that name a party's own columns (its files may be laid out differently).
-LOCAL_DATASET_KEYS = frozenset({"key_query", "key_answer", "prompt_column", "response_column", "history_column"})
-# Sections the assist trainer decides outright.
-SHARED_SECTIONS = ("aggregation", "encryption", "peft")
-ONE_OF_SECTIONS = ("encryption", "peft")
 
 
 def _canonical(value: Any) -> str:
@@ -41,57 +25,9 @@ def digest(value: Any) -> str:
     return hashlib.sha256(_canonical(value).encode()).hexdigest()[:16]
 
 
-def authoritative_params(assist: dict[str, Any], party: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The train_params a party runs with, and its conflicts with the assist trainer key by key.
-
-    Returns (effective params, [{"key": "trainer.learning_rate", "party": 0.01, "assist": 0.001}, …]).
-    """
-    effective = copy.deepcopy(assist)
-    conflicts: list[dict[str, Any]] = []
-
-    def note(key: str, mine: Any, theirs: Any) -> None:
-        if mine is not None and _canonical(mine) != _canonical(theirs):
-            conflicts.append({"key": key, "party": mine, "assist": theirs})
-
-    for section in SHARED_SECTIONS:
-        mine, theirs = party.get(section), assist.get(section)
-        if mine is None:
-            continue
-        if section in ONE_OF_SECTIONS and isinstance(mine, dict) and isinstance(theirs, dict) and set(mine) != set(theirs):
-            note(section, mine, theirs)  # otp vs plain, LORA vs PREFIX_TUNING: one conflict, not one per leaf
-            continue
-        for key, leaf_mine, leaf_theirs in _leaf_diff(section, mine, theirs):
-            note(key, leaf_mine, leaf_theirs)
-    for section, local_keys in (("trainer", LOCAL_TRAINER_KEYS), ("dataset", LOCAL_DATASET_KEYS)):
-        merged = dict(assist.get(section) or {})
-        for key, mine in (party.get(section) or {}).items():
-            if key in local_keys:
-                merged[key] = mine
-            else:
-                note(f"{section}.{key}", mine, merged.get(key))
-        effective[section] = merged
-    for key, mine in party.items():
-        if key not in (*SHARED_SECTIONS, "trainer", "dataset"):
-            note(key, mine, assist.get(key))
-    return effective, conflicts
-
-
-def _leaf_diff(prefix: str, mine: Any, theirs: Any):
-    """(dotted key, party value, assist value) for every leaf where the party's section differs."""
-    if isinstance(mine, dict) and isinstance(theirs, dict):
-        for key in sorted(set(mine) | set(theirs)):
-            if key in mine:
-                yield from _leaf_diff(f"{prefix}.{key}", mine[key], theirs.get(key))
-    elif _canonical(mine) != _canonical(theirs):
-        yield prefix, mine, theirs
-
-
-def format_conflicts(node: str, conflicts: list[dict[str, Any]]) -> list[str]:
-    return [
-        f"{node}: train_params.{c['key']} = {_canonical(c['party'])} differs from the assist trainer's "
-        f"{_canonical(c['assist'])}; using the assist trainer's value"
-        for c in conflicts
-    ]
+def conflict_warnings(node: str, conflicts: list[str]) -> list[str]:
+    """One line per key where a party's config disagrees with the assist trainer's (whose value is used)."""
+    return [f"{node}: train_params.{c} (the assist trainer's value is used)" for c in conflicts]
 
 
 def file_digest(path: Path, chunk: int = 1 << 23) -> str:
