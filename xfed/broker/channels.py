@@ -300,7 +300,7 @@ class Comm:
         buf = bytearray().join(inbox.chunks)  # one copy: writable arrays, no claim-sized allocation
         inbox.chunks = []
         inbox.next_seq = seq + 1
-        frame = decode_frame(buf, max_bytes=self.max_frame_bytes)
+        frame = decode_frame(buf, max_bytes=self.max_frame_bytes, what=what)
         h = frame.header
         expected = (inbox.peer, self.node_id, self.job_id, self.stage_id, self.attempt, seq)
         if (h.sender, h.receiver, h.job, h.stage, h.attempt, h.seq) != expected:

@@ -303,12 +303,14 @@ def decode_safetensors(buf: bytes | bytearray | memoryview, offset: int, length:
 
 
 def decode_frame(buf: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                 expect: FrameHeader | None = None) -> Frame:
+                 expect: FrameHeader | None = None, what: str | None = None) -> Frame:
     """Parse and validate one frame; with `expect`, sender/receiver/job/stage/attempt/channel must match.
 
-    Arrays are views into `buf` (writable when `buf` is a bytearray). Raises FrameError only.
+    Arrays are views into `buf` (writable when `buf` is a bytearray). Raises FrameError only, its
+    message starting with `what` (who sent it, when the caller knows).
     """
-    what = f"frame from {expect.sender} on {expect.channel!r}" if expect else "frame"
+    if what is None:
+        what = f"frame from {expect.sender} on {expect.channel!r}" if expect else "frame"
     if not isinstance(buf, (bytes, bytearray, memoryview)):
         raise FrameError(f"{what}: expected bytes, got {type(buf).__name__}")
     if isinstance(buf, memoryview) and (buf.ndim != 1 or buf.itemsize != 1):

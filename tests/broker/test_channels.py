@@ -1,0 +1,155 @@
+"""Comm on a real redis-server: order, tags, chunking, gather timeouts, deletion, expiry, aborts, ACLs."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from xfed.broker.channels import Comm, expire_job_keys
+from xfed.broker.connection import connect
+from xfed.broker.keys import Keys
+from xfed.errors import ChannelTimeout, FrameError, JobError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def r(redis_server):
+    return connect(redis_server.address, retry_s=5)
+
+
+def _comm(r, node, keys=None, **kw):
+    return Comm(r, keys or Keys("t"), "5", 1, node, poll_s=0.05, job_check_s=0.1, **kw)
+
+
+def test_messages_arrive_in_order_and_tags_wait_for_their_reader(r):
+    a, b = _comm(r, "a"), _comm(r, "b")
+    for i in range(4):
+        a.send("b", "x" if i % 2 == 0 else "y", {"v": np.full(3, i, dtype=np.int64)}, {"i": i})
+    assert [b.recv("a", "y", timeout=2).meta["i"] for _ in range(2)] == [1, 3]
+    got = [b.recv("a", "x", timeout=2) for _ in range(2)]
+    assert [m.meta["i"] for m in got] == [0, 2]
+    assert [m.seq for m in got] == [0, 2]
+    assert np.array_equal(got[1].tensors["v"], [2, 2, 2])
+
+
+def test_chunked_payload_round_trips_and_consumed_entries_are_deleted(r):
+    keys = Keys("t")
+    a, b = _comm(r, "a", chunk_bytes=4096), _comm(r, "b")
+    x = np.random.default_rng(1).integers(0, 2**64, size=50_000, dtype=np.uint64)
+    sent = a.send("b", "big", {"x": x, "s": np.float32(1.5)})
+    box = keys.mailbox("5", 1, "b", "a")
+    assert r.xlen(box) == -(-sent // 4096) > 1
+    assert 0 < r.ttl(box) <= 7 * 24 * 3600
+    m = b.recv("a", "big", timeout=5)
+    assert np.array_equal(m.tensors["x"], x) and m.tensors["s"] == np.float32(1.5)
+    assert m.tensors["x"].flags.writeable
+    assert r.xlen(box) == 0
+    assert b.stats.bytes_received == sent == a.stats.bytes_sent
+
+
+def test_gather_and_broadcast_between_several_nodes(r):
+    root = _comm(r, "root")
+    leaves = {n: _comm(r, n) for n in ("n1", "n2", "n3")}
+    for n, c in leaves.items():
+        c.send("root", "up", {"w": np.array([int(n[1])], dtype=np.float64)})
+    got = root.gather(list(leaves), "up", timeout=3)
+    assert sorted(float(m.tensors["w"][0]) for m in got.values()) == [1.0, 2.0, 3.0]
+    root.broadcast(list(leaves), "down", {"avg": np.array([2.0])}, {"round": 0})
+    for c in leaves.values():
+        assert c.recv("root", "down", timeout=3).meta == {"round": 0}
+
+
+def test_gather_timeout_names_the_nodes_that_did_not_answer(r):
+    root = _comm(r, "root")
+    _comm(r, "n1").send("root", "up", meta={"ok": 1})
+    t0 = time.monotonic()
+    with pytest.raises(ChannelTimeout, match=r"no 'up' from n2, n3 after 0.4 s"):
+        root.gather(["n1", "n2", "n3"], "up", timeout=0.4)
+    assert time.monotonic() - t0 < 2
+
+
+def test_wait_aborts_when_should_stop_or_job_failed(r):
+    stop = threading.Event()
+    c = _comm(r, "b", should_stop=stop.is_set)
+    threading.Timer(0.2, stop.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(JobError, match="stopped while node b waited"):
+        c.recv("a", "x", timeout=30)
+    assert time.monotonic() - t0 < 2
+    r.hset(Keys("t").job("5"), mapping={"state": "FAILED", "reason": "node-3 died"})
+    with pytest.raises(JobError, match="FAILED: node-3 died"):
+        _comm(r, "b").recv("a", "x", timeout=30)
+
+
+def test_injected_garbage_is_a_frame_error_naming_the_sender(r):
+    keys = Keys("t")
+    r.xadd(keys.mailbox("5", 1, "b", "evil"), {b"q": b"0", b"i": b"0", b"n": b"1", b"z": b"4", b"d": b"junk"})
+    with pytest.raises(FrameError, match="from evil.*not an xfed frame"):
+        _comm(r, "b").recv("evil", "x", timeout=2)
+    r.xadd(keys.mailbox("5", 1, "c", "evil"), {b"pickle": b"\x80\x04"})
+    with pytest.raises(FrameError, match="malformed mailbox entry"):
+        _comm(r, "c").recv("evil", "x", timeout=2)
+    r.xadd(keys.mailbox("5", 1, "d", "evil"), {b"q": b"0", b"i": b"0", b"n": b"1", b"z": b"99999999999",
+                                               b"d": b""})
+    with pytest.raises(FrameError, match="out of range"):
+        _comm(r, "d", max_frame_bytes=1 << 20).recv("evil", "x", timeout=2)
+
+
+def test_forged_header_and_duplicates(r):
+    keys = Keys("t")
+    a = _comm(r, "a")
+    a.send("b", "x", meta={"n": 1})
+    entries = r.xrange(keys.mailbox("5", 1, "b", "a"))
+    r.xadd(keys.mailbox("5", 1, "b", "a"), entries[0][1])  # a retried send leaves a duplicate
+    a.send("b", "x", meta={"n": 2})
+    b = _comm(r, "b")
+    assert [b.recv("a", "x", timeout=2).meta["n"] for _ in range(2)] == [1, 2]
+    # a frame written by "a" but dropped into c's mailbox from "z" is refused as misrouted
+    r.xadd(keys.mailbox("5", 1, "c", "z"), entries[0][1])
+    with pytest.raises(FrameError, match="misrouted or forged"):
+        _comm(r, "c").recv("z", "x", timeout=2)
+
+
+def test_expire_job_keys_sets_a_ttl_on_everything_of_the_job(r):
+    keys = Keys("t")
+    r.hset(keys.job("5"), "state", "SUCCESSFUL")
+    _comm(r, "a").send("b", "x", meta={})
+    r.set(keys.job("6"), b"other job")
+    assert expire_job_keys(r, keys, "5", 60) == 2
+    assert 0 < r.ttl(keys.job("5")) <= 60 and r.ttl(keys.job("6")) == -1
+
+
+def test_recv_survives_a_redis_restart(redis_server, r):
+    b = _comm(r, "b")
+    result = {}
+
+    def wait():
+        result["m"] = b.recv("a", "x", timeout=20)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.2)
+    redis_server.restart(keep_data=False)
+    _comm(connect(redis_server.address, retry_s=5), "a").send("b", "x", meta={"after": True})
+    t.join(20)
+    assert result["m"].meta == {"after": True}
+
+
+def test_acl_user_reads_only_its_own_mailboxes(redis_server, r):
+    keys = Keys("t")
+    for node in ("n1", "n2"):
+        r.execute_command("ACL", "SETUSER", node, "on", f">{node}pw", "resetkeys", *keys.node_acl_selectors(node),
+                          "+@all")
+    n1 = connect(f"redis://n1:n1pw@{redis_server.address}/0", retry_s=2)
+    n2 = connect(f"redis://n2:n2pw@{redis_server.address}/0", retry_s=2)
+    _comm(n1, "n1", keys).send("n2", "x", {"w": np.ones(2)})
+    assert _comm(n2, "n2", keys).recv("n1", "x", timeout=2).tensors["w"].sum() == 2
+    _comm(n2, "n2", keys).send("n1", "x", meta={})
+    import redis
+
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        n1.xrange(keys.mailbox("5", 1, "n2", "n1"))  # n2's inbox: n1 may write, not read
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        n1.xadd(keys.mailbox("5", 1, "n2", "n3"), {b"d": b"x"})  # cannot write as n3
