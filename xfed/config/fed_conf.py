@@ -1,0 +1,172 @@
+"""The model of fed_conf.json: who takes part, where Redis is, and how nodes prove who they are.
+
+XFL's keys are taken unchanged (`fed_info.{scheduler, trainer, assist_trainer}`, `redis_server`,
+`grpc`); the addresses XFL gives each node are accepted and unused, because xfed nodes open no
+ports and meet only through Redis. What xfed adds is optional: `redis`, `heartbeat_interval`,
+`identities`.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
+
+from xfed.config.base import ConfigModel, fail
+from xfed.config.redis_address import RedisAddress, parse_redis_server
+
+NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+ED25519_HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+NODE_ID_RULE = "a node id is 1-64 letters, digits, '_', '.', '-' starting with a letter or digit"
+
+
+def check_node_ids(ids: dict[str, Any]) -> dict[str, Any]:
+    bad = [(k,) for k in ids if not NODE_ID_RE.match(k)]
+    fail("node ids", [(loc, f"bad node id {loc[0]!r}: {NODE_ID_RULE}") for loc in bad])
+    return ids
+
+
+class FedInfo(ConfigModel):
+    """`fed_info`: the participants, keyed by node id (values are XFL's gRPC addresses, unused)."""
+
+    scheduler: dict[str, str | None] = Field(default_factory=dict, description="XFL's scheduler address; unused.")
+    trainer: dict[str, str | None] = Field(description="Label trainers: {node id: XFL address (unused)}.")
+    assist_trainer: dict[str, str | None] = Field(
+        default_factory=dict, description="At most one assist trainer (the aggregator): {node id: address}.")
+
+    @field_validator("trainer", "assist_trainer")
+    @classmethod
+    def _ids(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_node_ids(v)
+
+    @model_validator(mode="after")
+    def _participants(self) -> FedInfo:
+        problems = []
+        if not self.trainer:
+            problems.append((("trainer",), "at least one trainer (label_trainer) node is required"))
+        if len(self.assist_trainer) > 1:
+            problems.append((("assist_trainer",),
+                             f"at most one assist trainer, got {', '.join(sorted(self.assist_trainer))}"))
+        for node in sorted(set(self.trainer) & set(self.assist_trainer)):
+            problems.append((("assist_trainer", node), f"duplicate node id: {node!r} is also a trainer"))
+        if len(self.trainer) >= 2 and not self.assist_trainer:
+            problems.append((("assist_trainer",),
+                             f"required with {len(self.trainer)} trainers: the assist trainer aggregates their updates"))
+        fail("fed_info", problems)
+        return self
+
+
+class RedisOptions(ConfigModel):
+    """`redis`: connection options beside `redis_server` (all optional)."""
+
+    namespace: str = Field("xfed", description="Prefix of every key, so federations can share one server.")
+    username: str | None = Field(None, description="ACL user (overrides the one in a redis:// URL).")
+    password: str | None = Field(None, repr=False, description="Overrides the URL's password; prefer password_env.")
+    password_env: str | None = Field(None, description="Name of an environment variable holding the password.")
+    tls_ca_file: str | None = Field(None, description="CA bundle for rediss:// (default: the system store).")
+    tls_cert_file: str | None = Field(None, description="Client certificate for rediss:// (mutual TLS).")
+    tls_key_file: str | None = Field(None, description="Client key for rediss:// (mutual TLS).")
+    embedded_dir: str | None = Field(None, description="Work folder of the embedded server (default: a folder "
+                                                       "shared by the processes of this config).")
+    connect_timeout: float = Field(10.0, gt=0, le=3600, description="Seconds to wait for Redis at start-up.")
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        if not NAMESPACE_RE.match(v):
+            raise ValueError("1-64 letters, digits, '_', '.', ':', '-' (no braces: they would break hash tags)")
+        return v
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> RedisOptions:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            fail("redis", [(("tls_key_file" if self.tls_cert_file else "tls_cert_file",),
+                            "tls_cert_file and tls_key_file go together (mutual TLS)")])
+        return self
+
+    def resolved_password(self) -> str | None:
+        """The password from `password` or from the variable `password_env` names (None if neither)."""
+        import os
+
+        if self.password_env:
+            return os.environ.get(self.password_env) or self.password
+        return self.password
+
+
+class FedConf(ConfigModel):
+    """fed_conf.json."""
+
+    fed_info: FedInfo
+    redis_server: str = Field("embedded", description='"embedded", "host:port", redis://[user[:pw]@]host:port/db, '
+                                                      'rediss://... (TLS) or unix:///path.sock')
+    redis: RedisOptions = Field(default_factory=RedisOptions)
+    grpc: dict[str, Any] | None = Field(None, description="XFL's gRPC settings: accepted and ignored "
+                                                          "(use rediss:// for transport security).")
+    heartbeat_interval: float = Field(2.0, gt=0, le=3600, description="Seconds between a node's heartbeats.")
+    identities: dict[str, str] = Field(default_factory=dict,
+                                       description="{node id: Ed25519 public key, 64 hex digits} pinned per node.")
+
+    _config_dir: Path | None = PrivateAttr(default=None)
+
+    @field_validator("redis_server")
+    @classmethod
+    def _redis_server(cls, v: str) -> str:
+        parse_redis_server(v)  # ValueError -> a one-line problem at `redis_server`
+        return v
+
+    @field_validator("grpc")
+    @classmethod
+    def _grpc(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None and "use_tls" in v and not isinstance(v["use_tls"], bool):
+            fail("grpc", [(("use_tls",), f"must be true or false, got {v['use_tls']!r}")])
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> FedConf:
+        problems = []
+        nodes = set(self.fed_info.trainer) | set(self.fed_info.assist_trainer)
+        for node, key in sorted(self.identities.items()):
+            if node not in nodes:
+                problems.append((("identities", node), f"{node!r} is not a node in fed_info"))
+            if not ED25519_HEX_RE.match(key):
+                problems.append((("identities", node), "must be an Ed25519 public key as 64 hex digits"))
+        address = parse_redis_server(self.redis_server)
+        tls_files = self.redis.tls_ca_file or self.redis.tls_cert_file
+        if tls_files and not (address.kind == "tcp" and address.tls):
+            problems.append((("redis", "tls_ca_file" if self.redis.tls_ca_file else "tls_cert_file"),
+                             "TLS files need a rediss:// redis_server"))
+        fail("fed_conf", problems)
+        return self
+
+    # --- what the rest of xfed reads (docs/CONTRACTS.md) ---
+    @property
+    def trainer_ids(self) -> list[str]:
+        return sorted(self.fed_info.trainer)
+
+    @property
+    def assist_trainer_id(self) -> str | None:
+        return next(iter(self.fed_info.assist_trainer), None)
+
+    @property
+    def node_ids(self) -> list[str]:
+        assist = [self.assist_trainer_id] if self.assist_trainer_id else []
+        return self.trainer_ids + assist
+
+    @property
+    def redis_address(self) -> RedisAddress:
+        return parse_redis_server(self.redis_server)
+
+    @property
+    def config_dir(self) -> Path | None:
+        """The folder fed_conf.json was loaded from (None when built in memory)."""
+        return self._config_dir
+
+    def role_of(self, node_id: str) -> str | None:
+        """'label_trainer', 'assist_trainer' or None for a node not in fed_info."""
+        if node_id in self.fed_info.trainer:
+            return "label_trainer"
+        if node_id in self.fed_info.assist_trainer:
+            return "assist_trainer"
+        return None

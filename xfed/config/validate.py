@@ -1,0 +1,328 @@
+"""`xfed -c validate`: check a config folder and print one line per problem (exit 2) or an OK summary.
+
+Checks fed_conf.json, every trainer_config_*.json (each stage's train_params by the operator
+that `model_info.name` names), and what only the files together can tell: every node has a
+file, identities match fed_info, stage counts and operators agree, label trainers' settings
+that the assist trainer overrides. Paths are checked on this machine and reported as warnings
+(a path on another party's machine cannot be seen from here); `strict=True` makes them errors.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+
+from xfed.config.fed_conf import FedConf
+from xfed.config.loader import FED_CONF, check_fed_conf, read_stage_file, stage_file_name, stage_files
+from xfed.config.placeholders import placeholders_in
+from xfed.config.problems import Problem, from_validation_error
+from xfed.config.stage import Stage
+from xfed.errors import ConfigError
+
+TRAIN_PARAMS = "train_info.train_params"
+
+
+@dataclass
+class NodeFile:
+    """One trainer_config file as read: raw stage dicts and the valid Stage models (None where invalid)."""
+
+    node: str
+    items: list[tuple[dict, Stage | None]] | None
+    params: dict[int, Any] = field(default_factory=dict)  # stage -> validated Params (when valid)
+
+
+@dataclass
+class Report:
+    folder: Path
+    problems: list[Problem] = field(default_factory=list)
+    fed: FedConf | None = None
+    files: dict[str, NodeFile] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    def add(self, file: str, message: str, key: str = "", stage: int | None = None,
+            severity: str = "error") -> None:
+        self.problems.append(Problem(file=file, message=message, key=key, stage=stage, severity=severity))
+
+
+def validate_folder(config_dir: str | os.PathLike, *, strict: bool = False) -> Report:
+    """Every problem in the config folder (never raises for a user mistake)."""
+    folder = Path(config_dir).expanduser()
+    report = Report(folder=folder)
+    if not folder.is_dir():
+        report.add(str(folder), "config folder not found (set --config_path or XFED_CONFIG_PATH)")
+        return report
+    report.fed, problems = check_fed_conf(folder)
+    report.problems += problems
+    files = stage_files(folder)
+    if not files:
+        report.add(str(folder), "no trainer_config_*.json files")
+    for node, _path in files.items():
+        items, problems = read_stage_file(folder, node)
+        report.problems += problems
+        report.files[node] = NodeFile(node=node, items=items)
+    _check_participants(report)
+    _check_train_params(report)
+    _check_across_nodes(report)
+    _check_paths(report, strict=strict)
+    _notes(report)
+    return report
+
+
+# ---------------------------------------------------------------- cross-file checks
+def _check_participants(report: Report) -> None:
+    fed = report.fed
+    if fed is None:
+        return
+    for node in fed.node_ids:
+        if node not in report.files:
+            role = "the assist trainer" if node == fed.assist_trainer_id else "a trainer"
+            report.add(stage_file_name(node), f"not found: {FED_CONF} lists {node!r} as {role}")
+    for node, nf in report.files.items():
+        role = fed.role_of(node)
+        if role is None:
+            report.add(stage_file_name(node), f"node {node!r} is not in {FED_CONF} fed_info "
+                                              f"(trainers: {', '.join(fed.trainer_ids)}; "
+                                              f"assist trainer: {fed.assist_trainer_id or 'none'})")
+            continue
+        for i, (raw, _stage) in enumerate(nf.items or []):
+            identity = raw.get("identity")
+            if isinstance(identity, str) and identity in ("label_trainer", "assist_trainer") and identity != role:
+                what = "a trainer" if role == "label_trainer" else "the assist trainer"
+                report.add(stage_file_name(node), f"must be {role!r}: {node!r} is {what} in {FED_CONF}, "
+                                                  f"got {identity!r}", key="identity", stage=i)
+
+
+def _has_assist(report: Report) -> bool:
+    if report.fed is not None:
+        return report.fed.assist_trainer_id is not None
+    return any(raw.get("identity") == "assist_trainer"
+               for nf in report.files.values() for raw, _ in (nf.items or []))
+
+
+def _operator_config(name: Any, file: str, stage: int, report: Report):
+    """The operator's config module for `model_info.name`, or None (problem recorded)."""
+    from xfed.operators import registry
+
+    if not isinstance(name, str):
+        return None  # the Stage model already reported it
+    try:
+        registry.params_model(name)
+        import importlib
+
+        return importlib.import_module(registry.OPERATORS[name] + ".config")
+    except ConfigError as exc:
+        report.add(file, str(exc).removeprefix("model_info.name: "), key="model_info.name", stage=stage)
+    except ImportError as exc:
+        report.add(file, f"operator {name!r} is not available here ({exc})", key="model_info.name", stage=stage)
+    except Exception as exc:  # a broken operator package must not turn into a traceback here
+        report.add(file, f"operator {name!r} failed to load its config model: {type(exc).__name__}: {exc}",
+                   key="model_info.name", stage=stage)
+    return None
+
+
+def _check_train_params(report: Report) -> None:
+    has_assist = _has_assist(report)
+    for node, nf in report.files.items():
+        file = stage_file_name(node)
+        for i, (raw, stage) in enumerate(nf.items or []):
+            name = (raw.get("model_info") or {}).get("name") if isinstance(raw.get("model_info"), dict) else None
+            module = _operator_config(name, file, i, report)
+            if module is None:
+                continue
+            identity = raw.get("identity")
+            complete = identity == "assist_trainer" or not has_assist
+            train_info = raw.get("train_info") if isinstance(raw.get("train_info"), dict) else {}
+            params = train_info.get("train_params", {})
+            if not isinstance(params, dict):
+                continue  # the Stage model reported the type
+            try:
+                nf.params[i] = module.Params.model_validate(params, context={"complete": complete})
+            except ValidationError as exc:
+                report.problems.extend(from_validation_error(exc, file, stage=i, prefix=TRAIN_PARAMS))
+            check = getattr(module, "check_stage", None)
+            if stage is not None and check is not None:
+                for key, message in check(stage, complete=complete):
+                    report.add(file, message, key=key, stage=i)
+
+
+def _check_across_nodes(report: Report) -> None:
+    fed = report.fed
+    files = {n: nf for n, nf in report.files.items() if nf.items}
+    if not files:
+        return
+    ref = fed.assist_trainer_id if fed is not None and fed.assist_trainer_id in files else sorted(files)[0]
+    ref_file = stage_file_name(ref)
+    ref_items = files[ref].items
+    for node, nf in sorted(files.items()):
+        if node == ref:
+            continue
+        file = stage_file_name(node)
+        if len(nf.items) != len(ref_items):
+            report.add(file, f"has {len(nf.items)} stage(s) but {ref_file} has {len(ref_items)}; "
+                             "every node runs the same stages")
+        for i, ((raw, _), (ref_raw, _)) in enumerate(zip(nf.items, ref_items, strict=False)):
+            mine, theirs = _op_name(raw), _op_name(ref_raw)
+            if mine and theirs and mine != theirs:
+                report.add(file, f"{mine!r} differs from {theirs!r} in {ref_file}", key="model_info.name", stage=i)
+                continue
+            if ref == (fed.assist_trainer_id if fed else None) and raw.get("identity") == "label_trainer":
+                _merged(report, node, i, raw, ref_raw, mine)
+
+
+def _op_name(raw: dict) -> str | None:
+    info = raw.get("model_info")
+    name = info.get("name") if isinstance(info, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _merged(report: Report, node: str, i: int, raw: dict, ref_raw: dict, name: str | None) -> None:
+    """Notes for a label trainer's settings the assist trainer overrides; errors if the merge is invalid."""
+    nf, af = report.files[node], report.files[report.fed.assist_trainer_id]
+    if i not in nf.params or i not in af.params or name is None:
+        return
+    import importlib
+
+    from xfed.operators import registry
+
+    module = importlib.import_module(registry.OPERATORS[name] + ".config")
+    merge = getattr(module, "merge_authoritative", None)
+    if merge is None:
+        return
+    file = stage_file_name(node)
+    assist_tp = ref_raw.get("train_info", {}).get("train_params", {})
+    party_tp = raw.get("train_info", {}).get("train_params", {})
+    merged, conflicts = merge(assist_tp, party_tp)
+    for line in conflicts:
+        key, _, rest = line.partition(": ")
+        report.add(file, f"{rest}; the assist trainer's value is used", key=f"{TRAIN_PARAMS}.{key}", stage=i,
+                   severity="note")
+    try:
+        module.Params.model_validate(merged, context={"complete": True})
+    except ValidationError as exc:
+        for p in from_validation_error(exc, file, stage=i, prefix=TRAIN_PARAMS):
+            report.add(p.file, f"{p.message} (with the assist trainer's train_params merged in)", key=p.key,
+                       stage=i)
+
+
+# ---------------------------------------------------------------- paths on this machine
+def _check_paths(report: Report, *, strict: bool) -> None:
+    severity = "error" if strict else "warning"
+    for node, nf in report.files.items():
+        file = stage_file_name(node)
+        for i, (_raw, stage) in enumerate(nf.items or []):
+            if stage is None:
+                continue
+            for key, path, kind in stage.paths():
+                message = _path_problem(path.replace("[NODE_ID]", node).replace("[STAGE_ID]", str(i)), kind)
+                if message:
+                    report.add(file, message, key=key, stage=i, severity=severity)
+            if "JOB_ID" not in placeholders_in(stage.output.path):
+                report.add(file, "has no [JOB_ID]: every job writes into the same folder", key="output.path",
+                           stage=i, severity="note")
+    fed = report.fed
+    if fed is not None:
+        for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+            path = getattr(fed.redis, key)
+            if path and not os.path.isfile(path):
+                report.add(FED_CONF, f"{path}: file not found on this machine", key=f"redis.{key}", severity=severity)
+        if fed.redis.password_env and fed.redis.password_env not in os.environ:
+            report.add(FED_CONF, f"environment variable {fed.redis.password_env} is not set here",
+                       key="redis.password_env", severity="warning")
+
+
+def _path_problem(path: str, kind: str) -> str | None:
+    if "JOB_ID" in placeholders_in(path):
+        if kind != "output":
+            return f"{path}: an input cannot depend on [JOB_ID]"
+        path = path[: path.index("[JOB_ID]")] or "."
+    p = Path(path)
+    if kind == "input-file":
+        return None if p.exists() else f"{path}: not found on this machine"
+    if kind == "input-dir":
+        if not p.exists():
+            return f"{path}: not found on this machine"
+        return None if p.is_dir() else f"{path}: not a folder"
+    # output: the nearest existing ancestor must be a writable folder (the rest is created at run time)
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{path}: {probe} is not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{path}: {probe} is not writable here"
+    return None
+
+
+def _notes(report: Report) -> None:
+    fed = report.fed
+    if fed is None:
+        return
+    if fed.grpc is not None:
+        tls = " (use a rediss:// redis_server for transport security)" if fed.grpc.get("use_tls") else ""
+        report.add(FED_CONF, f"ignored: xfed nodes talk only through Redis{tls}", key="grpc", severity="note")
+    masked = len(fed.trainer_ids)
+    for node, nf in report.files.items():
+        for i, params in nf.params.items():
+            enc = getattr(params, "encryption", None)
+            if getattr(enc, "otp", None) is not None and masked < 2 and node == (fed.assist_trainer_id or
+                                                                                  fed.trainer_ids[0]):
+                report.add(stage_file_name(node), f"otp with {masked} trainer: the mask cannot hide a single "
+                                                  "party's update from the aggregator", key=f"{TRAIN_PARAMS}.encryption",
+                           stage=i, severity="note")
+
+
+# ---------------------------------------------------------------- output
+def _summary(report: Report) -> str:
+    fed = report.fed
+    assert fed is not None
+    stages = []
+    ref = fed.assist_trainer_id or fed.trainer_ids[0]
+    nf = report.files.get(ref)
+    for i, (raw, _stage) in enumerate(nf.items if nf and nf.items else []):
+        params = nf.params.get(i)
+        bits = [_op_name(raw) or "?"]
+        if params is not None and getattr(params, "peft", None) is not None:
+            bits.append(params.peft.kind)
+        enc = getattr(params, "encryption", None)
+        if enc is not None:
+            bits.append(enc.method)
+        agg = getattr(params, "aggregation", None)
+        if agg is not None and agg.agg_steps is not None:
+            bits.append(f"agg_steps={agg.agg_steps}")
+        stages.append(f"stage {i}: {' '.join(bits)}")
+    assist = fed.assist_trainer_id or "none"
+    return (f"OK {report.folder}: trainers {', '.join(fed.trainer_ids)}; assist trainer {assist}; "
+            f"redis {fed.redis_address.display()}; {'; '.join(stages)}")
+
+
+def print_report(report: Report, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    """Errors one per line on `out`; warnings/notes on `err`; returns the exit code (0 or 2)."""
+    for p in report.problems:
+        if p.severity != "error":
+            print(f"{p.severity}: {p}", file=err)
+    errors = report.errors
+    for p in errors:
+        print(str(p), file=out)
+    if errors:
+        print(f"{len(errors)} problem(s) in {report.folder}", file=err)
+        return 2
+    print(_summary(report), file=out)
+    return 0
+
+
+def validate_command(config_path: str | os.PathLike, schema: bool = False, strict: bool = False) -> int:
+    """The `-c validate [--schema]` verb: prints and returns the exit code."""
+    if schema:
+        from xfed.config.schema import config_schema
+
+        print(json.dumps(config_schema(), indent=2, ensure_ascii=False))
+        return 0
+    return print_report(validate_folder(config_path, strict=strict))

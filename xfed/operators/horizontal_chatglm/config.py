@@ -1,0 +1,433 @@
+"""`train_params` of the horizontal_chatglm operator: aggregation, encryption, peft, trainer, dataset.
+
+Pydantic only; `trainer` keys are checked against the installed `transformers.TrainingArguments`, read
+lazily from its source (xfed.config.training_args) so that validating never imports torch.
+
+A label trainer's stage config may be partial when there is an assist trainer: the assist
+trainer's `train_params` are authoritative and `merge_authoritative` combines the two.
+Validate a partial config with `Params.model_validate(d, context={"complete": False})`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import string
+from typing import Any, Literal
+
+from pydantic import (
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from xfed.config.base import ConfigModel, did_you_mean, fail, reraise
+from xfed.config.training_args import check_value, training_argument_specs
+
+PEFT_TYPES = ("LORA", "PREFIX_TUNING")
+ENCRYPTIONS = ("otp", "plain")
+# Trainer keys that describe a party's own hardware and bookkeeping: each party keeps its own
+# (XFL's demos give label trainers their own batch size and no_cuda). Every other key is shared
+# and the assist trainer's value wins.
+LOCAL_TRAINER_KEYS = frozenset({
+    "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "no_cuda", "use_cpu", "torch_compile", "save_strategy", "save_steps", "save_total_limit",
+    "logging_steps", "logging_strategy", "dataloader_num_workers", "dataloader_pin_memory",
+    "fp16", "bf16", "gradient_checkpointing", "disable_tqdm", "log_level",
+})
+# Dataset keys naming a party's own columns (its files may be laid out differently).
+LOCAL_DATASET_KEYS = frozenset({"key_query", "key_answer", "prompt_column", "response_column", "history_column"})
+SHARED_SECTIONS = ("aggregation", "encryption", "peft")
+# Set by xfed itself: a value in the config would be silently overridden, so it is refused.
+RESERVED_TRAINER_KEYS = {"output_dir": "set by xfed from output.path"}
+XFL_TRAINER_ALIASES = {"no_cuda": "use_cpu"}  # removed from TrainingArguments in transformers 5
+
+
+def _complete(info: ValidationInfo) -> bool:
+    return (info.context or {}).get("complete", True)
+
+
+# ---------------------------------------------------------------- aggregation
+class Aggregation(ConfigModel):
+    """When parties meet and how their updates are weighted."""
+
+    agg_steps: float | int | None = Field(
+        None, description="0 < f <= 1: aggregate after every fraction f of the run (0.2 -> 5 rounds); "
+                          "an integer n >= 1: every n optimizer steps.")
+    weighting: Literal["num_examples", "uniform"] = Field(
+        "num_examples", description="FedAvg weights: each party's number of training examples, or equal.")
+
+    @field_validator("agg_steps", mode="before")
+    @classmethod
+    def _agg_steps(cls, v: Any) -> float | int | None:
+        rule = "must be a fraction 0 < f <= 1 of the run or an integer step interval >= 1"
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise PydanticCustomError("agg_steps", f"{rule}, got {v!r}")
+        if isinstance(v, int):
+            if v < 1:
+                raise PydanticCustomError("agg_steps", f"{rule}, got {v!r}")
+            return v
+        if v > 1 and v.is_integer():  # 2.0 means an interval of 2 steps
+            return int(v)
+        if not 0 < v <= 1:
+            raise PydanticCustomError("agg_steps", f"{rule}, got {v!r}")
+        return v
+
+    @property
+    def is_fraction(self) -> bool:
+        return isinstance(self.agg_steps, float)
+
+
+# ---------------------------------------------------------------- encryption
+class KeyExchange(ConfigModel):
+    key_bitlength: Literal[2048, 3072, 4096, 6144, 8192] = Field(3072, description="RFC 7919 ffdhe group size.")
+    optimized: bool = Field(True, description="Short exponents (NIST SP 800-56A security strength).")
+
+
+class Csprng(ConfigModel):
+    name: Literal["hmac_drbg", "ctr_drbg"] = Field("hmac_drbg", description="SP 800-90A DRBG for the pads.")
+    method: Literal["sha1", "sha224", "sha256", "sha384", "sha512"] = Field(
+        "sha512", description="HMAC_DRBG hash (ctr_drbg always uses AES-256).")
+
+
+class Otp(ConfigModel):
+    """One-time-pad secure aggregation."""
+
+    key_bitlength: Literal[64, 128] = Field(64, description="Fixed-point modulus: 2^64 or 2^128.")
+    data_type: Literal["torch.Tensor", "numpy.ndarray"] = Field("torch.Tensor", description="XFL; accepted.")
+    key_exchange: KeyExchange = Field(default_factory=KeyExchange)
+    csprng: Csprng = Field(default_factory=Csprng)
+
+
+class Plain(ConfigModel):
+    """No masking: the aggregator sees each party's update (trusted aggregator, debugging)."""
+
+
+class Encryption(ConfigModel):
+    """Exactly one of `otp`, `plain`."""
+
+    otp: Otp | None = None
+    plain: Plain | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Encryption:
+        chosen = [k for k in ENCRYPTIONS if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            got = f" (found {' and '.join(chosen)})" if chosen else ""
+            fail("encryption", [((), f"exactly one of {', '.join(ENCRYPTIONS)} is required{got}")])
+        return self
+
+    @property
+    def method(self) -> str:
+        return "otp" if self.otp is not None else "plain"
+
+
+# ---------------------------------------------------------------- peft
+class Lora(ConfigModel):
+    """peft.LoraConfig options (the common ones; task_type is always CAUSAL_LM)."""
+
+    task_type: Literal["CAUSAL_LM"] = "CAUSAL_LM"
+    r: int = Field(8, ge=1, le=4096)
+    target_modules: list[str] | str = Field(
+        "auto", description='Module names, a peft regex string, "all-linear", or "auto" (per architecture).')
+    exclude_modules: list[str] | str | None = None
+    lora_alpha: float = Field(32, gt=0)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    fan_in_fan_out: bool = False
+    bias: Literal["none", "all", "lora_only"] = "none"
+    modules_to_save: list[str] | None = None
+    use_rslora: bool = False
+    use_dora: bool = False
+    init_lora_weights: bool | Literal["gaussian", "pissa", "olora", "loftq"] = True
+    layers_to_transform: list[int] | int | None = None
+    layers_pattern: list[str] | str | None = None
+    rank_pattern: dict[str, int] = Field(default_factory=dict)
+    alpha_pattern: dict[str, float] = Field(default_factory=dict)
+    inference_mode: Literal[False] = False
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _targets(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip():
+            return v
+        if isinstance(v, list) and v and all(isinstance(m, str) and m.strip() for m in v):
+            return v
+        raise PydanticCustomError("target_modules", 'must be "auto", a non-empty list of module names or '
+                                                    "a regex string, got {value}", {"value": repr(v)})
+
+
+class PrefixTuning(ConfigModel):
+    """P-tuning v2 (peft PREFIX_TUNING): trainable key/value prefixes in every layer."""
+
+    task_type: Literal["CAUSAL_LM"] = "CAUSAL_LM"
+    pre_seq_len: int = Field(20, ge=1, le=4096, description="Prefix length (peft's num_virtual_tokens).")
+    prefix_projection: bool = Field(False, description="Reparametrise the prefix through a 2-layer MLP.")
+    prefix_hidden_size: int | None = Field(None, ge=1, description="MLP hidden size (default: the model's).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _alias(cls, data: Any) -> Any:
+        # peft spells the prefix length num_virtual_tokens; accept it, but not both at once.
+        if isinstance(data, dict) and "num_virtual_tokens" in data:
+            data = dict(data)
+            if "pre_seq_len" in data:
+                fail("PREFIX_TUNING", [(("num_virtual_tokens",), "give pre_seq_len or num_virtual_tokens, not both")])
+            data["pre_seq_len"] = data.pop("num_virtual_tokens")
+        return data
+
+
+class Peft(ConfigModel):
+    """Exactly one of `LORA`, `PREFIX_TUNING`."""
+
+    LORA: Lora | None = None
+    PREFIX_TUNING: PrefixTuning | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Peft:
+        chosen = [k for k in PEFT_TYPES if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            got = f" (found {' and '.join(chosen)})" if chosen else ""
+            fail("peft", [((), f"exactly one of {', '.join(PEFT_TYPES)} is required{got}")])
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "LORA" if self.LORA is not None else "PREFIX_TUNING"
+
+
+# ---------------------------------------------------------------- dataset
+def _format_slots(pattern: str) -> int:
+    """Number of replacement fields in a str.format pattern (ValueError if it is malformed)."""
+    slots = 0
+    for _literal, field, _spec, _conv in string.Formatter().parse(pattern):
+        if field is None:
+            continue
+        if field not in ("",) and not field.isdigit():
+            raise ValueError(f"only positional {{}} slots are filled, found {{{field}}}")
+        slots += 1
+    return slots
+
+
+class DatasetParams(ConfigModel):
+    """How records become prompts and labels."""
+
+    max_src_length: int = Field(100, ge=1, le=1_000_000, description="Prompt tokens kept (truncated beyond).")
+    max_dst_length: int = Field(100, ge=1, le=1_000_000, description="Answer tokens kept (truncated beyond).")
+    prompt_pattern: str = Field("{}：\n问：{}\n答：", description="str.format pattern with one slot (query) "
+                                                               "or two (instruction, query).")
+    key_query: str = Field("input", description="QA: the instance key holding the question.")
+    key_answer: str = Field("output", description="QA: the instance key holding the answer.")
+    prompt_column: str | None = Field(None, description="json/jsonl: column with the prompt (default key_query).")
+    response_column: str | None = Field(None, description="json/jsonl: column with the answer (default key_answer).")
+    history_column: str | None = Field(None, description="json/jsonl: column with [[query, answer], ...] turns.")
+    history_template: str | None = Field(None, description='Format of one past turn, e.g. "[Round {}]\\n问：{}\\n答：{}\\n" '
+                                                           "(round, query, answer).")
+    ignore_pad_token_for_loss: bool = True
+
+    @field_validator("prompt_pattern")
+    @classmethod
+    def _prompt_pattern(cls, v: str) -> str:
+        try:
+            slots = _format_slots(v)
+        except ValueError as exc:
+            raise PydanticCustomError("pattern", "not a valid pattern: {why}", {"why": str(exc)}) from None
+        if slots not in (1, 2):
+            raise PydanticCustomError("pattern", "needs one {{}} slot (query) or two (instruction, query), "
+                                                 "found {n}", {"n": slots})
+        return v
+
+    @field_validator("history_template")
+    @classmethod
+    def _history_template(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            slots = _format_slots(v)
+        except ValueError as exc:
+            raise PydanticCustomError("pattern", "not a valid pattern: {why}", {"why": str(exc)}) from None
+        if not 2 <= slots <= 3:
+            raise PydanticCustomError("pattern", "needs two {{}} slots (query, answer) or three "
+                                                 "(round, query, answer), found {n}", {"n": slots})
+        return v
+
+
+# ---------------------------------------------------------------- trainer (TrainingArguments)
+def check_trainer_args(trainer: dict[str, Any]) -> list[InitErrorDetails]:
+    """Errors (located at the key) for unknown keys and ill-typed values of TrainingArguments."""
+    specs = training_argument_specs()
+    errors: list[InitErrorDetails] = []
+
+    def error(key: str, message: str) -> None:
+        message = message.replace("{", "{{").replace("}", "}}")
+        errors.append(InitErrorDetails(type=PydanticCustomError("trainer_arg", message), loc=(key,), input=None))
+
+    if "no_cuda" in trainer and "use_cpu" in trainer and trainer["no_cuda"] != trainer["use_cpu"]:
+        error("no_cuda", "XFL's no_cuda is use_cpu in transformers 5; they disagree here")
+    for key, value in trainer.items():
+        name = XFL_TRAINER_ALIASES.get(key, key)
+        if key in RESERVED_TRAINER_KEYS:
+            error(key, RESERVED_TRAINER_KEYS[key])
+        elif not specs:  # transformers is not installed here: nothing to check against
+            continue
+        elif name not in specs:
+            error(key, "not a transformers.TrainingArguments field" + did_you_mean(key, [*specs, *XFL_TRAINER_ALIASES]))
+        elif (reason := check_value(specs[name], value)) is not None:
+            error(key, reason)
+    return errors
+
+
+def trainer_kwargs(trainer: dict[str, Any] | None) -> dict[str, Any]:
+    """TrainingArguments keyword arguments from a `trainer` section (XFL's no_cuda -> use_cpu)."""
+    out: dict[str, Any] = {}
+    for key, value in (trainer or {}).items():
+        out[XFL_TRAINER_ALIASES.get(key, key)] = value
+    return out
+
+
+# ---------------------------------------------------------------- the whole train_params
+class Params(ConfigModel):
+    """`train_info.train_params` of a horizontal_chatglm stage.
+
+    Validated complete by default (peft and aggregation.agg_steps required; encryption
+    defaults to otp, dataset and trainer to their defaults). With
+    `context={"complete": False}` every section is optional (a label trainer's partial config).
+    """
+
+    aggregation: Aggregation | None = None
+    encryption: Encryption | None = None
+    peft: Peft | None = None
+    trainer: dict[str, Any] | None = Field(None, description="transformers.TrainingArguments keyword arguments "
+                                                             "(XFL's no_cuda is accepted as use_cpu).")
+    dataset: DatasetParams | None = None
+
+    @field_validator("trainer")
+    @classmethod
+    def _trainer(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v:
+            reraise("trainer", check_trainer_args(v), None)
+        return v
+
+    @model_validator(mode="after")
+    def _completed(self, info: ValidationInfo) -> Params:
+        if not _complete(info):
+            return self
+        problems = []
+        if self.peft is None:
+            problems.append((("peft",), f"exactly one of {', '.join(PEFT_TYPES)} is required"))
+        if self.aggregation is None or self.aggregation.agg_steps is None:
+            problems.append((("aggregation", "agg_steps"), "required key is missing"))
+        fail("train_params", problems)
+        if self.encryption is None:
+            self.encryption = Encryption(otp=Otp())
+        if self.dataset is None:
+            self.dataset = DatasetParams()
+        if self.trainer is None:
+            self.trainer = {}
+        return self
+
+    # --- what the operator reads ---
+    @property
+    def peft_kind(self) -> str:
+        """'LORA' or 'PREFIX_TUNING'."""
+        if self.peft is None:
+            raise ValueError("train_params.peft is not set (partial config)")
+        return self.peft.kind
+
+    def peft_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for peft's LoraConfig / PrefixTuningConfig (target_modules may be "auto")."""
+        if self.peft is None:
+            raise ValueError("train_params.peft is not set (partial config)")
+        if self.peft.LORA is not None:
+            return self.peft.LORA.model_dump(exclude_defaults=False)
+        p = self.peft.PREFIX_TUNING
+        kw = {"task_type": p.task_type, "num_virtual_tokens": p.pre_seq_len, "prefix_projection": p.prefix_projection}
+        if p.prefix_hidden_size is not None:
+            kw["encoder_hidden_size"] = p.prefix_hidden_size
+        return kw
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """transformers.TrainingArguments keyword arguments (no_cuda mapped to use_cpu)."""
+        return trainer_kwargs(self.trainer)
+
+    def encryption_dict(self) -> dict[str, Any]:
+        """{"otp": {...all keys with defaults...}} or {"plain": {}} for xfed.aggregation."""
+        enc = self.encryption or Encryption(otp=Otp())
+        return enc.model_dump(exclude_none=True)
+
+
+def merge_authoritative(assist: dict[str, Any], party: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A label trainer's effective train_params: the assist trainer's, plus the party's local keys.
+
+    `aggregation`, `encryption` and `peft` are the assist trainer's outright; in `trainer` and
+    `dataset` a party keeps its own hardware/bookkeeping keys (LOCAL_TRAINER_KEYS,
+    LOCAL_DATASET_KEYS). Returns (merged, conflicts) where each conflict reads
+    "trainer.learning_rate: assist=0.001 party=0.01" for a key both set differently.
+    """
+    assist = _normalised(assist)
+    party = _normalised(party)
+    merged = copy.deepcopy(assist)
+    conflicts: list[str] = []
+
+    def note(key: str, mine: Any, theirs: Any) -> None:
+        if mine is not None and _canonical(mine) != _canonical(theirs):
+            shown = "(unset)" if theirs is None else _canonical(theirs)
+            conflicts.append(f"{key}: assist={shown} party={_canonical(mine)}")
+
+    for section in SHARED_SECTIONS:
+        if party.get(section) is not None:
+            for key, mine, theirs in _leaf_diff(section, party[section], assist.get(section)):
+                note(key, mine, theirs)
+    for section, local in (("trainer", LOCAL_TRAINER_KEYS), ("dataset", LOCAL_DATASET_KEYS)):
+        if assist.get(section) is None and not party.get(section):
+            continue
+        combined = dict(assist.get(section) or {})
+        for key, mine in (party.get(section) or {}).items():
+            if key in local:
+                combined[key] = mine
+            else:
+                note(f"{section}.{key}", mine, combined.get(key))
+        merged[section] = combined
+    for key, mine in party.items():
+        if key not in (*SHARED_SECTIONS, "trainer", "dataset"):
+            note(key, mine, assist.get(key))
+    return merged, conflicts
+
+
+def _normalised(params: dict[str, Any]) -> dict[str, Any]:
+    params = dict(params or {})
+    trainer = params.get("trainer")
+    if isinstance(trainer, dict) and "no_cuda" in trainer and "use_cpu" not in trainer:
+        params["trainer"] = trainer_kwargs(trainer)
+    return params
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def _leaf_diff(prefix: str, mine: Any, theirs: Any):
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+        for key in sorted(mine):
+            yield from _leaf_diff(f"{prefix}.{key}", mine[key], theirs.get(key))
+    elif _canonical(mine) != _canonical(theirs):
+        yield prefix, mine, theirs
+
+
+def check_stage(stage: Any, *, complete: bool) -> list[tuple[str, str]]:
+    """Stage-level needs of this operator beyond train_params: [(dotted key, message)]."""
+    problems = []
+    if stage.input.pretrained_model is None:
+        problems.append(("input.pretrained_model.path", "required: every party loads the same base model"))
+    if stage.identity == "label_trainer" and not stage.input.trainset:
+        problems.append(("input.trainset", "a label trainer needs at least one dataset"))
+    return problems
+
+
+__all__ = [
+    "Aggregation", "Csprng", "DatasetParams", "Encryption", "KeyExchange", "Lora", "Otp", "Params", "Peft",
+    "Plain", "PrefixTuning", "check_stage", "check_trainer_args", "merge_authoritative", "trainer_kwargs",
+    "LOCAL_TRAINER_KEYS", "LOCAL_DATASET_KEYS", "PEFT_TYPES",
+]
