@@ -121,7 +121,7 @@ def _load_foreign_adapter(model: torch.nn.Module, path: Path) -> PeftModel:
         load_adapter = None
     try:
         if load_adapter is not None:
-            peft_model = load_adapter(model, str(path))
+            peft_model = load_adapter(model, str(path), is_trainable=True)
         else:
             peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:

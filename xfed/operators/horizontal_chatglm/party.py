@@ -22,31 +22,34 @@ def set_threads() -> None:
 
 
 def load_base_model(stage: Any, use_cpu: bool) -> tuple[Any, Any, Path]:
-    """(model, tokenizer, folder) through xfed.models.load_pretrained (local folders only, never downloads)."""
+    """(model, tokenizer, folder) of the stage's input.pretrained_model (a local folder, never downloaded)."""
     pretrained = getattr(stage.input, "pretrained_model", None)
     path = getattr(pretrained, "path", None) if pretrained is not None else None
     if not path:
         raise ConfigError("input.pretrained_model.path: required (a local model folder)")
-    folder = Path(path)
+    allow_random = bool((getattr(stage.model_info, "config", None) or {}).get("allow_random_init", False))
+    device = "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
+    model, tokenizer = load_model_folder(Path(path), device=device, allow_random_init=allow_random)
+    return model, tokenizer, Path(path)
+
+
+def load_model_folder(folder: Path, *, device: str = "cpu", allow_random_init: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) through xfed.models.load_pretrained; plain transformers until that is exported."""
     if not folder.is_dir():
         raise ModelError(f"input.pretrained_model.path: {folder} is not a folder")
-    allow_random = bool(
-        getattr(pretrained, "allow_random_init", False)
-        or (getattr(stage.model_info, "config", None) or {}).get("allow_random_init", False)
-    )
-    device = "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
     try:
         from xfed.models import load_pretrained
     except ImportError:
         load_pretrained = None
     if load_pretrained is not None:
-        model, tokenizer = load_pretrained(str(folder), device=device, allow_random_init=allow_random)
-    else:  # until the models layer lands: plain transformers, local files only
+        model, tokenizer = load_pretrained(str(folder), device=device, allow_random_init=allow_random_init)
+    else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")) and not allow_random:
+        weights = any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+        if not weights and not allow_random_init:
             raise ModelError(f"{folder}: no weight files (*.safetensors, pytorch_model*.bin); "
-                             "set allow_random_init: true to train a randomly initialised model")
+                             "set model_info.config.allow_random_init: true to train a random model")
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
@@ -55,7 +58,7 @@ def load_base_model(stage: Any, use_cpu: bool) -> tuple[Any, Any, Path]:
         model.to(device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # generation and batching need a pad id
-    return model, tokenizer, folder
+    return model, tokenizer
 
 
 @dataclass

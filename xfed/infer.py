@@ -1,0 +1,71 @@
+"""Chat with, or score, a base model plus a trained adapter: `python -m xfed.infer --model DIR --adapter DIR`.
+
+With `--prompt TEXT` it answers once; with `--eval FILE` it prints exact match / ROUGE-L on a
+held-out file (XFL QA json, or JSON/JSONL with prompt/response columns); otherwise it chats,
+keeping the conversation as history (an empty line or Ctrl-D ends it, `/clear` forgets).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from xfed.errors import XfedError
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model_dir", required=True, help="Base model folder (as in input.pretrained_model.path).")
+@click.option("--adapter", "adapter_dir", default=None, help="Adapter folder (e.g. OUTPUT/final); omit for the base model.")
+@click.option("--prompt", default=None, help="Answer this one prompt and exit.")
+@click.option("--eval", "eval_file", default=None, help="Score greedy answers on this file and exit.")
+@click.option("--pattern", default="{}", show_default=True,
+              help='Prompt pattern as dataset.prompt_pattern, e.g. "{}：\\n问：{}\\n答：".')
+@click.option("--instruction", default="", help="Instruction for a two-slot pattern (XFL QA `instruction`).")
+@click.option("--max-new-tokens", default=64, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="--eval: print the scores as JSON.")
+def main(model_dir, adapter_dir, prompt, eval_file, pattern, instruction, max_new_tokens, as_json):
+    """Load base + adapter and answer, score or chat."""
+    try:
+        from xfed.operators.horizontal_chatglm import inference
+
+        model, tokenizer = inference.load_for_inference(model_dir, adapter_dir)
+        if eval_file:
+            pairs = inference.read_eval_pairs(eval_file, pattern=pattern)
+            scores = inference.evaluate_pairs(model, tokenizer, pairs, max_new_tokens=max_new_tokens)
+            if as_json:
+                click.echo(json.dumps(scores))
+            else:
+                click.echo(f"exact match {scores['exact_match']:.3f}  rouge-l {scores['rouge_l']:.3f}  n={scores['n']}")
+            return
+        if prompt is not None:
+            text = inference.render_prompt(prompt, pattern=pattern, instruction=instruction)
+            click.echo(inference.answer(model, tokenizer, text, max_new_tokens))
+            return
+        _chat(inference, model, tokenizer, pattern, instruction, max_new_tokens)
+    except XfedError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(err.exit_code)
+
+
+def _chat(inference, model, tokenizer, pattern, instruction, max_new_tokens) -> None:
+    history: list[tuple[str, str]] = []
+    click.echo("chat: an empty line or Ctrl-D ends, /clear forgets the history")
+    while True:
+        try:
+            query = input("你/you> ").strip()
+        except EOFError:
+            break
+        if not query:
+            break
+        if query == "/clear":
+            history.clear()
+            continue
+        text = inference.render_prompt(query, history=history, pattern=pattern, instruction=instruction)
+        reply = inference.answer(model, tokenizer, text, max_new_tokens)
+        click.echo(f"model> {reply}")
+        history.append((query, reply))
+
+
+if __name__ == "__main__":
+    main()
