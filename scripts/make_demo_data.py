@@ -1,0 +1,128 @@
+"""Write the synthetic 3-party non-IID string-skill task (XFL QA json + JSONL) used by the demo and benchmark.
+
+Each example asks for one string skill applied to a short lowercase word:
+    reverse abcdef -> fedcba    sort dbca -> abcd    shift abcz -> bcda
+Party node-1 holds mostly `reverse`, node-2 mostly `sort`, node-3 mostly `shift` (90/10), so no single
+party can learn all three; the assist trainer holds a small balanced shard; the held-out set is balanced.
+See docs/DEMO_TASK.md for the reasoning and the measured learnability.
+
+Usage: python scripts/make_demo_data.py [--out work/demo_data] [--seed 0]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import string
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+# XFL's default prompt pattern; the instruction is shared by every example (a QA file has one instruction),
+# the skill is named in the query.
+PROMPT_PATTERN = "{}：\n问：{}\n答："
+INSTRUCTION = "text"
+LETTERS = string.ascii_lowercase
+MIN_LEN, MAX_LEN = 4, 8
+
+
+def _shift(word: str) -> str:
+    return "".join(LETTERS[(LETTERS.index(c) + 1) % 26] for c in word)
+
+
+SKILLS: dict[str, Callable[[str], str]] = {
+    "reverse": lambda w: w[::-1],
+    "sort": lambda w: "".join(sorted(w)),
+    "shift": _shift,
+}
+SKILL_NAMES = list(SKILLS)  # fixed order: reverse, sort, shift
+PARTIES = {"node-1": "reverse", "node-2": "sort", "node-3": "shift"}
+MAIN_SHARE = 0.9
+
+# sizes (examples); small on purpose: the README demo must finish in minutes on 2 CPU cores
+N_TRAIN_PER_PARTY = 600
+N_VAL_PER_PARTY = 30
+N_ASSIST = 90
+N_HELDOUT_PER_SKILL = 50
+
+
+def render_prompt(query: str, instruction: str = INSTRUCTION, pattern: str = PROMPT_PATTERN) -> str:
+    """The prompt text the model sees, exactly as the QA reader renders it."""
+    return pattern.format(instruction, query)
+
+
+def random_word(rng: random.Random) -> str:
+    return "".join(rng.choice(LETTERS) for _ in range(rng.randint(MIN_LEN, MAX_LEN)))
+
+
+def make_instance(rng: random.Random, skill: str, used: set[str]) -> dict[str, str]:
+    """One example of `skill` on a word never used before, whose answer differs from the word."""
+    fn = SKILLS[skill]
+    while True:
+        word = random_word(rng)
+        # a sorted word under `sort` or a palindrome under `reverse` would let a copying model score
+        if word in used or fn(word) == word:
+            continue
+        used.add(word)
+        return {"input": f"{skill} {word}", "output": fn(word), "skill": skill}
+
+
+def party_skills(rng: random.Random, main: str, n: int) -> list[str]:
+    """Exactly round(0.9 n) of the main skill, the rest split evenly over the others, shuffled."""
+    others = [s for s in SKILL_NAMES if s != main]
+    n_main = round(MAIN_SHARE * n)
+    rest = [others[i % len(others)] for i in range(n - n_main)]
+    skills = [main] * n_main + rest
+    rng.shuffle(skills)
+    return skills
+
+
+def balanced_skills(rng: random.Random, n: int) -> list[str]:
+    skills = [SKILL_NAMES[i % len(SKILL_NAMES)] for i in range(n)]
+    rng.shuffle(skills)
+    return skills
+
+
+def write_shard(out: Path, name: str, instances: list[dict[str, str]]) -> None:
+    """`name`.json in XFL's QA layout and `name`.jsonl with prompt/response columns (same rendered text)."""
+    qa = {"id": name, "name": "string skills", "instruction": INSTRUCTION, "instances": instances}
+    (out / f"{name}.json").write_text(json.dumps(qa, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
+        for inst in instances:
+            row = {"prompt": render_prompt(inst["input"]), "response": inst["output"], "skill": inst["skill"]}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def build(seed: int = 0) -> dict[str, list[dict[str, str]]]:
+    """All shards by name; deterministic in `seed`; no word appears in two examples."""
+    rng = random.Random(seed)
+    used: set[str] = set()
+    shards: dict[str, list[dict[str, str]]] = {}
+    # held-out first so that its words are never in any training shard
+    shards["heldout"] = [make_instance(rng, s, used) for s in balanced_skills(rng, 3 * N_HELDOUT_PER_SKILL)]
+    for party, main in PARTIES.items():
+        shards[party] = [make_instance(rng, s, used) for s in party_skills(rng, main, N_TRAIN_PER_PARTY)]
+        shards[f"{party}_val"] = [make_instance(rng, s, used) for s in party_skills(rng, main, N_VAL_PER_PARTY)]
+    shards["assist_trainer"] = [make_instance(rng, s, used) for s in balanced_skills(rng, N_ASSIST)]
+    return shards
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="work/demo_data", help="output folder (default work/demo_data)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = build(args.seed)
+    manifest = {"seed": args.seed, "prompt_pattern": PROMPT_PATTERN, "instruction": INSTRUCTION, "shards": {}}
+    for name, instances in shards.items():
+        write_shard(out, name, instances)
+        manifest["shards"][name] = {"n": len(instances), "skills": dict(Counter(i["skill"] for i in instances))}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    print(f"demo data in {out}: " + ", ".join(f"{k} {v['n']}" for k, v in manifest["shards"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
