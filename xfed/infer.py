@@ -19,8 +19,8 @@ from xfed.errors import XfedError
 @click.option("--adapter", "adapter_dir", default=None, help="Adapter folder (e.g. OUTPUT/final); omit for the base model.")
 @click.option("--prompt", default=None, help="Answer this one prompt and exit.")
 @click.option("--eval", "eval_file", default=None, help="Score greedy answers on this file and exit.")
-@click.option("--pattern", default="{}", show_default=True,
-              help='Prompt pattern as dataset.prompt_pattern, e.g. "{}：\\n问：{}\\n答：".')
+@click.option("--pattern", default=None,
+              help='Prompt pattern as dataset.prompt_pattern (default XFL\'s "{}：\\n问：{}\\n答：").')
 @click.option("--instruction", default="", help="Instruction for a two-slot pattern (XFL QA `instruction`).")
 @click.option("--max-new-tokens", default=64, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="--eval: print the scores as JSON.")
@@ -31,7 +31,8 @@ def main(model_dir, adapter_dir, prompt, eval_file, pattern, instruction, max_ne
 
         model, tokenizer = inference.load_for_inference(model_dir, adapter_dir)
         if eval_file:
-            pairs = inference.read_eval_pairs(eval_file, pattern=pattern)
+            params = {"prompt_pattern": pattern} if pattern else None
+            pairs = inference.read_eval_pairs(eval_file, model, tokenizer, params)
             scores = inference.evaluate_pairs(model, tokenizer, pairs, max_new_tokens=max_new_tokens)
             if as_json:
                 click.echo(json.dumps(scores))
