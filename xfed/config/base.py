@@ -34,8 +34,8 @@ def reraise(title: str, extra: list[InitErrorDetails], err: ValidationError | No
     details = list(extra)
     for e in err.errors() if err is not None else ():
         # Re-wrap as custom errors: the rendered message is kept verbatim, locations are kept.
-        message = e["msg"].replace("{", "{{").replace("}", "}}")
-        details.append(InitErrorDetails(type=PydanticCustomError(e["type"], message), loc=e["loc"],
+        # No context is passed, so the rendered message is used verbatim (braces included).
+        details.append(InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"]), loc=e["loc"],
                                         input=e.get("input")))
     if details:
         raise ValidationError.from_exception_data(title, details)
@@ -76,7 +76,7 @@ def fail(title: str, problems: list[tuple[tuple, str]]) -> None:
     """Raise a ValidationError with one `check` error per (location, message); no-op if empty."""
     if problems:
         reraise(title, [
-            InitErrorDetails(type=PydanticCustomError("check", msg.replace("{", "{{").replace("}", "}}")),
+            InitErrorDetails(type=PydanticCustomError("check", msg),
                              loc=loc, input=None)
             for loc, msg in problems
         ], None)

@@ -199,16 +199,29 @@ class Peft(ConfigModel):
 
 
 # ---------------------------------------------------------------- dataset
-def _format_slots(pattern: str) -> int:
-    """Number of replacement fields in a str.format pattern (ValueError if it is malformed)."""
-    slots = 0
-    for _literal, field, _spec, _conv in string.Formatter().parse(pattern):
-        if field is None:
-            continue
-        if field not in ("",) and not field.isdigit():
-            raise ValueError(f"only positional {{}} slots are filled, found {{{field}}}")
-        slots += 1
-    return slots
+def _check_pattern(pattern: str, *, allowed: tuple[str, ...], sizes: tuple[int, ...],
+                   required: tuple[str, ...] = ()) -> str:
+    """A str.format pattern with only positional {} slots (as many as `sizes` allows) or only named
+    fields from `allowed` (including all of `required`); PydanticCustomError naming what is wrong."""
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
+    except ValueError as exc:
+        raise PydanticCustomError("pattern", "not a valid pattern: {why}", {"why": str(exc)}) from None
+    if all(f == "" for f in fields):
+        if len(fields) not in sizes:
+            want = " or ".join(str(n) for n in sizes)
+            raise PydanticCustomError("pattern", "needs {want} {} slots, found {n}", {"want": want, "n": len(fields)})
+        return pattern
+    unknown = sorted({f for f in fields if f not in allowed})
+    if unknown:
+        named = ", ".join("{" + a + "}" for a in allowed)
+        raise PydanticCustomError("pattern", "unknown field(s) {unknown} (use {} slots or {named})",
+                                  {"unknown": ", ".join(unknown) or "{}", "named": named})
+    missing = [f for f in required if f not in fields]
+    if missing:
+        raise PydanticCustomError("pattern", "needs the field(s) {missing}",
+                                  {"missing": ", ".join("{" + m + "}" for m in missing)})
+    return pattern
 
 
 class DatasetParams(ConfigModel):
@@ -216,42 +229,32 @@ class DatasetParams(ConfigModel):
 
     max_src_length: int = Field(100, ge=1, le=1_000_000, description="Prompt tokens kept (truncated beyond).")
     max_dst_length: int = Field(100, ge=1, le=1_000_000, description="Answer tokens kept (truncated beyond).")
-    prompt_pattern: str = Field("{}：\n问：{}\n答：", description="str.format pattern with one slot (query) "
-                                                               "or two (instruction, query).")
+    prompt_pattern: str = Field("{}：\n问：{}\n答：", description="str.format pattern with one {} slot (query) "
+                                                               "or two (instruction, query), or the named fields "
+                                                               "{instruction} and {query}.")
     key_query: str = Field("input", description="QA: the instance key holding the question.")
     key_answer: str = Field("output", description="QA: the instance key holding the answer.")
     prompt_column: str | None = Field(None, description="json/jsonl: column with the prompt (default key_query).")
     response_column: str | None = Field(None, description="json/jsonl: column with the answer (default key_answer).")
     history_column: str | None = Field(None, description="json/jsonl: column with [[query, answer], ...] turns.")
-    history_template: str | None = Field(None, description='Format of one past turn, e.g. "[Round {}]\\n问：{}\\n答：{}\\n" '
-                                                           "(round, query, answer).")
+    history_template: str | None = Field(None, description='Format of one past turn: two {} slots (query, answer), '
+                                                           'three (index, query, answer), or the named fields '
+                                                           '{index} {round} {query} {answer}; default '
+                                                           '"[Round {index}]\\n问：{query}\\n答：{answer}\\n".')
     ignore_pad_token_for_loss: bool = True
 
     @field_validator("prompt_pattern")
     @classmethod
     def _prompt_pattern(cls, v: str) -> str:
-        try:
-            slots = _format_slots(v)
-        except ValueError as exc:
-            raise PydanticCustomError("pattern", "not a valid pattern: {why}", {"why": str(exc)}) from None
-        if slots not in (1, 2):
-            raise PydanticCustomError("pattern", "needs one {{}} slot (query) or two (instruction, query), "
-                                                 "found {n}", {"n": slots})
-        return v
+        return _check_pattern(v, allowed=("instruction", "query"), sizes=(1, 2), required=("query",))
 
     @field_validator("history_template")
     @classmethod
     def _history_template(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        try:
-            slots = _format_slots(v)
-        except ValueError as exc:
-            raise PydanticCustomError("pattern", "not a valid pattern: {why}", {"why": str(exc)}) from None
-        if not 2 <= slots <= 3:
-            raise PydanticCustomError("pattern", "needs two {{}} slots (query, answer) or three "
-                                                 "(round, query, answer), found {n}", {"n": slots})
-        return v
+        return _check_pattern(v, allowed=("index", "round", "query", "answer"), sizes=(2, 3),
+                              required=("query", "answer"))
 
 
 # ---------------------------------------------------------------- trainer (TrainingArguments)
@@ -261,7 +264,6 @@ def check_trainer_args(trainer: dict[str, Any]) -> list[InitErrorDetails]:
     errors: list[InitErrorDetails] = []
 
     def error(key: str, message: str) -> None:
-        message = message.replace("{", "{{").replace("}", "}}")
         errors.append(InitErrorDetails(type=PydanticCustomError("trainer_arg", message), loc=(key,), input=None))
 
     if "no_cuda" in trainer and "use_cpu" in trainer and trainer["no_cuda"] != trainer["use_cpu"]:
