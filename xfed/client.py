@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import sys
 import time
 import uuid
 from typing import Any
@@ -67,7 +68,9 @@ class Client:
     def __init__(self, fed: Any, r: Any, keys: Any, *, as_json: bool = False, console: Console | None = None) -> None:
         self.fed, self.r, self.keys, self.as_json = fed, r, keys, as_json
         self.jobs = JobStore(r, keys)
-        self.console = console or Console(highlight=False, soft_wrap=False)
+        # piped output (scripts, tests) gets full-width tables instead of 80 columns with ellipses
+        self.console = console or Console(highlight=False, soft_wrap=False,
+                                          width=None if sys.stdout.isatty() else 240)
         self.interval = float(getattr(fed, "heartbeat_interval", 2.0) or 2.0)
 
     # -- talking to the scheduler ------------------------------------------------------------
@@ -120,12 +123,16 @@ class Client:
         return 0
 
     def _wait_nodes(self, participants: list[str], seconds: float) -> None:
+        """Wait for every participant and the scheduler to be alive (all started at once by a script)."""
         deadline = time.monotonic() + seconds
         while True:
-            missing = [n for n in participants if n not in alive_nodes(self.r, self.keys, participants)]
-            if not missing:
+            alive = alive_nodes(self.r, self.keys, participants)
+            missing = [n for n in participants if n not in alive]
+            if not missing and self.scheduler_alive():
                 return
             if time.monotonic() >= deadline:
+                if not missing:
+                    return  # request() names the missing scheduler
                 raise JobError(f"cannot start: node(s) not alive after waiting {seconds:g} s: {', '.join(missing)}")
             time.sleep(min(0.25, max(0.01, deadline - time.monotonic())))
 
@@ -224,7 +231,8 @@ class Client:
         for col in ("job", "state", "stage", "created", "duration", "reason"):
             table.add_column(col)
         for j in jobs:
-            table.add_row(j.job_id, j.state.value, str(j.stage), _ts(j.created), _dur(j), (j.reason or "")[:100])
+            stage = f"{j.stage + 1}/{j.n_stages}" if j.n_stages else (str(j.stage + 1) if j.stage >= 0 else "-")
+            table.add_row(j.job_id, j.state.value, stage, _ts(j.created), _dur(j), (j.reason or "")[:100])
         self.console.print(table)
         return 0
 

@@ -1,0 +1,166 @@
+"""Scheduler + assist trainer + 2 trainers as real processes over a real redis-server.
+
+The tests share one federation (module fixture) and run in file order; each leaves it idle and
+healthy for the next, which is itself part of what is tested (daemons accept the next job).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+FAST = {"rounds": 3, "dim": 8, "weighting": "index"}
+SLOW = {"rounds": 40, "dim": 8, "round_delay_s": 0.25}
+
+
+def start(fed, *extra: str) -> str:
+    res = fed.client("-c", "start", *extra)
+    assert res.returncode == 0, res.stderr + fed.logs()
+    return res.stdout.split()[0]
+
+
+def running_children(fed, job_id: str, n: int = 3) -> dict[str, int]:
+    """Wait until every node's stage process is running; return their pids."""
+    def ready():
+        job = fed.store().require(job_id)
+        pids = {k: s.pid for k, s in job.nodes.items() if s.pid and s.state == "running"}
+        return pids if len(pids) == n and job.state.value == "RUNNING" else None
+
+    return fed.wait_for(ready, f"the stage processes of job {job_id}")
+
+
+def assert_all_dead(fed, pids, timeout: float = 10.0) -> None:
+    fed.wait_for(lambda: not any(fed.pid_alive(p) for p in pids), f"pids {pids} to exit", timeout)
+
+
+def assert_daemons_alive(fed) -> None:
+    for name, proc in fed.procs.items():
+        assert proc.poll() is None, f"{name} exited {proc.returncode}\n{fed.log(name)}"
+
+
+def test_happy_path_follow_status_list_and_nodes(fed):
+    fed.write_config(FAST)
+    res = fed.client("-c", "start", "--follow")
+    assert res.returncode == 0, res.stdout + res.stderr + fed.logs()
+    job_id = res.stdout.split()[0]
+    assert f"job {job_id} SUCCESSFUL" in res.stdout
+    assert "round 3/3" in res.stdout or "node-1 round 2" in res.stdout
+
+    status = json.loads(fed.client("-c", "status", job_id, "--json").stdout)
+    assert status["state"] == "SUCCESSFUL" and status["ended"] >= status["started"] >= status["created"]
+    assert {n: s["state"] for n, s in status["nodes"].items()} == {n: "done" for n in fed.nodes}
+    assert {(r["node"], r["round"]) for r in status["rounds"]} >= {("node-1", 2), ("assist_trainer", 2)}
+    assert all(r["max_abs_err"] < 1e-4 for r in status["rounds"])
+    text = fed.client("-c", "status", job_id).stdout
+    assert "SUCCESSFUL" in text and "node-2" in text and "done" in text and "max_abs_err" in text
+    assert job_id in fed.client("-c", "list").stdout
+    nodes = json.loads(fed.client("-c", "nodes", "--json").stdout)
+    assert nodes["scheduler"] is True
+    assert {n: i["alive"] for n, i in nodes["nodes"].items() if n in fed.nodes} == {n: True for n in fed.nodes}
+    assert all(n in fed.client("-c", "nodes").stdout for n in fed.nodes)
+    out = json.loads((fed.root / "out" / job_id / "node-1" / "horizontal_mean.json").read_text())
+    assert out["result"]["rounds"] == 3 and out["result"]["max_abs_err"] < 1e-4
+
+
+def test_start_with_a_node_down_is_refused_naming_it_then_waits(fed):
+    fed.stop("node-2")  # graceful: deregisters at once
+    res = fed.client("-c", "start")
+    assert res.returncode == 2 and "node-2" in res.stderr and "not alive" in res.stderr, res.stderr
+    assert res.stderr.count("\n") == 1  # one line, no traceback
+    fed.start_node("node-2")
+    job_id = start(fed, "--wait-nodes", "30")
+    assert fed.wait_job(job_id).state.value == "SUCCESSFUL"
+
+
+def test_killed_stage_process_fails_job_naming_node_within_three_heartbeats(fed):
+    fed.write_config(SLOW)
+    job_id = start(fed)
+    pids = running_children(fed, job_id)
+    os.kill(pids["node-1"], signal.SIGKILL)
+    t0 = time.monotonic()
+    job = fed.wait_job(job_id, timeout=10)
+    took = time.monotonic() - t0
+    assert job.state.value == "FAILED" and job.node == "node-1", job
+    assert "SIGKILL" in job.reason and "node-1" in job.reason
+    assert took <= 3 * fed.interval + 0.5, took
+    assert_all_dead(fed, list(pids.values()))
+    assert_daemons_alive(fed)
+    fed.write_config(FAST)
+    assert fed.wait_job(start(fed)).state.value == "SUCCESSFUL"
+
+
+def test_stop_mid_job(fed):
+    fed.write_config(SLOW)
+    job_id = start(fed)
+    pids = running_children(fed, job_id)
+    res = fed.client("-c", "stop", job_id)
+    assert res.returncode == 0 and f"job {job_id} STOPPED" in res.stdout, res.stderr
+    job = fed.wait_job(job_id)
+    assert job.state.value == "STOPPED" and job.ended
+    assert_all_dead(fed, list(pids.values()))
+    res = fed.client("-c", "stop", job_id)
+    assert res.returncode == 2 and "already ended STOPPED" in res.stderr
+    fed.wait_for(lambda: all(s.state == "stopped" for s in fed.store().require(job_id).nodes.values()),
+                 "every node to report stopped")
+    assert_daemons_alive(fed)
+
+
+def test_killed_daemon_fails_job_by_heartbeat_and_leaves_no_process(fed):
+    fed.write_config(SLOW)
+    job_id = start(fed)
+    pids = running_children(fed, job_id)
+    fed.procs["node-2"].send_signal(signal.SIGKILL)
+    fed.procs["node-2"].wait(5)
+    t0 = time.monotonic()
+    job = fed.wait_job(job_id, timeout=10)
+    took = time.monotonic() - t0
+    assert job.state.value == "FAILED" and job.node == "node-2" and "heartbeat" in job.reason, job
+    assert took <= 3 * fed.interval + 0.6, took
+    assert_all_dead(fed, list(pids.values()))  # node-2's orphan too (PDEATHSIG)
+    fed.start_node("node-2")
+    fed.wait_alive(["node-2"])
+    fed.write_config(FAST)
+    assert fed.wait_job(start(fed)).state.value == "SUCCESSFUL"
+
+
+def test_malformed_frame_in_a_mailbox_fails_the_job_and_daemons_survive(fed):
+    keys, r = fed.keys(), fed.redis_client()
+    fed.write_config(SLOW)
+    job_id = start(fed)
+    running_children(fed, job_id)
+    box = keys.mailbox(job_id, 0, "node-1", "assist_trainer", 0)
+    r.xadd(box, {b"q": b"0", b"i": b"0", b"n": b"1", b"z": b"99999999999", b"d": b"\x00garbage"})
+    job = fed.wait_job(job_id, timeout=15)
+    assert job.state.value == "FAILED" and job.node == "node-1", job
+    # garbage on the control plane: a node's command stream and the requests stream
+    r.xadd(keys.node_cmd("node-1"), {b"m": b"{not json"})
+    r.xadd(keys.node_cmd("node-2"), {b"m": json.dumps({"type": "run_stage", "job": "1"}).encode()})
+    r.xadd(keys.requests(), {b"m": b"\x80\x81"})
+    fed.write_config(FAST)
+    assert fed.wait_job(start(fed)).state.value == "SUCCESSFUL"
+    assert_daemons_alive(fed)
+
+
+def test_malformed_event_fails_the_running_job(fed):
+    keys, r = fed.keys(), fed.redis_client()
+    fed.write_config(SLOW)
+    job_id = start(fed)
+    running_children(fed, job_id)
+    r.xadd(keys.job_events(job_id), {b"m": b'{"type": "done", "job": 1}'})
+    job = fed.wait_job(job_id, timeout=10)
+    assert job.state.value == "FAILED" and "malformed event" in job.reason
+    assert_daemons_alive(fed)
+
+
+def test_daemons_reconnect_after_redis_restart_while_idle(fed):
+    fed.redis.restart(keep_data=False, down_s=1.0)
+    fed.wait_alive(fed.nodes + ["scheduler"], timeout=30)
+    fed.write_config(FAST)
+    res = fed.client("-c", "start", "--follow")
+    assert res.returncode == 0, res.stdout + res.stderr + fed.logs()
+    assert_daemons_alive(fed)
