@@ -1,0 +1,157 @@
+"""Plain and OTP aggregation with three label trainers on real Redis: equal to the weighted mean."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xfed.aggregation import WEIGHT_KEY, make_leaf, make_root
+from xfed.errors import JobError
+
+from .conftest import run_parties
+
+pytestmark = pytest.mark.integration
+
+TRAINERS = ["node-1", "node-2", "node-3"]
+OTP = {"otp": {"key_bitlength": 64, "key_exchange": {"key_bitlength": 2048, "optimized": True},
+               "csprng": {"name": "hmac_drbg", "method": "sha512"}}}
+
+
+def _tensors(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"lora_A": rng.normal(size=(4, 16)).astype(np.float32), "lora_B": rng.normal(size=(16, 4)).astype(np.float32),
+            "scalar": np.float32(rng.normal()), "empty": np.zeros((0, 3), np.float32)}
+
+
+def _expected(parts: list[tuple[dict, float]]) -> dict[str, np.ndarray]:
+    total = sum(w for _, w in parts)
+    return {k: sum(w * t[k].astype(np.float64) for t, w in parts) / total for k in parts[0][0]}
+
+
+def _run(ctxs, encryption, rounds=2, root_trains=False, weights=(10.0, 30.0, 60.0)):
+    initial = _tensors(99)
+
+    def leaf_fn(node, weight, seed):
+        def fn():
+            leaf = make_leaf(ctxs[node], encryption)
+            leaf.setup()
+            start = leaf.receive_initial()
+            outs = []
+            for r in range(rounds):
+                outs.append(leaf.aggregate(r, {k: v + seed + r for k, v in start.items()}, weight))
+            return start, outs, leaf.last_round_stats
+        return fn
+
+    def root_fn():
+        root = make_root(ctxs["assist"], encryption)
+        root.setup()
+        root.broadcast_initial(initial)
+        outs = []
+        for r in range(rounds):
+            own = {k: v - r for k, v in initial.items()} if root_trains else None
+            outs.append(root.aggregate(r, own, 5.0 if root_trains else 0.0))
+        return outs, root.last_round_stats
+
+    fns = {n: leaf_fn(n, w, i + 1) for i, (n, w) in enumerate(zip(TRAINERS, weights, strict=True))}
+    fns["assist"] = root_fn
+    return initial, run_parties(fns)
+
+
+@pytest.mark.parametrize("encryption", [{"plain": {}}, OTP, {"otp": {**OTP["otp"], "key_bitlength": 128}}],
+                         ids=["plain", "otp64", "otp128"])
+def test_three_parties_get_the_weighted_mean(federation, encryption):
+    ctxs = federation(TRAINERS)
+    initial, res = _run(ctxs, encryption, root_trains=True)
+    weights = (10.0, 30.0, 60.0)
+    root_outs, root_stats = res["assist"]
+    for r in range(2):
+        parts = [({k: v + i + 1 + r for k, v in initial.items()}, w) for i, w in enumerate(weights)]
+        parts.append(({k: v - r for k, v in initial.items()}, 5.0))
+        want = _expected(parts)
+        for node in TRAINERS:
+            got = res[node][1][r]
+            assert set(got) == set(want)
+            for k in want:
+                assert got[k].dtype == np.float32 and got[k].shape == want[k].shape
+                np.testing.assert_allclose(got[k], want[k], atol=1e-6, rtol=0)
+                np.testing.assert_array_equal(got[k], root_outs[r][k])  # everyone holds the same bytes
+    for node in TRAINERS:  # all started from the root's initial tensors
+        for k in initial:
+            np.testing.assert_array_equal(res[node][0][k], initial[k])
+    stats = res["node-1"][2]
+    assert stats["round"] == 1 and stats["bytes_sent"] > 0 and stats["bytes_received"] > 0
+    assert root_stats["parties"] == 4 and root_stats["unmask_ms"] >= 0
+    if "otp" in encryption:
+        assert stats["mask_ms"] > 0
+
+
+def test_otp_matches_plain_within_1e6_and_uploads_are_masked(federation, redis_session):
+    plain = _run(federation(TRAINERS), {"plain": {}}, rounds=1)[1]
+    ctxs = federation(TRAINERS)
+    seen = {}
+    orig_gather = ctxs["assist"].comm.gather
+
+    def spy(peers, tag, timeout=None):
+        out = orig_gather(peers, tag, timeout)
+        if tag.endswith("/up"):
+            seen.update(out)
+        return out
+
+    ctxs["assist"].comm.gather = spy
+    otp = _run(ctxs, OTP, rounds=1)[1]
+    for node in TRAINERS:
+        for k, v in plain[node][1][0].items():
+            np.testing.assert_allclose(otp[node][1][0][k], v, atol=1e-6, rtol=0)
+    # the aggregator saw only uint64 words, the weight among them, nothing like the fixed-point plaintext
+    up = seen["node-1"].tensors
+    assert WEIGHT_KEY in up and all(a.dtype == np.uint64 for a in up.values())
+    plain_words = np.rint((10.0 * (np.asarray(plain["node-1"][0]["lora_A"]) + 1)) * 2.0**32).astype(np.int64)
+    assert np.mean(up["lora_A"].view(np.int64) == plain_words) < 0.01
+    assert int(up[WEIGHT_KEY]) != int(10.0 * 2**32)
+
+
+def test_otp_with_one_trainer_runs_and_warns(federation):
+    ctxs = federation(["solo"])
+    res = run_parties({
+        "solo": lambda: (lambda leaf: (leaf.setup(), leaf.receive_initial(),
+                                       leaf.aggregate(0, {"w": np.ones(3, np.float32)}, 2.0))[2])(
+            make_leaf(ctxs["solo"], OTP)),
+        "assist": lambda: (lambda root: (root.setup(), root.broadcast_initial({"w": np.zeros(3, np.float32)}),
+                                         root.aggregate(0, None, 0.0))[2])(make_root(ctxs["assist"], OTP)),
+    })
+    np.testing.assert_allclose(res["solo"]["w"], 1.0, atol=1e-6)
+    for node in ("solo", "assist"):
+        assert any(kind == "warning" and "hides nothing" in d["message"] for kind, d in ctxs[node].reports)
+
+
+def test_mismatched_tensor_layout_is_an_error_naming_the_party(federation):
+    ctxs = federation(["a", "b"])
+
+    def leaf(node, shape):
+        def fn():
+            lf = make_leaf(ctxs[node], {"plain": {}})
+            lf.setup()
+            lf.receive_initial()
+            return lf.aggregate(0, {"w": np.ones(shape, np.float32)}, 1.0)
+        return fn
+
+    def root():
+        rt = make_root(ctxs["assist"], {"plain": {}})
+        rt.broadcast_initial({"w": np.ones(3, np.float32)})
+        return rt.aggregate(0, None)
+
+    with pytest.raises(Exception, match="upload from b: tensor 'w' has shape") as info:
+        run_parties({"a": leaf("a", 3), "b": leaf("b", 4), "assist": root}, timeout=10)
+    assert type(info.value).__name__ == "FrameError"
+
+
+def test_zero_total_weight_and_otp_overflow_are_job_errors(federation):
+    ctxs = federation(["a", "b"])
+    leaf = make_leaf(ctxs["a"], OTP)
+    leaf.streams, leaf._ready = {}, True
+    with pytest.raises(JobError, match="key_bitlength 128"):
+        leaf.aggregate(0, {"w": np.full(2, 1e12, np.float32)}, 1.0)
+    from xfed.aggregation import FedAvg
+
+    with pytest.raises(JobError, match="nothing to average"):
+        FedAvg().finalize(0, {"w": np.zeros(1)}, 0.0)

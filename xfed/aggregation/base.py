@@ -1,0 +1,182 @@
+"""What the plain and one-time-pad aggregators share: settings, tags, the initial broadcast, per-round stats.
+
+A *leaf* is a label trainer: it uploads its tensors each round and receives the global mean.
+The *root* is the assist trainer: it forms the weighted sum (plain or unmasked), hands it to the
+strategy (FedAvg) and broadcasts the float32 result. The root may also train: its own tensors are
+added in the clear (it is the aggregator; masking them from itself would hide nothing).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from xfed.aggregation.strategy import FedAvg, Strategy
+from xfed.errors import ConfigError, FrameError, JobError
+
+WEIGHT_KEY = "__weight__"   # the scalar weight travels with the tensors (masked under otp)
+TAG_INIT = "agg/init"
+
+
+def tag_up(round_idx: int) -> str:
+    return f"agg/{int(round_idx)}/up"
+
+
+def tag_down(round_idx: int) -> str:
+    return f"agg/{int(round_idx)}/down"
+
+
+@dataclass
+class RoundStats:
+    """One round as one party saw it (milliseconds and bytes); `last_round_stats` holds it as a dict."""
+
+    round: int = -1
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    mask_ms: float = 0.0
+    unmask_ms: float = 0.0
+    wait_ms: float = 0.0
+    total_ms: float = 0.0
+    parties: int = 0
+
+
+def as_numpy(tensors: Mapping[str, Any], what: str) -> dict[str, np.ndarray]:
+    """name -> numpy array (torch CPU tensors convert through np.asarray); refuses the reserved name."""
+    if not isinstance(tensors, Mapping):
+        raise JobError(f"{what}: expected a dict of named tensors, got {type(tensors).__name__}")
+    out = {}
+    for name, value in tensors.items():
+        if name == WEIGHT_KEY:
+            raise JobError(f"{what}: tensor name {WEIGHT_KEY!r} is reserved for the aggregation weight")
+        if hasattr(value, "detach"):  # a torch tensor; this package does not import torch
+            value = value.detach().cpu().numpy()
+        out[str(name)] = np.asarray(value)
+    return out
+
+
+def check_weight(weight: Any, who: str, allow_zero: bool) -> float:
+    try:
+        w = float(weight)
+    except (TypeError, ValueError):
+        raise JobError(f"{who}: aggregation weight {weight!r} is not a number") from None
+    if not math.isfinite(w) or w < 0 or (w == 0 and not allow_zero):
+        raise JobError(f"{who}: aggregation weight must be finite and {'>= 0' if allow_zero else '> 0'}, got {w}")
+    return w
+
+
+def check_same_layout(reference: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], who: str,
+                      *, dtype: np.dtype | None = None) -> None:
+    """FrameError naming `who` and the tensor unless `got` has exactly reference's names and shapes."""
+    if set(got) != set(reference):
+        missing, extra = sorted(set(reference) - set(got)), sorted(set(got) - set(reference))
+        raise FrameError(f"{who}: tensors differ (missing {missing[:5]}, unexpected {extra[:5]})")
+    for name, ref in reference.items():
+        arr = got[name]
+        if arr.shape != ref.shape:
+            raise FrameError(f"{who}: tensor {name!r} has shape {arr.shape}, expected {ref.shape}")
+        if dtype is not None and arr.dtype != dtype:
+            raise FrameError(f"{who}: tensor {name!r} has dtype {arr.dtype}, expected {dtype}")
+
+
+def _trainers(ctx: Any) -> list[str]:
+    trainers = sorted(getattr(ctx, "trainer_ids", None) or [])
+    if not trainers:
+        raise ConfigError("fed_info.trainer lists no label trainers: nothing to aggregate")
+    return trainers
+
+
+class _Party:
+    """State common to leaves and roots: the ctx, the Comm, the stats of the last round."""
+
+    role = "party"
+
+    def __init__(self, ctx: Any, *, strategy: Strategy | None = None, timeout: float | None = None) -> None:
+        self.ctx = ctx
+        self.comm = ctx.comm
+        self.node_id = ctx.node_id
+        self.trainers = _trainers(ctx)
+        self.assist_id = getattr(ctx, "assist_id", None)
+        self.strategy = strategy or FedAvg()
+        self.timeout = timeout  # None: the Comm's own timeout
+        self.last_round_stats: dict[str, Any] = {}
+        self._mark: tuple[int, int, float, float] | None = None
+        self._stats = RoundStats()
+
+    @property
+    def last_stats(self) -> dict[str, Any]:
+        """Alias of `last_round_stats` (the operator reads the *_ms keys)."""
+        return self.last_round_stats
+
+    def _begin(self, round_idx: int) -> RoundStats:
+        s = self.comm.stats
+        self._mark = (s.bytes_sent, s.bytes_received, s.wait_s, time.perf_counter())
+        self._stats = RoundStats(round=int(round_idx))
+        return self._stats
+
+    def _end(self) -> None:
+        s, st = self.comm.stats, self._stats
+        if self._mark is not None:
+            sent, received, wait_s, t0 = self._mark
+            st.bytes_sent, st.bytes_received = s.bytes_sent - sent, s.bytes_received - received
+            st.wait_ms = round((s.wait_s - wait_s) * 1000, 3)
+            st.total_ms = round((time.perf_counter() - t0) * 1000, 3)
+        self.last_round_stats = asdict(st)
+
+    def warn(self, message: str) -> None:
+        report = getattr(self.ctx, "report", None)
+        if callable(report):
+            report("warning", {"message": message, "node": self.node_id})
+
+
+class LeafBase(_Party):
+    """A label trainer's side: receive the initial tensors, then upload + receive the mean each round."""
+
+    role = "leaf"
+
+    def __init__(self, ctx: Any, **kw: Any) -> None:
+        super().__init__(ctx, **kw)
+        if not self.assist_id:
+            raise ConfigError("fed_info.assist_trainer is missing: a label trainer needs an aggregator")
+        self._layout: dict[str, np.ndarray] | None = None
+
+    def setup(self) -> None:
+        """Nothing to agree for plain aggregation; otp overrides it with the key exchange."""
+
+    def receive_initial(self) -> dict[str, np.ndarray]:
+        msg = self.comm.recv(self.assist_id, TAG_INIT, timeout=self.timeout)
+        self._layout = {k: v for k, v in msg.tensors.items()}
+        return dict(msg.tensors)
+
+    def _receive_mean(self, round_idx: int, sent: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        msg = self.comm.recv(self.assist_id, tag_down(round_idx), timeout=self.timeout)
+        check_same_layout(sent, msg.tensors, f"round {round_idx} aggregate from {self.assist_id}",
+                          dtype=np.dtype(np.float32))
+        return dict(msg.tensors)
+
+
+class RootBase(_Party):
+    """The assist trainer's side: broadcast the initial tensors, then sum, finalize and broadcast."""
+
+    role = "root"
+
+    def setup(self) -> None:
+        """Nothing to agree for plain aggregation; otp overrides it (the root takes no part in DH)."""
+
+    def broadcast_initial(self, tensors: Mapping[str, Any]) -> None:
+        """Send the starting tensors to every label trainer, so all parties start identical."""
+        self.comm.broadcast(self.trainers, TAG_INIT, as_numpy(tensors, f"{self.node_id}: initial tensors"))
+
+    def _finish(self, round_idx: int, weighted_sum: dict[str, np.ndarray], total_weight: float,
+                own: Mapping[str, np.ndarray] | None, own_weight: float) -> dict[str, np.ndarray]:
+        if own is not None and own_weight > 0:
+            check_same_layout(weighted_sum, own, f"{self.node_id}: own tensors of round {round_idx}")
+            for name, value in own.items():
+                weighted_sum[name] += own_weight * value.astype(np.float64, copy=False)
+            total_weight += own_weight
+        mean = self.strategy.finalize(round_idx, weighted_sum, total_weight)
+        self.comm.broadcast(self.trainers, tag_down(round_idx), mean)
+        return mean

@@ -1,0 +1,122 @@
+"""Pairwise Diffie-Hellman between the masked parties over the Comm, and the pad streams it seeds.
+
+Every label trainer sends one public value (RFC 7919 group) to every other label trainer and
+receives theirs; the exchange goes through `exchange_publics` alone, so identity signatures
+(fed_conf `identities`: Ed25519 keys pinned per node) are applied and checked in one place. When
+identities are configured each public value is signed over (session, sender, receiver, group,
+value) and verified against the sender's pinned key before use; without them the exchange is
+unauthenticated (a broker in the middle could substitute values; see docs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from xfed.crypto import generate_keypair, named_group, pad_stream, shared_secret, validate_public
+from xfed.crypto.dh import DhGroup
+from xfed.crypto.otp import DEFAULT_LANES, PadStream
+from xfed.errors import ConfigError, FrameError, SecurityError
+
+TAG_DH = "otp/dh"
+
+
+@dataclass(frozen=True)
+class OtpSettings:
+    """`encryption.otp` of the stage config (XFL's keys), with xfed's optional additions."""
+
+    bits: int = 64                  # key_bitlength: fixed-point modulus 2^64 or 2^128
+    frac_bits: int | None = None    # None: 32 at 64 bits (XFL's scale), 64 at 128 bits
+    group_bits: int = 3072          # key_exchange.key_bitlength
+    optimized: bool = True          # key_exchange.optimized: short exponents
+    csprng: str = "hmac_drbg"       # csprng.name
+    method: str = "sha512"          # csprng.method (hmac_drbg's hash)
+    lanes: int = DEFAULT_LANES      # sub-streams per pair (both ends must agree)
+
+    @classmethod
+    def from_config(cls, otp: Mapping[str, Any] | None) -> OtpSettings:
+        otp = dict(otp or {})
+        kx = dict(otp.get("key_exchange") or {})
+        cs = dict(otp.get("csprng") or {})
+        try:
+            s = cls(bits=int(otp.get("key_bitlength", 64)),
+                    frac_bits=None if otp.get("frac_bits") is None else int(otp["frac_bits"]),
+                    group_bits=int(kx.get("key_bitlength", 3072)), optimized=bool(kx.get("optimized", True)),
+                    csprng=str(cs.get("name", "hmac_drbg")), method=str(cs.get("method", "sha512")),
+                    lanes=int(otp.get("lanes", DEFAULT_LANES)))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"train_params.encryption.otp: {exc}") from None
+        if s.bits not in (64, 128):
+            raise ConfigError(f"train_params.encryption.otp.key_bitlength: expected 64 or 128, got {s.bits}")
+        if s.csprng not in ("hmac_drbg", "ctr_drbg"):
+            raise ConfigError(f"train_params.encryption.otp.csprng.name: expected hmac_drbg or ctr_drbg, got {s.csprng!r}")
+        try:
+            named_group(s.group_bits)
+        except ValueError as exc:
+            raise ConfigError(f"train_params.encryption.otp.key_exchange.key_bitlength: {exc}") from None
+        if not 1 <= s.lanes <= 64:
+            raise ConfigError(f"train_params.encryption.otp.lanes: expected 1..64, got {s.lanes}")
+        return s
+
+
+def exchange_publics(comm: Any, peers: list[str], *, session: str, group: DhGroup, public: int,
+                     identity_key: Any = None, identities: Mapping[str, str] | None = None,
+                     timeout: float | None = None) -> dict[str, int]:
+    """Send our public value to every peer, receive and validate theirs: {peer: public int}.
+
+    With `identity_key` (xfed.security IdentityKey) each value we send is signed for its receiver;
+    with `identities` ({node: Ed25519 public hex}) every received value must carry a valid signature
+    by its sender's pinned key, else SecurityError naming the pair.
+    """
+    from xfed.security import sign_dh_public, verify_dh_public  # cryptography only; kept local
+
+    me = comm.node_id
+    if identities and identity_key is None:
+        raise SecurityError(f"{me}: fed_conf.json pins node identities but this node has no identity key "
+                            "(create one with `xfed.py keygen`)")
+    for peer in peers:
+        meta: dict[str, Any] = {"group": group.bits, "public": format(public, "x"), "session": session}
+        if identity_key is not None:
+            meta["sig"] = sign_dh_public(identity_key, session=session, receiver=peer, group_bits=group.bits,
+                                         value=public)
+        comm.send(peer, TAG_DH, meta=meta)
+    got = comm.gather(peers, TAG_DH, timeout=timeout)
+    publics: dict[str, int] = {}
+    for peer in peers:
+        meta = got[peer].meta
+        pair = f"DH public value {peer} -> {me}"
+        text = meta.get("public")
+        if meta.get("group") != group.bits or not isinstance(text, str) or not 0 < len(text) <= 2 * group.byte_length:
+            raise FrameError(f"{pair}: expected a ffdhe{group.bits} value in hex, got group {meta.get('group')!r}")
+        if meta.get("session") != session:
+            raise SecurityError(f"{pair}: made for session {str(meta.get('session'))[:40]!r}, not {session!r} (replayed?)")
+        try:
+            value = int(text, 16)
+            validate_public(group, value)
+        except ValueError as exc:
+            raise SecurityError(f"{pair}: rejected ({exc})") from None
+        if identities:
+            pinned = identities.get(peer)
+            if not pinned:
+                raise SecurityError(f"{pair}: fed_conf.json pins identities but none for {peer}")
+            sig = meta.get("sig")
+            if not isinstance(sig, str):
+                raise SecurityError(f"{pair}: unsigned, but identities are pinned")
+            verify_dh_public(pinned, sig, session=session, sender=peer, receiver=me, group_bits=group.bits,
+                             value=value)
+        publics[peer] = value
+    return publics
+
+
+def agree_pad_streams(comm: Any, peers: list[str], settings: OtpSettings, *, session: str,
+                      identity_key: Any = None, identities: Mapping[str, str] | None = None,
+                      timeout: float | None = None) -> dict[str, PadStream]:
+    """One fresh key pair for this session, DH with every peer, one pad stream per pair."""
+    group = named_group(settings.group_bits)
+    private, public = generate_keypair(group, optimized=settings.optimized)
+    publics = exchange_publics(comm, peers, session=session, group=group, public=public,
+                               identity_key=identity_key, identities=identities, timeout=timeout)
+    me = comm.node_id
+    return {peer: pad_stream(shared_secret(group, private, y), csprng=settings.csprng, method=settings.method,
+                             session=session, node_a=me, node_b=peer, lanes=settings.lanes)
+            for peer, y in publics.items()}

@@ -1,0 +1,131 @@
+"""One-time-pad secure aggregation: label trainers upload fixed-point tensors masked with pairwise pads.
+
+Per stage the label trainers agree pad streams pairwise (`keyexchange`). Each round every label
+trainer encodes its tensors and its weight (the scalar `__weight__`, so weights are never in the
+clear) as round(w * x * 2^frac_bits) mod 2^bits and adds/subtracts its pads; the root sums every
+label trainer's masked dict (the pads cancel only in the full sum), decodes, adds its own tensors
+in the clear when it trains, divides by the total weight (FedAvg) and broadcasts the float32 mean.
+All label trainers must take part in every round: pads are consumed in lock step.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from xfed.aggregation.base import (
+    WEIGHT_KEY,
+    LeafBase,
+    RootBase,
+    as_numpy,
+    check_same_layout,
+    check_weight,
+    tag_up,
+)
+from xfed.aggregation.keyexchange import OtpSettings, agree_pad_streams
+from xfed.crypto import mask, unmask_sum
+from xfed.errors import FrameError, JobError
+
+# crypto.otp reuses module-level scratch buffers across rounds (warm memory); serialise its calls so
+# several parties run as threads of one process (tests, demos) cannot interleave on them.
+_CRYPTO_LOCK = threading.Lock()
+
+
+def _session(ctx: Any) -> str:
+    return f"{ctx.job_id}/{ctx.stage_id}/{getattr(ctx, 'attempt', 0)}"
+
+
+def _too_few_warning(n: int) -> str:
+    return (f"encryption otp with {n} masked part{'y' if n == 1 else 'ies'}: masking hides nothing from the "
+            "aggregator (the sum of one party is that party's update); running anyway")
+
+
+class OtpLeaf(LeafBase):
+    def __init__(self, ctx: Any, otp: Mapping[str, Any] | None = None, **kw: Any) -> None:
+        super().__init__(ctx, **kw)
+        self.settings = OtpSettings.from_config(otp)
+        self.peers = [t for t in self.trainers if t != self.node_id]
+        self.streams: dict = {}
+        self.setup_ms = 0.0
+        self._ready = False
+
+    def setup(self) -> None:
+        """Pairwise DH with the other label trainers (fresh keys per job/stage/attempt)."""
+        t0 = time.perf_counter()
+        if self.node_id not in self.trainers:
+            raise JobError(f"{self.node_id} is not a label trainer of this job (trainers: {', '.join(self.trainers)})")
+        if len(self.trainers) < 2:
+            self.warn(_too_few_warning(len(self.trainers)))
+        fed = getattr(self.ctx, "fed", None)
+        identities = dict(getattr(fed, "identities", None) or {})
+        self.streams = agree_pad_streams(self.comm, self.peers, self.settings, session=_session(self.ctx),
+                                         identity_key=getattr(self.ctx, "identity_key", None),
+                                         identities=identities, timeout=self.timeout) if self.peers else {}
+        self.setup_ms = round((time.perf_counter() - t0) * 1000, 3)
+        self._ready = True
+
+    def aggregate(self, round_idx: int, tensors: Mapping[str, Any], weight: float) -> dict[str, np.ndarray]:
+        """Mask (tensors, weight), upload, wait for the round's mean (float32 dict)."""
+        if not self._ready:
+            raise JobError(f"{self.node_id}: otp aggregation used before setup()")
+        st = self._begin(round_idx)
+        who = f"{self.node_id}: round {round_idx}"
+        named = as_numpy(tensors, who)
+        w = check_weight(weight, who, allow_zero=True)
+        t0 = time.perf_counter()
+        try:
+            with _CRYPTO_LOCK:
+                masked = mask({**named, WEIGHT_KEY: np.float64(1.0)}, bits=self.settings.bits,
+                              frac_bits=self.settings.frac_bits, weight=w, n_parties=len(self.trainers),
+                              self_id=self.node_id, peer_streams=self.streams)
+        except OverflowError as exc:
+            raise JobError(f"{who}: {exc} (use key_bitlength 128 or weighting: uniform)") from None
+        except ValueError as exc:
+            raise JobError(f"{who}: {exc}") from None
+        st.mask_ms = round((time.perf_counter() - t0) * 1000, 3)
+        self.comm.send(self.assist_id, tag_up(round_idx), masked)
+        mean = self._receive_mean(round_idx, named)
+        st.parties = len(self.trainers)
+        self._end()
+        return mean
+
+
+class OtpRoot(RootBase):
+    def __init__(self, ctx: Any, otp: Mapping[str, Any] | None = None, **kw: Any) -> None:
+        super().__init__(ctx, **kw)
+        self.settings = OtpSettings.from_config(otp)
+
+    def setup(self) -> None:
+        """The root takes no part in the key exchange; it only warns when masking hides nothing."""
+        if len(self.trainers) < 2:
+            self.warn(_too_few_warning(len(self.trainers)))
+
+    def aggregate(self, round_idx: int, own_tensors: Mapping[str, Any] | None,
+                  own_weight: float = 0.0) -> dict[str, np.ndarray]:
+        """Gather every label trainer's masked dict, unmask the sum, add own tensors, broadcast the mean."""
+        st = self._begin(round_idx)
+        own = as_numpy(own_tensors, f"{self.node_id}: round {round_idx}") if own_tensors is not None else None
+        own_w = check_weight(own_weight, f"{self.node_id}: round {round_idx}", allow_zero=True)
+        got = self.comm.gather(self.trainers, tag_up(round_idx), timeout=self.timeout)
+        reference = got[self.trainers[0]].tensors
+        if WEIGHT_KEY not in reference:
+            raise FrameError(f"round {round_idx} upload from {self.trainers[0]}: missing {WEIGHT_KEY!r}")
+        for node in self.trainers:
+            check_same_layout(reference, got[node].tensors, f"round {round_idx} masked upload from {node}",
+                              dtype=np.dtype(np.uint64))
+        t0 = time.perf_counter()
+        try:
+            with _CRYPTO_LOCK:
+                sums = unmask_sum([got[n].tensors for n in self.trainers], bits=self.settings.bits,
+                                  frac_bits=self.settings.frac_bits)
+        except ValueError as exc:
+            raise FrameError(f"round {round_idx}: masked uploads do not fit together: {exc}") from None
+        total = float(sums.pop(WEIGHT_KEY))
+        st.unmask_ms = round((time.perf_counter() - t0) * 1000, 3)
+        mean = self._finish(round_idx, sums, total, own, own_w)
+        st.parties = len(self.trainers) + (1 if own is not None and own_w > 0 else 0)
+        self._end()
+        return mean

@@ -1,0 +1,71 @@
+"""Plain aggregation: each label trainer sends its tensors and weight in the clear; the root averages.
+
+For a trusted aggregator or debugging: the assist trainer sees every party's update. The weight
+still travels as a tensor entry (`__weight__`), so plain and otp rounds have the same shape on the wire.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from xfed.aggregation.base import (
+    WEIGHT_KEY,
+    LeafBase,
+    RootBase,
+    as_numpy,
+    check_same_layout,
+    check_weight,
+    tag_up,
+)
+from xfed.errors import FrameError
+
+
+class PlainLeaf(LeafBase):
+    def aggregate(self, round_idx: int, tensors: Mapping[str, Any], weight: float) -> dict[str, np.ndarray]:
+        """Upload (tensors, weight), wait for the round's mean (float32 dict)."""
+        st = self._begin(round_idx)
+        named = as_numpy(tensors, f"{self.node_id}: round {round_idx}")
+        w = check_weight(weight, f"{self.node_id}: round {round_idx}", allow_zero=True)
+        self.comm.send(self.assist_id, tag_up(round_idx), {**named, WEIGHT_KEY: np.float64(w)})
+        mean = self._receive_mean(round_idx, named)
+        st.parties = len(self.trainers)
+        self._end()
+        return mean
+
+
+class PlainRoot(RootBase):
+    def aggregate(self, round_idx: int, own_tensors: Mapping[str, Any] | None,
+                  own_weight: float = 0.0) -> dict[str, np.ndarray]:
+        """Gather every label trainer's tensors, add the root's own (if it trains), broadcast the mean."""
+        st = self._begin(round_idx)
+        own = as_numpy(own_tensors, f"{self.node_id}: round {round_idx}") if own_tensors is not None else None
+        own_w = check_weight(own_weight, f"{self.node_id}: round {round_idx}", allow_zero=True)
+        got = self.comm.gather(self.trainers, tag_up(round_idx), timeout=self.timeout)
+        t0 = time.perf_counter()
+        reference = None
+        weighted: dict[str, np.ndarray] = {}
+        total = 0.0
+        for node in self.trainers:
+            tensors = dict(got[node].tensors)
+            who = f"round {round_idx} upload from {node}"
+            raw_w = tensors.pop(WEIGHT_KEY, None)
+            if raw_w is None or raw_w.shape != ():
+                raise FrameError(f"{who}: missing the scalar {WEIGHT_KEY!r}")
+            w = check_weight(raw_w, who, allow_zero=True)
+            if reference is None:
+                reference = tensors
+                weighted = {k: np.zeros(v.shape, dtype=np.float64) for k, v in tensors.items()}
+            check_same_layout(reference, tensors, who)
+            for name, value in tensors.items():
+                if not np.all(np.isfinite(value)):
+                    raise FrameError(f"{who}: tensor {name!r} has NaN or inf")
+                weighted[name] += w * value.astype(np.float64, copy=False)
+            total += w
+        st.unmask_ms = round((time.perf_counter() - t0) * 1000, 3)
+        mean = self._finish(round_idx, weighted, total, own, own_w)
+        st.parties = len(self.trainers) + (1 if own is not None and own_w > 0 else 0)
+        self._end()
+        return mean
