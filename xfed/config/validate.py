@@ -100,11 +100,19 @@ def _check_participants(report: Report) -> None:
                                                   f"got {identity!r}", key="identity", stage=i)
 
 
-def _has_assist(report: Report) -> bool:
-    if report.fed is not None:
-        return report.fed.assist_trainer_id is not None
-    return any(raw.get("identity") == "assist_trainer"
-               for nf in report.files.values() for raw, _ in (nf.items or []))
+def _needs_complete(report: Report, node: str, raw: dict) -> bool:
+    """Whether this node's train_params must stand alone (else they are merged into the assist's).
+
+    The assist trainer's are authoritative, so always complete; a label trainer's may be partial
+    unless it is the only trainer and there is no assist trainer (XFL's 1-party demos).
+    """
+    fed = report.fed
+    if fed is not None:
+        role = fed.role_of(node) or raw.get("identity")
+        return role == "assist_trainer" or (fed.assist_trainer_id is None and len(fed.trainer_ids) == 1)
+    identities = [r.get("identity") for nf in report.files.values() for r, _ in (nf.items or [])[:1]]
+    return raw.get("identity") == "assist_trainer" or (
+        "assist_trainer" not in identities and identities.count("label_trainer") <= 1)
 
 
 def _operator_config(name: Any, file: str, stage: int, report: Report):
@@ -129,7 +137,6 @@ def _operator_config(name: Any, file: str, stage: int, report: Report):
 
 
 def _check_train_params(report: Report) -> None:
-    has_assist = _has_assist(report)
     for node, nf in report.files.items():
         file = stage_file_name(node)
         for i, (raw, stage) in enumerate(nf.items or []):
@@ -137,8 +144,7 @@ def _check_train_params(report: Report) -> None:
             module = _operator_config(name, file, i, report)
             if module is None:
                 continue
-            identity = raw.get("identity")
-            complete = identity == "assist_trainer" or not has_assist
+            complete = _needs_complete(report, node, raw)
             train_info = raw.get("train_info") if isinstance(raw.get("train_info"), dict) else {}
             params = train_info.get("train_params", {})
             if not isinstance(params, dict):
@@ -154,6 +160,8 @@ def _check_train_params(report: Report) -> None:
 
 
 def _check_across_nodes(report: Report) -> None:
+    from xfed.operators import registry
+
     fed = report.fed
     files = {n: nf for n, nf in report.files.items() if nf.items}
     if not files:
@@ -170,7 +178,9 @@ def _check_across_nodes(report: Report) -> None:
                              "every node runs the same stages")
         for i, ((raw, _), (ref_raw, _)) in enumerate(zip(nf.items, ref_items, strict=False)):
             mine, theirs = _op_name(raw), _op_name(ref_raw)
-            if mine and theirs and mine != theirs:
+            if mine not in registry.OPERATORS or theirs not in registry.OPERATORS:
+                continue  # an unknown operator is reported once, where it is named
+            if mine != theirs:
                 report.add(file, f"{mine!r} differs from {theirs!r} in {ref_file}", key="model_info.name", stage=i)
                 continue
             if ref == (fed.assist_trainer_id if fed else None) and raw.get("identity") == "label_trainer":
@@ -303,8 +313,9 @@ def _summary(report: Report) -> str:
             f"redis {fed.redis_address.display()}; {'; '.join(stages)}")
 
 
-def print_report(report: Report, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Errors one per line on `out`; warnings/notes on `err`; returns the exit code (0 or 2)."""
+def print_report(report: Report, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """Errors one per line on `out` (stdout); warnings/notes on `err` (stderr); returns 0 or 2."""
+    out, err = out or sys.stdout, err or sys.stderr
     for p in report.problems:
         if p.severity != "error":
             print(f"{p.severity}: {p}", file=err)
