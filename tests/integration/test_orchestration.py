@@ -157,6 +157,22 @@ def test_malformed_event_fails_the_running_job(fed):
     assert_daemons_alive(fed)
 
 
+def test_restarted_scheduler_reattaches_to_the_running_job(fed):
+    fed.write_config({"rounds": 12, "dim": 8, "round_delay_s": 0.25})
+    job_id = start(fed)
+    running_children(fed, job_id)
+    fed.stop("scheduler", signal.SIGKILL)
+    fed.start_scheduler()
+    job = fed.wait_job(job_id, timeout=30)
+    assert job.state.value == "SUCCESSFUL", job
+    assert "re-attached to job " + job_id in fed.log("scheduler")
+
+
+def test_resume_is_refused_clearly_for_now(fed):
+    res = fed.client("-c", "start", "--resume", "1")
+    assert res.returncode == 2 and "not available yet" in res.stderr, res.stderr
+
+
 def test_daemons_reconnect_after_redis_restart_while_idle(fed):
     fed.redis.restart(keep_data=False, down_s=1.0)
     fed.wait_alive(fed.nodes + ["scheduler"], timeout=30)

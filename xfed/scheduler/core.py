@@ -38,6 +38,7 @@ class Scheduler:
         self.lingering: dict[str, float] = {}      # finished job id -> stop reading at (monotonic)
         self.shutdown = threading.Event()
         self._last_liveness = 0.0
+        self._liveness_grace_until = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -55,6 +56,9 @@ class Scheduler:
                         log.warning("Redis reachable again after %.1f s", time.monotonic() - down_since)
                         self.hb.beat(register=True)
                         self.requests.ensure_group(GROUP)
+                        # heartbeat keys may have lapsed while Redis was away: let nodes beat again
+                        # before treating a missing key as a dead node
+                        self._liveness_grace_until = time.monotonic() + 2 * self.interval + 0.5
                         down_since = None
                 except BrokerError as err:
                     if down_since is None:
@@ -90,6 +94,7 @@ class Scheduler:
 
     def step(self) -> None:
         """One turn of the loop: requests, events, heartbeats."""
+        began = time.monotonic()
         busy = bool(self.cursors)
         for entry in self.requests.read_group(GROUP, SCHEDULER_ID, block_ms=None if busy else 200, count=20):
             self._handle_request(entry)
@@ -101,6 +106,9 @@ class Scheduler:
                 if entries:
                     self._process_events(job_id, entries)
         now = time.monotonic()
+        if now - began > self.interval:
+            # a Redis blip absorbed by the client's retries: same grace as an outage
+            self._liveness_grace_until = now + 2 * self.interval + 0.5
         for job_id, until in list(self.lingering.items()):
             if now > until:
                 self.lingering.pop(job_id, None)
@@ -288,7 +296,7 @@ class Scheduler:
     # -- liveness -------------------------------------------------------------------------------
     def _check_liveness(self) -> None:
         running = [j for j in self.cursors if j not in self.lingering]
-        if not running:
+        if not running or time.monotonic() < self._liveness_grace_until:
             return
         alive = alive_nodes(self.r, self.keys, self.participants)
         for job_id in running:
