@@ -163,9 +163,20 @@ def decode(
         return np.multiply(v.view(np.int64), scale, out=out)
     if v.shape[-1:] != (2,):
         raise ValueError(f"128-bit fixed-point values need a last axis of 2 limbs, got shape {v.shape}")
-    hi = np.multiply(v[..., 1].view(np.int64), 2.0 ** (64 - frac_bits) / divide_by, out=out)
-    hi += v[..., 0] * scale
-    return hi
+    # Convert |value| and put the sign back: hi * 2^64 + lo in float64 would cancel
+    # catastrophically for small negative values (hi = -1, lo close to 2^64).
+    lo, hi = v[..., 0], v[..., 1]
+    neg = hi.view(np.int64) < 0
+    if neg.any():
+        borrow = lo == 0
+        lo = np.negative(lo, where=neg, out=lo.copy())
+        hi = np.invert(hi, where=neg, out=hi.copy())
+        np.add(hi, 1, out=hi, where=neg & borrow)
+    res = np.multiply(hi, 2.0 ** (64 - frac_bits) / divide_by, out=out)
+    res += lo * scale
+    if neg.any():
+        np.negative(res, out=res, where=neg)
+    return res
 
 
 def add_into(acc: np.ndarray, other: np.ndarray, bits: int) -> np.ndarray:

@@ -22,6 +22,7 @@ the lower of the two, subtracted otherwise. Every pair's pads cancel in the sum 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -157,7 +158,7 @@ def _use_processes(streams: Sequence[PadStream], pad_bytes: int, workers: int | 
     """How many worker processes to use for this round's pads (0: generate in this process)."""
     if workers is not None:
         return max(0, int(workers)) if workers != 1 else 0
-    if True or pad_bytes < _PARALLEL_MIN_BYTES or available_cores() < 2:  # TEMP: auto off until the pool is subprocess-based
+    if pad_bytes < _PARALLEL_MIN_BYTES or available_cores() < 2:
         return 0
     # ctr_drbg is AES in C at GB/s: shipping the work to processes would cost more than it saves.
     if all(s.csprng == "ctr_drbg" for s in streams):
@@ -202,7 +203,7 @@ def mask(
     arrays = [np.asarray(named[k]) for k in names]
     wpe = fixedpoint.words_per_element(bits)
     sizes = [a.size * wpe for a in arrays]
-    offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
+    offsets = [0, *itertools.accumulate(sizes)]
     total = int(offsets[-1])
     flat = np.empty(total, dtype=np.uint64)
     result: dict[str, np.ndarray] = {}

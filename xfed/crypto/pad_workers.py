@@ -1,32 +1,40 @@
 """A warm pool of worker processes that fills one-time pads from DRBG states into shared memory.
 
 HMAC_DRBG runs in pure Python at a few tens of MB/s and `hashlib` holds the GIL for inputs this
-small (64 bytes), so pads for different peers are generated in processes, not threads. A task
-carries a DRBG's state (a few bytes) and a slice of one shared-memory buffer; the worker writes
-the pad bytes there and returns the state it reached, which the caller adopts. Nothing but our
-own DRBG states and buffer offsets crosses the process boundary.
+small (64 bytes), so pads for different peers are generated in processes, not threads.
 
-The pool and its buffer are created on first use and kept (warm) for later rounds; processes are
-started with "spawn" so a caller holding threads (torch, redis) is never forked.
+Design choices:
+- Workers are plain subprocesses (`python -m xfed.crypto.pad_worker_main`), not multiprocessing
+  children: nothing is forked from a caller that holds threads (torch, redis), the caller's
+  `__main__` is never re-imported, and nothing is pickled. Parent and workers talk in JSON lines
+  over pipes: a task is a DRBG state (a few bytes), a buffer and a word range; the reply is the
+  state the DRBG reached, which the caller's DRBG adopts.
+- The pad buffer is a Linux memfd (the worker opens /proc/<pid>/fd/<fd>; the memory goes away
+  with the parent, whatever way it ends), or a temporary file elsewhere. It grows on demand and
+  is reused, so after the first round its pages are warm.
+- A worker exits when its stdin closes, so workers never outlive the parent.
+Every wait has a timeout; a dead or hung worker fails the call and the pool is rebuilt next time.
 """
 
 from __future__ import annotations
 
 import atexit
-import multiprocessing
+import json
+import mmap
 import os
+import pathlib
+import selectors
+import subprocess
+import sys
+import tempfile
 import threading
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import shared_memory
+import time
 
 import numpy as np
 
 from xfed.crypto.drbg import CtrDrbg, HmacDrbg
 
-__all__ = ["PadWorkers", "get_pad_workers", "shutdown_pad_workers", "available_cores"]
-
-_DRBG_KINDS = {"hmac": HmacDrbg, "ctr": CtrDrbg}
+__all__ = ["PadWorkers", "get_pad_workers", "shutdown_pad_workers", "available_cores", "encode_state", "decode_state"]
 
 
 def available_cores() -> int:
@@ -37,100 +45,178 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-# ---- worker side ----------------------------------------------------------------------------
-_attached: dict[str, shared_memory.SharedMemory] = {}
+def encode_state(drbg: HmacDrbg | CtrDrbg) -> dict:
+    """A DRBG's working state as JSON-able data."""
+    if isinstance(drbg, HmacDrbg):
+        name, key, v, counter = drbg.export_state()
+        return {"kind": "hmac", "hash": name, "key": key.hex(), "v": v.hex(), "counter": counter}
+    key, v, counter, df = drbg.export_state()
+    return {"kind": "ctr", "key": key.hex(), "v": format(v, "x"), "counter": counter, "df": bool(df)}
 
 
-def _attach(name: str) -> shared_memory.SharedMemory:
-    shm = _attached.get(name)
-    if shm is None:
-        for old in _attached.values():  # the parent replaced its buffer: let go of the old one
-            old.close()
-        _attached.clear()
-        shm = shared_memory.SharedMemory(name=name)
-        _attached[name] = shm
-    return shm
+def decode_state(data: dict) -> HmacDrbg | CtrDrbg:
+    """Inverse of encode_state: a DRBG continuing from that state."""
+    if data["kind"] == "hmac":
+        return HmacDrbg.from_state(
+            (str(data["hash"]), bytes.fromhex(data["key"]), bytes.fromhex(data["v"]), int(data["counter"]))
+        )
+    if data["kind"] == "ctr":
+        return CtrDrbg.from_state((bytes.fromhex(data["key"]), int(data["v"], 16), int(data["counter"]), bool(data["df"])))
+    raise ValueError(f"unknown DRBG kind {data.get('kind')!r}")
 
 
-def _fill_task(shm_name: str, kind: str, state: tuple, word_offset: int, n_words: int) -> tuple:
-    """Worker: continue the DRBG from `state`, fill n_words pad words at word_offset, return the new state."""
-    drbg = _DRBG_KINDS[kind].from_state(state)
-    shm = _attach(shm_name)
-    words = np.ndarray((n_words,), dtype=np.uint64, buffer=shm.buf, offset=word_offset * 8)
-    drbg.fill(words)
-    del words  # release the buffer export before the segment may be closed
-    return drbg.export_state()
+class _SharedBuffer:
+    """Memory the parent and its workers map at the same time; `path` is how a worker opens it."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._file: str | None = None
+        if hasattr(os, "memfd_create") and os.path.isdir(f"/proc/{os.getpid()}/fd"):
+            self._fd = os.memfd_create("xfed-pads")
+            self.path = f"/proc/{os.getpid()}/fd/{self._fd}"
+        else:
+            self._fd, self._file = tempfile.mkstemp(prefix="xfed-pads-")
+            self.path = self._file
+        os.ftruncate(self._fd, size)
+        self.map = mmap.mmap(self._fd, size)
+
+    def words(self, n_words: int) -> np.ndarray:
+        return np.ndarray((n_words,), dtype=np.uint64, buffer=self.map)
+
+    def close(self) -> None:
+        try:
+            self.map.close()
+        except BufferError:  # a caller still holds a view; the mapping goes when that view goes
+            pass
+        os.close(self._fd)
+        if self._file:
+            pathlib.Path(self._file).unlink(missing_ok=True)
 
 
-def _noop() -> int:
-    return os.getpid()
+class _Worker:
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        root = str(pathlib.Path(__file__).resolve().parents[2])  # so the worker imports this very xfed
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["OMP_NUM_THREADS"] = "1"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "xfed.crypto.pad_worker_main"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+        )
+
+    def send(self, message: dict) -> None:
+        self.proc.stdin.write(json.dumps(message).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def stop(self, kill: bool = False) -> None:
+        if kill and self.proc.poll() is None:
+            self.proc.kill()  # our own child, by its handle: it may be busy with an abandoned task
+            self.proc.wait(timeout=5)
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()  # the worker exits at end of input
+                self.proc.wait(timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
 
 
-# ---- parent side ----------------------------------------------------------------------------
 class PadWorkers:
-    """`n_workers` spawned processes and one shared-memory pad buffer that grows and is reused."""
+    """`n_workers` worker processes and one shared pad buffer that grows and is reused."""
 
     def __init__(self, n_workers: int) -> None:
-        self.n_workers = int(n_workers)
-        self._executor = ProcessPoolExecutor(self.n_workers, mp_context=multiprocessing.get_context("spawn"))
-        self._shm: shared_memory.SharedMemory | None = None
+        self.n_workers = max(1, int(n_workers))
+        self.broken = False
+        self._workers = [_Worker() for _ in range(self.n_workers)]
+        self._buffer: _SharedBuffer | None = None
         self._lock = threading.Lock()
 
     def warm_up(self, timeout: float = 120.0) -> None:
-        """Start every worker process now (spawning costs a few hundred ms each)."""
-        futures = [self._executor.submit(_noop) for _ in range(self.n_workers)]
-        done, pending = wait(futures, timeout=timeout)
-        if pending:
-            raise TimeoutError(f"pad worker processes did not start within {timeout:.0f} s")
-        for f in done:
-            f.result()
+        """Wait until every worker has imported its modules and answers."""
+        with self._lock:
+            self._run([{"op": "ping"} for _ in self._workers], timeout, one_each=True)
 
     def buffer(self, n_words: int) -> np.ndarray:
-        """A uint64 view of at least n_words words of the shared buffer (contents unspecified)."""
-        need = max(8, n_words * 8)
-        if self._shm is None or self._shm.size < need:
-            self._release_buffer()
-            self._shm = shared_memory.SharedMemory(create=True, size=need)
-        return np.ndarray((n_words,), dtype=np.uint64, buffer=self._shm.buf)
+        """A uint64 view of n_words words of the shared buffer (contents unspecified)."""
+        need = max(mmap.PAGESIZE, n_words * 8)
+        if self._buffer is None or self._buffer.size < need:
+            if self._buffer is not None:
+                self._buffer.close()
+            self._buffer = _SharedBuffer(need)
+        return self._buffer.words(n_words)
 
-    def fill(self, tasks: list[tuple[object, int, int]], total_words: int, timeout: float) -> np.ndarray:
+    def fill(self, tasks: list[tuple[HmacDrbg | CtrDrbg, int, int]], total_words: int, timeout: float) -> np.ndarray:
         """Fill pads for (drbg, word_offset, n_words) tasks; each drbg adopts the state it reached.
 
-        Returns the buffer view of total_words words. Raises TimeoutError after `timeout` s.
+        Returns the buffer view of total_words words. TimeoutError after `timeout` seconds,
+        RuntimeError if a worker dies; either way no drbg has advanced.
         """
         with self._lock:
             out = self.buffer(total_words)
-            name = self._shm.name
-            # Longest first: the pool then ends its last tasks close together.
-            order = sorted(range(len(tasks)), key=lambda i: -tasks[i][2])
-            futures = {}
-            try:
-                for i in order:
-                    drbg, offset, count = tasks[i]
-                    kind = "hmac" if isinstance(drbg, HmacDrbg) else "ctr"
-                    futures[self._executor.submit(_fill_task, name, kind, drbg.export_state(), offset, count)] = i
-                done, pending = wait(futures, timeout=timeout, return_when=FIRST_EXCEPTION)
-                if pending:
-                    for f in pending:
-                        f.cancel()
-                    raise TimeoutError(f"pad generation did not finish within {timeout:.0f} s")
-                results = {futures[f]: f.result() for f in done}
-            except BrokenProcessPool as exc:
-                self._broken = True
-                raise RuntimeError("a pad worker process died; the pad streams are no longer usable") from exc
-            for i, state in results.items():
-                tasks[i][0].import_state(state)
+            messages = [
+                {"op": "fill", "path": self._buffer.path, "size": self._buffer.size, "state": encode_state(drbg),
+                 "offset": int(offset), "count": int(count)}
+                for drbg, offset, count in tasks
+            ]
+            replies = self._run(messages, timeout)
+            for (drbg, _offset, _count), reply in zip(tasks, replies, strict=True):
+                drbg.import_state(decode_state(reply["state"]).export_state())
             return out
 
-    def _release_buffer(self) -> None:
-        if self._shm is not None:
-            self._shm.close()
-            self._shm.unlink()
-            self._shm = None
+    def _run(self, messages: list[dict], timeout: float, one_each: bool = False) -> list[dict]:
+        """Send messages to idle workers (longest task first), collect the replies in message order."""
+        if self.broken:
+            raise RuntimeError("pad worker pool is broken; create a new one")
+        order = sorted(range(len(messages)), key=lambda i: -messages[i].get("count", 0))
+        replies: list[dict | None] = [None] * len(messages)
+        deadline = time.monotonic() + timeout
+        busy: dict[int, int] = {}  # worker index -> message index
+        sel = selectors.DefaultSelector()
+        try:
+            for w, worker in enumerate(self._workers):
+                sel.register(worker.proc.stdout, selectors.EVENT_READ, w)
+            pending = list(order)
+            while pending or busy:
+                for w in range(len(self._workers)):
+                    if pending and w not in busy:
+                        i = pending.pop(0)
+                        self._workers[w].send(messages[i])
+                        busy[w] = i
+                        if one_each:
+                            break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"pad generation did not finish within {timeout:.0f} s")
+                for key, _ in sel.select(timeout=min(left, 1.0)):
+                    w = key.data
+                    line = self._workers[w].proc.stdout.readline()
+                    if not line:
+                        raise RuntimeError(f"pad worker process {self._workers[w].proc.pid} died")
+                    reply = json.loads(line)
+                    if not reply.get("ok"):
+                        raise RuntimeError(f"pad worker failed: {reply.get('error', 'unknown error')}")
+                    replies[busy.pop(w)] = reply
+        except BaseException:
+            self.broken = True  # a worker may still be writing into the buffer: never reuse this pool
+            raise
+        finally:
+            sel.close()
+        return replies  # type: ignore[return-value]
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-        self._release_buffer()
+        for worker in self._workers:
+            worker.stop(kill=self.broken)
+        if self._buffer is not None:
+            self._buffer.close()
+            self._buffer = None
 
 
 _pool: PadWorkers | None = None
@@ -138,11 +224,11 @@ _pool_lock = threading.Lock()
 
 
 def get_pad_workers(n_workers: int | None = None) -> PadWorkers:
-    """The process-wide pool (created, or re-created with another size, on demand)."""
+    """The process-wide pool (created, or re-created with another size or after a failure, on demand)."""
     global _pool
     n = available_cores() if n_workers is None else max(1, int(n_workers))
     with _pool_lock:
-        if _pool is not None and (_pool.n_workers != n or getattr(_pool, "_broken", False)):
+        if _pool is not None and (_pool.n_workers != n or _pool.broken):
             _pool.shutdown()
             _pool = None
         if _pool is None:

@@ -1,0 +1,239 @@
+"""Benchmark one secure-aggregation round: a leaf masking its update, the root summing K of them.
+
+    python scripts/bench_secagg.py [--params N] [--trainers K] [--bits 64|128]
+                                   [--csprng hmac_drbg|ctr_drbg] [--method sha512] [--json]
+
+Defaults: N = 3,670,016 (ChatGLM-6B LoRA r=8 on query_key_value: 28 x (8x4096 + 12288x8)),
+K = 8, 64 bits, hmac_drbg with sha512.
+
+- leaf_mask_s: one party, K-1 peers: pads for every peer + fixed-point encode + masking
+  (`xfed.crypto.mask`), after one warm-up round (worker processes started, buffers warm);
+  median of --rounds rounds. The measured party has peers on both sides (adds and subtracts).
+- root_sum_s: the aggregator's `unmask_sum` over K masked dicts, decoding and dividing by the
+  total weight. Its inputs are real encodings masked with random words that cancel in the sum
+  (the csprng plays no part in the root's work, and this keeps the run short); the decoded
+  mean is checked against the plain weighted mean (max_abs_err).
+- drbg_MBps: one DRBG `fill` into a warm buffer, in this process.
+- floor_hmac_loop_MBps: the fastest bare Python loop computing V = HMAC(K, V) on 64-byte V
+  (sha512) from copies of precomputed inner/outer hash states, output discarded.
+- floor_numpy_add_GBps: in-place uint64 add of two warm N-word arrays, GB of one operand per s.
+- leaf_ideal_s = pad bytes / (floor MB/s x cores used); the target is leaf_mask_s <= 1.25 x that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from xfed.crypto import (  # noqa: E402
+    CtrDrbg,
+    HmacDrbg,
+    add_into,
+    available_cores,
+    encode,
+    encoded_shape,
+    generate_keypair,
+    get_pad_workers,
+    mask,
+    named_group,
+    pad_stream,
+    shared_secret,
+    sub_into,
+    unmask_sum,
+)
+
+CHATGLM_LORA_PARAMS = 28 * (8 * 4096 + 12288 * 8)
+
+
+def tensor_shapes(n_params: int) -> dict[str, tuple[int, ...]]:
+    """ChatGLM-6B LoRA shapes for the default size, else 56 tensors of about equal size."""
+    if n_params == CHATGLM_LORA_PARAMS:
+        shapes = {}
+        for layer in range(28):
+            prefix = f"transformer.layers.{layer}.attention.query_key_value"
+            shapes[f"{prefix}.lora_A.weight"] = (8, 4096)
+            shapes[f"{prefix}.lora_B.weight"] = (12288, 8)
+        return shapes
+    n_tensors = min(56, max(1, n_params))
+    bounds = [i * n_params // n_tensors for i in range(n_tensors + 1)]
+    return {f"t{i:02d}": (bounds[i + 1] - bounds[i],) for i in range(n_tensors)}
+
+
+def floor_hmac_loop_mbps(n_bytes: int = 16 << 20) -> float:
+    key = os.urandom(64).ljust(128, b"\0")
+    inner = hashlib.sha512(key.translate(bytes(x ^ 0x36 for x in range(256)))).copy
+    outer = hashlib.sha512(key.translate(bytes(x ^ 0x5C for x in range(256)))).copy
+    v = os.urandom(64)
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(n_bytes // 64):
+            h = inner()
+            h.update(v)
+            o = outer()
+            o.update(h.digest())
+            v = o.digest()
+        best = max(best, n_bytes / (time.perf_counter() - t) / 1e6)
+    return best
+
+
+def drbg_mbps(csprng: str, method: str, n_bytes: int = 16 << 20) -> float:
+    buf = np.zeros(n_bytes // 8, dtype=np.uint64)  # touched: warm pages
+    best = 0.0
+    for _ in range(3):
+        drbg = HmacDrbg(method, os.urandom(64)) if csprng == "hmac_drbg" else CtrDrbg(os.urandom(64))
+        t = time.perf_counter()
+        drbg.fill(buf)
+        best = max(best, n_bytes / (time.perf_counter() - t) / 1e6)
+    return best
+
+
+def floor_numpy_add_gbps(n_words: int) -> float:
+    a = np.ones(n_words, dtype=np.uint64)
+    b = np.ones(n_words, dtype=np.uint64)
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        np.add(a, b, out=a)
+        best = max(best, n_words * 8 / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def run(args: argparse.Namespace) -> dict:
+    rng = np.random.default_rng(0)
+    shapes = tensor_shapes(args.params)
+    ids = [f"node-{i + 1}" for i in range(args.trainers)]
+    me = ids[len(ids) // 2]  # peers below (subtract) and above (add)
+    group = named_group(3072)
+    keys = {i: generate_keypair(group) for i in ids}
+    session = "bench-job/0/0"
+
+    def streams_of(node: str) -> dict:
+        return {
+            p: pad_stream(shared_secret(group, keys[node][0], keys[p][1]), csprng=args.csprng, method=args.method,
+                          session=session, node_a=node, node_b=p)
+            for p in ids if p != node
+        }
+
+    data = {i: {k: rng.standard_normal(s).astype(np.float32) * 0.02 for k, s in shapes.items()} for i in ids}
+    weights = {i: float(rng.integers(100, 1000)) for i in ids}
+    wpe = args.bits // 64
+    pad_bytes = args.params * wpe * 8 * (args.trainers - 1)
+
+    # Leaf: warm-up round, then timed rounds with the same streams (they advance each round).
+    my_streams = streams_of(me)
+    workers = args.workers
+    if workers is None and args.csprng == "hmac_drbg" and available_cores() >= 2:
+        get_pad_workers().warm_up()
+    leaf_times = []
+    for r in range(args.rounds + 1):
+        t = time.perf_counter()
+        mask(data[me], bits=args.bits, weight=weights[me], n_parties=args.trainers, self_id=me,
+             peer_streams=my_streams, workers=workers)
+        if r:
+            leaf_times.append(time.perf_counter() - t)
+    if workers is None:
+        from xfed.crypto.otp import _use_processes
+
+        workers_used = _use_processes(list(my_streams.values()), pad_bytes, None)
+    else:
+        workers_used = 0 if workers <= 1 else workers
+    cores_used = max(1, min(workers_used, len(my_streams) * len(next(iter(my_streams.values())).lanes)))
+
+    # Root: real encodings + random masks that cancel mod 2^bits (the last party carries -sum).
+    masked = []
+    mask_sum = {k: np.zeros(encoded_shape(s, args.bits), dtype=np.uint64) for k, s in shapes.items()}
+    for n, i in enumerate(ids):
+        enc = {k: encode(v, bits=args.bits, weight=weights[i], n_parties=args.trainers, name=k)
+               for k, v in data[i].items()}
+        if n < len(ids) - 1:
+            for k, v in enc.items():
+                noise = rng.integers(0, 2**64, size=v.shape, dtype=np.uint64)
+                add_into(mask_sum[k], noise, args.bits)
+                add_into(v, noise, args.bits)
+        else:
+            for k, v in enc.items():
+                sub_into(v, mask_sum[k], args.bits)
+        masked.append(enc)
+    total_weight = sum(weights.values())
+    out = {k: np.empty(s, dtype=np.float64) for k, s in shapes.items()}
+    root_times = []
+    result = None
+    for r in range(args.rounds + 1):
+        t = time.perf_counter()
+        result = unmask_sum(masked, bits=args.bits, divide_by=total_weight, out=out)
+        if r:
+            root_times.append(time.perf_counter() - t)
+    err = 0.0
+    for k in shapes:
+        expect = sum(weights[i] * data[i][k].astype(np.float64) for i in ids) / total_weight
+        err = max(err, float(np.abs(result[k] - expect).max(initial=0.0)))
+
+    floor = floor_hmac_loop_mbps()
+    res = {
+        "params": args.params,
+        "trainers": args.trainers,
+        "bits": args.bits,
+        "csprng": args.csprng,
+        "method": args.method if args.csprng == "hmac_drbg" else "aes256",
+        "leaf_mask_s": round(statistics.median(leaf_times), 4),
+        "root_sum_s": round(statistics.median(root_times), 4),
+        "drbg_MBps": round(drbg_mbps(args.csprng, args.method), 1),
+        "floor_hmac_loop_MBps": round(floor, 1),
+        "floor_numpy_add_GBps": round(floor_numpy_add_gbps(args.params * wpe), 2),
+        "pad_bytes": pad_bytes,
+        "workers": workers_used,
+        "cores": available_cores(),
+        "leaf_ideal_s": round(pad_bytes / (floor * 1e6 * cores_used), 4),
+        "max_abs_err": err,
+        "leaf_rounds_s": [round(x, 4) for x in leaf_times],
+        "root_rounds_s": [round(x, 4) for x in root_times],
+    }
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--params", type=int, default=CHATGLM_LORA_PARAMS)
+    p.add_argument("--trainers", type=int, default=8)
+    p.add_argument("--bits", type=int, choices=(64, 128), default=64)
+    p.add_argument("--csprng", choices=("hmac_drbg", "ctr_drbg"), default="hmac_drbg")
+    p.add_argument("--method", default="sha512", help="HMAC_DRBG hash (hmac_drbg only)")
+    p.add_argument("--workers", type=int, default=None, help="pad worker processes (default: automatic)")
+    p.add_argument("--rounds", type=int, default=2, help="timed rounds after one warm-up round")
+    p.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    args = p.parse_args(argv)
+    if args.trainers < 2 or args.params < 1:
+        p.error("--trainers must be >= 2 and --params >= 1")
+    res = run(args)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    ratio = res["leaf_mask_s"] / res["leaf_ideal_s"]
+    rows = [
+        ("params x trainers", f"{res['params']:,} x {res['trainers']}  ({res['bits']}-bit, {res['csprng']}/{res['method']})"),
+        ("leaf_mask_s", f"{res['leaf_mask_s']:.3f} s  (ideal {res['leaf_ideal_s']:.3f} s, ratio {ratio:.2f}; "
+                        f"{res['workers']} worker processes, {res['cores']} cores)"),
+        ("root_sum_s", f"{res['root_sum_s']:.3f} s  (max abs error {res['max_abs_err']:.2e})"),
+        ("drbg_MBps", f"{res['drbg_MBps']:.1f} MB/s  ({res['drbg_MBps'] / res['floor_hmac_loop_MBps']:.2f} x floor)"),
+        ("floor_hmac_loop_MBps", f"{res['floor_hmac_loop_MBps']:.1f} MB/s"),
+        ("floor_numpy_add_GBps", f"{res['floor_numpy_add_GBps']:.2f} GB/s"),
+        ("pad bytes per round", f"{res['pad_bytes'] / 1e6:.1f} MB"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

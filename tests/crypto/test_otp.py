@@ -1,0 +1,238 @@
+"""One-time-pad masking: pads cancel in the sum, are exactly the DRBG bytes, and hide each party's values."""
+
+import hashlib
+import re
+
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xfed.crypto import (
+    MAX_REQUEST_BYTES,
+    CtrDrbg,
+    HmacDrbg,
+    derivation_inputs,
+    encode,
+    generate_keypair,
+    mask,
+    named_group,
+    pad_stream,
+    pad_words,
+    shared_secret,
+    sign_for,
+    unmask_sum,
+)
+from xfed.crypto.otp import PROTOCOL_LABEL
+
+
+def _secret(seed: int, a: str, b: str) -> bytes:
+    lo, hi = sorted((a, b))
+    return hashlib.sha512(f"{seed}|{lo}|{hi}".encode()).digest()
+
+
+def _all_streams(ids, seed=0, csprng="hmac_drbg", method="sha256", session="job/1/0", lanes=4):
+    return {
+        me: {p: pad_stream(_secret(seed, me, p), csprng=csprng, method=method, session=session,
+                           node_a=me, node_b=p, lanes=lanes) for p in ids if p != me}
+        for me in ids
+    }
+
+
+_shapes = hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4)
+
+
+@st.composite
+def _rounds(draw):
+    n = draw(st.integers(2, 8))
+    shapes = draw(st.dictionaries(st.from_regex(r"[a-z]{1,3}(\.[a-z0-9]{1,3}){0,2}", fullmatch=True), _shapes,
+                                  min_size=1, max_size=4))
+    parties = []
+    for _ in range(n):
+        values = {k: draw(hnp.arrays(np.float64, s, elements=st.floats(-1e3, 1e3))) for k, s in shapes.items()}
+        parties.append((values, draw(st.floats(0.5, 100.0))))
+    return shapes, parties
+
+
+@given(case=_rounds(), bits=st.sampled_from([64, 128]), csprng=st.sampled_from(["hmac_drbg", "ctr_drbg"]),
+       seed=st.integers(0, 2**32))
+@settings(max_examples=30, deadline=None)
+def test_decoded_aggregate_is_the_weighted_mean(case, bits, csprng, seed):
+    shapes, parties = case
+    n = len(parties)
+    ids = [f"node-{i}" for i in range(n)]
+    streams = _all_streams(ids, seed=seed, csprng=csprng)
+    f = 32 if bits == 64 else 64
+    for _round in range(2):  # the second round uses the streams' next words
+        masked = [mask(v, bits=bits, weight=w, n_parties=n, self_id=i, peer_streams=streams[i], workers=0)
+                  for i, (v, w) in zip(ids, parties, strict=True)]
+        total_w = sum(w for _v, w in parties)
+        got = unmask_sum(masked, bits=bits, divide_by=total_w)
+        assert sorted(got) == sorted(shapes)
+        for k, shape in shapes.items():
+            want = sum(w * v[k] for v, w in parties) / total_w
+            scale = sum(w * np.abs(v[k]) for v, w in parties) / total_w
+            assert got[k].shape == shape and got[k].dtype == np.float64
+            # n * 2^-f from rounding, plus float64's own rounding of the result.
+            assert np.all(np.abs(got[k] - want) <= n * 2.0**-f + 4e-16 * scale)
+
+
+@given(values=hnp.arrays(np.float64, st.integers(16, 64), elements=st.floats(-10, 10)),
+       bits=st.sampled_from([64, 128]), seed=st.integers(0, 2**32))
+@settings(max_examples=20, deadline=None)
+def test_masked_values_are_unlike_the_plaintext_and_change_with_the_pad_alone(values, bits, seed):
+    ids = ["a", "b", "c"]
+    plain = encode(values, bits=bits, n_parties=3)
+    one = mask({"x": values}, bits=bits, n_parties=3, self_id="b", peer_streams=_all_streams(ids, seed)["b"], workers=0)
+    two = mask({"x": values}, bits=bits, n_parties=3, self_id="b", peer_streams=_all_streams(ids, seed + 1)["b"],
+               workers=0)
+    # Each word differs from the encoding and between two pads (chance of a clash: 2^-64 per word).
+    assert np.all(one["x"] != plain)
+    assert np.all(one["x"] != two["x"])
+    # The masked words look uniform: about half the bits set, unrelated to the small plaintext.
+    bits_set = np.unpackbits(one["x"].view(np.uint8)).mean()
+    assert 0.3 < bits_set < 0.7
+
+
+@pytest.mark.parametrize("csprng,method", [("hmac_drbg", "sha512"), ("hmac_drbg", "sha1"), ("ctr_drbg", "")])
+def test_pad_words_are_the_drbg_bytes_read_as_little_endian_uint64(csprng, method):
+    secret = bytes(range(48)) * 8
+    lanes = 3
+    n_words = 3 * (MAX_REQUEST_BYTES // 8) + 1001  # several NIST requests per lane, one short
+    stream = pad_stream(secret, csprng=csprng, method=method or "sha512", session="job-7/2/1",
+                        node_a="node-b", node_b="node-a", lanes=lanes)
+    first, second = pad_words(stream, n_words), pad_words(stream, 10)
+    for lane in range(lanes):
+        entropy, nonce, perso = derivation_inputs(secret, session="job-7/2/1", node_a="node-a", node_b="node-b",
+                                                  lane=lane, lanes=lanes)
+        assert perso.startswith(PROTOCOL_LABEL)
+        drbg = HmacDrbg(method, entropy, nonce, perso) if csprng == "hmac_drbg" else CtrDrbg(entropy, nonce, perso)
+        start, stop = lane * n_words // lanes, (lane + 1) * n_words // lanes
+        raw = b"".join(drbg.generate(min(MAX_REQUEST_BYTES, (stop - start) * 8 - off))
+                       for off in range(0, (stop - start) * 8, MAX_REQUEST_BYTES))
+        assert np.array_equal(first[start:stop], np.frombuffer(raw, dtype="<u8"))
+        # The next request continues each lane's DRBG.
+        s2, e2 = lane * 10 // lanes, (lane + 1) * 10 // lanes
+        assert np.array_equal(second[s2:e2], np.frombuffer(drbg.generate((e2 - s2) * 8), dtype="<u8"))
+
+
+def test_pad_stream_is_symmetric_and_distinct_per_pair_session_and_label():
+    s = bytes(64)
+
+    def words(**kw):
+        args = {"csprng": "hmac_drbg", "method": "sha256", "session": "j/0/0", "node_a": "x", "node_b": "y"}
+        args.update(kw)
+        return pad_words(pad_stream(s, **args), 8).tolist()
+
+    base = words()
+    assert words(node_a="y", node_b="x") == base
+    others = [words(node_b="z"), words(session="j/0/1"), words(session="j/1/0"), words(session="k/0/0"),
+              words(method="sha512"), words(csprng="ctr_drbg"), words(lanes=2)]
+    for other in others:
+        assert other != base
+    assert pad_words(pad_stream(bytes(range(64)), session="j/0/0", node_a="x", node_b="y"), 8).tolist() != \
+        pad_words(pad_stream(s, session="j/0/0", node_a="x", node_b="y"), 8).tolist()
+    # Length-prefixed ids: ("ab", "c") and ("a", "bc") must not collide.
+    assert derivation_inputs(s, session="q", node_a="ab", node_b="c")[2] != \
+        derivation_inputs(s, session="q", node_a="a", node_b="bc")[2]
+
+
+@pytest.mark.parametrize("bits", [64, 128])
+def test_lower_id_adds_the_pad_and_higher_subtracts_it(bits):
+    from xfed.crypto import add_into, sub_into
+
+    secret = bytes(range(64))
+    x = {"t": np.array([1.5, -2.0, 0.25])}
+    enc = encode(x["t"], bits=bits, n_parties=2)
+    low = mask(x, bits=bits, n_parties=2, self_id="alice", workers=0,
+               peer_streams={"bob": pad_stream(secret, session="s", node_a="alice", node_b="bob")})
+    high = mask(x, bits=bits, n_parties=2, self_id="bob", workers=0,
+                peer_streams={"alice": pad_stream(secret, session="s", node_a="bob", node_b="alice")})
+    pad = pad_words(pad_stream(secret, session="s", node_a="alice", node_b="bob"), enc.size)
+    pad = pad.reshape(enc.shape)
+    assert np.array_equal(low["t"], add_into(enc.copy(), pad, bits))
+    assert np.array_equal(high["t"], sub_into(enc.copy(), pad, bits))
+    assert sign_for("alice", "bob") == 1 and sign_for("bob", "alice") == -1
+    assert sign_for("node-10", "node-2") == 1  # Python string order, the same on every node
+
+
+def test_tensor_order_is_sorted_names_whatever_the_dict_order():
+    ids = ["a", "b"]
+    v = {"z": np.ones(3), "m": np.arange(4.0), "a.b": np.array(2.0)}
+    one = mask(v, n_parties=2, self_id="a", peer_streams=_all_streams(ids)["a"], workers=0)
+    two = mask(dict(reversed(list(v.items()))), n_parties=2, self_id="a", peer_streams=_all_streams(ids)["a"],
+               workers=0)
+    assert list(one) == sorted(v)
+    for k in v:
+        assert np.array_equal(one[k], two[k])
+
+
+def test_real_diffie_hellman_end_to_end_three_parties():
+    group = named_group(2048)
+    ids = ["n1", "n2", "n3"]
+    keys = {i: generate_keypair(group) for i in ids}
+    publics = {i: group.decode_public(group.encode_public(keys[i][1])) for i in ids}
+    streams = {
+        me: {p: pad_stream(shared_secret(group, keys[me][0], publics[p]), session="job/0/0", node_a=me, node_b=p)
+             for p in ids if p != me}
+        for me in ids
+    }
+    rng = np.random.default_rng(5)
+    data = {i: {"w": rng.normal(size=(5, 3)).astype(np.float32)} for i in ids}
+    masked = [mask(data[i], weight=2.0, n_parties=3, self_id=i, peer_streams=streams[i], workers=0) for i in ids]
+    got = unmask_sum(masked, divide_by=6.0)["w"]
+    want = sum(data[i]["w"].astype(np.float64) for i in ids) / 3
+    assert np.allclose(got, want, atol=3 * 2.0**-32)
+
+
+def test_errors_name_the_tensor_and_leave_the_streams_untouched():
+    ids = ["a", "b"]
+    streams = _all_streams(ids)
+    before = pad_words(_all_streams(ids)["a"]["b"], 4)
+    with pytest.raises(ValueError, match="'bad'"):
+        mask({"good": np.ones(2), "bad": np.array([np.nan])}, n_parties=2, self_id="a", peer_streams=streams["a"],
+             workers=0)
+    with pytest.raises(OverflowError, match="'huge'"):
+        mask({"huge": np.array([1e12])}, n_parties=2, self_id="a", peer_streams=streams["a"], workers=0)
+    assert np.array_equal(pad_words(streams["a"]["b"], 4), before)
+    with pytest.raises(ValueError, match="itself"):
+        mask({"x": np.ones(1)}, n_parties=2, self_id="a", peer_streams={"a": streams["a"]["b"]})
+
+
+def test_unmask_sum_refuses_mismatched_dicts():
+    a = {"x": np.zeros(3, dtype=np.uint64), "y": np.zeros(2, dtype=np.uint64)}
+    with pytest.raises(ValueError, match=re.escape("missing ['y']")):
+        unmask_sum([a, {"x": a["x"]}])
+    with pytest.raises(ValueError, match="tensor 'y' of masked dict #1"):
+        unmask_sum([a, {"x": a["x"], "y": np.zeros(3, dtype=np.uint64)}])
+    with pytest.raises(ValueError, match="tensor 'y' of masked dict #1"):
+        unmask_sum([a, {"x": a["x"], "y": np.zeros(2, dtype=np.int64)}])
+    with pytest.raises(ValueError, match="limbs"):
+        unmask_sum([a], bits=128)
+    with pytest.raises(ValueError, match="at least one"):
+        unmask_sum([])
+    with pytest.raises(ValueError, match="out"):
+        unmask_sum([a], out={"x": np.zeros(4)})
+
+
+def test_unmask_sum_decodes_into_warm_out_buffers():
+    enc = [{"x": encode(np.array([1.0, -2.0]))}, {"x": encode(np.array([3.0, 4.0]))}]
+    buf = {"x": np.full(2, 99.0)}
+    res = unmask_sum(enc, divide_by=2.0, out=buf)
+    assert res["x"] is buf["x"]
+    assert buf["x"].tolist() == [2.0, 1.0]
+    assert enc[0]["x"].tolist() == encode(np.array([1.0, -2.0])).tolist()  # inputs untouched
+
+
+def test_bad_stream_arguments_are_refused():
+    with pytest.raises(ValueError, match="csprng"):
+        pad_stream(bytes(64), csprng="xorshift", session="s", node_a="a", node_b="b")
+    with pytest.raises(ValueError, match="hash"):
+        pad_stream(bytes(64), method="md5", session="s", node_a="a", node_b="b")
+    with pytest.raises(ValueError, match="two different nodes"):
+        pad_stream(bytes(64), session="s", node_a="a", node_b="a")
+    with pytest.raises(ValueError, match="session"):
+        pad_stream(bytes(64), session="", node_a="a", node_b="b")
+    with pytest.raises(ValueError, match="32 bytes"):
+        pad_stream(bytes(16), session="s", node_a="a", node_b="b")

@@ -1,0 +1,74 @@
+"""Pad generation in worker processes gives exactly the in-process pads; dead or slow workers fail cleanly."""
+
+import numpy as np
+import pytest
+
+from xfed.crypto import mask, pad_stream, pad_words, shutdown_pad_workers
+from xfed.crypto.pad_workers import PadWorkers, decode_state, encode_state
+
+pytestmark = pytest.mark.integration  # starts worker processes
+
+
+def _streams(ids, csprng):
+    return {
+        me: {p: pad_stream(bytes(range(64)) + "".join(sorted((me, p))).encode(), csprng=csprng, session="j/0/0",
+                           node_a=me, node_b=p) for p in ids if p != me}
+        for me in ids
+    }
+
+
+@pytest.fixture(autouse=True)
+def _stop_pool():
+    yield
+    shutdown_pad_workers()
+
+
+@pytest.mark.parametrize("bits,csprng", [(64, "hmac_drbg"), (128, "ctr_drbg")])
+def test_worker_processes_produce_the_in_process_masks(bits, csprng):
+    ids = ["n1", "n2", "n3", "n4"]
+    local, pooled = _streams(ids, csprng), _streams(ids, csprng)
+    rng = np.random.default_rng(1)
+    values = {"a": rng.normal(size=(300, 7)), "b": rng.normal(size=()), "c": np.zeros((0, 2))}
+    for _round in range(2):
+        want = mask(values, bits=bits, n_parties=4, self_id="n2", peer_streams=local["n2"], workers=0)
+        got = mask(values, bits=bits, n_parties=4, self_id="n2", peer_streams=pooled["n2"], workers=2)
+        for k in values:
+            assert np.array_equal(want[k], got[k])
+    # Both copies of every stream are at the same place afterwards.
+    for p in local["n2"]:
+        assert np.array_equal(pad_words(local["n2"][p], 5), pad_words(pooled["n2"][p], 5))
+
+
+def test_state_round_trips_through_json_data():
+    s = pad_stream(bytes(64), session="s", node_a="a", node_b="b")
+    for drbg in (s.lanes[0], pad_stream(bytes(64), csprng="ctr_drbg", session="s", node_a="a", node_b="b").lanes[0]):
+        copy = decode_state(encode_state(drbg))
+        assert copy.generate(40) == drbg.generate(40)
+
+
+def test_dead_worker_fails_the_call_and_leaves_the_stream_unmoved():
+    pool = PadWorkers(1)
+    try:
+        pool.warm_up(timeout=60)
+        stream = pad_stream(bytes(64), session="s", node_a="a", node_b="b", lanes=1)
+        reference = pad_stream(bytes(64), session="s", node_a="a", node_b="b", lanes=1)
+        pool._workers[0].proc.kill()  # our own child, by its Popen handle
+        pool._workers[0].proc.wait(timeout=10)
+        with pytest.raises((RuntimeError, OSError)):
+            pool.fill([(stream.lanes[0], 0, 1000)], 1000, timeout=30)
+        assert pool.broken
+        assert np.array_equal(pad_words(stream, 4), pad_words(reference, 4))
+    finally:
+        pool.shutdown()
+
+
+def test_slow_generation_times_out_instead_of_hanging():
+    pool = PadWorkers(1)
+    try:
+        stream = pad_stream(bytes(64), session="s", node_a="a", node_b="b", lanes=1)
+        n = 1 << 24  # 128 MB of HMAC_DRBG output: seconds of work
+        with pytest.raises(TimeoutError, match="did not finish"):
+            pool.fill([(stream.lanes[0], 0, n)], n, timeout=0.5)
+        assert pool.broken
+    finally:
+        pool.shutdown()
