@@ -1,0 +1,450 @@
+"""ChatGLM-6B (GLM v1) as a native transformers causal LM, numerically equal to THUDM's remote code.
+
+What makes v1 different from a Llama-style decoder, all reproduced here:
+- 2-D rotary positions: each head is split in halves; the first is rotated by the token position, the
+  second by the block position (0 in the context, 1, 2, ... from `<sop>` on). After the context every
+  token takes the position of the mask token (`[MASK]`, else `[gMASK]`).
+- prefix-LM attention: bidirectional over the context (block position 0), causal after it.
+- residual = alpha * LN(x) + f(LN(x)) with THUDM's alpha = sqrt(2 * 28) (see the config's
+  `alpha_num_layers`); lm_head tied to the word embeddings; tanh-GELU MLP; fused
+  `query_key_value` with bias laid out per head as [q | k | v] (THUDM's module names are kept, so
+  LoRA adapters on `query_key_value` apply 1:1).
+- rotary inverse frequencies computed in fp32 and rounded to fp16, as THUDM's RotaryEmbedding does
+  (THUDM ignores the copy stored in the checkpoint, and so do we).
+
+Positions are derived from `input_ids` and an ordinary 2-D `attention_mask`, counting from a row's
+first real token (THUDM's left padding); `position_ids` of shape [batch, 2, seq] may also be passed.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_chatglm import ChatGLM6BConfig
+
+# Attribute under which a cache remembers the last (position, block position) of each row, so that a
+# forward on a cache continues THUDM's generation rule (same position, block position + 1).
+_LAST_POSITION_ATTR = "_chatglm6b_last_position"
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """OpenAI's tanh-approximated GELU, written out as THUDM's `gelu_impl`."""
+    return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)))
+
+
+def rotary_inv_freq(dim: int, base: float, device=None) -> torch.Tensor:
+    """THUDM's inverse frequencies: computed in fp32, then rounded to fp16 (kept in fp16)."""
+    inv = 1.0 / (base ** (torch.arange(0, dim, 2, device=device).float() / dim))
+    return inv.half()
+
+
+def rotary_cos_sin(
+    positions: torch.Tensor, inv_freq_fp16: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [..., dim] in `dtype` for integer positions, computed as THUDM's RotaryEmbedding does.
+
+    THUDM's buffer is fp16 and follows the model's dtype: an fp32 model takes fp32 angles from the
+    fp16-rounded frequencies, an fp16 model takes fp16 angles and fp16 cos/sin. (A bf16 model gets
+    the fp32 path here: THUDM's bf16 arange is inexact beyond position 256.)
+    """
+    if dtype == torch.float16:
+        angles = positions.to(torch.float16).unsqueeze(-1) * inv_freq_fp16.to(torch.float16)
+    else:
+        angles = positions.float().unsqueeze(-1) * inv_freq_fp16.float()
+    emb = torch.cat((angles, angles), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def v1_position_ids(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *,
+    bos_token_id: int,
+    mask_token_id: int,
+    gmask_token_id: int,
+) -> torch.Tensor:
+    """THUDM ChatGLM-6B 2-D position ids [batch, 2, seq] for whole (possibly left-padded) prompts.
+
+    Follows THUDM's tokenizer: positions count from a row's first real token; the context ends at the
+    first `<sop>` (none: the whole row is context); after it, the position is that of `[MASK]` (else
+    `[gMASK]`) and the block position counts 1, 2, ... Padding gets position 0, block 0.
+    """
+    b, s = input_ids.shape
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    idx = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    none = s + 1
+
+    def first(token_id: int) -> torch.Tensor:
+        hit = (input_ids == token_id) & valid
+        return torch.where(hit, idx, torch.full_like(idx, none)).min(dim=-1).values
+
+    ctx = first(bos_token_id)
+    ctx = torch.where(ctx == none, valid.sum(-1), ctx)
+    mpos = first(mask_token_id)
+    mpos = torch.where(mpos == none, first(gmask_token_id), mpos)
+    after = (idx >= ctx[:, None]) & valid
+    pos = torch.where(after & (mpos[:, None] != none), mpos[:, None].expand(b, s), idx)
+    block = torch.where(after, idx - ctx[:, None] + 1, torch.zeros_like(idx))
+    pos = torch.where(valid, pos, torch.zeros_like(pos))
+    return torch.stack((pos, block), dim=1)
+
+
+class ChatGLM6BAttention(nn.Module):
+    """Self-attention with fused `query_key_value` (per head [q|k|v]), 2-D rotary and SDPA."""
+
+    def __init__(self, config: ChatGLM6BConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=True)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=True)
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # x: [b, heads, seq, head_dim]; cos/sin: [b, n_rot, seq, rot_dim] with n_rot in {1, 2}
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        if cos.shape[1] == 2:
+            x1, x2 = x.chunk(2, dim=-1)
+            c1, c2 = cos[:, 0:1], cos[:, 1:2]
+            s1, s2 = sin[:, 0:1], sin[:, 1:2]
+            x1 = x1 * c1 + rotate_half(x1) * s1
+            x2 = x2 * c2 + rotate_half(x2) * s2
+            return torch.cat((x1, x2), dim=-1)
+        return x * cos + rotate_half(x) * sin
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None = None,
+        prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, s, _ = hidden_states.shape
+        qkv = self.query_key_value(hidden_states).view(b, s, self.num_heads, 3 * self.head_dim)
+        q, k, v = qkv.transpose(1, 2).split(self.head_dim, dim=-1)
+        q = self._rotate(q, cos, sin)
+        k = self._rotate(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
+        elif prefix_kv is not None:
+            # past keys (e.g. a P-tuning prefix) are used as stored: never rotated again
+            k = torch.cat((prefix_kv[0].to(k.dtype), k), dim=-2)
+            v = torch.cat((prefix_kv[1].to(v.dtype), v), dim=-2)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        weights = None
+        if output_attentions or self.config._attn_implementation == "eager":
+            scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+            if attention_mask is not None:
+                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            weights = torch.softmax(scores, dim=-1).to(q.dtype)
+            out = torch.matmul(weights, v)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=scale)
+        out = out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
+        return self.dense(out), (weights if output_attentions else None)
+
+
+class ChatGLM6BMLP(nn.Module):
+    """h -> 4h (tanh-GELU) -> h, with biases (THUDM's `GLU` module, which is not gated)."""
+
+    def __init__(self, config: ChatGLM6BConfig):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, config.intermediate_size, bias=True)
+        self.dense_4h_to_h = nn.Linear(config.intermediate_size, config.hidden_size, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense_4h_to_h(gelu_tanh(self.dense_h_to_4h(x)))
+
+
+class ChatGLM6BBlock(GradientCheckpointingLayer):
+    """GLM block: residual on the normed input, scaled by alpha = sqrt(2 * config.alpha_num_layers)."""
+
+    def __init__(self, config: ChatGLM6BConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.attention = ChatGLM6BAttention(config, layer_idx)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = ChatGLM6BMLP(config)
+        self.alpha = (2 * config.alpha_num_layers) ** 0.5
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None = None,
+        prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_in = self.input_layernorm(hidden_states)
+        attn_out, weights = self.attention(
+            attn_in, cos, sin, attention_mask, cache=cache, prefix_kv=prefix_kv, output_attentions=output_attentions
+        )
+        hidden_states = attn_in * self.alpha + attn_out
+        mlp_in = self.post_attention_layernorm(hidden_states)
+        return mlp_in * self.alpha + self.mlp(mlp_in), weights
+
+
+class ChatGLM6BPreTrainedModel(PreTrainedModel):
+    """Weight init, checkpointing and attention-backend flags shared by the v1 model classes."""
+
+    config_class = ChatGLM6BConfig
+    config: ChatGLM6BConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["ChatGLM6BBlock"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+    # THUDM checkpoints carry rotary buffers that THUDM's own code ignores; so do we.
+    _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class ChatGLM6BModel(ChatGLM6BPreTrainedModel):
+    """The GLM v1 stack: word embeddings, blocks, final LayerNorm (THUDM's `transformer` module)."""
+
+    def __init__(self, config: ChatGLM6BConfig):
+        super().__init__(config)
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([ChatGLM6BBlock(config, i) for i in range(config.num_hidden_layers)])
+        self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.word_embeddings = value
+
+    def _positions(self, input_ids, attention_mask_new, past_key_values, past_len, seq_len, batch, device):
+        """Position ids [b, 2, seq] of the new tokens when the caller gave none."""
+        last = getattr(past_key_values, _LAST_POSITION_ATTR, None) if past_len else None
+        if last is not None and last.shape[0] == batch:
+            # continuing a sequence: THUDM keeps the position and advances the block position
+            step = torch.arange(1, seq_len + 1, device=device)
+            return torch.stack((last[:, 0:1].expand(batch, seq_len), last[:, 1:2] + step), dim=1)
+        if input_ids is None:
+            raise ValueError("ChatGLM-6B needs input_ids (or position_ids) to derive its 2-D positions")
+        cfg = self.config
+        return v1_position_ids(
+            input_ids,
+            attention_mask_new,
+            bos_token_id=cfg.bos_token_id,
+            mask_token_id=cfg.mask_token_id,
+            gmask_token_id=cfg.gmask_token_id,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        cfg = self.config
+        output_attentions = bool(output_attentions if output_attentions is not None else cfg.output_attentions)
+        output_hidden_states = bool(
+            output_hidden_states if output_hidden_states is not None else cfg.output_hidden_states
+        )
+        use_cache = use_cache if use_cache is not None else cfg.use_cache
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        batch, seq_len = inputs_embeds.shape[:2]
+        device = inputs_embeds.device
+
+        if past_key_values is not None and not isinstance(past_key_values, Cache):
+            # legacy tuple-of-(key, value) input, e.g. a P-tuning prefix built by hand
+            past_key_values = DynamicCache(past_key_values)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=cfg)
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        total = past_len + seq_len
+
+        # 2-D mask over [past | new]; a mask covering only the new tokens attends to the whole past
+        if attention_mask is None:
+            key_valid = torch.ones(batch, total, dtype=torch.bool, device=device)
+        else:
+            key_valid = attention_mask.to(device=device).bool()
+            if key_valid.shape[-1] == seq_len and past_len:
+                key_valid = torch.cat((key_valid.new_ones(batch, past_len), key_valid), dim=-1)
+            if key_valid.shape != (batch, total):
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)}; expected ({batch}, {total}) "
+                    f"for {past_len} cached and {seq_len} new tokens"
+                )
+        new_valid = key_valid[:, past_len:]
+
+        if position_ids is None:
+            position_ids = self._positions(input_ids, new_valid, past_key_values, past_len, seq_len, batch, device)
+        elif position_ids.dim() == 2:  # [2, seq] for a single row
+            position_ids = position_ids.unsqueeze(0).expand(batch, -1, -1)
+        position_ids = position_ids.to(device)
+        if past_key_values is not None and use_cache:
+            setattr(past_key_values, _LAST_POSITION_ATTR, position_ids[:, :, -1].detach())
+
+        # prefix-LM: a key is visible if it is real and either not after the query or in the context
+        # (block position 0). Past keys always precede; the diagonal keeps padding rows finite.
+        q_idx = torch.arange(seq_len, device=device)[:, None] + past_len
+        k_idx = torch.arange(total, device=device)[None, :]
+        causal = k_idx <= q_idx
+        ctx_key = torch.ones(batch, total, dtype=torch.bool, device=device)
+        ctx_key[:, past_len:] = position_ids[:, 1, :] == 0
+        allowed = key_valid[:, None, :] & (causal[None] | ctx_key[:, None, :])
+        allowed = allowed | (k_idx == q_idx)[None]
+        attn_mask = allowed[:, None, :, :]
+
+        inv_freq = rotary_inv_freq(self._rotary_dim(), cfg.rope_theta, device=device)
+        rows = 2 if cfg.position_encoding_2d else 1
+        cos, sin = rotary_cos_sin(position_ids[:, :rows, :], inv_freq, inputs_embeds.dtype)  # [b, rows, seq, rot]
+
+        # Checkpointed layers may not write to a cache (the replay would append twice): hand them
+        # what the cache holds (a P-tuning prefix) as plain tensors instead.
+        checkpointing = self.gradient_checkpointing and self.training
+        hidden = inputs_embeds
+        all_hidden = [] if output_hidden_states else None
+        all_attn = [] if output_attentions else None
+        for i, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden.append(hidden)
+            cache, prefix_kv = past_key_values, None
+            if checkpointing or not use_cache:
+                cache = None
+                if past_len:
+                    entry = past_key_values.layers[i]
+                    prefix_kv = (entry.keys, entry.values)
+            hidden, weights = layer(
+                hidden, cos, sin, attn_mask, cache=cache, prefix_kv=prefix_kv, output_attentions=output_attentions
+            )
+            if output_attentions:
+                all_attn.append(weights)
+        hidden = self.final_layernorm(hidden)
+        if output_hidden_states:
+            all_hidden.append(hidden)
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            attentions=tuple(all_attn) if all_attn is not None else None,
+        )
+
+    def _rotary_dim(self) -> int:
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
+        return head_dim // 2 if self.config.position_encoding_2d else head_dim
+
+
+class ChatGLM6BForCausalLM(ChatGLM6BPreTrainedModel, GenerationMixin):
+    """ChatGLM-6B with its LM head: `forward(input_ids, attention_mask, labels)` and `generate`."""
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.word_embeddings.weight"}
+
+    def __init__(self, config: ChatGLM6BConfig):
+        super().__init__(config)
+        self.transformer = ChatGLM6BModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.transformer.word_embeddings = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        out = self.transformer(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = out.last_hidden_state
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden = hidden[:, -logits_to_keep:, :]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            hidden = hidden[:, logits_to_keep, :]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.vocab_size,
+                num_items_in_batch=kwargs.get("num_items_in_batch"),
+            )
+        if return_dict is False:
+            result = (logits, out.past_key_values)
+            return ((loss,) + result) if loss is not None else result
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+        # Our forward derives THUDM's 2-D positions itself (from the prompt, then from the cache);
+        # generate's 1-D running positions would be wrong for v1.
+        return None
