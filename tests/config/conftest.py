@@ -43,9 +43,10 @@ class ConfigSet:
         self.path(name).write_text(text, encoding="utf-8")
 
     def edit(self, name: str, change: Callable[[Any], Any]) -> None:
+        """Apply `change` to the parsed file in place and write it back (its return value is ignored)."""
         value = self.read(name)
-        result = change(value)
-        self.write(name, value if result is None else result)
+        change(value)
+        self.write(name, value)
 
     def params(self, node: str, stage: int = 0) -> Callable[[Callable[[dict], Any]], None]:
         """edit the train_params of `node`'s stage: `cs.params("node-1")(lambda tp: ...)`."""

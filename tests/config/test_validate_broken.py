@@ -107,7 +107,7 @@ CASES = [
      lambda cs: cs.write(N1, []),
      [r"^trainer_config_node-1\.json: has no stages"]),
     ("stage_count_differs",
-     lambda cs: cs.edit(N1, lambda st: st + st),
+     lambda cs: cs.write(N1, cs.read(N1) * 2),
      [r"^trainer_config_node-1\.json: has 2 stage\(s\) but trainer_config_assist_trainer\.json has 1"]),
     ("unknown_placeholder",
      lambda cs: stage_edit(cs, "node-1", "output.path", "../out/[RUN_ID]/[NODE_ID]"),

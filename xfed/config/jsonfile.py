@@ -69,7 +69,7 @@ def read_json(path: Path, label: str | None = None, *, stages: bool = False) -> 
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        return None, [Problem(label, f"byte {exc.start}: not UTF-8 text")]
+        return None, [Problem(label, f"not UTF-8 text (byte offset {exc.start})")]
     try:
         value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
