@@ -1,7 +1,7 @@
 """peft set-up: LoRA with explicit or "auto" targets, P-tuning v2 as PREFIX_TUNING, clear errors."""
 import pytest
 
-from xfed.errors import ConfigError
+from xfed.errors import ConfigError, ModelError
 from xfed.operators.horizontal_chatglm.peft_setup import apply_peft, build_peft_config, peft_kind
 
 
@@ -13,12 +13,17 @@ def _model(tiny_glm):
 
 def test_auto_targets_the_attention_projections(tiny_glm):
     config = build_peft_config(_model(tiny_glm), {"LORA": {"r": 4, "target_modules": "auto"}})
-    assert sorted(config.target_modules) == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert sorted(config.target_modules) == ["k_proj", "q_proj", "v_proj"]
+
+
+def test_xfl_query_key_value_maps_onto_split_projections(tiny_glm):
+    config = build_peft_config(_model(tiny_glm), {"LORA": {"r": 4, "target_modules": ["query_key_value"]}})
+    assert sorted(config.target_modules) == ["k_proj", "q_proj", "v_proj"]
 
 
 def test_unknown_target_module_lists_the_linear_modules_the_model_has(tiny_glm):
-    with pytest.raises(ConfigError, match=r"no module named query_key_value; its Linear modules are: .*q_proj"):
-        build_peft_config(_model(tiny_glm), {"LORA": {"r": 4, "target_modules": ["query_key_value"]}})
+    with pytest.raises(ModelError, match=r"c_fc.*q_proj"):
+        build_peft_config(_model(tiny_glm), {"LORA": {"r": 4, "target_modules": ["c_fc"]}})
 
 
 def test_exactly_one_peft_kind():

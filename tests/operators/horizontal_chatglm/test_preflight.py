@@ -39,13 +39,15 @@ def test_fingerprint_mismatch_names_the_party_and_builds_a_table():
     compare_fingerprints("assist_trainer", {"assist_trainer": same, "node-1": dict(same)})  # no error
 
 
-def test_model_fingerprint_follows_weights_and_config(tmp_path):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    (folder / "config.json").write_text('{"model_type": "glm", "hidden_size": 8, "_name_or_path": "/a"}')
-    (folder / "model.safetensors").write_bytes(b"weights-1")
-    first = model_fingerprint(folder)
-    (folder / "config.json").write_text('{"model_type": "glm", "hidden_size": 8, "_name_or_path": "/b"}')
-    assert model_fingerprint(folder) == first  # where it was loaded from does not matter
-    (folder / "model.safetensors").write_bytes(b"weights-2")
-    assert model_fingerprint(folder) != first
+def test_model_fingerprint_follows_weights_not_location(tiny_glm, tmp_path):
+    import shutil
+
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(tiny_glm, copy)
+    first = model_fingerprint(tiny_glm)
+    assert model_fingerprint(copy) == first  # where it was loaded from does not matter
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert model_fingerprint(copy) != first

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from peft import PeftConfig, PeftModel, PeftType, get_peft_model
+from peft import PeftConfig, PeftModel, PeftType
 from safetensors.torch import load_file, save_file
 
 from xfed.errors import JobError, ModelError
@@ -103,7 +103,9 @@ def load_resumable_adapter(model: torch.nn.Module, path: Path, expected_kind: st
                 f"{PREFIX_TRAINABLE_FILE} (written by xfed) is missing"
             )
         config.inference_mode = False
-        peft_model = get_peft_model(model, config)
+        from xfed.models import make_peft_model
+
+        peft_model = make_peft_model(model, config)
         encoder = peft_model.prompt_encoder[peft_model.active_adapter]
         try:
             encoder.load_state_dict(load_file(str(state_file)))
@@ -114,17 +116,9 @@ def load_resumable_adapter(model: torch.nn.Module, path: Path, expected_kind: st
 
 
 def _load_foreign_adapter(model: torch.nn.Module, path: Path) -> PeftModel:
-    """peft adapters (ours, or XFL's on THUDM module names) through the models layer when it is there."""
-    try:
-        from xfed.models import load_adapter
-    except ImportError:
-        load_adapter = None
-    try:
-        if load_adapter is not None:
-            peft_model = load_adapter(model, str(path), is_trainable=True)
-        else:
-            peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=True)
-    except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        raise ModelError(f"input.adapter_model.path: cannot load adapter {path} ({str(exc).splitlines()[0]})") from None
+    """peft adapters (ours, or XFL's on THUDM module names) and THUDM P-tuning checkpoints, via the models layer."""
+    from xfed.models import load_adapter
+
+    peft_model = load_adapter(model, str(path), is_trainable=True)
     _make_trainable(peft_model)
     return peft_model

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from xfed.errors import ConfigError, ModelError
+from xfed.errors import ConfigError
 
 from . import data
 from .metrics import generation_scores
@@ -16,19 +16,9 @@ def load_for_inference(model_dir: str | Path, adapter_dir: str | Path | None = N
     """(model, tokenizer) in eval mode: the base model, with the adapter applied when one is given."""
     model, tokenizer = load_model_folder(Path(model_dir), device=device)
     if adapter_dir is not None:
-        try:
-            from xfed.models import load_adapter
-        except ImportError:
-            load_adapter = None
-        path = Path(adapter_dir)
-        if load_adapter is not None:
-            model = load_adapter(model, str(path))
-        else:
-            from peft import PeftModel
+        from xfed.models import load_adapter
 
-            if not (path / "adapter_config.json").is_file():
-                raise ModelError(f"{path}: not a peft adapter folder (adapter_config.json missing)")
-            model = PeftModel.from_pretrained(model, str(path))
+        model = load_adapter(model, str(adapter_dir))
     return model.eval(), tokenizer
 
 

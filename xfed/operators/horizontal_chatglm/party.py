@@ -34,28 +34,12 @@ def load_base_model(stage: Any, use_cpu: bool) -> tuple[Any, Any, Path]:
 
 
 def load_model_folder(folder: Path, *, device: str = "cpu", allow_random_init: bool = False) -> tuple[Any, Any]:
-    """(model, tokenizer) through xfed.models.load_pretrained; plain transformers until that is exported."""
+    """(model, tokenizer) through xfed.models.load_pretrained (every family; local files only)."""
+    from xfed.models import load_pretrained
+
     if not folder.is_dir():
         raise ModelError(f"input.pretrained_model.path: {folder} is not a folder")
-    try:
-        from xfed.models import load_pretrained
-    except ImportError:
-        load_pretrained = None
-    if load_pretrained is not None:
-        model, tokenizer = load_pretrained(str(folder), device=device, allow_random_init=allow_random_init)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        weights = any(folder.glob("*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
-        if not weights and not allow_random_init:
-            raise ModelError(f"{folder}: no weight files (*.safetensors, pytorch_model*.bin); "
-                             "set model_info.config.allow_random_init: true to train a random model")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"{folder}: cannot load model ({str(exc).splitlines()[0]})") from None
-        model.to(device)
+    model, tokenizer = load_pretrained(str(folder), device=device, allow_random_init=allow_random_init)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # generation and batching need a pad id
     return model, tokenizer
@@ -97,15 +81,16 @@ def load_party_data(stage: Any, params: dict[str, Any], tokenizer: Any, model: A
     return out
 
 
-def fingerprints(model_dir: Path, tokenizer: Any, peft_model: Any, params: dict[str, Any]) -> dict[str, str]:
+def fingerprints(model_dir: Path, tokenizer: Any, peft_model: Any, params: dict[str, Any]) -> dict[str, Any]:
     """The four digests every party must share (see preflight.FINGERPRINT_KEYS)."""
     params_peft = dict(peft_model.named_parameters())
     shapes = {name: list(params_peft[name].shape) for name in trainable_names(peft_model)}
     config = peft_config_summary(peft_model.peft_config[peft_model.active_adapter])
     agg = params.get("aggregation") or {}
     encryption = params.get("encryption") or {}
+    base = model_fingerprint(model_dir, tokenizer)
     return {
-        "base_model": model_fingerprint(model_dir),
+        "base_model": digest(base),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "peft": digest({"config": config, "trainable": shapes}),
         "schedule": digest({
@@ -113,6 +98,7 @@ def fingerprints(model_dir: Path, tokenizer: Any, peft_model: Any, params: dict[
             "encryption": encryption,
             "dataset": {k: v for k, v in (params.get("dataset") or {}).items() if k not in LOCAL_DATASET_KEYS},
         }),
+        "base_model_parts": base,  # which files differ, for the diff table
     }
 
 

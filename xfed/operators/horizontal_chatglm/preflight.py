@@ -30,40 +30,31 @@ def conflict_warnings(node: str, conflicts: list[str]) -> list[str]:
     return [f"{node}: train_params.{c} (the assist trainer's value is used)" for c in conflicts]
 
 
-def file_digest(path: Path, chunk: int = 1 << 23) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()[:16]
+def model_fingerprint(model_dir: Path, tokenizer: Any = None) -> dict[str, Any]:
+    """Digests of the base model folder: family, config (paths etc. ignored) and weight files.
 
+    Weight files are sampled (size + first/middle/last MiB) so a 12 GB checkpoint costs no minutes on
+    every start; this is a consistency check between honest parties, not an integrity proof.
+    """
+    from xfed.models import model_fingerprint as models_fingerprint
 
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".model")
-
-
-def model_fingerprint(model_dir: Path, model: Any = None) -> str:
-    """Digest of the base model: its config (architecture fields) and the contents of its weight files."""
-    try:
-        from xfed.models import fingerprint as models_fingerprint
-    except ImportError:
-        models_fingerprint = None
-    if models_fingerprint is not None:
-        return str(models_fingerprint(model_dir))
-    config_file = model_dir / "config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    for volatile in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache"):
-        config.pop(volatile, None)
-    weights = {
-        p.name: file_digest(p) for p in sorted(model_dir.iterdir()) if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES)
-    }
-    return digest({"config": config, "weights": weights})
+    full = models_fingerprint(model_dir, quick=True, tokenizer=tokenizer)
+    return {k: full[k] for k in ("family", "config", "weights", "weights_mode")}
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """Digest of the vocabulary and special tokens (two tokenizers that agree here give the same ids)."""
-    vocab = sorted(tokenizer.get_vocab().items())
-    specials = {k: str(v) for k, v in sorted(getattr(tokenizer, "special_tokens_map", {}).items())}
-    return digest({"vocab": vocab, "specials": specials, "class": type(tokenizer).__name__})
+    from xfed.models import tokenizer_digest
+
+    return tokenizer_digest(tokenizer)[:16]
+
+
+def _base_model_parts(mine: dict[str, Any], ref: dict[str, Any]) -> str:
+    """Which parts of two base-model fingerprints differ, e.g. 'weights:model.safetensors'."""
+    from xfed.models import fingerprint_mismatches
+
+    parts = fingerprint_mismatches(mine.get("base_model_parts") or {}, ref.get("base_model_parts") or {})
+    return f": {', '.join(parts)}" if parts else ""
 
 
 def compare_fingerprints(reference_node: str, by_node: dict[str, dict[str, str]]) -> None:
@@ -77,7 +68,11 @@ def compare_fingerprints(reference_node: str, by_node: dict[str, dict[str, str]]
         return
     summary = "; ".join(
         f"{node} differs from {reference_node} in "
-        + ", ".join(f"{k} ({by_node[node].get(k, '-')} != {ref.get(k, '-')})" for k in keys)
+        + ", ".join(
+            f"{k} ({by_node[node].get(k, '-')} != {ref.get(k, '-')}"
+            + (_base_model_parts(by_node[node], ref) if k == "base_model" else "") + ")"
+            for k in keys
+        )
         for node, keys in bad.items()
     )
     err = PreflightError(f"preflight failed: {summary}")
