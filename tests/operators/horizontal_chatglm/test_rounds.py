@@ -44,7 +44,6 @@ class _Ctx:
     def __init__(self, stop_after=None):
         self.node_id = "node-1"
         self.events = []
-        self.comm = SimpleNamespace(stats=SimpleNamespace(bytes_sent=0, bytes_received=0))
         self.calls = 0
         self.stop_after = stop_after
 
@@ -71,7 +70,8 @@ def _setup(tiny_glm, tmp_path, ctx, aggregate, evaluator=None, rounds=3):
         val = _features(4, seed=9)
         evaluator = Evaluator(val, _collate, [f["input_ids"][:4] for f in val], ["ab", "cd", "ef", "gh"], tok,
                               max_new_tokens=3)
-    runner = RoundRunner(ctx, peft_model, aggregate, None, schedule, 12.0, tmp_path / "out",
+    aggregator = SimpleNamespace(last_stats={"mask_ms": 1.5, "wait_ms": 2.0, "bytes_sent": 10, "bytes_received": 20})
+    runner = RoundRunner(ctx, peft_model, aggregate, aggregator, schedule, 12.0, tmp_path / "out",
                          MetricsLog(tmp_path / "out" / "metrics.json", {}), evaluator=evaluator)
     callback = FederatedCallback(runner)
     trainer.add_callback(callback)
@@ -100,7 +100,8 @@ def test_rounds_run_at_schedule_steps_and_load_the_aggregate_in_place(tiny_glm, 
     assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3]
     first = metrics["rounds"][0]
     assert first["step"] == 2 and np.isfinite(first["train_loss"]) and np.isfinite(first["eval_loss"])
-    assert {"exact_match", "rouge_l", "peak_rss_mb", "eta_s", "bytes_sent", "aggregate_ms"} <= set(first)
+    assert {"exact_match", "rouge_l", "peak_rss_mb", "eta_s", "aggregate_ms"} <= set(first)
+    assert first["mask_ms"] == 1.5 and first["bytes_sent"] == 10 and first["bytes_received"] == 20
     for k in (1, 2, 3):
         assert (tmp_path / "out" / f"checkpoint-{k}" / "adapter_model.safetensors").is_file()
     assert [kind for kind, _ in ctx.events].count("metrics") == 3

@@ -7,6 +7,7 @@ aggregation set-up (DH for otp) → the assist trainer's initial adapter → rou
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,11 @@ from .rounds import Evaluator, FederatedCallback, RoundRunner
 from .schedule import count_rounds, party_schedule
 
 log = logging.getLogger(__name__)
+
+# A round's wait lasts as long as the slowest party's share of training (hours for a 6B model on a slow
+# party). A dead party fails the job by heartbeat within seconds, which ends every wait at once; this
+# bound only catches a party that is alive but stuck.
+ROUND_TIMEOUT_S = float(os.environ.get("XFED_ROUND_TIMEOUT", str(6 * 3600)))
 
 
 def run(ctx: Any) -> dict[str, Any]:
@@ -206,8 +212,8 @@ class _Label(_Party):
             self.warnings.append(message)
         from xfed.aggregation import make_leaf
 
-        kind, encryption = _encryption(self.params)
-        leaf = make_leaf(ctx, encryption)
+        _kind, encryption = _encryption(self.params)
+        leaf = make_leaf(ctx, encryption, timeout=ROUND_TIMEOUT_S)
         leaf.setup()
         load_trainable(self.peft_model, leaf.receive_initial(), source=f"initial adapter from {ctx.assist_id}")
         return self.run_rounds(int(plan["rounds"]), leaf.aggregate, leaf)
@@ -256,10 +262,7 @@ class _Assist(_Party):
             if self.trainer is not None:
                 steps[self.node] = self.total_steps
             rounds = count_rounds(_agg_steps(self.params), steps)
-            kind, encryption = _encryption(self.params)
-            if kind == "otp" and len(trainers) < 2:
-                self.warn(f"encryption otp with {len(trainers)} masked party: masking cannot hide an update "
-                          "from the aggregator; running anyway")
+            _kind, encryption = _encryption(self.params)  # otp with < 2 masked parties: aggregation warns
         except XfedError as exc:
             protocol_error = str(exc)
             for node in trainers:
@@ -269,7 +272,7 @@ class _Assist(_Party):
             protocol.send_meta(ctx, node, protocol.PLAN, {"ok": True, "rounds": rounds, "warnings": self.warnings})
         from xfed.aggregation import make_root
 
-        root = make_root(ctx, encryption)
+        root = make_root(ctx, encryption, timeout=ROUND_TIMEOUT_S)
         root.setup()
         root.broadcast_initial(extract_trainable(self.peft_model))
         return self.run_rounds(rounds, root.aggregate, root)

@@ -51,25 +51,14 @@ class Evaluator:
         return out
 
 
-def _comm_counters(comm: Any) -> dict[str, int]:
-    """Byte counters of the channel layer, when it keeps them (`bytes_sent` / `bytes_received`)."""
-    stats = getattr(comm, "stats", None)
-    source = stats() if callable(stats) else (stats if stats is not None else comm)
-    out = {}
-    for key in ("bytes_sent", "bytes_received"):
-        value = source.get(key) if isinstance(source, dict) else getattr(source, key, None)
-        if isinstance(value, (int, float)):
-            out[key] = int(value)
-    return out
-
-
-def _aggregator_timings(aggregator: Any) -> dict[str, float]:
-    """mask / unmask / wait milliseconds of the last round, when the aggregation layer reports them."""
+def _aggregator_stats(aggregator: Any) -> dict[str, float]:
+    """mask / unmask / wait milliseconds and bytes of the last round, as the aggregation layer measured them."""
     stats = getattr(aggregator, "last_stats", None)
-    stats = stats() if callable(stats) else stats
     if not isinstance(stats, dict):
         return {}
-    return {k: round(float(v), 1) for k, v in stats.items() if k.endswith("_ms") and isinstance(v, (int, float))}
+    wanted = ("mask_ms", "unmask_ms", "wait_ms", "bytes_sent", "bytes_received")
+    return {k: round(float(stats[k]), 1) if k.endswith("_ms") else int(stats[k])
+            for k in wanted if isinstance(stats.get(k), (int, float))}
 
 
 @dataclass
@@ -87,7 +76,6 @@ class RoundRunner:
     evaluator: Evaluator | None = None
     trains: bool = True
     _losses: list[float] = field(default_factory=list)
-    _last_counters: dict[str, int] = field(default_factory=dict)
 
     def note_loss(self, loss: float) -> None:
         self._losses.append(float(loss))
@@ -109,12 +97,8 @@ class RoundRunner:
         if self.evaluator is not None:
             record.update(self.evaluator(self.peft_model))
         save_adapter(self.peft_model, self.output_dir / f"checkpoint-{round_idx}")
-        counters = _comm_counters(self.ctx.comm)
-        for key, value in counters.items():
-            record[key] = value - self._last_counters.get(key, 0)
-        self._last_counters = counters
         record["aggregate_ms"] = round(agg_ms, 1)
-        record.update(_aggregator_timings(self.aggregator))
+        record.update(_aggregator_stats(self.aggregator))  # the round's own traffic, when measured
         record.update(peak_memory_mb())
         record["round_s"] = round(time.monotonic() - started, 3)
         record["eta_s"] = self.metrics.eta_seconds(round_idx, self.schedule.rounds)
