@@ -145,14 +145,20 @@ def address_from(target: Any) -> tuple[RedisAddress | None, Any]:
 
 
 def default_embedded_dir(target: Any) -> Path:
-    """The embedded server's folder: `redis.embedded_dir`, else one per config folder under the temp dir."""
+    """The embedded server's folder: `redis.embedded_dir`, else one per federation under the temp dir.
+
+    "Per federation" = namespace + the sorted node ids of fed_info, so nodes started from
+    different config folders on one machine still meet on one server.
+    """
     options = getattr(target, "redis", None)
     folder = _opt(options, "embedded_dir")
     if folder:
         return Path(folder)
-    config_dir = getattr(target, "config_dir", None)
+    nodes = sorted(getattr(target, "node_ids", None) or [])
+    namespace = _opt(options, "namespace") or "xfed"
+    ident = json.dumps([namespace, nodes]) if nodes else "default"
     # short, so the unix socket path stays under the AF_UNIX limit
-    tag = hashlib.sha256(str(Path(config_dir).resolve()).encode()).hexdigest()[:12] if config_dir else "default"
+    tag = hashlib.sha256(ident.encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"xfed-{os.getuid()}-{tag}"
 
 

@@ -1,0 +1,64 @@
+"""The DH public-value exchange: settings from XFL keys, signatures with pinned identities, tampering caught."""
+
+from __future__ import annotations
+
+import pytest
+
+from xfed.aggregation.keyexchange import OtpSettings, agree_pad_streams
+from xfed.crypto import pad_words
+from xfed.errors import ConfigError, SecurityError
+from xfed.security.identity import generate
+
+from .conftest import run_parties
+
+SETTINGS = OtpSettings(group_bits=2048)
+
+
+def test_settings_read_xfl_keys_and_refuse_bad_values():
+    s = OtpSettings.from_config({"key_bitlength": 128, "data_type": "torch.Tensor",
+                                 "key_exchange": {"key_bitlength": 4096, "optimized": False},
+                                 "csprng": {"name": "ctr_drbg", "method": "sha256"}})
+    assert (s.bits, s.group_bits, s.optimized, s.csprng) == (128, 4096, False, "ctr_drbg")
+    for bad, where in (({"key_bitlength": 32}, "key_bitlength"), ({"key_exchange": {"key_bitlength": 1024}},
+                                                                   "key_exchange"),
+                       ({"csprng": {"name": "md5"}}, "csprng.name")):
+        with pytest.raises(ConfigError, match=where):
+            OtpSettings.from_config(bad)
+
+
+def _agree(ctxs, nodes, keys=None, identities=None):
+    def fn(node):
+        return lambda: agree_pad_streams(ctxs[node].comm, [n for n in nodes if n != node], SETTINGS,
+                                         session="j/0/0", identity_key=(keys or {}).get(node),
+                                         identities=identities)
+    return run_parties({n: fn(n) for n in nodes}, timeout=20)
+
+
+@pytest.mark.integration
+def test_pairs_agree_on_the_same_pad_stream(federation):
+    nodes = ["a", "b", "c"]
+    streams = _agree(federation(nodes), nodes)
+    assert (pad_words(streams["a"]["b"], 8) == pad_words(streams["b"]["a"], 8)).all()
+    assert not (pad_words(streams["a"]["c"], 8) == pad_words(streams["b"]["c"], 8)).all()
+
+
+@pytest.mark.integration
+def test_signed_exchange_succeeds_and_a_tampered_value_names_the_pair(federation):
+    nodes = ["a", "b"]
+    keys = {n: generate(n) for n in nodes}
+    pins = {n: k.public_hex for n, k in keys.items()}
+    streams = _agree(federation(nodes), nodes, keys, pins)
+    assert (pad_words(streams["a"]["b"], 4) == pad_words(streams["b"]["a"], 4)).all()
+
+    # a broker in the middle: b's value reaches a signed by a key that is not b's pinned one
+    forged = dict(keys, b=generate("b"))
+    with pytest.raises(SecurityError, match="b -> a: signature does not verify"):
+        _agree(federation(nodes), nodes, forged, pins)
+
+
+@pytest.mark.integration
+def test_pinned_identities_without_own_key_or_signature_are_refused(federation):
+    nodes = ["a", "b"]
+    pins = {n: generate(n).public_hex for n in nodes}
+    with pytest.raises(SecurityError, match="no identity key"):
+        _agree(federation(nodes), nodes, None, pins)
