@@ -167,6 +167,10 @@ class PrefixTuning(ConfigModel):
     prefix_projection: bool = Field(False, description="Reparametrise the prefix through a 2-layer MLP.")
     prefix_hidden_size: int | None = Field(None, ge=1, description="MLP hidden size (default: the model's).")
 
+    @classmethod
+    def known_keys(cls) -> set[str]:
+        return super().known_keys() | {"num_virtual_tokens"}
+
     @model_validator(mode="before")
     @classmethod
     def _alias(cls, data: Any) -> Any:
