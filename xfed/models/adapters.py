@@ -288,7 +288,8 @@ def _strip_adapter_name(key: str, adapter_name: str) -> str:
 def _expected_adapter_shapes(peft_model, adapter_name: str) -> dict[str, tuple[int, ...]]:
     from peft.utils import get_peft_model_state_dict
 
-    return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(peft_model, adapter_name=adapter_name).items()}
+    return {k: tuple(v.shape) for k, v in get_peft_model_state_dict(peft_model, adapter_name=adapter_name,
+                                                                       save_embedding_layers=False).items()}
 
 
 # --- LoRA saved against THUDM module names ----------------------------------------------------------

@@ -86,10 +86,9 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: GlmConfig, *,
                                  f"implies {tuple(expected[name])} for {name}")
             out[name] = value.to(dtype)
             origin[name] = key
-    missing = [name for name in expected if name not in out]
+    missing = list(dict.fromkeys(thudm_name(name) for name in expected if name not in out))
     if missing:
-        raise ModelError(f"{checkpoint}: weight for {thudm_name(missing[0])!r} missing "
-                         f"({len(missing)} missing in all)")
+        raise ModelError(f"{checkpoint}: weight {missing[0]!r} missing ({len(missing)} missing in all)")
     return out
 
 
