@@ -26,6 +26,9 @@ __all__ = [
     "decode",
     "add_into",
     "sub_into",
+    "add_limbs",
+    "sub_limbs",
+    "decode_limbs",
     "encoded_shape",
     "words_per_element",
 ]
@@ -163,45 +166,60 @@ def decode(
         return np.multiply(v.view(np.int64), scale, out=out)
     if v.shape[-1:] != (2,):
         raise ValueError(f"128-bit fixed-point values need a last axis of 2 limbs, got shape {v.shape}")
-    # Convert |value| and put the sign back: hi * 2^64 + lo in float64 would cancel
-    # catastrophically for small negative values (hi = -1, lo close to 2^64).
-    lo, hi = v[..., 0], v[..., 1]
-    neg = hi.view(np.int64) < 0
-    if neg.any():
-        borrow = lo == 0
-        lo = np.negative(lo, where=neg, out=lo.copy())
-        hi = np.invert(hi, where=neg, out=hi.copy())
-        np.add(hi, 1, out=hi, where=neg & borrow)
-    res = np.multiply(hi, 2.0 ** (64 - frac_bits) / divide_by, out=out)
-    res += lo * scale
-    if neg.any():
-        np.negative(res, out=res, where=neg)
-    return res
+    return decode_limbs(v[..., 0].copy(), v[..., 1].copy(), frac_bits=frac_bits, divide_by=divide_by, out=out)
 
 
-def add_into(acc: np.ndarray, other: np.ndarray, bits: int) -> np.ndarray:
-    """acc += other (mod 2^bits), in place, with the 128-bit carry vectorised."""
+def decode_limbs(
+    lo: np.ndarray, hi: np.ndarray, *, frac_bits: int, divide_by: float = 1.0, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Decode 128-bit values given as contiguous low/high limb arrays; lo and hi are destroyed.
+
+    value = hi * 2^64 + lo = (hi + lo_top) * 2^64 + signed(lo), where lo_top is lo's top bit:
+    with the low limb signed, the two float64 terms never cancel catastrophically (a small
+    negative value is 0 * 2^64 + signed(lo)), so the result is within an ulp or two of exact.
+    """
+    if out is None:
+        out = np.empty(lo.shape, dtype=np.float64)
+    top = out.view(np.uint64)  # out's memory is free until the end: use it for lo's top bit
+    np.right_shift(lo, np.uint64(63), out=top)
+    np.add(hi, top, out=hi)
+    lo_f = lo.view(np.float64)
+    np.multiply(lo.view(np.int64), 2.0**-frac_bits / divide_by, out=lo_f)  # same-size in-place convert
+    np.multiply(hi.view(np.int64), 2.0 ** (64 - frac_bits) / divide_by, out=out)
+    np.add(out, lo_f, out=out)
+    return out
+
+
+def add_into(acc: np.ndarray, other: np.ndarray, bits: int, carry: np.ndarray | None = None) -> np.ndarray:
+    """acc += other (mod 2^bits), in place, with the 128-bit carry vectorised.
+
+    `carry`: optional bool scratch of shape acc.shape[:-1] (128 bits), to avoid a temporary.
+    """
     if bits == 64:
         return np.add(acc, other, out=acc)
-    lo = acc[..., 0]
-    olo = other[..., 0]
-    np.add(lo, olo, out=lo)
-    carry = lo < olo  # wrapped iff the sum came out below an addend
-    hi = acc[..., 1]
-    np.add(hi, other[..., 1], out=hi)
-    np.add(hi, carry, out=hi, casting="unsafe")
+    add_limbs(acc[..., 0], acc[..., 1], other[..., 0], other[..., 1], carry)
     return acc
 
 
-def sub_into(acc: np.ndarray, other: np.ndarray, bits: int) -> np.ndarray:
+def sub_into(acc: np.ndarray, other: np.ndarray, bits: int, carry: np.ndarray | None = None) -> np.ndarray:
     """acc -= other (mod 2^bits), in place, with the 128-bit borrow vectorised."""
     if bits == 64:
         return np.subtract(acc, other, out=acc)
-    lo = acc[..., 0]
-    olo = other[..., 0]
-    borrow = lo < olo
-    np.subtract(lo, olo, out=lo)
-    hi = acc[..., 1]
-    np.subtract(hi, other[..., 1], out=hi)
-    np.subtract(hi, borrow, out=hi, casting="unsafe")
+    sub_limbs(acc[..., 0], acc[..., 1], other[..., 0], other[..., 1], carry)
     return acc
+
+
+def add_limbs(lo: np.ndarray, hi: np.ndarray, olo: np.ndarray, ohi: np.ndarray, carry: np.ndarray | None = None) -> None:
+    """(hi, lo) += (ohi, olo) mod 2^128, in place, on limb arrays (views may be strided)."""
+    np.add(lo, olo, out=lo)
+    carry = np.less(lo, olo, out=carry)  # wrapped iff the sum came out below an addend
+    np.add(hi, ohi, out=hi)
+    np.add(hi, carry.view(np.uint8), out=hi, casting="unsafe")
+
+
+def sub_limbs(lo: np.ndarray, hi: np.ndarray, olo: np.ndarray, ohi: np.ndarray, carry: np.ndarray | None = None) -> None:
+    """(hi, lo) -= (ohi, olo) mod 2^128, in place, on limb arrays."""
+    borrow = np.less(lo, olo, out=carry)
+    np.subtract(lo, olo, out=lo)
+    np.subtract(hi, ohi, out=hi)
+    np.subtract(hi, borrow.view(np.uint8), out=hi, casting="unsafe")

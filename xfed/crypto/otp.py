@@ -246,14 +246,42 @@ def _apply(acc: np.ndarray, pad: np.ndarray, sign: int, bits: int) -> None:
         fixedpoint.sub_into(acc, pad, bits)
 
 
-_sum_scratch: np.ndarray | None = None  # warm 128-bit accumulator, reused across rounds
+# Elements per block when summing: the block's accumulators stay in cache across all parties,
+# so memory traffic is one read of every input and one write of the result.
+_SUM_BLOCK = 32768
 
 
-def _sum_words(n_words: int) -> np.ndarray:
-    global _sum_scratch
-    if _sum_scratch is None or _sum_scratch.size < n_words:
-        _sum_scratch = np.empty(max(n_words, 1), dtype=np.uint64)
-    return _sum_scratch[:n_words]
+def _sum_decode(parts: list[np.ndarray], target: np.ndarray, *, bits: int, frac_bits: int, divide_by: float) -> None:
+    """target = decode(sum of parts mod 2^bits) / divide_by, block by block."""
+    n = target.size
+    out = target.reshape(-1)
+    if bits == 64:
+        flat = [p.reshape(-1) for p in parts]
+        acc_all = out.view(np.uint64)  # sum in the output's own memory, then convert in place
+        for s in range(0, n, _SUM_BLOCK):
+            e = min(n, s + _SUM_BLOCK)
+            acc = acc_all[s:e]
+            if len(flat) == 1:
+                np.copyto(acc, flat[0][s:e])
+            else:
+                np.add(flat[0][s:e], flat[1][s:e], out=acc)
+            for p in flat[2:]:
+                np.add(acc, p[s:e], out=acc)
+            fixedpoint.decode(acc, bits=64, frac_bits=frac_bits, divide_by=divide_by, out=out[s:e])
+        return
+    flat = [p.reshape(-1, 2) for p in parts]
+    block = min(n, _SUM_BLOCK)
+    lo_buf = np.empty(block, dtype=np.uint64)
+    hi_buf = np.empty(block, dtype=np.uint64)
+    carry_buf = np.empty(block, dtype=np.bool_)
+    for s in range(0, n, _SUM_BLOCK):
+        e = min(n, s + _SUM_BLOCK)
+        lo, hi, carry = lo_buf[: e - s], hi_buf[: e - s], carry_buf[: e - s]
+        np.copyto(lo, flat[0][s:e, 0])
+        np.copyto(hi, flat[0][s:e, 1])
+        for p in flat[1:]:
+            fixedpoint.add_limbs(lo, hi, p[s:e, 0], p[s:e, 1], carry)
+        fixedpoint.decode_limbs(lo, hi, frac_bits=frac_bits, divide_by=divide_by, out=out[s:e])
 
 
 def unmask_sum(
@@ -297,28 +325,8 @@ def unmask_sum(
         target = None if out is None else out.get(name)
         if target is None:
             target = np.empty(dec_shape, dtype=np.float64)
-        elif target.shape != dec_shape or target.dtype != np.float64:
+        elif target.shape != dec_shape or target.dtype != np.float64 or not target.flags.c_contiguous:
             raise ValueError(f"out[{name!r}] must be float64 of shape {dec_shape}")
-        if bits == 64:
-            # Sum in the output's own memory viewed as uint64, then convert in place.
-            acc = target.view(np.uint64)
-            _sum_into(acc, parts, bits)
-            result[name] = fixedpoint.decode(acc, bits=64, frac_bits=frac_bits, divide_by=divide_by, out=target)
-        else:
-            acc = _sum_words(int(np.prod(shape))).reshape(shape)
-            _sum_into(acc, parts, bits)
-            result[name] = fixedpoint.decode(acc, bits=128, frac_bits=frac_bits, divide_by=divide_by, out=target)
+        _sum_decode(parts, target, bits=bits, frac_bits=frac_bits, divide_by=divide_by)
+        result[name] = target
     return result
-
-
-def _sum_into(acc: np.ndarray, parts: list[np.ndarray], bits: int) -> None:
-    if len(parts) == 1:
-        np.copyto(acc, parts[0])
-        return
-    if bits == 64:
-        np.add(parts[0], parts[1], out=acc)
-    else:
-        np.copyto(acc, parts[0])
-        fixedpoint.add_into(acc, parts[1], bits)
-    for part in parts[2:]:
-        fixedpoint.add_into(acc, part, bits)
