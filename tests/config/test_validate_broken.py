@@ -232,3 +232,34 @@ def test_label_trainer_settings_the_assist_overrides_are_noted(config_set, capsy
     err = capsys.readouterr().err
     assert (f"note: {N1}: stage 0: {TP}.trainer.learning_rate: assist=0.003 party=0.5; "
             "the assist trainer's value is used") in err
+
+
+def _mean_folder(tmp_path, assist_params: dict):
+    import json
+
+    folder = tmp_path / "mean"
+    folder.mkdir(parents=True)
+    fed = {"fed_info": {"trainer": {"node-1": None, "node-2": None}, "assist_trainer": {"assist": None}}}
+    (folder / "fed_conf.json").write_text(json.dumps(fed), encoding="utf-8")
+    for node, identity, params in (("node-1", "label_trainer", {}), ("node-2", "label_trainer", {}),
+                                   ("assist", "assist_trainer", assist_params)):
+        stage = {"identity": identity, "model_info": {"name": "horizontal_mean"},
+                 "output": {"path": "out/[JOB_ID]/[NODE_ID]"}, "train_info": {"train_params": params}}
+        (folder / f"trainer_config_{node}.json").write_text(json.dumps([stage]), encoding="utf-8")
+    return folder
+
+
+def test_validation_dispatches_train_params_to_the_operator_named(tmp_path, capsys):
+    from xfed.operators import registry
+
+    try:
+        registry.params_model("horizontal_mean")
+    except ImportError:
+        pytest.skip("xfed/operators/horizontal_mean/config.py is not there yet")
+    assert validate_command(_mean_folder(tmp_path, {"rounds": 2, "encryption": {"plain": {}}})) == 0
+    assert "stage 0: horizontal_mean plain" in capsys.readouterr().out
+    assert validate_command(_mean_folder(tmp_path / "x", {"rounds": 0, "peft": {}})) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("trainer_config_assist.json: stage 0: train_info.train_params.rounds: ")
+    assert lines[1].startswith("trainer_config_assist.json: stage 0: train_info.train_params.peft: ")

@@ -22,7 +22,7 @@ from xfed.config.loader import FED_CONF, check_fed_conf, read_stage_file, stage_
 from xfed.config.placeholders import placeholders_in
 from xfed.config.problems import Problem, from_validation_error
 from xfed.config.stage import Stage
-from xfed.errors import ConfigError
+from xfed.errors import ConfigError, XfedError
 
 TRAIN_PARAMS = "train_info.train_params"
 
@@ -145,8 +145,8 @@ def _check_train_params(report: Report) -> None:
             if module is None:
                 continue
             complete = _needs_complete(report, node, raw)
-            train_info = raw.get("train_info") if isinstance(raw.get("train_info"), dict) else {}
-            params = train_info.get("train_params", {})
+            train_info = raw.get("train_info", {})
+            params = train_info.get("train_params", {}) if isinstance(train_info, dict) else None
             if not isinstance(params, dict):
                 continue  # the Stage model reported the type
             try:
@@ -297,20 +297,28 @@ def _summary(report: Report) -> str:
     ref = fed.assist_trainer_id or fed.trainer_ids[0]
     nf = report.files.get(ref)
     for i, (raw, _stage) in enumerate(nf.items if nf and nf.items else []):
-        params = nf.params.get(i)
-        bits = [_op_name(raw) or "?"]
-        if params is not None and getattr(params, "peft", None) is not None:
-            bits.append(params.peft.kind)
-        enc = getattr(params, "encryption", None)
-        if enc is not None:
-            bits.append(enc.method)
-        agg = getattr(params, "aggregation", None)
-        if agg is not None and agg.agg_steps is not None:
-            bits.append(f"agg_steps={agg.agg_steps}")
+        bits = [_op_name(raw) or "?", *_describe(nf.params.get(i))]
         stages.append(f"stage {i}: {' '.join(bits)}")
     assist = fed.assist_trainer_id or "none"
     return (f"OK {report.folder}: trainers {', '.join(fed.trainer_ids)}; assist trainer {assist}; "
             f"redis {fed.redis_address.display()}; {'; '.join(stages)}")
+
+
+def _describe(params: Any) -> list[str]:
+    """A few words on a validated Params of any operator (peft kind, encryption, agg_steps)."""
+    bits = []
+    peft = getattr(params, "peft", None)
+    if getattr(peft, "kind", None):
+        bits.append(peft.kind)
+    enc = getattr(params, "encryption", None)
+    if isinstance(enc, dict) and len(enc) == 1:
+        bits.append(next(iter(enc)))
+    elif getattr(enc, "method", None):
+        bits.append(enc.method)
+    agg_steps = getattr(getattr(params, "aggregation", None), "agg_steps", None)
+    if agg_steps is not None:
+        bits.append(f"agg_steps={agg_steps}")
+    return bits
 
 
 def print_report(report: Report, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -336,4 +344,13 @@ def validate_command(config_path: str | os.PathLike, schema: bool = False, stric
 
         print(json.dumps(config_schema(), indent=2, ensure_ascii=False))
         return 0
-    return print_report(validate_folder(config_path, strict=strict))
+    try:
+        return print_report(validate_folder(config_path, strict=strict))
+    except XfedError:
+        raise
+    except Exception as exc:  # a bug of ours must still not greet the user with a traceback
+        if os.environ.get("XFED_DEBUG"):
+            raise
+        print(f"error: validation failed unexpectedly: {type(exc).__name__}: {exc} "
+              "(a bug in xfed: please report it; XFED_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
