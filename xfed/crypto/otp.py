@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -167,6 +168,7 @@ def _use_processes(streams: Sequence[PadStream], pad_bytes: int, workers: int | 
 
 
 _scratch: np.ndarray | None = None  # warm pad buffer for in-process generation, reused across rounds
+_scratch_lock = threading.Lock()  # mask() may be called from several threads (parties in one process)
 
 
 def _scratch_words(n_words: int) -> np.ndarray:
@@ -195,6 +197,7 @@ def mask(
     `workers`: None picks automatically (processes for large hmac_drbg pads on >= 2 cores),
     0 or 1 generates in this process, n >= 2 uses n worker processes.
     Errors (NaN, overflow, bad arguments) are raised before any stream advances.
+    Thread-safe: concurrent calls share the warm scratch buffer / worker pool under a lock.
     """
     frac_bits = fixedpoint.check_params(bits, frac_bits)
     for peer in peer_streams:
@@ -226,16 +229,18 @@ def mask(
                 tasks.append((stream.lanes[lane], row * total + start, stop - start))
         # Timeout: far beyond a slow pure-Python DRBG (1 MB/s per task), so only a hang trips it.
         timeout = pad_timeout if pad_timeout is not None else 60.0 + total * 8 * len(peers) / 1e6
-        pads = get_pad_workers(n_proc).fill(tasks, total * len(peers), timeout)
-        for row, (stream, sign) in enumerate(zip(streams, signs, strict=True)):
-            stream.words_drawn += total
-            pad = pads[row * total : (row + 1) * total]
-            _apply(acc, pad.reshape(-1, 2) if bits == 128 else pad, sign, bits)
+        with _scratch_lock:  # the pool's buffer is read after fill() returns
+            pads = get_pad_workers(n_proc).fill(tasks, total * len(peers), timeout)
+            for row, (stream, sign) in enumerate(zip(streams, signs, strict=True)):
+                stream.words_drawn += total
+                pad = pads[row * total : (row + 1) * total]
+                _apply(acc, pad.reshape(-1, 2) if bits == 128 else pad, sign, bits)
     else:
-        scratch = _scratch_words(total)
-        for stream, sign in zip(streams, signs, strict=True):
-            stream.fill_words(scratch)
-            _apply(acc, scratch.reshape(-1, 2) if bits == 128 else scratch, sign, bits)
+        with _scratch_lock:
+            scratch = _scratch_words(total)
+            for stream, sign in zip(streams, signs, strict=True):
+                stream.fill_words(scratch)
+                _apply(acc, scratch.reshape(-1, 2) if bits == 128 else scratch, sign, bits)
     return result
 
 
