@@ -1,6 +1,7 @@
 """The stage child process as the daemon sees it: start, watch, stop (TERM then KILL), explain its exit."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -25,6 +26,68 @@ def describe_exit(rc: int) -> str:
         rc, f"exited with code {rc}")
 
 
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def _killpg(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+class SpareChild:
+    """A warm `stage_runner --spare`: imports done while idle, waiting for its stage on stdin."""
+
+    def __init__(self, *, log_path: Path, preload: list[str]) -> None:
+        self.log_path, self.preload = Path(log_path), preload
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> SpareChild:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "xfed.node.stage_runner", "--spare", "--preload", ",".join(self.preload),
+               "--parent-pid", str(os.getpid())]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+                                         env=_child_env(), start_new_session=True, close_fds=True)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def hand_over(self, stage_args: dict) -> subprocess.Popen | None:
+        """Give the spare its stage; None if it died meanwhile (the caller starts a fresh child)."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return None
+        try:
+            proc.stdin.write((json.dumps(stage_args) + "\n").encode())
+            proc.stdin.close()
+        except OSError:
+            _killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return None
+        return proc
+
+    def discard(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        _killpg(proc.pid, signal.SIGKILL)
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 class StageChild:
     """One `python -m xfed.node.stage_runner` process in its own process group."""
 
@@ -39,18 +102,22 @@ class StageChild:
         self._kill_at: float | None = None
         self.started = 0.0
 
-    def start(self) -> None:
+    def start(self, spare: SpareChild | None = None) -> None:
+        """Run the stage in `spare` if one is ready, else in a freshly started process."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.started = time.monotonic()
+        if spare is not None:
+            self.proc = spare.hand_over({"config_path": str(self.config_path), "node": self.node_id,
+                                         "job": str(self.job_id), "stage": self.stage_id, "attempt": self.attempt,
+                                         "work_dir": str(self.work_dir)})
+            if self.proc is not None:
+                return
         cmd = [sys.executable, "-m", "xfed.node.stage_runner", "--config-path", str(self.config_path),
                "--node", self.node_id, "--job", str(self.job_id), "--stage", str(self.stage_id),
                "--attempt", str(self.attempt), "--parent-pid", str(os.getpid()), "--work-dir", str(self.work_dir)]
-        env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", "1")
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env=env, start_new_session=True, close_fds=True)
-        self.started = time.monotonic()
+                                         env=_child_env(), start_new_session=True, close_fds=True)
 
     @property
     def pid(self) -> int | None:
@@ -90,12 +157,8 @@ class StageChild:
             pass
 
     def _signal_group(self, sig: int) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+        if self.proc is not None:
+            _killpg(self.proc.pid, sig)
 
     def log_tail(self, n_chars: int = 300) -> str:
         """The last non-empty line of the child's log (for an error message)."""

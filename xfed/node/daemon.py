@@ -19,7 +19,7 @@ from xfed.broker.heartbeat import Heartbeat
 from xfed.broker.jobstore import JobState, JobStore
 from xfed.broker.streams import ControlStream, Entry
 from xfed.errors import BrokerError, XfedError
-from xfed.node.child import StageChild, describe_exit
+from xfed.node.child import SpareChild, StageChild, describe_exit
 from xfed.node.events import EventReporter
 from xfed.node.stage_runner import EXIT_DONE, EXIT_ERROR_REPORTED, EXIT_STOPPED
 
@@ -48,6 +48,10 @@ class NodeDaemon:
         self.jobs = JobStore(r, keys)
         self.hb = Heartbeat(r, keys, node_id, role, interval=self.interval)
         self.child: StageChild | None = None
+        # a warm stage process (imports done) ready for the next stage; XFED_SPARE_CHILD=0 disables it
+        self.use_spare = os.environ.get("XFED_SPARE_CHILD", "1") != "0"
+        self.spare: SpareChild | None = None
+        self._spare_retry_at = 0.0
         self.shutdown = threading.Event()
         self._outbox: list[tuple[EventReporter, str, dict]] = []
         self._last_job_check = 0.0
@@ -69,6 +73,7 @@ class NodeDaemon:
                     for entry in self.cmds.read_group(GROUP, self.node_id, block_ms=block):
                         self._handle(entry)
                     self._watch_child()
+                    self._ensure_spare()
                     if down_since is not None:
                         log.warning("Redis reachable again after %.1f s", time.monotonic() - down_since)
                         self.hb.beat(register=True)
@@ -82,6 +87,8 @@ class NodeDaemon:
                     backoff = min(backoff * 2, 2.0)
         finally:
             self._shutdown_child()
+            if self.spare is not None:
+                self.spare.discard()
             self.hb.stop()
             log.info("%s %s stopped", self.role, self.node_id)
         return 0
@@ -147,7 +154,11 @@ class NodeDaemon:
         child = StageChild(job_id=job_id, stage_id=stage_id, attempt=attempt, node_id=self.node_id,
                            config_path=self.config_path, work_dir=work_dir, grace_s=self.stop_grace_s,
                            entry_id=entry_id)
-        child.start()
+        spare, self.spare = self.spare, None
+        if spare is not None and not spare.alive():
+            spare.discard()
+            spare = None
+        child.start(spare=spare)
         self.child = child
         self.hb.set_job(job_id)
         log.info("job %s stage %s: started pid %s (log %s)", job_id, stage_id, child.pid, child.log_path)
@@ -165,6 +176,27 @@ class NodeDaemon:
             return (f"{self.node_id}: trainer_config_{self.node_id}.json has {len(stages)} stage(s); "
                     f"the job asked for stage {stage_id}")
         return ""
+
+    def _ensure_spare(self) -> None:
+        """Keep one warm stage process while idle (retrying every 5 s if spares die unused)."""
+        if not self.use_spare or self.child is not None:
+            return
+        if self.spare is not None:
+            if self.spare.alive():
+                return
+            self.spare.discard()  # died unused (see spare.log): do not spin
+            self.spare = None
+            self._spare_retry_at = time.monotonic() + 5.0
+        if time.monotonic() < self._spare_retry_at:
+            return
+        names: list[str] = []
+        try:
+            from xfed.config import load_stages
+
+            names = sorted({s.model_info.name for s in load_stages(self.config_path, self.node_id)})
+        except XfedError:
+            pass  # a broken config is reported when a stage starts
+        self.spare = SpareChild(log_path=self.work_root / self.node_id / "spare.log", preload=names).start()
 
     # -- the child ------------------------------------------------------------------------------
     def _watch_child(self, offline: bool = False) -> None:

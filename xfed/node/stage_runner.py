@@ -5,11 +5,17 @@ the operator, and reports `done` or `error` itself. Exit codes tell the daemon w
 0 done, 3 error reported, 4 stopped on request; anything else (a signal, OOM, an exit before any
 report) is for the daemon to report. The child dies with its daemon (PDEATHSIG + a parent watch),
 so a SIGKILLed daemon never leaves a stage running.
+
+`--spare` starts a warm child: it imports the broker, config and the operators named by
+`--preload` while the node is idle, then waits for one JSON line on stdin carrying the stage
+arguments. The daemon keeps one spare ready, so a job does not wait for Python and library
+imports (seconds for numpy/redis, more for torch/transformers) on every node at stage start.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -46,16 +52,64 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+STAGE_FIELDS = {"config_path": str, "node": str, "job": str, "stage": int, "attempt": int, "work_dir": str}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m xfed.node.stage_runner")
-    p.add_argument("--config-path", required=True)
-    p.add_argument("--node", required=True)
-    p.add_argument("--job", required=True)
-    p.add_argument("--stage", type=int, required=True)
+    p.add_argument("--spare", action="store_true", help="preload, then read the stage arguments from stdin")
+    p.add_argument("--preload", default="", help="comma-separated operator names to import ahead (with --spare)")
+    p.add_argument("--config-path", dest="config_path")
+    p.add_argument("--node")
+    p.add_argument("--job")
+    p.add_argument("--stage", type=int)
     p.add_argument("--attempt", type=int, default=0)
     p.add_argument("--parent-pid", type=int, default=0)
-    p.add_argument("--work-dir", required=True)
-    return p.parse_args(argv)
+    p.add_argument("--work-dir", dest="work_dir")
+    args = p.parse_args(argv)
+    if not args.spare:
+        missing = [f"--{k.replace('_', '-')}" for k in STAGE_FIELDS if getattr(args, k) is None]
+        if missing:
+            p.error(f"missing {' '.join(missing)}")
+    return args
+
+
+def preload(names: str) -> None:
+    """Import what every stage needs, plus the named operators (failures are the stage's business)."""
+    import xfed.broker.channels  # noqa: F401
+    import xfed.broker.connection  # noqa: F401
+    import xfed.config  # noqa: F401
+    from xfed.operators.registry import operator_module
+
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        try:
+            operator_module(name)
+        except Exception as err:  # noqa: BLE001 - reported properly when the stage imports it again
+            print(f"preload of operator {name!r} failed: {err}", file=sys.stderr)
+
+
+def read_stage_args(args: argparse.Namespace, line: str) -> argparse.Namespace:
+    """Fill `args` from the daemon's JSON line (a spare's only input); ValueError if malformed."""
+    data = json.loads(line)
+    if not isinstance(data, dict):
+        raise ValueError("stage arguments must be a JSON object")
+    for name, typ in STAGE_FIELDS.items():
+        value = data.get(name)
+        if not isinstance(value, typ) or isinstance(value, bool):
+            raise ValueError(f"stage argument {name!r} missing or not {typ.__name__}")
+        setattr(args, name, value)
+    return args
+
+
+def redirect_output(log_path: Path) -> None:
+    """Point fds 1 and 2 at the stage's log (a spare was started before the log's folder existed)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,6 +182,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.parent_pid:
         _die_with_parent(args.parent_pid)
+    if args.spare:
+        preload(args.preload)
+        line = sys.stdin.readline()
+        if not line:  # the daemon closed the pipe: not needed any more
+            os._exit(0)
+        try:
+            read_stage_args(args, line)
+        except ValueError as err:
+            print(f"error: spare child got bad stage arguments: {err}", file=sys.stderr)
+            os._exit(2)
+        redirect_output(Path(args.work_dir) / "stage.log")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format=f"%(asctime)s {args.node} job {args.job} stage {args.stage} %(levelname)s %(message)s")
     try:
