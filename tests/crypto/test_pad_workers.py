@@ -72,3 +72,17 @@ def test_slow_generation_times_out_instead_of_hanging():
         assert pool.broken
     finally:
         pool.shutdown()
+
+
+def test_a_forked_child_builds_its_own_pool_instead_of_using_the_parents():
+    from xfed.crypto import get_pad_workers
+
+    inherited = get_pad_workers(1)
+    try:
+        inherited.owner_pid = -1  # what a fork child sees: a pool some other process owns
+        fresh = get_pad_workers(1)
+        assert fresh is not inherited
+        assert all(w.proc.poll() is None for w in inherited._workers)  # not stopped by the child
+    finally:
+        inherited.owner_pid = __import__("os").getpid()
+        inherited.shutdown()

@@ -134,6 +134,7 @@ class PadWorkers:
 
     def __init__(self, n_workers: int) -> None:
         self.n_workers = max(1, int(n_workers))
+        self.owner_pid = os.getpid()  # a forked child must not use (or stop) its parent's workers
         self.broken = False
         self._workers = [_Worker() for _ in range(self.n_workers)]
         self._buffer: _SharedBuffer | None = None
@@ -228,6 +229,8 @@ def get_pad_workers(n_workers: int | None = None) -> PadWorkers:
     global _pool
     n = available_cores() if n_workers is None else max(1, int(n_workers))
     with _pool_lock:
+        if _pool is not None and _pool.owner_pid != os.getpid():
+            _pool = None  # inherited through fork: the workers belong to the parent
         if _pool is not None and (_pool.n_workers != n or _pool.broken):
             _pool.shutdown()
             _pool = None
@@ -240,9 +243,9 @@ def shutdown_pad_workers() -> None:
     """Stop the worker processes and free the shared buffer (also runs at interpreter exit)."""
     global _pool
     with _pool_lock:
-        if _pool is not None:
+        if _pool is not None and _pool.owner_pid == os.getpid():
             _pool.shutdown()
-            _pool = None
+        _pool = None
 
 
 atexit.register(shutdown_pad_workers)
