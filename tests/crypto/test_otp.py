@@ -198,6 +198,8 @@ def test_errors_name_the_tensor_and_leave_the_streams_untouched():
     assert np.array_equal(pad_words(streams["a"]["b"], 4), before)
     with pytest.raises(ValueError, match="itself"):
         mask({"x": np.ones(1)}, n_parties=2, self_id="a", peer_streams={"a": streams["a"]["b"]})
+    with pytest.raises(ValueError, match="not the pad stream of the pair"):
+        mask({"x": np.ones(1)}, n_parties=3, self_id="a", peer_streams={"c": streams["a"]["b"]})
 
 
 def test_unmask_sum_refuses_mismatched_dicts():

@@ -200,8 +200,10 @@ def mask(
     Thread-safe: concurrent calls share the warm scratch buffer / worker pool under a lock.
     """
     frac_bits = fixedpoint.check_params(bits, frac_bits)
-    for peer in peer_streams:
+    for peer, stream in peer_streams.items():
         sign_for(self_id, peer)
+        if not isinstance(stream, PadStream) or set(stream.pair) != {self_id, peer}:
+            raise ValueError(f"peer_streams[{peer!r}] is not the pad stream of the pair ({self_id!r}, {peer!r})")
     names = sorted(named)
     arrays = [np.asarray(named[k]) for k in names]
     wpe = fixedpoint.words_per_element(bits)
