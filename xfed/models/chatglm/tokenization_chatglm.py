@@ -17,6 +17,23 @@ VOCAB_FILE = "ice_text.model"
 MAX_BLANK_LENGTH = 80
 
 
+def _processor(vocab_file: str) -> tuple[spm.SentencePieceProcessor, dict[str, int]]:
+    """A parsed model and its piece -> id table, shared by tokenizers of the same unchanged file
+    (parsing the 130k-piece model dominates tokenizer start-up; both objects are only read)."""
+    st = os.stat(vocab_file)
+    key = (os.path.realpath(vocab_file), st.st_size, st.st_mtime_ns)
+    if key not in _PROCESSORS:
+        sp = spm.SentencePieceProcessor()
+        sp.Load(vocab_file)
+        if len(_PROCESSORS) >= 4:
+            _PROCESSORS.pop(next(iter(_PROCESSORS)))
+        _PROCESSORS[key] = (sp, {sp.IdToPiece(i): i for i in range(sp.vocab_size())})
+    return _PROCESSORS[key]
+
+
+_PROCESSORS: dict[tuple, tuple[spm.SentencePieceProcessor, dict[str, int]]] = {}
+
+
 def _encode_whitespace(text: str) -> str:
     text = text.replace("\n", "<n>").replace("\t", "<|tab|>")
     for n in range(MAX_BLANK_LENGTH, 1, -1):
@@ -54,8 +71,7 @@ class ChatGLM6BTokenizer(PythonBackend):
         **kwargs,
     ):
         self.vocab_file = vocab_file
-        self.sp = spm.SentencePieceProcessor()
-        self.sp.Load(vocab_file)
+        self.sp, self._piece_vocab = _processor(vocab_file)
         self.remove_space = remove_space
         self.do_lower_case = do_lower_case
         self.end_token = end_token
@@ -83,7 +99,7 @@ class ChatGLM6BTokenizer(PythonBackend):
         return self.sp.vocab_size()
 
     def get_vocab(self) -> dict[str, int]:
-        vocab = {self.sp.IdToPiece(i): i for i in range(self.sp.vocab_size())}
+        vocab = dict(self._piece_vocab)
         vocab.update(getattr(self, "_added_tokens_encoder", {}))
         return vocab
 
