@@ -9,7 +9,7 @@ import pytest
 from xfed.broker.channels import Comm, expire_job_keys
 from xfed.broker.connection import connect
 from xfed.broker.keys import Keys
-from xfed.errors import ChannelTimeout, FrameError, JobError
+from xfed.errors import BrokerError, ChannelTimeout, FrameError, JobError
 
 pytestmark = pytest.mark.integration
 
@@ -153,3 +153,20 @@ def test_acl_user_reads_only_its_own_mailboxes(redis_server, r):
         n1.xrange(keys.mailbox("5", 1, "n2", "n1"))  # n2's inbox: n1 may write, not read
     with pytest.raises(redis.exceptions.NoPermissionError):
         n1.xadd(keys.mailbox("5", 1, "n2", "n3"), {b"d": b"x"})  # cannot write as n3
+
+
+def test_send_rides_out_a_short_redis_outage(redis_server, r):
+    a, b = _comm(r, "a", send_retry_s=30), _comm(r, "b")
+    redis_server.stop()
+    threading.Timer(1.0, redis_server.start).start()
+    t0 = time.monotonic()
+    a.send("b", "x", {"w": np.arange(3)})
+    assert 0.5 < time.monotonic() - t0 < 25
+    assert b.recv("a", "x", timeout=5).tensors["w"].tolist() == [0, 1, 2]
+
+
+def test_send_gives_up_with_a_broker_error_when_redis_stays_down(redis_server):
+    a = _comm(connect(redis_server.address, retry_s=0.5), "a", send_retry_s=0.5)
+    redis_server.stop()
+    with pytest.raises(BrokerError, match="could not send 'x' to b"):
+        a.send("b", "x", meta={})

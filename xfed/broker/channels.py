@@ -117,14 +117,15 @@ class Comm:
 
     `timeout` bounds every recv/gather (override per call); `should_stop` is polled while waiting;
     `chunk_bytes` is the entry size above which frames are split; `max_frame_bytes` caps what a
-    peer may send (checked before anything is allocated).
+    peer may send (checked before anything is allocated); `send_retry_s` is how long a send keeps
+    retrying while Redis is unreachable (a restart, a short outage) before BrokerError.
     """
 
     def __init__(self, r: redis.Redis, keys: Keys, job_id: str | int, stage_id: int, node_id: str, *,
                  attempt: int = 0, timeout: float = DEFAULT_TIMEOUT_S,
                  should_stop: Callable[[], bool] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, poll_s: float = 0.2,
-                 job_check_s: float = 1.0, mailbox_ttl_s: int = MAILBOX_TTL_S) -> None:
+                 job_check_s: float = 1.0, mailbox_ttl_s: int = MAILBOX_TTL_S, send_retry_s: float = 60.0) -> None:
         self.r, self.keys = r, keys
         self.job_id = check_id("job id", job_id)
         self.stage_id, self.attempt = int(stage_id), int(attempt)
@@ -135,6 +136,7 @@ class Comm:
             raise ValueError("chunk_bytes must be at least 1024")
         self.chunk_bytes, self.max_frame_bytes = int(chunk_bytes), int(max_frame_bytes)
         self.poll_s, self.job_check_s, self.mailbox_ttl_s = poll_s, job_check_s, int(mailbox_ttl_s)
+        self.send_retry_s = float(send_retry_s)
         self.stats = CommStats()
         self._send_seq: dict[str, int] = collections.defaultdict(int)
         self._inboxes: dict[str, _Inbox] = {}
@@ -167,22 +169,40 @@ class Comm:
             chunks = _chunk(parts, self.chunk_bytes)
             key = self._mailbox(peer, self.node_id)
             n = len(chunks)
-            pipe = self.r.pipeline(transaction=False)
-            for i, data in enumerate(chunks):
-                pipe.xadd(key, {b"q": seq, b"i": i, b"n": n, b"z": size, b"d": data})
-            pipe.expire(key, self.mailbox_ttl_s)
-            try:
-                pipe.execute()
-            except _REDIS_DOWN as exc:
-                raise BrokerError(f"job {self.job_id}: could not send {tag!r} to {peer} "
-                                  f"(Redis unreachable: {exc})") from None
-            except redis.ResponseError as exc:
-                raise BrokerError(f"job {self.job_id}: Redis refused {tag!r} to {peer} on {key}: {exc}") from None
+            self._append(key, peer, tag, [{b"q": seq, b"i": i, b"n": n, b"z": size, b"d": data}
+                                          for i, data in enumerate(chunks)])
             self._send_seq[peer] = seq + 1
             self.stats.bytes_sent += size
             self.stats.messages_sent += 1
             total_sent += size
         return total_sent
+
+    def _append(self, key: str, peer: str, tag: str, entries: list[dict]) -> None:
+        """XADD all entries of one message (+ refresh the TTL), retrying through a Redis outage.
+
+        A retry after a partly applied pipeline re-sends the whole message; the receiver restarts
+        assembly at chunk 0 and skips a complete duplicate by its sequence number.
+        """
+        deadline = time.monotonic() + self.send_retry_s
+        delay = 0.1
+        while True:
+            pipe = self.r.pipeline(transaction=False)
+            for fields in entries:
+                pipe.xadd(key, fields)
+            pipe.expire(key, self.mailbox_ttl_s)
+            try:
+                pipe.execute()
+                return
+            except _REDIS_DOWN as exc:
+                if time.monotonic() + delay > deadline:
+                    raise BrokerError(f"job {self.job_id}: could not send {tag!r} to {peer} "
+                                      f"(Redis unreachable for {self.send_retry_s:g} s: {exc})") from None
+            except redis.ResponseError as exc:
+                raise BrokerError(f"job {self.job_id}: Redis refused {tag!r} to {peer} on {key}: {exc}") from None
+            if self.should_stop():
+                raise JobError(f"job {self.job_id}: stopped while node {self.node_id} was sending {tag!r}")
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     # --- receiving -----------------------------------------------------------------------------
     def _inbox(self, peer: str) -> _Inbox:
