@@ -270,13 +270,22 @@ def _set_state(peft_model, state: dict[str, torch.Tensor], source: Path, adapter
         missing = [k for k in expected if ".lora_" in k and k not in normalised]
         if missing:
             raise ModelError(f"{source}: adapter weight {missing[0]!r} missing ({len(missing)} in all)")
+    elif config.is_prompt_learning:
+        key = "prompt_embeddings"
+        if key not in normalised:
+            raise ModelError(f"{source}: adapter weight {key!r} missing")
+        want = expected.get(key)
+        if want is not None and tuple(normalised[key].shape) != want:
+            raise ModelError(f"{source}: adapter weight {key!r} has shape {tuple(normalised[key].shape)}, the "
+                             f"model needs {want}")
     try:
         result = set_peft_model_state_dict(peft_model, normalised, adapter_name=adapter_name)
     except (RuntimeError, ValueError, KeyError) as err:
         raise ModelError(f"{source}: adapter weights do not fit the model ({' '.join(str(err).split())[:200]})") \
             from None
-    unexpected = [k for k in getattr(result, "unexpected_keys", []) if adapter_name in k or "lora_" in k
-                  or "prompt" in k]
+    if config.is_prompt_learning:
+        return  # peft loads the prompt encoder itself and lists its key as "unexpected"
+    unexpected = [k for k in getattr(result, "unexpected_keys", []) if adapter_name in k or "lora_" in k]
     if unexpected:
         raise ModelError(f"{source}: adapter weight {unexpected[0]!r} unexpected for this model")
 

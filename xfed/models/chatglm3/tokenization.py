@@ -52,7 +52,11 @@ class ChatGLM3Tokenizer(PreTrainedTokenizer):
         return self.n_sp + len(self.command_ids)
 
     def get_vocab(self) -> dict[str, int]:
-        vocab = {self.sp_model.id_to_piece(i): i for i in range(self.n_sp)}
+        if getattr(self, "_sp_vocab", None) is None:
+            # one batched call: transformers asks for the vocabulary several times while initialising
+            pieces = self.sp_model.id_to_piece(list(range(self.n_sp)))
+            self._sp_vocab = dict(zip(pieces, range(self.n_sp), strict=True))
+        vocab = dict(self._sp_vocab)
         vocab.update(self.command_ids)
         vocab.update(self._added_tokens_encoder)
         return vocab
