@@ -90,3 +90,14 @@ def test_trainer_fields_read_from_source_match_the_real_training_arguments():
     assert check_value(specs["lr_scheduler_type"], "cosine") is None
     assert "must be one of" in check_value(specs["lr_scheduler_type"], "cosinus")
     assert check_value(FieldSpec(frozenset({"bool"})), 1) == "expected bool, got 1"
+
+
+def test_a_wrong_type_for_a_union_field_is_one_problem_line():
+    from xfed.config.problems import from_validation_error
+
+    with pytest.raises(ValidationError) as info:
+        Params.model_validate({"peft": {"LORA": {"exclude_modules": 5, "r": "q"}}, "aggregation": {"agg_steps": 1}})
+    lines = [str(p) for p in from_validation_error(info.value, "f.json", stage=0, prefix="tp")]
+    assert lines == ["f.json: stage 0: tp.peft.LORA.r: input should be a valid integer, got 'q'",
+                     "f.json: stage 0: tp.peft.LORA.exclude_modules: input should be a valid list or a valid "
+                     "string, got 5"]

@@ -1,6 +1,7 @@
 """Problems found in config files, rendered one line each: `file: stage N: key.path: message`."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -64,13 +65,33 @@ def _message(err: dict) -> str:
     return msg
 
 
+_UNION_TAG = re.compile(r"^((list|dict|set|tuple|literal|function-[a-z-]+)\[.*\]|str|int|float|bool|none)$")
+
+
+def _is_tag(part: Any) -> bool:
+    """pydantic names the branch of a union (or a wrapped validator) in the location: drop it."""
+    return isinstance(part, str) and bool(_UNION_TAG.match(part))
+
+
 def from_validation_error(exc: ValidationError, file: str, *, stage: int | None = None,
                           prefix: str = "") -> list[Problem]:
-    """One Problem per pydantic error, keyed by its dotted location under `prefix`."""
-    out = []
+    """One Problem per located pydantic error, keyed by its dotted location under `prefix`.
+
+    The errors pydantic gives for each branch of a union (`list[str] | str`) become one line.
+    """
+    grouped: dict[str, list[dict]] = {}
     for err in exc.errors(include_url=False):
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-        out.append(Problem(file=file, stage=stage, key=loc_to_key(loc, prefix), message=_message(err)))
+        key = loc_to_key([p for p in err["loc"] if not _is_tag(p)], prefix)
+        grouped.setdefault(key, []).append(err)
+    out = []
+    for key, errs in grouped.items():
+        branches = [e for e in errs if e["loc"] and _is_tag(e["loc"][-1])]
+        if len(branches) > 1 and len(branches) == len(errs):
+            wants = [e["msg"].removeprefix("Input should be ") for e in branches]
+            merged = dict(branches[0], type="union", msg="input should be " + " or ".join(wants))
+            out.append(Problem(file=file, stage=stage, key=key, message=_message(merged)))
+        else:
+            out += [Problem(file=file, stage=stage, key=key, message=_message(e)) for e in errs]
     return out
 
 
