@@ -132,3 +132,17 @@ def test_float32_and_integer_inputs_encode_exactly():
     assert np.array_equal(decode(encode(x32, frac_bits=40), frac_bits=40), x32.astype(np.float64))
     xi = np.array([3, -7], dtype=np.int32)
     assert np.array_equal(decode(encode(xi)), xi.astype(np.float64))
+
+
+@given(
+    bits=st.sampled_from([64, 128]),
+    x=hnp.arrays(np.float64, st.integers(0, 12), elements=st.floats(-(2.0**40), 2.0**40)),
+    f_offset=st.integers(0, 60),
+)
+@settings(max_examples=60, deadline=None)
+def test_encoding_equals_exact_round_half_even_of_the_scaled_value(bits, x, f_offset):
+    from fractions import Fraction
+
+    f = max(0, bits - 1 - 42 - f_offset)  # keeps |x| * 2^f inside the signed range
+    got = _as_int(encode(x, bits=bits, frac_bits=f), bits)
+    assert got == [round(Fraction(float(v)) * 2**f) for v in x]

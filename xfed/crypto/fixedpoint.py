@@ -74,10 +74,10 @@ def _scaled(x: np.ndarray, *, scale: float, name: str) -> np.ndarray:
     return y
 
 
-def _check_range(y: np.ndarray, *, bits: int, n_parties: int, name: str, frac_bits: int) -> None:
-    """NaN/inf -> ValueError; n_parties * (max|y| + 1/2) beyond the signed range -> OverflowError."""
+def _check_range(y: np.ndarray, *, bits: int, n_parties: int, name: str, frac_bits: int) -> float:
+    """max|y|; NaN/inf -> ValueError; n_parties * (max|y| + 1/2) beyond the signed range -> OverflowError."""
     if y.size == 0:
-        return
+        return 0.0
     top, bottom = float(y.max()), float(y.min())
     if math.isnan(top) or math.isnan(bottom):
         raise ValueError(f"tensor {name!r} contains NaN; refusing to encode it")
@@ -91,6 +91,7 @@ def _check_range(y: np.ndarray, *, bits: int, n_parties: int, name: str, frac_bi
             f"does not fit {bits}-bit fixed point with {frac_bits} fractional bits; "
             f"use 128 bits or fewer frac_bits"
         )
+    return m
 
 
 def encode(
@@ -115,7 +116,7 @@ def encode(
     if isinstance(n_parties, bool) or not isinstance(n_parties, (int, np.integer)) or n_parties < 1:
         raise ValueError(f"n_parties must be a positive integer, got {n_parties!r}")
     y = _scaled(x, scale=weight * 2.0**frac_bits, name=name)
-    _check_range(y, bits=bits, n_parties=int(n_parties), name=name, frac_bits=frac_bits)
+    largest = _check_range(y, bits=bits, n_parties=int(n_parties), name=name, frac_bits=frac_bits)
     np.rint(y, out=y)  # round half to even: nearest, without a bias toward +inf
     shape = encoded_shape(y.shape, bits)
     if out is None:
@@ -125,6 +126,12 @@ def encode(
     if bits == 64:
         np.copyto(out.view(np.int64), y, casting="unsafe")
         return out
+    lo, hi = out[..., 0], out[..., 1]
+    if largest < 2.0**63:
+        # Fits int64: the low limb is the int64 itself, the high limb its sign extension.
+        np.copyto(lo.view(np.int64), y, casting="unsafe")
+        np.right_shift(lo.view(np.int64), 63, out=hi.view(np.int64))
+        return out
     # 128 bits: split |y| < 2^127 into exact 64-bit limbs in float64 (both parts are exactly
     # representable: lo keeps the low bits of |y|'s 53-bit mantissa), then negate in two's
     # complement where y < 0 with a vectorised borrow.
@@ -132,7 +139,6 @@ def encode(
     np.abs(y, out=y)
     hi_f = np.floor(y * (1.0 / _TWO64))
     y -= hi_f * _TWO64
-    lo, hi = out[..., 0], out[..., 1]
     np.copyto(lo, y, casting="unsafe")
     np.copyto(hi, hi_f, casting="unsafe")
     if neg.any():
