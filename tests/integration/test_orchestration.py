@@ -59,8 +59,9 @@ def test_happy_path_follow_status_list_and_nodes(fed):
     text = fed.client("-c", "status", job_id).stdout
     assert "SUCCESSFUL" in text and "node-2" in text and "done" in text and "max_abs_err" in text
     assert job_id in fed.client("-c", "list").stdout
-    rows = {line.split()[1]: line for line in fed.client("-c", "nodes").stdout.splitlines() if "│" in line}
-    assert all(" yes " in rows[n] for n in fed.nodes + ["scheduler"]), rows
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in fed.client("-c", "nodes").stdout.splitlines()
+            if line.startswith("│")]
+    assert {row[0]: row[2] for row in rows} == {n: "yes" for n in fed.nodes + ["scheduler"]}, rows
     out = json.loads((fed.root / "out" / job_id / "node-1" / "horizontal_mean.json").read_text())
     assert out["result"]["rounds"] == 3 and out["result"]["max_abs_err"] < 1e-4
 

@@ -92,7 +92,11 @@ def run(ctx) -> dict[str, Any]:
             raise JobError(f"{ctx.node_id}: round {r}: aggregate differs from the expected mean by {err:.3g} "
                            f"(tolerance {params.tolerance:g})")
         ms = (time.monotonic() - start) * 1000
-        history.append({"round": r, "max_abs_err": err, "norm": float(np.linalg.norm(got)), "ms": round(ms, 2)})
+        row = {"round": r, "max_abs_err": err, "norm": float(np.linalg.norm(got)), "ms": round(ms, 2)}
+        stats = getattr(agg, "last_round_stats", None) or {}
+        row.update({k: stats[k] for k in ("bytes_sent", "bytes_received", "mask_ms", "unmask_ms", "wait_ms")
+                    if k in stats})
+        history.append(row)
         ctx.report("metrics", history[-1])
         ctx.report("progress", {"round": r + 1, "rounds": params.rounds, "fraction": (r + 1) / params.rounds})
     result = {"rounds": params.rounds, "dim": params.dim, "encryption": next(iter(params.encryption)),
