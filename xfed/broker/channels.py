@@ -261,7 +261,7 @@ class Comm:
     def _pump(self, inboxes: list[_Inbox], block_s: float) -> None:
         """Read what has arrived in these mailboxes (blocking up to block_s), delete it, assemble it."""
         streams = {ib.key: ib.last_id for ib in inboxes}
-        count = max(1, (64 << 20) // self.chunk_bytes)
+        count = max(1, (16 << 20) // self.chunk_bytes)  # bounds one reply to ~16 MiB per mailbox
         try:
             reply = self.r.xread(streams, count=count, block=max(1, int(block_s * 1000)))
         except _REDIS_DOWN:
