@@ -115,6 +115,11 @@ def make_peft_model(model: torch.nn.Module, peft_config: Any, adapter_name: str 
 
     if peft_config.peft_type == PeftType.LORA:
         peft_config.target_modules = resolve_target_modules(model, _as_list(peft_config.target_modules))
+    elif peft_config.peft_type == PeftType.PREFIX_TUNING and _is_v1(model):
+        # ChatGLM-6B's prefix is THUDM's layout (hidden-size keys per head); peft cannot infer it
+        peft_config = _v1_module().v1_prefix_tuning_config(
+            model, peft_config.num_virtual_tokens, prefix_projection=peft_config.prefix_projection,
+            encoder_hidden_size=peft_config.encoder_hidden_size, inference_mode=peft_config.inference_mode)
     peft_model = get_peft_model(model, peft_config, adapter_name=adapter_name)
     _after_peft(model, peft_config)
     return peft_model
@@ -219,6 +224,8 @@ def _load_peft_folder(model, folder: Path, adapter_name: str, is_trainable: bool
     from peft import PeftType
 
     data = _read_json(folder / ADAPTER_CONFIG)
+    if data.get("peft_type") == "LORA" and _is_v1(model):
+        return _v1_module().load_v1_lora(model, folder, adapter_name=adapter_name, is_trainable=is_trainable)
     config = _peft_config_from_dict(data, folder / ADAPTER_CONFIG)
     config.inference_mode = not is_trainable
     weights_file, state = _adapter_weights(folder)

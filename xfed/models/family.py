@@ -66,6 +66,8 @@ def detect_family(path: str | Path) -> str:
     folder = Path(path)
     cfg = read_config(folder)
     model_type = cfg.get("model_type")
+    if model_type == "chatglm6b":  # a ChatGLM-6B copy saved by xfed (xfed.models.chatglm)
+        return "chatglm"
     if model_type != "chatglm":
         # A folder we converted earlier keeps its THUDM family so the tokenizer, chat format and
         # position semantics stay those of the original model.
