@@ -31,9 +31,9 @@ def check_node_ids(ids: dict[str, Any]) -> dict[str, Any]:
 class FedInfo(ConfigModel):
     """`fed_info`: the participants, keyed by node id (values are XFL's gRPC addresses, unused)."""
 
-    scheduler: dict[str, str | None] = Field(default_factory=dict, description="XFL's scheduler address; unused.")
-    trainer: dict[str, str | None] = Field(description="Label trainers: {node id: XFL address (unused)}.")
-    assist_trainer: dict[str, str | None] = Field(
+    scheduler: dict[str, Any] = Field(default_factory=dict, description="XFL's scheduler address; unused.")
+    trainer: dict[str, Any] = Field(description="Label trainers: {node id: XFL address (unused)}.")
+    assist_trainer: dict[str, Any] = Field(
         default_factory=dict, description="At most one assist trainer (the aggregator): {node id: address}.")
 
     @field_validator("trainer", "assist_trainer")

@@ -80,6 +80,9 @@ def validate_folder(config_dir: str | os.PathLike, *, strict: bool = False) -> R
 def _check_participants(report: Report) -> None:
     fed = report.fed
     if fed is None:
+        if report.files and (report.folder / FED_CONF).exists():
+            report.add(FED_CONF, "has errors, so the checks across files (every node has a file, identities, "
+                                 "stage counts) were skipped", severity="note")
         return
     for node in fed.node_ids:
         if node not in report.files:
