@@ -238,3 +238,22 @@ def test_bad_stream_arguments_are_refused():
         pad_stream(bytes(64), session="", node_a="a", node_b="b")
     with pytest.raises(ValueError, match="32 bytes"):
         pad_stream(bytes(16), session="s", node_a="a", node_b="b")
+
+
+@given(n=st.integers(2, 8), bits=st.sampled_from([64, 128]), sign=st.sampled_from([1.0, -1.0]),
+       f_drop=st.integers(0, 20))
+@settings(max_examples=25, deadline=None)
+def test_sums_at_the_edge_of_the_range_decode_exactly_and_beyond_it_are_refused(n, bits, sign, f_drop):
+    f = (32 if bits == 64 else 64) - f_drop
+    limit = 2.0 ** (bits - 1 - f) / n  # per-party bound on |weight * value|
+    ids = [f"p{i}" for i in range(n)]
+    streams = _all_streams(ids, csprng="ctr_drbg")
+    edge = {"edge": np.array([sign * limit * (1 - 2.0**-30), 0.5])}
+    masked = [mask(edge, bits=bits, frac_bits=f, n_parties=n, self_id=i, peer_streams=streams[i], workers=0)
+              for i in ids]
+    total = unmask_sum(masked, bits=bits, frac_bits=f)["edge"]
+    want = n * edge["edge"]
+    assert np.all(np.abs(total - want) <= n * 2.0**-f + 4e-16 * np.abs(want))  # no wrap-around
+    over = {"edge": np.array([sign * limit * (1 + 2.0**-30), 0.5])}
+    with pytest.raises(OverflowError, match="'edge'"):
+        mask(over, bits=bits, frac_bits=f, n_parties=n, self_id=ids[0], peer_streams=streams[ids[0]], workers=0)
