@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -162,6 +163,7 @@ def main() -> int:
                 p.kill()
         redis_proc.terminate()
         redis_proc.wait(timeout=10)
+        shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         print(json.dumps(result, indent=1))
     else:

@@ -66,6 +66,7 @@ class StageContext:
     assist_id: str | None
     comm: Any                       # xfed.broker.channels.Comm for this (job, stage)
     work_dir: Path
+    identity_key: Any = None        # this node's Ed25519 IdentityKey when fed_conf pins identities
     _report: Callable[[str, dict], None] = field(repr=False, default=lambda kind, data: None)
     _should_stop: Callable[[], bool] = field(repr=False, default=lambda: False)
 

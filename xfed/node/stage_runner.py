@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
             job_id=args.job, stage_id=args.stage, attempt=args.attempt, node_id=args.node,
             identity=stage.identity, stage=stage, fed=fed, trainer_ids=list(fed.trainer_ids),
             assist_id=fed.assist_trainer_id, comm=_make_comm(r, keys, args, watcher),
-            work_dir=Path(args.work_dir), _report=reporter.report, _should_stop=watcher,
+            work_dir=Path(args.work_dir), identity_key=_identity_key(fed, args),
+            _report=reporter.report, _should_stop=watcher,
         )
         from xfed.operators.registry import operator_module
 
@@ -161,6 +162,20 @@ def run(args: argparse.Namespace) -> int:
             message = f"{type(err).__name__}: {err} (traceback in {args.work_dir}/stage.log)"
         log.error("stage failed: %s", message)
         return EXIT_ERROR_REPORTED if _try(reporter.error, message) else 1
+
+
+def _identity_key(fed, args):
+    """The node's signing key when fed_conf.json pins identities: $XFED_IDENTITY_KEY or <config>/keys/."""
+    if args.node not in (getattr(fed, "identities", None) or {}):
+        return None
+    from xfed.errors import ConfigError
+    from xfed.security.identity import default_key_path, load_private_key
+
+    path = os.environ.get("XFED_IDENTITY_KEY") or default_key_path(args.config_path, args.node)
+    key = load_private_key(path, args.node)
+    if key.public_hex.lower() != str(fed.identities[args.node]).lower():
+        raise ConfigError(f"{path}: this key's public half does not match fed_conf.json identities[{args.node!r}]")
+    return key
 
 
 def _make_comm(r, keys, args, watcher):

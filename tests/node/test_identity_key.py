@@ -1,0 +1,31 @@
+"""The stage runner hands the operator this node's identity key when fed_conf.json pins identities."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from xfed.errors import ConfigError
+from xfed.node.stage_runner import _identity_key, parse_args, read_stage_args
+from xfed.security.identity import default_key_path, generate, write_private_key
+
+
+def test_key_is_loaded_and_checked_against_the_pinned_public_key(tmp_path):
+    key = generate("node-1")
+    write_private_key(key, default_key_path(tmp_path, "node-1"))
+    args = SimpleNamespace(node="node-1", config_path=str(tmp_path))
+    assert _identity_key(SimpleNamespace(identities={}), args) is None
+    got = _identity_key(SimpleNamespace(identities={"node-1": key.public_hex}), args)
+    assert got.public_hex == key.public_hex
+    other = generate("node-1")
+    with pytest.raises(ConfigError, match=r"does not match fed_conf.json identities\['node-1'\]"):
+        _identity_key(SimpleNamespace(identities={"node-1": other.public_hex}), args)
+
+
+def test_spare_child_stage_arguments_are_validated():
+    args = parse_args(["--spare"])
+    line = '{"config_path": "c", "node": "n", "job": "1", "stage": 0, "attempt": 0, "work_dir": "w"}'
+    assert read_stage_args(args, line).stage == 0 and args.node == "n"
+    for bad in ('[1]', '{"config_path": "c"}', line.replace('"stage": 0', '"stage": true'), "not json"):
+        with pytest.raises(ValueError):
+            read_stage_args(parse_args(["--spare"]), bad)
