@@ -86,3 +86,23 @@ def test_a_forked_child_builds_its_own_pool_instead_of_using_the_parents():
     finally:
         inherited.owner_pid = __import__("os").getpid()
         inherited.shutdown()
+
+
+def test_mask_falls_back_to_in_process_pads_when_the_workers_die():
+    from xfed.crypto import get_pad_workers
+
+    ids = ["n1", "n2", "n3"]
+    local, pooled = _streams(ids, "hmac_drbg"), _streams(ids, "hmac_drbg")
+    values = {"a": np.linspace(-1, 1, 500)}
+    pool = get_pad_workers(2)
+    for worker in pool._workers:
+        worker.proc.kill()  # our own children, by their Popen handles
+        worker.proc.wait(timeout=10)
+    with pytest.warns(UserWarning, match="generating pads in this process"):
+        got = mask(values, n_parties=3, self_id="n1", peer_streams=pooled["n1"], workers=2)
+    want = mask(values, n_parties=3, self_id="n1", peer_streams=local["n1"], workers=0)
+    assert np.array_equal(got["a"], want["a"])
+    # The next round gets a fresh pool and still agrees.
+    got2 = mask(values, n_parties=3, self_id="n1", peer_streams=pooled["n1"], workers=2)
+    want2 = mask(values, n_parties=3, self_id="n1", peer_streams=local["n1"], workers=0)
+    assert np.array_equal(got2["a"], want2["a"])

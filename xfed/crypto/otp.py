@@ -25,6 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -232,17 +233,23 @@ def mask(
         # Timeout: far beyond a slow pure-Python DRBG (1 MB/s per task), so only a hang trips it.
         timeout = pad_timeout if pad_timeout is not None else 60.0 + total * 8 * len(peers) / 1e6
         with _scratch_lock:  # the pool's buffer is read after fill() returns
-            pads = get_pad_workers(n_proc).fill(tasks, total * len(peers), timeout)
-            for row, (stream, sign) in enumerate(zip(streams, signs, strict=True)):
-                stream.words_drawn += total
-                pad = pads[row * total : (row + 1) * total]
-                _apply(acc, pad.reshape(-1, 2) if bits == 128 else pad, sign, bits)
-    else:
-        with _scratch_lock:
-            scratch = _scratch_words(total)
-            for stream, sign in zip(streams, signs, strict=True):
-                stream.fill_words(scratch)
-                _apply(acc, scratch.reshape(-1, 2) if bits == 128 else scratch, sign, bits)
+            try:
+                pads = get_pad_workers(n_proc).fill(tasks, total * len(peers), timeout)
+            except (RuntimeError, OSError) as exc:
+                # No stream has advanced (states are adopted only on success): generate here instead.
+                warnings.warn(f"pad worker processes failed ({exc}); generating pads in this process", stacklevel=2)
+                pads = None
+            if pads is not None:
+                for row, (stream, sign) in enumerate(zip(streams, signs, strict=True)):
+                    stream.words_drawn += total
+                    pad = pads[row * total : (row + 1) * total]
+                    _apply(acc, pad.reshape(-1, 2) if bits == 128 else pad, sign, bits)
+                return result
+    with _scratch_lock:
+        scratch = _scratch_words(total)
+        for stream, sign in zip(streams, signs, strict=True):
+            stream.fill_words(scratch)
+            _apply(acc, scratch.reshape(-1, 2) if bits == 128 else scratch, sign, bits)
     return result
 
 

@@ -168,8 +168,13 @@ class PadWorkers:
                 for drbg, offset, count in tasks
             ]
             replies = self._run(messages, timeout)
-            for (drbg, _offset, _count), reply in zip(tasks, replies, strict=True):
-                drbg.import_state(decode_state(reply["state"]).export_state())
+            try:
+                states = [decode_state(reply["state"]).export_state() for reply in replies]
+            except (KeyError, TypeError, ValueError) as exc:
+                self.broken = True
+                raise RuntimeError(f"pad worker sent a malformed state: {exc}") from None
+            for (drbg, _offset, _count), state in zip(tasks, states, strict=True):
+                drbg.import_state(state)  # all or nothing: decoded before any drbg moves
             return out
 
     def _run(self, messages: list[dict], timeout: float, one_each: bool = False) -> list[dict]:
