@@ -101,3 +101,15 @@ def test_a_wrong_type_for_a_union_field_is_one_problem_line():
     assert lines == ["f.json: stage 0: tp.peft.LORA.r: input should be a valid integer, got 'q'",
                      "f.json: stage 0: tp.peft.LORA.exclude_modules: input should be a valid list or a valid "
                      "string, got 5"]
+
+
+def test_trainer_args_the_operator_sets_itself_are_noted_not_refused(config_set, capsys):
+    from xfed.config.validate import validate_command
+
+    cs = config_set("2party_lora")
+    cs.params("node-1")(lambda tp: tp["trainer"].update(save_strategy="steps", report_to="none"))
+    assert validate_command(cs.folder) == 0
+    err = capsys.readouterr().err
+    assert ("note: trainer_config_node-1.json: stage 0: train_info.train_params.trainer.save_strategy: "
+            "ignored: xfed sets 'no'") in err
+    assert "trainer.report_to" not in err  # the value xfed uses anyway

@@ -158,8 +158,8 @@ def _check_train_params(report: Report) -> None:
                 report.problems.extend(from_validation_error(exc, file, stage=i, prefix=TRAIN_PARAMS))
             check = getattr(module, "check_stage", None)
             if stage is not None and check is not None:
-                for key, message in check(stage, complete=complete):
-                    report.add(file, message, key=key, stage=i)
+                for key, message, *severity in check(stage, complete=complete):
+                    report.add(file, message, key=key, stage=i, severity=(severity or ["error"])[0])
 
 
 def _check_across_nodes(report: Report) -> None:

@@ -42,6 +42,20 @@ SHARED_SECTIONS = ("aggregation", "encryption", "peft")
 # Set by xfed itself: a value in the config would be silently overridden, so it is refused.
 RESERVED_TRAINER_KEYS = {"output_dir": "set by xfed from output.path"}
 XFL_TRAINER_ALIASES = {"no_cuda": "use_cpu"}  # removed from TrainingArguments in transformers 5
+# TrainingArguments the operator sets itself (it saves an adapter at every aggregation point, logs
+# every optimizer step for the round's loss, never reports to wandb & co.): a config value for one
+# of these is ignored, and `validate` says so in a note.
+FORCED_TRAINER_ARGS: dict[str, Any] = {
+    "save_strategy": "no",
+    "eval_strategy": "no",
+    "logging_strategy": "steps",
+    "logging_steps": 1,
+    "report_to": "none",
+    "disable_tqdm": True,
+    "remove_unused_columns": False,
+    "load_best_model_at_end": False,
+    "push_to_hub": False,
+}
 
 
 def _complete(info: ValidationInfo) -> bool:
@@ -422,18 +436,24 @@ def _leaf_diff(prefix: str, mine: Any, theirs: Any):
         yield prefix, mine, theirs
 
 
-def check_stage(stage: Any, *, complete: bool) -> list[tuple[str, str]]:
-    """Stage-level needs of this operator beyond train_params: [(dotted key, message)]."""
-    problems = []
+def check_stage(stage: Any, *, complete: bool) -> list[tuple[str, ...]]:
+    """Stage-level needs of this operator beyond train_params: [(dotted key, message[, "note"])]."""
+    problems: list[tuple[str, ...]] = []
     if stage.input.pretrained_model is None:
         problems.append(("input.pretrained_model.path", "required: every party loads the same base model"))
     if stage.identity == "label_trainer" and not stage.input.trainset:
         problems.append(("input.trainset", "a label trainer needs at least one dataset"))
+    trainer = (stage.train_info.train_params or {}).get("trainer")
+    for key, value in (trainer.items() if isinstance(trainer, dict) else ()):
+        if key in FORCED_TRAINER_ARGS and value != FORCED_TRAINER_ARGS[key]:
+            problems.append((f"train_info.train_params.trainer.{key}",
+                             f"ignored: xfed sets {FORCED_TRAINER_ARGS[key]!r} (it saves an adapter at every "
+                             "aggregation point and logs every step itself)", "note"))
     return problems
 
 
 __all__ = [
     "Aggregation", "Csprng", "DatasetParams", "Encryption", "KeyExchange", "Lora", "Otp", "Params", "Peft",
     "Plain", "PrefixTuning", "check_stage", "check_trainer_args", "merge_authoritative", "trainer_kwargs",
-    "LOCAL_TRAINER_KEYS", "LOCAL_DATASET_KEYS", "PEFT_TYPES",
+    "FORCED_TRAINER_ARGS", "LOCAL_TRAINER_KEYS", "LOCAL_DATASET_KEYS", "PEFT_TYPES",
 ]
