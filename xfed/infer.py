@@ -23,8 +23,10 @@ from xfed.errors import XfedError
               help='Prompt pattern as dataset.prompt_pattern (default XFL\'s "{}：\\n问：{}\\n答：").')
 @click.option("--instruction", default="", help="Instruction for a two-slot pattern (XFL QA `instruction`).")
 @click.option("--max-new-tokens", default=64, show_default=True, type=int)
+@click.option("--baseline", is_flag=True, help="--eval: score the base model too (the adapter switched off).")
+@click.option("--show", default=0, show_default=True, type=int, help="--eval: print this many examples.")
 @click.option("--json", "as_json", is_flag=True, help="--eval: print the scores as JSON.")
-def main(model_dir, adapter_dir, prompt, eval_file, pattern, instruction, max_new_tokens, as_json):
+def main(model_dir, adapter_dir, prompt, eval_file, pattern, instruction, max_new_tokens, baseline, show, as_json):
     """Load base + adapter and answer, score or chat."""
     try:
         from xfed.operators.horizontal_chatglm import inference
@@ -33,11 +35,13 @@ def main(model_dir, adapter_dir, prompt, eval_file, pattern, instruction, max_ne
         if eval_file:
             params = {"prompt_pattern": pattern} if pattern else None
             pairs = inference.read_eval_pairs(eval_file, model, tokenizer, params)
-            scores = inference.evaluate_pairs(model, tokenizer, pairs, max_new_tokens=max_new_tokens)
-            if as_json:
-                click.echo(json.dumps(scores))
+            runs = {}
+            if baseline:
+                runs["base"], runs["adapter"] = inference.evaluate_with_baseline(model, tokenizer, pairs, max_new_tokens)
             else:
-                click.echo(f"exact match {scores['exact_match']:.3f}  rouge-l {scores['rouge_l']:.3f}  n={scores['n']}")
+                runs["adapter" if adapter_dir else "base"] = inference.evaluate_pairs(model, tokenizer, pairs,
+                                                                                    max_new_tokens)
+            _print_eval(runs, pairs, tokenizer, show, as_json)
             return
         if prompt is not None:
             text = inference.render_prompt(prompt, pattern=pattern, instruction=instruction)
@@ -47,6 +51,19 @@ def main(model_dir, adapter_dir, prompt, eval_file, pattern, instruction, max_ne
     except XfedError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
+
+
+def _print_eval(runs: dict, pairs: list, tokenizer, show: int, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps({name: {k: v for k, v in r.items() if k != "predictions"} for name, r in runs.items()}))
+        return
+    for name, r in runs.items():
+        label = "base model" if name == "base" else "base + adapter"
+        click.echo(f"{label:>15}: exact match {r['exact_match']:.3f}  rouge-l {r['rouge_l']:.3f}  (n={r['n']})")
+    for i, (ids, reference) in enumerate(pairs[:show]):
+        prompt = tokenizer.decode(ids, skip_special_tokens=True).replace("\n", "⏎")
+        answers = "  ".join(f"{name}={r['predictions'][i]!r}" for name, r in runs.items())
+        click.echo(f"  {prompt!r} -> expected {reference!r}: {answers}")
 
 
 def _chat(inference, model, tokenizer, pattern, instruction, max_new_tokens) -> None:

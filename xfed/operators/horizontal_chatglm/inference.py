@@ -46,8 +46,18 @@ def read_eval_pairs(path: str | Path, model: Any, tokenizer: Any, dataset_params
 
 
 def evaluate_pairs(model: Any, tokenizer: Any, pairs: list[tuple[list[int], str]], max_new_tokens: int = 32,
-                   batch_size: int = 16) -> dict[str, float]:
-    """Exact match and character ROUGE-L of greedy answers against the references."""
+                   batch_size: int = 16) -> dict[str, Any]:
+    """Exact match and character ROUGE-L of greedy answers against the references (+ the answers)."""
     predictions = greedy_answers(model, tokenizer, [p for p, _ in pairs], max_new_tokens, batch_size=batch_size)
     scores = generation_scores(predictions, [ref for _, ref in pairs])
-    return {**scores, "n": len(pairs)}
+    return {**scores, "n": len(pairs), "predictions": predictions}
+
+
+def evaluate_with_baseline(model: Any, tokenizer: Any, pairs: list[tuple[list[int], str]],
+                           max_new_tokens: int = 32) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(base model scores, base + adapter scores) from one loaded PeftModel (adapter switched off, then on)."""
+    if not hasattr(model, "disable_adapter"):
+        raise ConfigError("--baseline needs --adapter")
+    with model.disable_adapter():
+        base = evaluate_pairs(model, tokenizer, pairs, max_new_tokens)
+    return base, evaluate_pairs(model, tokenizer, pairs, max_new_tokens)
