@@ -166,3 +166,15 @@ def test_reseed_interval_is_enforced():
         d.generate(1)
     d.reseed(bytes(32))
     assert len(d.generate(1)) == 1
+
+
+def test_ctr_drbg_counter_wraps_across_128_bits_like_the_standard():
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key = bytes(range(32))
+    v = (1 << 128) - 3  # V+1, V+2 fit; V+3 wraps to 0
+    drbg = CtrDrbg.from_state((key, v, 1, True))
+    got = drbg.generate(80)  # 5 blocks: counters V+1 ... V+5 (mod 2^128)
+    enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+    counters = b"".join((((v + i) % (1 << 128)).to_bytes(16, "big")) for i in range(1, 6))
+    assert got == enc.update(counters) + enc.finalize()
