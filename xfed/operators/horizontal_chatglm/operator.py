@@ -154,7 +154,7 @@ class _Party:
         self.metrics.write(rounds=rounds, schedule_steps=list(schedule.steps) if trains else [])
         runner = RoundRunner(self.ctx, self.peft_model, aggregate, aggregator, schedule, self.weight,
                              self.output_dir, self.metrics, evaluator=self.evaluator(), trains=trains)
-        started = time.monotonic()
+        started = self.metrics.started = time.monotonic()  # ETA counts training time, not set-up and preflight
         if trains:
             callback = FederatedCallback(runner)
             self.trainer.add_callback(callback)
