@@ -27,12 +27,13 @@ class StopWatcher:
         self.reason = self.reason or reason
         self.flag.set()
 
-    def __call__(self) -> bool:
+    def __call__(self, *, fresh: bool = False) -> bool:
+        """True once the stage should stop; `fresh` skips the read cache (classifying a failure)."""
         if self.flag.is_set():
             return True
         now = time.monotonic()
         with self._lock:
-            if now - self._checked < self.poll_s:
+            if not fresh and now - self._checked < self.poll_s:
                 return False
             self._checked = now
         try:

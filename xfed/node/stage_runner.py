@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         reporter.done(len(stages), result if isinstance(result, dict) else {"result": result})
         return EXIT_DONE
     except BaseException as err:  # noqa: B036 - every way out must be reported (or deliberately not)
-        if watcher.flag.is_set() or isinstance(err, KeyboardInterrupt):
+        # an error caused by the job ending elsewhere (a peer failed, a stop) is not this node's failure
+        if isinstance(err, KeyboardInterrupt) or watcher(fresh=True):
             log.info("stage stopped: %s", watcher.reason or type(err).__name__)
             _try(reporter.status, "stopped", reason=watcher.reason or "interrupted")
             return EXIT_STOPPED
