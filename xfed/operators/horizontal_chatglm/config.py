@@ -405,7 +405,7 @@ def merge_authoritative(assist: dict[str, Any], party: dict[str, Any]) -> tuple[
             continue
         combined = dict(assist.get(section) or {})
         for key, mine in (party.get(section) or {}).items():
-            if key in local:
+            if key in local or (section == "trainer" and key in FORCED_TRAINER_ARGS):  # no conflict to report
                 combined[key] = mine
             else:
                 note(f"{section}.{key}", mine, combined.get(key))
