@@ -19,6 +19,7 @@ from .adapter_state import extract_trainable, load_trainable, save_adapter
 from .metrics import MetricsLog
 from .party import (
     PartyData,
+    adapter_path,
     build_adapter,
     fingerprints,
     load_base_model,
@@ -119,7 +120,13 @@ class _Party:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         args = training_arguments(trainer_params, self.ctx.work_dir / "trainer")
         self.model, self.tokenizer, self.model_dir = load_base_model(self.ctx.stage, args.use_cpu)
-        self.peft_model = build_adapter(self.model, params, self.ctx.stage, args.seed)
+        resume = adapter_path(self.ctx.stage)
+        if resume and self.ctx.identity == "label_trainer" and self.ctx.assist_id:
+            # everyone starts from the assist trainer's initial adapter; a label trainer's own would be replaced
+            self.warn(f"{self.node}: input.adapter_model.path is ignored: every party starts from the assist "
+                      "trainer's adapter (set input.adapter_model.path there to continue training)")
+            resume = None
+        self.peft_model = build_adapter(self.model, params, resume, args.seed)
         self.data: PartyData | None = load_party_data(self.ctx.stage, params, self.tokenizer, self.peft_model)
         self.trainer = None
         self.total_steps = 0

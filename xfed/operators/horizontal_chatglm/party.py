@@ -102,13 +102,18 @@ def fingerprints(model_dir: Path, tokenizer: Any, peft_model: Any, params: dict[
     }
 
 
-def build_adapter(model: Any, params: dict[str, Any], stage: Any, seed: int) -> Any:
-    """A fresh adapter (seeded, though the assist trainer's initial adapter replaces it) or a resumed one."""
+def adapter_path(stage: Any) -> Path | None:
+    """input.adapter_model.path (an adapter to continue training from), or None."""
+    adapter = getattr(stage.input, "adapter_model", None)
+    path = getattr(adapter, "path", None) if adapter is not None else None
+    return Path(path) if path else None
+
+
+def build_adapter(model: Any, params: dict[str, Any], resume: Path | None, seed: int) -> Any:
+    """A fresh adapter (seeded; the assist trainer's initial adapter then replaces it) or a resumed one."""
     from transformers import set_seed
 
     set_seed(seed)
-    adapter = getattr(stage.input, "adapter_model", None)
-    adapter_path = getattr(adapter, "path", None) if adapter is not None else None
-    peft_model = apply_peft(model, params.get("peft") or {}, adapter_path)
+    peft_model = apply_peft(model, params.get("peft") or {}, resume)
     check_trainable(peft_model, "train_params.peft")
     return peft_model
