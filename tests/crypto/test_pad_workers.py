@@ -106,3 +106,13 @@ def test_mask_falls_back_to_in_process_pads_when_the_workers_die():
     got2 = mask(values, n_parties=3, self_id="n1", peer_streams=pooled["n1"], workers=2)
     want2 = mask(values, n_parties=3, self_id="n1", peer_streams=local["n1"], workers=0)
     assert np.array_equal(got2["a"], want2["a"])
+
+
+def test_warm_up_reaches_every_worker():
+    pool = PadWorkers(2)
+    try:
+        pool.warm_up(timeout=60)
+        replies = pool._run([{"op": "ping"}, {"op": "ping"}], timeout=60)
+        assert sorted(r["pid"] for r in replies) == sorted(w.proc.pid for w in pool._workers)
+    finally:
+        pool.shutdown()

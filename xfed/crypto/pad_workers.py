@@ -143,7 +143,8 @@ class PadWorkers:
     def warm_up(self, timeout: float = 120.0) -> None:
         """Wait until every worker has imported its modules and answers."""
         with self._lock:
-            self._run([{"op": "ping"} for _ in self._workers], timeout, one_each=True)
+            # n messages for n idle workers: the first dispatch pass gives each worker one.
+            self._run([{"op": "ping"} for _ in self._workers], timeout)
 
     def buffer(self, n_words: int) -> np.ndarray:
         """A uint64 view of n_words words of the shared buffer (contents unspecified)."""
@@ -177,7 +178,7 @@ class PadWorkers:
                 drbg.import_state(state)  # all or nothing: decoded before any drbg moves
             return out
 
-    def _run(self, messages: list[dict], timeout: float, one_each: bool = False) -> list[dict]:
+    def _run(self, messages: list[dict], timeout: float) -> list[dict]:
         """Send messages to idle workers (longest task first), collect the replies in message order."""
         if self.broken:
             raise RuntimeError("pad worker pool is broken; create a new one")
@@ -196,8 +197,6 @@ class PadWorkers:
                         i = pending.pop(0)
                         self._workers[w].send(messages[i])
                         busy[w] = i
-                        if one_each:
-                            break
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"pad generation did not finish within {timeout:.0f} s")
