@@ -22,24 +22,37 @@ def set_threads() -> None:
 
 
 def load_base_model(stage: Any, use_cpu: bool) -> tuple[Any, Any, Path]:
-    """(model, tokenizer, folder) of the stage's input.pretrained_model (a local folder, never downloaded)."""
+    """(model, tokenizer, folder) of the stage's input.pretrained_model (a local folder, never downloaded).
+
+    fp32 on CPU; on CUDA bf16 where supported, else fp16 (`model_info.config.dtype` overrides).
+    """
     pretrained = getattr(stage.input, "pretrained_model", None)
     path = getattr(pretrained, "path", None) if pretrained is not None else None
     if not path:
         raise ConfigError("input.pretrained_model.path: required (a local model folder)")
-    allow_random = bool((getattr(stage.model_info, "config", None) or {}).get("allow_random_init", False))
-    device = "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
-    model, tokenizer = load_model_folder(Path(path), device=device, allow_random_init=allow_random)
+    options = getattr(stage.model_info, "config", None) or {}
+    cuda = torch.cuda.is_available() and not use_cpu
+    for key in ("load_in_8bit", "load_in_4bit"):
+        if options.get(key):
+            if not cuda:
+                raise ConfigError(f"model_info.config.{key}: a 4/8-bit base model needs a CUDA GPU (bitsandbytes); "
+                                  "this party trains on CPU")
+            raise ConfigError(f"model_info.config.{key}: quantised base models are not supported by this build; "
+                              "use dtype bfloat16 or float16")
+    dtype = options.get("dtype") or (None if not cuda else "bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    model, tokenizer = load_model_folder(Path(path), device="cuda" if cuda else "cpu", dtype=dtype,
+                                         allow_random_init=bool(options.get("allow_random_init", False)))
     return model, tokenizer, Path(path)
 
 
-def load_model_folder(folder: Path, *, device: str = "cpu", allow_random_init: bool = False) -> tuple[Any, Any]:
+def load_model_folder(folder: Path, *, device: str = "cpu", dtype: str | None = None,
+                      allow_random_init: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) through xfed.models.load_pretrained (every family; local files only)."""
     from xfed.models import load_pretrained
 
     if not folder.is_dir():
         raise ModelError(f"input.pretrained_model.path: {folder} is not a folder")
-    model, tokenizer = load_pretrained(str(folder), device=device, allow_random_init=allow_random_init)
+    model, tokenizer = load_pretrained(str(folder), dtype=dtype, device=device, allow_random_init=allow_random_init)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # generation and batching need a pad id
     return model, tokenizer
