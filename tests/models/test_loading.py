@@ -178,3 +178,14 @@ def test_native_folder_with_a_missing_weight_is_named(native_folders, tmp_path):
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ModelError, match="model.norm.weight"):
         load_pretrained(folder)
+
+
+def test_rope_ratio_folder_loads_with_scaled_rotary_base(v3_folder, v3_logits, tmp_path):
+    folder = copy_folder(v3_folder, tmp_path / "32k")
+    cfg = json.loads((folder / "config.json").read_text()) | {"rope_ratio": 50, "seq_length": 32768}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    model, _ = load_pretrained(folder)
+    head_dim = model.config.head_dim
+    want = 1.0 / (500000.0 ** (torch.arange(0, head_dim // 2, 2, dtype=torch.float) / (head_dim // 2)))
+    torch.testing.assert_close(model.model.rotary_emb.inv_freq, want)
+    assert not torch.allclose(logits(model), v3_logits)  # the base matters beyond position 0
