@@ -33,6 +33,15 @@ def _ping(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
+def _tcp_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    """Readiness of a TLS-only server (a plain PING would not be answered)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 @dataclass
 class RedisServer:
     """One redis-server process we started; `stop`/`start`/`restart` act on it by pid, never by name."""
@@ -41,11 +50,12 @@ class RedisServer:
     host: str = "127.0.0.1"
     port: int = 0
     extra_args: list[str] = field(default_factory=list)
+    tls: dict | None = None  # {"cert": path, "key": path, "ca": path}: TLS only, on `port`
     proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        return f"{'rediss' if self.tls else 'redis'}://{self.host}:{self.port}/0"
 
     @property
     def address(self) -> str:
@@ -57,7 +67,12 @@ class RedisServer:
         return self.proc.pid if self.proc is not None else None
 
     def _args(self) -> list[str]:
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", self.host, "--dir", str(self.dir),
+        port = ["--port", str(self.port)]
+        if self.tls:
+            port = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", str(self.tls["cert"]),
+                    "--tls-key-file", str(self.tls["key"]), "--tls-ca-cert-file", str(self.tls["ca"]),
+                    "--tls-auth-clients", "no"]
+        args = [REDIS_SERVER, *port, "--bind", self.host, "--dir", str(self.dir),
                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no",
                 "--logfile", str(self.dir / "redis.log")]
         return args + list(self.extra_args)
@@ -75,7 +90,7 @@ class RedisServer:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     break  # died at once: most likely the port was taken between probe and bind
-                if _ping(self.host, self.port):
+                if (_tcp_open if self.tls else _ping)(self.host, self.port):
                     return
                 time.sleep(0.02)
             self._kill()
@@ -97,7 +112,7 @@ class RedisServer:
         """Stop the server by pid; with save=True it first writes dump.rdb so `start` brings the data back."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        if save:
+        if save and not self.tls:
             with socket.create_connection((self.host, self.port), timeout=5) as s:
                 s.sendall(b"*2\r\n$8\r\nSHUTDOWN\r\n$4\r\nSAVE\r\n")
                 s.settimeout(5)
@@ -136,11 +151,12 @@ class RedisServer:
 
 @pytest.fixture
 def redis_factory(tmp_path_factory) -> Iterator:
-    """Start extra servers: `redis_factory(extra_args=[...])` -> RedisServer; all stopped at the end."""
+    """Start extra servers: `redis_factory(extra_args=[...], tls={cert, key, ca})` -> RedisServer; all
+    stopped at the end. With `tls` the server listens with TLS only (url is rediss://)."""
     started: list[RedisServer] = []
 
-    def make(extra_args: list[str] | None = None) -> RedisServer:
-        srv = RedisServer(dir=tmp_path_factory.mktemp("redis"), extra_args=list(extra_args or []))
+    def make(extra_args: list[str] | None = None, tls: dict | None = None) -> RedisServer:
+        srv = RedisServer(dir=tmp_path_factory.mktemp("redis"), extra_args=list(extra_args or []), tls=tls)
         started.append(srv)
         srv.start()
         return srv

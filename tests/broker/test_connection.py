@@ -2,6 +2,8 @@
 
 import json
 import os
+import shutil
+import subprocess
 import time
 from types import SimpleNamespace
 
@@ -87,3 +89,29 @@ def test_embedded_member_that_died_is_pruned(tmp_path):
     emb.leave()
     assert not (folder / "server.json").exists()
     assert not list((folder / "members").iterdir())
+
+
+def _openssl(*args: str, cwd) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not shutil.which("openssl"), reason="openssl CLI needed to make a test CA")
+def test_rediss_with_a_self_signed_ca(redis_factory, tmp_path):
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+             "-subj", "/CN=xfed-test-ca", cwd=tmp_path)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=localhost",
+             cwd=tmp_path)
+    (tmp_path / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+             "srv.crt", "-days", "2", "-extfile", "ext.cnf", cwd=tmp_path)
+    srv = redis_factory(tls={"cert": tmp_path / "srv.crt", "key": tmp_path / "srv.key", "ca": tmp_path / "ca.crt"})
+    srv_url = srv.url
+    assert srv_url.startswith("rediss://")
+    opts = SimpleNamespace(tls_ca_file=str(tmp_path / "ca.crt"), tls_cert_file=None, tls_key_file=None,
+                           namespace="x", connect_timeout=5)
+    assert connect(SimpleNamespace(redis_server=srv_url, redis=opts)).ping()
+    t0 = time.monotonic()
+    with pytest.raises(BrokerError, match="TLS handshake .* failed"):
+        connect(srv_url, retry_s=10)  # the system store does not know our CA: fail at once, no retries
+    assert time.monotonic() - t0 < 5

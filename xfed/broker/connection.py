@@ -26,7 +26,7 @@ from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.retry import Retry
 
 from xfed.errors import BrokerError, ConfigError
@@ -178,13 +178,19 @@ def connect(target: Any, *, retry_s: float | None = None, embedded_dir: str | os
         embedded = EmbeddedRedis(embedded_dir or default_embedded_dir(target))
         address = embedded.join()
     retries = max(3, int(retry_s / 1.0) + 2)
+    common = dict(**address.client_kwargs(), decode_responses=False, socket_timeout=SOCKET_TIMEOUT_S,
+                  socket_connect_timeout=min(5.0, max(retry_s, 0.5)), client_name=client_name)
+    # the first contact is probed without redis-py's own retries, so the deadline is ours and a
+    # non-transient failure (TLS, credentials) is reported at once
+    probe = redis.Redis(**common, retry=Retry(NoBackoff(), 0))
+    try:
+        wait_until_reachable(probe, address, retry_s)
+    finally:
+        probe.close()
     client = redis.Redis(
-        **address.client_kwargs(), decode_responses=False, socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=min(5.0, max(retry_s, 0.5)), health_check_interval=15,
+        **common, health_check_interval=15,
         retry=Retry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), retries),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError, ConnectionResetError],
-        client_name=client_name)
-    wait_until_reachable(client, address, retry_s)
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError, ConnectionResetError])
     if embedded is not None:
         client.xfed_embedded = embedded  # keeps the membership alive as long as the client
     return client
@@ -205,6 +211,10 @@ def wait_until_reachable(client: redis.Redis, address: RedisAddress, retry_s: fl
                 raise BrokerError(f"Redis at {address.display()} refused the credentials: {exc}") from None
             raise BrokerError(f"Redis at {address.display()}: {exc}") from None
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc) or "WRONG_VERSION_NUMBER" in str(exc):
+                # not transient: a CA / TLS mismatch will not fix itself by retrying
+                raise BrokerError(f"TLS handshake with Redis at {address.display()} failed: "
+                                  f"{str(exc).splitlines()[0][:200]}") from None
             if time.monotonic() + delay > deadline:
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise BrokerError(f"cannot reach Redis at {address.display()} "
