@@ -155,7 +155,7 @@ class Lora(ConfigModel):
     modules_to_save: list[str] | None = None
     use_rslora: bool = False
     use_dora: bool = False
-    init_lora_weights: bool | Literal["gaussian", "pissa", "olora", "loftq"] = True
+    init_lora_weights: bool | str = Field(True, description="peft: true, false, or a method such as \"gaussian\", \"pissa\".")
     layers_to_transform: list[int] | int | None = None
     layers_pattern: list[str] | str | None = None
     rank_pattern: dict[str, int] = Field(default_factory=dict)
