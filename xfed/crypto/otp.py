@@ -208,15 +208,19 @@ def mask(
     names = sorted(named)
     arrays = [np.asarray(named[k]) for k in names]
     wpe = fixedpoint.words_per_element(bits)
-    sizes = [a.size * wpe for a in arrays]
-    offsets = [0, *itertools.accumulate(sizes)]
+    offsets = [0, *itertools.accumulate(a.size * wpe for a in arrays)]
     total = int(offsets[-1])
     flat = np.empty(total, dtype=np.uint64)
-    result: dict[str, np.ndarray] = {}
-    for k, a, start, stop in zip(names, arrays, offsets[:-1], offsets[1:], strict=True):
-        view = flat[start:stop].reshape(fixedpoint.encoded_shape(a.shape, bits))
-        fixedpoint.encode(a, bits=bits, frac_bits=frac_bits, weight=weight, n_parties=n_parties, name=k, out=view)
-        result[k] = view
+
+    def encode_all() -> dict[str, np.ndarray]:
+        views = {}
+        for k, a, start, stop in zip(names, arrays, offsets[:-1], offsets[1:], strict=True):
+            view = flat[start:stop].reshape(fixedpoint.encoded_shape(a.shape, bits))
+            fixedpoint.encode(a, bits=bits, frac_bits=frac_bits, weight=weight, n_parties=n_parties, name=k, out=view)
+            views[k] = view
+        return views
+
+    result = encode_all()
     if total == 0 or not peer_streams:
         return result
 
@@ -224,32 +228,44 @@ def mask(
     streams = [peer_streams[p] for p in peers]
     signs = [sign_for(self_id, p) for p in peers]
     acc = flat.reshape(-1, 2) if bits == 128 else flat
+
+    def apply_row(row: int, words: np.ndarray) -> None:
+        _apply(acc, words.reshape(-1, 2) if bits == 128 else words, signs[row], bits)
+
     n_proc = _use_processes(streams, total * 8 * len(peers), workers)
     if n_proc:
-        tasks = []
+        tasks, task_row = [], []
         for row, stream in enumerate(streams):
             for lane, start, stop in stream.split(total):
                 tasks.append((stream.lanes[lane], row * total + start, stop - start))
+                task_row.append(row)
+        lanes_left = [task_row.count(row) for row in range(len(streams))]
+
+        def on_done(task: int, buffer: np.ndarray) -> None:
+            # A peer's pad is applied as soon as all its lanes are in, while the workers go on.
+            row = task_row[task]
+            lanes_left[row] -= 1
+            if lanes_left[row] == 0:
+                apply_row(row, buffer[row * total : (row + 1) * total])
+
         # Timeout: far beyond a slow pure-Python DRBG (1 MB/s per task), so only a hang trips it.
         timeout = pad_timeout if pad_timeout is not None else 60.0 + total * 8 * len(peers) / 1e6
-        with _scratch_lock:  # the pool's buffer is read after fill() returns
+        with _scratch_lock:  # one mask at a time drives the pool and its buffer
             try:
-                pads = get_pad_workers(n_proc).fill(tasks, total * len(peers), timeout)
+                get_pad_workers(n_proc).fill(tasks, total * len(peers), timeout, on_done)
             except (RuntimeError, OSError) as exc:
-                # No stream has advanced (states are adopted only on success): generate here instead.
+                # No stream has advanced (states are adopted only on success): start again here.
                 warnings.warn(f"pad worker processes failed ({exc}); generating pads in this process", stacklevel=2)
-                pads = None
-            if pads is not None:
-                for row, (stream, sign) in enumerate(zip(streams, signs, strict=True)):
+                result = encode_all()
+            else:
+                for stream in streams:
                     stream.words_drawn += total
-                    pad = pads[row * total : (row + 1) * total]
-                    _apply(acc, pad.reshape(-1, 2) if bits == 128 else pad, sign, bits)
                 return result
     with _scratch_lock:
         scratch = _scratch_words(total)
-        for stream, sign in zip(streams, signs, strict=True):
+        for row, stream in enumerate(streams):
             stream.fill_words(scratch)
-            _apply(acc, scratch.reshape(-1, 2) if bits == 128 else scratch, sign, bits)
+            apply_row(row, scratch)
     return result
 
 

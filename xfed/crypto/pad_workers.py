@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -155,10 +156,18 @@ class PadWorkers:
             self._buffer = _SharedBuffer(need)
         return self._buffer.words(n_words)
 
-    def fill(self, tasks: list[tuple[HmacDrbg | CtrDrbg, int, int]], total_words: int, timeout: float) -> np.ndarray:
+    def fill(
+        self,
+        tasks: list[tuple[HmacDrbg | CtrDrbg, int, int]],
+        total_words: int,
+        timeout: float,
+        on_done: Callable[[int, np.ndarray], None] | None = None,
+    ) -> np.ndarray:
         """Fill pads for (drbg, word_offset, n_words) tasks; each drbg adopts the state it reached.
 
-        Returns the buffer view of total_words words. TimeoutError after `timeout` seconds,
+        Returns the buffer view of total_words words. `on_done(task_index, buffer)` runs in this
+        thread as each task's words arrive (after idle workers got new tasks), so the caller can
+        use finished pads while the rest are generated. TimeoutError after `timeout` seconds,
         RuntimeError if a worker dies; either way no drbg has advanced.
         """
         with self._lock:
@@ -168,7 +177,7 @@ class PadWorkers:
                  "offset": int(offset), "count": int(count)}
                 for drbg, offset, count in tasks
             ]
-            replies = self._run(messages, timeout)
+            replies = self._run(messages, timeout, None if on_done is None else (lambda i: on_done(i, out)))
             try:
                 states = [decode_state(reply["state"]).export_state() for reply in replies]
             except (KeyError, TypeError, ValueError) as exc:
@@ -178,7 +187,7 @@ class PadWorkers:
                 drbg.import_state(state)  # all or nothing: decoded before any drbg moves
             return out
 
-    def _run(self, messages: list[dict], timeout: float) -> list[dict]:
+    def _run(self, messages: list[dict], timeout: float, on_done: Callable[[int], None] | None = None) -> list[dict]:
         """Send messages to idle workers (longest task first), collect the replies in message order."""
         if self.broken:
             raise RuntimeError("pad worker pool is broken; create a new one")
@@ -186,20 +195,25 @@ class PadWorkers:
         replies: list[dict | None] = [None] * len(messages)
         deadline = time.monotonic() + timeout
         busy: dict[int, int] = {}  # worker index -> message index
+        pending = list(order)
+
+        def dispatch() -> None:
+            for w in range(len(self._workers)):
+                if pending and w not in busy:
+                    i = pending.pop(0)
+                    self._workers[w].send(messages[i])
+                    busy[w] = i
+
         sel = selectors.DefaultSelector()
         try:
             for w, worker in enumerate(self._workers):
                 sel.register(worker.proc.stdout, selectors.EVENT_READ, w)
-            pending = list(order)
             while pending or busy:
-                for w in range(len(self._workers)):
-                    if pending and w not in busy:
-                        i = pending.pop(0)
-                        self._workers[w].send(messages[i])
-                        busy[w] = i
+                dispatch()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError(f"pad generation did not finish within {timeout:.0f} s")
+                finished = []
                 for key, _ in sel.select(timeout=min(left, 1.0)):
                     w = key.data
                     line = self._workers[w].proc.stdout.readline()
@@ -208,7 +222,13 @@ class PadWorkers:
                     reply = json.loads(line)
                     if not reply.get("ok"):
                         raise RuntimeError(f"pad worker failed: {reply.get('error', 'unknown error')}")
-                    replies[busy.pop(w)] = reply
+                    i = busy.pop(w)
+                    replies[i] = reply
+                    finished.append(i)
+                if on_done is not None and finished:
+                    dispatch()  # keep the workers busy while the caller uses what arrived
+                    for i in finished:
+                        on_done(i)
         except BaseException:
             self.broken = True  # a worker may still be writing into the buffer: never reuse this pool
             raise
