@@ -4,7 +4,9 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -115,3 +117,34 @@ def test_rediss_with_a_self_signed_ca(redis_factory, tmp_path):
     with pytest.raises(BrokerError, match="TLS handshake .* failed"):
         connect(srv_url, retry_s=10)  # the system store does not know our CA: fail at once, no retries
     assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.integration
+def test_embedded_server_outlives_its_starter_and_stops_with_the_last_process(tmp_path):
+    folder = tmp_path / "emb"
+    code = ("import sys; from xfed.broker.connection import connect; "
+            f"r = connect('embedded', embedded_dir={str(folder)!r}, retry_s=10); r.set('from_child', b'1'); "
+            "print('ready', flush=True); sys.stdin.read()")
+    repo = Path(__file__).resolve().parents[2]
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        pid = json.loads((folder / "server.json").read_text())["pid"]
+        r = connect("embedded", embedded_dir=folder, retry_s=5)
+        assert r.get("from_child") == b"1"  # joined the child's server
+        r.xfed_embedded.leave()
+        os.kill(pid, 0)  # still running: the child is a member
+        child.stdin.close()
+        child.wait(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (folder / "server.json").exists():
+        time.sleep(0.05)
+    assert not (folder / "server.json").exists()
+    with pytest.raises(ProcessLookupError):
+        for _ in range(100):
+            os.kill(pid, 0)
+            time.sleep(0.05)
