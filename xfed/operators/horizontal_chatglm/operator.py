@@ -134,9 +134,7 @@ class _Party:
             self.trainer = build_trainer(self.peft_model, args, self.data.train, self.data.collator, callbacks=[])
             self.total_steps = count_optimizer_steps(self.trainer)
         self.fingerprints = fingerprints(self.model_dir, self.tokenizer, self.peft_model, params)
-        self.weighting = (params.get("aggregation") or {}).get("weighting", "num_examples")
-        if self.weighting not in ("num_examples", "uniform"):
-            raise ConfigError(f"train_params.aggregation.weighting: expected num_examples or uniform, got {self.weighting!r}")
+        self.weighting = (params.get("aggregation") or {}).get("weighting", "num_examples")  # checked by Params
         n = self.data.num_examples if self.data is not None else 0
         self.weight = float(n) if self.weighting == "num_examples" else 1.0
         self.metrics = MetricsLog(self.output_dir / "metrics.json", {
