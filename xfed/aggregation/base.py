@@ -168,7 +168,9 @@ class RootBase(_Party):
 
     def broadcast_initial(self, tensors: Mapping[str, Any]) -> None:
         """Send the starting tensors to every label trainer, so all parties start identical."""
-        self.comm.broadcast(self.trainers, TAG_INIT, as_numpy(tensors, f"{self.node_id}: initial tensors"))
+        initial = as_numpy(tensors, f"{self.node_id}: initial tensors")
+        self.strategy.start(initial)
+        self.comm.broadcast(self.trainers, TAG_INIT, initial)
 
     def _finish(self, round_idx: int, weighted_sum: dict[str, np.ndarray], total_weight: float,
                 own: Mapping[str, np.ndarray] | None, own_weight: float) -> dict[str, np.ndarray]:

@@ -19,6 +19,9 @@ class Strategy:
 
     name = "strategy"
 
+    def start(self, initial: Mapping[str, np.ndarray]) -> None:
+        """Called with the initial global tensors (root's broadcast_initial); stateful strategies keep them."""
+
     def finalize(self, round_idx: int, weighted_sum: Mapping[str, np.ndarray],
                  total_weight: float) -> dict[str, np.ndarray]:
         raise NotImplementedError
