@@ -189,3 +189,24 @@ def test_rope_ratio_folder_loads_with_scaled_rotary_base(v3_folder, v3_logits, t
     want = 1.0 / (500000.0 ** (torch.arange(0, head_dim // 2, 2, dtype=torch.float) / (head_dim // 2)))
     torch.testing.assert_close(model.model.rotary_emb.inv_freq, want)
     assert not torch.allclose(logits(model), v3_logits)  # the base matters beyond position 0
+
+
+def test_native_folder_without_tokenizer_files_is_a_model_error(native_folders, tmp_path):
+    folder = copy_folder(native_folders["gpt2"], tmp_path / "notok")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    with pytest.raises(ModelError, match="no tokenizer files"):
+        load_pretrained(folder)
+
+
+def test_remote_code_folder_is_refused_without_running_it(native_folders, tmp_path):
+    folder = copy_folder(native_folders["gpt2"], tmp_path / "remote")
+    marker = tmp_path / "ran"
+    (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    cfg = json.loads((folder / "config.json").read_text()) | {
+        "model_type": "evil", "auto_map": {"AutoConfig": "modeling_evil.EvilConfig",
+                                           "AutoModelForCausalLM": "modeling_evil.EvilModel"}}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="config.json: transformers cannot load this config without remote code"):
+        load_pretrained(folder)
+    assert not marker.exists()

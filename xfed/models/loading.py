@@ -137,6 +137,10 @@ def _load_native_tokenizer(folder: Path):
     except (ValueError, OSError, KeyError, TypeError, AttributeError, ImportError) as err:
         raise ModelError(f"{folder}: no usable tokenizer files (tokenizer.json / tokenizer_config.json …): "
                          f"{_one_line(err)}") from None
+    # transformers 5 builds an empty tokenizer of the model's class when the folder has no tokenizer files
+    if len(tok.get_vocab()) <= len(set(tok.all_special_tokens)):
+        raise ModelError(f"{folder}: no tokenizer files (tokenizer.json, tokenizer.model, vocab.json …); the "
+                         "tokenizer transformers built has no vocabulary")
     if tok.pad_token is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
         log.info("%s: tokenizer has no pad token; padding with eos %r", folder, tok.eos_token)
