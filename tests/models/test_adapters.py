@@ -120,3 +120,27 @@ def test_lora_adapter_errors(v3_folder, tmp_path):
     fresh, _ = load_pretrained(v3_folder)
     with pytest.raises(ModelError, match="'nope' is not a module"):
         load_adapter(fresh, broken)
+
+
+@pytest.mark.parametrize("kind", ["lora", "prefix"])
+def test_a_training_step_updates_only_the_adapter_and_lowers_the_loss(v3_folder, kind):
+    from peft import LoraConfig, PrefixTuningConfig
+
+    torch.manual_seed(0)
+    model, _ = load_pretrained(v3_folder)
+    config = (LoraConfig(r=4, lora_alpha=8, target_modules=["query_key_value"], task_type="CAUSAL_LM")
+              if kind == "lora" else PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"))
+    peft_model = make_peft_model(model, config)
+    peft_model.train()
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    assert trainable and sum(p.numel() for p in trainable) < 5000
+    labels = IDS.masked_fill(MASK == 0, -100)
+    optim = torch.optim.SGD(trainable, lr=0.5)
+    losses = []
+    for _ in range(3):
+        loss = peft_model(input_ids=IDS, attention_mask=MASK, labels=labels).loss
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
