@@ -42,11 +42,12 @@ def _default_config_path() -> str:
               help="start: wait up to SECONDS for every participant to be alive.")
 @click.option("--resume", "resume", metavar="JOB", default=None, help="start: resume a FAILED/STOPPED job from its last round.")
 @click.option("--schema", is_flag=True, help="validate: print the JSON schema of the config files.")
+@click.option("--strict", is_flag=True, help="validate: paths that do not exist here are errors, not warnings.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output where supported.")
 @click.option("--out", "out_dir", default=None, help="keygen: folder for the key files.")
 @click.argument("args", nargs=-1)
 def main(scheduler, trainer, assist_trainer, client, config_path, bar, follow, wait_nodes, resume, schema,
-         as_json, out_dir, args):
+         strict, as_json, out_dir, args):
     """xfed: federated LoRA / P-tuning v2 fine-tuning of ChatGLM-family models over Redis."""
     roles = [r for r in (scheduler, trainer, assist_trainer, client) if r]
     try:
@@ -68,7 +69,7 @@ def main(scheduler, trainer, assist_trainer, client, config_path, bar, follow, w
             return run_node(config_path, node_id=None, assist=True)
         if client == "validate":
             from xfed.config.validate import validate_command
-            sys.exit(validate_command(config_path, schema=schema))
+            sys.exit(validate_command(config_path, schema=schema, strict=strict))
         from xfed.client import run_client
         sys.exit(run_client(client, config_path, list(args), bar=bar, follow=follow,
                             wait_nodes=wait_nodes, resume=resume, as_json=as_json) or 0)
