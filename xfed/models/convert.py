@@ -1,7 +1,7 @@
 """`xfed convert SRC DST`: write a THUDM ChatGLM folder once as a native transformers folder.
 
 ChatGLM2/3 become GlmForCausalLM safetensors that plain `AutoModelForCausalLM.from_pretrained`
-loads (the tokenizer is xfed's ChatGLM3Tokenizer, found by AutoTokenizer after `import xfed.models`);
+loads (the tokenizer is xfed's ChatGLM3Tokenizer, found by AutoTokenizer after `import xfed.models.chatglm3`);
 ChatGLM-6B becomes xfed's own registered model class. Weights keep the dtype they had on disk.
 """
 from __future__ import annotations
