@@ -66,7 +66,8 @@ class Federation:
     def nodes(self) -> list[str]:
         return self.trainers + [self.assist]
 
-    def write_config(self, params: dict[str, Any] | None = None, *, per_node: dict[str, dict] | None = None) -> None:
+    def write_config(self, params: dict[str, Any] | None = None, *, per_node: dict[str, dict] | None = None,
+                     stages: int = 1) -> None:
         self.config.mkdir(parents=True, exist_ok=True)
         fed = {"fed_info": {"scheduler": {"scheduler": "localhost:0"},
                             "trainer": {t: "localhost:0" for t in self.trainers},
@@ -79,7 +80,8 @@ class Federation:
             p = (per_node or {}).get(n, params)
             ident = "assist_trainer" if n == self.assist else "label_trainer"
             out = str(self.root / "out" / "[JOB_ID]" / "[NODE_ID]")
-            (self.config / f"trainer_config_{n}.json").write_text(json.dumps(stage_config(ident, p, out), indent=1))
+            (self.config / f"trainer_config_{n}.json").write_text(
+                json.dumps(stage_config(ident, p, out) * stages, indent=1))
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

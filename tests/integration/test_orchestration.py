@@ -43,18 +43,20 @@ def assert_daemons_alive(fed) -> None:
         assert proc.poll() is None, f"{name} exited {proc.returncode}\n{fed.log(name)}"
 
 
-def test_happy_path_follow_status_list_and_nodes(fed):
-    fed.write_config(FAST)
+def test_happy_path_two_stages_follow_status_list_and_nodes(fed):
+    fed.write_config(FAST, stages=2)
     res = fed.client("-c", "start", "--follow")
     assert res.returncode == 0, res.stdout + res.stderr + fed.logs()
     job_id = res.stdout.split()[0]
     assert f"job {job_id} SUCCESSFUL" in res.stdout
-    assert "round 3/3" in res.stdout or "node-1 round 2" in res.stdout
+    assert "RUNNING stage 0" in res.stdout and "RUNNING stage 1" in res.stdout
+    assert "node-1: stage 1 done" in res.stdout and "node-1 round 2" in res.stdout
 
     status = json.loads(fed.client("-c", "status", job_id, "--json").stdout)
     assert status["state"] == "SUCCESSFUL" and status["ended"] >= status["started"] >= status["created"]
+    assert (status["stage"], status["n_stages"]) == (1, 2)
     assert {n: s["state"] for n, s in status["nodes"].items()} == {n: "done" for n in fed.nodes}
-    assert {(r["node"], r["round"]) for r in status["rounds"]} >= {("node-1", 2), ("assist_trainer", 2)}
+    assert {(r["stage"], r["node"], r["round"]) for r in status["rounds"]} >= {(0, "node-1", 2), (1, "assist_trainer", 2)}
     assert all(r["max_abs_err"] < 1e-4 for r in status["rounds"])
     text = fed.client("-c", "status", job_id).stdout
     assert "SUCCESSFUL" in text and "node-2" in text and "done" in text and "max_abs_err" in text
@@ -176,6 +178,7 @@ def test_daemons_reconnect_after_redis_restart_while_idle(fed):
     fed.redis.restart(keep_data=False, down_s=1.0)
     fed.wait_alive(fed.nodes + ["scheduler"], timeout=30)
     fed.write_config(FAST)
-    res = fed.client("-c", "start", "--follow")
-    assert res.returncode == 0, res.stdout + res.stderr + fed.logs()
+    res = fed.client("-c", "start", "--follow", "--bar")
+    assert res.returncode == 0 and "SUCCESSFUL" in res.stdout, res.stdout + res.stderr + fed.logs()
+    assert "━" in res.stdout  # the progress bars were drawn
     assert_daemons_alive(fed)

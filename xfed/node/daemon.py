@@ -54,6 +54,7 @@ class NodeDaemon:
         self._spare_retry_at = 0.0
         self.shutdown = threading.Event()
         self._outbox: list[tuple[EventReporter, str, dict]] = []
+        self._deferred: list[tuple[str, dict]] = []   # run_stage commands waiting for our child to exit
         self._last_job_check = 0.0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -133,6 +134,10 @@ class NodeDaemon:
     def _run_stage(self, entry_id: str, msg: dict) -> None:
         job_id, stage_id, attempt = msg["job"], msg["stage"], msg["attempt"]
         child = self.child
+        if child is not None and child.job_id == job_id and (child.stage_id, child.attempt) != (stage_id, attempt):
+            # the next stage can arrive between our child's `done` and its exit: run it once it has exited
+            self._deferred.append((entry_id, msg))
+            return
         if child is not None:
             if (child.job_id, child.stage_id, child.attempt) != (job_id, stage_id, attempt):
                 self._reporter(job_id, stage_id, attempt).error(
@@ -231,6 +236,9 @@ class NodeDaemon:
                 self.cmds.ack(GROUP, child.entry_id)
         except BrokerError:
             pass  # left pending: the next incarnation sees the job is over and drops it
+        deferred, self._deferred = self._deferred, []
+        for entry_id, msg in deferred:
+            self._run_stage(entry_id, msg)
 
     def _shutdown_child(self) -> None:
         child = self.child

@@ -154,6 +154,7 @@ class Scheduler:
             return {"ok": False, "missing": missing,
                     "error": f"cannot start: node(s) not alive (no heartbeat): {', '.join(missing)}"}
         job_id = self.jobs.create(self.participants, extra={"cursor": "0-0"})
+        self.lingering.pop(job_id, None)  # an id reused after Redis lost its data
         self.cursors[job_id] = "0-0"
         self._dispatch(job_id, 0, 0, self.participants)
         log.info("job %s started on %s", job_id, ", ".join(self.participants))
