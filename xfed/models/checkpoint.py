@@ -69,7 +69,13 @@ def read_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             raise ModelError(f"{path}: corrupt safetensors file ({_one_line(err)})") from None
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            # mmap: a 12 GB fp16 checkpoint is paged in while it is cast, not held twice
+            data = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err) and "zipfile" not in str(err):
+                raise
+            data = torch.load(str(path), map_location="cpu", weights_only=True)  # legacy (pre-zip) format
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError,
             AttributeError, ImportError, KeyError, TypeError) as err:
         raise ModelError(f"{path}: corrupt or unsafe .bin file (torch.load weights_only refused it: "

@@ -49,8 +49,9 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: GlmConfig, *,
         return key_files.get(key, "checkpoint")
 
     out: dict[str, torch.Tensor] = {}
-    origin: dict[str, str] = {}
-    for key, tensor in state.items():
+    # pop as we go: the source tensors are freed while the cast copies are made
+    for key in list(state):
+        tensor = state.pop(key)
         if key in _IGNORED:
             continue
         targets: list[tuple[str, torch.Tensor]]
@@ -85,7 +86,6 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: GlmConfig, *,
                 raise ModelError(f"{where(key)}: weight {key!r} has shape {tuple(tensor.shape)}, config.json "
                                  f"implies {tuple(expected[name])} for {name}")
             out[name] = value.to(dtype)
-            origin[name] = key
     missing = list(dict.fromkeys(thudm_name(name) for name in expected if name not in out))
     if missing:
         raise ModelError(f"{checkpoint}: weight {missing[0]!r} missing ({len(missing)} missing in all)")
