@@ -147,6 +147,20 @@ def test_malformed_frame_in_a_mailbox_fails_the_job_and_daemons_survive(fed):
     assert_daemons_alive(fed)
 
 
+def test_a_party_config_error_fails_the_job_naming_file_and_follow_exits_1(fed):
+    fed.write_config(FAST)
+    (fed.config / "trainer_config_node-2.json").write_text('[{"identity": "label_trainer", ')
+    res = fed.client("-c", "start", "--follow")
+    assert res.returncode == 1, res.stdout + res.stderr
+    job = fed.store().require(res.stdout.split()[0])
+    assert job.state.value == "FAILED" and job.node == "node-2" and "trainer_config_node-2.json" in job.reason
+    assert f"job {job.job_id} FAILED: node-2: " in res.stdout
+    fed.write_config({**FAST, "rounds": "three"})
+    job = fed.wait_job(start(fed))
+    assert job.state.value == "FAILED" and "train_params.rounds" in job.reason, job
+    assert_daemons_alive(fed)
+
+
 def test_malformed_event_fails_the_running_job(fed):
     keys, r = fed.keys(), fed.redis_client()
     fed.write_config(SLOW)
