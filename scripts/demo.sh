@@ -18,7 +18,7 @@ DEMO=demo/horizontal/chatglm/3party_lora
 WORK="$ROOT/$DEMO/work"
 trap '"$ROOT/$DEMO/stop.sh" >/dev/null' EXIT
 echo "== federated training: $DEMO (logs in $WORK/logs)"
-"$DEMO/run.sh"
+XFED_DEMO_QUIET=1 "$DEMO/run.sh"
 job=$(awk 'NR == 1 {print $1}' "$WORK/logs/client.log")
 out="$WORK/output/$job"
 "$DEMO/stop.sh" >/dev/null
@@ -38,8 +38,8 @@ python -m xfed.infer --model work/tiny-glm --adapter "$out/node-1/final" --instr
     --max-new-tokens 12
 echo
 echo "demo finished in $(( $(date +%s) - t0 )) s; adapters (PEFT format) under $out/<node>/final"
-base=$(awk '/base model:/ {print $4}' "$WORK/heldout.txt")
-fed=$(awk '/base \+ adapter:/ {print $5}' "$WORK/heldout.txt")
+base=$(grep -oE 'base model: exact match [0-9.]+' "$WORK/heldout.txt" | awk '{print $NF}')
+fed=$(grep -oE 'base \+ adapter: exact match [0-9.]+' "$WORK/heldout.txt" | awk '{print $NF}')
 if python -c "import sys; sys.exit(0 if float('$fed') > float('$base') else 1)"; then
     echo "federated adapter beats the base model on held-out exact match: $fed > $base"
 else

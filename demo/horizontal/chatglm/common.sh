@@ -39,7 +39,7 @@ run_demo() {  # run_demo NODE... -- CLIENT_ARGS... : start the daemons, run one 
     done
     local rc=0
     python "$ROOT/xfed.py" -c start --follow --wait-nodes 120 --config_path "$CONFIG" "$@" | tee "$WORK/logs/client.log" || rc=$?
-    python "$ROOT/xfed.py" -c status --config_path "$CONFIG" || true
+    [ -n "${XFED_DEMO_QUIET:-}" ] || python "$ROOT/xfed.py" -c status --config_path "$CONFIG" || true
     echo "adapters and metrics.json: $WORK/output/<job>/<node>/ (final/, checkpoint-<round>/); $DEMO/stop.sh stops the daemons"
     return $rc
 }

@@ -14,6 +14,12 @@ from .training import greedy_answers
 
 def load_for_inference(model_dir: str | Path, adapter_dir: str | Path | None = None, device: str = "cpu"):
     """(model, tokenizer) in eval mode: the base model, with the adapter applied when one is given."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a command-line tool: answers, not loading bars
+    warnings.filterwarnings("ignore", category=FutureWarning)
     model, tokenizer = load_model_folder(Path(model_dir), device=device)
     if adapter_dir is not None:
         from xfed.models import load_adapter
