@@ -67,5 +67,6 @@ def test_v1_targets_and_prefix_config(v1):
     folder, _ = v1
     model, _ = load_pretrained(folder)
     assert resolve_target_modules(model, ["query_key_value"]) == ["query_key_value"]
+    assert resolve_target_modules(model, "auto") == ["query_key_value"]
     peft_model = make_peft_model(model, PrefixTuningConfig(num_virtual_tokens=2, task_type="CAUSAL_LM"))
     assert peft_model.peft_config["default"].token_dim == model.config.hidden_size

@@ -37,7 +37,7 @@ THUDM_TO_GLM = {
 }
 # "auto" per model_type where peft has no default (or a poorer one for fine-tuning).
 AUTO_TARGETS = {
-    "glm": _QKV_SPLIT, "glm4": _QKV_SPLIT, "chatglm": ("query_key_value",),
+    "glm": _QKV_SPLIT, "glm4": _QKV_SPLIT, "chatglm": ("query_key_value",), "chatglm6b": ("query_key_value",),
     "llama": ("q_proj", "k_proj", "v_proj", "o_proj"), "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj"),
     "qwen3": ("q_proj", "k_proj", "v_proj", "o_proj"), "mistral": ("q_proj", "k_proj", "v_proj", "o_proj"),
     "gpt2": ("c_attn",),
