@@ -10,7 +10,6 @@ All label trainers must take part in every round: pads are consumed in lock step
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any, Mapping
 
@@ -28,10 +27,6 @@ from xfed.aggregation.base import (
 from xfed.aggregation.keyexchange import OtpSettings, agree_pad_streams
 from xfed.crypto import mask, unmask_sum
 from xfed.errors import FrameError, JobError
-
-# crypto.otp reuses module-level scratch buffers across rounds (warm memory); serialise its calls so
-# several parties run as threads of one process (tests, demos) cannot interleave on them.
-_CRYPTO_LOCK = threading.Lock()
 
 
 def _session(ctx: Any) -> str:
@@ -77,10 +72,10 @@ class OtpLeaf(LeafBase):
         w = check_weight(weight, who, allow_zero=True)
         t0 = time.perf_counter()
         try:
-            with _CRYPTO_LOCK:
-                masked = mask({**named, WEIGHT_KEY: np.float64(1.0)}, bits=self.settings.bits,
-                              frac_bits=self.settings.frac_bits, weight=w, n_parties=len(self.trainers),
-                              self_id=self.node_id, peer_streams=self.streams)
+            # thread-safe (crypto locks its warm buffers), so parties may run as threads of one process
+            masked = mask({**named, WEIGHT_KEY: np.float64(1.0)}, bits=self.settings.bits,
+                          frac_bits=self.settings.frac_bits, weight=w, n_parties=len(self.trainers),
+                          self_id=self.node_id, peer_streams=self.streams)
         except OverflowError as exc:
             raise JobError(f"{who}: {exc} (use key_bitlength 128 or weighting: uniform)") from None
         except ValueError as exc:
@@ -118,9 +113,8 @@ class OtpRoot(RootBase):
                               dtype=np.dtype(np.uint64))
         t0 = time.perf_counter()
         try:
-            with _CRYPTO_LOCK:
-                sums = unmask_sum([got[n].tensors for n in self.trainers], bits=self.settings.bits,
-                                  frac_bits=self.settings.frac_bits)
+            sums = unmask_sum([got[n].tensors for n in self.trainers], bits=self.settings.bits,
+                              frac_bits=self.settings.frac_bits)
         except ValueError as exc:
             raise FrameError(f"round {round_idx}: masked uploads do not fit together: {exc}") from None
         total = float(sums.pop(WEIGHT_KEY))
