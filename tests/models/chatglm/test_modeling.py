@@ -117,3 +117,16 @@ def test_fp16_weights_cast_on_request_and_still_track_float32(v1_folder, v1_load
         ref = v1_loaded[0](input_ids=ids).logits
     assert half.dtype == torch.bfloat16
     assert (low.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.75
+
+
+def test_generate_with_thudm_position_ids_equals_derived_positions(v1_loaded, v1_ref):
+    model, _ = v1_loaded
+    ids, mask = _batch(v1_ref)
+    cfg = model.config
+    pos = v1_position_ids(ids, mask, bos_token_id=cfg.bos_token_id, mask_token_id=cfg.mask_token_id,
+                          gmask_token_id=cfg.gmask_token_id)
+    with torch.no_grad():
+        derived = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
+        given = model.generate(input_ids=ids, attention_mask=mask, position_ids=pos, max_new_tokens=4,
+                               do_sample=False)
+    assert torch.equal(derived, given)

@@ -35,8 +35,9 @@ _LAST_POSITION_ATTR = "_chatglm6b_last_position"
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """OpenAI's tanh-approximated GELU, written out as THUDM's `gelu_impl`."""
-    return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)))
+    """THUDM's `gelu_impl`, 0.5x(1 + tanh(0.79788456 x (1 + 0.044715 x^2))): torch's fused tanh-GELU is
+    the same formula and keeps one activation for backward instead of six."""
+    return F.gelu(x, approximate="tanh")
 
 
 def rotary_inv_freq(dim: int, base: float, device=None) -> torch.Tensor:
@@ -448,3 +449,17 @@ class ChatGLM6BForCausalLM(ChatGLM6BPreTrainedModel, GenerationMixin):
         # Our forward derives THUDM's 2-D positions itself (from the prompt, then from the cache);
         # generate's 1-D running positions would be wrong for v1.
         return None
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
+        # THUDM-layout position_ids [b, 2, seq] given to generate(): new tokens keep the position and
+        # advance the block position (transformers would advance both).
+        position_ids = model_kwargs.pop("position_ids", None)
+        model_kwargs = super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
+        )
+        if position_ids is not None:
+            last = position_ids[..., -1:]
+            step = torch.arange(1, num_new_tokens + 1, device=last.device)
+            new = torch.stack((last[:, 0].expand(-1, num_new_tokens), last[:, 1] + step), dim=1)
+            model_kwargs["position_ids"] = torch.cat((position_ids, new), dim=-1)
+        return model_kwargs
