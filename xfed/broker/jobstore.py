@@ -207,7 +207,7 @@ class JobStore:
         for n in participants:
             mapping[f"node:{n}"] = NodeStatus(updated=now).to_json()
         mapping.update(extra or {})
-        pipe = self.r.pipeline(transaction=True)
+        pipe = self.r.pipeline(transaction=False)  # two hash slots: no MULTI (Redis Cluster)
         pipe.hset(self.keys.job(job_id), mapping=mapping)
         pipe.zadd(self.keys.jobs_index(), {job_id: int(job_id) if job_id.isdigit() else now})
         self._call(pipe.execute)

@@ -98,15 +98,17 @@ class Scheduler:
         busy = bool(self.cursors)
         for entry in self.requests.read_group(GROUP, SCHEDULER_ID, block_ms=None if busy else 200, count=20):
             self._handle_request(entry)
-        if self.cursors:
-            streams = {self.keys.job_events(j): c for j, c in self.cursors.items()}
-            by_key = read_many(self.r, streams, block_ms=100)
-            for job_id in list(self.cursors):
-                entries = by_key.get(self.keys.job_events(job_id), [])
-                if entries:
-                    self._process_events(job_id, entries)
+        # one stream per XREAD (each job's keys share a hash tag, different jobs do not: Redis Cluster);
+        # block only on an active job's stream, so request latency stays ~100 ms
+        tracked = sorted(self.cursors, key=lambda j: j in self.lingering)
+        for i, job_id in enumerate(tracked):
+            key = self.keys.job_events(job_id)
+            block = 100 if i == 0 and job_id not in self.lingering else None
+            entries = read_many(self.r, {key: self.cursors[job_id]}, block_ms=block).get(key, [])
+            if entries:
+                self._process_events(job_id, entries)
         now = time.monotonic()
-        if now - began > self.interval:
+        if now - began > max(self.interval, 1.0):  # a normal step blocks <= 0.1 s
             # a Redis blip absorbed by the client's retries: same grace as an outage
             self._liveness_grace_until = now + 2 * self.interval + 0.5
         for job_id, until in list(self.lingering.items()):
