@@ -104,7 +104,8 @@ class RoundRunner:
         record["eta_s"] = self.metrics.eta_seconds(round_idx, self.schedule.rounds)
         self.metrics.add(record)
         self.ctx.report("metrics", record)
-        self.ctx.report("progress", {"round": round_idx, "rounds": self.schedule.rounds, "eta_s": record["eta_s"]})
+        self.ctx.report("progress", {"round": round_idx, "rounds": self.schedule.rounds, "eta_s": record["eta_s"],
+                                     "fraction": round(round_idx / self.schedule.rounds, 4)})
         return record
 
     def _check_finite(self, tensors: dict[str, np.ndarray], round_idx: int) -> None:
@@ -121,15 +122,25 @@ class FederatedCallback(TrainerCallback):
     `on_train_end` runs a round still pending if no log came.
     """
 
+    PROGRESS_EVERY_S = 5.0  # step progress between rounds, throttled: a 6B model's round can take an hour
+
     def __init__(self, runner: RoundRunner):
         self.runner = runner
         self.rounds_done = 0
         self._pending: tuple[int, int] | None = None
+        self._last_progress = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.runner.ctx.should_stop():
             raise JobError(f"{self.runner.ctx.node_id}: job stopped during training (step {state.global_step})")
         self._flush()  # a round whose log never came
+        now = time.monotonic()
+        if now - self._last_progress >= self.PROGRESS_EVERY_S:
+            self._last_progress = now
+            total = self.runner.schedule.total_steps
+            self.runner.ctx.report("progress", {
+                "round": self.rounds_done, "rounds": self.runner.schedule.rounds, "step": state.global_step,
+                "steps": total, "fraction": round(state.global_step / total, 4)})
         round_idx = self.runner.schedule.round_at(state.global_step)
         if round_idx is not None:
             self._pending = (round_idx, state.global_step)
