@@ -124,9 +124,7 @@ def test_killed_daemon_fails_job_by_heartbeat_and_leaves_no_process(fed):
     assert took <= 3 * fed.interval + 0.6, took
     assert_all_dead(fed, list(pids.values()))  # node-2's orphan too (PDEATHSIG)
     fed.start_node("node-2")
-    fed.wait_alive(["node-2"])
-    fed.write_config(FAST)
-    assert fed.wait_job(start(fed)).state.value == "SUCCESSFUL"
+    fed.wait_alive(["node-2"])  # the next test's job runs on the restarted daemon
 
 
 def test_malformed_frame_in_a_mailbox_fails_the_job_and_daemons_survive(fed):
@@ -142,9 +140,7 @@ def test_malformed_frame_in_a_mailbox_fails_the_job_and_daemons_survive(fed):
     r.xadd(keys.node_cmd("node-1"), {b"m": b"{not json"})
     r.xadd(keys.node_cmd("node-2"), {b"m": json.dumps({"type": "run_stage", "job": "1"}).encode()})
     r.xadd(keys.requests(), {b"m": b"\x80\x81"})
-    fed.write_config(FAST)
-    assert fed.wait_job(start(fed)).state.value == "SUCCESSFUL"
-    assert_daemons_alive(fed)
+    assert_daemons_alive(fed)  # and the next test's jobs run on them
 
 
 def test_a_party_config_error_fails_the_job_naming_file_and_follow_exits_1(fed):

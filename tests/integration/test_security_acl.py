@@ -1,0 +1,188 @@
+"""Redis ACLs end to end: users from scripts/redis_acl.py, every party logged in as itself, a real job.
+
+The `default` user is switched off, so nothing can lean on it; the harness watches through its own
+admin user. The job must succeed with no ACL denial logged, and node-1's own credentials must be
+refused (NOPERM) on node-2's mailbox, on writing as node-2, on the job state and on keyless commands.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+NS = "acl"
+ADMIN_PW = "admin-test-password-0123456789"
+
+
+def _integration_conftest():
+    """tests/integration/conftest.py as a module (conftests are not importable under importlib mode)."""
+    name = "xfed_tests_integration_conftest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "integration" / "conftest.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+Federation = _integration_conftest().Federation
+
+
+class PartyFederation(Federation):
+    """Each process runs from its own config folder (own fed_conf.json with its own ACL user)."""
+
+    def party_config(self, name: str) -> Path:
+        return self.root / "parties" / name
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "ab")
+        proc = subprocess.Popen([sys.executable, str(REPO / "xfed.py"), *args, "--config_path",
+                                 str(self.party_config(name))],
+                                stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.root)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def client(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(REPO / "xfed.py"), *args, "--config_path",
+                               str(self.party_config("client"))],
+                              capture_output=True, text=True, env=self.env(), cwd=self.root, timeout=timeout)
+
+    def redis_client(self):
+        return self.redis.client(username="admin", password=ADMIN_PW)
+
+
+def run_acl_script(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "redis_acl.py"), *args], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def acl_fed(tmp_path_factory):
+    RedisServer = _integration_conftest()._redis_server_class()
+    root = tmp_path_factory.mktemp("aclfed")
+    srv = RedisServer(dir=root)
+    srv.start()
+    fed = PartyFederation(root=root, redis=srv, namespace=NS)
+    try:
+        fed.write_config({"rounds": 3, "dim": 8, "weighting": "index", "encryption": {"otp": {}}})
+        res = run_acl_script("--config_path", str(fed.config), "--passwords", str(root / "pw.json"),
+                             "--configs", str(root / "parties"), "--apply",
+                             env={"XFED_REDIS_ADMIN_URL": f"redis://{srv.address}/0"})
+        assert res.returncode == 0, res.stderr
+        for party in fed.nodes:
+            shutil.copy(fed.config / f"trainer_config_{party}.json", fed.party_config(party))
+        admin = srv.client()
+        admin.execute_command("ACL", "SETUSER", "admin", "on", f">{ADMIN_PW}", "~*", "&*", "+@all")
+        admin.execute_command("ACL", "SETUSER", "default", "off")
+        admin.close()
+        fed.redis_client().execute_command("ACL", "LOG", "RESET")
+        fed.start_all()
+        yield fed
+    finally:
+        fed.stop_all()
+        srv.stop()
+
+
+def _as(fed: PartyFederation, subject: str):
+    import redis
+
+    pw = json.loads((fed.root / "pw.json").read_text())[f"{NS}-{subject}"]
+    return redis.Redis(host=fed.redis.host, port=fed.redis.port, username=f"{NS}-{subject}", password=pw,
+                       socket_timeout=5)
+
+
+def _noperm(fn, *args) -> str:
+    import redis
+
+    with pytest.raises(redis.exceptions.NoPermissionError) as err:
+        fn(*args)
+    return str(err.value)
+
+
+def test_script_writes_private_configs_with_own_urls(acl_fed):
+    pw = json.loads((acl_fed.root / "pw.json").read_text())
+    assert sorted(pw) == sorted(f"{NS}-{n}" for n in [*acl_fed.nodes, "scheduler", "client"])
+    assert (acl_fed.root / "pw.json").stat().st_mode & 0o077 == 0
+    conf = json.loads((acl_fed.party_config("node-1") / "fed_conf.json").read_text())
+    assert conf["redis_server"] == f"redis://{NS}-node-1:{pw[f'{NS}-node-1']}@{acl_fed.redis.address}/0"
+    assert (acl_fed.party_config("node-1") / "fed_conf.json").stat().st_mode & 0o077 == 0
+    # a re-run keeps the stored passwords (same URLs, nothing rewritten)
+    res = run_acl_script("--config_path", str(acl_fed.config), "--passwords", str(acl_fed.root / "pw.json"))
+    assert res.returncode == 0 and json.loads((acl_fed.root / "pw.json").read_text()) == pw
+    assert f"node-1: {conf['redis_server']}" in res.stdout
+    assert pw[f"{NS}-node-1"] not in res.stdout.split("# redis_server")[0]  # the ACL file holds hashes only
+
+
+def test_job_succeeds_with_every_party_logged_in_as_itself_and_nothing_denied(acl_fed):
+    res = acl_fed.client("-c", "start")
+    assert res.returncode == 0, res.stderr + acl_fed.logs()
+    job_id = res.stdout.split()[0]
+    job = acl_fed.wait_job(job_id, timeout=60)
+    assert job.state.value == "SUCCESSFUL", (job, acl_fed.logs())
+    admin = acl_fed.redis_client()
+    users = {_s(c.split(b"user=")[1].split()[0]) for c in admin.execute_command("CLIENT", "LIST").splitlines()
+             if b"user=" in c}
+    assert {f"{NS}-{n}" for n in [*acl_fed.nodes, "scheduler"]} <= users
+    assert "default" not in users
+    from xfed.broker.acl import denied_log
+
+    assert denied_log(admin) == []
+    status = acl_fed.client("-c", "status", job_id, "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "SUCCESSFUL", status.stderr
+
+
+def test_node_1_cannot_read_node_2_mailbox_nor_write_as_node_2(acl_fed):
+    from xfed.broker.keys import Keys
+
+    k = Keys(NS)
+    r1 = _as(acl_fed, "node-1")
+    try:
+        to_node2 = k.mailbox("99", 0, "node-2", "assist_trainer")
+        assert "no permissions" in _noperm(r1.xread, {to_node2: "0-0"})
+        assert "no permissions" in _noperm(r1.xrange, k.mailbox("99", 0, "node-2", "node-1"))  # even what it sent
+        assert "no permissions" in _noperm(r1.xadd, k.mailbox("99", 0, "assist_trainer", "node-2"), {"d": b"forged"})
+        assert "no permissions" in _noperm(r1.xadd, to_node2, {"d": b"forged"})  # as the assist trainer
+        assert "no permissions" in _noperm(r1.hset, k.job("99"), "state", "SUCCESSFUL")
+        assert "no permissions" in _noperm(r1.keys, "*")
+        assert "no permissions" in _noperm(r1.flushall)
+        assert "no permissions" in _noperm(r1.get, k.heartbeat("node-2"))
+        # what it may do: write as itself, read (and XDEL from) its own mailboxes; anything it put there
+        # itself "from node-2" fools only itself
+        r1.xadd(k.mailbox("99", 0, "node-2", "node-1"), {"d": b"ok"})
+        assert r1.xread({k.mailbox("99", 0, "node-1", "node-2"): "0-0"}) in ([], {})
+    finally:
+        r1.close()
+    log = _denials(acl_fed)
+    assert {e["username"] for e in log} == {f"{NS}-node-1"}
+
+
+def test_scheduler_and_client_cannot_read_mailboxes(acl_fed):
+    from xfed.broker.keys import Keys
+
+    box = Keys(NS).mailbox("99", 0, "node-2", "node-1")
+    for subject in ("scheduler", "client"):
+        r = _as(acl_fed, subject)
+        try:
+            assert "no permissions" in _noperm(r.xread, {box: "0-0"})
+        finally:
+            r.close()
+
+
+def _denials(fed):
+    from xfed.broker.acl import denied_log
+
+    return denied_log(fed.redis_client())
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
