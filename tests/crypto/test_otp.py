@@ -2,6 +2,7 @@
 
 import hashlib
 import re
+from fractions import Fraction
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
@@ -71,11 +72,13 @@ def test_decoded_aggregate_is_the_weighted_mean(case, bits, csprng, seed):
         got = unmask_sum(masked, bits=bits, divide_by=total_w)
         assert sorted(got) == sorted(shapes)
         for k, shape in shapes.items():
-            want = sum(w * v[k] for v, w in parties) / total_w
-            scale = sum(w * np.abs(v[k]) for v, w in parties) / total_w
             assert got[k].shape == shape and got[k].dtype == np.float64
-            # n * 2^-f from rounding, plus float64's own rounding of the result.
-            assert np.all(np.abs(got[k] - want) <= n * 2.0**-f + 4e-16 * scale)
+            # Exact rational reference (a float64 reference would carry its own rounding error).
+            for j, value in enumerate(got[k].reshape(-1).tolist()):
+                exact = sum(Fraction(w) * Fraction(float(v[k].reshape(-1)[j])) for v, w in parties) / Fraction(total_w)
+                scale = sum(w * abs(float(v[k].reshape(-1)[j])) for v, w in parties) / total_w
+                # n * 2^-f from rounding to fixed point, plus float64 rounding of w * x and of the result.
+                assert abs(Fraction(value) - exact) <= n * 2.0**-f + 4e-16 * scale
 
 
 @given(values=hnp.arrays(np.float64, st.integers(16, 64), elements=st.floats(-10, 10)),

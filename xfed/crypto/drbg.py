@@ -385,8 +385,13 @@ class CtrDrbg:
             counter = ((self._v + 1) & _MASK128).to_bytes(_BLOCKLEN, "big")
             # AES-CTR keystream = E(K, V+1) || E(K, V+2) ...; OpenSSL's CTR mode carries across
             # all 128 bits of the counter block, as SP 800-90A does with ctr_len = blocklen.
+            # The closing CTR_DRBG_Update encrypts the next three counters under the same key,
+            # so it is simply the next 48 bytes of this keystream: one cipher context per request.
             enc = Cipher(algorithms.AES(self._key), modes.CTR(counter)).encryptor()
             enc.update_into(memoryview(_ZERO_BLOCKS)[: n_blocks * _BLOCKLEN], out)
-            self._v = (self._v + n_blocks) & _MASK128
-        self._update(additional)
+            temp = _xor(enc.update(_ZERO_BLOCKS[:_SEEDLEN]), additional)
+            self._key = temp[:_KEYLEN]
+            self._v = int.from_bytes(temp[_KEYLEN:], "big")
+        else:
+            self._update(additional)
         self._counter += 1

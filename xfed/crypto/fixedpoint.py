@@ -65,25 +65,21 @@ def encoded_shape(shape: tuple[int, ...], bits: int) -> tuple[int, ...]:
     return tuple(shape) if bits == 64 else (*shape, 2)
 
 
-def _scaled(x: np.ndarray, *, scale: float, name: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "fiub":
-        raise ValueError(f"tensor {name!r}: cannot encode dtype {arr.dtype}")
-    y = np.empty(arr.shape, dtype=np.float64)  # an array even for 0-d input
-    np.multiply(arr, scale, out=y)
-    return y
+# Elements per block: a block's float64 temporaries stay in cache, and no tensor-sized
+# temporary is allocated (fresh pages cost far more than the arithmetic on them).
+_BLOCK = 32768
 
 
-def _check_range(y: np.ndarray, *, bits: int, n_parties: int, name: str, frac_bits: int) -> float:
-    """max|y|; NaN/inf -> ValueError; n_parties * (max|y| + 1/2) beyond the signed range -> OverflowError."""
-    if y.size == 0:
+def _check_range(arr: np.ndarray, *, scale: float, bits: int, n_parties: int, name: str, frac_bits: int) -> float:
+    """max|arr * scale|; NaN/inf -> ValueError; n_parties * (that + 1/2) beyond the signed range -> OverflowError."""
+    if arr.size == 0:
         return 0.0
-    top, bottom = float(y.max()), float(y.min())
+    top, bottom = float(arr.max()), float(arr.min())
     if math.isnan(top) or math.isnan(bottom):
         raise ValueError(f"tensor {name!r} contains NaN; refusing to encode it")
-    m = max(abs(top), abs(bottom))
-    if math.isinf(m):
+    if math.isinf(top) or math.isinf(bottom):
         raise ValueError(f"tensor {name!r} contains infinity; refusing to encode it")
+    m = max(abs(top), abs(bottom)) * scale  # scaling by a positive constant keeps the order
     # Rounding adds at most 1/2 per party; the factor keeps float64's own error on the safe side.
     if n_parties * (m + 0.5) >= 2.0 ** (bits - 1) * (1.0 - 2.0**-40):
         raise OverflowError(
@@ -107,7 +103,8 @@ def encode(
     """round(weight * x * 2^frac_bits) mod 2^bits as uint64 (see module docstring for the layout).
 
     `n_parties` is how many such values will be summed: the overflow check is for the sum.
-    `out` (uint64, encoded_shape) receives the result when given.
+    `out` (uint64, encoded_shape) receives the result when given. All checks run before
+    anything is written.
     """
     frac_bits = check_params(bits, frac_bits)
     weight = float(weight)
@@ -115,38 +112,53 @@ def encode(
         raise ValueError(f"tensor {name!r}: weight must be a finite number >= 0, got {weight!r}")
     if isinstance(n_parties, bool) or not isinstance(n_parties, (int, np.integer)) or n_parties < 1:
         raise ValueError(f"n_parties must be a positive integer, got {n_parties!r}")
-    y = _scaled(x, scale=weight * 2.0**frac_bits, name=name)
-    largest = _check_range(y, bits=bits, n_parties=int(n_parties), name=name, frac_bits=frac_bits)
-    np.rint(y, out=y)  # round half to even: nearest, without a bias toward +inf
-    shape = encoded_shape(y.shape, bits)
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"tensor {name!r}: cannot encode dtype {arr.dtype}")
+    scale = weight * 2.0**frac_bits
+    largest = _check_range(arr, scale=scale, bits=bits, n_parties=int(n_parties), name=name, frac_bits=frac_bits)
+    shape = encoded_shape(arr.shape, bits)
     if out is None:
         out = np.empty(shape, dtype=np.uint64)
-    elif out.shape != shape or out.dtype != np.uint64:
-        raise ValueError(f"tensor {name!r}: out must be uint64 of shape {shape}")
-    if bits == 64:
-        np.copyto(out.view(np.int64), y, casting="unsafe")
-        return out
-    lo, hi = out[..., 0], out[..., 1]
-    if largest < 2.0**63:
+    elif out.shape != shape or out.dtype != np.uint64 or not out.flags.c_contiguous:
+        raise ValueError(f"tensor {name!r}: out must be C-contiguous uint64 of shape {shape}")
+    flat_x = arr.reshape(-1)
+    flat_out = out.reshape(-1) if bits == 64 else out.reshape(-1, 2)
+    n = flat_x.size
+    y_buf = np.empty(min(n, _BLOCK), dtype=np.float64)
+    for s in range(0, n, _BLOCK):
+        e = min(n, s + _BLOCK)
+        y = y_buf[: e - s]
+        np.multiply(flat_x[s:e], scale, out=y)
+        np.rint(y, out=y)  # round half to even: nearest, without a bias toward +inf
+        if bits == 64:
+            np.copyto(flat_out[s:e].view(np.int64), y, casting="unsafe")
+        else:
+            _encode_block_128(y, flat_out[s:e, 0], flat_out[s:e, 1], small=largest < 2.0**63)
+    return out
+
+
+def _encode_block_128(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, *, small: bool) -> None:
+    """Integer-valued float64 y (|y| < 2^127) into exact low/high limbs; y is destroyed."""
+    if small:
         # Fits int64: the low limb is the int64 itself, the high limb its sign extension.
         np.copyto(lo.view(np.int64), y, casting="unsafe")
         np.right_shift(lo.view(np.int64), 63, out=hi.view(np.int64))
-        return out
-    # 128 bits: split |y| < 2^127 into exact 64-bit limbs in float64 (both parts are exactly
-    # representable: lo keeps the low bits of |y|'s 53-bit mantissa), then negate in two's
-    # complement where y < 0 with a vectorised borrow.
-    neg = y < 0
-    np.abs(y, out=y)
-    hi_f = np.floor(y * (1.0 / _TWO64))
-    y -= hi_f * _TWO64
-    np.copyto(lo, y, casting="unsafe")
-    np.copyto(hi, hi_f, casting="unsafe")
-    if neg.any():
-        borrow = lo == 0
-        np.negative(lo, out=lo, where=neg)
-        np.invert(hi, out=hi, where=neg)
-        np.add(hi, 1, out=hi, where=neg & borrow)
-    return out
+        return
+    # value = H * 2^64 + L with H = rint(y / 2^64) and L = y - H * 2^64 in [-2^63, 2^63]: both
+    # are exact in float64 (if |y| >= 2^62, L is a multiple of y's ulp and needs <= 53 bits;
+    # below, H = 0 and L = y). Then lo = L mod 2^64 and hi = H - 1 where L < 0 (its borrow).
+    h = y * (1.0 / _TWO64)
+    np.rint(h, out=h)
+    y -= h * _TWO64
+    edge = y >= 2.0**63  # L = +2^63 (a tie rounded to even): write it as -2^63 + one more 2^64
+    if edge.any():
+        y[edge] -= _TWO64
+        h[edge] += 1.0
+    lo_i, hi_i = lo.view(np.int64), hi.view(np.int64)
+    np.copyto(lo_i, y, casting="unsafe")
+    np.copyto(hi_i, h, casting="unsafe")
+    hi_i += lo_i >> 63
 
 
 def decode(

@@ -270,10 +270,16 @@ def mask(
 
 
 def _apply(acc: np.ndarray, pad: np.ndarray, sign: int, bits: int) -> None:
-    if sign > 0:
-        fixedpoint.add_into(acc, pad, bits)
-    else:
-        fixedpoint.sub_into(acc, pad, bits)
+    """acc += sign * pad mod 2^bits (128 bits: block by block, carries in a small warm buffer)."""
+    if bits == 64:
+        (np.add if sign > 0 else np.subtract)(acc, pad, out=acc)
+        return
+    op = fixedpoint.add_limbs if sign > 0 else fixedpoint.sub_limbs
+    n = acc.shape[0]
+    carry = np.empty(min(n, _SUM_BLOCK), dtype=np.bool_)
+    for s in range(0, n, _SUM_BLOCK):
+        e = min(n, s + _SUM_BLOCK)
+        op(acc[s:e, 0], acc[s:e, 1], pad[s:e, 0], pad[s:e, 1], carry[: e - s])
 
 
 # Elements per block when summing: the block's accumulators stay in cache across all parties,
