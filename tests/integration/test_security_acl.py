@@ -134,11 +134,14 @@ def test_job_succeeds_with_every_party_logged_in_as_itself_and_nothing_denied(ac
              if b"user=" in c}
     assert {f"{NS}-{n}" for n in [*acl_fed.nodes, "scheduler"]} <= users
     assert "default" not in users
+    status = acl_fed.client("-c", "status", job_id, "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "SUCCESSFUL", status.stderr
+    for verb, expect in (("list", job_id), ("nodes", "node-2")):
+        res = acl_fed.client("-c", verb)
+        assert res.returncode == 0 and expect in res.stdout, res.stdout + res.stderr
     from xfed.broker.acl import denied_log
 
     assert denied_log(admin) == []
-    status = acl_fed.client("-c", "status", job_id, "--json")
-    assert status.returncode == 0 and json.loads(status.stdout)["state"] == "SUCCESSFUL", status.stderr
 
 
 def test_node_1_cannot_read_node_2_mailbox_nor_write_as_node_2(acl_fed):

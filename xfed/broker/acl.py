@@ -1,0 +1,186 @@
+"""Redis 7 ACL users for one federation: one per node, one for the scheduler, one for the client.
+
+Each node's user may read (and XDEL from) only its own mailboxes and append to other nodes'
+mailboxes only as sender = itself (`Keys.node_acl_selectors`); the scheduler may not read any
+mailbox (it only deletes them when a job ends); the client may only post requests and read job
+state, events and the node registry. Every user gets an explicit list of commands: exactly those
+the xfed code sends (the ACL integration test runs a whole job and asserts `ACL LOG` stays empty,
+so a new command in broker code shows up there), never a keyless command that could reach other
+keys (`KEYS`, `FLUSHALL`, `SCAN` except for the scheduler, `CONFIG` ...).
+
+Passwords never appear in clear in what is applied or printed as an ACL file: rules carry the
+SHA-256 of the password (``#<hex>``); only the per-user connection URLs contain the password.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+from urllib.parse import quote
+
+import redis
+
+from xfed.broker.keys import Keys, check_id
+from xfed.errors import BrokerError, ConfigError
+
+SCHEDULER_USER = "scheduler"
+CLIENT_USER = "client"
+
+# connection set-up (AUTH/HELLO/PING/SELECT/CLIENT SETNAME ...) minus every admin or dangerous
+# subcommand (CLIENT KILL/LIST/PAUSE ...)
+_BASE = ("-@all", "+@connection", "-@admin", "-@dangerous")
+_NODE_CMDS = (
+    # data plane (Comm): append, refresh TTL, read own mailboxes, delete what was consumed
+    "xadd", "expire", "xread", "xdel",
+    # command stream (consumer group), job state, events, heartbeat + registry
+    "xgroup|create", "xreadgroup", "xack", "xrevrange", "hget", "hgetall", "hmget", "hset", "sadd", "set",
+    "del", "exists", "pttl",
+)
+_SCHEDULER_CMDS = _NODE_CMDS + (
+    "incrby", "zadd", "zrange", "zrem", "zrevrange", "smembers", "rpush", "scan", "multi", "exec", "discard",
+    "evalsha", "eval", "script|load", "script|exists", "hdel", "hsetnx", "type",
+)
+_CLIENT_CMDS = ("xadd", "xread", "xrevrange", "blpop", "pttl", "hget", "hgetall", "hmget", "zrange",
+                "zrevrange", "zrem", "smembers", "exists")
+
+
+@dataclass(frozen=True)
+class AclUser:
+    """One Redis ACL user: name, the xfed identity it stands for, its key patterns and commands."""
+
+    name: str
+    role: str                       # "node" | "scheduler" | "client"
+    subject: str                    # node id, "scheduler" or "client"
+    password: str = field(repr=False)
+    keys: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ()
+
+    @property
+    def password_hash(self) -> str:
+        return hashlib.sha256(self.password.encode()).hexdigest()
+
+    def rules(self) -> list[str]:
+        """ACL SETUSER rules after the user name (hashed password; channels none; keys; commands)."""
+        return ["on", f"#{self.password_hash}", "resetchannels", "resetkeys", *self.keys,
+                *_BASE, *(f"+{c}" for c in self.commands)]
+
+    def setuser_args(self) -> list[str]:
+        """Arguments of ``ACL SETUSER``: ``reset`` first, so re-applying replaces the old rules."""
+        return [self.name, "reset", *self.rules()]
+
+    def acl_file_line(self) -> str:
+        return " ".join(["user", self.name, *self.rules()])
+
+    def url(self, host: str, port: int, *, db: int = 0, tls: bool = False) -> str:
+        """The redis_server URL this user's process puts in its own fed_conf.json."""
+        auth = f"{quote(self.name, safe='')}:{quote(self.password, safe='')}@"
+        return f"{'rediss' if tls else 'redis'}://{auth}{_host(host)}:{int(port)}/{int(db)}"
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def user_name(namespace: str, subject: str) -> str:
+    """ACL user name for `subject` in `namespace`: namespaced, so federations can share one server."""
+    return f"{namespace}-{subject}"
+
+
+def scheduler_selectors(keys: Keys) -> list[str]:
+    """Everything of the control plane; mailboxes write-only (deleted when a job ends, never read)."""
+    ns = keys.namespace
+    return [f"~{ns}:requests", f"~{ns}:job_counter", f"~{ns}:jobs", f"~{ns}:job:{{*}}",
+            f"~{ns}:job:{{*}}:events", f"%W~{ns}:job:{{*}}:s:*", f"~{ns}:node:{{*}}:*", f"~{ns}:nodes",
+            f"~{ns}:scheduler", f"~{ns}:reply:*"]
+
+
+def client_selectors(keys: Keys) -> list[str]:
+    """Post requests, read answers, job state and events, the node registry; no mailbox at all."""
+    ns = keys.namespace
+    return [f"%W~{ns}:requests", f"~{ns}:reply:*", f"%R~{ns}:scheduler", f"%R~{ns}:job:{{*}}",
+            f"%R~{ns}:job:{{*}}:events", f"~{ns}:jobs", f"%R~{ns}:nodes", f"%R~{ns}:node:{{*}}:hb",
+            f"%R~{ns}:node:{{*}}:info"]
+
+
+def federation_users(namespace: str, node_ids: Iterable[str],
+                     passwords: Mapping[str, str] | None = None) -> list[AclUser]:
+    """One user per node, then the scheduler's and the client's; passwords from `passwords` by user
+    name, else freshly generated (secrets.token_urlsafe, 192 bits)."""
+    keys = Keys(namespace)
+    passwords = dict(passwords or {})
+    nodes = [check_id("node id", n) for n in node_ids]
+    if len(set(nodes)) != len(nodes):
+        raise ConfigError(f"node ids are not unique: {nodes}")
+    clash = sorted({SCHEDULER_USER, CLIENT_USER} & set(nodes))
+    if clash:
+        raise ConfigError(f"node id {clash[0]!r} would share its ACL user with xfed's {clash[0]}; rename the node")
+
+    def pw(name: str) -> str:
+        value = passwords.get(name)
+        if value is None:
+            return secrets.token_urlsafe(24)
+        if not isinstance(value, str) or len(value) < 16 or any(c.isspace() for c in value):
+            raise ConfigError(f"password of ACL user {name!r}: needs at least 16 characters and no spaces")
+        return value
+
+    users = []
+    for node in nodes:
+        name = user_name(namespace, node)
+        users.append(AclUser(name, "node", node, pw(name), tuple(keys.node_acl_selectors(node)), _NODE_CMDS))
+    name = user_name(namespace, SCHEDULER_USER)
+    users.append(AclUser(name, "scheduler", SCHEDULER_USER, pw(name), tuple(scheduler_selectors(keys)),
+                         _SCHEDULER_CMDS))
+    name = user_name(namespace, CLIENT_USER)
+    users.append(AclUser(name, "client", CLIENT_USER, pw(name), tuple(client_selectors(keys)), _CLIENT_CMDS))
+    return users
+
+
+def users_for_fed(fed: Any, passwords: Mapping[str, str] | None = None) -> list[AclUser]:
+    """`federation_users` for a loaded FedConf (namespace from `redis.namespace`, nodes from fed_info)."""
+    return federation_users(fed.redis.namespace, fed.node_ids, passwords)
+
+
+def acl_file(users: Iterable[AclUser]) -> str:
+    """The users as lines of a Redis ACL file (``aclfile`` in redis.conf; hashed passwords)."""
+    return "".join(u.acl_file_line() + "\n" for u in users)
+
+
+def apply_users(r: redis.Redis, users: Iterable[AclUser], *, save: bool = False) -> list[str]:
+    """``ACL SETUSER`` every user on `r` (an admin connection); optionally ``ACL SAVE``.
+
+    Returns the user names. BrokerError naming the user when the server refuses a rule (e.g. a
+    server older than Redis 7, which has no %R~/%W~ key permissions).
+    """
+    names = []
+    for user in users:
+        try:
+            r.execute_command("ACL", "SETUSER", *user.setuser_args())
+        except redis.ResponseError as exc:
+            raise BrokerError(f"ACL SETUSER {user.name} refused: {exc} (Redis 7 or newer is required)") from None
+        except redis.RedisError as exc:
+            raise BrokerError(f"ACL SETUSER {user.name}: {type(exc).__name__}: {exc}") from None
+        names.append(user.name)
+    if save:
+        try:
+            r.execute_command("ACL", "SAVE")
+        except redis.ResponseError as exc:
+            raise BrokerError(f"ACL SAVE refused: {exc} (start redis-server with an aclfile to persist users)") from None
+    return names
+
+
+def denied_log(r: redis.Redis, count: int = 128) -> list[dict[str, str]]:
+    """``ACL LOG`` entries (denied commands/keys) as {field: text} dicts, newest first."""
+    out = []
+    for entry in r.execute_command("ACL", "LOG", str(int(count))) or []:
+        if isinstance(entry, dict):
+            items = entry.items()
+        else:
+            items = zip(entry[0::2], entry[1::2], strict=False)
+        out.append({_text(k): _text(v) for k, v in items})
+    return out
+
+
+def _text(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
