@@ -75,9 +75,25 @@ def test_save_pretrained_then_reload_gives_the_same_logits(v3_folder, v3_logits,
     assert type(tok_again).__name__ == "ChatGLM3Tokenizer"
 
 
+PLAIN = """
+import sys, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, out = sys.argv[1], sys.argv[2]
+assert "xfed" not in sys.modules
+model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+tok = AutoTokenizer.from_pretrained(folder)
+ids = torch.tensor([tok.encode("你好") + tok.encode("Hello world", add_special_tokens=False)])
+with torch.no_grad():
+    torch.save({"class": type(model).__name__, "ids": ids, "logits": model(input_ids=ids).logits}, out)
+"""
+
+
+@pytest.mark.integration
 def test_convert_output_loads_with_plain_transformers(v3_folder, v3_logits, tmp_path):
+    import subprocess
+    import sys
+
     from click.testing import CliRunner
-    from transformers import AutoModelForCausalLM
 
     from xfed.cli import main
 
@@ -85,9 +101,14 @@ def test_convert_output_loads_with_plain_transformers(v3_folder, v3_logits, tmp_
     assert result.exit_code == 0, result.output
     assert (tmp_path / "native" / "model.safetensors").is_file()
     assert "auto_map" not in json.loads((tmp_path / "native" / "tokenizer_config.json").read_text())
-    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "native", dtype=torch.float32)
-    assert type(plain).__name__ == "GlmForCausalLM"
-    torch.testing.assert_close(logits(plain), v3_logits, rtol=0, atol=0)
+    # a fresh interpreter without xfed: plain transformers model and tokenizer
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-c", PLAIN, str(tmp_path / "native"), str(tmp_path / "out.pt")], check=True,
+                   env=env | {"OMP_NUM_THREADS": "1"}, timeout=120, cwd=tmp_path)
+    plain = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert plain["class"] == "GlmForCausalLM"
+    assert plain["ids"].tolist() == IDS.tolist()
+    torch.testing.assert_close(plain["logits"], v3_logits, rtol=0, atol=0)
     # converting onto a non-empty folder is a one-line error, exit 2
     again = CliRunner().invoke(main, ["convert", str(v3_folder), str(tmp_path / "native")])
     assert again.exit_code == 2 and "not empty" in again.output and "Traceback" not in again.output

@@ -61,3 +61,26 @@ def test_save_pretrained_then_autotokenizer_reloads_the_same_ids(tok, tmp_path, 
     assert type(again) is ChatGLM3Tokenizer and again.variant == "chatglm3"
     for case in v3_ref["tokenize"]:
         assert again.encode(case["text"]) == case["ids"]
+
+
+def test_saved_tokenizer_json_gives_thudm_ids_without_xfed(tok, tmp_path, v3_ref):
+    import json
+    import random
+
+    from tokenizers import Tokenizer
+
+    tok.save_pretrained(tmp_path)
+    fast = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))  # what plain AutoTokenizer loads
+    texts = [case["text"] for case in v3_ref["tokenize"]]
+    poetry = BASE.parents[2] / "xfl_compat" / "dataset" / "poetry_small" / "hhpoetry-1.json"
+    if poetry.is_file():
+        data = json.loads(poetry.read_text(encoding="utf-8"))
+        texts += [i["input"] + i["output"] for i in data["instances"]][:50]
+    rng = random.Random(0)
+    alphabet = "ab XY 12 90 \t\n  你好世界，。！？🙂üé€\r"
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24))) for _ in range(400)]
+    texts += ["<|user|> [gMASK] sop"]
+    for text in texts:
+        assert fast.encode(text).ids == tok.encode(text), repr(text)
+    for case in v3_ref["tokenize"]:
+        assert fast.decode(case["ids"], skip_special_tokens=False) == case["decoded"]

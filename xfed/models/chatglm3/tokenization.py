@@ -141,12 +141,19 @@ class ChatGLM3Tokenizer(PreTrainedTokenizer):
         return self.prepare_for_model(ids, add_special_tokens=True, return_tensors=return_tensors,
                                       prepend_batch_axis=return_tensors is not None)
 
-    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
-        name = (filename_prefix + "-" if filename_prefix else "") + VOCAB_FILE
-        out = os.path.join(save_directory, name) if os.path.isdir(save_directory) else save_directory
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
+        """tokenizer.model, plus an equivalent tokenizer.json for environments without xfed."""
+        prefix = filename_prefix + "-" if filename_prefix else ""
+        out = os.path.join(save_directory, prefix + VOCAB_FILE) if os.path.isdir(save_directory) else save_directory
         if os.path.abspath(self.vocab_file) != os.path.abspath(out):
             shutil.copyfile(self.vocab_file, out)
-        return (out,)
+        if not os.path.isdir(save_directory):
+            return (out,)
+        from xfed.models.chatglm3.fast import build_fast_tokenizer
+
+        fast = os.path.join(save_directory, prefix + "tokenizer.json")
+        build_fast_tokenizer(self.vocab_file, self.command_ids, self.eos_token_id).save(fast)
+        return (out, fast)
 
 
 def register_with_auto() -> None:
