@@ -146,3 +146,12 @@ def test_encoding_equals_exact_round_half_even_of_the_scaled_value(bits, x, f_of
     f = max(0, bits - 1 - 42 - f_offset)  # keeps |x| * 2^f inside the signed range
     got = _as_int(encode(x, bits=bits, frac_bits=f), bits)
     assert got == [round(Fraction(float(v)) * 2**f) for v in x]
+
+
+def test_128_bit_ties_at_half_limb_boundaries_are_exact():
+    # y / 2^64 = k + 1/2 exactly: the low limb is +-2^63, the case rint(.) alone gets wrong.
+    x = np.array([0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 2.0**62 + 2.0**10])
+    got = _as_int(encode(x, bits=128, frac_bits=64), 128)
+    assert got == [int(v * 2) * 2**63 for v in x[:-1]] + [(2**62 + 2**10) * 2**64]
+    back = decode(encode(x, bits=128, frac_bits=64), bits=128, frac_bits=64)
+    assert np.array_equal(back, x)
