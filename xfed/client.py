@@ -108,18 +108,24 @@ class Client:
         if wait_nodes > 0:
             self._wait_nodes(participants, wait_nodes)
         msg: dict[str, Any] = {"type": "start"}
+        since = "0-0"
         if resume:
             msg["resume"] = str(resume)
+            # follow only the new attempt's events
+            since = ControlStream(self.r, self.keys.job_events(str(resume))).last_id()
         reply = self.request(msg)
         if not reply["ok"]:
             raise JobError(str(reply.get("error") or "start refused"))
         job_id = str(reply["job"])
         if self.as_json and not follow:
-            print(json.dumps({"job": job_id}))
+            print(json.dumps({k: reply[k] for k in ("job", "stage", "attempt") if k in reply}))
         else:
             print(job_id, flush=True)
+            if resume:
+                print(f"job {job_id} resumed at stage {reply.get('stage')} (attempt {reply.get('attempt')})",
+                      file=sys.stderr, flush=True)
         if follow:
-            return self.follow(job_id, bar=bar)
+            return self.follow(job_id, bar=bar, since=since)
         return 0
 
     def _wait_nodes(self, participants: list[str], seconds: float) -> None:
@@ -205,7 +211,8 @@ class Client:
         for entry in ControlStream(self.r, self.keys.job_events(job_id)).read("0-0", count=100_000):
             m = entry.msg
             if m and m["type"] == "metrics":
-                rows.append({"node": m["node"], "stage": m["stage"], **m["data"]})
+                attempt = {"attempt": m["attempt"]} if m.get("attempt") else {}
+                rows.append({"node": m["node"], "stage": m["stage"], **attempt, **m["data"]})
         return rows
 
     @staticmethod
@@ -258,16 +265,16 @@ class Client:
         return 0
 
     # -- following a job --------------------------------------------------------------------
-    def follow(self, job_id: str, *, bar: bool = False) -> int:
-        """Stream a job's events until it ends; 0 when SUCCESSFUL, 1 otherwise."""
-        return Follower(self, job_id, bar=bar).run()
+    def follow(self, job_id: str, *, bar: bool = False, since: str = "0-0") -> int:
+        """Stream a job's events (after `since`) until it ends; 0 when SUCCESSFUL, 1 otherwise."""
+        return Follower(self, job_id, bar=bar, since=since).run()
 
 
 class Follower:
     """Prints a job's events as they come (or drives progress bars with --bar) until it ends."""
 
-    def __init__(self, client: Client, job_id: str, *, bar: bool = False) -> None:
-        self.c, self.job_id, self.bar = client, job_id, bar
+    def __init__(self, client: Client, job_id: str, *, bar: bool = False, since: str = "0-0") -> None:
+        self.c, self.job_id, self.bar, self.since = client, job_id, bar, since
         self.stream = ControlStream(client.r, client.keys.job_events(job_id))
         self.progress = None
         self.tasks: dict[str, Any] = {}
@@ -296,7 +303,7 @@ class Follower:
                 self.progress.stop()
 
     def _loop(self) -> int:
-        last, next_check, gone_since = "0-0", 0.0, None
+        last, next_check, gone_since = self.since, 0.0, None
         while True:
             for entry in self.stream.read(last, block_ms=300):
                 last = entry.id
@@ -334,7 +341,8 @@ class Follower:
         data = m.get("data") if isinstance(m.get("data"), dict) else {}
         if kind == "job":
             if m["state"] == "RUNNING":
-                self.say(f"job {m['job']} RUNNING stage {m['stage']}")
+                attempt = f" (attempt {m['attempt']})" if m.get("attempt") else ""
+                self.say(f"job {m['job']} RUNNING stage {m['stage']}{attempt}")
         elif kind == "status":
             pid = f" (pid {m['pid']})" if isinstance(m.get("pid"), int) else ""
             self.say(f"{node}: {m['state']}{pid}")

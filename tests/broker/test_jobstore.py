@@ -5,7 +5,15 @@ import time
 
 import pytest
 
-from xfed.broker.jobstore import JobState, JobStore, NodeStatus, can_transition, job_from_hash, parse_state
+from xfed.broker.jobstore import (
+    JobState,
+    JobStore,
+    NodeStatus,
+    can_resume,
+    can_transition,
+    job_from_hash,
+    parse_state,
+)
 from xfed.broker.keys import Keys
 from xfed.errors import JobError
 
@@ -73,3 +81,24 @@ def test_store_cas_first_outcome_wins_and_expiry(redis_server):
     time.sleep(0)
     assert [j.job_id for j in store.list()] == ["1"]  # expired hash tidied from the index
     assert store.get("42") is None
+
+
+def test_only_failed_or_stopped_jobs_resume():
+    assert [s for s in S if can_resume(s)] == [S.FAILED, S.STOPPED]
+
+
+@pytest.mark.integration
+def test_resume_is_atomic_and_clears_the_outcome(redis_server):
+    r = redis_server.client()
+    keys = Keys("jr")
+    store = JobStore(r, keys, retention_s=100)
+    job_id = store.create(["n1"])
+    assert not store.resume(job_id, stage=0, attempt=1)  # PENDING: nothing to resume
+    store.transition(job_id, S.RUNNING, stage=2)
+    store.transition(job_id, S.STOPPED, reason="by client")
+    store.expire(job_id)
+    assert store.resume(job_id, stage=2, attempt=1)
+    job = store.get(job_id)
+    assert (job.state, job.stage, job.attempt, job.reason, job.ended) == (S.RUNNING, 2, 1, "", None)
+    assert r.ttl(keys.job(job_id)) == -1
+    assert not store.resume(job_id, stage=2, attempt=2)

@@ -95,7 +95,7 @@ def test_killed_stage_process_fails_job_naming_node_within_three_heartbeats(fed)
     assert fed.wait_job(start(fed)).state.value == "SUCCESSFUL"
 
 
-def test_stop_mid_job(fed):
+def test_stop_mid_job_then_resume_as_a_new_attempt(fed):
     fed.write_config(SLOW)
     job_id = start(fed)
     pids = running_children(fed, job_id)
@@ -109,6 +109,15 @@ def test_stop_mid_job(fed):
     fed.wait_for(lambda: all(s.state == "stopped" for s in fed.store().require(job_id).nodes.values()),
                  "every node to report stopped")
     assert_daemons_alive(fed)
+    fed.write_config(FAST)
+    res = fed.client("-c", "start", "--resume", job_id, "--follow")
+    assert res.returncode == 0, res.stdout + res.stderr + fed.logs()
+    assert res.stdout.split()[0] == job_id and "attempt 1" in res.stderr and f"job {job_id} SUCCESSFUL" in res.stdout
+    job = fed.store().require(job_id)
+    assert (job.state.value, job.attempt) == ("SUCCESSFUL", 1)
+    assert (fed.root / "work" / "node-1" / f"job-{job_id}" / "stage-0.1" / "stage.log").exists()
+    res = fed.client("-c", "start", "--resume", job_id)
+    assert res.returncode == 2 and "only FAILED or STOPPED" in res.stderr
 
 
 def test_killed_daemon_fails_job_by_heartbeat_and_leaves_no_process(fed):
@@ -177,11 +186,6 @@ def test_restarted_scheduler_reattaches_to_the_running_job(fed):
     job = fed.wait_job(job_id, timeout=30)
     assert job.state.value == "SUCCESSFUL", job
     assert "re-attached to job " + job_id in fed.log("scheduler")
-
-
-def test_resume_is_refused_clearly_for_now(fed):
-    res = fed.client("-c", "start", "--resume", "1")
-    assert res.returncode == 2 and "not available yet" in res.stderr, res.stderr
 
 
 def test_daemons_reconnect_after_redis_restart_while_idle(fed):

@@ -133,7 +133,34 @@ def test_stop_and_refusals(world):
     w.beats["a"].stop()
     reply = ask(w, {"type": "start"})
     assert reply["ok"] is False and reply["missing"] == ["a"] and "not alive" in reply["error"]
-    assert "not available yet" in ask(w, {"type": "start", "resume": "1"})["error"]
+    w.beats["a"] = Heartbeat(w.r, w.keys, "a", "label_trainer", interval=0.2).start()
+    assert ask(w, {"type": "start", "resume": "99"})["error"] == "job 99: no such job (unknown id, or expired)"
+
+
+def test_resume_runs_the_failed_stage_again_as_a_new_attempt(world):
+    w = world
+    job_id = ask(w, {"type": "start"})["job"]
+    for n in NODES:
+        event(w, job_id, n, "done", n_stages=2)
+    steps(w)
+    event(w, job_id, "a", "error", stage=1, message="killed")
+    steps(w)
+    assert w.sched.jobs.get(job_id).state is JobState.FAILED
+    assert w.r.ttl(w.keys.job(job_id)) > 0
+    reply = ask(w, {"type": "start", "resume": job_id})
+    assert reply == {"ok": True, "job": job_id, "stage": 1, "attempt": 1}
+    job = w.sched.jobs.get(job_id)
+    assert (job.state, job.stage, job.attempt, job.reason, job.ended) == (JobState.RUNNING, 1, 1, "", None)
+    assert w.r.ttl(w.keys.job(job_id)) == -1  # no longer expiring
+    runs = [(c["stage"], c["attempt"]) for c in commands(w, "b") if c["type"] == "run_stage"]
+    assert runs == [(0, 0), (1, 0), (1, 1)]
+    assert "still RUNNING" in ask(w, {"type": "start", "resume": job_id})["error"]
+    EventReporter(w.r, w.keys, job_id, "a", 1, 0).emit("done", n_stages=2)  # the old attempt: ignored
+    for n in NODES:
+        EventReporter(w.r, w.keys, job_id, n, 1, 1).emit("done", n_stages=2)
+    steps(w)
+    assert w.sched.jobs.get(job_id).state is JobState.SUCCESSFUL
+    assert "only FAILED or STOPPED" in ask(w, {"type": "start", "resume": job_id})["error"]
 
 
 def test_restarted_scheduler_finishes_a_job_whose_stage_ended_meanwhile(world):

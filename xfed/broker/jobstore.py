@@ -51,6 +51,14 @@ def can_transition(old: JobState, new: JobState) -> bool:
     return new in _ALLOWED[old]
 
 
+# The one way out of a terminal state: `--resume` starts a new attempt (RUNNING, attempt + 1).
+RESUMABLE = frozenset({JobState.FAILED, JobState.STOPPED})
+
+
+def can_resume(state: JobState) -> bool:
+    return state in RESUMABLE
+
+
 def parse_state(value: str | bytes | None, *, job_id: str = "?") -> JobState:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
@@ -271,6 +279,20 @@ class JobStore:
         if rc == -1:
             raise JobError(f"job {job_id}: no such job")
         return rc == 1
+
+    def resume(self, job_id: str, *, stage: int, attempt: int) -> bool:
+        """FAILED/STOPPED -> RUNNING as a new attempt at `stage` (atomic); keeps the keys from expiring."""
+        now = repr(time.time())
+        args = [JobState.RUNNING.value, ",".join(s.value for s in RESUMABLE), now,
+                "stage", str(stage), "attempt", str(attempt), "reason", "", "node", "", "ended", "",
+                "updated", now, "resumed", now]
+        if self._call(self._cas, keys=[self.keys.job(job_id)], args=args) != 1:
+            return False
+        pipe = self.r.pipeline(transaction=False)
+        pipe.persist(self.keys.job(job_id))
+        pipe.persist(self.keys.job_events(job_id))
+        self._call(pipe.execute)
+        return True
 
     def set_fields(self, job_id: str, **fields: Any) -> None:
         mapping = {k: v if isinstance(v, str) else str(v) for k, v in fields.items()}

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from xfed.broker.heartbeat import Heartbeat, alive_nodes, node_infos
-from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus
+from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus, can_resume
 from xfed.broker.streams import ControlStream, Entry, read_many
 from xfed.errors import BrokerError, XfedError
 from xfed.scheduler.progress import decide_after_stage, missing_nodes
@@ -146,8 +146,6 @@ class Scheduler:
         pipe.execute()
 
     def _start(self, msg: dict) -> dict:
-        if msg.get("resume"):
-            return {"ok": False, "error": f"--resume {msg['resume']}: resuming a job is not available yet"}
         for job in self.jobs.active():
             return {"ok": False, "error": f"job {job.job_id} is still {job.state.value}; wait for it or stop it "
                                          f"(-c stop {job.job_id})"}
@@ -155,12 +153,39 @@ class Scheduler:
         if missing:
             return {"ok": False, "missing": missing,
                     "error": f"cannot start: node(s) not alive (no heartbeat): {', '.join(missing)}"}
+        if msg.get("resume") is not None:
+            return self._resume(str(msg["resume"]))
         job_id = self.jobs.create(self.participants, extra={"cursor": "0-0"})
         self.lingering.pop(job_id, None)  # an id reused after Redis lost its data
         self.cursors[job_id] = "0-0"
         self._dispatch(job_id, 0, 0, self.participants)
         log.info("job %s started on %s", job_id, ", ".join(self.participants))
         return {"ok": True, "job": job_id}
+
+    def _resume(self, job_id: str) -> dict:
+        """A FAILED/STOPPED job runs again from the stage it ended in, as attempt + 1.
+
+        Earlier stages are not re-run. The operator sees `ctx.attempt` and picks up its own
+        checkpoints (for horizontal_chatglm: the last aggregated adapter); mailboxes and pad
+        streams are per attempt, so nothing of the failed attempt is reused."""
+        job = self.jobs.require(job_id)
+        if not can_resume(job.state):
+            return {"ok": False, "error": f"job {job_id} is {job.state.value}; only FAILED or STOPPED jobs "
+                                         f"can be resumed"}
+        if sorted(job.participants) != sorted(self.participants):
+            return {"ok": False, "error": f"job {job_id} ran on {', '.join(job.participants)}; fed_conf.json now "
+                                         f"lists {', '.join(self.participants)}"}
+        stage, attempt = max(job.stage, 0), job.attempt + 1
+        if not self.jobs.resume(job_id, stage=stage, attempt=attempt):
+            return {"ok": False, "error": f"job {job_id} changed state meanwhile; try again"}
+        self.lingering.pop(job_id, None)
+        self.cursors[job_id] = ControlStream(self.r, self.keys.job_events(job_id)).last_id()
+        self.jobs.set_fields(job_id, cursor=self.cursors[job_id])
+        for n in job.participants:
+            self.jobs.set_node(job_id, n, NodeStatus(state="dispatched", stage=stage))
+        self._send_stage(job_id, stage, attempt, job.participants)
+        log.info("job %s resumed at stage %s (attempt %s)", job_id, stage, attempt)
+        return {"ok": True, "job": job_id, "stage": stage, "attempt": attempt}
 
     def _stop(self, msg: dict) -> dict:
         job_id = msg.get("job")
@@ -181,11 +206,14 @@ class Scheduler:
             return
         for n in participants:
             self.jobs.set_node(job_id, n, NodeStatus(state="dispatched", stage=stage))
+        self._send_stage(job_id, stage, attempt, participants)
+
+    def _send_stage(self, job_id: str, stage: int, attempt: int, participants: list[str]) -> None:
         for n in participants:
             ControlStream(self.r, self.keys.node_cmd(n), maxlen=1000).add(
                 {"type": "run_stage", "job": job_id, "stage": stage, "attempt": attempt,
                  "participants": participants, "ts": time.time()})
-        self._job_event(job_id, JobState.RUNNING, stage)
+        self._job_event(job_id, JobState.RUNNING, stage, attempt=attempt)
 
     def _advance_if_ready(self, job_id: str) -> None:
         job = self.jobs.get(job_id)
