@@ -224,6 +224,9 @@ def from_thudm_folder(
     expected = model.state_dict()
     for key, value in state.items():
         if key not in expected:
+            if key.startswith("transformer.prefix_encoder."):
+                raise ModelError(f"{origin[key]}: weight {key!r} is a P-tuning prefix; load the base model, "
+                                 "then apply the checkpoint with load_adapter")
             raise ModelError(f"{origin[key]}: unexpected weight {key!r} for a ChatGLM-6B with this config.json")
         if tuple(value.shape) != tuple(expected[key].shape):
             raise ModelError(
@@ -237,7 +240,8 @@ def from_thudm_folder(
         first_file = next(iter(origin.values()))
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ModelError(f"{first_file}: missing weight {missing[0]!r}{more}")
-    state = {k: v.to(dtype=target) for k, v in state.items()}
+    for key in list(state):  # one tensor at a time, so fp16 and fp32 copies never coexist in full
+        state[key] = state[key].to(dtype=target)
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.transformer.word_embeddings.weight
