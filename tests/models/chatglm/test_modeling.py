@@ -19,6 +19,15 @@ def test_positions_count_from_first_real_token_and_freeze_after_sop():
     assert pos[0, 1].tolist() == [0, 0, 0, 0, 0, 1, 2, 3]
 
 
+def test_mask_token_takes_precedence_and_no_sop_means_all_context():
+    kw = dict(bos_token_id=130004, mask_token_id=130000, gmask_token_id=130001)
+    ids = torch.tensor([[5, 130000, 7, 130001, 130004, 9]])
+    pos = v1_position_ids(ids, None, **kw)
+    assert pos[0, 0].tolist() == [0, 1, 2, 3, 1, 1] and pos[0, 1].tolist() == [0, 0, 0, 0, 1, 2]
+    plain = v1_position_ids(torch.tensor([[5, 6, 7]]), None, **kw)
+    assert plain[0].tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
 def test_left_padded_row_equals_the_unpadded_row(v1_loaded, v1_ref):
     model, tok = v1_loaded
     ids, mask = _batch(v1_ref)
