@@ -7,12 +7,18 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 t0=$(date +%s)
+phase() { local now; now=$(date +%s); timings+=("$1 $((now - t_phase)) s"); t_phase=$now; }
+timings=()
+t_phase=$t0
 bash scripts/setup.sh
+phase set-up
 # shellcheck disable=SC1091
 . ./env.sh
 export OMP_NUM_THREADS=1
-[ -f work/tiny-glm/config.json ] || python scripts/make_tiny_model.py --out work/tiny-glm
-[ -f work/demo_data/heldout.json ] || python scripts/make_demo_data.py --out work/demo_data
+# make_tiny_model.py is idempotent (a recipe stamp); it rebuilds only when the recipe changed
+python scripts/make_tiny_model.py --out work/tiny-glm
+python scripts/make_demo_data.py --out work/demo_data >/dev/null  # deterministic, a second
+phase "tiny model + data"
 
 DEMO=demo/horizontal/chatglm/3party_lora
 WORK="$ROOT/$DEMO/work"
@@ -22,6 +28,7 @@ XFED_DEMO_QUIET=1 "$DEMO/run.sh"
 job=$(awk 'NR == 1 {print $1}' "$WORK/logs/client.log")
 out="$WORK/output/$job"
 "$DEMO/stop.sh" >/dev/null
+phase "federated job"
 
 echo
 echo "== per-round metrics (each label trainer evaluates on its own validation set)"
@@ -36,8 +43,9 @@ echo
 echo "== inference: python -m xfed.infer --model work/tiny-glm --adapter $out/node-1/final --instruction text --prompt 'sort python'"
 python -m xfed.infer --model work/tiny-glm --adapter "$out/node-1/final" --instruction text --prompt "sort python" \
     --max-new-tokens 12
+phase "evaluation + inference"
 echo
-echo "demo finished in $(( $(date +%s) - t0 )) s; adapters (PEFT format) under $out/<node>/final"
+echo "demo finished in $(( $(date +%s) - t0 )) s (${timings[*]/%/;}); adapters (PEFT format) under $out/<node>/final"
 base=$(grep -oE 'base model: exact match [0-9.]+' "$WORK/heldout.txt" | awk '{print $NF}')
 fed=$(grep -oE 'base \+ adapter: exact match [0-9.]+' "$WORK/heldout.txt" | awk '{print $NF}')
 if python -c "import sys; sys.exit(0 if float('$fed') > float('$base') else 1)"; then
