@@ -231,3 +231,13 @@ def test_remote_code_folder_is_refused_without_running_it(native_folders, tmp_pa
     with pytest.raises(ModelError, match="config.json: transformers cannot load this config without remote code"):
         load_pretrained(folder)
     assert not marker.exists()
+
+
+def test_unavailable_or_malformed_device_is_a_model_error(v3_folder):
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelError, match="device 'cuda' requested"):
+            load_pretrained(v3_folder, device="cuda")
+    with pytest.raises(ModelError, match="not a torch device"):
+        load_pretrained(v3_folder, device="gpu-please")
+    with pytest.raises(ModelError, match="dtype 'int7'"):
+        load_pretrained(v3_folder, dtype="int7")

@@ -36,6 +36,23 @@ def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
     return _DTYPES[key]
 
 
+def resolve_device(device: Any) -> torch.device | None:
+    """torch.device for `device` (None stays None: CPU); ModelError for a malformed or absent device."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        raise ModelError(f"device {device!r} is not a torch device ({_one_line(err)})") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available()
+                               or (dev.index is not None and dev.index >= torch.cuda.device_count())):
+        raise ModelError(f"device {device!r} requested but this machine has "
+                         f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"device {device!r} requested but MPS is not available")
+    return dev
+
+
 def load_pretrained(path: str | Path, *, dtype: torch.dtype | str | None = None, device: Any = None,
                     allow_random_init: bool = False):
     """(model, tokenizer) for a local folder: ChatGLM-6B, ChatGLM2/3-6B (as GlmForCausalLM) or any
@@ -45,6 +62,7 @@ def load_pretrained(path: str | Path, *, dtype: torch.dtype | str | None = None,
     family = detect_family(folder)
     cfg = read_config(folder)
     torch_dtype = resolve_dtype(dtype)
+    device = resolve_device(device)
     if family == "chatglm":
         return _load_v1(folder, torch_dtype, device, allow_random_init)
     if family in ("chatglm2", "chatglm3") and cfg.get("model_type") == "chatglm":
