@@ -20,6 +20,7 @@ from xfed.errors import JobError
 from .adapter_state import extract_trainable, load_trainable, save_adapter
 from .metrics import MetricsLog, generation_scores, peak_memory_mb
 from .schedule import Schedule
+from .training import greedy_answers, valset_loss
 
 # (round, own tensors or None, own weight) -> weighted mean of everyone's tensors
 AggregateFn = Callable[[int, "dict[str, np.ndarray] | None", float], "dict[str, np.ndarray]"]
@@ -39,8 +40,6 @@ class Evaluator:
     max_generate: int = 64
 
     def __call__(self, model: Any) -> dict[str, float]:
-        from .training import greedy_answers, valset_loss
-
         out: dict[str, float] = {}
         if self.features:
             out["eval_loss"] = round(valset_loss(model, self.features, self.collator, self.batch_size), 6)
