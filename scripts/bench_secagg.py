@@ -18,6 +18,9 @@ K = 8, 64 bits, hmac_drbg with sha512.
   (sha512) from copies of precomputed inner/outer hash states, output discarded.
 - floor_numpy_add_GBps: in-place uint64 add of two warm N-word arrays, GB of one operand per s.
 - leaf_ideal_s = pad bytes / (floor MB/s x cores used); the target is leaf_mask_s <= 1.25 x that.
+- leaf_cpu_s: CPU seconds of the masking round over this process and its pad workers; next to
+  leaf_cpu_ideal_s (pad bytes / floor) it shows the work done, apart from what other load on a
+  shared machine does to the wall-clock time.
 """
 
 from __future__ import annotations
@@ -68,38 +71,44 @@ def tensor_shapes(n_params: int) -> dict[str, tuple[int, ...]]:
     return {f"t{i:02d}": (bounds[i + 1] - bounds[i],) for i in range(n_tensors)}
 
 
-def floor_hmac_loop_once(n_bytes: int) -> float:
-    """MB/s of the bare loop V = HMAC(K, V) (sha512, 64-byte V) from copied inner/outer states."""
+def _rates(n_bytes: int, wall: float, cpu: float) -> tuple[float, float]:
+    return n_bytes / wall / 1e6, n_bytes / max(cpu, 1e-9) / 1e6
+
+
+def floor_hmac_loop_once(n_bytes: int) -> tuple[float, float]:
+    """(wall, CPU) MB/s of the bare loop V = HMAC(K, V) (sha512, 64-byte V) from copied inner/outer states."""
     key = os.urandom(64).ljust(128, b"\0")
     inner = hashlib.sha512(key.translate(bytes(x ^ 0x36 for x in range(256)))).copy
     outer = hashlib.sha512(key.translate(bytes(x ^ 0x5C for x in range(256)))).copy
     v = os.urandom(64)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for _ in range(n_bytes // 64):
         h = inner()
         h.update(v)
         o = outer()
         o.update(h.digest())
         v = o.digest()
-    return n_bytes / (time.perf_counter() - t) / 1e6
+    return _rates(n_bytes, time.perf_counter() - t, time.process_time() - c)
 
 
-def drbg_once(csprng: str, method: str, buf: np.ndarray) -> float:
-    """MB/s of one DRBG filling a warm buffer in this process."""
+def drbg_once(csprng: str, method: str, buf: np.ndarray) -> tuple[float, float]:
+    """(wall, CPU) MB/s of one DRBG filling a warm buffer in this process."""
     drbg = HmacDrbg(method, os.urandom(64)) if csprng == "hmac_drbg" else CtrDrbg(os.urandom(64))
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     drbg.fill(buf)
-    return buf.nbytes / (time.perf_counter() - t) / 1e6
+    return _rates(buf.nbytes, time.perf_counter() - t, time.process_time() - c)
 
 
-def drbg_and_floor(csprng: str, method: str, n_bytes: int = 16 << 20, repeats: int = 3) -> tuple[float, float]:
+def drbg_and_floor(csprng: str, method: str, n_bytes: int = 16 << 20, repeats: int = 3) -> dict[str, float]:
     """Best of `repeats` for the DRBG and for the floor loop, interleaved so both see the same load."""
     buf = np.zeros(n_bytes // 8, dtype=np.uint64)  # touched: warm pages
-    drbg_best = floor_best = 0.0
+    best = {"drbg": 0.0, "drbg_cpu": 0.0, "floor": 0.0, "floor_cpu": 0.0}
     for _ in range(repeats):
-        drbg_best = max(drbg_best, drbg_once(csprng, method, buf))
-        floor_best = max(floor_best, floor_hmac_loop_once(n_bytes))
-    return drbg_best, floor_best
+        wall, cpu = drbg_once(csprng, method, buf)
+        best["drbg"], best["drbg_cpu"] = max(best["drbg"], wall), max(best["drbg_cpu"], cpu)
+        wall, cpu = floor_hmac_loop_once(n_bytes)
+        best["floor"], best["floor_cpu"] = max(best["floor"], wall), max(best["floor_cpu"], cpu)
+    return best
 
 
 def floor_numpy_add_gbps(n_words: int) -> float:
@@ -111,6 +120,23 @@ def floor_numpy_add_gbps(n_words: int) -> float:
         np.add(a, b, out=a)
         best = max(best, n_words * 8 / (time.perf_counter() - t) / 1e9)
     return best
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process plus its live pad workers (/proc), to judge work apart from load."""
+    total = time.process_time()
+    from xfed.crypto import pad_workers
+
+    pool = pad_workers._pool
+    if pool is not None:
+        tick = os.sysconf("SC_CLK_TCK")
+        for worker in pool._workers:
+            try:
+                fields = open(f"/proc/{worker.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            except (OSError, IndexError, ValueError):
+                pass
+    return total
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -139,13 +165,15 @@ def run(args: argparse.Namespace) -> dict:
     workers = args.workers
     if workers is None and args.csprng == "hmac_drbg" and available_cores() >= 2:
         get_pad_workers().warm_up()
-    leaf_times = []
+    leaf_times, leaf_cpu = [], []
     for r in range(args.rounds + 1):
+        cpu0 = cpu_seconds()
         t = time.perf_counter()
         mask(data[me], bits=args.bits, weight=weights[me], n_parties=args.trainers, self_id=me,
              peer_streams=my_streams, workers=workers)
         if r:
             leaf_times.append(time.perf_counter() - t)
+            leaf_cpu.append(cpu_seconds() - cpu0)
     if workers is None:
         from xfed.crypto.otp import _use_processes
 
@@ -183,7 +211,8 @@ def run(args: argparse.Namespace) -> dict:
         expect = sum(weights[i] * data[i][k].astype(np.float64) for i in ids) / total_weight
         err = max(err, float(np.abs(result[k] - expect).max(initial=0.0)))
 
-    drbg_speed, floor = drbg_and_floor(args.csprng, args.method)
+    speeds = drbg_and_floor(args.csprng, args.method)
+    floor = speeds["floor"]
     res = {
         "params": args.params,
         "trainers": args.trainers,
@@ -192,8 +221,10 @@ def run(args: argparse.Namespace) -> dict:
         "method": args.method if args.csprng == "hmac_drbg" else "aes256",
         "leaf_mask_s": round(statistics.median(leaf_times), 4),
         "root_sum_s": round(statistics.median(root_times), 4),
-        "drbg_MBps": round(drbg_speed, 1),
+        "drbg_MBps": round(speeds["drbg"], 1),
         "floor_hmac_loop_MBps": round(floor, 1),
+        "drbg_cpu_MBps": round(speeds["drbg_cpu"], 1),  # per CPU-second: robust to other load
+        "floor_hmac_loop_cpu_MBps": round(speeds["floor_cpu"], 1),
         "floor_numpy_add_GBps": round(floor_numpy_add_gbps(args.params * wpe), 2),
         "pad_bytes": pad_bytes,
         "workers": workers_used,
@@ -201,6 +232,8 @@ def run(args: argparse.Namespace) -> dict:
         "leaf_ideal_s": round(pad_bytes / (floor * 1e6 * cores_used), 4),
         "max_abs_err": err,
         "load_avg_1m": round(os.getloadavg()[0], 2),  # the machine is shared: context for the numbers
+        "leaf_cpu_s": round(statistics.median(leaf_cpu), 3),  # parent + workers, all cores
+        "leaf_cpu_ideal_s": round(pad_bytes / (speeds["floor_cpu"] * 1e6), 3),  # pad bytes at the CPU floor
         "leaf_rounds_s": [round(x, 4) for x in leaf_times],
         "root_rounds_s": [round(x, 4) for x in root_times],
     }
@@ -229,9 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         ("params x trainers", f"{res['params']:,} x {res['trainers']}  ({res['bits']}-bit, {res['csprng']}/{res['method']})"),
         ("leaf_mask_s", f"{res['leaf_mask_s']:.3f} s  ({ideal}{res['workers']} worker processes, {res['cores']} cores)"),
+        ("leaf CPU time", f"{res['leaf_cpu_s']:.3f} s over all processes (pad bytes at the CPU floor: "
+                          f"{res['leaf_cpu_ideal_s']:.3f} s)"),
         ("root_sum_s", f"{res['root_sum_s']:.3f} s  (max abs error {res['max_abs_err']:.2e})"),
         ("drbg_MBps", f"{res['drbg_MBps']:.1f} MB/s  ({res['drbg_MBps'] / res['floor_hmac_loop_MBps']:.2f} x floor)"),
         ("floor_hmac_loop_MBps", f"{res['floor_hmac_loop_MBps']:.1f} MB/s"),
+        ("per CPU-second", f"drbg {res['drbg_cpu_MBps']:.1f} MB/s, floor {res['floor_hmac_loop_cpu_MBps']:.1f} MB/s "
+                           f"({res['drbg_cpu_MBps'] / res['floor_hmac_loop_cpu_MBps']:.2f} x)"),
         ("floor_numpy_add_GBps", f"{res['floor_numpy_add_GBps']:.2f} GB/s"),
         ("pad bytes per round", f"{res['pad_bytes'] / 1e6:.1f} MB"),
         ("load average (1 min)", f"{res['load_avg_1m']:.2f}"),
