@@ -241,6 +241,9 @@ def test_bad_stream_arguments_are_refused():
         pad_stream(bytes(64), session="", node_a="a", node_b="b")
     with pytest.raises(ValueError, match="32 bytes"):
         pad_stream(bytes(16), session="s", node_a="a", node_b="b")
+    for bad in (0, -1, 1 << 16, 2.0):
+        with pytest.raises(ValueError, match="lanes"):
+            pad_stream(bytes(64), session="s", node_a="a", node_b="b", lanes=bad)
 
 
 @given(n=st.integers(2, 8), bits=st.sampled_from([64, 128]), sign=st.sampled_from([1.0, -1.0]),

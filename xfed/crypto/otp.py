@@ -130,6 +130,8 @@ def pad_stream(
     if name not in CSPRNGS:
         raise ValueError(f"unknown csprng {csprng!r}; expected one of {list(CSPRNGS)}")
     method_name = normalize_hash_name(method) if name == "hmac_drbg" else "aes256"
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= 0xFFFF:
+        raise ValueError(f"pad stream lanes must be an integer in [1, 65535], got {lanes!r}")
     drbgs: list[HmacDrbg | CtrDrbg] = []
     for lane in range(lanes):
         entropy, nonce, perso = derivation_inputs(
