@@ -1,8 +1,8 @@
 """Write the synthetic 3-party non-IID string-skill task (XFL QA json + JSONL) used by the demo and benchmark.
 
-Each example asks for one string skill applied to a short lowercase word:
-    reverse abcdef -> fedcba    sort dbca -> abcd    shift abcz -> bcda
-Party node-1 holds mostly `reverse`, node-2 mostly `sort`, node-3 mostly `shift` (90/10), so no single
+Each example asks for one letter cipher applied to a six-letter lowercase word:
+    shift abcxyz -> bcdyza (+1)    back abcxyz -> zabwxy (-1)    mirror abcxyz -> zyxcba (a<->z, atbash)
+Party node-1 holds mostly `shift`, node-2 mostly `back`, node-3 mostly `mirror` (90/10), so no single
 party can learn all three; the assist trainer holds a small balanced shard; the held-out set is balanced.
 See docs/DEMO_TASK.md for the reasoning and the measured learnability.
 
@@ -23,20 +23,24 @@ from pathlib import Path
 PROMPT_PATTERN = "{}：\n问：{}\n答："
 INSTRUCTION = "text"
 LETTERS = string.ascii_lowercase
-MIN_LEN, MAX_LEN = 4, 8
+MIN_LEN, MAX_LEN = 6, 6
 
 
-def _shift(word: str) -> str:
-    return "".join(LETTERS[(LETTERS.index(c) + 1) % 26] for c in word)
+def _caesar(word: str, key: int) -> str:
+    return "".join(LETTERS[(LETTERS.index(c) + key) % 26] for c in word)
+
+
+def _mirror(word: str) -> str:
+    return "".join(LETTERS[25 - LETTERS.index(c)] for c in word)
 
 
 SKILLS: dict[str, Callable[[str], str]] = {
-    "reverse": lambda w: w[::-1],
-    "sort": lambda w: "".join(sorted(w)),
-    "shift": _shift,
+    "shift": lambda w: _caesar(w, 1),
+    "back": lambda w: _caesar(w, -1),
+    "mirror": _mirror,
 }
-SKILL_NAMES = list(SKILLS)  # fixed order: reverse, sort, shift
-PARTIES = {"node-1": "reverse", "node-2": "sort", "node-3": "shift"}
+SKILL_NAMES = list(SKILLS)  # fixed order: shift, back, mirror
+PARTIES = {"node-1": "shift", "node-2": "back", "node-3": "mirror"}
 MAIN_SHARE = 0.9
 
 # sizes (examples); small on purpose: the README demo must finish in minutes on 2 CPU cores
@@ -60,7 +64,7 @@ def make_instance(rng: random.Random, skill: str, used: set[str]) -> dict[str, s
     fn = SKILLS[skill]
     while True:
         word = random_word(rng)
-        # a sorted word under `sort` or a palindrome under `reverse` would let a copying model score
+        # an answer equal to the word would let a model that merely copies score
         if word in used or fn(word) == word:
             continue
         used.add(word)

@@ -1,8 +1,9 @@
 """Build the tiny GLM-architecture model and character tokenizer that tests and the demo fine-tune.
 
 Trains a character-level tokenizer with `tokenizers`, builds a small `GlmForCausalLM`, pre-trains it briefly
-on a task family related to the demo task (copy / uppercase a word, in the demo's prompt format) so that a
-LoRA or prefix can adapt it to the demo skills (reverse / sort / shift), and saves model and tokenizer with
+on a task family related to the demo task (copy / uppercase / lowercase a six-letter word, in the demo's
+prompt format) so that a LoRA or prefix can adapt it to the demo's letter ciphers (shift / back / mirror,
+scripts/make_demo_data.py), and saves model and tokenizer with
 `save_pretrained` (safetensors). Deterministic in --seed; idempotent: a folder whose recipe stamp matches
 the arguments is left alone.
 
@@ -24,15 +25,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_demo_data import LETTERS, MAX_LEN, MIN_LEN, render_prompt  # noqa: E402
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 STAMP = "xfed_tiny_recipe.json"
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 # every printable ASCII char, newline/tab, and the CJK characters of XFL's and ChatGLM's prompt templates
 # ("{}：\n问：{}\n答：", "[Round i]\n问：…\n答：…"), so real user configs tokenise without <unk>
 ALPHABET = string.printable + "问答：，。！？、；“”（）"
-PRETRAIN_SKILLS = {"copy": lambda w: w, "upper": lambda w: w.upper()}
-MODEL_SIZES = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=256)
+# (word alphabet, transformation) per pre-training skill: copying with a letter-to-letter map, which the demo's
+# ciphers (shift / back / mirror) reuse with maps the base model has never seen
+UPPER = LETTERS.upper()
+PRETRAIN_SKILLS = {
+    "copy": (LETTERS, lambda w: w),
+    "upper": (LETTERS, lambda w: w.upper()),
+    "lower": (UPPER, lambda w: w.lower()),
+}
+MODEL_SIZES = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=8,
+                   num_key_value_heads=4, max_position_embeddings=256)
+# full rotary (GLM's default rotates half of each head): finer relative positions for copying
+PARTIAL_ROTARY_FACTOR = 1.0
 
 
 def pretrain_pairs(rng: random.Random, n: int) -> list[tuple[str, str]]:
@@ -40,8 +50,9 @@ def pretrain_pairs(rng: random.Random, n: int) -> list[tuple[str, str]]:
     pairs = []
     for _ in range(n):
         skill = rng.choice(sorted(PRETRAIN_SKILLS))
-        word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(MIN_LEN, MAX_LEN)))
-        pairs.append((render_prompt(f"{skill} {word}"), PRETRAIN_SKILLS[skill](word)))
+        alphabet, fn = PRETRAIN_SKILLS[skill]
+        word = "".join(rng.choice(alphabet) for _ in range(rng.randint(MIN_LEN, MAX_LEN)))
+        pairs.append((render_prompt(f"{skill} {word}"), fn(word)))
     return pairs
 
 
@@ -73,6 +84,7 @@ def build_model(tokenizer, seed: int):
         vocab_size=len(tokenizer), head_dim=sizes["hidden_size"] // sizes["num_attention_heads"],
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False, **sizes)
+    config.rope_parameters["partial_rotary_factor"] = PARTIAL_ROTARY_FACTOR
     torch.manual_seed(seed)
     return GlmForCausalLM(config)
 
@@ -126,7 +138,7 @@ def pretrain(model, tokenizer, rng: random.Random, steps: int, batch: int, lr: f
 
 def recipe(args: argparse.Namespace) -> dict:
     return {"recipe_version": RECIPE_VERSION, "seed": args.seed, "steps": args.steps, "batch": args.batch,
-            "lr": args.lr, "sizes": MODEL_SIZES, "pretrain_skills": sorted(PRETRAIN_SKILLS)}
+            "lr": args.lr, "sizes": MODEL_SIZES, "partial_rotary_factor": PARTIAL_ROTARY_FACTOR, "pretrain_skills": sorted(PRETRAIN_SKILLS)}
 
 
 def is_current(out: Path, want: dict) -> bool:
