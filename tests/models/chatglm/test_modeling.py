@@ -139,3 +139,12 @@ def test_generate_with_thudm_position_ids_equals_derived_positions(v1_loaded, v1
         given = model.generate(input_ids=ids, attention_mask=mask, position_ids=pos, max_new_tokens=4,
                                do_sample=False)
     assert torch.equal(derived, given)
+
+
+def test_position_ids_of_the_wrong_layout_are_refused(v1_loaded, v1_ref):
+    import pytest
+
+    model, _ = v1_loaded
+    ids, mask = _batch(v1_ref)
+    with pytest.raises(ValueError, match=r"\[batch, 2, seq\]"):
+        model(input_ids=ids, attention_mask=mask, position_ids=torch.arange(ids.shape[1]).expand(2, -1))

@@ -318,8 +318,11 @@ class ChatGLM6BModel(ChatGLM6BPreTrainedModel):
 
         if position_ids is None:
             position_ids = self._positions(input_ids, new_valid, past_key_values, past_len, seq_len, batch, device)
-        elif position_ids.dim() == 2:  # [2, seq] for a single row
-            position_ids = position_ids.unsqueeze(0).expand(batch, -1, -1)
+        elif position_ids.dim() != 3 or tuple(position_ids.shape) != (batch, 2, seq_len):
+            raise ValueError(
+                f"ChatGLM-6B position_ids are [batch, 2, seq] (position, block position), got shape "
+                f"{tuple(position_ids.shape)} for {batch} x {seq_len} tokens; omit them to derive them"
+            )
         position_ids = position_ids.to(device)
         if past_key_values is not None and use_cache:
             setattr(past_key_values, _LAST_POSITION_ATTR, position_ids[:, :, -1].detach())
