@@ -141,7 +141,8 @@ class Attacker:
     """What the broker does to mailbox XADDs: log them, swap DH values, strip pads (see `mode`).
 
     mode "observe": change nothing. "swap_one": replace the DH value node-1 sends node-2 with the
-    attacker's own. "mitm": replace both DH values, derive both pad streams, and replace every
+    attacker's own. "replay": replace it with node-1's genuine signed value (and signature) from the
+    previous job. "mitm": replace both DH values, derive both pad streams, and replace every
     masked upload by the same upload with the pads removed (so the sum still comes out right).
     """
 
@@ -154,6 +155,7 @@ class Attacker:
         self._private: dict[str, int] = {}          # session -> attacker's DH private key
         self._originals: dict[tuple[str, str], int] = {}         # (session, sender) -> real public value
         self._streams: dict[str, object] = {}       # sender -> pad stream it masks with (known to us)
+        self.last_signed: dict[tuple[str, str], dict] = {}      # (sender, receiver) -> last genuine DH meta
 
     def __call__(self, args: list[bytes]) -> list[bytes]:
         if len(args) < 5 or args[0].upper() != b"XADD" or b":to:" not in args[1]:
@@ -182,8 +184,13 @@ class Attacker:
         if self.mode == "observe":
             return None
         if h.channel == "otp/dh":
-            if self.mode == "swap_one" and (h.sender, h.receiver) != ("node-1", "node-2"):
+            if self.mode != "replay":
+                self.last_signed[(h.sender, h.receiver)] = dict(meta)
+            if (h.sender, h.receiver) != ("node-1", "node-2") and self.mode in ("swap_one", "replay"):
                 return None
+            if self.mode == "replay":  # node-1's signed value from an earlier job, relabelled for this one
+                old = self.last_signed[(h.sender, h.receiver)]
+                return None, {**meta, "public": old["public"], "sig": old["sig"]}
             session, group = meta["session"], named_group(int(meta["group"]))
             if session not in self._private:
                 self._private[session], _ = generate_keypair(group)
@@ -302,6 +309,19 @@ def test_swapped_dh_value_fails_the_signed_job_naming_the_pair(mitm):
     assert "\n" not in job.reason
 
 
+def test_replayed_signed_dh_value_from_an_earlier_job_fails_naming_the_pair(mitm):
+    fed, attacker, pin = mitm
+    pin(True)
+    assert ("node-1", "node-2") in attacker.last_signed  # recorded during the earlier jobs
+    attacker.mode = "replay"
+    try:
+        job = run_job(fed)
+    finally:
+        attacker.mode = "observe"
+    assert job.state.value == "FAILED", job
+    assert "signature does not verify" in job.reason and "node-1 -> node-2" in job.reason, job.reason
+
+
 def test_swapped_dh_value_without_identities_is_not_recognised(mitm):
     fed, attacker, pin = mitm
     pin(False)
@@ -311,10 +331,12 @@ def test_swapped_dh_value_without_identities_is_not_recognised(mitm):
     finally:
         attacker.mode = "observe"
         pin(True)
-    # the pads no longer cancel: the aggregate is garbage. Nothing in xfed calls it an attack; only
-    # horizontal_mean's known-answer check (which a real training job does not have) fails the job.
+    # the pads no longer cancel: the decoded sum (weights included) is random. Nothing in xfed calls it
+    # an attack: the root trips over a negative total weight, or horizontal_mean's known-answer check
+    # (which a real training job does not have) catches the wrong mean.
     assert job.state.value == "FAILED", job
-    assert "aggregate differs from the expected mean" in job.reason, job.reason
+    assert ("aggregate differs from the expected mean" in job.reason
+            or "total aggregation weight is" in job.reason), job.reason
     assert "signature" not in job.reason and "DH" not in job.reason
 
 
