@@ -42,3 +42,19 @@ def test_graceful_stop_deregisters_at_once(redis_server):
     hb = Heartbeat(r, keys, "n1", "assist_trainer", interval=5).start()
     hb.stop()
     assert alive_nodes(r, keys, ["n1"]) == set()
+
+
+@pytest.mark.integration
+def test_a_second_daemon_with_the_same_id_is_refused_but_a_dead_ones_ttl_is_waited_out(redis_server):
+    from xfed.broker.heartbeat import wait_until_free
+    from xfed.errors import XfedError
+
+    r = redis_server.client()
+    keys = Keys("hb3")
+    hb = Heartbeat(r, keys, "n1", "label_trainer", interval=0.1).start()
+    with pytest.raises(XfedError, match=r"n1 is already running \(host .*, pid \d+"):
+        wait_until_free(r, keys, "n1", interval=0.1)
+    hb.stop(deregister=False)  # like kill -9: the key lingers for up to 3 intervals
+    t0 = time.monotonic()
+    wait_until_free(r, keys, "n1", interval=0.1)
+    assert time.monotonic() - t0 < 0.5

@@ -127,12 +127,14 @@ class Federation:
         return JobStore(self.redis_client(), self.keys())
 
     def wait_alive(self, nodes: list[str], timeout: float = 30) -> None:
-        from xfed.broker.heartbeat import alive_nodes
+        from xfed.broker.heartbeat import node_infos
 
         r, keys = self.redis_client(), self.keys()
         deadline = time.monotonic() + timeout
         while True:
-            alive = alive_nodes(r, keys, [n for n in nodes if n != "scheduler"])
+            # alive *and* registered by the process we started (a killed predecessor's key lingers)
+            infos = node_infos(r, keys, [n for n in nodes if n != "scheduler"])
+            alive = {n for n, i in infos.items() if i.alive and (n not in self.procs or i.pid == self.procs[n].pid)}
             if "scheduler" in nodes and (r.pttl(keys.scheduler()) or 0) > 0:
                 alive.add("scheduler")
             missing = [n for n in nodes if n not in alive]

@@ -128,6 +128,29 @@ class Heartbeat:
                 pass
 
 
+def wait_until_free(r: redis.Redis, keys, node_id: str, *, interval: float, key: str | None = None) -> None:
+    """Refuse to start a second `node_id` beside a live one; wait out the TTL of a dead one (kill -9).
+
+    Raises XfedError naming where the live one runs when its heartbeat is still refreshed after
+    3 intervals + 1 s."""
+    from xfed.errors import XfedError
+
+    key = key or keys.heartbeat(node_id)
+    deadline = time.monotonic() + TTL_FACTOR * interval + 1.0
+    while True:
+        try:
+            ttl = r.pttl(key)
+        except redis.RedisError as err:
+            raise BrokerError(f"reading {key}: {type(err).__name__}: {err}") from err
+        if not (isinstance(ttl, int) and ttl > 0):
+            return
+        if time.monotonic() > deadline:
+            info = node_infos(r, keys, [node_id])[node_id]
+            raise XfedError(f"{node_id} is already running (host {info.host or '?'}, pid {info.pid or '?'}, "
+                            f"namespace {keys.namespace!r}); stop it first")
+        time.sleep(min(0.2, ttl / 1000))
+
+
 def _s(v) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else ("" if v is None else str(v))
 

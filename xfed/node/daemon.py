@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xfed.broker.heartbeat import Heartbeat
+from xfed.broker.heartbeat import Heartbeat, wait_until_free
 from xfed.broker.jobstore import JobState, JobStore
 from xfed.broker.streams import ControlStream, Entry
 from xfed.errors import BrokerError, XfedError
@@ -59,6 +59,7 @@ class NodeDaemon:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
+        wait_until_free(self.r, self.keys, self.node_id, interval=self.interval)
         self.hb.start()
         self.cmds.ensure_group(GROUP)
         self._recover_pending()
@@ -134,8 +135,10 @@ class NodeDaemon:
     def _run_stage(self, entry_id: str, msg: dict) -> None:
         job_id, stage_id, attempt = msg["job"], msg["stage"], msg["attempt"]
         child = self.child
-        if child is not None and child.job_id == job_id and (child.stage_id, child.attempt) != (stage_id, attempt):
-            # the next stage can arrive between our child's `done` and its exit: run it once it has exited
+        if child is not None and (child.stage_id, child.attempt, child.job_id) != (stage_id, attempt, job_id) and (
+                child.job_id == job_id or child.stop_reason or self._job_over(child.job_id)):
+            # our child is done or being stopped (the next stage, or the next job, can arrive between its
+            # last report and its exit): run this once it has exited
             self._deferred.append((entry_id, msg))
             return
         if child is not None:
@@ -168,6 +171,10 @@ class NodeDaemon:
         self.hb.set_job(job_id)
         log.info("job %s stage %s: started pid %s (log %s)", job_id, stage_id, child.pid, child.log_path)
         reporter.status("starting", pid=child.pid, log=str(child.log_path))
+
+    def _job_over(self, job_id: str) -> bool:
+        state = self.jobs.state(job_id)
+        return state is None or state.terminal
 
     def _check_own_config(self, stage_id: int) -> str:
         """Read this node's own trainer_config at stage start (edits between jobs take effect)."""
@@ -213,7 +220,8 @@ class NodeDaemon:
             if not offline and time.monotonic() - self._last_job_check > 0.5:
                 self._last_job_check = time.monotonic()
                 state = self.jobs.state(child.job_id)
-                if state is None or state.terminal:
+                # a SUCCESSFUL job's children are on their way out after reporting `done`
+                if state is None or state in (JobState.FAILED, JobState.STOPPED):
                     child.stop(f"job is {state.value if state else 'gone'}")
             return
         reporter = self._reporter(child.job_id, child.stage_id, child.attempt)

@@ -126,9 +126,13 @@ def run(args: argparse.Namespace) -> int:
     reporter = EventReporter(r, keys, args.job, args.node, args.stage, args.attempt)
     watcher = StopWatcher(r, keys, args.job, args.stage, args.attempt)
 
-    def on_term(signum, frame):  # first SIGTERM: stop cooperatively; the daemon SIGKILLs after a grace
+    in_operator = [True]
+
+    def on_term(signum, frame):  # SIGTERM: stop cooperatively; the daemon SIGKILLs after a grace
         watcher.stop("stop requested")
-        raise KeyboardInterrupt
+        if in_operator[0]:  # interrupt the operator once; never the reporting after it
+            in_operator[0] = False
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
     try:
@@ -148,9 +152,11 @@ def run(args: argparse.Namespace) -> int:
         from xfed.operators.registry import operator_module
 
         result = operator_module(stage.model_info.name).run(ctx)
+        in_operator[0] = False
         reporter.done(len(stages), result if isinstance(result, dict) else {"result": result})
         return EXIT_DONE
     except BaseException as err:  # noqa: B036 - every way out must be reported (or deliberately not)
+        in_operator[0] = False
         # an error caused by the job ending elsewhere (a peer failed, a stop) is not this node's failure
         if isinstance(err, KeyboardInterrupt) or watcher(fresh=True):
             log.info("stage stopped: %s", watcher.reason or type(err).__name__)

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from xfed.broker.heartbeat import Heartbeat, alive_nodes, node_infos
+from xfed.broker.heartbeat import Heartbeat, alive_nodes, wait_until_free
 from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus, can_resume
 from xfed.broker.streams import ControlStream, Entry, read_many
 from xfed.errors import BrokerError, XfedError
@@ -72,16 +72,7 @@ class Scheduler:
 
     def _wait_for_previous_scheduler(self) -> None:
         """Refuse to run beside a live scheduler; wait out the heartbeat TTL of a dead one."""
-        deadline = time.monotonic() + 3 * self.interval + 1
-        while True:
-            info = node_infos(self.r, self.keys, [SCHEDULER_ID])[SCHEDULER_ID]
-            ttl = self.r.pttl(self.keys.scheduler())
-            if not (isinstance(ttl, int) and ttl > 0):
-                return
-            if time.monotonic() > deadline:
-                raise XfedError(f"another scheduler is running for namespace {self.keys.namespace!r} "
-                                f"(host {info.host or '?'}, pid {info.pid or '?'})")
-            time.sleep(min(0.2, ttl / 1000))
+        wait_until_free(self.r, self.keys, SCHEDULER_ID, interval=self.interval, key=self.keys.scheduler())
 
     def reattach(self) -> None:
         for job in self.jobs.active():
