@@ -12,10 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xfed.errors import ConfigError, JobError, XfedError
+from pydantic import ValidationError
+
+from xfed.aggregation import encryption_kind, make_leaf, make_root
+from xfed.config import fill_placeholders
+from xfed.errors import ConfigError, JobError, PreflightError, XfedError
 
 from . import protocol
 from .adapter_state import extract_trainable, load_trainable, save_adapter
+from .config import Params, merge_authoritative
 from .metrics import MetricsLog
 from .party import (
     PartyData,
@@ -29,6 +34,7 @@ from .party import (
 from .preflight import compare_fingerprints, conflict_warnings
 from .rounds import Evaluator, FederatedCallback, RoundRunner
 from .schedule import count_rounds, party_schedule
+from .training import build_trainer, count_optimizer_steps, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +61,6 @@ def _own_params(ctx: Any) -> dict[str, Any]:
 
 def validated_params(raw: dict[str, Any], where: str) -> dict[str, Any]:
     """Complete train_params (defaults filled) checked by the config's Params model; one-line errors."""
-    from pydantic import ValidationError
-
-    from .config import Params
-
     try:
         model = Params.model_validate(raw)
     except ValidationError as exc:
@@ -78,23 +80,13 @@ def _warn(ctx: Any, message: str) -> None:
     ctx.report("warning", {"message": message})
 
 
-def _encryption(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    encryption = params.get("encryption") or {"plain": {}}
-    kinds = [k for k in ("otp", "plain") if k in encryption]
-    if len(kinds) != 1:
-        raise ConfigError(f"train_params.encryption: exactly one of otp, plain is required, got {sorted(encryption)}")
-    return kinds[0], encryption
-
-
 def _output_dir(ctx: Any) -> Path:
     """output.path with [JOB_ID] / [NODE_ID] / [STAGE_ID] filled in."""
     output = getattr(ctx.stage, "output", None)
     path = str(getattr(output, "path", "") or "")
     if not path:
         raise ConfigError(f"{ctx.node_id}: output.path: required (where adapters and metrics.json go)")
-    for placeholder, value in (("[JOB_ID]", ctx.job_id), ("[NODE_ID]", ctx.node_id), ("[STAGE_ID]", ctx.stage_id)):
-        path = path.replace(placeholder, str(value))
-    return Path(path)
+    return Path(fill_placeholders(path, job_id=ctx.job_id, node_id=ctx.node_id, stage_id=ctx.stage_id))
 
 
 def _agg_steps(params: dict[str, Any]) -> Any:
@@ -112,8 +104,6 @@ class _Party:
 
     # -- local set-up ---------------------------------------------------------------------------
     def setup(self, params: dict[str, Any]) -> None:
-        from .training import build_trainer, count_optimizer_steps, training_arguments
-
         self.params = params
         trainer_params = dict(params.get("trainer") or {})
         self.output_dir = _output_dir(self.ctx)
@@ -139,7 +129,7 @@ class _Party:
         self.weight = float(n) if self.weighting == "num_examples" else 1.0
         self.metrics = MetricsLog(self.output_dir / "metrics.json", {
             "job_id": self.ctx.job_id, "node": self.node, "identity": self.ctx.identity,
-            "peft": next(iter(params.get("peft") or {}), None), "encryption": _encryption(params)[0],
+            "peft": next(iter(params.get("peft") or {}), None), "encryption": encryption_kind(params.get("encryption"))[0],
             "num_examples": n, "total_steps": self.total_steps, "weighting": self.weighting,
         })
 
@@ -210,15 +200,10 @@ class _Label(_Party):
         })
         plan = protocol.recv_meta(ctx, ctx.assist_id, protocol.PLAN)
         if not plan.get("ok"):
-            from xfed.errors import PreflightError
-
             raise PreflightError(str(plan.get("error", "preflight failed")))
         for message in plan.get("warnings") or []:
             self.warnings.append(message)
-        from xfed.aggregation import make_leaf
-
-        _kind, encryption = _encryption(self.params)
-        leaf = make_leaf(ctx, encryption, timeout=ROUND_TIMEOUT_S)
+        leaf = make_leaf(ctx, self.params.get("encryption"), timeout=ROUND_TIMEOUT_S)
         leaf.setup()
         load_trainable(self.peft_model, leaf.receive_initial(), source=f"initial adapter from {ctx.assist_id}")
         return self.run_rounds(int(plan["rounds"]), leaf.aggregate, leaf)
@@ -228,7 +213,7 @@ class _Label(_Party):
         self.setup(validated_params(self.own, self.node))
         if self.trainer is None:
             raise ConfigError(f"{self.node}: input.trainset: a label trainer needs training data")
-        if _encryption(self.params)[0] == "otp":
+        if encryption_kind(self.params.get("encryption"))[0] == "otp":
             self.warn(f"{self.node}: encryption otp with a single party masks nothing; training locally")
         rounds = count_rounds(_agg_steps(self.params), {self.node: self.total_steps})
         return self.run_rounds(rounds, lambda _round, tensors, _weight: tensors, None)
@@ -241,8 +226,6 @@ class _Assist(_Party):
         if not trainers:
             raise ConfigError(f"{self.node}: fed_info.trainer lists no label trainers")
         hellos = protocol.gather_meta(ctx, trainers, protocol.HELLO)
-        from .config import merge_authoritative
-
         for node in trainers:
             effective, conflicts = merge_authoritative(self.own, dict(hellos[node].get("train_params") or {}))
             for line in conflict_warnings(node, conflicts):
@@ -267,7 +250,6 @@ class _Assist(_Party):
             if self.trainer is not None:
                 steps[self.node] = self.total_steps
             rounds = count_rounds(_agg_steps(self.params), steps)
-            _kind, encryption = _encryption(self.params)  # otp with < 2 masked parties: aggregation warns
         except XfedError as exc:
             protocol_error = str(exc)
             for node in trainers:
@@ -275,9 +257,7 @@ class _Assist(_Party):
             raise
         for node in trainers:
             protocol.send_meta(ctx, node, protocol.PLAN, {"ok": True, "rounds": rounds, "warnings": self.warnings})
-        from xfed.aggregation import make_root
-
-        root = make_root(ctx, encryption, timeout=ROUND_TIMEOUT_S)
+        root = make_root(ctx, self.params.get("encryption"), timeout=ROUND_TIMEOUT_S)  # warns on otp < 2 parties
         root.setup()
         root.broadcast_initial(extract_trainable(self.peft_model))
         return self.run_rounds(rounds, root.aggregate, root)
