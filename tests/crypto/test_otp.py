@@ -263,3 +263,28 @@ def test_sums_at_the_edge_of_the_range_decode_exactly_and_beyond_it_are_refused(
     over = {"edge": np.array([sign * limit * (1 + 2.0**-30), 0.5])}
     with pytest.raises(OverflowError, match="'edge'"):
         mask(over, bits=bits, frac_bits=f, n_parties=n, self_id=ids[0], peer_streams=streams[ids[0]], workers=0)
+
+
+def test_parties_masking_from_several_threads_get_the_sequential_results():
+    import threading
+
+    ids = [f"t{i}" for i in range(4)]
+    rng = np.random.default_rng(3)
+    data = {i: {"w": rng.normal(size=(64, 33))} for i in ids}
+    sequential = _all_streams(ids, csprng="ctr_drbg")
+    want = {i: mask(data[i], n_parties=4, self_id=i, peer_streams=sequential[i], workers=0) for i in ids}
+    threaded = _all_streams(ids, csprng="ctr_drbg")
+    got = {}
+
+    def run(i):
+        got[i] = mask(data[i], n_parties=4, self_id=i, peer_streams=threaded[i], workers=0)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for i in ids:
+        assert np.array_equal(got[i]["w"], want[i]["w"])
+    total = unmask_sum([got[i] for i in ids], divide_by=4)["w"]
+    assert np.allclose(total, sum(data[i]["w"] for i in ids) / 4, atol=1e-8)
