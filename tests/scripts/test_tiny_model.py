@@ -24,7 +24,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def built(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "tiny-glm"
-    assert tiny.main(["--out", str(out), "--steps", "20", "--seed", "0"]) == 0
+    assert tiny.main(["--out", str(out), "--steps", "10", "--seed", "0"]) == 0
     return out
 
 
@@ -56,19 +56,19 @@ def test_loads_with_auto_classes_and_generates(built):
 
 def test_same_seed_same_weights_and_rerun_is_a_no_op(tiny, built, tmp_path, capsys):
     again = tmp_path / "again"
-    assert tiny.main(["--out", str(again), "--steps", "20", "--seed", "0"]) == 0
+    assert tiny.main(["--out", str(again), "--steps", "10", "--seed", "0"]) == 0
     assert digest(again) == digest(built)
     assert (again / "tokenizer.json").read_bytes() == (built / "tokenizer.json").read_bytes()
     mtime = (again / "model.safetensors").stat().st_mtime_ns
     capsys.readouterr()
-    assert tiny.main(["--out", str(again), "--steps", "20", "--seed", "0"]) == 0
+    assert tiny.main(["--out", str(again), "--steps", "10", "--seed", "0"]) == 0
     assert "up to date" in capsys.readouterr().out
     assert (again / "model.safetensors").stat().st_mtime_ns == mtime
     stamp = json.loads((again / tiny.STAMP).read_text())
-    assert stamp["seed"] == 0 and stamp["steps"] == 20
+    assert stamp["seed"] == 0 and stamp["steps"] == 10
 
 
 def test_other_seed_other_weights(tiny, built, tmp_path):
     other = tmp_path / "other"
-    assert tiny.main(["--out", str(other), "--steps", "20", "--seed", "1"]) == 0
+    assert tiny.main(["--out", str(other), "--steps", "10", "--seed", "1"]) == 0
     assert digest(other) != digest(built)

@@ -247,16 +247,51 @@ def test_collator_right_pads_with_masked_labels(char_tokenizer):
     assert keep_pad["labels"].tolist() == [[-100, 6, 7, 0], [5, 0, 0, 0]]
 
 
-def test_demo_data_reads_the_same_from_qa_json_and_jsonl(tmp_path):
-    """The two forms make_demo_data writes yield identical examples (prompt column holds the rendered text)."""
+def _demo_data_module():
     import importlib.util
 
     script = Path(__file__).resolve().parents[3] / "scripts" / "make_demo_data.py"
     spec = importlib.util.spec_from_file_location("make_demo_data", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.main(["--out", str(tmp_path), "--seed", "3"]) == 0
-    qa = data.read_records([{"type": "QA", "path": str(tmp_path / "node-1.json")}], {"prompt_pattern": XFL_PATTERN})
-    lines = data.read_records(str(tmp_path / "node-1.jsonl"), {"prompt_column": "prompt", "response_column": "response"})
+    return mod
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    mod = _demo_data_module()
+    out = tmp_path_factory.mktemp("demo_data")
+    assert mod.main(["--out", str(out), "--seed", "3"]) == 0
+    return mod, out
+
+
+def test_demo_data_reads_the_same_from_qa_json_and_jsonl(demo_data):
+    """The two forms make_demo_data writes yield identical examples (prompt column holds the rendered text)."""
+    mod, out = demo_data
+    qa = data.read_records([{"type": "QA", "path": str(out / "node-1.json")}], {"prompt_pattern": XFL_PATTERN})
+    lines = data.read_records(str(out / "node-1.jsonl"), {"prompt_column": "prompt", "response_column": "response"})
     assert [(e.prompt, e.answer) for e in qa] == [(e.prompt, e.answer) for e in lines]
     assert len(qa) == mod.N_TRAIN_PER_PARTY
+
+
+def test_demo_data_is_non_iid_disjoint_balanced_and_deterministic(demo_data, tmp_path):
+    from collections import Counter
+
+    mod, out = demo_data
+    shards = {p.stem: json.loads(p.read_text(encoding="utf-8"))["instances"] for p in out.glob("*.json")
+              if p.stem != "manifest"}
+    for party, main in mod.PARTIES.items():
+        counts = Counter(i["skill"] for i in shards[party])
+        assert counts[main] == round(0.9 * mod.N_TRAIN_PER_PARTY)
+        assert sorted(counts.values())[:2] == [mod.N_TRAIN_PER_PARTY // 20] * 2
+    assert set(Counter(i["skill"] for i in shards["heldout"]).values()) == {mod.N_HELDOUT_PER_SKILL}
+    words = [i["input"].split(" ", 1)[1] for inst in shards.values() for i in inst]
+    assert len(words) == len(set(words))  # no word in two examples, so held-out words are unseen
+    for inst in shards["heldout"]:
+        skill, word = inst["input"].split(" ", 1)
+        assert inst["output"] == mod.SKILLS[skill](word) != word
+    again = tmp_path / "again"
+    assert mod.main(["--out", str(again), "--seed", "3"]) == 0
+    assert (again / "node-2.jsonl").read_bytes() == (out / "node-2.jsonl").read_bytes()
+    assert mod.main(["--out", str(tmp_path / "other"), "--seed", "4"]) == 0
+    assert (tmp_path / "other" / "node-2.jsonl").read_bytes() != (out / "node-2.jsonl").read_bytes()
