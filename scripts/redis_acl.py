@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"apply with ACL SETUSER through the admin URL in ${ADMIN_ENV} (or --admin-url)")
     p.add_argument("--admin-url", help=f"admin connection (prefer ${ADMIN_ENV}: a URL here shows in `ps`)")
     p.add_argument("--admin-tls-ca-file", help="CA bundle for a rediss:// admin URL")
+    p.add_argument("--admin-tls-cert-file", help="client certificate for the admin connection (mutual TLS)")
+    p.add_argument("--admin-tls-key-file", help="its key")
     p.add_argument("--save", action="store_true", help="with --apply: ACL SAVE (server started with an aclfile)")
     p.add_argument("--configs", metavar="DIR",
                    help="write DIR/<node|scheduler|client>/fed_conf.json, each with its own user's URL")
@@ -110,7 +112,8 @@ def admin_connection(args: argparse.Namespace):
     url = args.admin_url or os.environ.get(ADMIN_ENV)
     if not url:
         raise ConfigError(f"--apply needs an admin connection: set ${ADMIN_ENV} (or --admin-url)")
-    files = {"ca_file": args.admin_tls_ca_file} if args.admin_tls_ca_file else {}
+    files = {k: v for k, v in (("ca_file", args.admin_tls_ca_file), ("cert_file", args.admin_tls_cert_file),
+                               ("key_file", args.admin_tls_key_file)) if v}
     return connect(RedisAddress.parse(url, **files), retry_s=5.0, client_name="xfed-acl-admin")
 
 
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             write_private(out / u.subject / "fed_conf.json",
                           json.dumps(per_user_conf(config / "fed_conf.json", urls[u.subject]), indent=1) + "\n")
         print(f"# wrote {len(users)} fed_conf.json copies under {out}/<node|scheduler|client>/ "
-              "(copy each party's trainer_config_*.json and identity key beside its own)", file=sys.stderr)
+              "(put each party's trainer_config_*.json, identity key and TLS files beside its own)", file=sys.stderr)
     if args.format != "json":
         stream = sys.stderr if args.format == "commands" else sys.stdout
         print("# redis_server for each party's own fed_conf.json (keep it private to that party):", file=stream)

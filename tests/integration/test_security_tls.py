@@ -1,12 +1,15 @@
-"""TLS end to end: a private CA made with xfed.security.tls, a TLS-only redis-server, a whole job over rediss://.
+"""TLS end to end, with everything else on too: a private CA (xfed.security.tls), a TLS-only
+redis-server with mutual TLS, ACL users from scripts/redis_acl.py applied over TLS, each process in
+its own config folder as its own user, identities pinned, and a whole otp job.
 
-Mutual TLS (`--tls-auth-clients yes`): every process presents a client certificate from the same
-CA. A client trusting another CA fails at once with one line naming the address.
+A client trusting another CA fails at once with one line naming the address.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +19,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
+NS = "tls"
+ADMIN_PW = "admin-tls-password-0123456789"
 
 
 def _integration_conftest():
@@ -29,21 +34,45 @@ def _integration_conftest():
     return sys.modules[name]
 
 
-class TlsFederation(_integration_conftest().Federation):
-    """The harness's own watcher connects over TLS too (the server has no plain port)."""
+class HardenedFederation(_integration_conftest().Federation):
+    """Every process from its own folder (own fed_conf.json, own ACL user); the harness watches over
+    TLS as a separate admin user (the server has no plain port and `default` is off)."""
 
     pki: Path = Path()
+
+    def party_config(self, name: str) -> Path:
+        return self.root / "parties" / name
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.root / f"{name}.log", "ab")
+        proc = subprocess.Popen([sys.executable, str(REPO / "xfed.py"), *args, "--config_path",
+                                 str(self.party_config(name))],
+                                stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.root)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def client(self, *args: str, config: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(REPO / "xfed.py"), *args, "--config_path",
+                               str(config or self.party_config("client"))],
+                              capture_output=True, text=True, env=self.env(), cwd=self.root, timeout=timeout)
+
+    def tls_kwargs(self) -> dict:
+        return dict(host=self.redis.host, port=self.redis.port, ssl=True, ssl_ca_certs=str(self.pki / "ca.crt"),
+                    ssl_certfile=str(self.pki / "harness.crt"), ssl_keyfile=str(self.pki / "harness.key"),
+                    socket_timeout=10)
 
     def redis_client(self):
         import redis
 
-        return redis.Redis(host=self.redis.host, port=self.redis.port, ssl=True,
-                           ssl_ca_certs=str(self.pki / "ca.crt"), ssl_certfile=str(self.pki / "harness.crt"),
-                           ssl_keyfile=str(self.pki / "harness.key"), socket_timeout=10)
+        return redis.Redis(username="admin", password=ADMIN_PW, **self.tls_kwargs())
 
 
 @pytest.fixture(scope="module")
 def tls_fed(tmp_path_factory):
+    import redis
+
+    from xfed.security.identity import default_key_path, generate, write_private_key
     from xfed.security.tls import issue, make_ca
 
     root = tmp_path_factory.mktemp("tlsfed")
@@ -57,7 +86,7 @@ def tls_fed(tmp_path_factory):
         dir=root, tls={"cert": server.cert, "key": server.key, "ca": server.ca},
         extra_args=["--tls-auth-clients", "yes"])
     srv.start()
-    fed = TlsFederation(root=root, redis=srv, namespace="tls")
+    fed = HardenedFederation(root=root, redis=srv, namespace=NS)
     fed.pki = pki
     fed.write_config({"rounds": 2, "dim": 8, "weighting": "index",
                       "encryption": {"otp": {"key_exchange": {"key_bitlength": 2048}}}})
@@ -65,8 +94,27 @@ def tls_fed(tmp_path_factory):
     conf["redis_server"] = f"rediss://127.0.0.1:{srv.port}/0"
     conf["redis"].update(tls_ca_file=str(pki / "ca.crt"), tls_cert_file=str(pki / "party.crt"),
                          tls_key_file=str(pki / "party.key"), connect_timeout=3)
+    keys = {n: generate(n) for n in fed.trainers}
+    conf["identities"] = {n: k.public_hex for n, k in keys.items()}
     (fed.config / "fed_conf.json").write_text(json.dumps(conf, indent=1))
     try:
+        boot = redis.Redis(**fed.tls_kwargs())   # `default` (no password) only until the users exist
+        boot.execute_command("ACL", "SETUSER", "admin", "on", f">{ADMIN_PW}", "~*", "&*", "+@all")
+        boot.close()
+        res = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "redis_acl.py"), "--config_path", str(fed.config),
+             "--passwords", str(root / "pw.json"), "--configs", str(root / "parties"), "--apply",
+             "--admin-tls-ca-file", str(pki / "ca.crt"), "--admin-tls-cert-file", str(pki / "harness.crt"),
+             "--admin-tls-key-file", str(pki / "harness.key")],
+            capture_output=True, text=True, timeout=60,
+            env={**os.environ, "XFED_REDIS_ADMIN_URL": f"rediss://admin:{ADMIN_PW}@127.0.0.1:{srv.port}/0"})
+        assert res.returncode == 0, res.stderr
+        fed.redis_client().execute_command("ACL", "SETUSER", "default", "off")
+        for n in fed.nodes:
+            shutil.copy(fed.config / f"trainer_config_{n}.json", fed.party_config(n))
+        for n, key in keys.items():
+            write_private_key(key, default_key_path(fed.party_config(n), n))
+        fed.redis_client().execute_command("ACL", "LOG", "RESET")
         fed.start_all()
         yield fed
     finally:
@@ -74,13 +122,20 @@ def tls_fed(tmp_path_factory):
         srv.stop()
 
 
-def test_whole_otp_job_over_mutual_tls(tls_fed):
+def test_whole_signed_otp_job_over_mutual_tls_with_acl_users(tls_fed):
+    from xfed.broker.acl import denied_log
+
+    conf = json.loads((tls_fed.party_config("node-1") / "fed_conf.json").read_text())
+    assert conf["redis_server"].startswith(f"rediss://{NS}-node-1:") and conf["identities"]
     res = tls_fed.client("-c", "start")
     assert res.returncode == 0, res.stderr + tls_fed.logs()
     job = tls_fed.wait_job(res.stdout.split()[0], timeout=60)
     assert job.state.value == "SUCCESSFUL", (job, tls_fed.logs())
-    clients = tls_fed.redis_client().execute_command("CLIENT", "LIST")
-    assert clients.count(b"name=xfed-") >= 4  # scheduler + 3 daemons, all connected over TLS
+    admin = tls_fed.redis_client()
+    clients = admin.execute_command("CLIENT", "LIST").decode()
+    users = {f.split("=", 1)[1] for line in clients.splitlines() for f in line.split() if f.startswith("user=")}
+    assert {f"{NS}-{n}" for n in [*tls_fed.nodes, "scheduler"]} <= users and "default" not in users
+    assert denied_log(admin) == []
 
 
 def test_plain_connection_to_the_tls_port_is_refused(tls_fed):
@@ -93,13 +148,13 @@ def test_plain_connection_to_the_tls_port_is_refused(tls_fed):
 
 
 def test_wrong_ca_is_one_line_naming_the_address(tls_fed, tmp_path):
-    conf = json.loads((tls_fed.config / "fed_conf.json").read_text())
+    conf = json.loads((tls_fed.party_config("client") / "fed_conf.json").read_text())
     conf["redis"]["tls_ca_file"] = str(tls_fed.root / "other" / "ca.crt")
     (tmp_path / "fed_conf.json").write_text(json.dumps(conf))
-    res = subprocess.run([sys.executable, str(REPO / "xfed.py"), "-c", "status", "--config_path", str(tmp_path)],
-                         capture_output=True, text=True, env=tls_fed.env(), timeout=30)
+    res = tls_fed.client("-c", "status", config=tmp_path, timeout=30)
     assert res.returncode == 2, res.stdout + res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: TLS handshake with Redis at rediss://127.0.0.1:") and "failed" in lines[0]
-    assert f":{tls_fed.redis.port}/0" in lines[0]
+    assert lines[0].startswith(f"error: TLS handshake with Redis at rediss://{NS}-client@127.0.0.1:"), lines[0]
+    assert f":{tls_fed.redis.port}/0 failed" in lines[0]
+    assert json.loads((tls_fed.root / "pw.json").read_text())[f"{NS}-client"] not in res.stderr

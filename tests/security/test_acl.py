@@ -225,8 +225,12 @@ def test_reapplying_replaces_rules_and_old_passwords_stop_working(acl_server):
     apply_users(acl_server, [first])
     second = by_subject(federation_users("fl", ["node-9"]))["node-9"]
     apply_users(acl_server, [second])
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     kw = dict(host=acl_server.connection_pool.connection_kwargs["host"],
-              port=acl_server.connection_pool.connection_kwargs["port"], socket_timeout=5)
+              port=acl_server.connection_pool.connection_kwargs["port"], socket_timeout=5,
+              retry=Retry(NoBackoff(), 0))  # a refused password is final; no client-side retries
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(username=first.name, password=first.password, **kw).ping()
     assert redis.Redis(username=second.name, password=second.password, **kw).ping() is True
