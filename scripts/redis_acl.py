@@ -29,9 +29,16 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from xfed.broker.acl import AclUser, acl_file, apply_users, users_for_fed  # noqa: E402
+from xfed.broker.acl import (  # noqa: E402
+    AclUser,
+    acl_file,
+    apply_users,
+    default_user_open,
+    users_for_fed,
+    verify_users,
+)
 from xfed.config import load_fed_conf, parse_redis_server  # noqa: E402
-from xfed.errors import ConfigError, XfedError  # noqa: E402
+from xfed.errors import BrokerError, ConfigError, XfedError  # noqa: E402
 
 ADMIN_ENV = "XFED_REDIS_ADMIN_URL"
 
@@ -144,9 +151,17 @@ def main(argv: list[str] | None = None) -> int:
         r = admin_connection(args)
         try:
             names = apply_users(r, users, save=args.save)
+            problems = verify_users(r, users, fed.redis.namespace)
+            open_default = default_user_open(r)
         finally:
             r.close()
-        print(f"# applied {len(names)} users: {', '.join(names)}", file=sys.stderr)
+        if problems:
+            raise BrokerError(f"applied users do not hold: {'; '.join(problems)}")
+        print(f"# applied {len(names)} users: {', '.join(names)}; checked with ACL DRYRUN: each node reads "
+              "only its own mailboxes and writes only as itself", file=sys.stderr)
+        if open_default:
+            print("warning: the server's `default` user is on without a password, so anyone reaching the port "
+                  "bypasses these users: ACL SETUSER default off (or give it a strong password)", file=sys.stderr)
     if args.configs:
         out = Path(args.configs)
         for u in users:

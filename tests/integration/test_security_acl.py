@@ -79,6 +79,8 @@ def acl_fed(tmp_path_factory):
                              "--configs", str(root / "parties"), "--apply",
                              env={"XFED_REDIS_ADMIN_URL": f"redis://{srv.address}/0"})
         assert res.returncode == 0, res.stderr
+        assert "applied 5 users" in res.stderr and "checked with ACL DRYRUN" in res.stderr, res.stderr
+        assert "warning: the server's `default` user is on without a password" in res.stderr
         for party in fed.nodes:
             shutil.copy(fed.config / f"trainer_config_{party}.json", fed.party_config(party))
         admin = srv.client()

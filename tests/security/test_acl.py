@@ -234,3 +234,15 @@ def test_reapplying_replaces_rules_and_old_passwords_stop_working(acl_server):
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(username=first.name, password=first.password, **kw).ping()
     assert redis.Redis(username=second.name, password=second.password, **kw).ping() is True
+
+
+@pytest.mark.integration
+def test_verify_reports_broken_promises_and_the_open_default_user(acl_server):
+    from xfed.broker.acl import default_user_open, verify_users
+
+    users = federation_users("vf", ["a1", "a2"])
+    apply_users(acl_server, users)
+    assert verify_users(acl_server, users, "vf") == []
+    acl_server.execute_command("ACL", "SETUSER", "vf-a1", "~*")   # someone loosened a1 by hand
+    assert verify_users(acl_server, users, "vf") == ["vf-a1 can read a2's mailbox", "vf-a1 can write as a2"]
+    assert default_user_open(acl_server) is True   # the test server's default user: on, nopass

@@ -170,6 +170,47 @@ def apply_users(r: redis.Redis, users: Iterable[AclUser], *, save: bool = False)
     return names
 
 
+def verify_users(r: redis.Redis, users: Iterable[AclUser], namespace: str) -> list[str]:
+    """Ask the server (``ACL DRYRUN``, nothing runs) whether the applied users hold xfed's promises:
+    each node reads its own mailbox but not a peer's, writes as itself but not as a peer. Returns
+    the broken promises (empty when all hold)."""
+    keys = Keys(namespace)
+    nodes = [u for u in users if u.role == "node"]
+    problems = []
+    for u in nodes:
+        peer = next((p.subject for p in nodes if p is not u), "xfed-probe-peer")
+        checks = [
+            (["XREAD", "STREAMS", keys.mailbox("0", 0, u.subject, peer), "0"], True, "read its own mailbox"),
+            (["XADD", keys.mailbox("0", 0, peer, u.subject), "*", "d", "x"], True, f"write to {peer} as itself"),
+            (["XREAD", "STREAMS", keys.mailbox("0", 0, peer, u.subject), "0"], False, f"read {peer}'s mailbox"),
+            # into a third party's mailbox: its own inbox it may fill as it likes (that fools only itself)
+            (["XADD", keys.mailbox("0", 0, "xfed-probe-other", peer), "*", "d", "x"], False, f"write as {peer}"),
+            (["FLUSHALL"], False, "run FLUSHALL"),
+        ]
+        for cmd, allowed, what in checks:
+            try:
+                got = r.execute_command("ACL", "DRYRUN", u.name, *cmd)
+            except redis.ResponseError as exc:
+                problems.append(f"{u.name}: cannot check whether it may {what}: {exc}")
+                continue
+            if (_text(got) == "OK") != allowed:
+                problems.append(f"{u.name} {'cannot' if allowed else 'can'} {what}")
+    return problems
+
+
+def default_user_open(r: redis.Redis) -> bool:
+    """True when the server's `default` user is on without a password (then ACL users protect nothing)."""
+    try:
+        info = r.execute_command("ACL", "GETUSER", "default")
+    except redis.RedisError:
+        return False
+    if isinstance(info, (list, tuple)):
+        info = dict(zip(info[0::2], info[1::2], strict=False))
+    info = info or {}
+    flags = {_text(f) for f in info.get(b"flags") or info.get("flags") or []}
+    return "on" in flags and "nopass" in flags
+
+
 def denied_log(r: redis.Redis, count: int = 128) -> list[dict[str, str]]:
     """``ACL LOG`` entries (denied commands/keys) as {field: text} dicts, newest first."""
     out = []
