@@ -102,3 +102,12 @@ def test_resume_is_atomic_and_clears_the_outcome(redis_server):
     assert (job.state, job.stage, job.attempt, job.reason, job.ended) == (S.RUNNING, 2, 1, "", None)
     assert r.ttl(keys.job(job_id)) == -1
     assert not store.resume(job_id, stage=2, attempt=2)
+
+
+@pytest.mark.integration
+def test_job_ids_never_go_back_below_a_known_id(redis_server):
+    r = redis_server.client()
+    store = JobStore(r, Keys("jc"))
+    assert store.new_job_id() == "1"
+    r.flushall()  # Redis lost its data
+    assert store.new_job_id(above=1) == "2" and store.new_job_id(above=1) == "3"

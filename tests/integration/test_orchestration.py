@@ -189,10 +189,12 @@ def test_restarted_scheduler_reattaches_to_the_running_job(fed):
 
 
 def test_daemons_reconnect_after_redis_restart_while_idle(fed):
+    last = max(int(j) for j in fed.store().job_ids())
     fed.redis.restart(keep_data=False, down_s=1.0)
     fed.wait_alive(fed.nodes + ["scheduler"], timeout=30)
     fed.write_config(FAST)
     res = fed.client("-c", "start", "--follow", "--bar")
     assert res.returncode == 0 and "SUCCESSFUL" in res.stdout, res.stdout + res.stderr + fed.logs()
+    assert int(res.stdout.split()[0]) > last  # no job id handed out twice although Redis forgot them
     assert "━" in res.stdout  # the progress bars were drawn
     assert_daemons_alive(fed)

@@ -191,6 +191,17 @@ return 1
 """
 
 
+_NEXT_ID = """
+local v = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+if v <= floor then
+  v = floor + 1
+  redis.call('SET', KEYS[1], v)
+end
+return v
+"""
+
+
 class JobStore:
     """Jobs in Redis: ids from an atomic counter, a hash per job, an index for `list`, expiry at the end."""
 
@@ -199,14 +210,16 @@ class JobStore:
         self.keys = keys
         self.retention_s = retention_s
         self._cas = r.register_script(_CAS)
+        self._next_id = r.register_script(_NEXT_ID)
 
     # -- creation / reading -------------------------------------------------------------
-    def new_job_id(self) -> str:
-        return str(self._call(self.r.incr, self.keys.job_counter()))
+    def new_job_id(self, *, above: int = 0) -> str:
+        """Next id from the atomic counter, never <= `above` (ids the caller saw before Redis lost its data)."""
+        return str(self._call(self._next_id, keys=[self.keys.job_counter()], args=[int(above)]))
 
     def create(self, participants: list[str], *, attempt: int = 0, extra: dict[str, str] | None = None,
-               job_id: str | None = None) -> str:
-        job_id = job_id or self.new_job_id()
+               job_id: str | None = None, above: int = 0) -> str:
+        job_id = job_id or self.new_job_id(above=above)
         now = time.time()
         mapping: dict[str, str] = {
             "state": JobState.PENDING.value, "stage": "-1", "attempt": str(attempt),

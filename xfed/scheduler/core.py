@@ -39,6 +39,8 @@ class Scheduler:
         self.shutdown = threading.Event()
         self._last_liveness = 0.0
         self._liveness_grace_until = 0.0
+        # highest job id issued or seen: a Redis that lost its data must not hand out an id again
+        self._max_job_id = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -75,6 +77,8 @@ class Scheduler:
         wait_until_free(self.r, self.keys, SCHEDULER_ID, interval=self.interval, key=self.keys.scheduler())
 
     def reattach(self) -> None:
+        ids = [int(j) for j in self.jobs.job_ids(limit=1) if j.isdigit()]
+        self._max_job_id = max([self._max_job_id, *ids])
         for job in self.jobs.active():
             self.cursors[job.job_id] = job.extra.get("cursor") or "0-0"
             log.info("re-attached to job %s (%s, stage %s)", job.job_id, job.state.value, job.stage)
@@ -146,7 +150,8 @@ class Scheduler:
                     "error": f"cannot start: node(s) not alive (no heartbeat): {', '.join(missing)}"}
         if msg.get("resume") is not None:
             return self._resume(str(msg["resume"]))
-        job_id = self.jobs.create(self.participants, extra={"cursor": "0-0"})
+        job_id = self.jobs.create(self.participants, extra={"cursor": "0-0"}, above=self._max_job_id)
+        self._max_job_id = max(self._max_job_id, int(job_id))
         self.lingering.pop(job_id, None)  # an id reused after Redis lost its data
         self.cursors[job_id] = "0-0"
         self._dispatch(job_id, 0, 0, self.participants)
