@@ -368,3 +368,21 @@ def test_full_mitm_with_identities_fails_before_any_update_is_sent(mitm):
         attacker.mode = "observe"
     assert job.state.value == "FAILED" and "signature does not verify" in job.reason, job
     assert attacker.uploads() == [] and attacker.recovered == {}
+
+
+def test_a_node_holding_the_wrong_identity_key_fails_the_job_naming_itself(mitm):
+    from xfed.security.identity import default_key_path, generate, write_private_key
+
+    fed, attacker, pin = mitm
+    pin(True)
+    path = default_key_path(fed.config, "node-2")
+    saved = path.read_bytes()
+    path.unlink()
+    write_private_key(generate("node-2"), path)   # not the key fed_conf.json pins
+    try:
+        job = run_job(fed)
+    finally:
+        path.unlink()
+        path.write_bytes(saved)
+    assert job.state.value == "FAILED" and job.node == "node-2", job
+    assert "does not match fed_conf.json identities['node-2']" in job.reason and "\n" not in job.reason, job.reason
