@@ -181,11 +181,11 @@ class Attacker:
         from xfed.crypto import generate_keypair, named_group, pad_stream, shared_secret
 
         h, meta = frame.header, frame.meta
+        if h.channel == "otp/dh" and self.mode != "replay":
+            self.last_signed[(h.sender, h.receiver)] = dict(meta)
         if self.mode == "observe":
             return None
         if h.channel == "otp/dh":
-            if self.mode != "replay":
-                self.last_signed[(h.sender, h.receiver)] = dict(meta)
             if (h.sender, h.receiver) != ("node-1", "node-2") and self.mode in ("swap_one", "replay"):
                 return None
             if self.mode == "replay":  # node-1's signed value from an earlier job, relabelled for this one
