@@ -188,6 +188,16 @@ def test_restarted_scheduler_reattaches_to_the_running_job(fed):
     assert "re-attached to job " + job_id in fed.log("scheduler")
 
 
+def test_a_redis_outage_mid_job_longer_than_the_heartbeat_ttl_is_ridden_out(fed):
+    fed.write_config({"rounds": 12, "dim": 8, "round_delay_s": 0.25})
+    job_id = start(fed)
+    running_children(fed, job_id)
+    fed.redis.restart(keep_data=True, down_s=2.0)  # every heartbeat key lapses meanwhile (TTL 1.5 s)
+    job = fed.wait_job(job_id, timeout=40)
+    assert job.state.value == "SUCCESSFUL", job
+    assert_daemons_alive(fed)
+
+
 def test_daemons_reconnect_after_redis_restart_while_idle(fed):
     last = max(int(j) for j in fed.store().job_ids())
     fed.redis.restart(keep_data=False, down_s=1.0)

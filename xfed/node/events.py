@@ -12,6 +12,7 @@ from xfed.errors import BrokerError, FrameError
 log = logging.getLogger(__name__)
 
 REPORT_KINDS = ("progress", "metrics", "log", "warning")
+OUTCOME_RETRY_S = 60.0
 
 
 def _jsonable(value: Any, depth: int = 0) -> Any:
@@ -44,11 +45,20 @@ class EventReporter:
         self.stream = ControlStream(r, keys.job_events(job_id), maxlen=100_000)
         self.job_id, self.node_id, self.stage_id, self.attempt = str(job_id), node_id, int(stage_id), int(attempt)
 
-    def emit(self, kind: str, **fields: Any) -> None:
+    def emit(self, kind: str, *, retry_s: float = 0.0, **fields: Any) -> None:
+        """Append one event; with retry_s, keep trying through a Redis outage that long."""
         msg = {"type": kind, "job": self.job_id, "node": self.node_id, "stage": self.stage_id,
                "attempt": self.attempt, "ts": time.time()}
         msg.update(_jsonable(fields))
-        self.stream.add(msg)
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                self.stream.add(msg)
+                return
+            except BrokerError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
 
     def report(self, kind: str, data: dict[str, Any]) -> None:
         """StageContext.report: progress | metrics | log | warning (never raises for a lost event)."""
@@ -63,7 +73,8 @@ class EventReporter:
         self.emit("status", state=state, **fields)
 
     def error(self, message: str, **fields: Any) -> None:
-        self.emit("error", message=message[:4000], **fields)
+        self.emit("error", message=message[:4000], retry_s=OUTCOME_RETRY_S, **fields)
 
     def done(self, n_stages: int, result: dict[str, Any] | None = None) -> None:
-        self.emit("done", n_stages=int(n_stages), result=result or {})
+        # a stage's outcome must survive a Redis outage at the wrong moment
+        self.emit("done", n_stages=int(n_stages), result=result or {}, retry_s=OUTCOME_RETRY_S)
