@@ -246,3 +246,24 @@ def test_verify_reports_broken_promises_and_the_open_default_user(acl_server):
     acl_server.execute_command("ACL", "SETUSER", "vf-a1", "~*")   # someone loosened a1 by hand
     assert verify_users(acl_server, users, "vf") == ["vf-a1 can read a2's mailbox", "vf-a1 can write as a2"]
     assert default_user_open(acl_server) is True   # the test server's default user: on, nopass
+
+
+@pytest.mark.integration
+def test_printed_acl_file_loads_into_redis_server(redis_factory, tmp_path):
+    users = federation_users("fl", ["node-1", "node-2"])
+    path = tmp_path / "users.acl"
+    path.write_text("user default on nopass ~* &* +@all\n" + acl_file(users))
+    srv = redis_factory(extra_args=["--aclfile", str(path)])
+    r = srv.client()
+    try:
+        names = {line.split()[1].decode() for line in r.execute_command("ACL", "LIST")}
+        assert names == {"default", "fl-node-1", "fl-node-2", "fl-scheduler", "fl-client"}
+        from xfed.broker.acl import verify_users
+
+        assert verify_users(r, users, "fl") == []
+        import redis
+
+        node1 = by_subject(users)["node-1"]
+        assert redis.Redis(host=srv.host, port=srv.port, username=node1.name, password=node1.password).ping()
+    finally:
+        r.close()
