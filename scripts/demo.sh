@@ -40,12 +40,12 @@ python -m xfed.infer --model work/tiny-glm --adapter "$out/assist_trainer/final"
     --eval work/demo_data/heldout.json --baseline --show 3 --max-new-tokens 12 | tee "$WORK/heldout.txt"
 
 echo
-echo "== inference: python -m xfed.infer --model work/tiny-glm --adapter $out/node-1/final --instruction text --prompt 'sort python'"
-python -m xfed.infer --model work/tiny-glm --adapter "$out/node-1/final" --instruction text --prompt "sort python" \
+echo "== inference: python -m xfed.infer --model work/tiny-glm --adapter $out/node-1/final --instruction text --prompt 'shift python'"
+python -m xfed.infer --model work/tiny-glm --adapter "$out/node-1/final" --instruction text --prompt "shift python" \
     --max-new-tokens 12
 phase "evaluation + inference"
 echo
-echo "demo finished in $(( $(date +%s) - t0 )) s (${timings[*]/%/;}); adapters (PEFT format) under $out/<node>/final"
+echo "demo finished in $(( $(date +%s) - t0 )) s ($(IFS=,; echo "${timings[*]}")); adapters (PEFT format) under $out/<node>/final"
 base=$(grep -oE 'base model: exact match [0-9.]+' "$WORK/heldout.txt" | awk '{print $NF}')
 fed=$(grep -oE 'base \+ adapter: exact match [0-9.]+' "$WORK/heldout.txt" | awk '{print $NF}')
 if python -c "import sys; sys.exit(0 if float('$fed') > float('$base') else 1)"; then
