@@ -237,6 +237,30 @@ def test_unknown_family_is_a_config_error(char_tokenizer):
         data.build_features([], char_tokenizer, {}, family="llama2")
 
 
+def test_chatglm2_family_goes_through_models_formats(char_tokenizer):
+    """A raw query (no pattern) is wrapped in ChatGLM2's own [Round 1] template by xfed.models.formats."""
+    ex = data.Example(prompt="ab", answer="c", query="ab")
+    [f] = data.build_features([ex], char_tokenizer, {}, family="chatglm2")
+    text = char_tokenizer.decode(f["input_ids"], skip_special_tokens=True)
+    assert text == "[Round 1]\n\n问：ab\n\n答：c"
+    n_prompt = f["labels"].count(-100)
+    [(ids, answer)] = data.build_prompts([ex], char_tokenizer, {}, family="chatglm2")
+    assert ids == f["input_ids"][:n_prompt] and answer == "c"
+    assert f["labels"][n_prompt:] == f["input_ids"][n_prompt:] and f["input_ids"][-1] == char_tokenizer.eos_token_id
+
+
+def test_model_family_from_the_loaded_model():
+    from types import SimpleNamespace
+
+    def model(**cfg):
+        return SimpleNamespace(config=SimpleNamespace(**cfg))
+
+    assert data.model_family(model(model_type="glm", xfed_source_family="chatglm3")) == "chatglm3"
+    assert data.model_family(model(model_type="chatglm")) == "chatglm"
+    assert data.model_family(model(model_type="glm")) == "auto"
+    assert data.model_family(None) == "auto"
+
+
 def test_collator_right_pads_with_masked_labels(char_tokenizer):
     feats = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}]
     batch = data.make_collator(char_tokenizer)(feats)
