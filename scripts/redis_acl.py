@@ -13,6 +13,8 @@ process puts in its own copy of fed_conf.json (``--configs DIR`` writes those co
 Passwords: read from ``--passwords FILE`` (JSON {user: password}) where present, generated
 otherwise (192 random bits) and written back to that file (mode 0600), so a re-run keeps them.
 Without --passwords, generated passwords are shown once, in the URLs: store them.
+``--password-env VAR`` keeps them out of the configs: each copy gets ``redis.username`` and
+``redis.password_env: VAR`` and a URL without credentials; the party exports VAR itself.
 After applying, turn off the ``default`` user (``ACL SETUSER default off``) or give it a strong
 password: otherwise anyone reaching the port bypasses these users entirely.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from urllib.parse import quote
@@ -60,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--admin-tls-cert-file", help="client certificate for the admin connection (mutual TLS)")
     p.add_argument("--admin-tls-key-file", help="its key")
     p.add_argument("--save", action="store_true", help="with --apply: ACL SAVE (server started with an aclfile)")
+    p.add_argument("--password-env", metavar="VAR",
+                   help="keep passwords out of the configs: URLs without credentials, redis.username set and "
+                        "redis.password_env = VAR (each party exports VAR=its password)")
     p.add_argument("--configs", metavar="DIR",
                    help="write DIR/<node|scheduler|client>/fed_conf.json, each with its own user's URL")
     return p.parse_args(argv)
@@ -96,19 +102,25 @@ def server_of(args: argparse.Namespace, fed) -> tuple[str, object]:
     return spec, addr
 
 
-def url_for(user: AclUser, addr, tls: bool) -> str:
+def url_for(user: AclUser, addr, tls: bool, *, with_credentials: bool = True) -> str:
+    auth = f"{quote(user.name, safe='')}:{quote(user.password, safe='')}@" if with_credentials else ""
     if addr.kind == "unix":
-        return f"unix://{quote(user.name, safe='')}:{quote(user.password, safe='')}@{addr.unix_socket}"
-    return user.url(addr.host, addr.port, db=addr.db, tls=tls or addr.tls)
+        return f"unix://{auth}{addr.unix_socket}"
+    if with_credentials:
+        return user.url(addr.host, addr.port, db=addr.db, tls=tls or addr.tls)
+    host = f"[{addr.host}]" if ":" in addr.host else addr.host
+    return f"{'rediss' if tls or addr.tls else 'redis'}://{host}:{addr.port}/{addr.db}"
 
 
-def per_user_conf(fed_path: Path, url: str) -> dict:
-    """This user's fed_conf.json: the shared one with redis_server = its URL and no other credentials."""
+def per_user_conf(fed_path: Path, url: str, user: AclUser, password_env: str | None) -> dict:
+    """This user's fed_conf.json: the shared one with redis_server = its URL and only its credentials."""
     conf = json.loads(fed_path.read_text())
     conf["redis_server"] = url
     redis_opts = dict(conf.get("redis") or {})
     for k in ("username", "password", "password_env"):  # they would override the URL's user
         redis_opts.pop(k, None)
+    if password_env:
+        redis_opts.update(username=user.name, password_env=password_env)
     conf["redis"] = redis_opts
     return conf
 
@@ -136,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         merged = {**known, **{u.name: u.password for u in users}}
         if merged != known:
             write_private(pw_path, json.dumps(merged, indent=1) + "\n")
-    urls = {u.subject: url_for(u, addr, args.tls) for u in users}
+    if args.password_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", args.password_env):
+        raise ConfigError(f"--password-env {args.password_env!r} is not an environment variable name")
+    urls = {u.subject: url_for(u, addr, args.tls, with_credentials=not args.password_env) for u in users}
 
     if args.format == "json":
         print(json.dumps({"users": [{"name": u.name, "role": u.role, "subject": u.subject, "rules": u.rules(),
@@ -166,14 +180,19 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.configs)
         for u in users:
             write_private(out / u.subject / "fed_conf.json",
-                          json.dumps(per_user_conf(config / "fed_conf.json", urls[u.subject]), indent=1) + "\n")
+                          json.dumps(per_user_conf(config / "fed_conf.json", urls[u.subject], u, args.password_env),
+                                     indent=1) + "\n")
         print(f"# wrote {len(users)} fed_conf.json copies under {out}/<node|scheduler|client>/ "
               "(put each party's trainer_config_*.json, identity key and TLS files beside its own)", file=sys.stderr)
     if args.format != "json":
         stream = sys.stderr if args.format == "commands" else sys.stdout
         print("# redis_server for each party's own fed_conf.json (keep it private to that party):", file=stream)
         for u in users:
-            print(f"#   {u.subject}: {urls[u.subject]}", file=stream)
+            if args.password_env:
+                print(f"#   {u.subject}: {urls[u.subject]}  redis.username={u.name}  "
+                      f"{args.password_env}={u.password}", file=stream)
+            else:
+                print(f"#   {u.subject}: {urls[u.subject]}", file=stream)
     return 0
 
 

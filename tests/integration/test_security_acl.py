@@ -146,10 +146,31 @@ def test_job_succeeds_with_every_party_logged_in_as_itself_and_nothing_denied(ac
     assert denied_log(admin) == []
 
 
+def test_client_with_password_from_the_environment_and_none_in_its_config(acl_fed):
+    res = run_acl_script("--config_path", str(acl_fed.config), "--passwords", str(acl_fed.root / "pw.json"),
+                         "--password-env", "XFED_TEST_REDIS_PW", "--configs", str(acl_fed.root / "env-parties"))
+    assert res.returncode == 0, res.stderr
+    pw = json.loads((acl_fed.root / "pw.json").read_text())[f"{NS}-client"]
+    folder = acl_fed.root / "env-parties" / "client"
+    text = (folder / "fed_conf.json").read_text()
+    assert pw not in text
+    conf = json.loads(text)
+    assert conf["redis_server"] == f"redis://{acl_fed.redis.address}/0"
+    assert (conf["redis"]["username"], conf["redis"]["password_env"]) == (f"{NS}-client", "XFED_TEST_REDIS_PW")
+    cmd = [sys.executable, str(REPO / "xfed.py"), "-c", "list", "--config_path", str(folder)]
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**acl_fed.env(), "XFED_TEST_REDIS_PW": pw})
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                         env={**acl_fed.env(), "XFED_TEST_REDIS_PW": "wrong-password-0123456789"})
+    assert bad.returncode == 2 and bad.stderr.startswith("error: Redis at redis://acl-client@") \
+        and "refused the credentials" in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+
+
 def test_node_1_cannot_read_node_2_mailbox_nor_write_as_node_2(acl_fed):
     from xfed.broker.keys import Keys
 
     k = Keys(NS)
+    acl_fed.redis_client().execute_command("ACL", "LOG", "RESET")
     r1 = _as(acl_fed, "node-1")
     try:
         to_node2 = k.mailbox("99", 0, "node-2", "assist_trainer")

@@ -33,14 +33,18 @@ CLIENT_USER = "client"
 _BASE = ("-@all", "+@connection", "-@admin", "-@dangerous")
 _NODE_CMDS = (
     # data plane (Comm): append, refresh TTL, read own mailboxes, delete what was consumed
-    "xadd", "expire", "xread", "xdel",
+    "xadd", "expire", "pexpire", "xread", "xdel", "xlen",
     # command stream (consumer group), job state, events, heartbeat + registry
-    "xgroup|create", "xreadgroup", "xack", "xrevrange", "hget", "hgetall", "hmget", "hset", "sadd", "set",
-    "del", "exists", "pttl",
+    "xgroup|create", "xreadgroup", "xack", "xrevrange", "xrange", "hget", "hgetall", "hmget", "hset", "sadd",
+    "set", "get", "del", "exists", "pttl", "ttl",
 )
+# the scheduler runs where the federation's operator runs it: a wider list of plain data commands
+# (still confined to its key patterns), so a small change in the control plane does not lock it out
 _SCHEDULER_CMDS = _NODE_CMDS + (
-    "incrby", "zadd", "zrange", "zrem", "zrevrange", "smembers", "rpush", "scan", "multi", "exec", "discard",
-    "evalsha", "eval", "script|load", "script|exists", "hdel", "hsetnx", "type",
+    "incr", "incrby", "zadd", "zrange", "zrem", "zrevrange", "zscore", "zcard", "smembers", "sismember",
+    "srem", "rpush", "lpush", "lrange", "llen", "scan", "multi", "exec", "discard", "watch", "unwatch",
+    "evalsha", "eval", "script|load", "script|exists", "hdel", "hsetnx", "hexists", "hkeys", "type",
+    "persist", "xtrim", "xinfo|stream", "xpending", "xautoclaim", "xclaim",
 )
 _CLIENT_CMDS = ("xadd", "xread", "xrevrange", "blpop", "pttl", "hget", "hgetall", "hmget", "zrange",
                 "zrevrange", "zrem", "smembers", "exists")
