@@ -143,6 +143,8 @@ class Client:
             time.sleep(min(0.25, max(0.01, deadline - time.monotonic())))
 
     def stop(self, job_id: str | None) -> int:
+        if not self.scheduler_alive():
+            return self._stop_without_scheduler(job_id)
         msg: dict[str, Any] = {"type": "stop"}
         if job_id is not None:
             msg["job"] = str(job_id)
@@ -153,6 +155,28 @@ class Client:
             print(json.dumps({"job": reply["job"], "state": reply.get("state", "STOPPED")}))
         else:
             print(f"job {reply['job']} {reply.get('state', 'STOPPED')}")
+        return 0
+
+    def _stop_without_scheduler(self, job_id: str | None) -> int:
+        """No scheduler to ask: mark the job STOPPED and tell its nodes ourselves (they also watch the state)."""
+        if job_id is None:
+            active = self.jobs.active()
+            if not active:
+                raise JobError("no job is running")
+            job = active[0]
+        else:
+            job = self.jobs.require(str(job_id))
+        reason = "stopped by client request (no scheduler was running)"
+        if not self.jobs.transition(job.job_id, JobState.STOPPED, reason=reason):
+            raise JobError(f"job {job.job_id} already ended {self.jobs.require(job.job_id).state.value}")
+        for n in job.participants:
+            ControlStream(self.r, self.keys.node_cmd(n), maxlen=1000).add(
+                {"type": "stop_job", "job": job.job_id, "reason": f"job STOPPED: {reason}", "ts": time.time()})
+        ControlStream(self.r, self.keys.job_events(job.job_id), maxlen=100_000).add(
+            {"type": "job", "job": job.job_id, "state": "STOPPED", "stage": job.stage, "reason": reason,
+             "ts": time.time()})
+        self.jobs.expire(job.job_id)
+        print(f"job {job.job_id} STOPPED (no scheduler is running: stopped directly)")
         return 0
 
     def _job(self, job_id: str | None) -> Job:

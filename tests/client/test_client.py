@@ -1,0 +1,105 @@
+"""Client verbs against a real Redis without daemons: rendering, JSON, refusals, stop without a scheduler."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from rich.console import Console
+
+from xfed.broker.heartbeat import Heartbeat
+from xfed.broker.jobstore import JobState, JobStore, NodeStatus
+from xfed.broker.keys import Keys
+from xfed.broker.streams import ControlStream
+from xfed.client import Client
+from xfed.errors import JobError
+from xfed.node.events import EventReporter
+
+pytestmark = pytest.mark.integration
+NODES = ["n1", "assist"]
+
+
+@pytest.fixture
+def client(redis_server):
+    r = redis_server.client()
+    keys = Keys("cl")
+    fed = SimpleNamespace(node_ids=NODES, heartbeat_interval=0.5)
+    c = Client(fed, r, keys, console=Console(record=True, width=200))
+    c.test_keys = keys
+    return c
+
+
+def a_job(c: Client, state: JobState = JobState.RUNNING) -> str:
+    job_id = c.jobs.create(NODES)
+    c.jobs.transition(job_id, JobState.RUNNING, stage=0)
+    c.jobs.set_node(job_id, "n1", NodeStatus(state="running", stage=0, pid=42, progress={"round": 2, "rounds": 5}))
+    for rnd in (0, 1):
+        EventReporter(c.r, c.test_keys, job_id, "n1", 0).report("metrics", {"round": rnd, "loss": 1.0 / (rnd + 1)})
+    if state is not JobState.RUNNING:
+        c.jobs.transition(job_id, state, reason="n1: boom" if state is JobState.FAILED else "")
+    return job_id
+
+
+def test_status_list_and_nodes_render(client, capsys):
+    job_id = a_job(client)
+    hb = Heartbeat(client.r, client.test_keys, "n1", "label_trainer", interval=0.5).start()
+    try:
+        assert client.status(None) == 0
+        text = client.console.export_text()
+        assert "RUNNING" in text and "2/5" in text and "42" in text and "loss" in text and "0.5" in text
+        client.list()
+        client.nodes()
+        text = client.console.export_text()
+        assert f"│ {job_id}" in text and "label_trainer" in text
+        client.as_json = True
+        capsys.readouterr()
+        client.status(job_id)
+        status = json.loads(capsys.readouterr().out)
+        assert status["alive"] == ["n1"] and [r["round"] for r in status["rounds"]] == [0, 1]
+        client.nodes()
+        nodes = json.loads(capsys.readouterr().out)
+        assert nodes["scheduler"] is False and nodes["nodes"]["n1"]["alive"] and not nodes["nodes"]["assist"]["alive"]
+    finally:
+        hb.stop()
+
+
+def test_refusals_name_what_is_missing(client):
+    with pytest.raises(JobError, match="no jobs yet"):
+        client.status(None)
+    with pytest.raises(JobError, match="job 7: no such job"):
+        client.status("7")
+    with pytest.raises(JobError, match="no scheduler is running for namespace 'cl'"):
+        client.start()
+    with pytest.raises(JobError, match=r"not alive after waiting 0.3 s: n1, assist"):
+        client.start(wait_nodes=0.3)
+    sched = Heartbeat(client.r, client.test_keys, "scheduler", "scheduler", interval=0.5,
+                      key=client.test_keys.scheduler()).start()
+    try:  # a registered scheduler that never answers: a bounded wait, then one line
+        with pytest.raises(JobError, match="did not answer the start request within 0.5 s"):
+            client.request({"type": "start"}, timeout=0.5)
+    finally:
+        sched.stop()
+
+
+def test_stop_without_a_scheduler_stops_the_job_directly(client, capsys):
+    with pytest.raises(JobError, match="no job is running"):
+        client.stop(None)
+    job_id = a_job(client)
+    assert client.stop(None) == 0
+    assert "STOPPED (no scheduler is running" in capsys.readouterr().out
+    assert client.jobs.get(job_id).state is JobState.STOPPED
+    cmds = [e.msg for e in ControlStream(client.r, client.test_keys.node_cmd("n1")).read("0-0")]
+    assert cmds[-1]["type"] == "stop_job" and cmds[-1]["job"] == job_id
+    with pytest.raises(JobError, match=f"job {job_id} already ended STOPPED"):
+        client.stop(job_id)
+
+
+def test_follow_exits_with_the_outcome(client, capsys):
+    done = a_job(client, JobState.SUCCESSFUL)
+    failed = a_job(client, JobState.FAILED)
+    assert client.follow(done) == 0
+    out = capsys.readouterr().out
+    assert f"job {done} SUCCESSFUL" in out and "n1 round 1: loss=0.5" in out
+    assert client.follow(failed, bar=True) == 1
+    assert f"job {failed} FAILED: n1: boom" in capsys.readouterr().out
+    assert JobStore(client.r, client.test_keys).get(failed).state is JobState.FAILED
