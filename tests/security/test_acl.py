@@ -267,3 +267,14 @@ def test_printed_acl_file_loads_into_redis_server(redis_factory, tmp_path):
         assert redis.Redis(host=srv.host, port=srv.port, username=node1.name, password=node1.password).ping()
     finally:
         r.close()
+
+
+def test_script_json_format_with_password_env_has_no_credentials_in_urls(tmp_path):
+    res = script("--config_path", str(write_fed_conf(tmp_path)), "--format", "json", "--password-env", "FL_PW")
+    assert res.returncode == 0, res.stderr
+    users = json.loads(res.stdout)["users"]
+    assert [u["subject"] for u in users] == ["node-1", "node-2", "assist_trainer", "scheduler", "client"]
+    assert {u["url"] for u in users} == {"redis://10.1.2.3:6390/0"}
+    assert all(u["rules"][0] == "on" and u["rules"][1].startswith("#") for u in users)
+    bad = script("--config_path", str(tmp_path), "--password-env", "not a name")
+    assert bad.returncode == 2 and "is not an environment variable name" in bad.stderr
