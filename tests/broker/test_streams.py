@@ -27,6 +27,9 @@ def test_roundtrip_of_a_valid_command():
     (b'{"type": "done", "job": "1", "node": "n", "stage": 0, "n_stages": 1, "ts": NaN}', "not valid JSON"),
     (b"{" * 100_000, "not valid JSON"),
     (b" " * (MAX_CONTROL_BYTES + 1), "exceeds"),
+    (b'{"type": "stop_job", "job": "../x", "reason": "r"}', "job is not a valid id"),
+    (b'{"type": "run_stage", "job": "1", "stage": 4294967296, "attempt": 0, "participants": []}', "out of range"),
+    (b'{"type": "start", "request_id": "r", "resume": "*"}', "resume is not a valid id"),
 ])
 def test_malformed_messages_are_frame_errors(raw, match):
     with pytest.raises(FrameError, match=match):

@@ -148,6 +148,8 @@ def test_malformed_frame_in_a_mailbox_fails_the_job_and_daemons_survive(fed):
     # garbage on the control plane: a node's command stream and the requests stream
     r.xadd(keys.node_cmd("node-1"), {b"m": b"{not json"})
     r.xadd(keys.node_cmd("node-2"), {b"m": json.dumps({"type": "run_stage", "job": "1"}).encode()})
+    r.xadd(keys.node_cmd("assist_trainer"), {b"m": json.dumps(
+        {"type": "run_stage", "job": "9 9", "stage": -1, "attempt": 0, "participants": 3}).encode()})
     r.xadd(keys.requests(), {b"m": b"\x80\x81"})
     assert_daemons_alive(fed)  # and the next test's jobs run on them
 

@@ -8,6 +8,7 @@ report it, acknowledge it and carry on. Nothing is ever unpickled or evaluated.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import redis
 from xfed.errors import BrokerError, FrameError
 
 MAX_CONTROL_BYTES = 256 * 1024
+_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # as xfed.broker.keys.check_id
 FIELD = b"m"
 
 _NUM = (int, float)
@@ -84,6 +86,15 @@ def validate_message(msg: Any, *, where: str = "message") -> None:
         if isinstance(value, bool) or not isinstance(value, types):
             raise FrameError(f"{where}: {kind}.{name} has type {type(value).__name__}, "
                              f"expected {'/'.join(t.__name__ for t in types)}")
+    for name in ("job", "node", "resume"):  # ids end up in key names
+        value = msg.get(name)
+        if value is None or (name == "node" and value == ""):  # a job event may name no node
+            continue
+        if not (isinstance(value, str) and _ID_RE.match(value)):
+            raise FrameError(f"{where}: {kind}.{name} is not a valid id: {str(msg[name])[:40]!r}")
+    for name in ("stage", "attempt"):
+        if isinstance(msg.get(name), int) and not isinstance(msg[name], bool) and not 0 <= msg[name] < 2**31:
+            raise FrameError(f"{where}: {kind}.{name} out of range: {msg[name]}")
 
 
 @dataclass

@@ -75,6 +75,7 @@ class NodeDaemon:
                     for entry in self.cmds.read_group(GROUP, self.node_id, block_ms=block):
                         self._handle(entry)
                     self._watch_child()
+                    self._run_deferred()
                     self._ensure_spare()
                     if down_since is not None:
                         log.warning("Redis reachable again after %.1f s", time.monotonic() - down_since)
@@ -84,7 +85,10 @@ class NodeDaemon:
                     if down_since is None:
                         down_since = time.monotonic()
                         log.warning("broker problem, retrying: %s", err)
-                    self._watch_child(offline=True)
+                    try:
+                        self._watch_child(offline=True)
+                    except BrokerError:
+                        pass  # reported from the outbox once Redis is back
                     self.shutdown.wait(backoff)
                     backoff = min(backoff * 2, 2.0)
         finally:
@@ -119,6 +123,15 @@ class NodeDaemon:
             log.warning("ignoring malformed command: %s", entry.error)
             self.cmds.ack(GROUP, entry.id)
             return
+        try:
+            self._dispatch(entry)
+        except BrokerError:
+            raise  # the loop waits for Redis; the entry stays pending
+        except Exception as err:  # noqa: BLE001 - one bad command must not take the daemon down
+            log.exception("command %s on %s failed: %s", entry.id, self.cmds.key, err)
+            self.cmds.ack(GROUP, entry.id)
+
+    def _dispatch(self, entry: Entry) -> None:
         msg = entry.msg
         kind = msg["type"]
         if kind == "run_stage":
@@ -171,6 +184,12 @@ class NodeDaemon:
         self.hb.set_job(job_id)
         log.info("job %s stage %s: started pid %s (log %s)", job_id, stage_id, child.pid, child.log_path)
         reporter.status("starting", pid=child.pid, log=str(child.log_path))
+
+    def _run_deferred(self) -> None:
+        """Commands that waited for the previous child to exit."""
+        while self._deferred and self.child is None:
+            entry_id, msg = self._deferred.pop(0)
+            self._handle(Entry(entry_id, msg=msg))
 
     def _job_over(self, job_id: str) -> bool:
         state = self.jobs.state(job_id)
@@ -244,9 +263,7 @@ class NodeDaemon:
                 self.cmds.ack(GROUP, child.entry_id)
         except BrokerError:
             pass  # left pending: the next incarnation sees the job is over and drops it
-        deferred, self._deferred = self._deferred, []
-        for entry_id, msg in deferred:
-            self._run_stage(entry_id, msg)
+
 
     def _shutdown_child(self) -> None:
         child = self.child
