@@ -101,7 +101,13 @@ class Scheduler:
             block = 100 if i == 0 and job_id not in self.lingering else None
             entries = read_many(self.r, {key: self.cursors[job_id]}, block_ms=block).get(key, [])
             if entries:
-                self._process_events(job_id, entries)
+                try:
+                    self._process_events(job_id, entries)
+                except BrokerError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - a bug must fail one job, not the scheduler
+                    log.exception("job %s: processing events failed", job_id)
+                    self._finish(job_id, JobState.FAILED, f"scheduler error: {type(err).__name__}: {err}", "")
         now = time.monotonic()
         if now - began > max(self.interval, 1.0):  # a normal step blocks <= 0.1 s
             # a Redis blip absorbed by the client's retries: same grace as an outage
