@@ -129,8 +129,13 @@ class Scheduler:
             msg = entry.msg
             try:
                 reply = self._start(msg) if msg["type"] == "start" else self._stop(msg)
+            except BrokerError:
+                raise
             except XfedError as err:
                 reply = {"ok": False, "error": str(err)}
+            except Exception as err:  # noqa: BLE001 - answer the client instead of dying
+                log.exception("request %s failed", entry.id)
+                reply = {"ok": False, "error": f"scheduler error: {type(err).__name__}: {err}"}
             self._reply(msg["request_id"], reply)
         finally:
             self.requests.ack(GROUP, entry.id)
