@@ -132,9 +132,14 @@ def test_whole_signed_otp_job_over_mutual_tls_with_acl_users(tls_fed):
     job = tls_fed.wait_job(res.stdout.split()[0], timeout=60)
     assert job.state.value == "SUCCESSFUL", (job, tls_fed.logs())
     admin = tls_fed.redis_client()
-    clients = admin.execute_command("CLIENT", "LIST").decode()
-    users = {f.split("=", 1)[1] for line in clients.splitlines() for f in line.split() if f.startswith("user=")}
-    assert {f"{NS}-{n}" for n in [*tls_fed.nodes, "scheduler"]} <= users and "default" not in users
+    daemons = {f"{NS}-{n}" for n in [*tls_fed.nodes, "scheduler"]}
+
+    def users() -> set[str]:
+        lines = admin.execute_command("CLIENT", "LIST").decode().splitlines()
+        return {f.split("=", 1)[1] for line in lines for f in line.split() if f.startswith("user=")}
+
+    seen = tls_fed.wait_for(lambda: (u := users()) >= daemons and u, "each party connected", 10)
+    assert seen <= daemons | {f"{NS}-client", "admin"}, seen
     assert denied_log(admin) == []
 
 
