@@ -82,7 +82,7 @@ def load_party_data(stage: Any, params: dict[str, Any], tokenizer: Any, model: A
     if not train_records:
         raise ConfigError(f"input.trainset: {getattr(trainset[0], 'path', trainset[0])}: no training examples")
     train = data.build_features(train_records, tokenizer, dataset_params, model=model)
-    collator = data.make_collator(tokenizer)
+    collator = data.make_collator(tokenizer, dataset_params)
     out = PartyData(train=train, num_examples=len(train), collator=collator)
     valset = list(getattr(stage.input, "valset", None) or [])
     if valset:
