@@ -116,3 +116,26 @@ def test_warm_up_reaches_every_worker():
         assert sorted(r["pid"] for r in replies) == sorted(w.proc.pid for w in pool._workers)
     finally:
         pool.shutdown()
+
+
+def test_worker_refuses_bad_tasks_with_an_error_reply(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "buf"
+    path.write_bytes(bytes(64))
+    state = encode_state(pad_stream(bytes(64), session="s", node_a="a", node_b="b", lanes=1).lanes[0])
+    tasks = [
+        {"op": "explode"},
+        {"op": "fill", "path": str(path), "size": 64, "state": state, "offset": 4, "count": 8},  # past the end
+        {"op": "fill", "path": str(path), "size": 64, "state": {"kind": "rot13"}, "offset": 0, "count": 1},
+        {"op": "fill", "path": str(path), "size": 64, "state": state, "offset": 0, "count": 8},
+    ]
+    proc = subprocess.run([sys.executable, "-m", "xfed.crypto.pad_worker_main"], check=True, timeout=60,
+                          input="".join(json.dumps(t) + "\n" for t in tasks).encode(), capture_output=True)
+    replies = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["ok"] for r in replies] == [False, False, False, True]
+    assert "unknown op" in replies[0]["error"] and "outside" in replies[1]["error"]
+    want = pad_words(pad_stream(bytes(64), session="s", node_a="a", node_b="b", lanes=1), 8)
+    assert np.frombuffer(path.read_bytes(), dtype="<u8").tolist() == want.tolist()
