@@ -49,6 +49,8 @@ def training_arguments(trainer_params: dict[str, Any], output_dir: Path) -> Trai
 
 def build_trainer(model: torch.nn.Module, args: TrainingArguments, train_dataset: Any, collator: Any,
                   callbacks: list[Any]) -> Trainer:
+    if args.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad path
     trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator, callbacks=callbacks)
     for noisy in (PrinterCallback, ProgressCallback):  # our callback reports per round instead
         trainer.remove_callback(noisy)
