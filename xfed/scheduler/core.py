@@ -24,6 +24,7 @@ SCHEDULER_ID = "scheduler"
 REPLY_TTL_S = 60
 # after a job ends, keep reading its events a little so the per-node table shows who stopped
 LINGER_S = 10.0
+RECONNECT_BACKOFF_CAP_S = 2.0  # xfed.broker.connection's retry backoff cap
 
 
 class Scheduler:
@@ -60,7 +61,7 @@ class Scheduler:
                         self.requests.ensure_group(GROUP)
                         # heartbeat keys may have lapsed while Redis was away: let nodes beat again
                         # before treating a missing key as a dead node
-                        self._liveness_grace_until = time.monotonic() + 2 * self.interval + 0.5
+                        self._liveness_grace_until = time.monotonic() + self._grace_s()
                         down_since = None
                 except BrokerError as err:
                     if down_since is None:
@@ -75,6 +76,10 @@ class Scheduler:
     def _wait_for_previous_scheduler(self) -> None:
         """Refuse to run beside a live scheduler; wait out the heartbeat TTL of a dead one."""
         wait_until_free(self.r, self.keys, SCHEDULER_ID, interval=self.interval, key=self.keys.scheduler())
+
+    def _grace_s(self) -> float:
+        """After Redis was away: two beats, plus the reconnect backoff of the nodes' clients (capped at 2 s)."""
+        return 2 * self.interval + RECONNECT_BACKOFF_CAP_S + 0.5
 
     def reattach(self) -> None:
         ids = [int(j) for j in self.jobs.job_ids(limit=1) if j.isdigit()]
@@ -111,7 +116,7 @@ class Scheduler:
         now = time.monotonic()
         if now - began > max(self.interval, 1.0):  # a normal step blocks <= 0.1 s
             # a Redis blip absorbed by the client's retries: same grace as an outage
-            self._liveness_grace_until = now + 2 * self.interval + 0.5
+            self._liveness_grace_until = now + self._grace_s()
         for job_id, until in list(self.lingering.items()):
             if now > until:
                 self.lingering.pop(job_id, None)
