@@ -86,7 +86,7 @@ def test_killed_stage_process_fails_job_naming_node_within_three_heartbeats(fed)
     t0 = time.monotonic()
     job = fed.wait_job(job_id, timeout=10)
     took = time.monotonic() - t0
-    assert job.state.value == "FAILED" and job.node == "node-1", job
+    assert job.state.value == "FAILED" and job.node == "node-1", f"{job}\n{fed.logs()}"
     assert "SIGKILL" in job.reason and "node-1" in job.reason
     assert took <= 3 * fed.interval + 0.5, took
     assert_all_dead(fed, list(pids.values()))
@@ -144,7 +144,7 @@ def test_malformed_frame_in_a_mailbox_fails_the_job_and_daemons_survive(fed):
     box = keys.mailbox(job_id, 0, "node-1", "assist_trainer", 0)
     r.xadd(box, {b"q": b"0", b"i": b"0", b"n": b"1", b"z": b"99999999999", b"d": b"\x00garbage"})
     job = fed.wait_job(job_id, timeout=15)
-    assert job.state.value == "FAILED" and job.node == "node-1", job
+    assert job.state.value == "FAILED" and job.node == "node-1", f"{job}\n{fed.logs()}"
     # garbage on the control plane: a node's command stream and the requests stream
     r.xadd(keys.node_cmd("node-1"), {b"m": b"{not json"})
     r.xadd(keys.node_cmd("node-2"), {b"m": json.dumps({"type": "run_stage", "job": "1"}).encode()})
@@ -186,7 +186,7 @@ def test_restarted_scheduler_reattaches_to_the_running_job(fed):
     fed.stop("scheduler", signal.SIGKILL)
     fed.start_scheduler()
     job = fed.wait_job(job_id, timeout=30)
-    assert job.state.value == "SUCCESSFUL", job
+    assert job.state.value == "SUCCESSFUL", f"{job}\n{fed.logs()}"
     assert "re-attached to job " + job_id in fed.log("scheduler")
 
 
@@ -196,7 +196,7 @@ def test_a_redis_outage_mid_job_longer_than_the_heartbeat_ttl_is_ridden_out(fed)
     running_children(fed, job_id)
     fed.redis.restart(keep_data=True, down_s=2.0)  # every heartbeat key lapses meanwhile (TTL 1.5 s)
     job = fed.wait_job(job_id, timeout=40)
-    assert job.state.value == "SUCCESSFUL", job
+    assert job.state.value == "SUCCESSFUL", f"{job}\n{fed.logs()}"
     assert_daemons_alive(fed)
 
 
