@@ -156,6 +156,7 @@ class Attacker:
         self._originals: dict[tuple[str, str], int] = {}         # (session, sender) -> real public value
         self._streams: dict[str, object] = {}       # sender -> pad stream it masks with (known to us)
         self.last_signed: dict[tuple[str, str], dict] = {}      # (sender, receiver) -> last genuine DH meta
+        self.strip_signatures = False                # with a swap: drop the `sig` field too
 
     def __call__(self, args: list[bytes]) -> list[bytes]:
         if len(args) < 5 or args[0].upper() != b"XADD" or b":to:" not in args[1]:
@@ -201,7 +202,10 @@ class Attacker:
                 # the sender will use secret(its private, our public) = secret(our private, its public)
                 secret = shared_secret(group, private, int(meta["public"], 16))
                 self._streams[h.sender] = pad_stream(secret, session=session, node_a=h.sender, node_b=h.receiver)
-            return frame.tensors or None, {**meta, "public": format(mine, "x")}
+            forged = {**meta, "public": format(mine, "x")}
+            if self.strip_signatures:  # downgrade: pose as a federation without identities
+                forged.pop("sig", None)
+            return frame.tensors or None, forged
         if self.mode == "mitm" and h.channel.startswith("agg/") and h.channel.endswith("/up"):
             return self._strip(frame), meta
         return None
@@ -361,14 +365,17 @@ def test_full_mitm_without_identities_reads_every_update_and_the_job_succeeds(mi
 
 
 def test_full_mitm_with_identities_fails_before_any_update_is_sent(mitm):
+    """Here the broker also drops the signatures (a downgrade to "no identities"): refused as unsigned."""
     fed, attacker, pin = mitm
     pin(True)
     attacker.mode, attacker.frames, attacker.recovered = "mitm", [], {}
+    attacker.strip_signatures = True
     try:
         job = run_job(fed)
     finally:
-        attacker.mode = "observe"
-    assert job.state.value == "FAILED" and "signature does not verify" in job.reason, job
+        attacker.mode, attacker.strip_signatures = "observe", False
+    assert job.state.value == "FAILED", job
+    assert "unsigned, but identities are pinned" in job.reason and " -> " in job.reason, job.reason
     assert attacker.uploads() == [] and attacker.recovered == {}
 
 
