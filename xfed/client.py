@@ -32,15 +32,19 @@ def run_client(verb: str, config_path: str, args: list[str], *, bar: bool = Fals
     from xfed.broker.keys import Keys
     from xfed.config import load_fed_conf
 
-    fed = load_fed_conf(config_path)
-    client = Client(fed, connect(fed, retry_s=5.0, client_name="xfed-client"), Keys(fed.redis.namespace),
-                    as_json=as_json)
-    if verb == "start":
-        if args:
-            raise XfedError(f"start takes no arguments (got {' '.join(args)})")
-        return client.start(follow=follow, bar=bar, wait_nodes=wait_nodes, resume=resume)
+    if verb == "start" and args:
+        raise XfedError(f"start takes no arguments (got {' '.join(args)})")
+    if verb in ("list", "nodes") and args:
+        raise XfedError(f"{verb} takes no arguments (got {' '.join(args)})")
     if len(args) > 1:
         raise XfedError(f"{verb} takes at most one JOB argument")
+    fed = load_fed_conf(config_path)
+    # a one-shot command should not sit for the daemons' full connect timeout
+    retry_s = min(5.0, float(getattr(getattr(fed, "redis", None), "connect_timeout", 5.0) or 5.0))
+    client = Client(fed, connect(fed, retry_s=retry_s, client_name="xfed-client"), Keys(fed.redis.namespace),
+                    as_json=as_json)
+    if verb == "start":
+        return client.start(follow=follow, bar=bar, wait_nodes=wait_nodes, resume=resume)
     job = args[0] if args else None
     if verb == "stop":
         return client.stop(job)
