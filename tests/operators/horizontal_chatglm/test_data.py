@@ -108,6 +108,14 @@ def test_history_template_positional_and_one_based(tmp_path):
     assert ex.prompt == "q1:a1\nq2:"
 
 
+def test_jsonl_line_separator_inside_a_string_is_not_a_line_break(tmp_path):
+    path = tmp_path / "u.jsonl"
+    path.write_text('{"prompt": "a\u2028b", "response": "c"}\r\n{"prompt": "d", "response": "e"}\n', encoding="utf-8")
+    examples = data.read_records(path, {})
+    assert [(e.prompt, e.answer) for e in examples] == [("a\u2028b", "c"), ("d", "e")]
+    assert examples[1].source.endswith("line 2")
+
+
 def test_several_entries_concatenate_in_order(tmp_path):
     a = write_jsonl(tmp_path / "a.jsonl", [{"prompt": "1", "response": "x"}])
     b = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "2", "response": "y"}])

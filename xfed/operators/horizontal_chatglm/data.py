@@ -252,7 +252,8 @@ def _read_qa(path: Path, doc: dict[str, Any], opts: DatasetOptions) -> list[Exam
 
 def _read_jsonl(path: Path, text: str, opts: DatasetOptions) -> list[Example]:
     out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # split on \n only: str.splitlines would also cut at U+2028/U+2029, which JSON strings may hold raw
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
