@@ -6,7 +6,7 @@
 # Extra arguments go to the client, e.g. ./run.sh --bar
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../.." && pwd)"
+ROOT="${XFED_HOME:-$(cd "$HERE/../.." && pwd)}"  # the repo (XFED_HOME when this folder was copied elsewhere)
 CONFIG="$HERE/config"
 WORK="${XFED_DEMO_WORK:-$HERE/work}"
 # shellcheck disable=SC1091

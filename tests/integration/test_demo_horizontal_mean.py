@@ -1,0 +1,56 @@
+"""demo/horizontal_mean: run.sh runs a job to SUCCESSFUL on an embedded Redis; stop.sh stops exactly its pids."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def test_run_sh_then_stop_sh(tmp_path):
+    demo = tmp_path / "horizontal_mean"
+    shutil.copytree(REPO / "demo" / "horizontal_mean", demo, ignore=shutil.ignore_patterns("work"))
+    fed = json.loads((demo / "config" / "fed_conf.json").read_text())
+    fed["redis"]["namespace"] = f"demo_test_{os.getpid()}"  # never meet a real demo run on this machine
+    fed["heartbeat_interval"] = 0.5
+    (demo / "config" / "fed_conf.json").write_text(json.dumps(fed))
+    env = dict(os.environ, XFED_HOME=str(REPO), OMP_NUM_THREADS="1")
+    try:
+        run = subprocess.run([str(demo / "run.sh")], capture_output=True, text=True, env=env, timeout=120)
+        pids = {p.stem: int(p.read_text()) for p in (demo / "work" / "pids").glob("*.pid")}
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        assert "SUCCESSFUL" in run.stdout and "round 5/5" in run.stdout
+        assert set(pids) == {"scheduler", "assist_trainer", "node-1", "node-2", "node-3"}
+        assert all(_alive(p) for p in pids.values())  # daemons keep running after the job
+        result = json.loads(next((demo / "work" / "output").glob("*/node-2/horizontal_mean.json")).read_text())
+        assert result["result"]["encryption"] == "otp" and result["result"]["contributors"] == 3
+    finally:
+        subprocess.run([str(demo / "stop.sh")], capture_output=True, text=True, env=env, timeout=60)
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids.values())
+    assert not list((demo / "work" / "pids").glob("*.pid"))
+    from xfed.broker.connection import default_embedded_dir
+    from xfed.config import load_fed_conf
+
+    state = default_embedded_dir(load_fed_conf(demo / "config")) / "server.json"
+    deadline = time.monotonic() + 10
+    while state.exists() and time.monotonic() < deadline:  # the last daemon to leave stops it
+        time.sleep(0.1)
+    assert not state.exists() or not _alive(json.loads(state.read_text())["pid"])
