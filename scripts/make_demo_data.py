@@ -43,6 +43,7 @@ SKILL_NAMES = list(SKILLS)  # fixed order: shift, back, mirror
 PARTIES = {"node-1": "shift", "node-2": "back", "node-3": "mirror"}
 MAIN_SHARE = 0.9
 
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "work" / "demo_data"
 # sizes (examples); small on purpose: the README demo must finish in minutes on 2 CPU cores
 N_TRAIN_PER_PARTY = 600
 N_VAL_PER_PARTY = 30
@@ -113,10 +114,12 @@ def build(seed: int = 0) -> dict[str, list[dict[str, str]]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="work/demo_data", help="output folder (default work/demo_data)")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: work/demo_data in the repo)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        ap.error(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     shards = build(args.seed)
     manifest = {"seed": args.seed, "prompt_pattern": PROMPT_PATTERN, "instruction": INSTRUCTION, "shards": {}}

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_demo_data import LETTERS, MAX_LEN, MIN_LEN, render_prompt  # noqa: E402
 
 RECIPE_VERSION = 2
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "work" / "tiny-glm"
 STAMP = "xfed_tiny_recipe.json"
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 # every printable ASCII char, newline/tab, and the CJK characters of XFL's and ChatGLM's prompt templates
@@ -151,7 +152,7 @@ def is_current(out: Path, want: dict) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="work/tiny-glm", help="output folder (default work/tiny-glm)")
+    ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: work/tiny-glm in the repo)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=800, help="pre-training steps (default 800, ~30-60 s)")
     ap.add_argument("--batch", type=int, default=32)
@@ -159,11 +160,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1; cores are shared)")
     ap.add_argument("--force", action="store_true", help="rebuild even if the folder matches the recipe")
     args = ap.parse_args(argv)
+    if args.steps < 0 or args.batch < 1 or not args.lr > 0 or args.threads < 1:
+        ap.error("--steps must be >= 0, --batch and --threads >= 1, --lr > 0")
     out = Path(args.out)
     want = recipe(args)
     if not args.force and is_current(out, want):
         print(f"tiny model in {out} is up to date (recipe {STAMP})")
         return 0
+    # never delete a folder this script did not write (a user's model, a typo'd path)
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / STAMP).is_file())):
+        ap.error(f"--out {out}: exists and was not written by this script; choose another folder")
 
     import torch
 

@@ -72,3 +72,14 @@ def test_other_seed_other_weights(tiny, built, tmp_path):
     other = tmp_path / "other"
     assert tiny.main(["--out", str(other), "--steps", "10", "--seed", "1"]) == 0
     assert digest(other) != digest(built)
+
+
+def test_refuses_to_replace_a_folder_it_did_not_write(tiny, tmp_path, capsys):
+    mine = tmp_path / "users-model"
+    mine.mkdir()
+    (mine / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        tiny.main(["--out", str(mine), "--steps", "1"])
+    assert exit_info.value.code == 2
+    assert "was not written by this script" in capsys.readouterr().err
+    assert (mine / "config.json").read_text() == "{}"
