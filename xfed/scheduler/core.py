@@ -95,7 +95,7 @@ class Scheduler:
     def step(self) -> None:
         """One turn of the loop: requests, events, heartbeats."""
         began = time.monotonic()
-        busy = bool(self.cursors)
+        busy = any(j not in self.lingering for j in self.cursors)  # lingering jobs alone must not spin
         for entry in self.requests.read_group(GROUP, SCHEDULER_ID, block_ms=None if busy else 200, count=20):
             self._handle_request(entry)
         # one stream per XREAD (each job's keys share a hash tag, different jobs do not: Redis Cluster);
