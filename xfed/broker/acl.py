@@ -35,8 +35,9 @@ _NODE_CMDS = (
     # data plane (Comm): append, refresh TTL, read own mailboxes, delete what was consumed
     "xadd", "expire", "pexpire", "xread", "xdel", "xlen",
     # command stream (consumer group), job state, events, heartbeat + registry
-    "xgroup|create", "xreadgroup", "xack", "xrevrange", "xrange", "hget", "hgetall", "hmget", "hset", "sadd",
-    "set", "get", "del", "exists", "pttl", "ttl",
+    "xgroup|create", "xgroup|createconsumer", "xgroup|setid", "xreadgroup", "xack", "xpending", "xautoclaim",
+    "xclaim", "xinfo|stream", "xrevrange", "xrange", "hget", "hgetall", "hmget", "hset", "sadd", "set", "get",
+    "del", "exists", "pttl", "ttl",
 )
 # the scheduler runs where the federation's operator runs it: a wider list of plain data commands
 # (still confined to its key patterns), so a small change in the control plane does not lock it out
@@ -44,7 +45,7 @@ _SCHEDULER_CMDS = _NODE_CMDS + (
     "incr", "incrby", "zadd", "zrange", "zrem", "zrevrange", "zscore", "zcard", "smembers", "sismember",
     "srem", "rpush", "lpush", "lrange", "llen", "scan", "multi", "exec", "discard", "watch", "unwatch",
     "evalsha", "eval", "script|load", "script|exists", "hdel", "hsetnx", "hexists", "hkeys", "type",
-    "persist", "xtrim", "xinfo|stream", "xpending", "xautoclaim", "xclaim",
+    "persist", "xtrim",
 )
 _CLIENT_CMDS = ("xadd", "xread", "xrevrange", "blpop", "pttl", "hget", "hgetall", "hmget", "zrange",
                 "zrevrange", "zrem", "smembers", "exists")

@@ -1,4 +1,7 @@
-"""Node identities: Ed25519 keys pinned in fed_conf.json that authenticate the Diffie-Hellman exchange."""
+"""Node identities: Ed25519 keys pinned in fed_conf.json that authenticate the Diffie-Hellman exchange.
+
+TLS material for Redis: `xfed.security.tls`; Redis ACL users: `xfed.broker.acl`; threat model: docs/SECURITY.md.
+"""
 from xfed.security.identity import (
     IdentityKey,
     dh_transcript,
