@@ -3,10 +3,11 @@
 Each node's user may read (and XDEL from) only its own mailboxes and append to other nodes'
 mailboxes only as sender = itself (`Keys.node_acl_selectors`); the scheduler may not read any
 mailbox (it only deletes them when a job ends); the client may only post requests and read job
-state, events and the node registry. Every user gets an explicit list of commands: exactly those
-the xfed code sends (the ACL integration test runs a whole job and asserts `ACL LOG` stays empty,
-so a new command in broker code shows up there), never a keyless command that could reach other
-keys (`KEYS`, `FLUSHALL`, `SCAN` except for the scheduler, `CONFIG` ...).
+state, events and the node registry. Every user gets an explicit list of commands: those the xfed
+code sends plus a few stream/hash housekeeping commands on the same keys (the ACL integration test
+runs a whole job and asserts `ACL LOG` stays empty, so a new command in broker code shows up
+there), never a keyless command that could reach other keys (`KEYS`, `FLUSHALL`, `SCAN` except for
+the scheduler, `CONFIG` ...).
 
 Passwords never appear in clear in what is applied or printed as an ACL file: rules carry the
 SHA-256 of the password (``#<hex>``); only the per-user connection URLs contain the password.
