@@ -223,9 +223,7 @@ class Client:
             if s is None:
                 table.add_row(n, "-", "-", "-", "-", "yes" if n in alive else "no", "")
                 continue
-            prog = s.progress or {}
-            p = f"{prog['round']}/{prog['rounds']}" if "round" in prog and "rounds" in prog else (
-                f"{100 * float(prog['fraction']):.0f}%" if isinstance(prog.get("fraction"), (int, float)) else "-")
+            p = progress_text(s.progress or {}) or "-"
             table.add_row(n, s.state, str(s.stage), p, str(s.pid or "-"), "yes" if n in alive else "no",
                           (s.message or "")[:120])
         self.console.print(table)
@@ -376,7 +374,7 @@ class Follower:
             self.say(f"{node}: {m['state']}{pid}")
         elif kind == "progress":
             frac = data.get("fraction")
-            info = f"round {data['round']}/{data['rounds']}" if "round" in data and "rounds" in data else ""
+            info = progress_text(data)
             if self.progress is not None and node in self.tasks:
                 self.progress.update(self.tasks[node], completed=float(frac) if isinstance(frac, (int, float))
                                      else 0.0, info=info)
@@ -393,6 +391,21 @@ class Follower:
             if self.progress is not None and node in self.tasks:
                 self.progress.update(self.tasks[node], completed=1.0)
             self.say(f"{node}: stage {m['stage']} done")
+
+
+def progress_text(data: dict[str, Any]) -> str:
+    """'round 2/5, step 40/100, eta 1m05s' from whatever of those a progress event carries."""
+    parts = []
+    if "round" in data and "rounds" in data:
+        parts.append(f"round {data['round']}/{data['rounds']}")
+    if "step" in data and "steps" in data:
+        parts.append(f"step {data['step']}/{data['steps']}")
+    if not parts and isinstance(data.get("fraction"), (int, float)):
+        parts.append(f"{100 * float(data['fraction']):.0f}%")
+    eta = data.get("eta_s")
+    if isinstance(eta, (int, float)) and eta > 0:
+        parts.append(f"eta {int(eta) // 60}m{int(eta) % 60:02d}s")
+    return ", ".join(parts)
 
 
 def _num(v: Any) -> float:
