@@ -265,6 +265,7 @@ def test_model_family_from_the_loaded_model():
 
     assert data.model_family(model(model_type="glm", xfed_source_family="chatglm3")) == "chatglm3"
     assert data.model_family(model(model_type="chatglm")) == "chatglm"
+    assert data.model_family(model(model_type="chatglm6b")) == "chatglm"
     assert data.model_family(model(model_type="glm")) == "auto"
     assert data.model_family(None) == "auto"
 

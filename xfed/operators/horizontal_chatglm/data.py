@@ -324,7 +324,8 @@ def model_family(model: Any = None, tokenizer: Any = None) -> str:
         source = getattr(config, "xfed_source_family", None)
         if source in CHATGLM_FAMILIES:
             return source
-        if getattr(config, "model_type", None) == "chatglm":
+        # "chatglm6b": xfed.models.chatglm's native ChatGLM-6B; "chatglm": a THUDM remote-code model
+        if getattr(config, "model_type", None) in ("chatglm", "chatglm6b"):
             return "chatglm"
     return "auto"
 
