@@ -184,6 +184,7 @@ def test_missing_path_and_empty_folder_are_config_errors(tmp_path):
     ({"prompt_pattern": "{} {} {}"}, "dataset.prompt_pattern: needs 1 or 2"),
     ({"prompt_pattern": "{oops}"}, "dataset.prompt_pattern: unknown field(s) oops"),
     ({"prompt_pattern": "{"}, "dataset.prompt_pattern: not a valid pattern"),
+    ({"prompt_pattern": "{} {query}"}, "dataset.prompt_pattern: mixes {} slots and named fields"),
     ({"history_template": "{}"}, "dataset.history_template: needs 2 or 3"),
     ({"max_src_length": 0}, "dataset.max_src_length: expected a positive integer"),
 ])

@@ -16,6 +16,7 @@ families have their own layouts (`[gMASK]<sop>`, role tokens) and go through `xf
 """
 from __future__ import annotations
 
+import functools
 import json
 import string
 from collections.abc import Iterable, Mapping, Sequence
@@ -91,8 +92,7 @@ class DatasetOptions:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"dataset.{key}: expected a positive integer, got {value!r}")
-        _pattern_fields(self.prompt_pattern, "dataset.prompt_pattern", allowed={"instruction", "query"},
-                        positional=("instruction", "query"), sizes=(1, 2))
+        _prompt_fields(self.prompt_pattern)
         if self.history_template is not None:
             _history_fields(self.history_template)
 
@@ -111,6 +111,8 @@ def _pattern_fields(pattern: str, key: str, *, allowed: set[str], positional: tu
     except ValueError as err:
         raise ConfigError(f"{key}: not a valid pattern ({err}): {pattern!r}") from None
     fields = [f for _, f, _, _ in parsed if f is not None]
+    if "" in fields and any(fields):
+        raise ConfigError(f"{key}: mixes {{}} slots and named fields: {pattern!r}")
     if all(f == "" for f in fields):
         if len(fields) not in sizes:
             want = " or ".join(str(s) for s in sizes)
@@ -130,6 +132,7 @@ def _pattern_fields(pattern: str, key: str, *, allowed: set[str], positional: tu
     return pattern
 
 
+@functools.lru_cache(maxsize=64)  # rendered once per record: parse each template once
 def _history_fields(template: str) -> str:
     """History template with named fields; 2 positional slots = (query, answer), 3 = (index, query, answer)."""
     named = _pattern_fields(template, "dataset.history_template", allowed={"index", "round", "query", "answer"},
@@ -139,11 +142,15 @@ def _history_fields(template: str) -> str:
     return named
 
 
+@functools.lru_cache(maxsize=64)
+def _prompt_fields(pattern: str) -> str:
+    return _pattern_fields(pattern, "dataset.prompt_pattern", allowed={"instruction", "query"},
+                           positional=("instruction", "query"), sizes=(1, 2))
+
+
 def render_qa_prompt(pattern: str, instruction: str, query: str) -> str:
     """XFL's QA prompt: `pattern.format(instruction, query)`, or `.format(query)` for a one-slot pattern."""
-    named = _pattern_fields(pattern, "dataset.prompt_pattern", allowed={"instruction", "query"},
-                            positional=("instruction", "query"), sizes=(1, 2))
-    return named.format(instruction=instruction, query=query)
+    return _prompt_fields(pattern).format(instruction=instruction, query=query)
 
 
 def render_history_prompt(query: str, history: Sequence[tuple[str, str]], template: str | None = None) -> str:
@@ -238,6 +245,7 @@ def _read_qa(path: Path, doc: dict[str, Any], opts: DatasetOptions) -> list[Exam
     instances = doc.get("instances")
     if not isinstance(instances, list):
         raise ConfigError(f"{path}: instances: expected a list of objects, got {type(instances).__name__}")
+    named = _prompt_fields(opts.prompt_pattern)  # parsed once per file, not per instance
     out = []
     for i, inst in enumerate(instances):
         where = f"{path}: instances[{i}]"
@@ -245,7 +253,7 @@ def _read_qa(path: Path, doc: dict[str, Any], opts: DatasetOptions) -> list[Exam
             raise ConfigError(f"{where}: expected an object, got {type(inst).__name__}")
         query = _text_field(inst, opts.key_query, where, "dataset.key_query")
         answer = _text_field(inst, opts.key_answer, where, "dataset.key_answer")
-        prompt = render_qa_prompt(opts.prompt_pattern, instruction, query)
+        prompt = named.format(instruction=instruction, query=query)
         out.append(Example(prompt=prompt, answer=answer, query=query, source=f"{path}#instances[{i}]"))
     return out
 
