@@ -45,7 +45,7 @@ python -m xfed.infer --model work/tiny-glm --adapter "$out/node-1/final" --instr
     --max-new-tokens 12
 phase "evaluation + inference"
 echo
-echo "demo finished in $(( $(date +%s) - t0 )) s ($(IFS=,; echo "${timings[*]}")); adapters (PEFT format) under $out/<node>/final"
+echo "demo finished in $(( $(date +%s) - t0 )) s ($(printf "%s; " "${timings[@]}" | sed "s/; $//")); adapters (PEFT format) under $out/<node>/final"
 base=$(grep -oE 'base model: exact match [0-9.]+' "$WORK/heldout.txt" | awk '{print $NF}')
 fed=$(grep -oE 'base \+ adapter: exact match [0-9.]+' "$WORK/heldout.txt" | awk '{print $NF}')
 if python -c "import sys; sys.exit(0 if float('$fed') > float('$base') else 1)"; then
