@@ -1,0 +1,470 @@
+"""Learning-quality benchmark: base model vs local-only vs federated (plain, OTP) vs centralized on the demo task.
+
+    python scripts/bench_quality.py [--peft LORA|PREFIX_TUNING] [--json] [--plot FILE.png] [--quick]
+
+Uses the tiny GLM (work/tiny-glm) and the 3-party non-IID cipher data (work/demo_data; both built
+when missing) and the real horizontal_chatglm operator for every arm, each with the same total number
+of optimizer steps (S per party; the centralized adapter gets 3·S):
+
+1. base model, no adapter;
+2. each party alone: the operator's single-party path (one label trainer, no assist trainer) on its shard;
+3. federated, plain aggregation: scheduler + assist trainer + three label-trainer daemons over a
+   /usr/bin/redis-server on a free port (scripts/local_federation.py);
+4. federated, OTP aggregation: the same seeds and configs as 3, masked sums;
+5. centralized: the single-party path on the union of the three shards, 3·S steps.
+
+Every arm is scored on the same held-out file (greedy decoding; exact match and character ROUGE-L, in
+percent) and its per-round checkpoints are scored too, for the curves of `--plot`. The last line of
+`--json` holds every arm's scores, `max_abs_diff_otp_vs_plain` over every adapter tensor of every
+node, the targets and the measured wall time and load. Task and measured numbers: docs/QUALITY.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: the machine is shared, a tiny model gains nothing
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from local_federation import LaunchError, LocalFederation, RedisProcess  # noqa: E402
+
+from xfed.errors import ConfigError, XfedError  # noqa: E402
+
+TRAINERS = ["node-1", "node-2", "node-3"]
+ASSIST = "assist_trainer"
+PROMPT_PATTERN = "{}：\n问：{}\n答："  # XFL's default, as make_demo_data.py renders the prompts
+TARGETS = {"fed_vs_central_max_gap": 2.0, "fed_over_best_local_min": 15.0, "max_abs_diff_otp_vs_plain": 1e-6,
+           "wall_s": 900.0}
+
+
+@dataclass
+class Settings:
+    """What every arm shares: S steps per party, R rounds, batch, learning rate, seed, peft, scoring."""
+
+    peft: str = "LORA"
+    steps: int = 450
+    rounds: int = 10
+    batch: int = 16
+    lr: float | None = None  # None: per peft (LoRA 3e-3 as DEMO_TASK.md measured, prefix 1e-2)
+    seed: int = 42
+    heldout_limit: int = 0  # 0: the whole held-out file
+    max_new_tokens: int = 12
+    curves: bool = True
+    otp_bits: int = 64
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (3e-3 if self.peft == "LORA" else 1e-2)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"peft": self.peft, "steps_per_party": self.steps, "centralized_steps": len(TRAINERS) * self.steps,
+                "rounds": self.rounds, "batch": self.batch, "learning_rate": self.learning_rate, "seed": self.seed,
+                "heldout_limit": self.heldout_limit, "max_new_tokens": self.max_new_tokens,
+                "otp_key_bitlength": self.otp_bits}
+
+
+QUICK = {"steps": 6, "rounds": 2, "batch": 4, "heldout_limit": 12, "max_new_tokens": 8}
+
+
+# ---------------------------------------------------------------- configs
+def peft_section(kind: str) -> dict[str, Any]:
+    if kind == "LORA":
+        return {"LORA": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "auto"}}
+    return {"PREFIX_TUNING": {"pre_seq_len": 8, "prefix_projection": False}}
+
+
+def encryption_section(kind: str, bits: int = 64) -> dict[str, Any]:
+    if kind == "plain":
+        return {"plain": {}}
+    return {"otp": {"key_bitlength": bits, "key_exchange": {"key_bitlength": 3072, "optimized": True},
+                    "csprng": {"name": "hmac_drbg", "method": "sha512"}}}
+
+
+def agg_fraction(rounds: int) -> float:
+    """agg_steps as a fraction that the operator's count_rounds (ceil(1/f)) turns back into `rounds`."""
+    f = 1.0 / rounds
+    if math.ceil(1 / f) != rounds:
+        f = math.nextafter(f, 1.0)
+    return f
+
+
+def train_params(s: Settings, encryption: str, steps: int) -> dict[str, Any]:
+    """The authoritative train_params of a stage (the assist trainer's, or a lone party's)."""
+    return {
+        "aggregation": {"agg_steps": agg_fraction(s.rounds), "weighting": "num_examples"},
+        "encryption": encryption_section(encryption, s.otp_bits),
+        "peft": peft_section(s.peft),
+        "trainer": {"per_device_train_batch_size": s.batch, "max_steps": steps, "learning_rate": s.learning_rate,
+                    "lr_scheduler_type": "constant", "warmup_steps": 0, "weight_decay": 0.0, "seed": s.seed,
+                    "no_cuda": True},
+        "dataset": {"max_src_length": 40, "max_dst_length": s.max_new_tokens, "prompt_pattern": PROMPT_PATTERN},
+    }
+
+
+def stage(identity: str, model: Path, out: Path, params: dict[str, Any], trainsets: list[Path]) -> list[dict]:
+    s: dict[str, Any] = {"identity": identity, "model_info": {"name": "horizontal_chatglm"},
+                         "input": {"pretrained_model": {"path": str(model)}},
+                         "output": {"path": str(out / "[JOB_ID]" / "[NODE_ID]")},
+                         "train_info": {"train_params": params}}
+    if trainsets:
+        s["input"]["trainset"] = [{"type": "QA", "path": str(p)} for p in trainsets]
+    return [s]
+
+
+# ---------------------------------------------------------------- assets
+def ensure_assets(model: Path, data: Path, default_model: Path, default_data: Path) -> None:
+    """Build the default tiny model / demo data when missing; a user-given folder must exist."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    if not (model / "config.json").is_file():
+        if model.resolve() != default_model.resolve():
+            raise ConfigError(f"--model: {model} has no config.json (build one: python scripts/make_tiny_model.py --out DIR)")
+        log(f"building the tiny model in {model} (~1 min)")
+        subprocess.run([sys.executable, str(HERE / "make_tiny_model.py"), "--out", str(model)], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+    needed = [f"{n}.json" for n in TRAINERS] + ["heldout.json"]
+    if not all((data / f).is_file() for f in needed):
+        if data.resolve() != default_data.resolve():
+            missing = next(f for f in needed if not (data / f).is_file())
+            raise ConfigError(f"--data: {data / missing} is missing (build it: python scripts/make_demo_data.py --out DIR)")
+        log(f"building the demo data in {data}")
+        subprocess.run([sys.executable, str(HERE / "make_demo_data.py"), "--out", str(data)], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+
+
+def log(message: str) -> None:
+    print(f"[bench_quality {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- scoring
+class Scorer:
+    """Greedy exact match / character ROUGE-L (percent) on the held-out file, for any adapter folder."""
+
+    def __init__(self, model_dir: Path, heldout: Path, s: Settings):
+        from xfed.operators.horizontal_chatglm import inference
+
+        self.inference, self.model_dir, self.s = inference, model_dir, s
+        self.base, self.tokenizer = inference.load_for_inference(model_dir)
+        params = {"prompt_pattern": PROMPT_PATTERN, "max_src_length": 40}
+        pairs = inference.read_eval_pairs(heldout, self.base, self.tokenizer, params)
+        self.pairs = pairs[: s.heldout_limit] if s.heldout_limit else pairs
+
+    def __call__(self, adapter_dir: Path | None) -> dict[str, float]:
+        model = self.base
+        if adapter_dir is not None:
+            model, _ = self.inference.load_for_inference(self.model_dir, adapter_dir)
+        r = self.inference.evaluate_pairs(model, self.tokenizer, self.pairs, self.s.max_new_tokens)
+        return {"exact_match": round(100 * r["exact_match"], 2), "rouge_l": round(100 * r["rouge_l"], 2)}
+
+
+# ---------------------------------------------------------------- arms
+@dataclass
+class Arm:
+    """One trained arm: where its outputs are, its final scores and per-round curves."""
+
+    name: str
+    label: str
+    steps: int
+    nodes: dict[str, Path] = field(default_factory=dict)  # node -> output folder (final/, checkpoint-k/, metrics.json)
+    scores: dict[str, float] = field(default_factory=dict)
+    curve: list[float] = field(default_factory=list)  # held-out exact match after each round
+    seconds: float = 0.0
+
+    def metrics(self, node: str) -> dict[str, Any]:
+        return json.loads((self.nodes[node] / "metrics.json").read_text())
+
+
+def run_alone(name: str, node: str, model: Path, trainsets: list[Path], params: dict[str, Any], root: Path) -> Path:
+    """The operator's single-party path (one label trainer, no assist trainer), in this process."""
+    from xfed.config import load_fed_conf, load_stages
+    from xfed.node.context import StageContext
+    from xfed.operators.horizontal_chatglm import operator
+
+    config, out = root / name / "config", root / name / "output"
+    config.mkdir(parents=True, exist_ok=True)
+    fed = {"fed_info": {"scheduler": {"scheduler": "localhost:0"}, "trainer": {node: "localhost:0"}},
+           "redis_server": "embedded", "redis": {"namespace": "bench_quality"}}
+    (config / "fed_conf.json").write_text(json.dumps(fed, indent=1))
+    (config / f"trainer_config_{node}.json").write_text(json.dumps(stage("label_trainer", model, out, params, trainsets),
+                                                                   indent=1))
+    ctx = StageContext(job_id=name, stage_id=0, attempt=0, node_id=node, identity="label_trainer",
+                       stage=load_stages(config, node)[0], fed=load_fed_conf(config), trainer_ids=[node],
+                       assist_id=None, comm=None, work_dir=root / name / "work")
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    result = operator.run(ctx)
+    return Path(result["final"]).parent
+
+
+def run_federated(s: Settings, model: Path, shards: dict[str, Path], root: Path) -> tuple[Arm, Arm]:
+    """Plain then OTP jobs on one federation (same daemons, same seeds): (plain arm, otp arm)."""
+    redis = RedisProcess(root / "redis")
+    fed = LocalFederation(root / "federation" / "config", "", TRAINERS, assist=ASSIST,
+                          namespace=f"bench_quality_{os.getpid()}")
+    out = root / "federation" / "output"
+    arms = []
+    try:
+        redis.start()
+        fed.redis_address = redis.address
+        fed.write_fed_conf()
+        local = {"trainer": {"per_device_train_batch_size": s.batch, "no_cuda": True}}
+        for n in TRAINERS:
+            fed.write_stage(n, stage("label_trainer", model, out, local, [shards[n]]))
+        fed.start()
+        for kind in ("plain", "otp"):
+            fed.write_stage(ASSIST, stage("assist_trainer", model, out, train_params(s, kind, s.steps), []))
+            t0 = time.monotonic()
+            log(f"federated {kind}: job started ({len(TRAINERS)} parties x {s.steps} steps, {s.rounds} rounds)")
+            job = fed.run_job()
+            if job.state.value != "SUCCESSFUL":
+                raise LaunchError(f"federated {kind} job {job.job_id} {job.state.value}: {job.reason}")
+            arm = Arm(f"federated_{kind}", f"federated, {kind} aggregation", s.steps,
+                      nodes={n: out / job.job_id / n for n in [*TRAINERS, ASSIST]}, seconds=time.monotonic() - t0)
+            log(f"federated {kind}: job {job.job_id} done in {arm.seconds:.0f} s")
+            arms.append(arm)
+    finally:
+        fed.stop()
+        redis.stop()
+    return arms[0], arms[1]
+
+
+def max_abs_diff(a: Arm, b: Arm) -> float:
+    """Largest |a - b| over every tensor of every node's final adapter (all adapter parameters)."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    worst = 0.0
+    for node, folder in a.nodes.items():
+        files = sorted(p.name for p in (folder / "final").glob("*.safetensors"))
+        if not files:
+            raise ConfigError(f"{folder / 'final'}: no adapter tensors")
+        for name in files:
+            x, y = load_file(str(folder / "final" / name)), load_file(str(b.nodes[node] / "final" / name))
+            if sorted(x) != sorted(y):
+                raise ConfigError(f"{node}: {name} holds different tensors under plain and otp")
+            for key in x:
+                worst = max(worst, float(np.max(np.abs(x[key].astype(np.float64) - y[key].astype(np.float64)),
+                                               initial=0.0)))
+    return worst
+
+
+def score_curve(scorer: Scorer, folder: Path, rounds: int) -> list[float]:
+    return [scorer(folder / f"checkpoint-{k}")["exact_match"] for k in range(1, rounds + 1)]
+
+
+def loss_curve(metrics: dict[str, Any]) -> list[float | None]:
+    return [r.get("train_loss") for r in metrics.get("rounds", [])]
+
+
+# ---------------------------------------------------------------- reporting
+def summary(s: Settings, arms: list[Arm], base: dict[str, float], diff: float, wall: float,
+            loads: list[float]) -> dict[str, Any]:
+    by = {a.name: a for a in arms}
+    local = {a.name: a.scores for a in arms if a.name.startswith("local_")}
+    best_local = max(v["exact_match"] for v in local.values())
+    fed, central = by["federated_plain"].scores["exact_match"], by["centralized"].scores["exact_match"]
+    measured = {"fed_vs_central_gap": round(central - fed, 2), "fed_over_best_local": round(fed - best_local, 2),
+                "max_abs_diff_otp_vs_plain": diff, "wall_s": round(wall, 1)}
+    met = {"fed_within_2_of_central": measured["fed_vs_central_gap"] <= TARGETS["fed_vs_central_max_gap"],
+           "fed_15_over_best_local": measured["fed_over_best_local"] >= TARGETS["fed_over_best_local_min"],
+           "otp_equals_plain": diff <= TARGETS["max_abs_diff_otp_vs_plain"],
+           "under_15_min": wall <= TARGETS["wall_s"]}
+    return {
+        "bench": "quality", "settings": s.to_dict(),
+        "arms": {"base": base, **local, "federated_plain": by["federated_plain"].scores,
+                 "federated_otp": by["federated_otp"].scores, "centralized": by["centralized"].scores},
+        "steps": {a.name: a.steps for a in arms},
+        "curves": {a.name: a.curve for a in arms if a.curve},
+        "arm_seconds": {a.name: round(a.seconds, 1) for a in arms},
+        "max_abs_diff_otp_vs_plain": diff,
+        "targets": TARGETS, "measured": measured, "targets_met": met,
+        "wall_s": round(wall, 1), "cpus": os.cpu_count(),
+        "load_avg_1m": {"min": round(min(loads), 2), "mean": round(sum(loads) / len(loads), 2),
+                        "max": round(max(loads), 2)},
+    }
+
+
+def table(result: dict[str, Any], arms: list[Arm]) -> str:
+    labels = {"base": "base model (no adapter)", **{a.name: a.label for a in arms}}
+    steps = {"base": 0, **{a.name: a.steps for a in arms}}
+    lines = [f"{'arm':<44} {'exact match':>11} {'ROUGE-L':>8} {'steps':>6}", "-" * 72]
+    for name, sc in result["arms"].items():
+        lines.append(f"{labels[name]:<44} {sc['exact_match']:>11.1f} {sc['rouge_l']:>8.1f} {steps[name]:>6}")
+    m, met = result["measured"], result["targets_met"]
+    lines += ["-" * 72,
+              f"federated plain vs centralized: {m['fed_vs_central_gap']:+.1f} points (target <= 2)"
+              f" {'ok' if met['fed_within_2_of_central'] else 'MISSED'}",
+              f"federated plain over best local-only party: {m['fed_over_best_local']:+.1f} points (target >= 15)"
+              f" {'ok' if met['fed_15_over_best_local'] else 'MISSED'}",
+              f"max |otp - plain| over all adapter parameters: {result['max_abs_diff_otp_vs_plain']:.3g}"
+              f" (target <= 1e-6) {'ok' if met['otp_equals_plain'] else 'MISSED'}",
+              f"wall time {result['wall_s']:.0f} s (target <= 900) {'ok' if met['under_15_min'] else 'MISSED'}; "
+              f"load average (1 min) {result['load_avg_1m']['min']}-{result['load_avg_1m']['max']} "
+              f"on {result['cpus']} CPUs"]
+    return "\n".join(lines)
+
+
+def plot(path: Path, s: Settings, arms: list[Arm]) -> None:
+    """Held-out exact match and training loss per round: each party alone, centralized, federated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {a.name: a for a in arms}
+    colors = dict(zip(TRAINERS, ["tab:blue", "tab:orange", "tab:green"], strict=True))
+    rounds = list(range(1, s.rounds + 1))
+    fig, (ax_em, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for n in TRAINERS:
+        arm = by[f"local_{n}"]
+        if arm.curve:
+            ax_em.plot(rounds, arm.curve, color=colors[n], marker="o", ms=3, label=f"{n} alone")
+        ax_loss.plot(rounds, loss_curve(arm.metrics(n)), color=colors[n], label=f"{n} alone")
+        ax_loss.plot(rounds, loss_curve(by["federated_plain"].metrics(n)), color=colors[n], ls=":",
+                     label=f"{n} in the federation")
+    central, fed = by["centralized"], by["federated_plain"]
+    if central.curve:
+        ax_em.plot(rounds, central.curve, color="black", ls="--", marker="s", ms=3, label="centralized (3·S steps)")
+    if fed.curve:
+        ax_em.plot(rounds, fed.curve, color="tab:red", lw=2.5, marker="D", ms=4, label="federated (plain)")
+    ax_loss.plot(rounds, loss_curve(central.metrics("central")), color="black", ls="--", label="centralized")
+    ax_em.set(title="held-out exact match after each round", xlabel="round", ylabel="exact match (%)",
+              ylim=(-2, 102))
+    ax_loss.set(title="training loss per round (mean over the round's steps)", xlabel="round", ylabel="loss",
+                yscale="log")
+    ax_em.legend(fontsize=8)
+    ax_loss.legend(fontsize=7, ncol=2)
+    for ax in (ax_em, ax_loss):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"xfed quality benchmark: {s.peft}, {s.steps} steps per party, {s.rounds} rounds, batch {s.batch}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- main
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--peft", choices=("LORA", "PREFIX_TUNING"), default="LORA")
+    ap.add_argument("--json", action="store_true", help="print one JSON line on stdout (the table goes to stderr)")
+    ap.add_argument("--plot", type=Path, default=None, help="write a PNG of per-round curves here")
+    ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (numbers mean nothing)")
+    ap.add_argument("--model", type=Path, default=REPO / "work" / "tiny-glm")
+    ap.add_argument("--data", type=Path, default=REPO / "work" / "demo_data")
+    ap.add_argument("--out", type=Path, default=None, help="keep every output here (default: a temporary folder)")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per party (default 450)")
+    ap.add_argument("--rounds", type=int, default=None, help="aggregation rounds (default 10)")
+    ap.add_argument("--batch", type=int, default=None, help="per-party batch size (default 16)")
+    ap.add_argument("--lr", type=float, default=None, help="learning rate (default LoRA 3e-3, prefix 1e-2)")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--heldout-limit", type=int, default=None, help="score only the first N held-out examples")
+    ap.add_argument("--no-curves", action="store_true", help="score only the final adapters (faster)")
+    return ap.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    s = Settings(peft=args.peft, seed=args.seed, lr=args.lr, curves=not args.no_curves)
+    if args.quick:
+        for k, v in QUICK.items():
+            setattr(s, k, v)
+    for key in ("steps", "rounds", "batch", "heldout_limit"):
+        value = getattr(args, key)
+        if value is not None:
+            if value < (0 if key == "heldout_limit" else 1):
+                raise ConfigError(f"--{key.replace('_', '-')}: must be >= {0 if key == 'heldout_limit' else 1}")
+            setattr(s, key, value)
+    if s.rounds > s.steps:
+        raise ConfigError(f"--rounds {s.rounds}: more rounds than steps per party ({s.steps})")
+    return s
+
+
+def run(args: argparse.Namespace) -> int:
+    s = settings_from(args)
+    t0 = time.monotonic()
+    loads = [os.getloadavg()[0]]
+    model, data = args.model.resolve(), args.data.resolve()
+    ensure_assets(model, data, REPO / "work" / "tiny-glm", REPO / "work" / "demo_data")
+    root = args.out.resolve() if args.out else Path(tempfile.mkdtemp(prefix="xfed-bench-quality-"))
+    if root.exists() and args.out and any(root.iterdir()):
+        raise ConfigError(f"--out: {root} is not empty (give a new folder)")
+    root.mkdir(parents=True, exist_ok=True)
+    shards = {n: data / f"{n}.json" for n in TRAINERS}
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        scorer = Scorer(model, data / "heldout.json", s)
+        base = scorer(None)
+        log(f"base model: exact match {base['exact_match']:.1f} on {len(scorer.pairs)} held-out examples")
+        arms: list[Arm] = []
+        for n in TRAINERS:
+            started = time.monotonic()
+            loads.append(os.getloadavg()[0])
+            out = run_alone(f"local_{n}", n, model, [shards[n]], train_params(s, "plain", s.steps), root)
+            arm = Arm(f"local_{n}", f"{n} alone (own shard)", s.steps, nodes={n: out}, seconds=time.monotonic() - started)
+            arms.append(arm)
+            log(f"local {n}: {s.steps} steps in {arm.seconds:.0f} s")
+        started = time.monotonic()
+        loads.append(os.getloadavg()[0])
+        steps = len(TRAINERS) * s.steps
+        out = run_alone("centralized", "central", model, list(shards.values()), train_params(s, "plain", steps), root)
+        arms.append(Arm("centralized", "centralized (union of the shards)", steps, nodes={"central": out},
+                        seconds=time.monotonic() - started))
+        log(f"centralized: {steps} steps in {arms[-1].seconds:.0f} s")
+        loads.append(os.getloadavg()[0])
+        plain, otp = run_federated(s, model, shards, root)
+        arms += [plain, otp]
+        loads.append(os.getloadavg()[0])
+        diff = max_abs_diff(plain, otp)
+        started = time.monotonic()
+        for arm in arms:
+            final_node = ASSIST if arm.name.startswith("federated") else next(iter(arm.nodes))
+            arm.scores = scorer(arm.nodes[final_node] / "final")
+            if s.curves and arm.name != "federated_otp":  # the OTP adapter equals the plain one (checked above)
+                arm.curve = score_curve(scorer, arm.nodes[final_node], s.rounds)
+        log(f"scoring: {time.monotonic() - started:.0f} s")
+        loads.append(os.getloadavg()[0])
+        result = summary(s, arms, base, diff, time.monotonic() - t0, loads)
+        if args.plot:
+            plot(args.plot, s, arms)
+            result["plot"] = str(args.plot)
+        text = table(result, arms)
+        if args.json:
+            print(text, file=sys.stderr)
+            print(json.dumps(result, sort_keys=True))
+        else:
+            print(text)
+        return 0
+    finally:
+        if not args.out:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (XfedError, LaunchError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
