@@ -180,6 +180,33 @@ def test_missing_path_and_empty_folder_are_config_errors(tmp_path):
         data.read_records(str(tmp_path / "empty"), {})
 
 
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_any_file_content_gives_examples_or_one_line_config_error(tmp_path, suffix):
+    """Fuzz: whatever a data file holds, the reader returns Examples or raises a one-line ConfigError."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    records = st.dictionaries(st.sampled_from(["prompt", "response", "history", "content", "x"]),
+                              st.none() | st.integers() | st.text(max_size=5)
+                              | st.lists(st.lists(st.text(max_size=3), max_size=3), max_size=2), max_size=4)
+    lines = st.lists(records.map(lambda r: json.dumps(r)) | st.text(max_size=20), max_size=4)
+    contents = st.binary(max_size=40) | lines.map(lambda ls: "\n".join(ls).encode()) | st.just(b"[" * 100_000)
+    path = tmp_path / f"fuzz{suffix}"
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(contents, st.sampled_from([{}, {"history_column": "history"}]))
+    def check(content, params):
+        path.write_bytes(content)
+        try:
+            examples = data.read_records(path, params)
+        except ConfigError as err:
+            assert "\n" not in str(err) and str(path) in str(err)
+        else:
+            assert all(isinstance(e.prompt, str) and isinstance(e.answer, str) for e in examples)
+
+    check()
+
+
 @pytest.mark.parametrize("params, expected", [
     ({"prompt_pattern": "{} {} {}"}, "dataset.prompt_pattern: needs 1 or 2"),
     ({"prompt_pattern": "{oops}"}, "dataset.prompt_pattern: unknown field(s) oops"),

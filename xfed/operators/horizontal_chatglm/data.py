@@ -226,6 +226,8 @@ def read_file(path: str | Path, dataset_params: Any = None, *, kind: str | None 
         if err.msg == "Extra data" and not is_qa:
             return _read_jsonl(path, text, opts)  # AdvertiseGen's train.json is JSON lines
         raise ConfigError(f"{path}: line {err.lineno} column {err.colno}: invalid JSON ({err.msg})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: JSON nested too deeply") from None
     if isinstance(doc, dict) and ("instances" in doc or is_qa):
         return _read_qa(path, doc, opts)
     if is_qa:
@@ -268,6 +270,8 @@ def _read_jsonl(path: Path, text: str, opts: DatasetOptions) -> list[Example]:
             rec = json.loads(line)
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path}: line {lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: line {lineno}: JSON nested too deeply") from None
         out.append(_record_example(path, f"line {lineno}", rec, opts))
     return out
 
