@@ -1,0 +1,188 @@
+"""Fault tolerance with real processes: kill -9 a trainer then `--resume`, a Redis outage, a scheduler restart.
+
+One federation (real /usr/bin/redis-server with an fsync'd AOF, scheduler, assist trainer, two label
+trainers as `python xfed.py` subprocesses) runs horizontal_chatglm on a tiny GLM: LoRA with dropout,
+AdamW, a linear LR schedule with warm-up, two epochs, otp masking, four rounds of two steps each.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+TRAINERS = ["node-1", "node-2"]
+ASSIST = "assist_trainer"
+NODES = [ASSIST, *TRAINERS]
+ROUNDS = 4
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_fed_mod = _load("xfed_tests_integration_conftest", HERE / "conftest.py")
+_tiny = _load("xfed_tests_chatglm_conftest", REPO / "tests" / "operators" / "horizontal_chatglm" / "conftest.py")
+
+WORDS = ["abc", "hello", "cab", "dog", "zebra", "xyz", "moon", "star"]
+PARAMS = {
+    "aggregation": {"agg_steps": 0.25},
+    "encryption": {"otp": {"key_bitlength": 64, "key_exchange": {"key_bitlength": 2048, "optimized": True},
+                           "csprng": {"name": "hmac_drbg", "method": "sha256"}}},
+    "peft": {"LORA": {"r": 4, "target_modules": "auto", "lora_alpha": 8, "lora_dropout": 0.1}},
+    "trainer": {"per_device_train_batch_size": 2, "learning_rate": 1e-2, "num_train_epochs": 2,
+                "lr_scheduler_type": "linear", "warmup_steps": 2, "seed": 3, "no_cuda": True},
+    "dataset": {"max_src_length": 24, "max_dst_length": 8, "prompt_pattern": "{}：\n问：{}\n答："},
+}
+
+
+def _party_data(folder: Path, node: str, skill: str) -> Path:
+    fn = {"reverse": lambda w: w[::-1], "copy": lambda w: w}[skill]
+    instances = [{"input": f"{skill} {w}", "output": fn(w)} for w in WORDS]
+    path = folder / f"{node}.json"
+    path.write_text(json.dumps({"instruction": "task", "instances": instances}))
+    return path
+
+
+class Harness:
+    def __init__(self, fed, srv, root: Path):
+        self.fed, self.srv, self.root = fed, srv, root
+        model = _tiny.build_tiny_glm(root / "tiny-glm", seed=0)
+        data = root / "data"
+        data.mkdir()
+        out = str(root / "out" / "[JOB_ID]" / "[NODE_ID]")
+        for node, skill in (("node-1", "reverse"), ("node-2", "copy")):
+            trainset = _party_data(data, node, skill)
+            (fed.config / f"trainer_config_{node}.json").write_text(json.dumps([{
+                "identity": "label_trainer", "model_info": {"name": "horizontal_chatglm"},
+                "input": {"pretrained_model": {"path": str(model)}, "trainset": [{"type": "QA", "path": str(trainset)}]},
+                "output": {"path": out}, "train_info": {"train_params": {"trainer": {"no_cuda": True}}}}]))
+        (fed.config / f"trainer_config_{ASSIST}.json").write_text(json.dumps([{
+            "identity": "assist_trainer", "model_info": {"name": "horizontal_chatglm"},
+            "input": {"pretrained_model": {"path": str(model)}}, "output": {"path": out},
+            "train_info": {"train_params": PARAMS}}]))
+
+    def start(self, *extra: str) -> str:
+        res = self.fed.client("-c", "start", *extra)
+        assert res.returncode == 0, res.stdout + res.stderr + self.fed.logs()
+        return res.stdout.split()[0] if not extra else extra[-1]
+
+    def out(self, job_id: str, node: str) -> Path:
+        return self.root / "out" / job_id / node
+
+    def final(self, job_id: str, node: str) -> dict[str, np.ndarray]:
+        from safetensors.numpy import load_file
+
+        return load_file(str(self.out(job_id, node) / "final" / "adapter_model.safetensors"))
+
+    def round_done(self, job_id: str, node: str, k: int) -> bool:
+        return (self.out(job_id, node) / f"checkpoint-{k}" / "xfed_resume" / "state.json").is_file()
+
+    def wait_round(self, job_id: str, node: str, k: int, timeout: float = 90) -> None:
+        self.fed.wait_for(lambda: self.round_done(job_id, node, k), f"{node} round {k} of job {job_id}",
+                          timeout=timeout)
+
+    def child_pid(self, job_id: str, node: str) -> int:
+        return self.fed.wait_for(lambda: self.fed.child_pids(job_id).get(node), f"{node}'s stage pid")
+
+
+@pytest.fixture(scope="module")
+def h(tmp_path_factory):
+    RedisServer = _fed_mod._redis_server_class()
+    root = tmp_path_factory.mktemp("fault")
+    # an fsync'd append-only file: a Redis killed with -9 comes back with every acknowledged write
+    srv = RedisServer(dir=root, extra_args=["--appendonly", "yes", "--appendfsync", "always"])
+    srv.start()
+    fed = _fed_mod.Federation(root=root, redis=srv, trainers=list(TRAINERS), namespace="fault", interval=1.0)
+    fed.write_config()
+    harness = Harness(fed, srv, root)
+    try:
+        fed.start_all()
+        yield harness
+    finally:
+        fed.stop_all()
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(h):
+    """An uninterrupted run of the same job: its final adapter is what every faulty run must reproduce."""
+    job_id = h.start()
+    job = h.fed.wait_job(job_id, timeout=150)
+    assert job.state.value == "SUCCESSFUL", job
+    return h.final(job_id, ASSIST)
+
+
+def assert_same_adapter(h, job_id: str, ref: dict[str, np.ndarray], atol: float) -> None:
+    for node in NODES:
+        got = h.final(job_id, node)
+        assert sorted(got) == sorted(ref), node
+        worst = max(float(np.max(np.abs(got[k] - ref[k]))) for k in ref)
+        assert worst <= atol, f"{node}: final adapter differs from the uninterrupted run by {worst}"
+
+
+def test_killed_trainer_fails_the_job_and_resume_reproduces_an_uninterrupted_run(h, reference):
+    assert any(np.abs(v).max() > 0 for k, v in reference.items() if "lora_B" in k)  # it trained
+    job_id = h.start()
+    pid = h.child_pid(job_id, "node-1")
+    h.wait_round(job_id, "node-1", 1)
+    os.kill(pid, signal.SIGSTOP)  # hold it in round 2 (a SIGSTOPped process cannot finish the round) ...
+    assert not h.round_done(job_id, ASSIST, 2)
+    os.kill(pid, signal.SIGKILL)  # ... then kill it the hard way
+    job = h.fed.wait_job(job_id, timeout=30)
+    assert job.state.value == "FAILED", job
+    assert job.node == "node-1" and "node-1" in job.reason, job
+    assert not h.round_done(job_id, ASSIST, 2)
+
+    h.start("--resume", job_id)
+    job = h.fed.wait_job(job_id, timeout=150)
+    assert job.state.value == "SUCCESSFUL", job
+    assert job.attempt == 1
+    assert_same_adapter(h, job_id, reference, atol=1e-5)
+    metrics = json.loads((h.out(job_id, "node-1") / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3, 4]  # round 1 kept from attempt 0
+    state = json.loads((h.out(job_id, "node-2") / "checkpoint-4" / "xfed_resume" / "state.json").read_text())
+    assert state["attempt"] == 1 and state["step"] == 8
+    status = h.fed.client("-c", "status", job_id, "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["attempt"] == 1
+
+
+def test_redis_killed_and_down_for_10_s_mid_round_the_job_completes(h, reference):
+    job_id = h.start()
+    h.wait_round(job_id, ASSIST, 1)
+    h.srv.proc.kill()  # SIGKILL by pid: no goodbye, the AOF has every acknowledged write
+    h.srv.proc.wait(timeout=10)
+    time.sleep(10)
+    h.srv.start()
+    r = h.srv.client()
+    assert r.hget(h.fed.keys().job(job_id), "state") == b"RUNNING"  # the outage did fall mid-job
+    job = h.fed.wait_job(job_id, timeout=150)
+    assert job.state.value == "SUCCESSFUL", job
+    assert_same_adapter(h, job_id, reference, atol=1e-5)
+
+
+def test_scheduler_killed_mid_job_restarts_and_reattaches(h, reference):
+    job_id = h.start()
+    h.wait_round(job_id, ASSIST, 1)
+    h.fed.stop("scheduler", signal.SIGKILL)
+    time.sleep(1.0)
+    h.fed.start_scheduler()
+    job = h.fed.wait_job(job_id, timeout=150)
+    assert job.state.value == "SUCCESSFUL", job
+    assert f"re-attached to job {job_id}" in (h.root / "scheduler.log").read_text()
+    assert_same_adapter(h, job_id, reference, atol=1e-5)
