@@ -114,6 +114,8 @@ class Heartbeat:
                 if not warned:
                     log.warning("%s (retrying)", err)
                 warned = True
+            except Exception:  # noqa: BLE001 - the thread must keep beating whatever happens
+                log.exception("heartbeat of %s failed (retrying)", self.node_id)
 
     def stop(self, *, deregister: bool = True) -> None:
         """Stop beating; with deregister the node disappears at once instead of after the TTL."""
