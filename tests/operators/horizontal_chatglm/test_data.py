@@ -232,9 +232,12 @@ def test_features_mask_the_prompt_and_append_eos(char_tokenizer):
     assert f["labels"] == [-100] * len(prompt_ids) + answer_ids
 
 
-def test_features_truncate_prompt_and_answer(char_tokenizer):
+def test_features_truncate_prompt_and_answer(char_tokenizer, caplog):
     ex = data.Example(prompt="abcdefgh", answer="ijklmnop")
-    [f] = data.build_features([ex], char_tokenizer, {"max_src_length": 4, "max_dst_length": 3})
+    short = data.Example(prompt="a", answer="b")
+    with caplog.at_level("WARNING", logger=data.__name__):
+        [f, _] = data.build_features([ex, short], char_tokenizer, {"max_src_length": 4, "max_dst_length": 3})
+    assert "1 of 2 prompts longer than max_src_length=4 and 1 answers longer than max_dst_length=3" in caplog.text
     tok = char_tokenizer
     assert f["input_ids"] == [tok.bos_token_id] + tok.convert_tokens_to_ids(list("abc")) + \
         tok.convert_tokens_to_ids(list("ij")) + [tok.eos_token_id]

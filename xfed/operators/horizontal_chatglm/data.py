@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import string
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ _AUTO_COLUMNS = (("prompt", "response"), ("content", "summary"), ("query", "resp
 _DATA_SUFFIXES = (".json", ".jsonl")
 CHATGLM_FAMILIES = ("chatglm", "chatglm2", "chatglm3")
 IGNORE_INDEX = -100
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -362,16 +364,18 @@ def _eos_id(tokenizer: Any) -> int:
     return int(eos)
 
 
-def _prompt_ids(tokenizer: Any, prompts: list[str], max_src: int, eos: int) -> list[list[int]]:
+def _prompt_ids(tokenizer: Any, prompts: list[str], max_src: int, eos: int) -> tuple[list[list[int]], int]:
+    """Prompt ids cut to max_src, and how many were longer."""
     rows = tokenizer(prompts, add_special_tokens=True)["input_ids"] if prompts else []
-    out = []
+    out, cut = [], 0
     for row, text in zip(rows, prompts, strict=True):
         row = list(row)
         # a tokenizer that appends eos to every sequence would end the prompt before the answer starts
         if row and row[-1] == eos and not text.endswith(str(getattr(tokenizer, "eos_token", "") or "\0")):
             row.pop()
+        cut += len(row) > max_src
         out.append(row[:max_src])
-    return out
+    return out, cut
 
 
 def _formats():
@@ -401,12 +405,18 @@ def build_features(examples: Sequence[Example], tokenizer: Any, dataset_params: 
             out.append({"input_ids": list(ids), "labels": list(labels)})
         return out
     eos = _eos_id(tokenizer)
-    prompts = _prompt_ids(tokenizer, [ex.prompt for ex in examples], opts.max_src_length, eos)
+    prompts, cut_prompts = _prompt_ids(tokenizer, [ex.prompt for ex in examples], opts.max_src_length, eos)
     answers = tokenizer([ex.answer for ex in examples], add_special_tokens=False)["input_ids"] if examples else []
-    out = []
+    out, cut_answers = [], 0
     for p, a in zip(prompts, answers, strict=True):
+        cut_answers += len(a) > opts.max_dst_length - 1
         a = list(a)[:opts.max_dst_length - 1] + [eos]
         out.append({"input_ids": p + a, "labels": [IGNORE_INDEX] * len(p) + a})
+    if cut_prompts or cut_answers:
+        # silent truncation is how a prompt loses its "答：" marker; say so once per dataset
+        log.warning("dataset: %d of %d prompts longer than max_src_length=%d and %d answers longer than "
+                    "max_dst_length=%d (eos included) were truncated", cut_prompts, len(out),
+                    opts.max_src_length, cut_answers, opts.max_dst_length)
     return out
 
 
@@ -418,7 +428,7 @@ def build_prompts(examples: Sequence[Example], tokenizer: Any, dataset_params: A
         formats = _formats()
         return [(list(formats.build_prompt_ids(fam, tokenizer, ex, max_src_length=opts.max_src_length)), ex.answer)
                 for ex in examples]
-    prompts = _prompt_ids(tokenizer, [ex.prompt for ex in examples], opts.max_src_length, _eos_id(tokenizer))
+    prompts, _ = _prompt_ids(tokenizer, [ex.prompt for ex in examples], opts.max_src_length, _eos_id(tokenizer))
     return [(p, ex.answer) for p, ex in zip(prompts, examples, strict=True)]
 
 
