@@ -1,0 +1,152 @@
+"""Resuming a horizontal_chatglm stage from its last completed aggregation round (`start --resume JOB`).
+
+Every round's `checkpoint-{k}/` gets an `xfed_resume/` folder beside the PEFT adapter: the trainable
+tensors exactly as aggregated (parameter names, float32), the Hugging Face Trainer's optimizer,
+LR-scheduler, RNG and trainer state (so a resumed run takes the very same steps an uninterrupted
+one would: same moments, same LR, same batches, same dropout draws), and `state.json`, written
+last, which marks the round complete. A new attempt (ctx.attempt > 0) asks every party for its
+last complete round; the assist trainer picks the lowest, everyone loads that checkpoint, and
+training continues with round k + 1. Pads are not touched here: the attempt number is part of
+the DH session, so a resumed attempt derives fresh pad streams.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xfed.errors import JobError
+
+RESUME_DIR = "xfed_resume"
+STATE_FILE = "state.json"
+TENSORS_FILE = "trainable.safetensors"
+TRAINER_STATE_NAME = "trainer_state.json"  # the Trainer's own file name (TRAINER_STATE_NAME in transformers)
+
+
+def checkpoint_dir(output_dir: Path, round_idx: int) -> Path:
+    return Path(output_dir) / f"checkpoint-{round_idx}"
+
+
+def save_round_state(output_dir: Path, round_idx: int, rounds: int, tensors: dict[str, np.ndarray],
+                     trainer: Any | None, *, node: str, attempt: int) -> Path:
+    """Write checkpoint-{round_idx}/xfed_resume/ (tensors, trainer state), `state.json` last."""
+    from safetensors.numpy import save_file
+
+    folder = checkpoint_dir(output_dir, round_idx) / RESUME_DIR
+    (folder / STATE_FILE).unlink(missing_ok=True)  # incomplete until rewritten below
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(folder / TENSORS_FILE))
+    step = None
+    if trainer is not None:
+        # the same files, taken at the same point of the step, as the Trainer's own checkpoints
+        trainer._save_optimizer_and_scheduler(str(folder))
+        trainer._save_scaler(str(folder))
+        trainer._save_rng_state(str(folder))
+        trainer.state.save_to_json(str(folder / TRAINER_STATE_NAME))
+        step = int(trainer.state.global_step)
+    state = {"round": round_idx, "rounds": rounds, "step": step, "node": node, "attempt": attempt,
+             "trainer_state": trainer is not None}
+    tmp = folder / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, folder / STATE_FILE)
+    return folder
+
+
+def read_state(output_dir: Path, round_idx: int) -> dict[str, Any] | None:
+    """The round's `state.json`, or None when the round's resume state is missing or incomplete."""
+    path = checkpoint_dir(output_dir, round_idx) / RESUME_DIR / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("round") != round_idx:
+        return None
+    if not (path.parent / TENSORS_FILE).is_file():
+        return None
+    return state
+
+
+def last_complete_round(output_dir: Path) -> int:
+    """The highest k such that rounds 1..k all have a complete resume state (0 when none)."""
+    k = 0
+    while read_state(output_dir, k + 1) is not None:
+        k += 1
+    return k
+
+
+def preflight_fields(ctx: Any, output_dir: Path) -> dict[str, int]:
+    """What a party adds to its preflight report on a resumed attempt: its last complete round."""
+    return {"resume_round": last_complete_round(output_dir)} if int(ctx.attempt) > 0 else {}
+
+
+def agree_round(ctx: Any, own_output_dir: Path, reports: dict[str, dict[str, Any]]) -> int:
+    """The round every party can continue from (the lowest last complete round); 0 on a first attempt."""
+    if int(ctx.attempt) <= 0:
+        return 0
+    rounds = {ctx.node_id: last_complete_round(own_output_dir)}
+    for node, report in reports.items():
+        value = report.get("resume_round", 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise JobError(f"{node}: preflight resume_round must be a round number ≥ 0, got {value!r}")
+        rounds[node] = value
+    start = min(rounds.values())
+    message = ", ".join(f"{n}: {r}" for n, r in sorted(rounds.items()))
+    ctx.report("log", {"message": f"attempt {ctx.attempt}: resuming after round {start} "
+                                  f"(last complete round per party: {message})"})
+    return start
+
+
+def restore(ctx: Any, output_dir: Path, start: int, rounds: int) -> dict[str, np.ndarray] | None:
+    """The aggregated tensors of round `start` (None for start 0); later, stale resume states are removed."""
+    for later in range(start + 1, rounds + 1):  # their rounds are trained again: never resume from a mix
+        shutil.rmtree(checkpoint_dir(output_dir, later) / RESUME_DIR, ignore_errors=True)
+    if start <= 0:
+        return None
+    state = read_state(output_dir, start)
+    where = checkpoint_dir(output_dir, start) / RESUME_DIR
+    if state is None:
+        raise JobError(f"{ctx.node_id}: {where}: no complete resume state for round {start}")
+    if int(state.get("rounds", -1)) != rounds:
+        raise JobError(f"{ctx.node_id}: {where}: written for {state.get('rounds')} rounds, "
+                       f"but this attempt plans {rounds} (the configuration changed; start a new job)")
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(where / TENSORS_FILE))
+    except (OSError, SafetensorError) as exc:
+        raise JobError(f"{ctx.node_id}: {where / TENSORS_FILE}: unreadable ({exc})") from None
+
+
+def trainer_checkpoint(ctx: Any, output_dir: Path, start: int, trainer: Any) -> str | None:
+    """The folder to pass as `resume_from_checkpoint` (None when starting from scratch).
+
+    The Trainer would also load model weights from it; the aggregate is already in place (loaded
+    from the assist trainer's broadcast), so that step is switched off for this Trainer.
+    """
+    if start <= 0 or trainer is None:
+        return None
+    folder = checkpoint_dir(output_dir, start) / RESUME_DIR
+    state = read_state(output_dir, start) or {}
+    if not state.get("trainer_state") or not (folder / TRAINER_STATE_NAME).is_file():
+        raise JobError(f"{ctx.node_id}: {folder}: round {start} was saved without the trainer state "
+                       "(optimizer, LR schedule, RNG) that training needs to continue")
+    trainer._load_from_checkpoint = _keep_loaded_weights
+    return str(folder)
+
+
+def _keep_loaded_weights(*_args: Any, **_kwargs: Any) -> None:
+    """Stands in for Trainer._load_from_checkpoint: the weights are the aggregate we loaded ourselves."""
+
+
+def earlier_records(metrics_path: Path, start: int) -> list[dict[str, Any]]:
+    """The round records of rounds 1..start from the previous attempt's metrics.json (kept on resume)."""
+    try:
+        rounds = json.loads(Path(metrics_path).read_text()).get("rounds") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [r for r in rounds if isinstance(r, dict) and isinstance(r.get("round"), int) and r["round"] <= start]
