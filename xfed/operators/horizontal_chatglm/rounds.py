@@ -74,6 +74,7 @@ class RoundRunner:
     metrics: MetricsLog
     evaluator: Evaluator | None = None
     trains: bool = True
+    after_checkpoint: Callable[[int], None] | None = None  # resume state of the round (resume.py)
     _losses: list[float] = field(default_factory=list)
 
     def note_loss(self, loss: float) -> None:
@@ -96,6 +97,8 @@ class RoundRunner:
         if self.evaluator is not None:
             record.update(self.evaluator(self.peft_model))
         save_adapter(self.peft_model, self.output_dir / f"checkpoint-{round_idx}")
+        if self.after_checkpoint is not None:
+            self.after_checkpoint(round_idx)
         record["aggregate_ms"] = round(agg_ms, 1)
         record.update(_aggregator_stats(self.aggregator))  # the round's own traffic, when measured
         record.update(peak_memory_mb())
