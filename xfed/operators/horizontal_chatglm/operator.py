@@ -18,7 +18,7 @@ from xfed.aggregation import encryption_kind, make_leaf, make_root
 from xfed.config import fill_placeholders
 from xfed.errors import ConfigError, JobError, PreflightError, XfedError
 
-from . import protocol
+from . import protocol, resume
 from .adapter_state import extract_trainable, load_trainable, save_adapter
 from .config import Params, merge_authoritative
 from .metrics import MetricsLog
@@ -143,21 +143,32 @@ class _Party:
                          batch_size=batch, max_new_tokens=int(dataset.get("max_dst_length", 32) or 32))
 
     # -- rounds -----------------------------------------------------------------------------------
-    def run_rounds(self, rounds: int, aggregate, aggregator) -> dict[str, Any]:
+    def run_rounds(self, rounds: int, aggregate, aggregator, start: int = 0) -> dict[str, Any]:
+        """Rounds start + 1 .. rounds (start > 0: a resumed attempt, state restored by resume.py)."""
         trains = self.trainer is not None
         schedule = party_schedule(rounds, self.total_steps) if trains else party_schedule(rounds, rounds)
+        if start > 0:
+            self.metrics.rounds = resume.earlier_records(self.metrics.path, start)
         self.metrics.write(rounds=rounds, schedule_steps=list(schedule.steps) if trains else [])
+
+        def after_checkpoint(round_idx: int) -> None:
+            resume.save_round_state(self.output_dir, round_idx, rounds, extract_trainable(self.peft_model),
+                                    self.trainer, node=self.node, attempt=self.ctx.attempt)
+
         runner = RoundRunner(self.ctx, self.peft_model, aggregate, aggregator, schedule, self.weight,
-                             self.output_dir, self.metrics, evaluator=self.evaluator(), trains=trains)
+                             self.output_dir, self.metrics, evaluator=self.evaluator(), trains=trains,
+                             after_checkpoint=after_checkpoint)
         started = self.metrics.started = time.monotonic()  # ETA counts training time, not set-up and preflight
-        if trains:
+        if trains and start < rounds:
             callback = FederatedCallback(runner)
+            callback.rounds_done = start
             self.trainer.add_callback(callback)
-            self.trainer.train()
+            self.trainer.train(resume_from_checkpoint=resume.trainer_checkpoint(self.ctx, self.output_dir, start,
+                                                                                self.trainer))
             if callback.rounds_done != rounds:
                 raise JobError(f"{self.node}: training ended after {callback.rounds_done} of {rounds} rounds")
-        else:
-            for round_idx in range(1, rounds + 1):
+        elif not trains:
+            for round_idx in range(start + 1, rounds + 1):
                 if self.ctx.should_stop():
                     raise JobError(f"{self.node}: job stopped before round {round_idx}")
                 runner.run_round(round_idx, None)
@@ -197,6 +208,7 @@ class _Label(_Party):
         protocol.send_meta(ctx, ctx.assist_id, protocol.PREFLIGHT, {
             "fingerprints": self.fingerprints, "num_steps": self.total_steps,
             "num_examples": self.data.num_examples if self.data else 0,
+            **resume.preflight_fields(ctx, self.output_dir),
         })
         plan = protocol.recv_meta(ctx, ctx.assist_id, protocol.PLAN)
         if not plan.get("ok"):
@@ -205,8 +217,10 @@ class _Label(_Party):
             self.warnings.append(message)
         leaf = make_leaf(ctx, self.params.get("encryption"), timeout=ROUND_TIMEOUT_S)
         leaf.setup()
+        start = int(plan.get("resume_from", 0))
+        resume.restore(ctx, self.output_dir, start, int(plan["rounds"]))  # checks; the assist sends the aggregate
         load_trainable(self.peft_model, leaf.receive_initial(), source=f"initial adapter from {ctx.assist_id}")
-        return self.run_rounds(int(plan["rounds"]), leaf.aggregate, leaf)
+        return self.run_rounds(int(plan["rounds"]), leaf.aggregate, leaf, start)
 
     def _run_alone(self) -> dict[str, Any]:
         """One party, no assist trainer (XFL's 1party demos): local training with the same checkpoints."""
@@ -216,7 +230,11 @@ class _Label(_Party):
         if encryption_kind(self.params.get("encryption"))[0] == "otp":
             self.warn(f"{self.node}: encryption otp with a single party masks nothing; training locally")
         rounds = count_rounds(_agg_steps(self.params), {self.node: self.total_steps})
-        return self.run_rounds(rounds, lambda _round, tensors, _weight: tensors, None)
+        start = resume.agree_round(self.ctx, self.output_dir, {})
+        restored = resume.restore(self.ctx, self.output_dir, start, rounds)
+        if restored is not None:
+            load_trainable(self.peft_model, restored, source=f"checkpoint-{start} of {self.node}")
+        return self.run_rounds(rounds, lambda _round, tensors, _weight: tensors, None, start)
 
 
 class _Assist(_Party):
@@ -250,14 +268,19 @@ class _Assist(_Party):
             if self.trainer is not None:
                 steps[self.node] = self.total_steps
             rounds = count_rounds(_agg_steps(self.params), steps)
+            start = resume.agree_round(ctx, self.output_dir, reports)
+            restored = resume.restore(ctx, self.output_dir, start, rounds)
         except XfedError as exc:
             protocol_error = str(exc)
             for node in trainers:
                 protocol.send_meta(ctx, node, protocol.PLAN, {"ok": False, "error": protocol_error})
             raise
         for node in trainers:
-            protocol.send_meta(ctx, node, protocol.PLAN, {"ok": True, "rounds": rounds, "warnings": self.warnings})
+            protocol.send_meta(ctx, node, protocol.PLAN, {"ok": True, "rounds": rounds, "warnings": self.warnings,
+                                                          "resume_from": start})
+        if restored is not None:  # a resumed attempt: everyone continues from the aggregate of round `start`
+            load_trainable(self.peft_model, restored, source=f"checkpoint-{start} of {self.node}")
         root = make_root(ctx, self.params.get("encryption"), timeout=ROUND_TIMEOUT_S)  # warns on otp < 2 parties
         root.setup()
         root.broadcast_initial(extract_trainable(self.peft_model))
-        return self.run_rounds(rounds, root.aggregate, root)
+        return self.run_rounds(rounds, root.aggregate, root, start)
