@@ -324,6 +324,10 @@ class Follower:
             self.progress.start()
         try:
             return self._loop()
+        except KeyboardInterrupt:
+            print(f"\nstopped following; job {self.job_id} goes on (-c status {self.job_id}, -c stop {self.job_id})",
+                  file=sys.stderr)
+            raise
         finally:
             if self.progress is not None:
                 self.progress.stop()
