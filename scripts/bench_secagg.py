@@ -12,7 +12,8 @@ K = 8, 64 bits, hmac_drbg with sha512.
 - root_sum_s: the aggregator's `unmask_sum` over K masked dicts, decoding and dividing by the
   total weight. Its inputs are real encodings masked with random words that cancel in the sum
   (the csprng plays no part in the root's work, and this keeps the run short); the decoded
-  mean is checked against the plain weighted mean (max_abs_err).
+  mean is checked against the plain weighted mean (max_abs_err). Median of at least 5 rounds
+  (root_min_s: the fastest).
 - drbg_MBps: one DRBG `fill` into a warm buffer, in this process.
 - floor_hmac_loop_MBps: the fastest bare Python loop computing V = HMAC(K, V) on 64-byte V
   (sha512) from copies of precomputed inner/outer hash states, output discarded.
