@@ -49,7 +49,7 @@ def run_client(verb: str, config_path: str, args: list[str], *, bar: bool = Fals
     if verb == "stop":
         return client.stop(job)
     if verb == "status":
-        return client.status(job)
+        return client.status(job, bar=bar)
     if verb == "list":
         return client.list()
     if verb == "nodes":
@@ -191,7 +191,7 @@ class Client:
             raise JobError("no jobs yet")
         return job
 
-    def status(self, job_id: str | None) -> int:
+    def status(self, job_id: str | None, *, bar: bool = False) -> int:
         job = self._job(job_id)
         rounds = self.round_rows(job.job_id)
         alive = alive_nodes(self.r, self.keys, job.participants)
@@ -224,6 +224,11 @@ class Client:
                 table.add_row(n, "-", "-", "-", "-", "yes" if n in alive else "no", "")
                 continue
             p = progress_text(s.progress or {}) or "-"
+            if bar:
+                frac = 1.0 if s.state == "done" else (s.progress or {}).get("fraction")
+                if isinstance(frac, (int, float)):
+                    filled = max(0, min(20, round(20 * float(frac))))
+                    p = f"{'█' * filled}{'░' * (20 - filled)} {p}"
             table.add_row(n, s.state, str(s.stage), p, str(s.pid or "-"), "yes" if n in alive else "no",
                           (s.message or "")[:120])
         self.console.print(table)

@@ -32,7 +32,8 @@ def client(redis_server):
 def a_job(c: Client, state: JobState = JobState.RUNNING) -> str:
     job_id = c.jobs.create(NODES)
     c.jobs.transition(job_id, JobState.RUNNING, stage=0)
-    c.jobs.set_node(job_id, "n1", NodeStatus(state="running", stage=0, pid=42, progress={"round": 2, "rounds": 5}))
+    c.jobs.set_node(job_id, "n1", NodeStatus(state="running", stage=0, pid=42,
+                                             progress={"round": 2, "rounds": 5, "fraction": 0.4}))
     for rnd in (0, 1):
         EventReporter(c.r, c.test_keys, job_id, "n1", 0).report("metrics", {"round": rnd, "loss": 1.0 / (rnd + 1)})
     if state is not JobState.RUNNING:
@@ -47,6 +48,8 @@ def test_status_list_and_nodes_render(client, capsys):
         assert client.status(None) == 0
         text = client.console.export_text()
         assert "RUNNING" in text and "2/5" in text and "42" in text and "loss" in text and "0.5" in text
+        client.status(job_id, bar=True)
+        assert "████████░░░░░░░░░░░░ round 2/5" in client.console.export_text()
         client.list()
         client.nodes()
         text = client.console.export_text()
