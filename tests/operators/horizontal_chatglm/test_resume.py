@@ -1,0 +1,89 @@
+"""resume.py's pure logic: which round is complete, which round the parties agree on, what is restored."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from xfed.errors import JobError
+from xfed.operators.horizontal_chatglm import resume
+
+
+class Ctx(SimpleNamespace):
+    def __init__(self, attempt: int = 1, node_id: str = "assist_trainer"):
+        super().__init__(attempt=attempt, node_id=node_id, events=[])
+
+    def report(self, kind, data):
+        self.events.append((kind, data))
+
+
+def _save(out, k, rounds=4, value=0.0):
+    return resume.save_round_state(out, k, rounds, {"w": np.full((2, 3), value, np.float32)}, None,
+                                   node="n", attempt=0)
+
+
+def test_last_complete_round_needs_every_round_and_its_state_file(tmp_path):
+    assert resume.last_complete_round(tmp_path) == 0
+    for k in (1, 2, 3):
+        _save(tmp_path, k)
+    (tmp_path / "checkpoint-3" / resume.RESUME_DIR / resume.STATE_FILE).unlink()  # killed while saving round 3
+    assert resume.last_complete_round(tmp_path) == 2
+    (tmp_path / "checkpoint-1" / resume.RESUME_DIR / resume.STATE_FILE).write_text("{not json")
+    assert resume.last_complete_round(tmp_path) == 0  # a gap: nothing after it counts
+
+
+def test_agree_round_takes_the_lowest_and_rejects_nonsense(tmp_path):
+    assert resume.agree_round(Ctx(attempt=0), tmp_path, {"node-1": {"resume_round": 3}}) == 0
+    for k in (1, 2, 3):
+        _save(tmp_path, k)
+    ctx = Ctx()
+    assert resume.agree_round(ctx, tmp_path, {"node-1": {"resume_round": 3}, "node-2": {"resume_round": 1}}) == 1
+    assert "node-2: 1" in ctx.events[-1][1]["message"]
+    assert resume.agree_round(Ctx(), tmp_path, {"node-1": {}}) == 0  # a party without the field starts over
+    with pytest.raises(JobError, match="node-1: preflight resume_round"):
+        resume.agree_round(Ctx(), tmp_path, {"node-1": {"resume_round": "2"}})
+    assert resume.preflight_fields(Ctx(attempt=0), tmp_path) == {}
+    assert resume.preflight_fields(Ctx(attempt=2), tmp_path) == {"resume_round": 3}
+
+
+def test_restore_returns_the_round_and_drops_later_states(tmp_path):
+    for k in (1, 2, 3):
+        _save(tmp_path, k, value=float(k))
+    tensors = resume.restore(Ctx(), tmp_path, 2, 4)
+    np.testing.assert_array_equal(tensors["w"], np.full((2, 3), 2.0, np.float32))
+    assert resume.last_complete_round(tmp_path) == 2  # round 3 is trained again, its old state is gone
+    assert (tmp_path / "checkpoint-3").is_dir() and not (tmp_path / "checkpoint-3" / resume.RESUME_DIR).exists()
+    assert resume.restore(Ctx(), tmp_path, 0, 4) is None
+    assert resume.last_complete_round(tmp_path) == 0
+
+
+def test_restore_refuses_a_changed_schedule_and_a_missing_round(tmp_path):
+    _save(tmp_path, 1, rounds=4)
+    with pytest.raises(JobError, match=r"assist_trainer: .*checkpoint-1.*written for 4 rounds.*plans 5"):
+        resume.restore(Ctx(), tmp_path, 1, 5)
+    with pytest.raises(JobError, match="no complete resume state for round 2"):
+        resume.restore(Ctx(), tmp_path, 2, 4)
+
+
+def test_trainer_checkpoint_needs_the_trainer_state(tmp_path):
+    _save(tmp_path, 1)  # saved by a party that did not train
+    trainer = SimpleNamespace()
+    assert resume.trainer_checkpoint(Ctx(), tmp_path, 0, trainer) is None
+    assert resume.trainer_checkpoint(Ctx(), tmp_path, 1, None) is None
+    with pytest.raises(JobError, match="without the trainer state"):
+        resume.trainer_checkpoint(Ctx(), tmp_path, 1, trainer)
+    folder = tmp_path / "checkpoint-1" / resume.RESUME_DIR
+    state = json.loads((folder / resume.STATE_FILE).read_text())
+    (folder / resume.STATE_FILE).write_text(json.dumps({**state, "trainer_state": True}))
+    (folder / resume.TRAINER_STATE_NAME).write_text("{}")
+    assert resume.trainer_checkpoint(Ctx(), tmp_path, 1, trainer) == str(folder)
+    assert trainer._load_from_checkpoint("anything") is None  # the aggregate in place is kept
+
+
+def test_earlier_records_keeps_rounds_up_to_start(tmp_path):
+    path = tmp_path / "metrics.json"
+    assert resume.earlier_records(path, 2) == []
+    path.write_text(json.dumps({"rounds": [{"round": 1}, {"round": 2}, {"round": 3}, "junk"]}))
+    assert resume.earlier_records(path, 2) == [{"round": 1}, {"round": 2}]
