@@ -42,3 +42,15 @@ def test_weighted_expected_mean():
     want = sum(wt * contribution(0, n, 2, 4).astype(np.float64) for n, wt in w.items()) / 6.0
     assert np.allclose(expected_mean(p, w, 2), want)
     assert contributors(["n1"], "agg", Params()) == {"n1": 1.0}
+
+
+def test_bad_train_params_name_the_file_stage_and_key():
+    from types import SimpleNamespace
+
+    from xfed.errors import ConfigError
+    from xfed.operators.horizontal_mean.operator import load_params
+
+    ctx = SimpleNamespace(node_id="node-2", stage_id=1,
+                          stage=SimpleNamespace(train_info=SimpleNamespace(train_params={"rounds": "three"})))
+    with pytest.raises(ConfigError, match=r"trainer_config_node-2.json stage 1: train_info.train_params.rounds: "):
+        load_params(ctx)
