@@ -60,6 +60,7 @@ class NodeDaemon:
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
         wait_until_free(self.r, self.keys, self.node_id, interval=self.interval)
+        self._ensure_spare()  # warm up while we register, so even the first job starts without imports
         self.hb.start()
         self.cmds.ensure_group(GROUP)
         self._recover_pending()
