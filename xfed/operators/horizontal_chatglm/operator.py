@@ -80,6 +80,22 @@ def _warn(ctx: Any, message: str) -> None:
     ctx.report("warning", {"message": message})
 
 
+class _KeepWarnings:
+    """The ctx an aggregator sees: its warning events (otp with < 2 masked parties) also land in this
+    node's result and metrics.json, so the job record keeps them, not only the event stream."""
+
+    def __init__(self, ctx: Any, sink: list[str]) -> None:
+        self._ctx, self._sink = ctx, sink
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ctx, name)
+
+    def report(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "warning" and isinstance(data, dict) and data.get("message"):
+            self._sink.append(str(data["message"]))
+        self._ctx.report(kind, data)
+
+
 def _output_dir(ctx: Any) -> Path:
     """output.path with [JOB_ID] / [NODE_ID] / [STAGE_ID] filled in."""
     output = getattr(ctx.stage, "output", None)
@@ -215,7 +231,7 @@ class _Label(_Party):
             raise PreflightError(str(plan.get("error", "preflight failed")))
         for message in plan.get("warnings") or []:
             self.warnings.append(message)
-        leaf = make_leaf(ctx, self.params.get("encryption"), timeout=ROUND_TIMEOUT_S)
+        leaf = make_leaf(_KeepWarnings(ctx, self.warnings), self.params.get("encryption"), timeout=ROUND_TIMEOUT_S)
         leaf.setup()
         start = int(plan.get("resume_from", 0))
         resume.restore(ctx, self.output_dir, start, int(plan["rounds"]))  # checks; the assist sends the aggregate
@@ -280,7 +296,8 @@ class _Assist(_Party):
                                                           "resume_from": start})
         if restored is not None:  # a resumed attempt: everyone continues from the aggregate of round `start`
             load_trainable(self.peft_model, restored, source=f"checkpoint-{start} of {self.node}")
-        root = make_root(ctx, self.params.get("encryption"), timeout=ROUND_TIMEOUT_S)  # warns on otp < 2 parties
+        # warns on otp < 2 masked parties
+        root = make_root(_KeepWarnings(ctx, self.warnings), self.params.get("encryption"), timeout=ROUND_TIMEOUT_S)
         root.setup()
         root.broadcast_initial(extract_trainable(self.peft_model))
         return self.run_rounds(rounds, root.aggregate, root, start)
