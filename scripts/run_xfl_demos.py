@@ -89,6 +89,18 @@ def build_model(dest: Path) -> Path:
     return dest
 
 
+def truncate_data(dest: Path, max_instances: int, src: Path = POETRY) -> Path:
+    """Copies of XFL's poetry files holding only their first `max_instances` instances (same layout)."""
+    if max_instances < 1:
+        raise DemoError(f"--max-instances: must be at least 1, got {max_instances}")
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.glob("*.json")):
+        doc = json.loads(f.read_text(encoding="utf-8"))
+        doc["instances"] = list(doc.get("instances") or [])[:max_instances]
+        (dest / f.name).write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    return dest
+
+
 def prepare_demo(name: str, work: Path, model_dir: Path, *, data_dir: Path = POETRY,
                  redis_address: str | None = None) -> PreparedDemo:
     """Copy XFL's config set of `name` to work/<name>/config and rewrite only the three path keys."""
@@ -330,19 +342,26 @@ class DemoResult:
         return d
 
 
-def job_record(fed_conf: Any, job_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(job hash as `-c status --json` shows it, every event of the job) read from Redis."""
+def job_status(fedn: Federation, job_id: str) -> dict[str, Any]:
+    """The job record as a user reads it: `python xfed.py -c status JOB --json`."""
+    proc = fedn.client("-c", "status", job_id, "--json")
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise DemoError(f"-c status {job_id} --json: {tail[0]}") from None
+
+
+def job_events(fed_conf: Any, job_id: str) -> list[dict[str, Any]]:
+    """Every event of the job's stream (status, progress, metrics, warning, done ...), oldest first."""
     from xfed.broker.connection import connect
-    from xfed.broker.jobstore import JobStore
     from xfed.broker.keys import Keys
     from xfed.broker.streams import ControlStream
 
     r = connect(fed_conf, retry_s=5)
     try:
-        keys = Keys(fed_conf.redis.namespace)
-        job = JobStore(r, keys).require(job_id)
-        events = [e.msg for e in ControlStream(r, keys.job_events(job_id)).read("0-0", count=100_000) if e.msg]
-        return job.to_dict(), events
+        stream = ControlStream(r, Keys(fed_conf.redis.namespace).job_events(job_id))
+        return [e.msg for e in stream.read("0-0", count=100_000) if e.msg]
     finally:
         r.close()
 
@@ -416,8 +435,6 @@ def adapter_difference(paths: list[Path]) -> float | None:
 
 def run_demo(prepared: PreparedDemo, model_dir: Path, *, timeout: float = 1800.0, log=print) -> DemoResult:
     """Start Redis + scheduler + nodes for one prepared demo, run its job, check the adapters it saved."""
-    from xfed.config import load_fed_conf
-
     result = DemoResult(prepared.name, "NOT RUN", rewritten=key_diff(prepared))
     t0 = time.monotonic()
     redis = RedisProcess(prepared.root / "redis").start()
@@ -439,7 +456,7 @@ def run_demo(prepared: PreparedDemo, model_dir: Path, *, timeout: float = 1800.0
             result.state, result.reason = "ERROR", f"client: {output.strip().splitlines()[-1:] or 'no output'}"
             return result
         result.job = job_id
-        job, events = job_record(load_fed_conf(prepared.config), job_id)
+        job, events = job_status(fedn, job_id), job_events(fedn.fed, job_id)
         result.state, result.reason = job["state"], job.get("reason") or ""
         if job.get("started") and job.get("ended"):
             result.seconds = round(float(job["ended"]) - float(job["started"]), 1)
@@ -498,6 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--demos", default=",".join(DEFAULT_DEMOS), help="comma-separated XFL demo names")
     ap.add_argument("--work", default=str(REPO / "work" / "xfl_demos"), help="work folder (configs, outputs, logs)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per demo job")
+    ap.add_argument("--max-instances", type=int, default=None, metavar="N",
+                    help="train on copies of XFL's data files cut to their first N instances (default: all)")
     ap.add_argument("--json", action="store_true", help="print only one JSON line")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -517,9 +536,13 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.work).resolve()
         model_dir = build_model(work / "chatglm-demo")
         log(f"model: {model_dir} (ChatGLM-6B layout from {FIXTURE / 'v1-tiny'})")
+        data_dir = POETRY
+        if args.max_instances is not None:
+            data_dir = truncate_data(work / f"poetry_small_first{args.max_instances}", args.max_instances)
+            log(f"data: XFL's poetry_small cut to the first {args.max_instances} instances per file in {data_dir}")
         results = []
         for name in demos:
-            prepared = prepare_demo(name, work, model_dir)
+            prepared = prepare_demo(name, work, model_dir, data_dir=data_dir)
             log(f"[{name}] config copied to {prepared.config}; rewritten keys:")
             for line in key_diff(prepared):
                 log(line)
