@@ -16,6 +16,7 @@ from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus, can_resume
 from xfed.broker.streams import ControlStream, Entry, read_many
 from xfed.errors import BrokerError, XfedError
 from xfed.scheduler.progress import decide_after_stage, missing_nodes
+from xfed.scheduler.resume import with_ended_attempt
 
 log = logging.getLogger("xfed.scheduler")
 
@@ -190,6 +191,7 @@ class Scheduler:
         stage, attempt = max(job.stage, 0), job.attempt + 1
         if not self.jobs.resume(job_id, stage=stage, attempt=attempt):
             return {"ok": False, "error": f"job {job_id} changed state meanwhile; try again"}
+        self.jobs.set_fields(job_id, attempts=with_ended_attempt(job))  # why earlier attempts ended, for status
         self.lingering.pop(job_id, None)
         self.cursors[job_id] = ControlStream(self.r, self.keys.job_events(job_id)).last_id()
         self.jobs.set_fields(job_id, cursor=self.cursors[job_id])
