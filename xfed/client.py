@@ -20,6 +20,7 @@ from xfed.broker.heartbeat import alive_nodes, node_infos
 from xfed.broker.jobstore import Job, JobState, JobStore
 from xfed.broker.streams import ControlStream
 from xfed.errors import BrokerError, JobError, XfedError
+from xfed.scheduler.resume import attempt_history
 
 REPLY_TIMEOUT_S = 15.0
 SCHEDULER_GONE_S = 30.0
@@ -199,6 +200,7 @@ class Client:
             out = job.to_dict()
             out["rounds"] = rounds
             out["alive"] = sorted(alive)
+            out["attempts"] = attempt_history(job.extra)  # earlier attempts of a resumed job
             print(json.dumps(out, default=str))
             return 0
         stages = f"{job.stage + 1}/{job.n_stages}" if job.n_stages else str(job.stage + 1 if job.stage >= 0 else "-")
@@ -206,6 +208,11 @@ class Client:
         head.add_row("job", job.job_id)
         head.add_row("state", job.state.value)
         head.add_row("stage", stages)
+        if job.attempt:
+            head.add_row("attempt", str(job.attempt))
+        for earlier in attempt_history(job.extra):
+            why = f": {earlier.get('reason')}" if earlier.get("reason") else ""
+            head.add_row(f"attempt {earlier.get('attempt')}", f"{earlier.get('state')}{why}")
         head.add_row("created", _ts(job.created))
         head.add_row("started", _ts(job.started))
         head.add_row("ended", _ts(job.ended))
