@@ -159,7 +159,12 @@ def test_killed_trainer_fails_the_job_and_resume_reproduces_an_uninterrupted_run
     assert state["attempt"] == 1 and state["step"] == 8
     status = h.fed.client("-c", "status", job_id, "--json")
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["attempt"] == 1
+    info = json.loads(status.stdout)
+    assert info["attempt"] == 1
+    [first] = info["attempts"]  # how attempt 0 ended stays on record
+    assert first["attempt"] == 0 and first["state"] == "FAILED" and first["node"] == "node-1"
+    text = h.fed.client("-c", "status", job_id).stdout
+    assert "attempt 0" in text and "FAILED" in text and "SUCCESSFUL" in text
 
 
 def test_redis_killed_and_down_for_10_s_mid_round_the_job_completes(h, reference):
