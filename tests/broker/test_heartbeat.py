@@ -22,8 +22,10 @@ def test_dead_node_disappears_after_three_intervals(redis_server):
         time.sleep(0.7)  # beats keep it alive past one TTL
         assert alive_nodes(r, keys, ["n1"]) == {"n1"}
         r.flushall()  # data lost: the next beat registers again
+        hb.set_job("4")  # ... even when the daemon wrote to its info hash first
         time.sleep(0.5)
         assert node_infos(r, keys, ["n1"])["n1"].role == "label_trainer"
+        assert node_infos(r, keys, ["n1"])["n1"].pid > 0
         hb.set_job("5")
         assert node_infos(r, keys, ["n1"])["n1"].job == "5"
     finally:

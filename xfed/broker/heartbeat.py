@@ -92,7 +92,8 @@ class Heartbeat:
                 pipe.hset(self.info_key, mapping=self.info)
                 pipe.sadd(self.keys.nodes(), self.node_id)
             else:
-                pipe.exists(self.info_key)
+                # not EXISTS: after Redis lost its data, set_job may have re-created a partial hash
+                pipe.hexists(self.info_key, "pid")
             pipe.set(self.key, repr(time.time()), px=self.ttl_ms)
             res = pipe.execute()
             if not register and not res[0]:  # Redis restarted without our registration
