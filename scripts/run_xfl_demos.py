@@ -245,7 +245,8 @@ class Federation:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
+        path = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        env.update(PYTHONPATH=path, OMP_NUM_THREADS="1",
                    XFED_WORK_DIR=str(self.root / "stages"), PYTHONUNBUFFERED="1")
         return env
 
@@ -474,7 +475,11 @@ def run_demo(prepared: PreparedDemo, model_dir: Path, *, timeout: float = 1800.0
             result.reason = result.reason or f"client exited {rc}"
             return result
         fedn.stop_all()  # the adapters are on disk; free the cores for the checks
-        prompt = first_prompt_ids(prepared, model_dir)
+        try:
+            prompt = first_prompt_ids(prepared, model_dir)
+        except Exception as exc:  # noqa: BLE001 - reported as the demo's failure, not a traceback
+            result.reason = f"could not build a prompt to check the adapters: {type(exc).__name__}: {exc}"
+            return result
         result.adapters = [check_adapter(model_dir, path, node, prompt) for node, path in finals.items()]
         result.adapter_max_diff = adapter_difference(list(finals.values()))
         return result
@@ -521,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     quiet = args.json
+    from xfed.errors import XfedError
 
     def log(*parts: Any) -> None:
         if not quiet:
@@ -552,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(line)
             log(f"[{name}] {result.state} in {result.seconds:.1f} s (wall {result.wall_s:.1f} s), job {result.job}")
             results.append(result)
-    except DemoError as exc:
+    except (DemoError, XfedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not quiet:

@@ -116,3 +116,14 @@ def test_otp_with_one_masked_party_runs_and_the_warning_is_in_the_job_record(xfl
     for a in result.adapters:
         assert a.loaded and a.new_tokens == mod.GENERATE_TOKENS and a.changes_logits, a
     assert len(result.adapters) == 2
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--demos", "4party_lora"], r"^error: .*xfl_compat/4party_lora/config: no such XFL demo \(known: 1party_lora, .*3party_ptuningv2\)$"),
+    (["--demos", "3party_lora", "--max-instances", "0"], r"^error: --max-instances: must be at least 1, got 0$"),
+], ids=["unknown_demo", "zero_instances"])
+def test_script_refuses_bad_arguments_in_one_line(xfl, capsys, args, expected):
+    mod, work, _model, _data = xfl
+    assert mod.main([*args, "--work", str(work)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(expected, err), err
