@@ -1,0 +1,77 @@
+"""scripts/bench_quality.py --quick: every arm runs (real operator, real scheduler + daemons + redis-server) and
+the JSON line holds sane values. A smoke test of the plumbing, not of learning (a random model, a few steps)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "bench_quality.py"
+ARMS = {"base", "local_node-1", "local_node-2", "local_node-3", "federated_plain", "federated_otp", "centralized"}
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("xfed_scripts_bench_quality", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up while being defined
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """An untrained tiny model with the demo tokenizer (pre-training steps 0) and the demo data."""
+    root = tmp_path_factory.mktemp("bench-quality-assets")
+    env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), "--out", str(root / "model"),
+                    "--steps", "0"], check=True, capture_output=True, env=env, timeout=120)
+    subprocess.run([sys.executable, str(REPO / "scripts" / "make_demo_data.py"), "--out", str(root / "data")],
+                   check=True, capture_output=True, env=env, timeout=60)
+    return root
+
+
+@pytest.mark.integration
+def test_quick_run_scores_every_arm_and_otp_equals_plain(assets, tmp_path, capsys):
+    plot = tmp_path / "curves.png"
+    rc = _bench().main(["--quick", "--json", "--plot", str(plot), "--model", str(assets / "model"),
+                        "--data", str(assets / "data"), "--out", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err[-3000:]
+    result = json.loads(captured.out.strip().splitlines()[-1])
+
+    assert set(result["arms"]) == ARMS
+    for name, scores in result["arms"].items():
+        assert set(scores) == {"exact_match", "rouge_l"}, name
+        assert 0.0 <= scores["exact_match"] <= 100.0 and 0.0 <= scores["rouge_l"] <= 100.0, name
+    assert result["arms"]["base"]["exact_match"] == 0.0  # an untrained model does not know the ciphers
+    steps = result["steps"]
+    assert steps["centralized"] == 3 * steps["local_node-1"] == 3 * steps["federated_plain"] > 0  # same total compute
+    assert {k: len(v) for k, v in result["curves"].items()} == {a: 2 for a in ARMS - {"base", "federated_otp"}}
+    assert 0.0 <= result["max_abs_diff_otp_vs_plain"] <= 1e-6
+    assert result["targets_met"]["otp_equals_plain"] is True
+    assert set(result["measured"]) == {"fed_vs_central_gap", "fed_over_best_local", "max_abs_diff_otp_vs_plain",
+                                       "wall_s"}
+    assert result["wall_s"] > 0 and result["load_avg_1m"]["max"] >= result["load_avg_1m"]["min"] >= 0
+    assert plot.stat().st_size > 10_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the table went to stderr, naming every arm
+    assert "federated, otp aggregation" in captured.err and "centralized" in captured.err
+    # every federated node wrote its per-round metrics (the plot's loss curves come from them)
+    out = tmp_path / "out" / "federation" / "output"
+    metrics = sorted(out.glob("*/node-2/metrics.json"))
+    assert len(metrics) == 2 and all(len(json.loads(m.read_text())["rounds"]) == 2 for m in metrics)
+
+
+def test_bad_model_folder_is_a_one_line_error(tmp_path, capsys):
+    rc = _bench().main(["--quick", "--model", str(tmp_path / "nope"), "--data", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: --model:") and "nope" in err and len(err.splitlines()) == 1
+
+
+def test_more_rounds_than_steps_is_refused(capsys):
+    rc = _bench().main(["--quick", "--steps", "2", "--rounds", "3"])
+    assert rc == 2 and "--rounds 3" in capsys.readouterr().err
