@@ -135,6 +135,8 @@ def trainer_checkpoint(ctx: Any, output_dir: Path, start: int, trainer: Any) -> 
     if not state.get("trainer_state") or not (folder / TRAINER_STATE_NAME).is_file():
         raise JobError(f"{ctx.node_id}: {folder}: round {start} was saved without the trainer state "
                        "(optimizer, LR schedule, RNG) that training needs to continue")
+    # The Trainer restores optimizer, LR schedule, RNG and step, and skips the batches already seen; the
+    # sampler's seed is the process's last manual_seed (Trainer() seeds args.seed), equal in every attempt.
     trainer._load_from_checkpoint = _keep_loaded_weights
     return str(folder)
 
