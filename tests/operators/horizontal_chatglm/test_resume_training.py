@@ -54,12 +54,16 @@ def _aggregate(_round, tensors, _weight):
     return {k: v * np.float32(0.9) for k, v in tensors.items()}
 
 
-def _party(tiny_glm, tmp_path, name):
+LORA = {"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.1}}
+PREFIX = {"PREFIX_TUNING": {"pre_seq_len": 3, "prefix_projection": True, "prefix_hidden_size": 8}}
+
+
+def _party(tiny_glm, tmp_path, name, peft=None):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_glm))
-    peft_model = apply_peft(model, {"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.1}})
+    peft_model = apply_peft(model, peft or LORA)
     args = training_arguments({"per_device_train_batch_size": 2, "num_train_epochs": 2, "learning_rate": 1e-2,
                                "lr_scheduler_type": "linear", "warmup_steps": 2, "no_cuda": True, "seed": 3},
                               tmp_path / name / "trainer")
@@ -84,8 +88,8 @@ def reference(tiny_glm, tmp_path_factory):
     return extract_trainable(peft_model), out
 
 
-def _resumed(tiny_glm, tmp_path, ref_out, k, name="resumed"):
-    trainer, callback, peft_model, out = _party(tiny_glm, tmp_path, name)
+def _resumed(tiny_glm, tmp_path, ref_out, k, name="resumed", peft=None):
+    trainer, callback, peft_model, out = _party(tiny_glm, tmp_path, name, peft)
     shutil.copytree(ref_out, out, dirs_exist_ok=True)  # what the party had on disk when it was killed
     load_trainable(peft_model, resume.restore(_Ctx(), out, k, ROUNDS), source=f"round {k}")
     callback.rounds_done = k
@@ -113,3 +117,14 @@ def test_without_the_optimizer_state_it_would_differ(tiny_glm, tmp_path, referen
     (damaged / "checkpoint-1" / resume.RESUME_DIR / "optimizer.pt").unlink()  # the Trainer skips it silently
     got = _resumed(tiny_glm, tmp_path, damaged, 1)
     assert max(float(np.max(np.abs(got[n] - ref[n]))) for n in ref) > 1e-4
+
+
+def test_projected_prefix_resumes_exactly(tiny_glm, tmp_path):
+    """P-tuning v2 with a projection: the embedding + MLP (what trains) are restored, not the projected form."""
+    trainer, _callback, peft_model, out = _party(tiny_glm, tmp_path, "ref", PREFIX)
+    trainer.train()
+    ref = extract_trainable(peft_model)
+    assert any("prompt_encoder" in name for name in ref)
+    got = _resumed(tiny_glm, tmp_path, out, 2, peft=PREFIX)
+    for name in ref:
+        assert np.max(np.abs(got[name] - ref[name])) <= 1e-6, name
