@@ -332,6 +332,7 @@ class DemoResult:
     adapters: list[AdapterCheck] = field(default_factory=list)
     adapter_max_diff: float | None = None  # largest difference between the nodes' final adapters
     rewritten: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what `-c validate` notes about XFL's keys (ignored ones)
 
     @property
     def adapters_ok(self) -> bool:
@@ -444,6 +445,14 @@ def run_demo(prepared: PreparedDemo, model_dir: Path, *, timeout: float = 1800.0
         set_redis(prepared.config, redis.address, prepared.deployment)
         result.rewritten = key_diff(prepared)
         fedn = Federation(prepared.config, prepared.root)
+        check = fedn.client("-c", "validate", "--strict")  # XFL's keys as they are, our paths: no complaint
+        if check.returncode != 0:
+            lines = [ln for ln in (check.stdout + check.stderr).splitlines() if ln.strip()]
+            result.state, result.reason = "INVALID", f"-c validate: {lines[-1] if lines else check.returncode}"
+            return result
+        result.notes = [ln for ln in check.stderr.splitlines() if ln.startswith("note: ")]
+        for line in result.notes:
+            log(f"[{prepared.name}] validate {line}")
         fedn.start_all()
         log(f"[{prepared.name}] started redis (pid {redis.proc.pid}, {redis.address}), "
             + ", ".join(f"{n} (pid {p.pid})" for n, p in fedn.procs.items()))

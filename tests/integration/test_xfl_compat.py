@@ -84,6 +84,7 @@ def test_3party_lora_runs_to_successful_and_every_saved_adapter_loads_and_genera
     _only_paths_changed(mod, "3party_lora", prepared)
 
     assert result.state == "SUCCESSFUL", _failure(result, prepared)
+    assert any(n.startswith("note: fed_conf.json: grpc: ignored") for n in result.notes), result.notes  # validated first
     assert result.rounds == 5  # XFL's agg_steps 0.2
     assert sorted(a.node for a in result.adapters) == ["assist_trainer", "node-1", "node-2"]
     for a in result.adapters:
