@@ -49,6 +49,9 @@ class Scheduler:
         self._wait_for_previous_scheduler()
         self.hb.start()
         self.requests.ensure_group(GROUP)
+        # a new scheduler cannot tell whether Redis was just away (heartbeat keys lapsed, nodes still
+        # reconnecting): the same grace as after an outage before a missing heartbeat fails a job
+        self._liveness_grace_until = time.monotonic() + self._grace_s()
         self.reattach()
         log.info("scheduler ready: participants %s, heartbeat %.2g s", ", ".join(self.participants), self.interval)
         down_since: float | None = None
