@@ -435,6 +435,12 @@ def adapter_difference(paths: list[Path]) -> float | None:
     return worst
 
 
+def warning_line(event: dict[str, Any]) -> str:
+    """'node: message' for a warning event (messages that already name their node are kept as they are)."""
+    node, message = str(event.get("node")), str((event.get("data") or {}).get("message"))
+    return message if message.startswith(f"{node}:") else f"{node}: {message}"
+
+
 def run_demo(prepared: PreparedDemo, model_dir: Path, *, timeout: float = 1800.0, log=print) -> DemoResult:
     """Start Redis + scheduler + nodes for one prepared demo, run its job, check the adapters it saved."""
     result = DemoResult(prepared.name, "NOT RUN", rewritten=key_diff(prepared))
@@ -470,8 +476,7 @@ def run_demo(prepared: PreparedDemo, model_dir: Path, *, timeout: float = 1800.0
         result.state, result.reason = job["state"], job.get("reason") or ""
         if job.get("started") and job.get("ended"):
             result.seconds = round(float(job["ended"]) - float(job["started"]), 1)
-        result.warnings = [f"{e.get('node')}: {(e.get('data') or {}).get('message')}" for e in events
-                           if e.get("type") == "warning"]
+        result.warnings = [warning_line(e) for e in events if e.get("type") == "warning"]
         finals: dict[str, Path] = {}
         for node, status in sorted(job["nodes"].items()):
             res = status.get("result") or {}
