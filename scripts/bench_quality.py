@@ -24,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -148,6 +149,41 @@ def ensure_assets(model: Path, data: Path, default_model: Path, default_data: Pa
         log(f"building the demo data in {data}")
         subprocess.run([sys.executable, str(HERE / "make_demo_data.py"), "--out", str(data)], check=True, env=env,
                        stdout=subprocess.DEVNULL)
+
+
+# A bench-specific variant of the demo task (--task pure8): the same three ciphers over an 8-letter alphabet
+# (a map of 8 letters is learned in fewer steps than one of 26) and pure label skew (each party holds only
+# its own cipher, so no party alone can learn the other two; see docs/QUALITY.md for why).
+PURE8_LETTERS = "abcdefgh"
+
+
+def pure8_skills(letters: str = PURE8_LETTERS) -> dict[str, Any]:
+    n = len(letters)
+    return {"shift": lambda w: "".join(letters[(letters.index(c) + 1) % n] for c in w),
+            "back": lambda w: "".join(letters[(letters.index(c) - 1) % n] for c in w),
+            "mirror": lambda w: "".join(letters[n - 1 - letters.index(c)] for c in w)}
+
+
+def write_pure8_data(folder: Path, seed: int = 0, n_train: int = 600, n_heldout_per_skill: int = 50) -> Path:
+    """node-{1,2,3}.json (600 examples of one cipher each) and a balanced heldout.json, XFL QA, unique words."""
+    skills, rng, used = pure8_skills(), random.Random(seed), set()
+    parties = dict(zip(TRAINERS, ["shift", "back", "mirror"], strict=True))
+
+    def instance(skill: str) -> dict[str, str]:
+        while True:
+            word = "".join(rng.choice(PURE8_LETTERS) for _ in range(6))
+            if word not in used:
+                used.add(word)
+                return {"input": f"{skill} {word}", "output": skills[skill](word), "skill": skill}
+
+    held = [instance(s) for s in [*skills] * n_heldout_per_skill]  # held-out words drawn first: never trained on
+    rng.shuffle(held)
+    shards = {"heldout": held, **{n: [instance(parties[n]) for _ in range(n_train)] for n in TRAINERS}}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, instances in shards.items():
+        qa = {"id": name, "name": "ciphers over abcdefgh", "instruction": "text", "instances": instances}
+        (folder / f"{name}.json").write_text(json.dumps(qa, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return folder
 
 
 def log(message: str) -> None:
@@ -383,6 +419,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", action="store_true", help="print one JSON line on stdout (the table goes to stderr)")
     ap.add_argument("--plot", type=Path, default=None, help="write a PNG of per-round curves here")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (numbers mean nothing)")
+    ap.add_argument("--task", choices=("demo", "pure8"), default="demo",
+                    help="demo: work/demo_data as make_demo_data.py writes it (90/5/5 split); pure8: a bench-specific "
+                         "variant (8-letter alphabet, each party only its own cipher) written under --out")
     ap.add_argument("--model", type=Path, default=REPO / "work" / "tiny-glm")
     ap.add_argument("--data", type=Path, default=REPO / "work" / "demo_data")
     ap.add_argument("--out", type=Path, default=None, help="keep every output here (default: a temporary folder)")
@@ -422,6 +461,8 @@ def run(args: argparse.Namespace) -> int:
     if root.exists() and args.out and any(root.iterdir()):
         raise ConfigError(f"--out: {root} is not empty (give a new folder)")
     root.mkdir(parents=True, exist_ok=True)
+    if args.task == "pure8":
+        data = write_pure8_data(root / "data", seed=0)
     shards = {n: data / f"{n}.json" for n in TRAINERS}
     try:
         import torch
@@ -463,7 +504,8 @@ def run(args: argparse.Namespace) -> int:
         log(f"scoring: {time.monotonic() - started:.0f} s")
         loads.append(os.getloadavg()[0])
         result = summary(s, arms, base, diff, time.monotonic() - t0, loads)
-        result["max_abs_diff_otp_vs_plain_round1"] = diff_round1  # one aggregation from identical inputs
+        result["max_abs_diff_otp_vs_plain_round1"] = diff_round1
+        result["task"] = {"name": args.task, "data": str(data)}  # one aggregation from identical inputs
         result["curve_rounds"] = curve_rounds(s.rounds, s.curve_points)
         if args.plot:
             plot(args.plot, s, arms)
