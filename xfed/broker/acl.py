@@ -38,7 +38,7 @@ _NODE_CMDS = (
     # command stream (consumer group), job state, events, heartbeat + registry
     "xgroup|create", "xgroup|createconsumer", "xgroup|setid", "xreadgroup", "xack", "xpending", "xautoclaim",
     "xclaim", "xinfo|stream", "xrevrange", "xrange", "hget", "hgetall", "hmget", "hset", "sadd", "set", "get",
-    "del", "exists", "pttl", "ttl",
+    "del", "exists", "hexists", "pttl", "ttl",
 )
 # the scheduler runs where the federation's operator runs it: a wider list of plain data commands
 # (still confined to its key patterns), so a small change in the control plane does not lock it out
