@@ -132,7 +132,7 @@ def stage(identity: str, model: Path, out: Path, params: dict[str, Any], trainse
 
 
 # ---------------------------------------------------------------- assets
-def ensure_assets(model: Path, data: Path, default_model: Path, default_data: Path) -> None:
+def ensure_assets(model: Path, data: Path | None, default_model: Path, default_data: Path) -> None:
     """Build the default tiny model / demo data when missing; a user-given folder must exist."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     if not (model / "config.json").is_file():
@@ -141,6 +141,8 @@ def ensure_assets(model: Path, data: Path, default_model: Path, default_data: Pa
         log(f"building the tiny model in {model} (~1 min)")
         subprocess.run([sys.executable, str(HERE / "make_tiny_model.py"), "--out", str(model)], check=True, env=env,
                        stdout=subprocess.DEVNULL)
+    if data is None:  # a task the script writes itself
+        return
     needed = [f"{n}.json" for n in TRAINERS] + ["heldout.json"]
     if not all((data / f).is_file() for f in needed):
         if data.resolve() != default_data.resolve():
@@ -456,7 +458,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     loads = [os.getloadavg()[0]]
     model, data = args.model.resolve(), args.data.resolve()
-    ensure_assets(model, data, REPO / "work" / "tiny-glm", REPO / "work" / "demo_data")
+    ensure_assets(model, data if args.task == "demo" else None, REPO / "work" / "tiny-glm", REPO / "work" / "demo_data")
     root = args.out.resolve() if args.out else Path(tempfile.mkdtemp(prefix="xfed-bench-quality-"))
     if root.exists() and args.out and any(root.iterdir()):
         raise ConfigError(f"--out: {root} is not empty (give a new folder)")
