@@ -11,21 +11,9 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from xfed.errors import ConfigError
+from xfed.operators.horizontal_chatglm.config import FORCED_TRAINER_ARGS
 
 _ARG_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
-# We save adapters ourselves at every aggregation point, log every optimizer step for the round's
-# loss, and never talk to wandb & co.; these user keys are therefore overridden.
-_FORCED = {
-    "save_strategy": "no",
-    "eval_strategy": "no",
-    "logging_strategy": "steps",
-    "logging_steps": 1,
-    "report_to": "none",
-    "disable_tqdm": True,
-    "remove_unused_columns": False,
-    "load_best_model_at_end": False,
-    "push_to_hub": False,
-}
 
 
 def training_arguments(trainer_params: dict[str, Any], output_dir: Path) -> TrainingArguments:
@@ -39,7 +27,7 @@ def training_arguments(trainer_params: dict[str, Any], output_dir: Path) -> Trai
     unknown = sorted(set(kwargs) - _ARG_FIELDS)
     if unknown:
         raise ConfigError(f"train_params.trainer: unknown TrainingArguments key(s) {', '.join(unknown)}")
-    kwargs.update(_FORCED)
+    kwargs.update(FORCED_TRAINER_ARGS)  # one list, shared with `validate`'s notes
     kwargs["output_dir"] = str(output_dir)
     try:
         return TrainingArguments(**kwargs)
