@@ -25,13 +25,11 @@ def _bench():
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
-    """An untrained tiny model with the demo tokenizer (pre-training steps 0) and the demo data."""
+    """An untrained tiny model with the demo tokenizer (pre-training steps 0)."""
     root = tmp_path_factory.mktemp("bench-quality-assets")
     env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     subprocess.run([sys.executable, str(REPO / "scripts" / "make_tiny_model.py"), "--out", str(root / "model"),
                     "--steps", "0"], check=True, capture_output=True, env=env, timeout=120)
-    subprocess.run([sys.executable, str(REPO / "scripts" / "make_demo_data.py"), "--out", str(root / "data")],
-                   check=True, capture_output=True, env=env, timeout=60)
     return root
 
 
@@ -39,7 +37,7 @@ def assets(tmp_path_factory):
 def test_quick_run_scores_every_arm_and_otp_equals_plain(assets, tmp_path, capsys):
     plot = tmp_path / "curves.png"
     rc = _bench().main(["--quick", "--json", "--plot", str(plot), "--model", str(assets / "model"),
-                        "--data", str(assets / "data"), "--out", str(tmp_path / "out")])
+                        "--out", str(tmp_path / "out")])
     captured = capsys.readouterr()
     assert rc == 0, captured.err[-3000:]
     result = json.loads(captured.out.strip().splitlines()[-1])
@@ -56,6 +54,7 @@ def test_quick_run_scores_every_arm_and_otp_equals_plain(assets, tmp_path, capsy
     assert result["targets_met"]["otp_equals_plain"] is True
     assert set(result["measured"]) == {"fed_vs_central_gap", "fed_over_best_local", "max_abs_diff_otp_vs_plain",
                                        "wall_s"}
+    assert result["task"]["name"] == "pure8"  # the default task, written by the script under --out
     assert result["wall_s"] > 0 and result["load_avg_1m"]["max"] >= result["load_avg_1m"]["min"] >= 0
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the table went to stderr, naming every arm
