@@ -71,6 +71,7 @@ class Settings:
     # the same trajectory; with 64 bits (32 fractional) a round's mean differs by ~1 float32 ulp, which
     # training then amplifies round after round (measured: 1.5e-8 after round 1, 0.19 after round 10).
     otp_bits: int = 128
+    dh_bits: int = 3072
     curve_points: int = 10  # rounds scored on the held-out set for the curves (evenly spaced, last included)
 
     @property
@@ -81,10 +82,10 @@ class Settings:
         return {"peft": self.peft, "steps_per_party": self.steps, "centralized_steps": len(TRAINERS) * self.steps,
                 "rounds": self.rounds, "batch": self.batch, "learning_rate": self.learning_rate, "seed": self.seed,
                 "heldout_limit": self.heldout_limit, "max_new_tokens": self.max_new_tokens,
-                "otp_key_bitlength": self.otp_bits}
+                "otp_key_bitlength": self.otp_bits, "dh_key_bitlength": self.dh_bits}
 
 
-QUICK = {"steps": 6, "rounds": 2, "batch": 4, "heldout_limit": 12, "max_new_tokens": 8}
+QUICK = {"steps": 6, "rounds": 2, "batch": 4, "heldout_limit": 12, "max_new_tokens": 8, "dh_bits": 2048}
 
 
 # ---------------------------------------------------------------- configs
@@ -94,10 +95,10 @@ def peft_section(kind: str) -> dict[str, Any]:
     return {"PREFIX_TUNING": {"pre_seq_len": 8, "prefix_projection": False}}
 
 
-def encryption_section(kind: str, bits: int = 64) -> dict[str, Any]:
+def encryption_section(kind: str, bits: int = 128, dh_bits: int = 3072) -> dict[str, Any]:
     if kind == "plain":
         return {"plain": {}}
-    return {"otp": {"key_bitlength": bits, "key_exchange": {"key_bitlength": 3072, "optimized": True},
+    return {"otp": {"key_bitlength": bits, "key_exchange": {"key_bitlength": dh_bits, "optimized": True},
                     "csprng": {"name": "hmac_drbg", "method": "sha512"}}}
 
 
@@ -113,7 +114,7 @@ def train_params(s: Settings, encryption: str, steps: int) -> dict[str, Any]:
     """The authoritative train_params of a stage (the assist trainer's, or a lone party's)."""
     return {
         "aggregation": {"agg_steps": agg_fraction(s.rounds), "weighting": "num_examples"},
-        "encryption": encryption_section(encryption, s.otp_bits),
+        "encryption": encryption_section(encryption, s.otp_bits, s.dh_bits),
         "peft": peft_section(s.peft),
         "trainer": {"per_device_train_batch_size": s.batch, "max_steps": steps, "learning_rate": s.learning_rate,
                     "lr_scheduler_type": "constant", "warmup_steps": 0, "weight_decay": 0.0, "seed": s.seed,
