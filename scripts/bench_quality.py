@@ -67,9 +67,9 @@ class Settings:
     heldout_limit: int = 0  # 0: the whole held-out file
     max_new_tokens: int = 12
     curves: bool = True
-    # 128-bit fixed point (64 fractional bits) decodes to the float32 the plain sum gives, so both runs follow
-    # the same trajectory; with 64 bits (32 fractional) a round's mean differs by ~1 float32 ulp, which
-    # training then amplifies round after round (measured: 1.5e-8 after round 1, 0.19 after round 10).
+    # 128-bit fixed point (64 fractional bits): the OTP mean of one round still differs from the plain one by
+    # up to one float32 ulp on a few elements (measured 7.5e-9; 1.5e-8 with 64 bits), and training amplifies
+    # that round after round (0.2-0.3 by the end), see docs/QUALITY.md; 128 bits keeps the per-round error smallest.
     otp_bits: int = 128
     dh_bits: int = 3072
     curve_points: int = 10  # rounds scored on the held-out set for the curves (evenly spaced, last included)
