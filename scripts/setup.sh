@@ -3,18 +3,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# pip's output only when it fails (this machine's pip config prints a warning per missing mirror folder)
+quiet_pip() {
+  local log; log=$(mktemp)
+  if ! .venv/bin/pip "$@" >"$log" 2>&1; then
+    grep -v "is ignored" "$log" | tail -20 >&2; rm -f "$log"; echo "setup: pip $* failed" >&2; return 1
+  fi
+  rm -f "$log"
+}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q torch==2.13.0
+  quiet_pip install -q --upgrade pip
+  quiet_pip install -q torch==2.13.0
 fi
 stamp=.venv/.requirements.sha
 want=$(sha256sum requirements.txt | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  .venv/bin/pip install -q -r requirements.txt
-  .venv/bin/pip install -q --no-deps -e .
+  quiet_pip install -q -r requirements.txt
+  quiet_pip install -q --no-deps -e .
   echo "$want" > "$stamp"
 fi
 if [ ! -x /usr/bin/redis-server ]; then
