@@ -155,3 +155,19 @@ def test_zero_total_weight_and_otp_overflow_are_job_errors(federation):
 
     with pytest.raises(JobError, match="nothing to average"):
         FedAvg().finalize(0, {"w": np.zeros(1)}, 0.0)
+
+
+@pytest.mark.parametrize("bits", [64, 128])
+def test_plain_equals_otp_bit_for_bit_on_the_same_fixed_point_grid(federation, bits):
+    """Training amplifies one-ulp differences round after round, so plain and otp must agree exactly."""
+    plain = _run(federation(TRAINERS), {"plain": {"key_bitlength": bits}}, rounds=2, root_trains=True)[1]
+    otp = _run(federation(TRAINERS), {"otp": {**OTP["otp"], "key_bitlength": bits}}, rounds=2, root_trains=True)[1]
+    for node in TRAINERS:
+        for r in range(2):
+            for k, v in plain[node][1][r].items():
+                np.testing.assert_array_equal(otp[node][1][r][k], v)
+
+
+def test_plain_key_bitlength_is_checked(federation):
+    with pytest.raises(Exception, match="encryption.plain"):
+        make_root(federation(TRAINERS)["assist"], {"plain": {"key_bitlength": 32}})

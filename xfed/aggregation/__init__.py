@@ -48,4 +48,4 @@ def make_leaf(ctx: Any, encryption: Any, **kw: Any) -> LeafBase:
 def make_root(ctx: Any, encryption: Any, **kw: Any) -> RootBase:
     """The assist trainer's aggregator. kw: strategy= (default FedAvg), timeout=."""
     kind, options = encryption_kind(encryption)
-    return OtpRoot(ctx, options, **kw) if kind == "otp" else PlainRoot(ctx, **kw)
+    return OtpRoot(ctx, options, **kw) if kind == "otp" else PlainRoot(ctx, options, **kw)

@@ -2,6 +2,11 @@
 
 For a trusted aggregator or debugging: the assist trainer sees every party's update. The weight
 still travels as a tensor entry (`__weight__`), so plain and otp rounds have the same shape on the wire.
+
+The root forms the sum on the same fixed-point grid as otp (`key_bitlength` 128 by default, or 64),
+with the same encode/sum/decode code, just without pads. So the sum is exact and independent of the
+order uploads arrive in, and a plain run equals an otp run with the same `key_bitlength` bit for bit
+(pads cancel exactly modulo 2^bits) — training amplifies even one-ulp differences between rounds.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from xfed.aggregation.base import (
     check_weight,
     tag_up,
 )
-from xfed.errors import FrameError
+from xfed.crypto.fixedpoint import check_params
+from xfed.crypto.otp import mask, unmask_sum
+from xfed.errors import ConfigError, FrameError, JobError
 
 
 class PlainLeaf(LeafBase):
@@ -37,6 +44,15 @@ class PlainLeaf(LeafBase):
 
 
 class PlainRoot(RootBase):
+    def __init__(self, ctx: Any, plain: Mapping[str, Any] | None = None, **kw: Any) -> None:
+        super().__init__(ctx, **kw)
+        opts = dict(plain or {})
+        try:
+            self.bits = int(opts.get("key_bitlength", 128))
+            self.frac_bits = check_params(self.bits, opts.get("frac_bits"))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"train_params.encryption.plain: {exc}") from None
+
     def aggregate(self, round_idx: int, own_tensors: Mapping[str, Any] | None,
                   own_weight: float = 0.0) -> dict[str, np.ndarray]:
         """Gather every label trainer's tensors, add the root's own (if it trains), broadcast the mean."""
@@ -46,8 +62,7 @@ class PlainRoot(RootBase):
         got = self.comm.gather(self.trainers, tag_up(round_idx), timeout=self.timeout)
         t0 = time.perf_counter()
         reference = None
-        weighted: dict[str, np.ndarray] = {}
-        total = 0.0
+        encoded: list[dict[str, np.ndarray]] = []
         for node in self.trainers:
             tensors = dict(got[node].tensors)
             who = f"round {round_idx} upload from {node}"
@@ -57,15 +72,19 @@ class PlainRoot(RootBase):
             w = check_weight(raw_w, who, allow_zero=True)
             if reference is None:
                 reference = tensors
-                weighted = {k: np.zeros(v.shape, dtype=np.float64) for k, v in tensors.items()}
             check_same_layout(reference, tensors, who)
-            for name, value in tensors.items():
-                if not np.all(np.isfinite(value)):
-                    raise FrameError(f"{who}: tensor {name!r} has NaN or inf")
-                weighted[name] += w * value.astype(np.float64, copy=False)
-            total += w
+            try:  # otp's encoding, without pads: the same integers an otp leaf would mask
+                encoded.append(mask({**tensors, WEIGHT_KEY: np.float64(1.0)}, bits=self.bits,
+                                    frac_bits=self.frac_bits, weight=w, n_parties=len(self.trainers),
+                                    self_id=node, peer_streams={}))
+            except OverflowError as exc:
+                raise JobError(f"{who}: {exc} (use key_bitlength 128 or weighting: uniform)") from None
+            except ValueError as exc:
+                raise FrameError(f"{who}: {exc}") from None
+        sums = unmask_sum(encoded, bits=self.bits, frac_bits=self.frac_bits)
+        total = float(sums.pop(WEIGHT_KEY))
         st.unmask_ms = round((time.perf_counter() - t0) * 1000, 3)
-        mean = self._finish(round_idx, weighted, total, own, own_w)
+        mean = self._finish(round_idx, sums, total, own, own_w)
         st.parties = len(self.trainers) + (1 if own is not None and own_w > 0 else 0)
         self._end()
         return mean

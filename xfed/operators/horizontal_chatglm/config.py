@@ -119,6 +119,10 @@ class Otp(ConfigModel):
 class Plain(ConfigModel):
     """No masking: the aggregator sees each party's update (trusted aggregator, debugging)."""
 
+    key_bitlength: Literal[64, 128] = Field(
+        128, description="Fixed-point grid the sum is formed on (exact, order-independent); equal to an "
+                         "otp run with the same key_bitlength bit for bit.")
+
 
 class Encryption(ConfigModel):
     """Exactly one of `otp`, `plain`."""
