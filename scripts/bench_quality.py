@@ -63,7 +63,7 @@ class Settings:
     rounds: int = 60
     batch: int = 16
     lr: float | None = None  # None: per peft (LoRA 3e-3 as DEMO_TASK.md measured, prefix 1e-2)
-    lr_schedule: str = "constant"  # TrainingArguments.lr_scheduler_type, the same for every arm
+    lr_schedule: str = "cosine"  # TrainingArguments.lr_scheduler_type, the same for every arm
     seed: int = 42
     heldout_limit: int = 0  # 0: the whole held-out file
     max_new_tokens: int = 12
@@ -434,8 +434,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=None, help="aggregation rounds (default 60: every 15 steps)")
     ap.add_argument("--batch", type=int, default=None, help="per-party batch size (default 16)")
     ap.add_argument("--lr", type=float, default=None, help="learning rate (default LoRA 3e-3, prefix 1e-2)")
-    ap.add_argument("--lr-schedule", default="constant", choices=["constant", "linear", "cosine"],
-                    help="learning-rate schedule of every arm (default constant)")
+    ap.add_argument("--lr-schedule", default="cosine", choices=["constant", "linear", "cosine"],
+                    help="learning-rate schedule of every arm (default cosine: a constant rate leaves the "
+                         "federation oscillating late in training, docs/QUALITY.md)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--heldout-limit", type=int, default=None, help="score only the first N held-out examples")
     ap.add_argument("--no-curves", action="store_true", help="score only the final adapters (faster)")
