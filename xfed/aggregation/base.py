@@ -172,6 +172,23 @@ class RootBase(_Party):
         self.strategy.start(initial)
         self.comm.broadcast(self.trainers, TAG_INIT, initial)
 
+    def _round(self, round_idx: int, own_tensors: Mapping[str, Any] | None, own_weight: float,
+               sum_uploads: Any) -> dict[str, np.ndarray]:
+        """One root round: gather every upload, `sum_uploads(got) -> (weighted sums, total weight)`
+        (plain or unmasking: the only part that differs), add the root's own tensors, broadcast the mean."""
+        st = self._begin(round_idx)
+        who = f"{self.node_id}: round {round_idx}"
+        own = as_numpy(own_tensors, who) if own_tensors is not None else None
+        own_w = check_weight(own_weight, who, allow_zero=True)
+        got = self.comm.gather(self.trainers, tag_up(round_idx), timeout=self.timeout)
+        t0 = time.perf_counter()
+        sums, total = sum_uploads(got)
+        st.unmask_ms = round((time.perf_counter() - t0) * 1000, 3)
+        mean = self._finish(round_idx, sums, total, own, own_w)
+        st.parties = len(self.trainers) + (1 if own is not None and own_w > 0 else 0)
+        self._end()
+        return mean
+
     def _finish(self, round_idx: int, weighted_sum: dict[str, np.ndarray], total_weight: float,
                 own: Mapping[str, np.ndarray] | None, own_weight: float) -> dict[str, np.ndarray]:
         if own is not None and own_weight > 0:

@@ -101,25 +101,18 @@ class OtpRoot(RootBase):
     def aggregate(self, round_idx: int, own_tensors: Mapping[str, Any] | None,
                   own_weight: float = 0.0) -> dict[str, np.ndarray]:
         """Gather every label trainer's masked dict, unmask the sum, add own tensors, broadcast the mean."""
-        st = self._begin(round_idx)
-        own = as_numpy(own_tensors, f"{self.node_id}: round {round_idx}") if own_tensors is not None else None
-        own_w = check_weight(own_weight, f"{self.node_id}: round {round_idx}", allow_zero=True)
-        got = self.comm.gather(self.trainers, tag_up(round_idx), timeout=self.timeout)
+        return self._round(round_idx, own_tensors, own_weight, lambda got: self._unmask(round_idx, got))
+
+    def _unmask(self, round_idx: int, got: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], float]:
         reference = got[self.trainers[0]].tensors
         if WEIGHT_KEY not in reference:
             raise FrameError(f"round {round_idx} upload from {self.trainers[0]}: missing {WEIGHT_KEY!r}")
         for node in self.trainers:
             check_same_layout(reference, got[node].tensors, f"round {round_idx} masked upload from {node}",
                               dtype=np.dtype(np.uint64))
-        t0 = time.perf_counter()
         try:
             sums = unmask_sum([got[n].tensors for n in self.trainers], bits=self.settings.bits,
                               frac_bits=self.settings.frac_bits)
         except ValueError as exc:
             raise FrameError(f"round {round_idx}: masked uploads do not fit together: {exc}") from None
-        total = float(sums.pop(WEIGHT_KEY))
-        st.unmask_ms = round((time.perf_counter() - t0) * 1000, 3)
-        mean = self._finish(round_idx, sums, total, own, own_w)
-        st.parties = len(self.trainers) + (1 if own is not None and own_w > 0 else 0)
-        self._end()
-        return mean
+        return sums, float(sums.pop(WEIGHT_KEY))

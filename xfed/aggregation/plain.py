@@ -11,7 +11,6 @@ order uploads arrive in, and a plain run equals an otp run with the same `key_bi
 
 from __future__ import annotations
 
-import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -56,11 +55,9 @@ class PlainRoot(RootBase):
     def aggregate(self, round_idx: int, own_tensors: Mapping[str, Any] | None,
                   own_weight: float = 0.0) -> dict[str, np.ndarray]:
         """Gather every label trainer's tensors, add the root's own (if it trains), broadcast the mean."""
-        st = self._begin(round_idx)
-        own = as_numpy(own_tensors, f"{self.node_id}: round {round_idx}") if own_tensors is not None else None
-        own_w = check_weight(own_weight, f"{self.node_id}: round {round_idx}", allow_zero=True)
-        got = self.comm.gather(self.trainers, tag_up(round_idx), timeout=self.timeout)
-        t0 = time.perf_counter()
+        return self._round(round_idx, own_tensors, own_weight, lambda got: self._sum(round_idx, got))
+
+    def _sum(self, round_idx: int, got: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], float]:
         reference = None
         encoded: list[dict[str, np.ndarray]] = []
         for node in self.trainers:
@@ -82,9 +79,4 @@ class PlainRoot(RootBase):
             except ValueError as exc:
                 raise FrameError(f"{who}: {exc}") from None
         sums = unmask_sum(encoded, bits=self.bits, frac_bits=self.frac_bits)
-        total = float(sums.pop(WEIGHT_KEY))
-        st.unmask_ms = round((time.perf_counter() - t0) * 1000, 3)
-        mean = self._finish(round_idx, sums, total, own, own_w)
-        st.parties = len(self.trainers) + (1 if own is not None and own_w > 0 else 0)
-        self._end()
-        return mean
+        return sums, float(sums.pop(WEIGHT_KEY))
