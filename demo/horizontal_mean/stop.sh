@@ -3,21 +3,8 @@
 set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 WORK="${XFED_DEMO_WORK:-$HERE/work}"
-pids=()
-for f in "$WORK"/pids/*.pid; do
-    [ -e "$f" ] || continue
-    pid="$(cat "$f")"
-    # only a process that is still the one we started (pid reuse): its command line names xfed.py
-    if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "xfed.py"; then
-        kill -TERM "$pid" && pids+=("$pid") && echo "stopping $(basename "$f" .pid) (pid $pid)"
-    fi
-    rm -f "$f"
-done
-for _ in $(seq 100); do  # up to 10 s for a clean exit, then SIGKILL
-    alive=()
-    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
-    [ ${#alive[@]} -eq 0 ] && exit 0
-    sleep 0.1
-done
-for pid in "${alive[@]}"; do kill -KILL "$pid" 2>/dev/null && echo "killed pid $pid"; done
+ROOT="${XFED_HOME:-$(cd "$HERE/../.." && pwd)}"
+# shellcheck source=../stop_pids.sh
+. "$ROOT/demo/stop_pids.sh"
+stop_pids "$WORK"
 exit 0

@@ -44,24 +44,8 @@ run_demo() {  # run_demo NODE... -- CLIENT_ARGS... : start the daemons, run one 
     return $rc
 }
 
+# shellcheck source=../../stop_pids.sh
+. "$ROOT/demo/stop_pids.sh"
 stop_demo() {  # stop exactly the processes run_demo started (pid files; never by name)
-    local pids=() f pid
-    for f in "$WORK"/pids/*.pid; do
-        [ -e "$f" ] || continue
-        pid="$(cat "$f")"
-        # only a process that is still the one we started (pid reuse): its command line names xfed.py
-        if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "xfed.py"; then
-            kill -TERM "$pid" && pids+=("$pid") && echo "stopping $(basename "$f" .pid) (pid $pid)"
-        fi
-        rm -f "$f"
-    done
-    local alive=()
-    for _ in $(seq 100); do  # up to 10 s for a clean exit, then SIGKILL
-        alive=()
-        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
-        [ ${#alive[@]} -eq 0 ] && return 0
-        sleep 0.1
-    done
-    for pid in "${alive[@]}"; do kill -KILL "$pid" 2>/dev/null && echo "killed pid $pid"; done
-    return 0
+    stop_pids "$WORK"
 }
