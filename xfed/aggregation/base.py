@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from xfed.aggregation.strategy import FedAvg, Strategy
+from xfed.crypto import mask
 from xfed.errors import ConfigError, FrameError, JobError
 
 WEIGHT_KEY = "__weight__"   # the scalar weight travels with the tensors (masked under otp)
@@ -80,6 +81,23 @@ def check_same_layout(reference: Mapping[str, np.ndarray], got: Mapping[str, np.
             raise FrameError(f"{who}: tensor {name!r} has shape {arr.shape}, expected {ref.shape}")
         if dtype is not None and arr.dtype != dtype:
             raise FrameError(f"{who}: tensor {name!r} has dtype {arr.dtype}, expected {dtype}")
+
+
+def encode(tensors: Mapping[str, np.ndarray], weight: float, who: str, *, bits: int, frac_bits: int,
+           n_parties: int, self_id: str, peer_streams: Mapping[str, Any], bad_input: type = JobError,
+           ) -> dict[str, np.ndarray]:
+    """otp's fixed-point encoding of (tensors, weight), masked with `peer_streams` (none: plain's sum).
+
+    The weight rides as the scalar WEIGHT_KEY (mask scales it by `weight` like every tensor).
+    `bad_input` is the error for tensors that do not encode: JobError for a party's own, FrameError
+    for an upload the root received."""
+    try:
+        return mask({**tensors, WEIGHT_KEY: np.float64(1.0)}, bits=bits, frac_bits=frac_bits, weight=weight,
+                    n_parties=n_parties, self_id=self_id, peer_streams=peer_streams)
+    except OverflowError as exc:
+        raise JobError(f"{who}: {exc} (use key_bitlength 128 or weighting: uniform)") from None
+    except ValueError as exc:
+        raise bad_input(f"{who}: {exc}") from None
 
 
 def _trainers(ctx: Any) -> list[str]:
@@ -151,10 +169,20 @@ class LeafBase(_Party):
         self._layout = {k: v for k, v in msg.tensors.items()}
         return dict(msg.tensors)
 
-    def _receive_mean(self, round_idx: int, sent: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _round(self, round_idx: int, tensors: Mapping[str, Any], weight: float,
+               make_upload: Any) -> dict[str, np.ndarray]:
+        """One leaf round: check (tensors, weight), `make_upload(named, weight, who, stats) -> dict`
+        (clear or masked: the only part that differs), upload it, receive and check the mean."""
+        st = self._begin(round_idx)
+        who = f"{self.node_id}: round {round_idx}"
+        named = as_numpy(tensors, who)
+        w = check_weight(weight, who, allow_zero=True)
+        self.comm.send(self.assist_id, tag_up(round_idx), make_upload(named, w, who, st))
         msg = self.comm.recv(self.assist_id, tag_down(round_idx), timeout=self.timeout)
-        check_same_layout(sent, msg.tensors, f"round {round_idx} aggregate from {self.assist_id}",
+        check_same_layout(named, msg.tensors, f"round {round_idx} aggregate from {self.assist_id}",
                           dtype=np.dtype(np.float32))
+        st.parties = len(self.trainers)
+        self._end()
         return dict(msg.tensors)
 
 

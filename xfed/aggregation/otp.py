@@ -15,17 +15,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from xfed.aggregation.base import (
-    WEIGHT_KEY,
-    LeafBase,
-    RootBase,
-    as_numpy,
-    check_same_layout,
-    check_weight,
-    tag_up,
-)
+from xfed.aggregation.base import WEIGHT_KEY, LeafBase, RootBase, check_same_layout, encode
 from xfed.aggregation.keyexchange import OtpSettings, agree_pad_streams
-from xfed.crypto import mask, unmask_sum
+from xfed.crypto import unmask_sum
 from xfed.errors import FrameError, JobError
 
 
@@ -66,26 +58,15 @@ class OtpLeaf(LeafBase):
         """Mask (tensors, weight), upload, wait for the round's mean (float32 dict)."""
         if not self._ready:
             raise JobError(f"{self.node_id}: otp aggregation used before setup()")
-        st = self._begin(round_idx)
-        who = f"{self.node_id}: round {round_idx}"
-        named = as_numpy(tensors, who)
-        w = check_weight(weight, who, allow_zero=True)
+        return self._round(round_idx, tensors, weight, self._mask)
+
+    def _mask(self, named: dict[str, np.ndarray], w: float, who: str, st: Any) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
-        try:
-            # thread-safe (crypto locks its warm buffers), so parties may run as threads of one process
-            masked = mask({**named, WEIGHT_KEY: np.float64(1.0)}, bits=self.settings.bits,
-                          frac_bits=self.settings.frac_bits, weight=w, n_parties=len(self.trainers),
-                          self_id=self.node_id, peer_streams=self.streams)
-        except OverflowError as exc:
-            raise JobError(f"{who}: {exc} (use key_bitlength 128 or weighting: uniform)") from None
-        except ValueError as exc:
-            raise JobError(f"{who}: {exc}") from None
+        # thread-safe (crypto locks its warm buffers), so parties may run as threads of one process
+        masked = encode(named, w, who, bits=self.settings.bits, frac_bits=self.settings.frac_bits,
+                        n_parties=len(self.trainers), self_id=self.node_id, peer_streams=self.streams)
         st.mask_ms = round((time.perf_counter() - t0) * 1000, 3)
-        self.comm.send(self.assist_id, tag_up(round_idx), masked)
-        mean = self._receive_mean(round_idx, named)
-        st.parties = len(self.trainers)
-        self._end()
-        return mean
+        return masked
 
 
 class OtpRoot(RootBase):

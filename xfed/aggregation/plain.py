@@ -15,31 +15,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from xfed.aggregation.base import (
-    WEIGHT_KEY,
-    LeafBase,
-    RootBase,
-    as_numpy,
-    check_same_layout,
-    check_weight,
-    tag_up,
-)
+from xfed.aggregation.base import WEIGHT_KEY, LeafBase, RootBase, check_same_layout, check_weight, encode
 from xfed.crypto.fixedpoint import check_params
-from xfed.crypto.otp import mask, unmask_sum
-from xfed.errors import ConfigError, FrameError, JobError
+from xfed.crypto.otp import unmask_sum
+from xfed.errors import ConfigError, FrameError
 
 
 class PlainLeaf(LeafBase):
     def aggregate(self, round_idx: int, tensors: Mapping[str, Any], weight: float) -> dict[str, np.ndarray]:
         """Upload (tensors, weight), wait for the round's mean (float32 dict)."""
-        st = self._begin(round_idx)
-        named = as_numpy(tensors, f"{self.node_id}: round {round_idx}")
-        w = check_weight(weight, f"{self.node_id}: round {round_idx}", allow_zero=True)
-        self.comm.send(self.assist_id, tag_up(round_idx), {**named, WEIGHT_KEY: np.float64(w)})
-        mean = self._receive_mean(round_idx, named)
-        st.parties = len(self.trainers)
-        self._end()
-        return mean
+        return self._round(round_idx, tensors, weight, lambda named, w, who, st: {**named, WEIGHT_KEY: np.float64(w)})
 
 
 class PlainRoot(RootBase):
@@ -70,13 +55,9 @@ class PlainRoot(RootBase):
             if reference is None:
                 reference = tensors
             check_same_layout(reference, tensors, who)
-            try:  # otp's encoding, without pads: the same integers an otp leaf would mask
-                encoded.append(mask({**tensors, WEIGHT_KEY: np.float64(1.0)}, bits=self.bits,
-                                    frac_bits=self.frac_bits, weight=w, n_parties=len(self.trainers),
-                                    self_id=node, peer_streams={}))
-            except OverflowError as exc:
-                raise JobError(f"{who}: {exc} (use key_bitlength 128 or weighting: uniform)") from None
-            except ValueError as exc:
-                raise FrameError(f"{who}: {exc}") from None
+            # otp's encoding, without pads: the same integers an otp leaf would mask
+            encoded.append(encode(tensors, w, who, bits=self.bits, frac_bits=self.frac_bits,
+                                  n_parties=len(self.trainers), self_id=node, peer_streams={},
+                                  bad_input=FrameError))
         sums = unmask_sum(encoded, bits=self.bits, frac_bits=self.frac_bits)
         return sums, float(sums.pop(WEIGHT_KEY))
