@@ -64,7 +64,53 @@ def normalize_hash_name(name: str) -> str:
     return key
 
 
-class HmacDrbg:
+class _Drbg:
+    """What SP 800-90A §9 makes the same for every mechanism: Reseed (fresh entropy + additional input
+    -> the mechanism's seed material -> Update), the request loop of `generate`, the state hand-over.
+
+    A mechanism gives `_check_entropy`, `_reseed_material`, `_update`, `_request(out, n, additional)`,
+    `from_state` and `_mode` (what a handed-over state must agree on), and `_spare`: the bytes past n
+    that `_request` may write (CTR_DRBG writes whole AES blocks)."""
+
+    _spare = 0
+
+    def import_state(self, state) -> None:
+        """Take over the state another copy of this stream reached (see `export_state`)."""
+        other = type(self).from_state(state)
+        if other._mode() != self._mode():
+            raise ValueError(f"DRBG state is for {other._mode()}, this stream is {self._mode()}")
+        self._key, self._v, self._counter = other._key, other._v, other._counter
+
+    def _instantiate(self, seed_material: bytes, key, v) -> None:
+        """Instantiate: Key and V start at the mechanism's constants, then Update with the seed material."""
+        self._key, self._v = key, v
+        self._update(seed_material)
+        self._counter = 1
+
+    def reseed(self, entropy: bytes, additional: bytes = b"") -> None:
+        """Reseed: mix in fresh entropy (and optional additional input)."""
+        entropy = _as_bytes(entropy, "entropy")
+        additional = _as_bytes(additional, "additional input")
+        self._check_entropy(entropy)
+        self._update(self._reseed_material(entropy, additional))
+        self._counter = 1
+
+    def generate(self, n_bytes: int, additional: bytes = b"") -> bytes:
+        """Generate `n_bytes` bytes; more than 2^16 are served as several requests."""
+        n_bytes = _check_count(n_bytes)
+        additional = _as_bytes(additional, "additional input")
+        view = memoryview(bytearray(n_bytes + self._spare))
+        pos = 0
+        while True:
+            take = min(n_bytes - pos, MAX_REQUEST_BYTES)
+            self._request(view[pos:], take, additional)
+            additional = b""
+            pos += take
+            if pos >= n_bytes:
+                return bytes(view[:n_bytes])
+
+
+class HmacDrbg(_Drbg):
     """HMAC_DRBG (SP 800-90A Rev.1 §10.1.2) over sha1/sha224/sha256/sha384/sha512.
 
     `entropy` shorter than the hash's security strength (128 bits for sha1, 192 for sha224,
@@ -78,17 +124,11 @@ class HmacDrbg:
         nonce: bytes = b"",
         personalization: bytes = b"",
     ) -> None:
-        self.hash_name = normalize_hash_name(hash_name)
-        self.security_strength = _HASHES[self.hash_name]
-        self._outlen = hashlib.new(self.hash_name).digest_size
-        self._block_size = hashlib.new(self.hash_name).block_size
+        self._set_hash(hash_name)
         entropy = _as_bytes(entropy, "entropy")
         self._check_entropy(entropy)
         seed = entropy + _as_bytes(nonce, "nonce") + _as_bytes(personalization, "personalization")
-        self._key = b"\x00" * self._outlen
-        self._v = b"\x01" * self._outlen
-        self._update(seed)
-        self._counter = 1
+        self._instantiate(seed, b"\x00" * self._outlen, b"\x01" * self._outlen)
 
     # -- state hand-over (used to run a stream's next requests in a worker process) --
     def export_state(self) -> tuple[str, bytes, bytes, int]:
@@ -100,53 +140,33 @@ class HmacDrbg:
         """Continue a stream from `export_state()` output (no new instantiation)."""
         hash_name, key, v, counter = state
         self = cls.__new__(cls)
-        self.hash_name = normalize_hash_name(hash_name)
-        self.security_strength = _HASHES[self.hash_name]
-        self._outlen = hashlib.new(self.hash_name).digest_size
-        self._block_size = hashlib.new(self.hash_name).block_size
+        self._set_hash(hash_name)
         if len(key) != self._outlen or len(v) != self._outlen:
             raise ValueError("HMAC_DRBG state has the wrong length for its hash")
         self._key, self._v, self._counter = bytes(key), bytes(v), int(counter)
         return self
-
-    def import_state(self, state: tuple[str, bytes, bytes, int]) -> None:
-        """Take over the state another copy of this stream reached (see `export_state`)."""
-        other = HmacDrbg.from_state(state)
-        if other.hash_name != self.hash_name:
-            raise ValueError("HMAC_DRBG state is for another hash")
-        self._key, self._v, self._counter = other._key, other._v, other._counter
-
-    # -- SP 800-90A functions --
-    def reseed(self, entropy: bytes, additional: bytes = b"") -> None:
-        """HMAC_DRBG_Reseed: mix in fresh entropy (and optional additional input)."""
-        entropy = _as_bytes(entropy, "entropy")
-        self._check_entropy(entropy)
-        self._update(entropy + _as_bytes(additional, "additional input"))
-        self._counter = 1
-
-    def generate(self, n_bytes: int, additional: bytes = b"") -> bytes:
-        """HMAC_DRBG_Generate of `n_bytes` bytes; more than 2^16 are served as several requests."""
-        n_bytes = _check_count(n_bytes)
-        additional = _as_bytes(additional, "additional input")
-        out = bytearray(n_bytes)
-        view = memoryview(out)
-        pos = 0
-        while True:
-            take = min(n_bytes - pos, MAX_REQUEST_BYTES)
-            self._request(view[pos : pos + take], additional)
-            additional = b""
-            pos += take
-            if pos >= n_bytes:
-                return bytes(out)
 
     def fill(self, buffer) -> None:
         """Write len(buffer) bytes of output into `buffer` as consecutive 2^16-byte requests."""
         view = _writable_bytes(buffer)
         n = view.nbytes
         for pos in range(0, n, MAX_REQUEST_BYTES):
-            self._request(view[pos : pos + MAX_REQUEST_BYTES], b"")
+            self._request(view[pos:], min(n - pos, MAX_REQUEST_BYTES), b"")
 
     # -- internals --
+    def _set_hash(self, hash_name: str) -> None:
+        self.hash_name = normalize_hash_name(hash_name)
+        self.security_strength = _HASHES[self.hash_name]
+        self._outlen = hashlib.new(self.hash_name).digest_size
+        self._block_size = hashlib.new(self.hash_name).block_size
+
+    def _mode(self) -> str:
+        return f"HMAC_DRBG/{self.hash_name}"
+
+    @staticmethod
+    def _reseed_material(entropy: bytes, additional: bytes) -> bytes:
+        return entropy + additional
+
     def _check_entropy(self, entropy: bytes) -> None:
         if len(entropy) * 8 < self.security_strength:
             raise ValueError(
@@ -165,13 +185,12 @@ class HmacDrbg:
             v = self._hmac(key, v)
         self._key, self._v = key, v
 
-    def _request(self, out: memoryview, additional: bytes) -> None:
-        """One standard Generate request writing len(out) <= 2^16 bytes into `out`."""
+    def _request(self, out: memoryview, n: int, additional: bytes) -> None:
+        """One standard Generate request (HMAC_DRBG_Generate) writing n <= 2^16 bytes into out[:n]."""
         if self._counter > RESEED_INTERVAL:
             raise ReseedRequired("HMAC_DRBG reached its reseed interval; reseed before generating")
         if additional:
             self._update(additional)
-        n = len(out)
         if n:
             outlen = self._outlen
             n_blocks = -(-n // outlen)
@@ -191,7 +210,7 @@ class HmacDrbg:
                 blocks[i] = v
             self._v = v
             joined = b"".join(blocks)
-            out[:] = joined[:n] if len(joined) != n else joined
+            out[:n] = joined[:n] if len(joined) != n else joined
         self._update(additional)
         self._counter += 1
 
@@ -242,7 +261,7 @@ def _block_cipher_df(data: bytes, n_bytes: int) -> bytes:
     return (enc.update(b"\x00" * (n_blocks * _BLOCKLEN)) + enc.finalize())[:n_bytes]
 
 
-class CtrDrbg:
+class CtrDrbg(_Drbg):
     """CTR_DRBG (SP 800-90A Rev.1 §10.2) with AES-256, with or without the derivation function.
 
     With the derivation function the entropy input must be at least 256 bits (any length
@@ -252,6 +271,7 @@ class CtrDrbg:
     """
 
     security_strength = 256
+    _spare = _BLOCKLEN  # update_into wants block_size - 1 spare bytes
 
     def __init__(
         self,
@@ -271,10 +291,7 @@ class CtrDrbg:
             if nonce:
                 raise ValueError("CTR_DRBG without the derivation function takes no nonce")
             seed = _xor(entropy, self._pad_seedlen(personalization, "personalization"))
-        self._key = b"\x00" * _KEYLEN
-        self._v = 0
-        self._update(seed)
-        self._counter = 1
+        self._instantiate(seed, b"\x00" * _KEYLEN, 0)
 
     def export_state(self) -> tuple[bytes, int, int, bool]:
         """(Key, V, reseed_counter, derivation_function): enough to continue this stream elsewhere."""
@@ -291,40 +308,6 @@ class CtrDrbg:
         self._key, self._v, self._counter = bytes(key), int(v), int(counter)
         return self
 
-    def import_state(self, state: tuple[bytes, int, int, bool]) -> None:
-        """Take over the state another copy of this stream reached (see `export_state`)."""
-        other = CtrDrbg.from_state(state)
-        if other.derivation_function != self.derivation_function:
-            raise ValueError("CTR_DRBG state is for the other derivation-function mode")
-        self._key, self._v, self._counter = other._key, other._v, other._counter
-
-    def reseed(self, entropy: bytes, additional: bytes = b"") -> None:
-        """CTR_DRBG_Reseed."""
-        entropy = _as_bytes(entropy, "entropy")
-        additional = _as_bytes(additional, "additional input")
-        self._check_entropy(entropy)
-        if self.derivation_function:
-            seed = _block_cipher_df(entropy + additional, _SEEDLEN)
-        else:
-            seed = _xor(entropy, self._pad_seedlen(additional, "additional input"))
-        self._update(seed)
-        self._counter = 1
-
-    def generate(self, n_bytes: int, additional: bytes = b"") -> bytes:
-        """CTR_DRBG_Generate of `n_bytes` bytes; more than 2^16 are served as several requests."""
-        n_bytes = _check_count(n_bytes)
-        additional = _as_bytes(additional, "additional input")
-        out = bytearray(n_bytes + _BLOCKLEN)  # update_into wants block_size - 1 spare bytes
-        view = memoryview(out)
-        pos = 0
-        while True:
-            take = min(n_bytes - pos, MAX_REQUEST_BYTES)
-            self._request(view[pos:], take, additional)
-            additional = b""
-            pos += take
-            if pos >= n_bytes:
-                return bytes(view[:n_bytes])
-
     def fill(self, buffer) -> None:
         """Write len(buffer) bytes of output into `buffer` as consecutive 2^16-byte requests."""
         view = _writable_bytes(buffer)
@@ -339,6 +322,14 @@ class CtrDrbg:
                 view[pos : pos + take] = spare[:take]
 
     # -- internals --
+    def _mode(self) -> str:
+        return f"CTR_DRBG/AES-256 {'with' if self.derivation_function else 'without'} the derivation function"
+
+    def _reseed_material(self, entropy: bytes, additional: bytes) -> bytes:
+        if self.derivation_function:
+            return _block_cipher_df(entropy + additional, _SEEDLEN)
+        return _xor(entropy, self._pad_seedlen(additional, "additional input"))
+
     def _check_entropy(self, entropy: bytes) -> None:
         if self.derivation_function:
             if len(entropy) * 8 < self.security_strength:
@@ -366,7 +357,7 @@ class CtrDrbg:
         self._v = int.from_bytes(temp[_KEYLEN:], "big")
 
     def _request(self, out: memoryview, n: int, additional: bytes) -> None:
-        """One standard Generate request writing n <= 2^16 bytes into out[:n].
+        """One standard Generate request (CTR_DRBG_Generate) writing n <= 2^16 bytes into out[:n].
 
         `out` must hold whole AES blocks (n rounded up to 16 bytes); bytes past n are scratch.
         """
