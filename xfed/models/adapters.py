@@ -7,7 +7,6 @@ LoRAs sharing A whose B matrices are the fused B's row blocks [q | k | v].
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from xfed.errors import ModelError
 from xfed.models.checkpoint import read_weight_file
+from xfed.models.family import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -183,16 +183,6 @@ def load_adapter(model: torch.nn.Module, path: str | Path, *, adapter_name: str 
                      f"({' / '.join(PTUNING_WEIGHTS)})")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: expected a JSON object")
-    return data
-
-
 def _peft_config_from_dict(data: dict[str, Any], source: Path):
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
@@ -221,7 +211,7 @@ def _adapter_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
 def _load_peft_folder(model, folder: Path, adapter_name: str, is_trainable: bool):
     from peft import PeftType
 
-    data = _read_json(folder / ADAPTER_CONFIG)
+    data = read_json_object(folder / ADAPTER_CONFIG)
     if data.get("peft_type") == "LORA" and _is_v1(model):
         return _v1_module().load_v1_lora(model, folder, adapter_name=adapter_name, is_trainable=is_trainable)
     config = _peft_config_from_dict(data, folder / ADAPTER_CONFIG)
@@ -376,7 +366,7 @@ def _load_ptuning(model, weights: Path, config_path: Path | None, adapter_name: 
     prefix = _materialise_prefix(state, weights)
     pre_seq_len = prefix.shape[0]
     if config_path is not None and config_path.is_file():
-        declared = _read_json(config_path).get("pre_seq_len")
+        declared = read_json_object(config_path).get("pre_seq_len")
         if declared not in (None, pre_seq_len):
             raise ModelError(f"{config_path}: pre_seq_len {declared} but {weights.name} holds {pre_seq_len} rows")
     from peft import PrefixTuningConfig, TaskType

@@ -15,6 +15,17 @@ _V2_VOCAB = 65024
 _GLM4_VOCAB = 151552
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object; ModelError naming the file otherwise."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    return data
+
+
 def read_config(path: str | Path) -> dict[str, Any]:
     """config.json of a model folder as a dict; ModelError naming the file when absent or malformed."""
     folder = Path(path)
@@ -23,13 +34,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise ModelError(f"{cfg_path}: config.json not found in the model folder")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelError(f"{cfg_path}: not valid JSON ({err})") from None
-    if not isinstance(cfg, dict):
-        raise ModelError(f"{cfg_path}: expected a JSON object")
-    return cfg
+    return read_json_object(cfg_path)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
