@@ -1,28 +1,17 @@
 """Shared fixtures for tests/models: THUDM-layout folders rebuilt from ../shared fixtures, tiny native folders."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared"
-FIXTURES = SHARED / "fixtures" / "chatglm"
+from ._helpers import FIXTURES, make_thudm_folder
+
 V3 = FIXTURES / "v3-tiny"
 
 torch.set_num_threads(1)
-
-
-def make_thudm_folder(fixture: Path, out: Path) -> Path:
-    """The fixture's complete THUDM folder, written by the fixture's own make_folder.py (in-process)."""
-    spec = importlib.util.spec_from_file_location("chatglm_make_folder", FIXTURES / "make_folder.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.build(str(fixture), str(out))
-    return out
 
 
 @pytest.fixture(scope="session")

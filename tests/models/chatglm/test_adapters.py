@@ -7,7 +7,8 @@ import torch
 from xfed.errors import ModelError
 from xfed.models.chatglm import load_v1_lora, load_v1_ptuning, v1_prefix_tuning_config
 
-from .conftest import V1, compare_rows
+from .._helpers import check_section
+from .conftest import V1
 
 
 def _batch(v1_ref):
@@ -18,10 +19,7 @@ def _batch(v1_ref):
 def test_thudm_ptuning_checkpoint_matches_thudm(v1_fresh, v1_ref):
     model, _ = v1_fresh
     peft_model = load_v1_ptuning(model, V1 / v1_ref["ptuning"]["file"])
-    ids, mask = _batch(v1_ref)
-    with torch.no_grad():
-        out = peft_model(input_ids=ids, attention_mask=mask)
-    compare_rows(out.logits, v1_ref["ptuning"]["rows"], v1_ref["probe_ids"])
+    check_section(peft_model, v1_ref, "forward", rows=v1_ref["ptuning"]["rows"])
     assert peft_model.peft_config["default"].num_virtual_tokens == v1_ref["ptuning"]["pre_seq_len"]
 
 
@@ -41,10 +39,7 @@ def test_ptuning_generation_with_cache_equals_without(v1_fresh, v1_ref):
 def test_xfl_lora_adapter_matches_thudm(v1_fresh, v1_ref):
     model, _ = v1_fresh
     peft_model = load_v1_lora(model, V1 / v1_ref["lora"]["dir"])
-    ids, mask = _batch(v1_ref)
-    with torch.no_grad():
-        out = peft_model(input_ids=ids, attention_mask=mask)
-    compare_rows(out.logits, v1_ref["lora"]["rows"], v1_ref["probe_ids"])
+    check_section(peft_model, v1_ref, "forward", rows=v1_ref["lora"]["rows"])
 
 
 def test_projected_prefix_equals_its_materialised_table(v1_folder, v1_ref):
