@@ -5,7 +5,9 @@ receives theirs; the exchange goes through `exchange_publics` alone, so identity
 (fed_conf `identities`: Ed25519 keys pinned per node) are applied and checked in one place. When
 identities are configured each public value is signed over (session, sender, receiver, group,
 value) and verified against the sender's pinned key before use; without them the exchange is
-unauthenticated (a broker in the middle could substitute values; see docs).
+unauthenticated (a broker in the middle could substitute values; see docs). The stage's Comm
+signs every message as well when identities are pinned (xfed.security.messages); this signature,
+under meta `dh_sig`, keeps the exchange authenticated over any Comm, signing or not.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ def exchange_publics(comm: Any, peers: list[str], *, session: str, group: DhGrou
     for peer in peers:
         meta: dict[str, Any] = {"group": group.bits, "public": format(public, "x"), "session": session}
         if identity_key is not None:
-            meta["sig"] = sign_dh_public(identity_key, session=session, receiver=peer, group_bits=group.bits,
+            meta["dh_sig"] = sign_dh_public(identity_key, session=session, receiver=peer, group_bits=group.bits,
                                          value=public)
         comm.send(peer, TAG_DH, meta=meta)
     got = comm.gather(peers, TAG_DH, timeout=timeout)
@@ -99,7 +101,7 @@ def exchange_publics(comm: Any, peers: list[str], *, session: str, group: DhGrou
             pinned = identities.get(peer)
             if not pinned:
                 raise SecurityError(f"{pair}: fed_conf.json pins identities but none for {peer}")
-            sig = meta.get("sig")
+            sig = meta.get("dh_sig")
             if not isinstance(sig, str):
                 raise SecurityError(f"{pair}: unsigned, but identities are pinned")
             verify_dh_public(pinned, sig, session=session, sender=peer, receiver=me, group_bits=group.bits,

@@ -10,6 +10,12 @@ an abandoned job, and `expire_job_keys` expires all of a job's keys when it ends
 
 Every wait is bounded: `recv`/`gather` raise `ChannelTimeout` naming the peers that did not answer,
 and return early with `JobError` when `should_stop()` turns true or the job's hash says FAILED/STOPPED.
+
+With `auth` (an `xfed.security.messages.MessageAuth`, injected by the node: the broker does not
+import security) every message this node sends is signed once, over the digests of its header and
+payload (the payload hashed once per broadcast), and every message from a pinned sender must carry
+a signature that verifies for this exact session, mailbox, sequence number and content, checked
+before its tensors are decoded; failures raise SecurityError naming the channel and the pair.
 """
 
 from __future__ import annotations
@@ -17,20 +23,24 @@ from __future__ import annotations
 import collections
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 import numpy as np
 import redis
 
 from xfed.broker.frames import (
     DEFAULT_MAX_FRAME_BYTES,
+    SIGNATURE_KEY,
     FrameHeader,
     as_wire_array,
     decode_frame,
     encode_frame_parts,
+    header_digest,
+    payload_digest,
+    wire_header,
 )
 from xfed.broker.keys import Keys, check_id
-from xfed.errors import BrokerError, ChannelTimeout, FrameError, JobError
+from xfed.errors import BrokerError, ChannelTimeout, FrameError, JobError, SecurityError
 
 DEFAULT_CHUNK_BYTES = 4 << 20  # measured: 4 MiB entries cost nothing over one SET of 29 MB
 DEFAULT_TIMEOUT_S = 600.0
@@ -38,6 +48,16 @@ MAILBOX_TTL_S = 7 * 24 * 3600
 _ENTRY_FIELDS = {b"q", b"i", b"n", b"z", b"d"}
 _ABORT_STATES = {b"FAILED", b"STOPPED"}
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
+
+
+class MessageAuth(Protocol):
+    """What Comm needs to sign and verify messages (implemented by xfed.security.messages.MessageAuth)."""
+
+    can_sign: bool
+
+    def pinned(self, node: str) -> bool: ...
+    def sign(self, **fields: Any) -> bytes: ...
+    def verify(self, signature: bytes, **fields: Any) -> bool: ...
 
 
 @dataclass
@@ -118,14 +138,16 @@ class Comm:
     `timeout` bounds every recv/gather (override per call); `should_stop` is polled while waiting;
     `chunk_bytes` is the entry size above which frames are split; `max_frame_bytes` caps what a
     peer may send (checked before anything is allocated); `send_retry_s` is how long a send keeps
-    retrying while Redis is unreachable (a restart, a short outage) before BrokerError.
+    retrying while Redis is unreachable (a restart, a short outage) before BrokerError; `auth`
+    signs what this node sends and checks what pinned peers send (module docstring).
     """
 
     def __init__(self, r: redis.Redis, keys: Keys, job_id: str | int, stage_id: int, node_id: str, *,
                  attempt: int = 0, timeout: float = DEFAULT_TIMEOUT_S,
                  should_stop: Callable[[], bool] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, poll_s: float = 0.2,
-                 job_check_s: float = 1.0, mailbox_ttl_s: int = MAILBOX_TTL_S, send_retry_s: float = 60.0) -> None:
+                 job_check_s: float = 1.0, mailbox_ttl_s: int = MAILBOX_TTL_S, send_retry_s: float = 60.0,
+                 auth: MessageAuth | None = None) -> None:
         self.r, self.keys = r, keys
         self.job_id = check_id("job id", job_id)
         self.stage_id, self.attempt = int(stage_id), int(attempt)
@@ -137,6 +159,7 @@ class Comm:
         self.chunk_bytes, self.max_frame_bytes = int(chunk_bytes), int(max_frame_bytes)
         self.poll_s, self.job_check_s, self.mailbox_ttl_s = poll_s, job_check_s, int(mailbox_ttl_s)
         self.send_retry_s = float(send_retry_s)
+        self.auth = auth
         self.stats = CommStats()
         self._send_seq: dict[str, int] = collections.defaultdict(int)
         self._inboxes: dict[str, _Inbox] = {}
@@ -156,14 +179,23 @@ class Comm:
                   meta: Mapping[str, Any] | None = None) -> int:
         """Send the same message to every peer (encoded once); returns the total bytes sent."""
         peers = [check_id("node id", p) for p in peers]
+        if meta and SIGNATURE_KEY in meta:
+            raise FrameError(f"message {tag!r}: meta key {SIGNATURE_KEY!r} is reserved for the signature")
         total_sent = 0
         # convert once; per peer only the small JSON prefix differs and the arrays are not copied
         wire = {name: as_wire_array(name, value) for name, value in (tensors or {}).items()}
+        signing = self.auth is not None and self.auth.can_sign
+        body_digest = None
         for peer in peers:
             seq = self._send_seq[peer]
             header = FrameHeader(sender=self.node_id, receiver=peer, job=self.job_id, stage=self.stage_id,
                                  channel=tag, seq=seq, attempt=self.attempt)
             parts, size = encode_frame_parts(header, wire, meta)
+            if signing:  # one signature per receiver (it binds the receiver); the payload is hashed once
+                body_digest = body_digest or payload_digest(parts[1:])
+                sig = self.auth.sign(**self._signed(tag, self.node_id, peer, seq,
+                                                    header_digest(wire_header(parts[0])), body_digest))
+                parts, size = encode_frame_parts(header, wire, {**(meta or {}), SIGNATURE_KEY: sig.hex()})
             if size > self.max_frame_bytes:
                 raise FrameError(f"message {tag!r} to {peer} is {size} bytes (limit {self.max_frame_bytes})")
             chunks = _chunk(parts, self.chunk_bytes)
@@ -176,6 +208,12 @@ class Comm:
             self.stats.messages_sent += 1
             total_sent += size
         return total_sent
+
+    def _signed(self, channel: str, sender: str, receiver: str, seq: int, head: bytes, body: bytes) -> dict:
+        """The fields a message signature binds (xfed.security.messages.message_transcript)."""
+        return dict(namespace=self.keys.namespace, job=self.job_id, stage=self.stage_id, attempt=self.attempt,
+                    channel=channel, sender=sender, receiver=receiver, seq=seq, header_digest=head,
+                    payload_digest=body)
 
     def _append(self, key: str, peer: str, tag: str, entries: list[dict]) -> None:
         """XADD all entries of one message (+ refresh the TTL), retrying through a Redis outage.
@@ -320,16 +358,39 @@ class Comm:
         buf = bytearray().join(inbox.chunks)  # one copy: writable arrays, no claim-sized allocation
         inbox.chunks = []
         inbox.next_seq = seq + 1
-        frame = decode_frame(buf, max_bytes=self.max_frame_bytes, what=what)
+        frame = decode_frame(buf, max_bytes=self.max_frame_bytes, what=what,
+                             check=lambda h, head, payload: self._admit(inbox.peer, seq, h, head, payload, what))
         h = frame.header
-        expected = (inbox.peer, self.node_id, self.job_id, self.stage_id, self.attempt, seq)
-        if (h.sender, h.receiver, h.job, h.stage, h.attempt, h.seq) != expected:
-            raise FrameError(f"{what}: header says {h.sender}->{h.receiver} job {h.job} stage {h.stage}."
-                             f"{h.attempt} seq {h.seq} (misrouted or forged)")
+        frame.meta.pop(SIGNATURE_KEY, None)
         inbox.pending[h.channel].append(Message(meta=frame.meta, tensors=frame.tensors, sender=inbox.peer,
                                                 tag=h.channel, seq=seq, nbytes=size))
         self.stats.bytes_received += size
         self.stats.messages_received += 1
+
+    def _admit(self, peer: str, seq: int, h: FrameHeader, head: dict, payload: memoryview, what: str) -> None:
+        """Routing and signature checks on a parsed header, before its tensors are decoded."""
+        expected = (peer, self.node_id, self.job_id, self.stage_id, self.attempt, seq)
+        if (h.sender, h.receiver, h.job, h.stage, h.attempt, h.seq) != expected:
+            raise FrameError(f"{what}: header says {h.sender}->{h.receiver} job {h.job} stage {h.stage}."
+                             f"{h.attempt} seq {h.seq} (misrouted or forged)")
+        sig = head["meta"].get(SIGNATURE_KEY)
+        pinned = self.auth is not None and self.auth.pinned(peer)
+        if sig is None and not pinned:
+            return
+        message = f"message {h.channel} {peer} -> {self.node_id}"
+        if sig is None:
+            raise SecurityError(f"{message}: unsigned, but identities are pinned (refused: {peer} must sign)")
+        if not pinned:
+            raise SecurityError(f"{message}: signed, but this node's fed_conf.json pins no identity for {peer} "
+                                "(parties disagree on `identities`?)")
+        try:
+            signature = bytes.fromhex(sig)
+        except (TypeError, ValueError):
+            signature = b""
+        fields = self._signed(h.channel, peer, self.node_id, seq, header_digest(head), payload_digest([payload]))
+        if not self.auth.verify(signature, **fields):
+            raise SecurityError(f"{message}: signature does not verify against the pinned identity of {peer} "
+                                "(tampered, replayed or from another session)")
 
 
 def expire_job_keys(r: redis.Redis, keys: Keys, job_id: str | int, ttl_s: int) -> int:

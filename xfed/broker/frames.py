@@ -14,16 +14,23 @@ header field's type and range, that the safetensors index exactly tiles the data
 overlap, sizes match dtype x shape, computed in Python ints so a forged shape cannot overflow),
 and allocates nothing that the buffer's real length does not already back. Every failure is a
 `FrameError` naming the sender/channel when it is known. Nothing is ever unpickled or evaluated.
+
+Signed frames (fed_conf.json pins identities): the sender's Ed25519 signature travels as hex in the
+header's meta under the reserved key `sig`; it covers `header_digest` (the header as canonical
+JSON without that key) and `payload_digest` (the safetensors bytes) among other fields (see
+`xfed.security.messages`). `decode_frame(check=...)` lets the receiver verify it after the header
+is validated and before any tensor is decoded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -39,6 +46,7 @@ MAX_NDIM = 16
 MAX_NAME_CHARS = 512
 MAX_JSON_DEPTH = 32
 KINDS = ("tensors", "control")
+SIGNATURE_KEY = "sig"               # reserved meta key: the message's signature (hex), when signed
 
 # safetensors dtype names <-> numpy (little endian)
 _ST_TO_NP = {
@@ -140,6 +148,31 @@ def encode_frame_parts(header: FrameHeader, tensors: Mapping[str, Any] | None = 
     # the prefix is padded to a multiple of 8, so the payload (padded for offset 0) stays aligned
     prefix = MAGIC + struct.pack("<I", len(head_bytes)) + head_bytes
     return [prefix, *payload], len(prefix) + payload_len
+
+
+def header_digest(head: Mapping[str, Any]) -> bytes:
+    """SHA-256 of a frame header (the JSON object) as canonical JSON, its signature left out.
+
+    Canonical (sorted keys, no spaces) so sender and receiver hash the same bytes from the parsed
+    object; the sender hashes its own header parsed back from the wire bytes (`wire_header`)."""
+    meta = {k: v for k, v in head["meta"].items() if k != SIGNATURE_KEY}
+    canonical = json.dumps({**head, "meta": meta}, sort_keys=True, separators=(",", ":"), allow_nan=False,
+                           ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).digest()
+
+
+def payload_digest(parts: Iterable[Any]) -> bytes:
+    """SHA-256 of a payload given as buffers (one pass, no copy)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.digest()
+
+
+def wire_header(prefix: bytes) -> dict[str, Any]:
+    """The header object of an encoded frame prefix (MAGIC | u32 | JSON), as a receiver will parse it."""
+    (h,) = struct.unpack_from("<I", prefix, 4)
+    return parse_json(memoryview(prefix)[8: 8 + h], "frame header")
 
 
 def encode_frame(header: FrameHeader, tensors: Mapping[str, Any] | None = None,
@@ -303,8 +336,12 @@ def decode_safetensors(buf: bytes | bytearray | memoryview, offset: int, length:
 
 
 def decode_frame(buf: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                 expect: FrameHeader | None = None, what: str | None = None) -> Frame:
+                 expect: FrameHeader | None = None, what: str | None = None,
+                 check: Callable[[FrameHeader, dict, memoryview], None] | None = None) -> Frame:
     """Parse and validate one frame; with `expect`, sender/receiver/job/stage/attempt/channel must match.
+
+    `check(header, head, payload)` runs once the header is validated and before any tensor is
+    decoded (the receiver's routing and signature checks); it raises to refuse the frame.
 
     Arrays are views into `buf` (writable when `buf` is a bytearray). Raises FrameError only, its
     message starting with `what` (who sent it, when the caller knows).
@@ -336,5 +373,7 @@ def decode_frame(buf: bytes | bytearray | memoryview, *, max_bytes: int = DEFAUL
             if getattr(header, name) != getattr(expect, name):
                 raise FrameError(f"{what}: {name} is {getattr(header, name)!r}, expected "
                                  f"{getattr(expect, name)!r} (misrouted or forged)")
+    if check is not None:
+        check(header, head, memoryview(buf)[8 + h:])
     tensors = decode_safetensors(buf, 8 + h, size - 8 - h, what) if header.kind == "tensors" else {}
     return Frame(header=header, meta=head["meta"], tensors=tensors)

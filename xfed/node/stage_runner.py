@@ -142,13 +142,15 @@ def run(args: argparse.Namespace) -> int:
                             f"the job asked for stage {args.stage}")
         stage = stages[args.stage]
         reporter.status("running", pid=os.getpid())
+        identity_key = _identity_key(fed, args)
         ctx = StageContext(
             job_id=args.job, stage_id=args.stage, attempt=args.attempt, node_id=args.node,
             identity=stage.identity, stage=stage, fed=fed, trainer_ids=list(fed.trainer_ids),
-            assist_id=fed.assist_trainer_id, comm=_make_comm(r, keys, args, watcher),
-            work_dir=Path(args.work_dir), identity_key=_identity_key(fed, args),
+            assist_id=fed.assist_trainer_id, comm=_make_comm(r, keys, args, watcher, fed, identity_key),
+            work_dir=Path(args.work_dir), identity_key=identity_key,
             _report=reporter.report, _should_stop=watcher,
         )
+        _warn_unpinned(fed, args.node, reporter)
         from xfed.operators.registry import operator_module
 
         result = operator_module(stage.model_info.name).run(ctx)
@@ -185,10 +187,40 @@ def _identity_key(fed, args):
     return key
 
 
-def _make_comm(r, keys, args, watcher):
+def _make_comm(r, keys, args, watcher, fed=None, identity_key=None):
+    """The stage's Comm; with pinned identities it signs what it sends and verifies pinned senders."""
     from xfed.broker.channels import Comm
 
-    return Comm(r, keys, args.job, args.stage, args.node, attempt=args.attempt, should_stop=watcher)
+    auth = None
+    if getattr(fed, "identities", None):
+        from xfed.security.messages import MessageAuth
+
+        auth = MessageAuth(fed.identities, identity_key)
+    return Comm(r, keys, args.job, args.stage, args.node, attempt=args.attempt, should_stop=watcher, auth=auth)
+
+
+def unpinned_warning(fed) -> str | None:
+    """One line when identities are pinned for some participants but not all (None otherwise)."""
+    pins = getattr(fed, "identities", None) or {}
+    if not pins:
+        return None
+    missing = [n for n in fed.node_ids if n not in pins]
+    if not missing:
+        return None
+    what = [f"{n} (the aggregator: the initial adapter and every round's mean)" if n == fed.assist_trainer_id
+            else n for n in missing]
+    return (f"identities: fed_conf.json pins no key for {', '.join(what)}; their messages are not "
+            "authenticated, so a broker could change them. Pin them with `xfed.py keygen NODE`.")
+
+
+def _warn_unpinned(fed, node: str, reporter) -> None:
+    """Logged by every node at stage start; reported once per job, by the first unpinned node."""
+    message = unpinned_warning(fed)
+    if message is None:
+        return
+    log.warning("%s", message)
+    if node == next(n for n in fed.node_ids if n not in fed.identities):
+        reporter.report("warning", {"message": message, "node": node})
 
 
 def _try(fn, *a, **kw) -> bool:

@@ -1,4 +1,5 @@
-"""Node identities: Ed25519 keys pinned in fed_conf.json that authenticate the Diffie-Hellman exchange.
+"""Node identities: Ed25519 keys pinned in fed_conf.json that authenticate the Diffie-Hellman exchange
+and every data-plane message (`xfed.security.messages`, handed to the broker's Comm as `auth`).
 
 TLS material for Redis: `xfed.security.tls`; Redis ACL users: `xfed.broker.acl`; threat model: docs/SECURITY.md.
 """

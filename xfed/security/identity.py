@@ -1,7 +1,8 @@
-"""Ed25519 signatures over DH public values, so a broker in the middle cannot swap them (MITM).
+"""Ed25519 node identities: keys, and signatures over DH public values (a broker cannot swap them).
 
 The signed transcript binds every field that could otherwise be replayed or redirected: protocol
-label, job, stage, attempt, sender, receiver, DH group size and the public value itself.
+label, job, stage, attempt, sender, receiver, DH group size and the public value itself. Every
+data-plane message is signed as well when identities are pinned: `xfed.security.messages`.
 """
 from __future__ import annotations
 
@@ -33,17 +34,20 @@ def public_key_hex(private: Ed25519PrivateKey) -> str:
     return raw.hex()
 
 
-def _field(value: str | bytes) -> bytes:
-    data = value.encode() if isinstance(value, str) else value
-    return len(data).to_bytes(4, "big") + data
+def transcript(label: bytes, *fields: str | bytes) -> bytes:
+    """Canonical bytes a signature covers: label then fields, each u32-length-prefixed (none can bleed
+    into another; the label keeps one protocol's signature from being valid in another)."""
+    out = []
+    for value in (label, *fields):
+        data = value.encode() if isinstance(value, str) else value
+        out += [len(data).to_bytes(4, "big"), data]
+    return b"".join(out)
 
 
 def dh_transcript(*, session: str, sender: str, receiver: str, group_bits: int, value: int) -> bytes:
-    """Canonical, length-prefixed bytes that a signature covers (no field can bleed into another)."""
+    """What a DH public value's signature covers."""
     value_bytes = value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
-    return b"".join(
-        [_field(_LABEL), _field(session), _field(sender), _field(receiver), _field(str(group_bits)), _field(value_bytes)]
-    )
+    return transcript(_LABEL, session, sender, receiver, str(group_bits), value_bytes)
 
 
 def sign_dh_public(key: IdentityKey, *, session: str, receiver: str, group_bits: int, value: int) -> str:
