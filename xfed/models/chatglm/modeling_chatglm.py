@@ -184,20 +184,11 @@ class ChatGLM6BBlock(GradientCheckpointingLayer):
         self.mlp = ChatGLM6BMLP(config)
         self.alpha = (2 * config.alpha_num_layers) ** 0.5
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        attention_mask: torch.Tensor | None,
-        cache: Cache | None = None,
-        prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, hidden_states: torch.Tensor, *attn_args, **attn_kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(new hidden states, attention weights or None); after the normed input, the arguments are
+        ChatGLM6BAttention.forward's (cos, sin, attention_mask, cache, prefix_kv, output_attentions)."""
         attn_in = self.input_layernorm(hidden_states)
-        attn_out, weights = self.attention(
-            attn_in, cos, sin, attention_mask, cache=cache, prefix_kv=prefix_kv, output_attentions=output_attentions
-        )
+        attn_out, weights = self.attention(attn_in, *attn_args, **attn_kwargs)
         hidden_states = attn_in * self.alpha + attn_out
         mlp_in = self.post_attention_layernorm(hidden_states)
         return mlp_in * self.alpha + self.mlp(mlp_in), weights
