@@ -29,3 +29,29 @@ def test_spare_child_stage_arguments_are_validated():
     for bad in ('[1]', '{"config_path": "c"}', line.replace('"stage": 0', '"stage": true'), "not json"):
         with pytest.raises(ValueError):
             read_stage_args(parse_args(["--spare"]), bad)
+
+
+def _fed(identities):
+    return SimpleNamespace(identities=identities, node_ids=["node-1", "node-2", "assist_trainer"],
+                           assist_trainer_id="assist_trainer")
+
+
+def test_unpinned_participants_are_named_in_one_warning():
+    from xfed.node.stage_runner import unpinned_warning
+
+    keys = {n: generate(n).public_hex for n in ("node-1", "node-2", "assist_trainer")}
+    assert unpinned_warning(_fed({})) is None and unpinned_warning(_fed(keys)) is None
+    msg = unpinned_warning(_fed({n: keys[n] for n in ("node-1", "node-2")}))
+    assert "assist_trainer (the aggregator: the initial adapter and every round's mean)" in msg
+    assert "not authenticated" in msg and "node-1" not in msg and "\n" not in msg
+
+
+def test_stage_comm_signs_only_when_identities_are_pinned():
+    from xfed.broker.keys import Keys
+    from xfed.node.stage_runner import _make_comm
+
+    args = SimpleNamespace(job="3", stage=0, node="node-1", attempt=0)
+    key = generate("node-1")
+    assert _make_comm(None, Keys("t"), args, lambda: False, _fed({}), None).auth is None
+    comm = _make_comm(None, Keys("t"), args, lambda: False, _fed({"node-1": key.public_hex}), key)
+    assert comm.auth.can_sign and comm.auth.pinned("node-1") and not comm.auth.pinned("node-2")
