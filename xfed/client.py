@@ -19,6 +19,7 @@ from rich.table import Table
 from xfed.broker.heartbeat import alive_nodes, node_infos
 from xfed.broker.jobstore import Job, JobState, JobStore
 from xfed.broker.streams import ControlStream
+from xfed.display import cell
 from xfed.errors import BrokerError, JobError, XfedError
 from xfed.scheduler.resume import attempt_history
 
@@ -264,7 +265,7 @@ class Client:
         for c in cols:
             table.add_column(c, justify="right" if c not in ("node",) else "left")
         for row in sorted(rows, key=lambda r: (r.get("stage", 0), _num(r.get("round")), r.get("node", ""))):
-            table.add_row(*[_fmt(row.get(c)) for c in cols])
+            table.add_row(*[cell(row.get(c)) for c in cols])
         return table
 
     def list(self) -> int:
@@ -397,8 +398,8 @@ class Follower:
             elif info:
                 self.say(f"{node}: {info}")
         elif kind == "metrics":
-            fields = " ".join(f"{k}={_fmt(v)}" for k, v in data.items() if k != "round")
-            self.say(f"{node} round {_fmt(data.get('round'))}: {fields}")
+            fields = " ".join(f"{k}={cell(v)}" for k, v in data.items() if k != "round")
+            self.say(f"{node} round {cell(data.get('round'))}: {fields}")
         elif kind in ("warning", "log"):
             self.say(f"{kind} {node}: {data.get('message', data)}")
         elif kind == "error":
@@ -426,14 +427,6 @@ def progress_text(data: dict[str, Any]) -> str:
 
 def _num(v: Any) -> float:
     return float(v) if isinstance(v, (int, float)) else 0.0
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 __all__ = ["Client", "run_client", "JobState"]

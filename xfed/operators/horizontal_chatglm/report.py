@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from xfed.display import cell
+
 COLUMNS = [("node", "node"), ("round", "round"), ("step", "step"), ("train_loss", "train loss"),
            ("eval_loss", "val loss"), ("exact_match", "val EM"), ("rouge_l", "val ROUGE-L"),
            ("bytes_sent", "sent B"), ("bytes_received", "recv B"), ("aggregate_ms", "agg ms"),
@@ -24,16 +26,8 @@ def load_rounds(job_dir: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r.get("round", 0), str(r.get("node", ""))))
 
 
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def format_table(rows: list[dict[str, Any]]) -> str:
-    table = [[title for _, title in COLUMNS]] + [[_cell(r.get(key)) for key, _ in COLUMNS] for r in rows]
+    table = [[title for _, title in COLUMNS]] + [[cell(r.get(key)) for key, _ in COLUMNS] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in table)
 
