@@ -9,7 +9,9 @@ free loopback port (or --redis to use a running one; the bench writes only under
 
 - payload: `Comm.send` + `Comm.recv` of the payload (encode, chunking, XADD, XREAD, XDEL,
   reassembly, validated decode) vs `SET` + `GET` of the same bytes on the same server and
-  connection kind. Target: comm_over_raw <= 1.5.
+  connection kind. Target: comm_over_raw <= 1.5. Signed arm: the same with identities pinned
+  (Ed25519 over the SHA-256 of header and payload, signed by the sender, verified by the receiver
+  before decoding): comm_signed_send_recv_s and signed_over_unsigned.
 - gather: K senders (each its own client) have sent the payload; the root's `Comm.gather` of all
   K is timed vs K raw GETs of the same bytes (gather_over_raw), and end to end with the K senders
   sending concurrently from threads while the root gathers (gather_e2e_s).
@@ -73,6 +75,17 @@ def _median(fn: Callable[[], float], reps: int) -> float:
     return statistics.median(fn() for _ in range(reps))
 
 
+def _signing_pair(r, keys: Keys, job: str, chunk_bytes: int) -> tuple[Comm, Comm]:
+    """Sender and root Comms with both identities pinned (what a node builds from fed_conf.json)."""
+    from xfed.security.identity import generate
+    from xfed.security.messages import MessageAuth
+
+    ids = {n: generate(n) for n in ("sender", "root")}
+    pins = {n: k.public_hex for n, k in ids.items()}
+    return (Comm(r, keys, job, 0, "sender", chunk_bytes=chunk_bytes, timeout=120, auth=MessageAuth(pins, ids["sender"])),
+            Comm(r, keys, job, 0, "root", timeout=120, auth=MessageAuth(pins, ids["root"])))
+
+
 def bench_payload(address: str, words: int, reps: int, chunk_bytes: int) -> dict[str, Any]:
     r = connect(address, retry_s=10)
     keys = Keys("xfed-bench")
@@ -81,6 +94,7 @@ def bench_payload(address: str, words: int, reps: int, chunk_bytes: int) -> dict
     raw = payload.tobytes()
     sender = Comm(r, keys, "1", 0, "sender", chunk_bytes=chunk_bytes, timeout=120)
     receiver = Comm(r, keys, "1", 0, "root", timeout=120)
+    signed_sender, signed_receiver = _signing_pair(r, keys, "2", chunk_bytes)
     raw_key = "xfed-bench:raw"
 
     def raw_round() -> float:
@@ -91,21 +105,23 @@ def bench_payload(address: str, words: int, reps: int, chunk_bytes: int) -> dict
         assert len(got) == len(raw)
         return dt
 
-    def comm_round() -> float:
+    def comm_round(snd: Comm = sender, rcv: Comm = receiver) -> float:
         t0 = time.perf_counter()
-        sender.send("root", "bench", {"masked": payload})
-        msg = receiver.recv("sender", "bench")
+        snd.send("root", "bench", {"masked": payload})
+        msg = rcv.recv("sender", "bench")
         dt = time.perf_counter() - t0
         assert msg.tensors["masked"].shape == payload.shape
         return dt
 
     raw_s = _median(raw_round, reps)
     comm_s = _median(comm_round, reps)
+    signed_s = _median(lambda: comm_round(signed_sender, signed_receiver), reps)
     sender.send("root", "bench", {"masked": payload})
     equal = bool(np.array_equal(receiver.recv("sender", "bench").tensors["masked"], payload))
     r.delete(raw_key)
     return {"payload_bytes": len(raw), "raw_set_get_s": raw_s, "comm_send_recv_s": comm_s,
-            "comm_over_raw": comm_s / raw_s, "payload_MBps": len(raw) / comm_s / 1e6, "payload_equal": equal}
+            "comm_over_raw": comm_s / raw_s, "payload_MBps": len(raw) / comm_s / 1e6, "payload_equal": equal,
+            "comm_signed_send_recv_s": signed_s, "signed_over_unsigned": signed_s / comm_s}
 
 
 def bench_gather(address: str, words: int, senders: int, reps: int, chunk_bytes: int) -> dict[str, Any]:
@@ -210,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         ("raw SET+GET", f"{result['raw_set_get_s'] * 1000:.1f} ms"),
         ("Comm send+recv", f"{result['comm_send_recv_s'] * 1000:.1f} ms  ({result['payload_MBps']:.0f} MB/s)"),
         ("Comm / raw", f"{result['comm_over_raw']:.2f}  (target <= 1.5)"),
+        ("Comm send+recv signed", f"{result['comm_signed_send_recv_s'] * 1000:.1f} ms  "
+                                  f"({result['signed_over_unsigned']:.2f} x unsigned; identities pinned)"),
         (f"gather from {result['senders']}", f"{result['gather_s'] * 1000:.1f} ms  ({result['gather_MBps']:.0f} MB/s)"),
         (f"raw {result['senders']} GETs", f"{result['raw_gets_s'] * 1000:.1f} ms"),
         ("gather / raw", f"{result['gather_over_raw']:.2f}"),
