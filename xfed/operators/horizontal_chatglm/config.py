@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import string
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     Field,
@@ -60,6 +60,24 @@ FORCED_TRAINER_ARGS: dict[str, Any] = {
 
 def _complete(info: ValidationInfo) -> bool:
     return (info.context or {}).get("complete", True)
+
+
+class _ExactlyOne(ConfigModel):
+    """A section whose sub-sections are alternatives (`_CHOICES`): exactly one must be given."""
+
+    _CHOICES: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _one(self) -> _ExactlyOne:
+        chosen = [k for k in self._CHOICES if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            got = f" (found {' and '.join(chosen)})" if chosen else ""
+            fail(type(self).__name__.lower(), [((), f"exactly one of {', '.join(self._CHOICES)} is required{got}")])
+        return self
+
+    @property
+    def chosen(self) -> str:
+        return next(k for k in self._CHOICES if getattr(self, k) is not None)
 
 
 # ---------------------------------------------------------------- aggregation
@@ -124,23 +142,16 @@ class Plain(ConfigModel):
                          "otp run with the same key_bitlength bit for bit.")
 
 
-class Encryption(ConfigModel):
+class Encryption(_ExactlyOne):
     """Exactly one of `otp`, `plain`."""
 
+    _CHOICES = ENCRYPTIONS
     otp: Otp | None = None
     plain: Plain | None = None
 
-    @model_validator(mode="after")
-    def _one(self) -> Encryption:
-        chosen = [k for k in ENCRYPTIONS if getattr(self, k) is not None]
-        if len(chosen) != 1:
-            got = f" (found {' and '.join(chosen)})" if chosen else ""
-            fail("encryption", [((), f"exactly one of {', '.join(ENCRYPTIONS)} is required{got}")])
-        return self
-
     @property
     def method(self) -> str:
-        return "otp" if self.otp is not None else "plain"
+        return self.chosen
 
 
 # ---------------------------------------------------------------- peft
@@ -201,23 +212,16 @@ class PrefixTuning(ConfigModel):
         return data
 
 
-class Peft(ConfigModel):
+class Peft(_ExactlyOne):
     """Exactly one of `LORA`, `PREFIX_TUNING`."""
 
+    _CHOICES = PEFT_TYPES
     LORA: Lora | None = None
     PREFIX_TUNING: PrefixTuning | None = None
 
-    @model_validator(mode="after")
-    def _one(self) -> Peft:
-        chosen = [k for k in PEFT_TYPES if getattr(self, k) is not None]
-        if len(chosen) != 1:
-            got = f" (found {' and '.join(chosen)})" if chosen else ""
-            fail("peft", [((), f"exactly one of {', '.join(PEFT_TYPES)} is required{got}")])
-        return self
-
     @property
     def kind(self) -> str:
-        return "LORA" if self.LORA is not None else "PREFIX_TUNING"
+        return self.chosen
 
 
 # ---------------------------------------------------------------- dataset
