@@ -21,23 +21,9 @@ from xfed.operators.horizontal_chatglm.training import (
     training_arguments,
 )
 
+from ._helpers import collate, features
+
 ROUNDS = 4
-
-
-def _features(n, seed=0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        prompt = rng.integers(3, 30, size=4).tolist()
-        answer = rng.integers(3, 30, size=3).tolist() + [1]
-        out.append({"input_ids": prompt + answer, "labels": [-100] * 4 + answer})
-    return out
-
-
-def _collate(batch):
-    ids = torch.tensor([f["input_ids"] for f in batch])
-    return {"input_ids": ids, "labels": torch.tensor([f["labels"] for f in batch]),
-            "attention_mask": torch.ones_like(ids)}
 
 
 class _Ctx:
@@ -67,7 +53,7 @@ def _party(tiny_glm, tmp_path, name, peft=None):
     args = training_arguments({"per_device_train_batch_size": 2, "num_train_epochs": 2, "learning_rate": 1e-2,
                                "lr_scheduler_type": "linear", "warmup_steps": 2, "no_cuda": True, "seed": 3},
                               tmp_path / name / "trainer")
-    trainer = build_trainer(peft_model, args, _features(8), _collate, callbacks=[])
+    trainer = build_trainer(peft_model, args, features(8), collate, callbacks=[])
     out = tmp_path / name / "out"
     schedule = party_schedule(ROUNDS, count_optimizer_steps(trainer))
     runner = RoundRunner(_Ctx(), peft_model, _aggregate, None, schedule, 1.0, out,

@@ -18,26 +18,7 @@ from xfed.operators.horizontal_chatglm.training import (
     training_arguments,
 )
 
-
-def _features(n, seed=0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        prompt = rng.integers(3, 30, size=4).tolist()
-        answer = rng.integers(3, 30, size=3).tolist() + [1]
-        out.append({"input_ids": prompt + answer, "labels": [-100] * 4 + answer})
-    return out
-
-
-def _collate(batch):
-    width = max(len(f["input_ids"]) for f in batch)
-    ids = torch.zeros((len(batch), width), dtype=torch.long)
-    labels = torch.full((len(batch), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, f in enumerate(batch):
-        n = len(f["input_ids"])
-        ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(f["input_ids"]), torch.tensor(f["labels"]), 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+from ._helpers import collate, features
 
 
 class _Ctx:
@@ -62,13 +43,13 @@ def _setup(tiny_glm, tmp_path, ctx, aggregate, evaluator=None, rounds=3):
     peft_model = apply_peft(model, {"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"]}})
     args = training_arguments({"per_device_train_batch_size": 2, "num_train_epochs": 1, "learning_rate": 1e-2,
                                "no_cuda": True, "seed": 3, "save_strategy": "steps"}, tmp_path / "trainer")
-    trainer = build_trainer(peft_model, args, _features(12), _collate, callbacks=[])
+    trainer = build_trainer(peft_model, args, features(12), collate, callbacks=[])
     total = count_optimizer_steps(trainer)
     schedule = party_schedule(rounds, total)
     if evaluator == "val":
         tok = AutoTokenizer.from_pretrained(str(tiny_glm))
-        val = _features(4, seed=9)
-        evaluator = Evaluator(val, _collate, [f["input_ids"][:4] for f in val], ["ab", "cd", "ef", "gh"], tok,
+        val = features(4, seed=9)
+        evaluator = Evaluator(val, collate, [f["input_ids"][:4] for f in val], ["ab", "cd", "ef", "gh"], tok,
                               max_new_tokens=3)
     aggregator = SimpleNamespace(last_stats={"mask_ms": 1.5, "wait_ms": 2.0, "bytes_sent": 10, "bytes_received": 20})
     runner = RoundRunner(ctx, peft_model, aggregate, aggregator, schedule, 12.0, tmp_path / "out",
