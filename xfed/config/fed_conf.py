@@ -106,7 +106,9 @@ class FedConf(ConfigModel):
                                                           "(use rediss:// for transport security).")
     heartbeat_interval: float = Field(2.0, gt=0, le=3600, description="Seconds between a node's heartbeats.")
     identities: dict[str, str] = Field(default_factory=dict,
-                                       description="{node id: Ed25519 public key, 64 hex digits} pinned per node.")
+                                       description="{node id: Ed25519 public key, 64 hex digits} pinned per node: "
+                                                   "signs the DH exchange and every data-plane message; "
+                                                   "pin every node, the assist trainer included.")
 
     _config_dir: Path | None = PrivateAttr(default=None)
 
