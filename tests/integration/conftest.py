@@ -1,38 +1,56 @@
-"""A federation of real processes for orchestration tests: scheduler + daemons as `python xfed.py` subprocesses.
+"""A federation of real processes for integration tests: scheduler + daemons as `python xfed.py` subprocesses.
 
 Everything is started by pid and stopped by pid (never by name); daemons log to files in the tmp
-folder, which a failing test prints.
+folder, which a failing test prints. Test modules import from here as `tests.integration.conftest`
+(pytest registers conftests under their rootdir-relative name with --import-mode=importlib).
+
+Timeouts are generous on purpose: a passing test returns as soon as its condition holds, so only a
+hang pays them, and a loaded 2-core CI machine may be many times slower than a quiet one.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from tests.conftest import RedisServer
+
 REPO = Path(__file__).resolve().parents[2]
 INTERVAL = 0.5  # short heartbeats keep failure detection (3 intervals) fast in tests
+PATIENCE = 120.0  # default seconds to wait for a condition that normally holds within a few
+
+
+def load_module(name: str, path: Path):
+    """A file that is not importable by name (a conftest elsewhere, a script) as module `name`, loaded once."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        try:
+            spec.loader.exec_module(mod)
+        except BaseException:
+            del sys.modules[name]
+            raise
+    return sys.modules[name]
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    """xfed's own check (signal 0, reaping our zombies), and a zombie we cannot reap counts as dead:
+    an orphaned stage process that PID 1 has not reaped yet has exited all the same."""
+    from xfed.broker.connection import _pid_alive
+
+    if not _pid_alive(pid):
         return False
-    except PermissionError:
-        return True
-    try:  # a zombie of ours: reap it, it is dead
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        pass
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(") ")[-1][:1] != "Z"
@@ -46,6 +64,13 @@ def stage_config(identity: str, params: dict[str, Any], output: str | None = Non
     if output:
         stage["output"] = {"path": output}
     return [stage]
+
+
+def write_json_atomically(path: Path, obj: Any) -> None:
+    """Replace a config file in one step: a stage process reading it never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -66,6 +91,10 @@ class Federation:
     def nodes(self) -> list[str]:
         return self.trainers + [self.assist]
 
+    def config_of(self, name: str) -> Path:
+        """The config folder process `name` ("scheduler", a node id, "client") runs with."""
+        return self.config
+
     def write_config(self, params: dict[str, Any] | None = None, *, per_node: dict[str, dict] | None = None,
                      stages: int = 1) -> None:
         self.config.mkdir(parents=True, exist_ok=True)
@@ -74,14 +103,13 @@ class Federation:
                             "assist_trainer": {self.assist: "localhost:0"}},
                "redis_server": self.redis.address, "redis": {"namespace": self.namespace},
                "heartbeat_interval": self.interval}
-        (self.config / "fed_conf.json").write_text(json.dumps(fed, indent=1))
+        write_json_atomically(self.config / "fed_conf.json", fed)
         params = params or {"rounds": 3, "dim": 8}
         for n in self.nodes:
             p = (per_node or {}).get(n, params)
             ident = "assist_trainer" if n == self.assist else "label_trainer"
             out = str(self.root / "out" / "[JOB_ID]" / "[NODE_ID]")
-            (self.config / f"trainer_config_{n}.json").write_text(
-                json.dumps(stage_config(ident, p, out) * stages, indent=1))
+            write_json_atomically(self.config / f"trainer_config_{n}.json", stage_config(ident, p, out) * stages)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -91,7 +119,8 @@ class Federation:
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.root / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, str(REPO / "xfed.py"), *args, "--config_path", str(self.config)],
+        proc = subprocess.Popen([sys.executable, str(REPO / "xfed.py"), *args, "--config_path",
+                                 str(self.config_of(name))],
                                 stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.root)
         log.close()
         self.procs[name] = proc
@@ -109,8 +138,9 @@ class Federation:
             self.start_node(n)
         self.wait_alive(self.nodes + ["scheduler"])
 
-    def client(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(REPO / "xfed.py"), *args, "--config_path", str(self.config)],
+    def client(self, *args: str, config: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(REPO / "xfed.py"), *args, "--config_path",
+                               str(config or self.config_of("client"))],
                               capture_output=True, text=True, env=self.env(), cwd=self.root, timeout=timeout)
 
     def redis_client(self):
@@ -126,7 +156,7 @@ class Federation:
 
         return JobStore(self.redis_client(), self.keys())
 
-    def wait_alive(self, nodes: list[str], timeout: float = 30) -> None:
+    def wait_alive(self, nodes: list[str], timeout: float = PATIENCE) -> None:
         from xfed.broker.heartbeat import node_infos
 
         r, keys = self.redis_client(), self.keys()
@@ -148,7 +178,7 @@ class Federation:
             time.sleep(0.05)
 
     def wait_job(self, job_id: str, states: tuple[str, ...] = ("SUCCESSFUL", "FAILED", "STOPPED"),
-                 timeout: float = 40):
+                 timeout: float = 300):
         store = self.store()
         deadline = time.monotonic() + timeout
         while True:
@@ -159,14 +189,14 @@ class Federation:
                 raise AssertionError(f"job {job_id} not in {states} after {timeout} s: {job}\n{self.logs()}")
             time.sleep(0.05)
 
-    def wait_for(self, predicate, what: str, timeout: float = 20):
+    def wait_for(self, predicate, what: str, timeout: float = PATIENCE):
         deadline = time.monotonic() + timeout
         while True:
             value = predicate()
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")
+                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.logs()}")
             time.sleep(0.05)
 
     def log(self, name: str) -> str:
@@ -176,7 +206,7 @@ class Federation:
     def logs(self) -> str:
         return "\n".join(f"--- {n} ---\n{self.log(n)}" for n in self.procs)
 
-    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 10) -> int | None:
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         proc = self.procs.get(name)
         if proc is None or proc.poll() is not None:
             return proc.returncode if proc else None
@@ -185,7 +215,7 @@ class Federation:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            return proc.wait(timeout=5)
+            return proc.wait(timeout=30)
 
     @staticmethod
     def pid_alive(pid: int) -> bool:
@@ -201,30 +231,52 @@ class Federation:
             self.stop(name)
 
 
-def _redis_server_class():
-    # tests/conftest.py is loaded by pytest as a conftest, not importable as a module under
-    # --import-mode=importlib; load the class from its file.
-    import importlib.util
+@dataclass
+class PartyFederation(Federation):
+    """Each process runs from its own config folder parties/<name> (own fed_conf.json, own ACL user,
+    as scripts/redis_acl.py writes them); the harness watches as a separate `admin` user."""
 
-    spec = importlib.util.spec_from_file_location("xfed_tests_root_conftest", REPO / "tests" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("xfed_tests_root_conftest", mod)
-    spec.loader.exec_module(mod)
-    return mod.RedisServer
+    admin_password: str = ""
+
+    def config_of(self, name: str) -> Path:
+        return self.root / "parties" / name
+
+    party_config = config_of
+
+    def redis_client(self):
+        return self.redis.client(username="admin", password=self.admin_password)
+
+
+def connected_users(admin) -> set[str]:
+    """The ACL users of every connection the server holds now (CLIENT LIST)."""
+    lines = admin.execute_command("CLIENT", "LIST").decode().splitlines()
+    return {f.split("=", 1)[1] for line in lines for f in line.split() if f.startswith("user=")}
+
+
+def _redis_server_class():
+    """tests/conftest.py's RedisServer (kept for modules that load this conftest by file)."""
+    return RedisServer
+
+
+@contextmanager
+def serve(root: Path, cls: type[Federation] = Federation, *, redis_args: list[str] | None = None,
+          tls: dict | None = None, **fed_kw: Any) -> Iterator[Federation]:
+    """A started redis-server in `root` and a `cls` federation on it (processes not started yet);
+    on leaving, whatever was started is stopped by pid, however set-up or the tests ended."""
+    srv = RedisServer(dir=root, extra_args=list(redis_args or []), tls=tls)
+    fed = cls(root=root, redis=srv, **fed_kw)
+    try:
+        srv.start()
+        yield fed
+    finally:
+        fed.stop_all()
+        srv.stop()
 
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory) -> Iterator[Federation]:
     """Redis + scheduler + assist trainer + 2 trainers (real subprocesses), shared by one module's tests."""
-    RedisServer = _redis_server_class()
-    root = tmp_path_factory.mktemp("fed")
-    srv = RedisServer(dir=root)
-    srv.start()
-    f = Federation(root=root, redis=srv)
-    f.write_config()
-    try:
+    with serve(tmp_path_factory.mktemp("fed")) as f:
+        f.write_config()
         f.start_all()
         yield f
-    finally:
-        f.stop_all()
-        srv.stop()

@@ -5,32 +5,20 @@ tokenizer) with a handful of optimizer steps, and checks the adapters every part
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.integration.conftest import REPO, load_module, serve
+
 pytestmark = pytest.mark.integration
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 TRAINERS = ["node-1", "node-2", "node-3"]
 ASSIST = "assist_trainer"
 
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, mod)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_fed_mod = _load("xfed_tests_integration_conftest", HERE / "conftest.py")
-_tiny = _load("xfed_tests_chatglm_conftest", REPO / "tests" / "operators" / "horizontal_chatglm" / "conftest.py")
+_tiny = load_module("xfed_tests_chatglm_conftest", REPO / "tests" / "operators" / "horizontal_chatglm" / "conftest.py")
 
 WORDS = ["abc", "hello", "cab", "dog", "zebra", "xyz", "moon", "star", "tree", "blue", "fish", "rain"]
 
@@ -98,7 +86,7 @@ class ChatglmFed:
                 "label_trainer", (models or {}).get(n, self.model), out, local, self.trainsets[n],
                 self.valset if valsets else None)))
 
-    def run(self, timeout: float = 150):
+    def run(self, timeout: float = 600):
         res = self.fed.client("-c", "start")
         assert res.returncode == 0, res.stderr + self.fed.logs()
         job_id = res.stdout.split()[0]
@@ -114,19 +102,12 @@ class ChatglmFed:
 
 
 def _federation(tmp_path_factory, trainers: list[str]):
-    RedisServer = _fed_mod._redis_server_class()
     root = tmp_path_factory.mktemp("chatglm")
-    srv = RedisServer(dir=root)
-    srv.start()
-    fed = _fed_mod.Federation(root=root, redis=srv, trainers=list(trainers), namespace="chatglm", interval=1.0)
-    fed.write_config()  # fed_conf.json (+ placeholder stage files, replaced per test)
-    c = ChatglmFed(fed, root, list(trainers))
-    try:
+    with serve(root, trainers=list(trainers), namespace="chatglm", interval=1.0) as fed:
+        fed.write_config()  # fed_conf.json (+ placeholder stage files, replaced per test)
+        c = ChatglmFed(fed, root, list(trainers))
         fed.start_all()
         yield c
-    finally:
-        fed.stop_all()
-        srv.stop()
 
 
 @pytest.fixture(scope="class")
@@ -214,7 +195,7 @@ class TestThreeLabelTrainers:
         vocab["a"], vocab["b"] = vocab["b"], vocab["a"]
         (other_tok / "tokenizer.json").write_text(json.dumps(tok))
         cfed.write(authoritative(LORA, PLAIN), models={"node-2": other_model, "node-3": other_tok})
-        job_id, job = cfed.run(timeout=90)
+        job_id, job = cfed.run()
         assert job.state.value == "FAILED", job
         reason = job.reason
         assert "preflight" in reason and "node-1 differs" not in reason, reason

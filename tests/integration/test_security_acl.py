@@ -6,74 +6,32 @@ refused (NOPERM) on node-2's mailbox, on writing as node-2, on the job state and
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import REPO, PartyFederation, connected_users, serve
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 NS = "acl"
 ADMIN_PW = "admin-test-password-0123456789"
 
 
-def _integration_conftest():
-    """tests/integration/conftest.py as a module (conftests are not importable under importlib mode)."""
-    name = "xfed_tests_integration_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "integration" / "conftest.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-Federation = _integration_conftest().Federation
-
-
-class PartyFederation(Federation):
-    """Each process runs from its own config folder (own fed_conf.json with its own ACL user)."""
-
-    def party_config(self, name: str) -> Path:
-        return self.root / "parties" / name
-
-    def spawn(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.root / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, str(REPO / "xfed.py"), *args, "--config_path",
-                                 str(self.party_config(name))],
-                                stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.root)
-        log.close()
-        self.procs[name] = proc
-        return proc
-
-    def client(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(REPO / "xfed.py"), *args, "--config_path",
-                               str(self.party_config("client"))],
-                              capture_output=True, text=True, env=self.env(), cwd=self.root, timeout=timeout)
-
-    def redis_client(self):
-        return self.redis.client(username="admin", password=ADMIN_PW)
-
-
 def run_acl_script(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "scripts" / "redis_acl.py"), *args], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, **(env or {})})
+                          text=True, timeout=300, env={**os.environ, **(env or {})})
 
 
 @pytest.fixture(scope="module")
 def acl_fed(tmp_path_factory):
-    RedisServer = _integration_conftest()._redis_server_class()
     root = tmp_path_factory.mktemp("aclfed")
-    srv = RedisServer(dir=root)
-    srv.start()
-    fed = PartyFederation(root=root, redis=srv, namespace=NS)
-    try:
+    with serve(root, PartyFederation, namespace=NS, admin_password=ADMIN_PW) as fed:
+        srv = fed.redis
         fed.write_config({"rounds": 3, "dim": 8, "weighting": "index", "encryption": {"otp": {}}})
         res = run_acl_script("--config_path", str(fed.config), "--passwords", str(root / "pw.json"),
                              "--configs", str(root / "parties"), "--apply",
@@ -90,9 +48,6 @@ def acl_fed(tmp_path_factory):
         fed.redis_client().execute_command("ACL", "LOG", "RESET")
         fed.start_all()
         yield fed
-    finally:
-        fed.stop_all()
-        srv.stop()
 
 
 def _as(fed: PartyFederation, subject: str):
@@ -100,7 +55,7 @@ def _as(fed: PartyFederation, subject: str):
 
     pw = json.loads((fed.root / "pw.json").read_text())[f"{NS}-{subject}"]
     return redis.Redis(host=fed.redis.host, port=fed.redis.port, username=f"{NS}-{subject}", password=pw,
-                       socket_timeout=5)
+                       socket_timeout=30)
 
 
 def _noperm(fn, *args) -> str:
@@ -129,17 +84,13 @@ def test_job_succeeds_with_every_party_logged_in_as_itself_and_nothing_denied(ac
     res = acl_fed.client("-c", "start")
     assert res.returncode == 0, res.stderr + acl_fed.logs()
     job_id = res.stdout.split()[0]
-    job = acl_fed.wait_job(job_id, timeout=60)
+    job = acl_fed.wait_job(job_id)
     assert job.state.value == "SUCCESSFUL", (job, acl_fed.logs())
     admin = acl_fed.redis_client()
     ours = {f"{NS}-{n}" for n in [*acl_fed.nodes, "scheduler", "client"]}
-
-    def users() -> set[str]:
-        lines = admin.execute_command("CLIENT", "LIST").decode().splitlines()
-        return {f.split("=", 1)[1] for line in lines for f in line.split() if f.startswith("user=")}
-
     # every long-running process holds a connection as its own user (polled: one may be reconnecting)
-    seen = acl_fed.wait_for(lambda: (u := users()) >= ours - {f"{NS}-client"} and u, "each party connected", 10)
+    seen = acl_fed.wait_for(lambda: (u := connected_users(admin)) >= ours - {f"{NS}-client"} and u,
+                            "each party connected")
     assert seen <= ours | {"admin"}, seen   # and nobody as `default` (it is off) or anyone else
     status = acl_fed.client("-c", "status", job_id, "--json")
     assert status.returncode == 0 and json.loads(status.stdout)["state"] == "SUCCESSFUL", status.stderr
@@ -163,7 +114,7 @@ def test_client_with_password_from_the_environment_and_none_in_its_config(acl_fe
     assert conf["redis_server"] == f"redis://{acl_fed.redis.address}/0"
     assert (conf["redis"]["username"], conf["redis"]["password_env"]) == (f"{NS}-client", "XFED_TEST_REDIS_PW")
     cmd = [sys.executable, str(REPO / "xfed.py"), "-c", "list", "--config_path", str(folder)]
-    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**acl_fed.env(), "XFED_TEST_REDIS_PW": pw})
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**acl_fed.env(), "XFED_TEST_REDIS_PW": pw})
     assert ok.returncode == 0, ok.stderr
     # the same config with a wrong password in the variable: refused at once, one line, no password shown
     from xfed.broker.connection import connect
@@ -220,7 +171,3 @@ def _denials(fed):
     from xfed.broker.acl import denied_log
 
     return denied_log(fed.redis_client())
-
-
-def _s(v) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)

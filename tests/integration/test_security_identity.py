@@ -12,35 +12,23 @@ decodes data-plane frames with xfed's own decoder and re-encodes them with xfed'
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
-import sys
 import threading
-from pathlib import Path
+from contextlib import contextmanager
 from typing import Callable
 
 import numpy as np
 import pytest
 
+from tests.integration.conftest import serve, write_json_atomically
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 TRAINERS = ["node-1", "node-2"]
 GROUP_BITS = 2048  # the smallest RFC 7919 group keeps the DH fast; the attack does not depend on it
 PARAMS = {"rounds": 2, "dim": 8, "weighting": "index", "seed": 5,
           "encryption": {"otp": {"key_exchange": {"key_bitlength": GROUP_BITS}}}}
-
-
-def _integration_conftest():
-    """tests/integration/conftest.py as a module (conftests are not importable under importlib mode)."""
-    name = "xfed_tests_integration_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "integration" / "conftest.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
 # --- the broker in the middle ---------------------------------------------------------------------
@@ -235,44 +223,52 @@ class Attacker:
 
 @pytest.fixture(scope="module")
 def mitm(tmp_path_factory):
-    conftest = _integration_conftest()
-    root = tmp_path_factory.mktemp("mitmfed")
-    srv = conftest._redis_server_class()(dir=root)
-    srv.start()
-    attacker = Attacker("mitm")
-    proxy = BrokerInTheMiddle((srv.host, srv.port), attacker)
-    fed = conftest.Federation(root=root, redis=srv, trainers=list(TRAINERS), namespace="mitm")
-    fed.write_config(PARAMS)
     from xfed.security.identity import default_key_path, generate, write_private_key
 
-    identities = {}
-    for node in TRAINERS:
-        key = generate(node)
-        write_private_key(key, default_key_path(fed.config, node))
-        identities[node] = key.public_hex
-    conf_path = fed.config / "fed_conf.json"
-    conf = json.loads(conf_path.read_text())
-    conf["redis_server"] = proxy.address   # every process talks to Redis through the attacker
+    attacker = Attacker("mitm")
+    with serve(tmp_path_factory.mktemp("mitmfed"), trainers=list(TRAINERS), namespace="mitm") as fed:
+        proxy = BrokerInTheMiddle((fed.redis.host, fed.redis.port), attacker)
+        try:
+            fed.write_config(PARAMS)
+            identities = {}
+            for node in TRAINERS:
+                key = generate(node)
+                write_private_key(key, default_key_path(fed.config, node))
+                identities[node] = key.public_hex
+            conf_path = fed.config / "fed_conf.json"
+            conf = json.loads(conf_path.read_text())
+            conf["redis_server"] = proxy.address   # every process talks to Redis through the attacker
 
-    def pin(on: bool) -> None:
-        # stage processes read fed_conf.json at stage start, so this applies to the next job
-        conf_path.write_text(json.dumps({**conf, "identities": identities} if on else conf, indent=1))
+            def pin(on: bool) -> None:
+                # stage processes read fed_conf.json at stage start, so this applies to the next job
+                write_json_atomically(conf_path, {**conf, "identities": identities} if on else conf)
 
-    pin(True)
-    try:
-        fed.start_all()
-        yield fed, attacker, pin
-    finally:
-        fed.stop_all()
-        proxy.close()
-        srv.stop()
+            pin(True)
+            fed.start_all()
+            yield fed, attacker, pin
+        finally:
+            fed.stop_all()  # before the proxy closes: daemons leaving still reach Redis
+            proxy.close()
     assert proxy.errors == []
+
+
+@contextmanager
+def attack(attacker: Attacker, pin, mode: str, *, pinned: bool, strip_signatures: bool = False):
+    """Run what is inside with identities pinned or not and the broker in `mode`; then back to an
+    honest broker and pinned identities, however the job went."""
+    pin(pinned)
+    attacker.mode, attacker.strip_signatures = mode, strip_signatures
+    try:
+        yield
+    finally:
+        attacker.mode, attacker.strip_signatures = "observe", False
+        pin(True)
 
 
 def run_job(fed) -> object:
     res = fed.client("-c", "start")
     assert res.returncode == 0, res.stderr + fed.logs()
-    return fed.wait_job(res.stdout.split()[0], timeout=60)
+    return fed.wait_job(res.stdout.split()[0])
 
 
 def test_signed_otp_job_succeeds_and_weights_travel_masked(mitm):
@@ -301,12 +297,8 @@ def test_signed_otp_job_succeeds_and_weights_travel_masked(mitm):
 
 def test_swapped_dh_value_fails_the_signed_job_naming_the_pair(mitm):
     fed, attacker, pin = mitm
-    pin(True)
-    attacker.mode = "swap_one"
-    try:
+    with attack(attacker, pin, "swap_one", pinned=True):
         job = run_job(fed)
-    finally:
-        attacker.mode = "observe"
     assert job.state.value == "FAILED", job
     assert "signature does not verify" in job.reason and "node-1 -> node-2" in job.reason, job.reason
     assert job.node == "node-2"
@@ -319,24 +311,16 @@ def test_replayed_signed_dh_value_from_an_earlier_job_fails_naming_the_pair(mitm
     if ("node-1", "node-2") not in attacker.last_signed:  # run alone: record one genuine exchange first
         attacker.mode = "observe"
         assert run_job(fed).state.value == "SUCCESSFUL"
-    attacker.mode = "replay"
-    try:
+    with attack(attacker, pin, "replay", pinned=True):
         job = run_job(fed)
-    finally:
-        attacker.mode = "observe"
     assert job.state.value == "FAILED", job
     assert "signature does not verify" in job.reason and "node-1 -> node-2" in job.reason, job.reason
 
 
 def test_swapped_dh_value_without_identities_is_not_recognised(mitm):
     fed, attacker, pin = mitm
-    pin(False)
-    attacker.mode = "swap_one"
-    try:
+    with attack(attacker, pin, "swap_one", pinned=False):
         job = run_job(fed)
-    finally:
-        attacker.mode = "observe"
-        pin(True)
     # the pads no longer cancel: the decoded sum (weights included) is random. Nothing in xfed calls it
     # an attack: the root trips over a negative total weight, or horizontal_mean's known-answer check
     # (which a real training job does not have) catches the wrong mean.
@@ -350,13 +334,9 @@ def test_full_mitm_without_identities_reads_every_update_and_the_job_succeeds(mi
     from xfed.operators.horizontal_mean.operator import contribution
 
     fed, attacker, pin = mitm
-    pin(False)
-    attacker.mode, attacker.recovered = "mitm", {}
-    try:
+    attacker.recovered = {}
+    with attack(attacker, pin, "mitm", pinned=False):
         job = run_job(fed)
-    finally:
-        attacker.mode = "observe"
-        pin(True)
     assert job.state.value == "SUCCESSFUL", (job, fed.logs())
     assert sorted(attacker.recovered) == [(n, r) for n in TRAINERS for r in range(PARAMS["rounds"])]
     for (node, r), got in attacker.recovered.items():
@@ -367,13 +347,9 @@ def test_full_mitm_without_identities_reads_every_update_and_the_job_succeeds(mi
 def test_full_mitm_with_identities_fails_before_any_update_is_sent(mitm):
     """Here the broker also drops the signatures (a downgrade to "no identities"): refused as unsigned."""
     fed, attacker, pin = mitm
-    pin(True)
-    attacker.mode, attacker.frames, attacker.recovered = "mitm", [], {}
-    attacker.strip_signatures = True
-    try:
+    attacker.frames, attacker.recovered = [], {}
+    with attack(attacker, pin, "mitm", pinned=True, strip_signatures=True):
         job = run_job(fed)
-    finally:
-        attacker.mode, attacker.strip_signatures = "observe", False
     assert job.state.value == "FAILED", job
     assert "unsigned, but identities are pinned" in job.reason and " -> " in job.reason, job.reason
     assert attacker.uploads() == [] and attacker.recovered == {}

@@ -6,66 +6,39 @@ A client trusting another CA fails at once with one line naming the address.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import REPO, PartyFederation, connected_users, serve
+
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 NS = "tls"
 ADMIN_PW = "admin-tls-password-0123456789"
 
 
-def _integration_conftest():
-    """tests/integration/conftest.py as a module (conftests are not importable under importlib mode)."""
-    name = "xfed_tests_integration_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "integration" / "conftest.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-class HardenedFederation(_integration_conftest().Federation):
-    """Every process from its own folder (own fed_conf.json, own ACL user); the harness watches over
-    TLS as a separate admin user (the server has no plain port and `default` is off)."""
+@dataclass
+class HardenedFederation(PartyFederation):
+    """A PartyFederation whose harness watches over TLS (the server has no plain port and `default` is off)."""
 
     pki: Path = Path()
-
-    def party_config(self, name: str) -> Path:
-        return self.root / "parties" / name
-
-    def spawn(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.root / f"{name}.log", "ab")
-        proc = subprocess.Popen([sys.executable, str(REPO / "xfed.py"), *args, "--config_path",
-                                 str(self.party_config(name))],
-                                stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.root)
-        log.close()
-        self.procs[name] = proc
-        return proc
-
-    def client(self, *args: str, config: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, str(REPO / "xfed.py"), *args, "--config_path",
-                               str(config or self.party_config("client"))],
-                              capture_output=True, text=True, env=self.env(), cwd=self.root, timeout=timeout)
 
     def tls_kwargs(self) -> dict:
         return dict(host=self.redis.host, port=self.redis.port, ssl=True, ssl_ca_certs=str(self.pki / "ca.crt"),
                     ssl_certfile=str(self.pki / "harness.crt"), ssl_keyfile=str(self.pki / "harness.key"),
-                    socket_timeout=10)
+                    socket_timeout=30)
 
     def redis_client(self):
         import redis
 
-        return redis.Redis(username="admin", password=ADMIN_PW, **self.tls_kwargs())
+        return redis.Redis(username="admin", password=self.admin_password, **self.tls_kwargs())
 
 
 @pytest.fixture(scope="module")
@@ -82,22 +55,18 @@ def tls_fed(tmp_path_factory):
     for name in ("party", "harness"):
         issue(pki, name, client=True)
     make_ca(root / "other")   # a CA nobody in the federation trusts
-    srv = _integration_conftest()._redis_server_class()(
-        dir=root, tls={"cert": server.cert, "key": server.key, "ca": server.ca},
-        extra_args=["--tls-auth-clients", "yes"])
-    srv.start()
-    fed = HardenedFederation(root=root, redis=srv, namespace=NS)
-    fed.pki = pki
-    fed.write_config({"rounds": 2, "dim": 8, "weighting": "index",
-                      "encryption": {"otp": {"key_exchange": {"key_bitlength": 2048}}}})
-    conf = json.loads((fed.config / "fed_conf.json").read_text())
-    conf["redis_server"] = f"rediss://127.0.0.1:{srv.port}/0"
-    conf["redis"].update(tls_ca_file=str(pki / "ca.crt"), tls_cert_file=str(pki / "party.crt"),
-                         tls_key_file=str(pki / "party.key"), connect_timeout=3)
-    keys = {n: generate(n) for n in fed.trainers}
-    conf["identities"] = {n: k.public_hex for n, k in keys.items()}
-    (fed.config / "fed_conf.json").write_text(json.dumps(conf, indent=1))
-    try:
+    with serve(root, HardenedFederation, tls={"cert": server.cert, "key": server.key, "ca": server.ca},
+               redis_args=["--tls-auth-clients", "yes"], namespace=NS, admin_password=ADMIN_PW, pki=pki) as fed:
+        srv = fed.redis
+        fed.write_config({"rounds": 2, "dim": 8, "weighting": "index",
+                          "encryption": {"otp": {"key_exchange": {"key_bitlength": 2048}}}})
+        conf = json.loads((fed.config / "fed_conf.json").read_text())
+        conf["redis_server"] = f"rediss://127.0.0.1:{srv.port}/0"
+        conf["redis"].update(tls_ca_file=str(pki / "ca.crt"), tls_cert_file=str(pki / "party.crt"),
+                             tls_key_file=str(pki / "party.key"), connect_timeout=20)
+        keys = {n: generate(n) for n in fed.trainers}
+        conf["identities"] = {n: k.public_hex for n, k in keys.items()}
+        (fed.config / "fed_conf.json").write_text(json.dumps(conf, indent=1))
         boot = redis.Redis(**fed.tls_kwargs())   # `default` (no password) only until the users exist
         boot.execute_command("ACL", "SETUSER", "admin", "on", f">{ADMIN_PW}", "~*", "&*", "+@all")
         boot.close()
@@ -106,7 +75,7 @@ def tls_fed(tmp_path_factory):
              "--passwords", str(root / "pw.json"), "--configs", str(root / "parties"), "--apply",
              "--admin-tls-ca-file", str(pki / "ca.crt"), "--admin-tls-cert-file", str(pki / "harness.crt"),
              "--admin-tls-key-file", str(pki / "harness.key")],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, timeout=300,
             env={**os.environ, "XFED_REDIS_ADMIN_URL": f"rediss://admin:{ADMIN_PW}@127.0.0.1:{srv.port}/0"})
         assert res.returncode == 0, res.stderr
         fed.redis_client().execute_command("ACL", "SETUSER", "default", "off")
@@ -117,9 +86,6 @@ def tls_fed(tmp_path_factory):
         fed.redis_client().execute_command("ACL", "LOG", "RESET")
         fed.start_all()
         yield fed
-    finally:
-        fed.stop_all()
-        srv.stop()
 
 
 def test_whole_signed_otp_job_over_mutual_tls_with_acl_users(tls_fed):
@@ -129,16 +95,11 @@ def test_whole_signed_otp_job_over_mutual_tls_with_acl_users(tls_fed):
     assert conf["redis_server"].startswith(f"rediss://{NS}-node-1:") and conf["identities"]
     res = tls_fed.client("-c", "start")
     assert res.returncode == 0, res.stderr + tls_fed.logs()
-    job = tls_fed.wait_job(res.stdout.split()[0], timeout=60)
+    job = tls_fed.wait_job(res.stdout.split()[0])
     assert job.state.value == "SUCCESSFUL", (job, tls_fed.logs())
     admin = tls_fed.redis_client()
     daemons = {f"{NS}-{n}" for n in [*tls_fed.nodes, "scheduler"]}
-
-    def users() -> set[str]:
-        lines = admin.execute_command("CLIENT", "LIST").decode().splitlines()
-        return {f.split("=", 1)[1] for line in lines for f in line.split() if f.startswith("user=")}
-
-    seen = tls_fed.wait_for(lambda: (u := users()) >= daemons and u, "each party connected", 10)
+    seen = tls_fed.wait_for(lambda: (u := connected_users(admin)) >= daemons and u, "each party connected")
     assert seen <= daemons | {f"{NS}-client", "admin"}, seen
     assert denied_log(admin) == []
 
@@ -156,7 +117,7 @@ def test_wrong_ca_is_one_line_naming_the_address(tls_fed, tmp_path):
     conf = json.loads((tls_fed.party_config("client") / "fed_conf.json").read_text())
     conf["redis"]["tls_ca_file"] = str(tls_fed.root / "other" / "ca.crt")
     (tmp_path / "fed_conf.json").write_text(json.dumps(conf))
-    res = tls_fed.client("-c", "status", config=tmp_path, timeout=30)
+    res = tls_fed.client("-c", "status", config=tmp_path, timeout=120)
     assert res.returncode == 2, res.stdout + res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr

@@ -8,15 +8,14 @@ deployment's redis_server, since 6379 is not ours to use).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.integration.conftest import REPO, load_module
+
 SHARED = REPO.parent / "shared"
 XFL = SHARED / "xfl_compat"
 # The smallest cut that keeps XFL's schedule: agg_steps 0.2 means 5 rounds, and every party needs at
@@ -31,18 +30,10 @@ pytestmark = [
 ]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("run_xfl_demos", REPO / "scripts" / "run_xfl_demos.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("run_xfl_demos", mod)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def xfl(tmp_path_factory):
     """(script module, work dir, ChatGLM-6B model folder, truncated copies of XFL's data)."""
-    mod = _load_script()
+    mod = load_module("run_xfl_demos", REPO / "scripts" / "run_xfl_demos.py")
     work = tmp_path_factory.mktemp("xfl")
     model = mod.build_model(work / "chatglm-demo")
     data = mod.truncate_data(work / "poetry_small", N_INSTANCES)
@@ -69,6 +60,16 @@ def _only_paths_changed(mod, demo: str, prepared) -> None:
             assert plain in PATH_KEYS or re.fullmatch(r"input\.trainset\[\d+\]\.path", plain), (original.name, key)
 
 
+def _run_successfully(xfl, demo: str):
+    """Run one XFL demo (configs changed only in their paths) to SUCCESSFUL: (script module, prepared, result)."""
+    mod, work, model, data = xfl
+    prepared = mod.prepare_demo(demo, work, model, data_dir=data)
+    result = mod.run_demo(prepared, model, timeout=1200, log=lambda *a: None)
+    _only_paths_changed(mod, demo, prepared)
+    assert result.state == "SUCCESSFUL", _failure(result, prepared)
+    return mod, prepared, result
+
+
 def test_truncated_data_is_a_prefix_of_xfls_files(xfl):
     _mod, _work, _model, data = xfl
     for f in sorted((XFL / "dataset" / "poetry_small").glob("*.json")):
@@ -78,12 +79,7 @@ def test_truncated_data_is_a_prefix_of_xfls_files(xfl):
 
 
 def test_3party_lora_runs_to_successful_and_every_saved_adapter_loads_and_generates(xfl):
-    mod, work, model, data = xfl
-    prepared = mod.prepare_demo("3party_lora", work, model, data_dir=data)
-    result = mod.run_demo(prepared, model, timeout=400, log=lambda *a: None)
-    _only_paths_changed(mod, "3party_lora", prepared)
-
-    assert result.state == "SUCCESSFUL", _failure(result, prepared)
+    mod, prepared, result = _run_successfully(xfl, "3party_lora")
     assert any(n.startswith("note: fed_conf.json: grpc: ignored") for n in result.notes), result.notes  # validated first
     assert result.rounds == 5  # XFL's agg_steps 0.2
     assert sorted(a.node for a in result.adapters) == ["assist_trainer", "node-1", "node-2"]
@@ -102,12 +98,7 @@ def test_3party_lora_runs_to_successful_and_every_saved_adapter_loads_and_genera
 
 def test_otp_with_one_masked_party_runs_and_the_warning_is_in_the_job_record(xfl):
     """2party_ptuningv2: assist trainer + one label trainer under otp; runs, and says masking hides nothing."""
-    mod, work, model, data = xfl
-    prepared = mod.prepare_demo("2party_ptuningv2", work, model, data_dir=data)
-    result = mod.run_demo(prepared, model, timeout=400, log=lambda *a: None)
-    _only_paths_changed(mod, "2party_ptuningv2", prepared)
-
-    assert result.state == "SUCCESSFUL", _failure(result, prepared)
+    mod, prepared, result = _run_successfully(xfl, "2party_ptuningv2")
     pattern = re.compile(r"^(assist_trainer|node-2): .*otp with 1 masked party: masking hides nothing")
     warned = {m.group(1) for w in result.warnings if (m := pattern.match(w))}
     assert warned == {"assist_trainer", "node-2"}, result.warnings  # job events: both sides say so
