@@ -1,21 +1,20 @@
 """Every data-plane message signed: a broker that rewrites an upload or the mean fails the job, before use.
 
 Real processes (scheduler, assist trainer, two label trainers as `python xfed.py` daemons) reach a
-real /usr/bin/redis-server only through a RESP proxy that plays the broker (`BrokerInTheMiddle`,
-from test_security_identity.py): it decodes mailbox frames with xfed's own decoder and re-encodes
-them with xfed's own encoder, keeping or dropping the signature. Identities are pinned for every
+real /usr/bin/redis-server only through a RESP proxy that plays the broker (`BrokerInTheMiddle` and
+`Attacker` from test_security_identity.py): it decodes mailbox frames with xfed's own decoder and
+re-encodes them with xfed's own encoder, keeping or dropping the signature. Identities are pinned for every
 node, the assist trainer included, unless a test says otherwise.
 """
 from __future__ import annotations
 
 import json
-import threading
 
 import numpy as np
 import pytest
 
 from tests.integration.conftest import serve, write_json_atomically
-from tests.integration.test_security_identity import BrokerInTheMiddle
+from tests.integration.test_security_identity import Attacker, BrokerInTheMiddle
 
 pytestmark = pytest.mark.integration
 
@@ -25,42 +24,27 @@ PARAMS = {"rounds": 2, "dim": 8, "weighting": "index", "seed": 11,
           "encryption": {"otp": {"key_exchange": {"key_bitlength": 2048}}}}
 
 
-class Tamper:
-    """The broker's rewrite of mailbox XADDs: record every frame; change the one `target` picks.
-
-    `target(header) -> bool`; `action` "shift" adds 1 to every tensor (a poisoned update / mean),
-    "strip" drops the signature (posing as a federation without identities)."""
+class Tamper(Attacker):
+    """The broker's rewrite of mailbox frames (Attacker records every frame and re-encodes with
+    xfed's own code): change the ones `target(header)` picks. `action` "shift" adds 1 to every
+    tensor (a poisoned update / mean), "strip" drops the signature (posing as a federation without
+    identities); the signature is otherwise kept."""
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.frames: list = []
+        super().__init__("frames")
         self.hits: list = []
         self.target = None
         self.action = "shift"
 
-    def __call__(self, args: list[bytes]) -> list[bytes]:
-        if len(args) < 5 or args[0].upper() != b"XADD" or b":to:" not in args[1]:
-            return args
-        star = args.index(b"*", 2)
-        fields = dict(zip(args[star + 1::2], args[star + 2::2], strict=True))
-        if fields.get(b"n") != b"1":
-            return args
-        from xfed.broker.frames import SIGNATURE_KEY, decode_frame, encode_frame
+    def _tamper(self, frame):
+        from xfed.broker.frames import SIGNATURE_KEY
 
-        frame = decode_frame(fields[b"d"])
-        with self.lock:
-            self.frames.append(frame)
-            if self.target is None or not self.target(frame.header):
-                return args
-            self.hits.append(frame.header)
-        meta, tensors = dict(frame.meta), frame.tensors
+        if self.target is None or not self.target(frame.header):
+            return None
+        self.hits.append(frame.header)
         if self.action == "strip":
-            meta.pop(SIGNATURE_KEY, None)
-        else:
-            tensors = {k: v + np.ones((), dtype=v.dtype) for k, v in tensors.items()}
-        data = encode_frame(frame.header, tensors, meta)
-        fields[b"d"], fields[b"z"] = data, str(len(data)).encode()
-        return args[:star + 1] + [x for kv in fields.items() for x in kv]
+            return frame.tensors, {k: v for k, v in frame.meta.items() if k != SIGNATURE_KEY}
+        return {k: v + np.ones((), dtype=v.dtype) for k, v in frame.tensors.items()}, frame.meta
 
 
 @pytest.fixture(scope="module")
