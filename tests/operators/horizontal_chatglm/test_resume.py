@@ -24,14 +24,50 @@ def _save(out, k, rounds=4, value=0.0):
                                    node="n", attempt=0)
 
 
-def test_last_complete_round_needs_every_round_and_its_state_file(tmp_path):
+def test_last_complete_round_is_the_newest_round_with_its_state_file(tmp_path):
     assert resume.last_complete_round(tmp_path) == 0
     for k in (1, 2, 3):
         _save(tmp_path, k)
     (tmp_path / "checkpoint-3" / resume.RESUME_DIR / resume.STATE_FILE).unlink()  # killed while saving round 3
     assert resume.last_complete_round(tmp_path) == 2
-    (tmp_path / "checkpoint-1" / resume.RESUME_DIR / resume.STATE_FILE).write_text("{not json")
-    assert resume.last_complete_round(tmp_path) == 0  # a gap: nothing after it counts
+    (tmp_path / "checkpoint-2" / resume.RESUME_DIR / resume.STATE_FILE).write_text("{not json")
+    assert resume.last_complete_round(tmp_path) == 1
+    (tmp_path / "checkpoint-9").mkdir()  # an adapter without resume state
+    assert resume.last_complete_round(tmp_path) == 1
+
+
+def _adapter(out, k):
+    (out / f"checkpoint-{k}" / "adapter_model.safetensors").write_bytes(b"x")
+    (out / f"checkpoint-{k}" / "adapter_config.json").write_text("{}")
+
+
+def test_prune_keeps_the_last_two_resume_states_and_every_adapter(tmp_path):
+    for k in range(1, 6):
+        _save(tmp_path, k)
+        _adapter(tmp_path, k)
+        resume.prune(tmp_path, k)
+    kept = [k for k in range(1, 6) if (tmp_path / f"checkpoint-{k}" / resume.RESUME_DIR).exists()]
+    assert kept == [4, 5]
+    assert all((tmp_path / f"checkpoint-{k}" / "adapter_model.safetensors").is_file() for k in range(1, 6))
+    assert resume.last_complete_round(tmp_path) == 5
+    # a party one round behind (killed while saving round 5) still resumes from round 4
+    (tmp_path / "checkpoint-5" / resume.RESUME_DIR / resume.STATE_FILE).unlink()
+    assert resume.last_complete_round(tmp_path) == 4
+    assert resume.restore(Ctx(), tmp_path, 4, 4)["w"].shape == (2, 3)
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_prune_honours_save_total_limit_but_keeps_what_resume_needs(tmp_path, limit):
+    for k in range(1, 6):
+        _save(tmp_path, k)
+        _adapter(tmp_path, k)
+        resume.prune(tmp_path, k, save_total_limit=limit)
+    adapters = [k for k in range(1, 6) if (tmp_path / f"checkpoint-{k}" / "adapter_model.safetensors").exists()]
+    assert adapters == list(range(6 - limit, 6))
+    assert [k for k in range(1, 6) if (tmp_path / f"checkpoint-{k}" / resume.RESUME_DIR).exists()] == [4, 5]
+    assert resume.read_state(tmp_path, 4) is not None  # limit 1: checkpoint-4 keeps only its resume state
+    assert not (tmp_path / "checkpoint-1").exists()  # nothing left in it: the folder goes too
+    assert resume.last_complete_round(tmp_path) == 5
 
 
 def test_agree_round_takes_the_lowest_and_rejects_nonsense(tmp_path):

@@ -125,6 +125,7 @@ class _Party:
         self.output_dir = _output_dir(self.ctx)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         args = training_arguments(trainer_params, self.ctx.work_dir / "trainer")
+        self.save_total_limit = args.save_total_limit  # checkpoints whose adapters are kept (None: all)
         self.model, self.tokenizer, self.model_dir = load_base_model(self.ctx.stage, args.use_cpu)
         resume = adapter_path(self.ctx.stage)
         if resume and self.ctx.identity == "label_trainer" and self.ctx.assist_id:
@@ -170,6 +171,7 @@ class _Party:
         def after_checkpoint(round_idx: int) -> None:
             resume.save_round_state(self.output_dir, round_idx, rounds, extract_trainable(self.peft_model),
                                     self.trainer, node=self.node, attempt=self.ctx.attempt)
+            resume.prune(self.output_dir, round_idx, self.save_total_limit)
 
         runner = RoundRunner(self.ctx, self.peft_model, aggregate, aggregator, schedule, self.weight,
                              self.output_dir, self.metrics, evaluator=self.evaluator(), trains=trains,

@@ -8,6 +8,11 @@ last, which marks the round complete. A new attempt (ctx.attempt > 0) asks every
 last complete round; the assist trainer picks the lowest, everyone loads that checkpoint, and
 training continues with round k + 1. Pads are not touched here: the attempt number is part of
 the DH session, so a resumed attempt derives fresh pad streams.
+
+Only the last two rounds' resume states are kept (`prune`): a party saves round k's state before it
+contributes to round k + 1, so no party can be more than one round behind another and the agreed
+round is always one of the two newest. The PEFT adapters of every checkpoint stay, unless the
+trainer's `save_total_limit` asks for fewer.
 """
 from __future__ import annotations
 
@@ -70,12 +75,49 @@ def read_state(output_dir: Path, round_idx: int) -> dict[str, Any] | None:
     return state
 
 
+def _rounds_on_disk(output_dir: Path) -> list[int]:
+    """The k of every checkpoint-{k} folder, ascending."""
+    try:
+        names = [p.name for p in Path(output_dir).iterdir() if p.is_dir()]
+    except OSError:
+        return []
+    return sorted(int(n[len("checkpoint-"):]) for n in names
+                  if n.startswith("checkpoint-") and n[len("checkpoint-"):].isdigit())
+
+
 def last_complete_round(output_dir: Path) -> int:
-    """The highest k such that rounds 1..k all have a complete resume state (0 when none)."""
-    k = 0
-    while read_state(output_dir, k + 1) is not None:
-        k += 1
-    return k
+    """The highest round with a complete resume state (0 when none).
+
+    A state is self-contained (aggregate + trainer state), and older ones are pruned, so no chain
+    from round 1 is needed; a round killed while saving has no state.json and does not count.
+    """
+    for k in reversed(_rounds_on_disk(output_dir)):
+        if k > 0 and read_state(output_dir, k) is not None:
+            return k
+    return 0
+
+
+# What a resume can still need: the newest two rounds (the parties' last complete rounds differ by at most one).
+KEEP_RESUME_ROUNDS = 2
+
+
+def prune(output_dir: Path, round_idx: int, save_total_limit: int | None = None) -> None:
+    """After round `round_idx`'s state is complete: drop resume states older than the newest two, and
+    with `save_total_limit` N the adapters of all but the newest N checkpoints (never a kept resume state)."""
+    for k in _rounds_on_disk(output_dir):
+        if k > round_idx:
+            continue
+        folder = checkpoint_dir(output_dir, k)
+        if k <= round_idx - KEEP_RESUME_ROUNDS:
+            shutil.rmtree(folder / RESUME_DIR, ignore_errors=True)
+        if save_total_limit and save_total_limit > 0 and k <= round_idx - save_total_limit:
+            for entry in folder.iterdir():
+                if entry.is_dir() and entry.name != RESUME_DIR:
+                    shutil.rmtree(entry)
+                elif not entry.is_dir():
+                    entry.unlink(missing_ok=True)
+            if not any(folder.iterdir()):
+                folder.rmdir()
 
 
 def preflight_fields(ctx: Any, output_dir: Path) -> dict[str, int]:
