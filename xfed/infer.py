@@ -45,7 +45,7 @@ def main(model_dir, adapter_dir, prompt, eval_file, pattern, instruction, max_ne
             return
         if prompt is not None:
             text = inference.render_prompt(prompt, pattern=pattern, instruction=instruction)
-            click.echo(inference.answer(model, tokenizer, text, max_new_tokens))
+            click.echo(inference.answer(model, tokenizer, text, max_new_tokens, query=prompt))
             return
         _chat(inference, model, tokenizer, pattern, instruction, max_new_tokens)
     except XfedError as err:
@@ -80,7 +80,7 @@ def _chat(inference, model, tokenizer, pattern, instruction, max_new_tokens) -> 
             history.clear()
             continue
         text = inference.render_prompt(query, history=history, pattern=pattern, instruction=instruction)
-        reply = inference.answer(model, tokenizer, text, max_new_tokens)
+        reply = inference.answer(model, tokenizer, text, max_new_tokens, query=query, history=history)
         click.echo(f"model> {reply}")
         history.append((query, reply))
 

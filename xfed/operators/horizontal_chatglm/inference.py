@@ -36,9 +36,22 @@ def render_prompt(query: str, *, history: list[tuple[str, str]] | None = None, p
     return data.render_qa_prompt(pattern or data.DEFAULT_PROMPT_PATTERN, instruction, query)
 
 
-def answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 64) -> str:
-    """Greedy answer to one rendered prompt."""
-    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+def prompt_ids(model: Any, tokenizer: Any, prompt: str, *, query: str = "",
+               history: list[tuple[str, str]] | None = None) -> list[int]:
+    """Ids of one rendered prompt in the model family's training layout (ChatGLM3: role tokens, the raw
+    query and history as turns when a history is given), not truncated."""
+    example = data.Example(prompt=prompt, answer="", history=tuple(history or ()), query=query)
+    [(ids, _)] = data.build_prompts([example], tokenizer, {"max_src_length": _NO_LIMIT}, model=model)
+    return ids
+
+
+_NO_LIMIT = 1 << 30  # a prompt typed at inference time is never cut
+
+
+def answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 64, *, query: str = "",
+           history: list[tuple[str, str]] | None = None) -> str:
+    """Greedy answer to one rendered prompt (stops at eos and, for chat models, at the next role token)."""
+    ids = prompt_ids(model, tokenizer, prompt, query=query, history=history)
     return greedy_answers(model, tokenizer, [ids], max_new_tokens, batch_size=1)[0]
 
 

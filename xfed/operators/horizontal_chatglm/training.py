@@ -73,14 +73,52 @@ def valset_loss(model: torch.nn.Module, features: list[dict[str, Any]], collator
     return total / tokens if tokens else math.nan
 
 
+# Chat models end a reply by handing the turn back: ChatGLM3 (and GLM-4) emit <|user|> or <|observation|>
+# instead of eos, and THUDM's chat() stops at them as at eos.
+ROLE_STOP_TOKENS = ("<|user|>", "<|observation|>")
+
+
+def stop_token_ids(tokenizer: Any, model: Any = None) -> list[int]:
+    """The ids that end an answer: eos, the generation config's eos ids, and the chat role tokens the
+    tokenizer has (ChatGLM3's `get_command`, or ordinary vocabulary entries)."""
+    ids: list[int] = []
+
+    def add(value: Any) -> None:
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, int) and not isinstance(v, bool) and v >= 0 and v not in ids:
+                ids.append(v)
+
+    add(tokenizer.eos_token_id)
+    add(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    unk = getattr(tokenizer, "unk_token_id", None)
+    for token in ROLE_STOP_TOKENS:
+        get_command = getattr(tokenizer, "get_command", None)
+        try:
+            value = get_command(token) if get_command is not None else tokenizer.convert_tokens_to_ids(token)
+        except (KeyError, ValueError):
+            continue
+        if value != unk:
+            add(value)
+    return ids
+
+
+def _until_stop(row: list[int], stops: set[int]) -> list[int]:
+    for i, token in enumerate(row):
+        if token in stops:
+            return row[:i]
+    return row
+
+
 @torch.no_grad()
 def greedy_answers(model: torch.nn.Module, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
                    batch_size: int = 16) -> list[str]:
-    """Greedy continuations of tokenised prompts (left-padded batches), decoded without special tokens."""
+    """Greedy continuations of tokenised prompts (left-padded batches), cut at the first stop token
+    (`stop_token_ids`) and decoded without special tokens."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    stops = stop_token_ids(tokenizer, model)
     out: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
@@ -93,10 +131,10 @@ def greedy_answers(model: torch.nn.Module, tokenizer: Any, prompts: list[list[in
                 mask[row, width - len(p):] = 1
             generated = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+                do_sample=False, num_beams=1, pad_token_id=pad, eos_token_id=stops,
             )
             for row in generated[:, width:].tolist():
-                out.append(tokenizer.decode(row, skip_special_tokens=True))
+                out.append(tokenizer.decode(_until_stop(row, set(stops)), skip_special_tokens=True))
     finally:
         model.train(was_training)
     return out
