@@ -77,8 +77,9 @@ def broker(tmp_path_factory):
     assert proxy.errors == []
 
 
-def run_job(fed, tamper, pin, *, target=None, action="shift", pinned=(*TRAINERS, ASSIST)):
-    """One job through the broker with `target` frames rewritten; returns (job, its events)."""
+def run_job(fed, tamper, pin, *, target=None, action="shift", pinned=(*TRAINERS, ASSIST), during=None):
+    """One job through the broker with `target` frames rewritten, `during(job_id)` called once it is
+    started; returns (job, its events)."""
     from xfed.broker.streams import ControlStream
 
     pin(pinned)
@@ -87,6 +88,8 @@ def run_job(fed, tamper, pin, *, target=None, action="shift", pinned=(*TRAINERS,
     try:
         res = fed.client("-c", "start")
         assert res.returncode == 0, res.stderr + fed.logs()
+        if during is not None:
+            during(res.stdout.split()[0])
         job = fed.wait_job(res.stdout.split()[0])
     finally:
         with tamper.lock:
@@ -158,3 +161,52 @@ def test_without_the_assist_trainer_pinned_its_mean_is_not_protected_and_a_warni
                           target=lambda h: h.channel == "agg/0/down" and h.receiver == "node-2")
     assert job.state.value == "FAILED" and job.node == "node-2", job
     assert "aggregate differs from the expected mean" in job.reason and "signature" not in job.reason, job.reason
+
+
+# --- node events: unforgeable with identities pinned ----------------------------------------------
+
+@pytest.fixture
+def slow_rounds(broker):
+    """Rounds that last long enough for an event to be forged while the job runs."""
+    fed, _, pin = broker
+    fed.write_config({**PARAMS, "round_delay_s": 0.5})
+    pin((*TRAINERS, ASSIST))
+    yield
+    fed.write_config(PARAMS)
+    pin((*TRAINERS, ASSIST))
+
+
+def _forge_errors(fed):
+    """node-1, with the plain write access to the events stream every node has, claims node-2 failed:
+    once unsigned, once signed with its own key."""
+    import time
+
+    from xfed.broker.streams import ControlStream
+    from xfed.security.events import event_transcript
+    from xfed.security.identity import default_key_path, load_private_key
+
+    own = load_private_key(default_key_path(fed.config, "node-1"), "node-1")
+
+    def forge(job_id: str) -> None:
+        stream = ControlStream(fed.redis_client(), fed.keys().job_events(job_id))
+        event = {"type": "error", "job": job_id, "node": "node-2", "stage": 0, "attempt": 0, "ts": time.time(),
+                 "message": "forged by node-1"}
+        stream.add(event)
+        stream.add({**event, "sig": own.private.sign(event_transcript(fed.namespace, event)).hex()})
+    return forge
+
+
+def test_an_error_event_forged_in_another_nodes_name_is_ignored(broker, slow_rounds):
+    fed, tamper, pin = broker
+    job, events = run_job(fed, tamper, pin, during=_forge_errors(fed))
+    assert job.state.value == "SUCCESSFUL", (job, fed.logs())
+    assert sum(e["type"] == "error" for e in events) == 2   # both forgeries are in the stream, unapplied
+    log = (fed.root / "scheduler.log").read_text(errors="replace")
+    assert "ignored: error event in the name of node-2: unsigned, but identities are pinned" in log, log
+    assert "ignored: error event in the name of node-2: signature does not verify against its pinned identity" in log
+
+
+def test_without_identities_a_forged_error_event_fails_the_job_in_the_other_nodes_name(broker, slow_rounds):
+    fed, tamper, pin = broker
+    job, _ = run_job(fed, tamper, pin, pinned=(), during=_forge_errors(fed))
+    assert job.state.value == "FAILED" and job.node == "node-2" and job.reason == "node-2: forged by node-1", job

@@ -55,3 +55,32 @@ def test_stage_comm_signs_only_when_identities_are_pinned():
     assert _make_comm(None, Keys("t"), args, lambda: False, _fed({}), None).auth is None
     comm = _make_comm(None, Keys("t"), args, lambda: False, _fed({"node-1": key.public_hex}), key)
     assert comm.auth.can_sign and comm.auth.pinned("node-1") and not comm.auth.pinned("node-2")
+
+
+@pytest.mark.integration
+def test_events_are_signed_with_the_nodes_key_and_verify_as_the_scheduler_reads_them(redis_server):
+    from xfed.broker.keys import Keys
+    from xfed.broker.streams import ControlStream
+    from xfed.node.events import EventReporter
+    from xfed.security.events import EventVerifier
+
+    r, keys, key = redis_server.client(), Keys("ev"), generate("node-1")
+    EventReporter(r, keys, "3", "node-1", 0, identity_key=key).report("log", {"v": 1.5})
+    EventReporter(r, keys, "3", "node-1", 0).error("unsigned")
+    signed, unsigned = [e.msg for e in ControlStream(r, keys.job_events("3")).read("0-0")]
+    check = EventVerifier({"node-1": key.public_hex})
+    assert len(signed["sig"]) == 128 and check.problem("ev", signed) is None
+    assert "sig" not in unsigned and "unsigned, but identities are pinned" in check.problem("ev", unsigned)
+
+
+def test_a_pinned_daemon_without_its_key_refuses_to_start(tmp_path):
+    import json
+
+    from xfed.node.main import run_node
+
+    conf = {"fed_info": {"scheduler": {"scheduler": "localhost:0"}, "trainer": {"node-1": "localhost:0"},
+                         "assist_trainer": {"assist_trainer": "localhost:0"}},
+            "redis_server": "127.0.0.1:1", "identities": {"node-1": generate("node-1").public_hex}}
+    (tmp_path / "fed_conf.json").write_text(json.dumps(conf))
+    with pytest.raises(ConfigError, match="cannot read identity key of node-1"):
+        run_node(str(tmp_path), "node-1")

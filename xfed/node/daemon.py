@@ -38,8 +38,9 @@ class NodeDaemon:
     """The long-running process of one party (label trainer or assist trainer)."""
 
     def __init__(self, *, config_path: str | os.PathLike, node_id: str, role: str, fed: Any, r: Any, keys: Any,
-                 work_root: Path | None = None, stop_grace_s: float = 5.0) -> None:
+                 work_root: Path | None = None, stop_grace_s: float = 5.0, identity_key: Any = None) -> None:
         self.config_path = str(config_path)
+        self.identity_key = identity_key  # signs the events this daemon reports (checked at start-up)
         self.node_id, self.role, self.fed, self.r, self.keys = node_id, role, fed, r, keys
         self.work_root = Path(work_root) if work_root else default_work_root(config_path)
         self.stop_grace_s = stop_grace_s
@@ -282,7 +283,8 @@ class NodeDaemon:
 
     # -- events ---------------------------------------------------------------------------------
     def _reporter(self, job_id: str, stage_id: int, attempt: int) -> EventReporter:
-        return EventReporter(self.r, self.keys, job_id, self.node_id, stage_id, attempt)
+        return EventReporter(self.r, self.keys, job_id, self.node_id, stage_id, attempt,
+                             identity_key=self.identity_key)
 
     def _send(self, reporter: EventReporter, kind: str, fields: dict) -> None:
         """Emit now, or keep it for when Redis is back (a death must never go unreported)."""

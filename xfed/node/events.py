@@ -39,17 +39,26 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
 
 
 class EventReporter:
-    """Appends this node's events for (job, stage, attempt) to the job's event stream."""
+    """Appends this node's events for (job, stage, attempt) to the job's event stream.
 
-    def __init__(self, r, keys, job_id: str, node_id: str, stage_id: int, attempt: int = 0) -> None:
+    With `identity_key` (fed_conf.json pins identities) every event carries the node's signature
+    (`xfed.security.events`), so the scheduler can tell it from one another node forged."""
+
+    def __init__(self, r, keys, job_id: str, node_id: str, stage_id: int, attempt: int = 0, *,
+                 identity_key: Any = None) -> None:
         self.stream = ControlStream(r, keys.job_events(job_id), maxlen=100_000)
         self.job_id, self.node_id, self.stage_id, self.attempt = str(job_id), node_id, int(stage_id), int(attempt)
+        self.namespace, self.identity_key = keys.namespace, identity_key
 
     def emit(self, kind: str, *, retry_s: float = 0.0, **fields: Any) -> None:
         """Append one event; with retry_s, keep trying through a Redis outage that long."""
         msg = {"type": kind, "job": self.job_id, "node": self.node_id, "stage": self.stage_id,
                "attempt": self.attempt, "ts": time.time()}
         msg.update(_jsonable(fields))
+        if self.identity_key is not None:
+            from xfed.security.events import sign_event
+
+            msg["sig"] = sign_event(self.identity_key, self.namespace, msg)
         deadline = time.monotonic() + retry_s
         while True:
             try:

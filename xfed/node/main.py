@@ -33,13 +33,16 @@ def run_node(config_path: str, node_id: str | None = None, assist: bool = False)
     from xfed.broker.keys import Keys
     from xfed.config import load_fed_conf
     from xfed.node.daemon import NodeDaemon
+    from xfed.node.stage_runner import load_identity_key
 
     fed = load_fed_conf(config_path)
     node, role = resolve_node(fed, node_id, assist)
+    # a pinned node without its key could not sign the events it reports: refuse to start
+    identity_key = load_identity_key(fed, config_path, node)
     logging.basicConfig(level=os.environ.get("XFED_LOG_LEVEL", "INFO"), stream=sys.stderr,
                         format=f"%(asctime)s {node} %(levelname)s %(message)s")
     r = connect(fed, client_name=f"xfed-{node}")
     daemon = NodeDaemon(config_path=config_path, node_id=node, role=role, fed=fed, r=r,
-                        keys=Keys(fed.redis.namespace))
+                        keys=Keys(fed.redis.namespace), identity_key=identity_key)
     daemon.install_signal_handlers()
     return daemon.run()

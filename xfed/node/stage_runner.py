@@ -121,9 +121,12 @@ def run(args: argparse.Namespace) -> int:
     from xfed.node.events import EventReporter
 
     fed = load_fed_conf(args.config_path)
+    # before any event: without a valid key this process cannot sign one, so a key problem ends it
+    # with exit code 1 and the daemon (holding the key it checked at start) reports the log line
+    identity_key = _identity_key(fed, args)
     keys = Keys(fed.redis.namespace)
     r = connect(fed)
-    reporter = EventReporter(r, keys, args.job, args.node, args.stage, args.attempt)
+    reporter = EventReporter(r, keys, args.job, args.node, args.stage, args.attempt, identity_key=identity_key)
     watcher = StopWatcher(r, keys, args.job, args.stage, args.attempt)
 
     in_operator = [True]
@@ -142,7 +145,6 @@ def run(args: argparse.Namespace) -> int:
                             f"the job asked for stage {args.stage}")
         stage = stages[args.stage]
         reporter.status("running", pid=os.getpid())
-        identity_key = _identity_key(fed, args)
         ctx = StageContext(
             job_id=args.job, stage_id=args.stage, attempt=args.attempt, node_id=args.node,
             identity=stage.identity, stage=stage, fed=fed, trainer_ids=list(fed.trainer_ids),
@@ -174,16 +176,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _identity_key(fed, args):
+    return load_identity_key(fed, args.config_path, args.node)
+
+
+def load_identity_key(fed, config_path, node: str):
     """The node's signing key when fed_conf.json pins identities: $XFED_IDENTITY_KEY or <config>/keys/."""
-    if args.node not in (getattr(fed, "identities", None) or {}):
+    if node not in (getattr(fed, "identities", None) or {}):
         return None
     from xfed.errors import ConfigError
     from xfed.security.identity import default_key_path, load_private_key
 
-    path = os.environ.get("XFED_IDENTITY_KEY") or default_key_path(args.config_path, args.node)
-    key = load_private_key(path, args.node)
-    if key.public_hex.lower() != str(fed.identities[args.node]).lower():
-        raise ConfigError(f"{path}: this key's public half does not match fed_conf.json identities[{args.node!r}]")
+    path = os.environ.get("XFED_IDENTITY_KEY") or default_key_path(config_path, node)
+    key = load_private_key(path, node)
+    if key.public_hex.lower() != str(fed.identities[node]).lower():
+        raise ConfigError(f"{path}: this key's public half does not match fed_conf.json identities[{node!r}]")
     return key
 
 

@@ -43,6 +43,7 @@ class Scheduler:
         self._liveness_grace_until = 0.0
         # highest job id issued or seen: a Redis that lost its data must not hand out an id again
         self._max_job_id = 0
+        self._event_checks: dict[str, Any] = {}   # job id -> EventVerifier | None (identities pinned?)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -125,6 +126,7 @@ class Scheduler:
             if now > until:
                 self.lingering.pop(job_id, None)
                 self.cursors.pop(job_id, None)
+                self._event_checks.pop(job_id, None)
         if now - self._last_liveness >= self.interval / 4:
             self._last_liveness = now
             self._check_liveness()
@@ -277,6 +279,10 @@ class Scheduler:
         changed = False
         for entry in entries:
             self.cursors[job_id] = entry.id
+            problem = entry.msg and self._forged(job_id, entry.msg)
+            if problem:  # another node (or anyone able to append) writing in a pinned node's name
+                log.warning("job %s: event %s ignored: %s", job_id, entry.id, problem)
+                continue
             if job.state.terminal:
                 self._note_after_end(job, entry)
                 continue
@@ -290,6 +296,27 @@ class Scheduler:
         self.jobs.set_fields(job_id, cursor=self.cursors[job_id])
         if changed:
             self._advance_if_ready(job_id)
+
+    def _forged(self, job_id: str, msg: dict) -> str | None:
+        """Why a node event must not be applied (identities pinned, signature missing or wrong), else None.
+
+        fed_conf.json is read again for each job, as nodes read it at each stage start."""
+        if msg["type"] == "job":
+            return None  # the scheduler's own
+        if job_id not in self._event_checks:
+            from xfed.config import load_fed_conf
+            from xfed.security.events import EventVerifier
+
+            identities = getattr(self.fed, "identities", None) or {}
+            config_dir = getattr(self.fed, "config_dir", None)
+            if config_dir is not None:
+                try:
+                    identities = load_fed_conf(config_dir).identities
+                except XfedError as err:
+                    log.warning("job %s: fed_conf.json unreadable (%s); using identities read at start", job_id, err)
+            self._event_checks[job_id] = EventVerifier(identities) if identities else None
+        check = self._event_checks[job_id]
+        return check.problem(self.keys.namespace, msg) if check else None
 
     def _apply_event(self, job: Job, msg: dict) -> bool:
         """Update the job from one node event; True when a stage may have completed or it failed."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -32,6 +33,17 @@ class IdentityKey:
 def public_key_hex(private: Ed25519PrivateKey) -> str:
     raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return raw.hex()
+
+
+def pinned_keys(identities: Mapping[str, str]) -> dict[str, Ed25519PublicKey]:
+    """fed_conf.json `identities` as verification keys; SecurityError naming a malformed one."""
+    out = {}
+    for node, public_hex in identities.items():
+        try:
+            out[node] = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex))
+        except ValueError:
+            raise SecurityError(f"identities.{node}: not a 32-byte Ed25519 public key in hex") from None
+    return out
 
 
 def transcript(label: bytes, *fields: str | bytes) -> bytes:

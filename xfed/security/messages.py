@@ -16,10 +16,9 @@ from __future__ import annotations
 from typing import Mapping
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from xfed.errors import SecurityError
-from xfed.security.identity import IdentityKey, transcript
+from xfed.security.identity import IdentityKey, pinned_keys, transcript
 
 _LABEL = b"xfed/message/v1"
 SIGNATURE_BYTES = 64
@@ -36,12 +35,7 @@ class MessageAuth:
 
     def __init__(self, identities: Mapping[str, str], key: IdentityKey | None = None) -> None:
         self.key = key
-        self._pinned: dict[str, Ed25519PublicKey] = {}
-        for node, public_hex in identities.items():
-            try:
-                self._pinned[node] = Ed25519PublicKey.from_public_bytes(bytes.fromhex(public_hex))
-            except ValueError:
-                raise SecurityError(f"identities.{node}: not a 32-byte Ed25519 public key in hex") from None
+        self._pinned = pinned_keys(identities)
 
     @property
     def can_sign(self) -> bool:
