@@ -19,6 +19,8 @@ def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON file that must hold an object; ModelError naming the file otherwise."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(data, dict):

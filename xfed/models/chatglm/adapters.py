@@ -19,6 +19,7 @@ import torch
 
 from xfed.errors import ModelError
 
+from ..family import read_json_object
 from .modeling_chatglm import ChatGLM6BForCausalLM, ChatGLM6BPreTrainedModel
 
 PREFIX = "transformer.prefix_encoder."
@@ -105,8 +106,7 @@ def load_v1_ptuning(model: ChatGLM6BForCausalLM, checkpoint, *, source: str | No
     else:
         state, src, config_json = _read_ptuning(checkpoint)
         if config_json is not None and config_json.is_file():
-            from .thudm import _read_json
-            declared = _read_json(config_json).get("pre_seq_len")
+            declared = read_json_object(config_json).get("pre_seq_len")
     if EMBEDDING_KEY not in state:
         raise ModelError(f"{src}: key {EMBEDDING_KEY!r} not found; not a THUDM P-tuning v2 checkpoint")
     extra = [k for k in state if not k.startswith(PREFIX) or (k != EMBEDDING_KEY and k[len(PREFIX):] not in _TRANS)]
@@ -157,10 +157,10 @@ def load_v1_lora(model: ChatGLM6BForCausalLM, folder: str | os.PathLike, *, adap
     """PeftModel from a peft LoRA folder saved against THUDM names (XFL: `query_key_value`)."""
     from peft import PeftModelForCausalLM
 
-    from .thudm import _load_bin, _load_safetensors, _read_json
+    from .thudm import _load_bin, _load_safetensors
 
     folder = Path(folder)
-    raw = _read_json(folder / "adapter_config.json")
+    raw = read_json_object(folder / "adapter_config.json")
     if raw.get("peft_type") != "LORA":
         raise ModelError(f"{folder / 'adapter_config.json'}: key 'peft_type' is {raw.get('peft_type')!r}, expected 'LORA'")
     from peft import LoraConfig

@@ -7,7 +7,6 @@ The `auto_map` / `.py` files that come with the folder are never imported.
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import zipfile
@@ -17,6 +16,7 @@ import torch
 
 from xfed.errors import ModelError
 
+from ..family import read_json_object
 from .configuration_chatglm import ChatGLM6BConfig
 from .modeling_chatglm import ChatGLM6BForCausalLM
 from .tokenization_chatglm import VOCAB_FILE, ChatGLM6BTokenizer
@@ -58,19 +58,6 @@ def is_v1_config(config: dict) -> bool:
     if any(k in config for k in v2_keys):
         return False
     return "position_encoding_2d" in config or "inner_hidden_size" in config
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ModelError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: expected a JSON object")
-    return data
 
 
 def config_from_thudm(raw: dict, source: str = "config.json") -> ChatGLM6BConfig:
@@ -129,7 +116,7 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]
         if not path.is_file():
             continue
         if name.endswith(".index.json"):
-            index = _read_json(path)
+            index = read_json_object(path)
             weight_map = index.get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise ModelError(f"{path}: missing or empty 'weight_map'")
@@ -174,7 +161,7 @@ def load_v1_tokenizer(folder: str | os.PathLike) -> ChatGLM6BTokenizer:
     options = {}
     tok_cfg = folder / "tokenizer_config.json"
     if tok_cfg.is_file():
-        raw = _read_json(tok_cfg)
+        raw = read_json_object(tok_cfg)
         for key in ("bos_token", "eos_token", "end_token", "mask_token", "gmask_token", "pad_token",
                     "unk_token", "remove_space", "do_lower_case"):
             if isinstance(raw.get(key), (str, bool)):
@@ -198,7 +185,7 @@ def from_thudm_folder(
     folder = Path(path)
     if not folder.is_dir():
         raise ModelError(f"{folder}: model folder not found")
-    raw = _read_json(folder / "config.json")
+    raw = read_json_object(folder / "config.json")
     if raw.get("model_type") == ChatGLM6BConfig.model_type:
         config = ChatGLM6BConfig.from_dict({k: v for k, v in raw.items() if k != "model_type"})
     else:
