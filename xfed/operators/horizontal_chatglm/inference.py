@@ -50,9 +50,10 @@ _NO_LIMIT = 1 << 30  # a prompt typed at inference time is never cut
 
 def answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 64, *, query: str = "",
            history: list[tuple[str, str]] | None = None) -> str:
-    """Greedy answer to one rendered prompt (stops at eos and, for chat models, at the next role token)."""
+    """Greedy answer to one rendered prompt (stops at eos and, for chat models, at the next role token),
+    stripped as THUDM's chat strips it (ChatGLM3 answers start with the "\\n" after <|assistant|>)."""
     ids = prompt_ids(model, tokenizer, prompt, query=query, history=history)
-    return greedy_answers(model, tokenizer, [ids], max_new_tokens, batch_size=1)[0]
+    return greedy_answers(model, tokenizer, [ids], max_new_tokens, batch_size=1)[0].strip()
 
 
 def read_eval_pairs(path: str | Path, model: Any, tokenizer: Any, dataset_params: dict[str, Any] | None = None
