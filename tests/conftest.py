@@ -84,19 +84,31 @@ class RedisServer:
         for _attempt in range(5):
             if not self.port:
                 self.port = _free_port()
+            log = self.dir / "redis.log"
+            logged = log.stat().st_size if log.exists() else 0
             self.proc = subprocess.Popen(self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                          cwd=self.dir)
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     break  # died at once: most likely the port was taken between probe and bind
-                if (_tcp_open if self.tls else _ping)(self.host, self.port):
+                # our own process must say it is ready: a server someone else started on the port
+                # between probe and bind would answer the ping too
+                if (_tcp_open if self.tls else _ping)(self.host, self.port) and self._logged_ready(logged):
                     return
                 time.sleep(0.02)
             self._kill()
             self.port = 0 if self.proc.returncode is not None else self.port
         log = (self.dir / "redis.log").read_text(errors="replace")[-2000:] if (self.dir / "redis.log").exists() else ""
         raise RuntimeError(f"redis-server did not start in {self.dir}: {log}")
+
+    def _logged_ready(self, offset: int) -> bool:
+        try:
+            with open(self.dir / "redis.log", "rb") as f:
+                f.seek(offset)
+                return b"Ready to accept connections" in f.read()
+        except OSError:
+            return False
 
     def _kill(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

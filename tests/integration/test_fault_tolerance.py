@@ -78,10 +78,20 @@ class Harness:
         return load_file(str(self.out(job_id, node) / "final" / "adapter_model.safetensors"))
 
     def round_done(self, job_id: str, node: str, k: int) -> bool:
+        """Round k's resume state is complete (what a resume continues from; older ones get pruned)."""
         return (self.out(job_id, node) / f"checkpoint-{k}" / "xfed_resume" / "state.json").is_file()
 
+    def recorded(self, job_id: str, node: str) -> int:
+        """The last round in the node's metrics.json (rewritten atomically after the round's resume state)."""
+        try:
+            rounds = json.loads((self.out(job_id, node) / "metrics.json").read_text())["rounds"]
+        except (OSError, ValueError, KeyError):
+            return 0
+        return max((r["round"] for r in rounds), default=0)
+
     def wait_round(self, job_id: str, node: str, k: int, timeout: float = 300) -> None:
-        self.fed.wait_for(lambda: self.round_done(job_id, node, k), f"{node} round {k} of job {job_id}",
+        """Until the node is through round k: resume state saved and metrics recorded, the round's last writes."""
+        self.fed.wait_for(lambda: self.recorded(job_id, node) >= k, f"{node} round {k} of job {job_id}",
                           timeout=timeout)
 
     def child_pid(self, job_id: str, node: str) -> int:
@@ -126,9 +136,10 @@ def test_killed_trainer_fails_the_job_and_resume_reproduces_an_uninterrupted_run
     job_id = h.start()
     pid = h.child_pid(job_id, "node-1")
     h.wait_round(job_id, "node-1", 1)
-    # Hold node-1 after round 1 (it may have gone on a round or so before the SIGSTOP lands), then
-    # kill it the hard way. Having finished round r, it may already have uploaded its round r+1
-    # share, so the others may still finish round r+1; nobody can finish round r+2.
+    # Hold node-1 once round 1 is through, metrics record included (a kill between the resume state and
+    # the record would resume after round 1 without its record), then kill it the hard way. It may have
+    # gone on a round before the SIGSTOP lands. Having finished round r, it may already have uploaded
+    # its round r+1 share, so the others may still finish round r+1; nobody can finish round r+2.
     os.kill(pid, signal.SIGSTOP)
     node1_rounds = _last_round(h, job_id, "node-1")
     os.kill(pid, signal.SIGKILL)

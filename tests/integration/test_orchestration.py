@@ -50,6 +50,12 @@ def assert_all_dead(fed, pids, timeout: float = 60.0) -> None:
     fed.wait_for(lambda: not any(fed.pid_alive(p) for p in pids), f"pids {pids} to exit", timeout)
 
 
+def consumed(r, key: bytes | str) -> bool:
+    """Every consumer group of stream `key` was handed its newest entry and acked all it was handed."""
+    last = r.xinfo_stream(key)["last-generated-id"]
+    return all(g["pending"] == 0 and g["last-delivered-id"] == last for g in r.xinfo_groups(key))
+
+
 def assert_daemons_alive(fed) -> None:
     for name, proc in fed.procs.items():
         assert proc.poll() is None, f"{name} exited {proc.returncode}\n{fed.log(name)}"
@@ -156,6 +162,8 @@ def test_malformed_frame_in_a_mailbox_fails_the_job_and_daemons_survive(fed):
     r.xadd(keys.node_cmd("assist_trainer"), {b"m": json.dumps(
         {"type": "run_stage", "job": "9 9", "stage": -1, "attempt": 0, "participants": 3}).encode()})
     r.xadd(keys.requests(), {b"m": b"\x80\x81"})
+    streams = [keys.node_cmd(n) for n in ("node-1", "node-2", "assist_trainer")] + [keys.requests()]
+    fed.wait_for(lambda: all(consumed(r, k) for k in streams), "the daemons and the scheduler to take the garbage")
     assert_daemons_alive(fed)  # and the next test's jobs run on them
 
 
