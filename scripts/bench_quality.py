@@ -62,7 +62,11 @@ class Settings:
     steps: int = 900
     rounds: int = 60
     batch: int = 16
-    lr: float | None = None  # None: per peft (LoRA 3e-3 as DEMO_TASK.md measured, prefix 1e-2)
+    lr: float | None = None  # None: per peft (LoRA 3e-3 as DEMO_TASK.md measured, prefix 1e-1)
+    # P-tuning v2: a prefix stores one key/value per (cipher, letter) it remaps, so it needs far more virtual
+    # tokens than THUDM's defaults and a large rate (docs/QUALITY.md: 8 tokens at 1e-2 learn nothing here)
+    pre_seq_len: int = 128
+    prefix_projection: bool = False
     lr_schedule: str = "cosine"  # TrainingArguments.lr_scheduler_type, the same for every arm
     seed: int = 42
     heldout_limit: int = 0  # 0: the whole held-out file
@@ -76,10 +80,12 @@ class Settings:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else (3e-3 if self.peft == "LORA" else 1e-2)
+        return self.lr if self.lr is not None else (3e-3 if self.peft == "LORA" else 1e-1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"peft": self.peft, "steps_per_party": self.steps, "centralized_steps": len(TRAINERS) * self.steps,
+        prefix = {} if self.peft == "LORA" else {"pre_seq_len": self.pre_seq_len,
+                                                 "prefix_projection": self.prefix_projection}
+        return {"peft": self.peft, **prefix, "steps_per_party": self.steps, "centralized_steps": len(TRAINERS) * self.steps,
                 "rounds": self.rounds, "batch": self.batch, "learning_rate": self.learning_rate,
                 "lr_schedule": self.lr_schedule, "seed": self.seed, "heldout_limit": self.heldout_limit, "max_new_tokens": self.max_new_tokens,
                 "otp_key_bitlength": self.otp_bits, "dh_key_bitlength": self.dh_bits}
@@ -89,10 +95,10 @@ QUICK = {"steps": 6, "rounds": 2, "batch": 4, "heldout_limit": 12, "max_new_toke
 
 
 # ---------------------------------------------------------------- configs
-def peft_section(kind: str) -> dict[str, Any]:
-    if kind == "LORA":
+def peft_section(s: Settings) -> dict[str, Any]:
+    if s.peft == "LORA":
         return {"LORA": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "auto"}}
-    return {"PREFIX_TUNING": {"pre_seq_len": 8, "prefix_projection": False}}
+    return {"PREFIX_TUNING": {"pre_seq_len": s.pre_seq_len, "prefix_projection": s.prefix_projection}}
 
 
 def encryption_section(kind: str, bits: int = 128, dh_bits: int = 3072) -> dict[str, Any]:
@@ -115,7 +121,7 @@ def train_params(s: Settings, encryption: str, steps: int) -> dict[str, Any]:
     return {
         "aggregation": {"agg_steps": agg_fraction(s.rounds), "weighting": "num_examples"},
         "encryption": encryption_section(encryption, s.otp_bits, s.dh_bits),
-        "peft": peft_section(s.peft),
+        "peft": peft_section(s),
         "trainer": {"per_device_train_batch_size": s.batch, "max_steps": steps, "learning_rate": s.learning_rate,
                     "lr_scheduler_type": s.lr_schedule, "warmup_steps": 0, "weight_decay": 0.0, "seed": s.seed,
                     "no_cuda": True},
@@ -433,7 +439,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per party (default 900)")
     ap.add_argument("--rounds", type=int, default=None, help="aggregation rounds (default 60: every 15 steps)")
     ap.add_argument("--batch", type=int, default=None, help="per-party batch size (default 16)")
-    ap.add_argument("--lr", type=float, default=None, help="learning rate (default LoRA 3e-3, prefix 1e-2)")
+    ap.add_argument("--lr", type=float, default=None, help="learning rate (default LoRA 3e-3, prefix 1e-1)")
+    ap.add_argument("--pre-seq-len", type=int, default=None, help="--peft PREFIX_TUNING: virtual tokens (default 128)")
+    ap.add_argument("--prefix-projection", action="store_true", help="--peft PREFIX_TUNING: reparametrise through "
+                    "THUDM's MLP (default off)")
     ap.add_argument("--lr-schedule", default="cosine", choices=["constant", "linear", "cosine"],
                     help="learning-rate schedule of every arm (default cosine: a constant rate leaves the "
                          "federation oscillating late in training, docs/QUALITY.md)")
@@ -444,11 +453,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    s = Settings(peft=args.peft, seed=args.seed, lr=args.lr, lr_schedule=args.lr_schedule, curves=not args.no_curves)
+    s = Settings(peft=args.peft, seed=args.seed, lr=args.lr, lr_schedule=args.lr_schedule, curves=not args.no_curves,
+                 prefix_projection=args.prefix_projection)
     if args.quick:
         for k, v in QUICK.items():
             setattr(s, k, v)
-    for key in ("steps", "rounds", "batch", "heldout_limit"):
+    for key in ("steps", "rounds", "batch", "heldout_limit", "pre_seq_len"):
         value = getattr(args, key)
         if value is not None:
             if value < (0 if key == "heldout_limit" else 1):
