@@ -36,6 +36,9 @@ def render_prompt(query: str, *, history: list[tuple[str, str]] | None = None, p
     return data.render_qa_prompt(pattern or data.DEFAULT_PROMPT_PATTERN, instruction, query)
 
 
+_NO_LIMIT = 1 << 30  # a prompt typed at inference time is never cut
+
+
 def prompt_ids(model: Any, tokenizer: Any, prompt: str, *, query: str = "",
                history: list[tuple[str, str]] | None = None) -> list[int]:
     """Ids of one rendered prompt in the model family's training layout (ChatGLM3: role tokens, the raw
@@ -43,9 +46,6 @@ def prompt_ids(model: Any, tokenizer: Any, prompt: str, *, query: str = "",
     example = data.Example(prompt=prompt, answer="", history=tuple(history or ()), query=query)
     [(ids, _)] = data.build_prompts([example], tokenizer, {"max_src_length": _NO_LIMIT}, model=model)
     return ids
-
-
-_NO_LIMIT = 1 << 30  # a prompt typed at inference time is never cut
 
 
 def answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 64, *, query: str = "",
