@@ -67,6 +67,7 @@ class Settings:
     # tokens than THUDM's defaults and a large rate (docs/QUALITY.md: 8 tokens at 1e-2 learn nothing here)
     pre_seq_len: int = 128
     prefix_projection: bool = False
+    prefix_rounds: int = 180  # the default --rounds for a prefix: at lr 1e-1 parties drift apart in 15 steps
     lr_schedule: str = "cosine"  # TrainingArguments.lr_scheduler_type, the same for every arm
     seed: int = 42
     heldout_limit: int = 0  # 0: the whole held-out file
@@ -437,7 +438,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data", type=Path, default=REPO / "work" / "demo_data")
     ap.add_argument("--out", type=Path, default=None, help="keep every output here (default: a temporary folder)")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per party (default 900)")
-    ap.add_argument("--rounds", type=int, default=None, help="aggregation rounds (default 60: every 15 steps)")
+    ap.add_argument("--rounds", type=int, default=None, help="aggregation rounds (default 60: every 15 steps; "
+                    "prefix 180: every 5)")
     ap.add_argument("--batch", type=int, default=None, help="per-party batch size (default 16)")
     ap.add_argument("--lr", type=float, default=None, help="learning rate (default LoRA 3e-3, prefix 1e-1)")
     ap.add_argument("--pre-seq-len", type=int, default=None, help="--peft PREFIX_TUNING: virtual tokens (default 128)")
@@ -455,6 +457,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def settings_from(args: argparse.Namespace) -> Settings:
     s = Settings(peft=args.peft, seed=args.seed, lr=args.lr, lr_schedule=args.lr_schedule, curves=not args.no_curves,
                  prefix_projection=args.prefix_projection)
+    if args.peft == "PREFIX_TUNING":
+        s.rounds = s.prefix_rounds
     if args.quick:
         for k, v in QUICK.items():
             setattr(s, k, v)
