@@ -81,6 +81,8 @@ class RedisServer:
         """Start on self.port (a fresh free port the first time); wait until it answers PING."""
         if self.proc is not None and self.proc.poll() is None:
             return
+        # a restart keeps its port (clients hold the address): a taken port fails loudly, never moves
+        fixed = bool(self.port)
         for _attempt in range(5):
             if not self.port:
                 self.port = _free_port()
@@ -98,7 +100,10 @@ class RedisServer:
                     return
                 time.sleep(0.02)
             self._kill()
-            self.port = 0 if self.proc.returncode is not None else self.port
+            if fixed:
+                time.sleep(0.5)
+            elif self.proc.returncode is not None:
+                self.port = 0
         log = (self.dir / "redis.log").read_text(errors="replace")[-2000:] if (self.dir / "redis.log").exists() else ""
         raise RuntimeError(f"redis-server did not start in {self.dir}: {log}")
 
