@@ -114,3 +114,20 @@ def test_projected_prefix_resumes_exactly(tiny_glm, tmp_path):
     got = _resumed(tiny_glm, tmp_path, out, 2, peft=PREFIX)
     for name in ref:
         assert np.max(np.abs(got[name] - ref[name])) <= 1e-6, name
+
+
+def test_a_rounds_metrics_record_is_on_disk_before_its_resume_state(tiny_glm, tmp_path):
+    """state.json marks a round complete: a kill right after it must not lose the round's metrics record."""
+    import json
+
+    trainer, callback, _peft_model, out = _party(tiny_glm, tmp_path, "order")
+    save_state, seen = callback.runner.after_checkpoint, []
+
+    def checked(k):
+        recorded = json.loads((out / "metrics.json").read_text())["rounds"]
+        seen.append((k, [r["round"] for r in recorded]))
+        save_state(k)
+
+    callback.runner.after_checkpoint = checked
+    trainer.train()
+    assert seen == [(k, list(range(1, k + 1))) for k in range(1, ROUNDS + 1)]

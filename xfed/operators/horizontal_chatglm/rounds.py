@@ -97,14 +97,16 @@ class RoundRunner:
         if self.evaluator is not None:
             record.update(self.evaluator(self.peft_model))
         save_adapter(self.peft_model, self.output_dir / f"checkpoint-{round_idx}")
-        if self.after_checkpoint is not None:
-            self.after_checkpoint(round_idx)
         record["aggregate_ms"] = round(agg_ms, 1)
         record.update(_aggregator_stats(self.aggregator))  # the round's own traffic, when measured
         record.update(peak_memory_mb())
         record["round_s"] = round(time.monotonic() - started, 3)
         record["eta_s"] = self.metrics.eta_seconds(round_idx, self.schedule.rounds)
+        # the record before the resume state, whose state.json marks the round complete: a kill in
+        # between must not resume after a round whose record is missing
         self.metrics.add(record)
+        if self.after_checkpoint is not None:
+            self.after_checkpoint(round_idx)
         self.ctx.report("metrics", record)
         self.ctx.report("progress", {"round": round_idx, "rounds": self.schedule.rounds, "eta_s": record["eta_s"],
                                      "fraction": round(round_idx / self.schedule.rounds, 4)})
