@@ -44,6 +44,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from local_federation import LaunchError, LocalFederation, RedisProcess  # noqa: E402
+from make_demo_data import ciphers  # noqa: E402  (the demo's three ciphers, here over a-h)
 
 from xfed.errors import ConfigError, XfedError  # noqa: E402
 
@@ -168,16 +169,9 @@ def ensure_assets(model: Path, data: Path | None, default_model: Path, default_d
 PURE8_LETTERS = "abcdefgh"
 
 
-def pure8_skills(letters: str = PURE8_LETTERS) -> dict[str, Any]:
-    n = len(letters)
-    return {"shift": lambda w: "".join(letters[(letters.index(c) + 1) % n] for c in w),
-            "back": lambda w: "".join(letters[(letters.index(c) - 1) % n] for c in w),
-            "mirror": lambda w: "".join(letters[n - 1 - letters.index(c)] for c in w)}
-
-
 def write_pure8_data(folder: Path, seed: int = 0, n_train: int = 600, n_heldout_per_skill: int = 50) -> Path:
     """node-{1,2,3}.json (600 examples of one cipher each) and a balanced heldout.json, XFL QA, unique words."""
-    skills, rng, used = pure8_skills(), random.Random(seed), set()
+    skills, rng, used = ciphers(PURE8_LETTERS), random.Random(seed), set()
     parties = dict(zip(TRAINERS, ["shift", "back", "mirror"], strict=True))
 
     def instance(skill: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ Party node-1 holds mostly `shift`, node-2 mostly `back`, node-3 mostly `mirror` 
 party can learn all three; the assist trainer holds a small balanced shard; the held-out set is balanced.
 See docs/DEMO_TASK.md for the reasoning and the measured learnability.
 
-Usage: python scripts/make_demo_data.py [--out work/demo_data] [--seed 0]
+Usage: python scripts/make_demo_data.py [--out work/demo_data] [--seed 0] [--letters abcdefgh]
 """
 from __future__ import annotations
 
@@ -26,19 +26,17 @@ LETTERS = string.ascii_lowercase
 MIN_LEN, MAX_LEN = 6, 6
 
 
-def _caesar(word: str, key: int) -> str:
-    return "".join(LETTERS[(LETTERS.index(c) + key) % 26] for c in word)
+def ciphers(letters: str = LETTERS) -> dict[str, Callable[[str], str]]:
+    """The three skills over `letters`: shift and back wrap inside it, mirror maps first <-> last."""
+    n, index = len(letters), {c: i for i, c in enumerate(letters)}
+    return {
+        "shift": lambda w: "".join(letters[(index[c] + 1) % n] for c in w),
+        "back": lambda w: "".join(letters[(index[c] - 1) % n] for c in w),
+        "mirror": lambda w: "".join(letters[n - 1 - index[c]] for c in w),
+    }
 
 
-def _mirror(word: str) -> str:
-    return "".join(LETTERS[25 - LETTERS.index(c)] for c in word)
-
-
-SKILLS: dict[str, Callable[[str], str]] = {
-    "shift": lambda w: _caesar(w, 1),
-    "back": lambda w: _caesar(w, -1),
-    "mirror": _mirror,
-}
+SKILLS = ciphers()
 SKILL_NAMES = list(SKILLS)  # fixed order: shift, back, mirror
 PARTIES = {"node-1": "shift", "node-2": "back", "node-3": "mirror"}
 MAIN_SHARE = 0.9
@@ -56,15 +54,15 @@ def render_prompt(query: str, instruction: str = INSTRUCTION, pattern: str = PRO
     return pattern.format(instruction, query)
 
 
-def random_word(rng: random.Random) -> str:
-    return "".join(rng.choice(LETTERS) for _ in range(rng.randint(MIN_LEN, MAX_LEN)))
+def random_word(rng: random.Random, letters: str = LETTERS) -> str:
+    return "".join(rng.choice(letters) for _ in range(rng.randint(MIN_LEN, MAX_LEN)))
 
 
-def make_instance(rng: random.Random, skill: str, used: set[str]) -> dict[str, str]:
-    """One example of `skill` on a word never used before, whose answer differs from the word."""
-    fn = SKILLS[skill]
+def make_instance(rng: random.Random, skill: str, used: set[str], letters: str = LETTERS) -> dict[str, str]:
+    """One example of `skill` on a word over `letters` never used before, whose answer differs from the word."""
+    fn = SKILLS[skill] if letters == LETTERS else ciphers(letters)[skill]
     while True:
-        word = random_word(rng)
+        word = random_word(rng, letters)
         # an answer equal to the word would let a model that merely copies score
         if word in used or fn(word) == word:
             continue
@@ -98,17 +96,17 @@ def write_shard(out: Path, name: str, instances: list[dict[str, str]]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def build(seed: int = 0) -> dict[str, list[dict[str, str]]]:
+def build(seed: int = 0, letters: str = LETTERS) -> dict[str, list[dict[str, str]]]:
     """All shards by name; deterministic in `seed`; no word appears in two examples."""
     rng = random.Random(seed)
     used: set[str] = set()
     shards: dict[str, list[dict[str, str]]] = {}
     # held-out first so that its words are never in any training shard
-    shards["heldout"] = [make_instance(rng, s, used) for s in balanced_skills(rng, 3 * N_HELDOUT_PER_SKILL)]
+    shards["heldout"] = [make_instance(rng, s, used, letters) for s in balanced_skills(rng, 3 * N_HELDOUT_PER_SKILL)]
     for party, main in PARTIES.items():
-        shards[party] = [make_instance(rng, s, used) for s in party_skills(rng, main, N_TRAIN_PER_PARTY)]
-        shards[f"{party}_val"] = [make_instance(rng, s, used) for s in party_skills(rng, main, N_VAL_PER_PARTY)]
-    shards["assist_trainer"] = [make_instance(rng, s, used) for s in balanced_skills(rng, N_ASSIST)]
+        shards[party] = [make_instance(rng, s, used, letters) for s in party_skills(rng, main, N_TRAIN_PER_PARTY)]
+        shards[f"{party}_val"] = [make_instance(rng, s, used, letters) for s in party_skills(rng, main, N_VAL_PER_PARTY)]
+    shards["assist_trainer"] = [make_instance(rng, s, used, letters) for s in balanced_skills(rng, N_ASSIST)]
     return shards
 
 
@@ -116,13 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: work/demo_data in the repo)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--letters", default=LETTERS,
+                    help="the alphabet of words and ciphers (default a-z; the P-tuning v2 demo uses abcdefgh)")
     args = ap.parse_args(argv)
+    if len(set(args.letters)) != len(args.letters) or len(args.letters) < 3 or not args.letters.isalpha():
+        ap.error(f"--letters {args.letters!r}: give at least 3 distinct letters")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         ap.error(f"--out {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    shards = build(args.seed)
-    manifest = {"seed": args.seed, "prompt_pattern": PROMPT_PATTERN, "instruction": INSTRUCTION, "shards": {}}
+    shards = build(args.seed, args.letters)
+    manifest = {"seed": args.seed, **({"letters": args.letters} if args.letters != LETTERS else {}), "prompt_pattern": PROMPT_PATTERN, "instruction": INSTRUCTION, "shards": {}}
     for name, instances in shards.items():
         write_shard(out, name, instances)
         manifest["shards"][name] = {"n": len(instances), "skills": dict(Counter(i["skill"] for i in instances))}
