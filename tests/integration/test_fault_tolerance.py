@@ -82,7 +82,7 @@ class Harness:
         return (self.out(job_id, node) / f"checkpoint-{k}" / "xfed_resume" / "state.json").is_file()
 
     def recorded(self, job_id: str, node: str) -> int:
-        """The last round in the node's metrics.json (rewritten atomically after the round's resume state)."""
+        """The last round in the node's metrics.json (rewritten atomically, just before the round's resume state)."""
         try:
             rounds = json.loads((self.out(job_id, node) / "metrics.json").read_text())["rounds"]
         except (OSError, ValueError, KeyError):
@@ -90,7 +90,7 @@ class Harness:
         return max((r["round"] for r in rounds), default=0)
 
     def wait_round(self, job_id: str, node: str, k: int, timeout: float = 300) -> None:
-        """Until the node is through round k: resume state saved and metrics recorded, the round's last writes."""
+        """Until the node has recorded round k's metrics (its resume state follows at once)."""
         self.fed.wait_for(lambda: self.recorded(job_id, node) >= k, f"{node} round {k} of job {job_id}",
                           timeout=timeout)
 
@@ -136,9 +136,9 @@ def test_killed_trainer_fails_the_job_and_resume_reproduces_an_uninterrupted_run
     job_id = h.start()
     pid = h.child_pid(job_id, "node-1")
     h.wait_round(job_id, "node-1", 1)
-    # Hold node-1 once round 1 is through, metrics record included (a kill between the resume state and
-    # the record would resume after round 1 without its record), then kill it the hard way. It may have
-    # gone on a round before the SIGSTOP lands. Having finished round r, it may already have uploaded
+    # Hold node-1 once it has recorded round 1, then kill it the hard way. It may not have written round
+    # 1's resume state yet (a resume then redoes round 1), or it may have gone on a round before the
+    # SIGSTOP lands. Having finished round r, it may already have uploaded
     # its round r+1 share, so the others may still finish round r+1; nobody can finish round r+2.
     os.kill(pid, signal.SIGSTOP)
     node1_rounds = _last_round(h, job_id, "node-1")
