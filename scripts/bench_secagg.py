@@ -22,6 +22,12 @@ K = 8, 64 bits, hmac_drbg with sha512.
 - leaf_cpu_s: CPU seconds of the masking round over this process and its pad workers; next to
   leaf_cpu_ideal_s (pad bytes / floor) it shows the work done, apart from what other load on a
   shared machine does to the wall-clock time.
+- leaf_ratio_paired / leaf_cpu_ratio_paired: median over the timed rounds of leaf_mask_s and
+  leaf_cpu_s against the ideal at a floor measured just before that round, with the floor loop
+  running in as many processes as the pad workers (8 MiB each, started together;
+  floor_paired_MBps is their sum). The host's speed drifts (one floor loop: 41-73 MB/s within
+  minutes) and the cores slow each other down, so a single-process best-of-3 floor taken after
+  the leaf rounds overstates the gap.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import hashlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -56,6 +63,7 @@ from xfed.crypto import (  # noqa: E402
 )
 
 CHATGLM_LORA_PARAMS = 28 * (8 * 4096 + 12288 * 8)
+PAIRED_FLOOR_BYTES = 8 << 20  # about 0.15 s of floor loop before each timed leaf round
 
 
 def tensor_shapes(n_params: int) -> dict[str, tuple[int, ...]]:
@@ -90,6 +98,31 @@ def floor_hmac_loop_once(n_bytes: int) -> tuple[float, float]:
         o.update(h.digest())
         v = o.digest()
     return _rates(n_bytes, time.perf_counter() - t, time.process_time() - c)
+
+
+def _floor_child(n_bytes: int) -> None:
+    """In a subprocess of floor_all_cores: say ready, wait for the go line, print the (wall, CPU) rates."""
+    print("ready", flush=True)
+    sys.stdin.readline()
+    print(json.dumps(floor_hmac_loop_once(n_bytes)), flush=True)
+
+
+def floor_all_cores(n_proc: int, n_bytes: int) -> tuple[float, float]:
+    """(summed wall MB/s, mean CPU MB/s) of the floor loop in n_proc processes started together:
+    what the machine gives with every core busy, as it is while the pad workers run."""
+    code = (
+        f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+        f"import bench_secagg; bench_secagg._floor_child({int(n_bytes)})"
+    )
+    argv = [sys.executable, "-c", code]
+    procs = [subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(n_proc)]
+    for proc in procs:
+        proc.stdout.readline()  # imports done: the timed loops start together
+    for proc in procs:
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    rates = [json.loads(proc.communicate()[0]) for proc in procs]
+    return sum(r[0] for r in rates), statistics.mean(r[1] for r in rates)
 
 
 def drbg_once(csprng: str, method: str, buf: np.ndarray) -> tuple[float, float]:
@@ -166,15 +199,6 @@ def run(args: argparse.Namespace) -> dict:
     workers = args.workers
     if workers is None and args.csprng == "hmac_drbg" and available_cores() >= 2:
         get_pad_workers().warm_up()
-    leaf_times, leaf_cpu = [], []
-    for r in range(args.rounds + 1):
-        cpu0 = cpu_seconds()
-        t = time.perf_counter()
-        mask(data[me], bits=args.bits, weight=weights[me], n_parties=args.trainers, self_id=me,
-             peer_streams=my_streams, workers=workers)
-        if r:
-            leaf_times.append(time.perf_counter() - t)
-            leaf_cpu.append(cpu_seconds() - cpu0)
     if workers is None:
         from xfed.crypto.otp import _use_processes
 
@@ -182,6 +206,17 @@ def run(args: argparse.Namespace) -> dict:
     else:
         workers_used = 0 if workers <= 1 else workers
     cores_used = max(1, min(workers_used, len(my_streams) * len(next(iter(my_streams.values())).lanes)))
+    leaf_times, leaf_cpu, floor_now = [], [], []
+    for r in range(args.rounds + 1):
+        if r:  # the VM's speed drifts within minutes: a floor sample taken just before each round
+            floor_now.append(floor_all_cores(cores_used, PAIRED_FLOOR_BYTES))
+        cpu0 = cpu_seconds()
+        t = time.perf_counter()
+        mask(data[me], bits=args.bits, weight=weights[me], n_parties=args.trainers, self_id=me,
+             peer_streams=my_streams, workers=workers)
+        if r:
+            leaf_times.append(time.perf_counter() - t)
+            leaf_cpu.append(cpu_seconds() - cpu0)
 
     # Root: real encodings + random masks that cancel mod 2^bits (the last party carries -sum).
     masked = []
@@ -214,6 +249,8 @@ def run(args: argparse.Namespace) -> dict:
 
     speeds = drbg_and_floor(args.csprng, args.method)
     floor = speeds["floor"]
+    paired = [t * f[0] * 1e6 / pad_bytes for t, f in zip(leaf_times, floor_now, strict=True)]
+    paired_cpu = [c * f[1] * 1e6 / pad_bytes for c, f in zip(leaf_cpu, floor_now, strict=True)]
     res = {
         "params": args.params,
         "trainers": args.trainers,
@@ -235,6 +272,9 @@ def run(args: argparse.Namespace) -> dict:
         "load_avg_1m": round(os.getloadavg()[0], 2),  # the machine is shared: context for the numbers
         "leaf_cpu_s": round(statistics.median(leaf_cpu), 3),  # parent + workers, all cores
         "leaf_cpu_ideal_s": round(pad_bytes / (speeds["floor_cpu"] * 1e6), 3),  # pad bytes at the CPU floor
+        "leaf_ratio_paired": round(statistics.median(paired), 3),  # leaf / ideal at that round's floor
+        "leaf_cpu_ratio_paired": round(statistics.median(paired_cpu), 3),
+        "floor_paired_MBps": [round(f[0], 1) for f in floor_now],  # all cores together
         "leaf_min_s": round(min(leaf_times), 4),  # least disturbed round on a shared machine
         "root_min_s": round(min(root_times), 4),
         "leaf_rounds_s": [round(x, 4) for x in leaf_times],
@@ -267,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         ("leaf_mask_s", f"{res['leaf_mask_s']:.3f} s  ({ideal}{res['workers']} worker processes, {res['cores']} cores)"),
         ("leaf CPU time", f"{res['leaf_cpu_s']:.3f} s over all processes (pad bytes at the CPU floor: "
                           f"{res['leaf_cpu_ideal_s']:.3f} s)"),
+        ("paired with floor", f"leaf / ideal {res['leaf_ratio_paired']:.2f}, CPU {res['leaf_cpu_ratio_paired']:.2f} "
+                              f"(floor on all cores just before each round: {res['floor_paired_MBps']} MB/s)"),
         ("root_sum_s", f"{res['root_sum_s']:.3f} s  (max abs error {res['max_abs_err']:.2e})"),
         ("drbg_MBps", f"{res['drbg_MBps']:.1f} MB/s  ({res['drbg_MBps'] / res['floor_hmac_loop_MBps']:.2f} x floor)"),
         ("floor_hmac_loop_MBps", f"{res['floor_hmac_loop_MBps']:.1f} MB/s"),
