@@ -24,10 +24,10 @@ K = 8, 64 bits, hmac_drbg with sha512.
   shared machine does to the wall-clock time.
 - leaf_ratio_paired / leaf_cpu_ratio_paired: median over the timed rounds of leaf_mask_s and
   leaf_cpu_s against the ideal at a floor measured just before that round, with the floor loop
-  running in as many processes as the pad workers (8 MiB each, started together;
-  floor_paired_MBps is their sum). The host's speed drifts (one floor loop: 41-73 MB/s within
-  minutes) and the cores slow each other down, so a single-process best-of-3 floor taken after
-  the leaf rounds overstates the gap.
+  running in as many processes as the pad workers (32 MiB each, started together;
+  floor_paired_MBps is their sum). The host's speed swings (one floor loop: 40-70 MB/s from
+  second to second), so the best of 3 floor samples taken after the leaf rounds sits near the
+  top of that range while a leaf round gets the average: leaf_ideal_s overstates the gap.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from xfed.crypto import (  # noqa: E402
 )
 
 CHATGLM_LORA_PARAMS = 28 * (8 * 4096 + 12288 * 8)
-PAIRED_FLOOR_BYTES = 8 << 20  # about 0.15 s of floor loop before each timed leaf round
+PAIRED_FLOOR_BYTES = 32 << 20  # about 0.5 s of floor loop before each timed leaf round (8 MiB: too noisy)
 
 
 def tensor_shapes(n_params: int) -> dict[str, tuple[int, ...]]:
