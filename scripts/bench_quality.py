@@ -99,7 +99,7 @@ QUICK = {"steps": 6, "rounds": 2, "batch": 4, "heldout_limit": 12, "max_new_toke
 # ---------------------------------------------------------------- configs
 def peft_section(s: Settings) -> dict[str, Any]:
     if s.peft == "LORA":
-        return {"LORA": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "auto"}}
+        return {"LORA": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}}
     return {"PREFIX_TUNING": {"pre_seq_len": s.pre_seq_len, "prefix_projection": s.prefix_projection}}
 
 
