@@ -58,9 +58,11 @@ def random_word(rng: random.Random, letters: str = LETTERS) -> str:
     return "".join(rng.choice(letters) for _ in range(rng.randint(MIN_LEN, MAX_LEN)))
 
 
-def make_instance(rng: random.Random, skill: str, used: set[str], letters: str = LETTERS) -> dict[str, str]:
-    """One example of `skill` on a word over `letters` never used before, whose answer differs from the word."""
-    fn = SKILLS[skill] if letters == LETTERS else ciphers(letters)[skill]
+def make_instance(rng: random.Random, skill: str, used: set[str], letters: str = LETTERS,
+                  skills: dict[str, Callable[[str], str]] = SKILLS) -> dict[str, str]:
+    """One example of `skill` (from `skills`, the ciphers over `letters`) on a word never used before,
+    whose answer differs from the word."""
+    fn = skills[skill]
     while True:
         word = random_word(rng, letters)
         # an answer equal to the word would let a model that merely copies score
@@ -101,12 +103,17 @@ def build(seed: int = 0, letters: str = LETTERS) -> dict[str, list[dict[str, str
     rng = random.Random(seed)
     used: set[str] = set()
     shards: dict[str, list[dict[str, str]]] = {}
+    skills = ciphers(letters)
+
+    def draw(skill: str) -> dict[str, str]:
+        return make_instance(rng, skill, used, letters, skills)
+
     # held-out first so that its words are never in any training shard
-    shards["heldout"] = [make_instance(rng, s, used, letters) for s in balanced_skills(rng, 3 * N_HELDOUT_PER_SKILL)]
+    shards["heldout"] = [draw(s) for s in balanced_skills(rng, 3 * N_HELDOUT_PER_SKILL)]
     for party, main in PARTIES.items():
-        shards[party] = [make_instance(rng, s, used, letters) for s in party_skills(rng, main, N_TRAIN_PER_PARTY)]
-        shards[f"{party}_val"] = [make_instance(rng, s, used, letters) for s in party_skills(rng, main, N_VAL_PER_PARTY)]
-    shards["assist_trainer"] = [make_instance(rng, s, used, letters) for s in balanced_skills(rng, N_ASSIST)]
+        shards[party] = [draw(s) for s in party_skills(rng, main, N_TRAIN_PER_PARTY)]
+        shards[f"{party}_val"] = [draw(s) for s in party_skills(rng, main, N_VAL_PER_PARTY)]
+    shards["assist_trainer"] = [draw(s) for s in balanced_skills(rng, N_ASSIST)]
     return shards
 
 
