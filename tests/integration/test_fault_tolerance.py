@@ -81,17 +81,13 @@ class Harness:
         """Round k's resume state is complete (what a resume continues from; older ones get pruned)."""
         return (self.out(job_id, node) / f"checkpoint-{k}" / "xfed_resume" / "state.json").is_file()
 
-    def recorded(self, job_id: str, node: str) -> int:
-        """The last round in the node's metrics.json (rewritten atomically, just before the round's resume state)."""
-        try:
-            rounds = json.loads((self.out(job_id, node) / "metrics.json").read_text())["rounds"]
-        except (OSError, ValueError, KeyError):
-            return 0
-        return max((r["round"] for r in rounds), default=0)
+    def last_round(self, job_id: str, node: str) -> int:
+        """The newest round with a complete resume state: a round's last write (its metrics record comes before)."""
+        return max((k for k in range(1, ROUNDS + 1) if self.round_done(job_id, node, k)), default=0)
 
     def wait_round(self, job_id: str, node: str, k: int, timeout: float = 300) -> None:
-        """Until the node has recorded round k's metrics (its resume state follows at once)."""
-        self.fed.wait_for(lambda: self.recorded(job_id, node) >= k, f"{node} round {k} of job {job_id}",
+        """Until the node is through round k (>= k: older resume states are pruned)."""
+        self.fed.wait_for(lambda: self.last_round(job_id, node) >= k, f"{node} round {k} of job {job_id}",
                           timeout=timeout)
 
     def child_pid(self, job_id: str, node: str) -> int:
@@ -119,10 +115,6 @@ def reference(h):
     return h.final(job_id, ASSIST)
 
 
-def _last_round(h, job_id: str, node: str) -> int:
-    return max((k for k in range(1, ROUNDS + 1) if h.round_done(job_id, node, k)), default=0)
-
-
 def assert_same_adapter(h, job_id: str, ref: dict[str, np.ndarray], atol: float) -> None:
     for node in NODES:
         got = h.final(job_id, node)
@@ -136,17 +128,16 @@ def test_killed_trainer_fails_the_job_and_resume_reproduces_an_uninterrupted_run
     job_id = h.start()
     pid = h.child_pid(job_id, "node-1")
     h.wait_round(job_id, "node-1", 1)
-    # Hold node-1 once it has recorded round 1, then kill it the hard way. It may not have written round
-    # 1's resume state yet (a resume then redoes round 1), or it may have gone on a round before the
-    # SIGSTOP lands. Having finished round r, it may already have uploaded
+    # Hold node-1 once it is through round 1, then kill it the hard way. It may have gone on a round
+    # before the SIGSTOP lands. Having finished round r, it may already have uploaded
     # its round r+1 share, so the others may still finish round r+1; nobody can finish round r+2.
     os.kill(pid, signal.SIGSTOP)
-    node1_rounds = _last_round(h, job_id, "node-1")
+    node1_rounds = h.last_round(job_id, "node-1")
     os.kill(pid, signal.SIGKILL)
     job = h.fed.wait_job(job_id)
     assert job.state.value == "FAILED", job
     assert job.node == "node-1" and "node-1" in job.reason, job
-    assert 1 <= node1_rounds < ROUNDS and _last_round(h, job_id, "node-1") == node1_rounds
+    assert 1 <= node1_rounds < ROUNDS and h.last_round(job_id, "node-1") == node1_rounds
     if node1_rounds + 2 <= ROUNDS:
         assert not any(h.round_done(job_id, n, node1_rounds + 2) for n in NODES)
 
@@ -185,7 +176,7 @@ def test_redis_down_10_s_then_scheduler_killed_mid_job_the_job_completes_unchang
     os.kill(pid, signal.SIGSTOP)  # hold the job before its end while the scheduler is away
     try:
         # node-2 cannot finish the job while stopped (the assist may still finish node-2's next round)
-        assert _last_round(h, job_id, "node-2") < ROUNDS
+        assert h.last_round(job_id, "node-2") < ROUNDS
         assert h.fed.store().require(job_id).state.value == "RUNNING"
         h.fed.stop("scheduler", signal.SIGKILL)
         h.fed.start_scheduler()  # waits out the dead scheduler's heartbeat, then re-attaches
