@@ -26,21 +26,28 @@ from xfed.errors import XfedError
 @click.option("--baseline", is_flag=True, help="--eval: score the base model too (the adapter switched off).")
 @click.option("--show", default=0, show_default=True, type=int, help="--eval: print this many examples.")
 @click.option("--json", "as_json", is_flag=True, help="--eval: print the scores as JSON.")
-def main(model_dir, adapter_dir, prompt, eval_file, pattern, instruction, max_new_tokens, baseline, show, as_json):
+@click.option("--metrics", default="exact_match,rouge_l", show_default=True,
+              help="--eval: comma-separated scores; rouge-1, rouge-2, rouge-l, bleu-4 are THUDM's ptuning ones "
+                   "(jieba + rouge_chinese, nltk BLEU-4 with smoothing method 3, 0..100).")
+def main(model_dir, adapter_dir, prompt, eval_file, pattern, instruction, max_new_tokens, baseline, show, as_json,
+         metrics):
     """Load base + adapter and answer, score or chat."""
     try:
         from xfed.operators.horizontal_chatglm import inference
+        from xfed.operators.horizontal_chatglm.metrics_thudm import parse_metrics
 
+        wanted = parse_metrics(metrics, "--metrics")
         model, tokenizer = inference.load_for_inference(model_dir, adapter_dir)
         if eval_file:
             params = {"prompt_pattern": pattern} if pattern else None
             pairs = inference.read_eval_pairs(eval_file, model, tokenizer, params)
             runs = {}
             if baseline:
-                runs["base"], runs["adapter"] = inference.evaluate_with_baseline(model, tokenizer, pairs, max_new_tokens)
+                runs["base"], runs["adapter"] = inference.evaluate_with_baseline(model, tokenizer, pairs, max_new_tokens,
+                                                                                 metrics=wanted)
             else:
                 runs["adapter" if adapter_dir else "base"] = inference.evaluate_pairs(model, tokenizer, pairs,
-                                                                                    max_new_tokens)
+                                                                                    max_new_tokens, metrics=wanted)
             _print_eval(runs, pairs, tokenizer, show, as_json)
             return
         if prompt is not None:
@@ -54,12 +61,16 @@ def main(model_dir, adapter_dir, prompt, eval_file, pattern, instruction, max_ne
 
 
 def _print_eval(runs: dict, pairs: list, tokenizer, show: int, as_json: bool) -> None:
+    from xfed.operators.horizontal_chatglm.metrics_thudm import THUDM_METRICS
+
     if as_json:
         click.echo(json.dumps({name: {k: v for k, v in r.items() if k != "predictions"} for name, r in runs.items()}))
         return
     for name, r in runs.items():
         label = "base model" if name == "base" else "base + adapter"
-        click.echo(f"{label:>15}: exact match {r['exact_match']:.3f}  rouge-l {r['rouge_l']:.3f}  (n={r['n']})")
+        thudm = " ".join(f"{k} {r[k]:.2f}" for k in THUDM_METRICS if k in r)
+        thudm = f"  THUDM: {thudm}" if thudm else ""
+        click.echo(f"{label:>15}: exact match {r['exact_match']:.3f}  rouge-l {r['rouge_l']:.3f}{thudm}  (n={r['n']})")
     for i, (ids, reference) in enumerate(pairs[:show]):
         prompt = tokenizer.decode(ids, skip_special_tokens=True).replace("\n", "⏎")
         answers = "  ".join(f"{name}={r['predictions'][i]!r}" for name, r in runs.items())

@@ -34,23 +34,23 @@ LOCAL_TRAINER_KEYS = frozenset({
     "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
     "no_cuda", "use_cpu", "torch_compile", "save_strategy", "save_steps", "save_total_limit",
     "logging_steps", "logging_strategy", "dataloader_num_workers", "dataloader_pin_memory",
-    "fp16", "bf16", "gradient_checkpointing", "disable_tqdm", "log_level",
+    "fp16", "bf16", "gradient_checkpointing", "disable_tqdm", "log_level", "report_to", "run_name",
 })
 # Dataset keys naming a party's own columns (its files may be laid out differently).
-LOCAL_DATASET_KEYS = frozenset({"key_query", "key_answer", "prompt_column", "response_column", "history_column"})
+LOCAL_DATASET_KEYS = frozenset({"key_query", "key_answer", "prompt_column", "response_column", "history_column",
+                                "metrics"})
 SHARED_SECTIONS = ("aggregation", "encryption", "peft")
 # Set by xfed itself: a value in the config would be silently overridden, so it is refused.
 RESERVED_TRAINER_KEYS = {"output_dir": "set by xfed from output.path"}
 XFL_TRAINER_ALIASES = {"no_cuda": "use_cpu"}  # removed from TrainingArguments in transformers 5
-# TrainingArguments the operator sets itself (it saves an adapter at every aggregation point, logs
-# every optimizer step for the round's loss, never reports to wandb & co.): a config value for one
-# of these is ignored, and `validate` says so in a note.
+# TrainingArguments the operator sets itself (it saves an adapter at every aggregation point and logs
+# every optimizer step for the round's loss): a config value for one of these is ignored, and `validate`
+# says so in a note. report_to is not among them: each party's own, default "none" (reporting.py).
 FORCED_TRAINER_ARGS: dict[str, Any] = {
     "save_strategy": "no",
     "eval_strategy": "no",
     "logging_strategy": "steps",
     "logging_steps": 1,
-    "report_to": "none",
     "disable_tqdm": True,
     "remove_unused_columns": False,
     "load_best_model_at_end": False,
@@ -268,6 +268,20 @@ class DatasetParams(ConfigModel):
                                                            '{index} {round} {query} {answer}; default '
                                                            '"[Round {index}]\\n问：{query}\\n答：{answer}\\n".')
     ignore_pad_token_for_loss: bool = True
+    metrics: list[str] | None = Field(None, description='Scores of each round\'s evaluation: "exact_match", "rouge_l" '
+                                                        '(character ROUGE-L; the default pair) and THUDM ptuning\'s '
+                                                        '"rouge-1", "rouge-2", "rouge-l", "bleu-4" (0..100).')
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: list[str] | None) -> list[str] | None:
+        from .metrics_thudm import KNOWN_METRICS
+
+        unknown = [m for m in v or [] if m not in KNOWN_METRICS]
+        if unknown:
+            raise PydanticCustomError("metric", "unknown metric(s) {unknown} (known: {known})",
+                                      {"unknown": ", ".join(unknown), "known": ", ".join(KNOWN_METRICS)})
+        return v
 
     @field_validator("prompt_pattern")
     @classmethod

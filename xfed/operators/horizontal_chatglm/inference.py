@@ -8,6 +8,7 @@ from xfed.errors import ConfigError
 
 from . import data
 from .metrics import generation_scores
+from .metrics_thudm import THUDM_METRICS, select_scores
 from .party import load_model_folder
 from .training import greedy_answers
 
@@ -66,18 +67,22 @@ def read_eval_pairs(path: str | Path, model: Any, tokenizer: Any, dataset_params
 
 
 def evaluate_pairs(model: Any, tokenizer: Any, pairs: list[tuple[list[int], str]], max_new_tokens: int = 32,
-                   batch_size: int = 16) -> dict[str, Any]:
-    """Exact match and character ROUGE-L of greedy answers against the references (+ the answers)."""
+                   batch_size: int = 16, metrics: list[str] | None = None) -> dict[str, Any]:
+    """Exact match and character ROUGE-L of greedy answers against the references (+ the answers), and
+    THUDM's rouge-1/2/l and bleu-4 where `metrics` names them (metrics_thudm)."""
     predictions = greedy_answers(model, tokenizer, [p for p, _ in pairs], max_new_tokens, batch_size=batch_size)
-    scores = generation_scores(predictions, [ref for _, ref in pairs])
+    references = [ref for _, ref in pairs]
+    scores = generation_scores(predictions, references)
+    scores.update(select_scores(predictions, references, [m for m in metrics or () if m in THUDM_METRICS]))
     return {**scores, "n": len(pairs), "predictions": predictions}
 
 
 def evaluate_with_baseline(model: Any, tokenizer: Any, pairs: list[tuple[list[int], str]],
-                           max_new_tokens: int = 32) -> tuple[dict[str, Any], dict[str, Any]]:
+                           max_new_tokens: int = 32, metrics: list[str] | None = None
+                           ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(base model scores, base + adapter scores) from one loaded PeftModel (adapter switched off, then on)."""
     if not hasattr(model, "disable_adapter"):
         raise ConfigError("--baseline needs --adapter")
     with model.disable_adapter():
-        base = evaluate_pairs(model, tokenizer, pairs, max_new_tokens)
-    return base, evaluate_pairs(model, tokenizer, pairs, max_new_tokens)
+        base = evaluate_pairs(model, tokenizer, pairs, max_new_tokens, metrics=metrics)
+    return base, evaluate_pairs(model, tokenizer, pairs, max_new_tokens, metrics=metrics)

@@ -18,7 +18,7 @@ from xfed.aggregation import encryption_kind, make_leaf, make_root
 from xfed.config import fill_placeholders
 from xfed.errors import ConfigError, JobError, PreflightError, XfedError
 
-from . import protocol, resume
+from . import protocol, reporting, resume
 from .adapter_state import extract_trainable, load_trainable, save_adapter
 from .config import Params, merge_authoritative
 from .metrics import MetricsLog
@@ -124,6 +124,9 @@ class _Party:
         trainer_params = dict(params.get("trainer") or {})
         self.output_dir = _output_dir(self.ctx)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        trainer_params.setdefault("run_name", reporting.run_name(self.ctx.job_id, self.node))
+        reporting.check_backends(trainer_params.get("report_to"), self.node)
+        reporting.set_context_env(self.ctx.job_id, self.node, self.ctx.identity)
         args = training_arguments(trainer_params, self.ctx.work_dir / "trainer")
         self.save_total_limit = args.save_total_limit  # checkpoints whose adapters are kept (None: all)
         self.model, self.tokenizer, self.model_dir = load_base_model(self.ctx.stage, args.use_cpu)
@@ -140,6 +143,8 @@ class _Party:
         if self.data is not None:
             self.trainer = build_trainer(self.peft_model, args, self.data.train, self.data.collator, callbacks=[])
             self.total_steps = count_optimizer_steps(self.trainer)
+        self.reporter = reporting.Reporter(args, self.trainer, self.output_dir, job_id=self.ctx.job_id,
+                                           node=self.node, identity=self.ctx.identity)
         self.fingerprints = fingerprints(self.model_dir, self.tokenizer, self.peft_model, params)
         self.weighting = (params.get("aggregation") or {}).get("weighting", "num_examples")  # checked by Params
         n = self.data.num_examples if self.data is not None else 0
@@ -157,7 +162,8 @@ class _Party:
         dataset = self.params.get("dataset") or {}
         batch = int((self.params.get("trainer") or {}).get("per_device_eval_batch_size", 8))
         return Evaluator(d.val_features, d.collator, d.val_prompts, d.val_answers, self.tokenizer,
-                         batch_size=batch, max_new_tokens=int(dataset.get("max_dst_length", 32) or 32))
+                         batch_size=batch, max_new_tokens=int(dataset.get("max_dst_length", 32) or 32),
+                         metrics=dataset.get("metrics"))
 
     # -- rounds -----------------------------------------------------------------------------------
     def run_rounds(self, rounds: int, aggregate, aggregator, start: int = 0) -> dict[str, Any]:
@@ -175,7 +181,8 @@ class _Party:
 
         runner = RoundRunner(self.ctx, self.peft_model, aggregate, aggregator, schedule, self.weight,
                              self.output_dir, self.metrics, evaluator=self.evaluator(), trains=trains,
-                             after_checkpoint=after_checkpoint)
+                             after_checkpoint=after_checkpoint, reporter=self.reporter)
+        self.reporter.start()
         started = self.metrics.started = time.monotonic()  # ETA counts training time, not set-up and preflight
         if trains and start < rounds:
             callback = FederatedCallback(runner)
@@ -191,6 +198,9 @@ class _Party:
                     raise JobError(f"{self.node}: job stopped before round {round_idx}")
                 runner.run_round(round_idx, None)
         final = save_adapter(self.peft_model, self.output_dir / "final")
+        self.reporter.save_state()  # the steps logged after the last round too
+        self.reporter.save_state(final)
+        self.reporter.finish()
         self.metrics.write(final=str(final), elapsed_s=round(time.monotonic() - started, 2), warnings=self.warnings)
         last = self.metrics.rounds[-1] if self.metrics.rounds else {}
         return {"rounds": rounds, "final": str(final), "metrics": str(self.metrics.path),

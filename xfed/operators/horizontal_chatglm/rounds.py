@@ -18,7 +18,8 @@ from transformers import TrainerCallback
 from xfed.errors import JobError
 
 from .adapter_state import extract_trainable, load_trainable, save_adapter
-from .metrics import MetricsLog, generation_scores, peak_memory_mb
+from .metrics import MetricsLog, peak_memory_mb
+from .metrics_thudm import select_scores
 from .schedule import Schedule
 from .training import greedy_answers, valset_loss
 
@@ -38,6 +39,7 @@ class Evaluator:
     batch_size: int = 8
     max_new_tokens: int = 32
     max_generate: int = 64
+    metrics: list[str] | None = None  # dataset.metrics (None: exact_match and character rouge_l)
 
     def __call__(self, model: Any) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -46,7 +48,8 @@ class Evaluator:
         n = min(len(self.prompts), self.max_generate)
         if n:
             predictions = greedy_answers(model, self.tokenizer, self.prompts[:n], self.max_new_tokens)
-            out.update({k: round(v, 4) for k, v in generation_scores(predictions, self.answers[:n]).items()})
+            scores = select_scores(predictions, self.answers[:n], self.metrics)
+            out.update({k: round(v, 4) for k, v in scores.items()})
         return out
 
 
@@ -56,8 +59,11 @@ def _aggregator_stats(aggregator: Any) -> dict[str, float]:
     if not isinstance(stats, dict):
         return {}
     wanted = ("mask_ms", "unmask_ms", "wait_ms", "bytes_sent", "bytes_received")
-    return {k: round(float(stats[k]), 1) if k.endswith("_ms") else int(stats[k])
-            for k in wanted if isinstance(stats.get(k), (int, float))}
+    out = {k: round(float(stats[k]), 1) if k.endswith("_ms") else int(stats[k])
+           for k in wanted if isinstance(stats.get(k), (int, float))}
+    if isinstance(stats.get("parties"), int) and stats["parties"] > 0:
+        out["participants"] = int(stats["parties"])  # parties whose update the round summed
+    return out
 
 
 @dataclass
@@ -75,6 +81,7 @@ class RoundRunner:
     evaluator: Evaluator | None = None
     trains: bool = True
     after_checkpoint: Callable[[int], None] | None = None  # resume state of the round (resume.py)
+    reporter: Any = None  # reporting.Reporter: the round to the Trainer's integrations + trainer_state.json
     _losses: list[float] = field(default_factory=list)
 
     def note_loss(self, loss: float) -> None:
@@ -105,6 +112,8 @@ class RoundRunner:
         # the record before the resume state, whose state.json marks the round complete: a kill in
         # between must not resume after a round whose record is missing
         self.metrics.add(record)
+        if self.reporter is not None:
+            self.reporter.log_round(record)
         if self.after_checkpoint is not None:
             self.after_checkpoint(round_idx)
         self.ctx.report("metrics", record)

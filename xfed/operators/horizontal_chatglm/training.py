@@ -27,6 +27,7 @@ def training_arguments(trainer_params: dict[str, Any], output_dir: Path) -> Trai
     unknown = sorted(set(kwargs) - _ARG_FIELDS)
     if unknown:
         raise ConfigError(f"train_params.trainer: unknown TrainingArguments key(s) {', '.join(unknown)}")
+    kwargs.setdefault("report_to", "none")  # the Trainer's own default is every integration installed
     kwargs.update(FORCED_TRAINER_ARGS)  # one list, shared with `validate`'s notes
     kwargs["output_dir"] = str(output_dir)
     try:
