@@ -1,0 +1,112 @@
+"""Reporting through the Trainer's integrations: TensorBoard event files (read back with tensorboard's own
+reader, no server), round scalars, federated context and trainer_state.json with every step."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from xfed.errors import ConfigError
+from xfed.operators.horizontal_chatglm import reporting
+from xfed.operators.horizontal_chatglm.metrics import MetricsLog
+from xfed.operators.horizontal_chatglm.peft_setup import apply_peft
+from xfed.operators.horizontal_chatglm.rounds import FederatedCallback, RoundRunner
+from xfed.operators.horizontal_chatglm.schedule import party_schedule
+from xfed.operators.horizontal_chatglm.training import build_trainer, count_optimizer_steps, training_arguments
+
+from ._helpers import collate, features
+
+
+class _Ctx:
+    node_id, attempt, job_id = "node-1", 0, "7"
+
+    def report(self, kind, data):
+        pass
+
+    def should_stop(self):
+        return False
+
+
+class _Stats:  # what an aggregator measured in its last round
+    last_stats = {"mask_ms": 1.5, "unmask_ms": 0.0, "wait_ms": 2.0, "bytes_sent": 100, "bytes_received": 40,
+                  "parties": 2}
+
+
+def read_scalars(run_dir) -> tuple[dict[str, list[tuple[int, float]]], list[str]]:
+    """{tag: [(step, value)]} and the text tags of every event file under run_dir, via tensorboard's loader."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.util import tensor_util
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    texts: list[str] = []
+    files = sorted(run_dir.rglob("events.out.tfevents.*"))
+    assert files, f"no event file under {run_dir}"
+    for path in files:
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                array = tensor_util.make_ndarray(value.tensor)
+                if array.dtype.kind == "f":
+                    scalars.setdefault(value.tag, []).append((event.step, float(array)))
+                else:
+                    texts.append(value.tag + "=" + b"".join(np.atleast_1d(array).tolist()).decode())
+    return scalars, texts
+
+
+def test_label_trainer_writes_event_files_and_trainer_state_with_every_step(tiny_glm, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    peft_model = apply_peft(AutoModelForCausalLM.from_pretrained(str(tiny_glm)),
+                            {"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"]}})
+    args = training_arguments({"per_device_train_batch_size": 2, "num_train_epochs": 1, "learning_rate": 1e-2, "no_cuda": True,
+                               "report_to": ["tensorboard"], "run_name": reporting.run_name("7", "node-1")},
+                              tmp_path / "trainer")
+    trainer = build_trainer(peft_model, args, features(8), collate, callbacks=[])
+    out = tmp_path / "out"
+    reporter = reporting.Reporter(args, trainer, out, job_id="7", node="node-1", identity="label_trainer")
+    runner = RoundRunner(_Ctx(), peft_model, lambda _r, t, _w: t, _Stats(), party_schedule(2, 4), 1.0, out,
+                         MetricsLog(out / "metrics.json", {}), reporter=reporter)
+    trainer.add_callback(FederatedCallback(runner))
+    reporter.start()
+    trainer.train()
+    reporter.save_state()
+
+    scalars, texts = read_scalars(out / "runs")
+    assert [s for s, _ in scalars["train/loss"]] == [1, 2, 3, 4]  # every optimizer step
+    assert [s for s, _ in scalars["train/round/round"]] == [2, 4]  # each round at its step
+    assert [v for _, v in scalars["train/round/round"]] == [1.0, 2.0]
+    assert [v for _, v in scalars["train/round/participants"]] == [2.0, 2.0]
+    assert scalars["train/round/bytes_sent"][0][1] == 100.0 and "train/round/mask_ms" in scalars
+    assert any(t.startswith("xfed/context") and '"job_id": "7"' in t and '"node": "node-1"' in t for t in texts)
+
+    state = json.loads((out / "trainer_state.json").read_text())
+    steps = [e for e in state["log_history"] if "loss" in e]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4]
+    assert all({"loss", "learning_rate", "grad_norm"} <= set(e) for e in steps)
+    rounds = [e for e in state["log_history"] if "round" in e]
+    assert [(e["round"], e["step"]) for e in rounds] == [(1, 2), (2, 4)] and rounds[0]["participants"] == 2
+
+
+def test_aggregator_without_a_trainer_logs_rounds_at_the_round_number(tmp_path):
+    args = training_arguments({"report_to": "tensorboard", "no_cuda": True}, tmp_path / "trainer")
+    reporter = reporting.Reporter(args, None, tmp_path / "out", job_id="3", node="assist_trainer",
+                                  identity="assist_trainer")
+    reporter.start()
+    for k in (1, 2, 3):
+        reporter.log_round({"round": k, "node": "assist_trainer", "participants": 3, "unmask_ms": 4.0 * k,
+                            "bytes_received": 1000})
+    reporter.finish()
+    scalars, _ = read_scalars(tmp_path / "out" / "runs")
+    assert scalars["train/round/unmask_ms"] == [(1, 4.0), (2, 8.0), (3, 12.0)]
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert [e["round"] for e in state["log_history"]] == [1, 2, 3]
+
+
+def test_default_is_no_backend_and_a_missing_backend_is_a_one_line_error(tmp_path):
+    args = training_arguments({"no_cuda": True}, tmp_path / "trainer")
+    assert reporting.report_to_list(args.report_to) == []
+    reporting.check_backends(["tensorboard"], "node-1")
+    with pytest.raises(ConfigError, match="node-1: train_params.trainer.report_to: unknown backend.*nosuch"):
+        reporting.check_backends(["nosuch"], "node-1")
