@@ -12,8 +12,8 @@ import click
 
 from xfed.errors import XfedError
 
-CLIENT_VERBS = ("start", "stop", "status", "list", "nodes", "validate")
-TOOLS = ("convert", "keygen")
+CLIENT_VERBS = ("start", "stop", "status", "list", "nodes", "validate", "serve")
+TOOLS = ("convert", "keygen", "report", "import-primihub")
 
 
 def _default_config_path() -> str:
@@ -24,16 +24,19 @@ def _default_config_path() -> str:
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog=(
         "Roles: -s scheduler, -t NODE_ID trainer (label_trainer), -a assist trainer, "
-        "-c VERB client with VERB in start|stop|status|list|nodes|validate. "
+        "-c VERB client with VERB in start|stop|status|list|nodes|validate|serve "
+        "(serve: a read-only status page on 127.0.0.1, --port/--host). "
         "Tools: `xfed convert SRC DST` writes a native copy of a THUDM ChatGLM folder; "
-        "`xfed keygen NODE` makes an Ed25519 identity key pair for a node."
+        "`xfed keygen NODE` makes an Ed25519 identity key pair for a node; "
+        "`xfed report JOB_DIR [--plot PNG]` prints (and draws) a job's per-round metrics; "
+        "`xfed import-primihub ChatGlm.json OUT_DIR` writes an xfed config folder for a PrimiHub ChatGLM job."
     ),
 )
 @click.option("-s", "--scheduler", is_flag=True, help="Run the scheduler daemon.")
 @click.option("-t", "--trainer", "trainer", metavar="NODE_ID", help="Run the trainer (label_trainer) daemon NODE_ID.")
 @click.option("-a", "--assist_trainer", is_flag=True, help="Run the assist trainer (aggregator) daemon.")
 @click.option("-c", "--client", "client", type=click.Choice(CLIENT_VERBS), metavar="VERB",
-              help="Client verb: start | stop [JOB] | status [JOB] | list | nodes | validate.")
+              help="Client verb: start | stop [JOB] | status [JOB] | list | nodes | validate | serve.")
 @click.option("--config_path", "--config-path", "config_path", default=_default_config_path,
               show_default="$XFED_CONFIG_PATH or ./config", help="Folder with fed_conf.json and trainer_config_*.json.")
 @click.option("--bar", is_flag=True, help="Show a progress bar (client start --follow / status).")
@@ -45,9 +48,13 @@ def _default_config_path() -> str:
 @click.option("--strict", is_flag=True, help="validate: paths that do not exist here are errors, not warnings.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output where supported.")
 @click.option("--out", "out_dir", default=None, help="keygen: folder for the key files.")
+@click.option("--port", "port", type=int, default=8765, show_default=True, help="serve: the page's TCP port.")
+@click.option("--host", "host", default="127.0.0.1", show_default=True,
+              help="serve: address to bind (the page shows hosts and pids: keep it local unless you mean it).")
+@click.option("--plot", "plot", default=None, metavar="PNG", help="report: also draw the curves into PNG.")
 @click.argument("args", nargs=-1)
 def main(scheduler, trainer, assist_trainer, client, config_path, bar, follow, wait_nodes, resume, schema,
-         strict, as_json, out_dir, args):
+         strict, as_json, out_dir, port, host, plot, args):
     """xfed: federated LoRA / P-tuning v2 fine-tuning of ChatGLM-family models over Redis."""
     roles = [r for r in (scheduler, trainer, assist_trainer, client) if r]
     try:
@@ -55,7 +62,7 @@ def main(scheduler, trainer, assist_trainer, client, config_path, bar, follow, w
             raise XfedError("choose one role: -s, -t NODE_ID, -a or -c VERB")
         if not roles:
             if args and args[0] in TOOLS:
-                return _tool(args[0], list(args[1:]), config_path=config_path, out_dir=out_dir)
+                return _tool(args[0], list(args[1:]), config_path=config_path, out_dir=out_dir, plot=plot)
             click.echo(click.get_current_context().get_help())
             sys.exit(2)
         if scheduler:
@@ -70,6 +77,11 @@ def main(scheduler, trainer, assist_trainer, client, config_path, bar, follow, w
         if client == "validate":
             from xfed.config.validate import validate_command
             sys.exit(validate_command(config_path, schema=schema, strict=strict))
+        if client == "serve":
+            if args:
+                raise XfedError(f"serve takes no arguments (got {' '.join(args)})")
+            from xfed.web.server import serve_command
+            sys.exit(serve_command(config_path, host=host, port=port))
         from xfed.client import run_client
         sys.exit(run_client(client, config_path, list(args), bar=bar, follow=follow,
                             wait_nodes=wait_nodes, resume=resume, as_json=as_json) or 0)
@@ -80,7 +92,7 @@ def main(scheduler, trainer, assist_trainer, client, config_path, bar, follow, w
         sys.exit(130)
 
 
-def _tool(name: str, args: list[str], *, config_path: str, out_dir: str | None):
+def _tool(name: str, args: list[str], *, config_path: str, out_dir: str | None, plot: str | None = None):
     if name == "convert":
         if len(args) != 2:
             raise XfedError("usage: xfed convert SRC DST")
@@ -91,6 +103,18 @@ def _tool(name: str, args: list[str], *, config_path: str, out_dir: str | None):
             raise XfedError("usage: xfed keygen NODE [--out DIR]")
         from xfed.security.keygen import keygen_command
         return keygen_command(args[0], out_dir=out_dir or config_path)
+    if name == "report":
+        if len(args) != 1:
+            raise XfedError("usage: xfed report JOB_DIR [--plot PNG]")
+        from pathlib import Path
+
+        from xfed.operators.horizontal_chatglm.report import report
+        sys.exit(report(Path(args[0]), plot))
+    if name == "import-primihub":
+        if len(args) != 2:
+            raise XfedError("usage: xfed import-primihub ChatGlm.json OUT_DIR")
+        from xfed.importers.primihub import import_command
+        return import_command(args[0], args[1])
     raise XfedError(f"unknown tool {name!r}")
 
 

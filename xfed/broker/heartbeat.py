@@ -192,3 +192,11 @@ def alive_nodes(r: redis.Redis, keys, node_ids: list[str] | None = None) -> set[
 
 def dump(infos: dict[str, NodeInfo]) -> str:
     return json.dumps({n: i.to_dict() for n, i in infos.items()})
+
+
+def scheduler_alive(r: redis.Redis, keys) -> bool:
+    """Whether the scheduler's heartbeat key is alive."""
+    try:
+        return (r.pttl(keys.scheduler()) or 0) > 0
+    except redis.RedisError as err:
+        raise BrokerError(f"reading the scheduler heartbeat: {type(err).__name__}: {err}") from err

@@ -5,7 +5,12 @@ import numpy as np
 import pytest
 
 from xfed.errors import ConfigError
-from xfed.operators.horizontal_chatglm.metrics_thudm import parse_metrics, select_scores, thudm_scores, thudm_scores_one
+from xfed.operators.horizontal_chatglm.metrics_thudm import (
+    parse_metrics,
+    select_scores,
+    thudm_scores,
+    thudm_scores_one,
+)
 
 PAIRS = [  # (prediction, reference): AdvertiseGen-like Chinese, a partial match, English, an exact match
     ("这款连衣裙采用了修身的版型，显瘦又时尚。", "这款连衣裙版型修身，穿着显瘦，时尚百搭。"),

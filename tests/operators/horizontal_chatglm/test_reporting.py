@@ -14,7 +14,10 @@ from xfed.operators.horizontal_chatglm.metrics import MetricsLog
 from xfed.operators.horizontal_chatglm.peft_setup import apply_peft
 from xfed.operators.horizontal_chatglm.rounds import FederatedCallback, RoundRunner
 from xfed.operators.horizontal_chatglm.schedule import party_schedule
-from xfed.operators.horizontal_chatglm.training import build_trainer, count_optimizer_steps, training_arguments
+from xfed.operators.horizontal_chatglm.training import (
+    build_trainer,
+    training_arguments,
+)
 
 from ._helpers import collate, features
 

@@ -1,4 +1,5 @@
-"""Print the per-round metrics of a job's outputs: `python -m xfed.operators.horizontal_chatglm.report JOB_DIR`.
+"""Print the per-round metrics of a job's outputs and optionally draw them:
+`python -m xfed.operators.horizontal_chatglm.report JOB_DIR [--plot loss.png]` (also `xfed report`).
 
 JOB_DIR is `output.path` with [JOB_ID] filled and [NODE_ID] left as the folder level, i.e. the folder
 holding one sub-folder per node, each with its metrics.json. Reads JSON only (no torch).
@@ -14,6 +15,7 @@ from xfed.display import cell
 
 COLUMNS = [("node", "node"), ("round", "round"), ("step", "step"), ("train_loss", "train loss"),
            ("eval_loss", "val loss"), ("exact_match", "val EM"), ("rouge_l", "val ROUGE-L"),
+           ("rouge-1", "rouge-1"), ("rouge-2", "rouge-2"), ("rouge-l", "rouge-l"), ("bleu-4", "bleu-4"),
            ("bytes_sent", "sent B"), ("bytes_received", "recv B"), ("aggregate_ms", "agg ms"),
            ("peak_rss_mb", "peak MiB"), ("eta_s", "ETA s")]
 
@@ -27,21 +29,47 @@ def load_rounds(job_dir: Path) -> list[dict[str, Any]]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    table = [[title for _, title in COLUMNS]] + [[cell(r.get(key)) for key, _ in COLUMNS] for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
+    # THUDM's scores only when some node computed them (dataset.metrics)
+    columns = [(k, t) for k, t in COLUMNS if not k.startswith(("rouge-", "bleu-")) or any(k in r for r in rows)]
+    table = [[title for _, title in columns]] + [[cell(r.get(key)) for key, _ in columns] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in table)
 
 
+USAGE = "usage: python -m xfed.operators.horizontal_chatglm.report JOB_DIR [--plot PNG]"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    png = None
+    if "--plot" in args:
+        i = args.index("--plot")
+        if i + 1 >= len(args):
+            print(USAGE, file=sys.stderr)
+            return 2
+        png = args[i + 1]
+        del args[i:i + 2]
     if len(args) != 1:
-        print("usage: python -m xfed.operators.horizontal_chatglm.report JOB_DIR", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
-    rows = load_rounds(Path(args[0]))
+    return report(Path(args[0]), png)
+
+
+def report(job_dir: Path, png: str | None = None) -> int:
+    """Print the table (and write the PNG); 2 with a one-line error when there is nothing to show."""
+    try:
+        rows = load_rounds(job_dir)
+    except (OSError, ValueError) as exc:
+        print(f"error: {job_dir}: cannot read metrics.json: {exc}", file=sys.stderr)
+        return 2
     if not rows:
-        print(f"error: no */metrics.json with rounds under {args[0]}", file=sys.stderr)
+        print(f"error: no */metrics.json with rounds under {job_dir}", file=sys.stderr)
         return 2
     print(format_table(rows))
+    if png:
+        from .plot import plot_job
+
+        print(f"plot: {plot_job(job_dir, rows, Path(png))}")
     return 0
 
 

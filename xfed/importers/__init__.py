@@ -1,0 +1,1 @@
+"""Importers of other federated-learning frameworks' job files into xfed config folders."""
