@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
+from tests.tensorboard_events import read_scalars
 from xfed.errors import ConfigError
 from xfed.operators.horizontal_chatglm import reporting
 from xfed.operators.horizontal_chatglm.metrics import MetricsLog
@@ -35,26 +35,6 @@ class _Ctx:
 class _Stats:  # what an aggregator measured in its last round
     last_stats = {"mask_ms": 1.5, "unmask_ms": 0.0, "wait_ms": 2.0, "bytes_sent": 100, "bytes_received": 40,
                   "parties": 2}
-
-
-def read_scalars(run_dir) -> tuple[dict[str, list[tuple[int, float]]], list[str]]:
-    """{tag: [(step, value)]} and the text tags of every event file under run_dir, via tensorboard's loader."""
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
-    from tensorboard.util import tensor_util
-
-    scalars: dict[str, list[tuple[int, float]]] = {}
-    texts: list[str] = []
-    files = sorted(run_dir.rglob("events.out.tfevents.*"))
-    assert files, f"no event file under {run_dir}"
-    for path in files:
-        for event in EventFileLoader(str(path)).Load():
-            for value in event.summary.value:
-                array = tensor_util.make_ndarray(value.tensor)
-                if array.dtype.kind == "f":
-                    scalars.setdefault(value.tag, []).append((event.step, float(array)))
-                else:
-                    texts.append(value.tag + "=" + b"".join(np.atleast_1d(array).tolist()).decode())
-    return scalars, texts
 
 
 def test_label_trainer_writes_event_files_and_trainer_state_with_every_step(tiny_glm, tmp_path):
