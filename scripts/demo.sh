@@ -32,7 +32,7 @@ phase "federated job"
 
 echo
 echo "== per-round metrics (each label trainer evaluates on its own validation set)"
-python -m xfed.operators.horizontal_chatglm.report "$out"
+python -m xfed.operators.horizontal_chatglm.report "$out" --plot "$WORK/loss.png"  # prints "plot: PATH"
 
 echo
 echo "== held-out set (all three skills): base model vs federated adapter"

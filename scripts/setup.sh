@@ -31,4 +31,9 @@ if [ ! -x /usr/bin/redis-server ]; then
   # the Debian package starts a system service on 6379; we never use it
   $SUDO service redis-server stop >/dev/null 2>&1 || true
 fi
+# the status page's test (tests/integration/test_reporting_job.py) loads the page in a real headless browser
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fi
 echo "xfed set-up ready: $(.venv/bin/python -c 'import torch, transformers, peft; print("torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__)')"

@@ -34,8 +34,14 @@ def plot_job(job_dir: Path, rows: list[dict[str, Any]], png: Path) -> Path:
     nodes = sorted({str(r.get("node")) for r in rows})
     by_node = {n: sorted((r for r in rows if str(r.get("node")) == n), key=lambda r: r.get("round", 0)) for n in nodes}
     has_thudm = any(k in r for r in rows for k in THUDM_SCORES)
-    panels = 4 if has_thudm else 3
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), constrained_layout=True)
+    from matplotlib.ticker import MaxNLocator
+
+    if has_thudm:
+        fig, grid = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
+        axes = list(grid.flat)
+    else:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+        axes = list(axes)
     colors = {n: f"C{i % 10}" for i, n in enumerate(nodes)}
     ax_train, ax_val, ax_unit = axes[0], axes[1], axes[2]
 
@@ -71,6 +77,7 @@ def plot_job(job_dir: Path, rows: list[dict[str, Any]], png: Path) -> Path:
         axes[3].set_title("THUDM ptuning metrics (0..100)")
     for ax in axes:
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
