@@ -69,3 +69,36 @@ def test_unknown_metric_is_a_one_line_error():
     with pytest.raises(ConfigError, match="--metrics: unknown metric.*rouge-3"):
         parse_metrics("rouge-1,rouge-3", "--metrics")
     assert parse_metrics("rouge-1, bleu-4", "--metrics") == ["rouge-1", "bleu-4"]
+
+
+def test_dataset_metrics_is_checked_by_the_config_model():
+    from xfed.operators.horizontal_chatglm.config import DatasetParams, Params
+
+    assert DatasetParams.model_validate({"metrics": ["rouge-1", "bleu-4"]}).metrics == ["rouge-1", "bleu-4"]
+    with pytest.raises(ValueError, match="unknown metric.*rouge-3"):
+        Params.model_validate({"dataset": {"metrics": ["rouge-3"]}}, context={"complete": False})
+
+
+def test_infer_eval_prints_thudm_scores_of_its_own_answers(tiny_glm, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from xfed.infer import main
+    from xfed.operators.horizontal_chatglm import inference
+
+    qa = tmp_path / "heldout.json"
+    qa.write_text(json.dumps({"instruction": "t", "instances": [{"input": "abc", "output": "cba"},
+                                                                {"input": "dog", "output": "god"}]}))
+    res = CliRunner().invoke(main, ["--model", str(tiny_glm), "--eval", str(qa), "--json", "--max-new-tokens", "3",
+                                    "--metrics", "exact_match,rouge-1,rouge-l,bleu-4"])
+    assert res.exit_code == 0, res.output
+    printed = json.loads(res.output.strip().splitlines()[-1])["base"]
+    model, tokenizer = inference.load_for_inference(tiny_glm)
+    pairs = inference.read_eval_pairs(qa, model, tokenizer)
+    again = inference.evaluate_pairs(model, tokenizer, pairs, 3, metrics=["rouge-1", "rouge-l", "bleu-4"])
+    expected = thudm_scores(again["predictions"], [r for _, r in pairs])
+    for key in ("rouge-1", "rouge-l", "bleu-4"):
+        assert printed[key] == pytest.approx(expected[key]), key
+    bad = CliRunner().invoke(main, ["--model", str(tiny_glm), "--eval", str(qa), "--metrics", "bleu-5"])
+    assert bad.exit_code == 2 and "unknown metric(s) bleu-5" in bad.output
