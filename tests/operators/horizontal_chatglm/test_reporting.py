@@ -93,3 +93,13 @@ def test_default_is_no_backend_and_a_missing_backend_is_a_one_line_error(tmp_pat
     reporting.check_backends(["tensorboard"], "node-1")
     with pytest.raises(ConfigError, match="node-1: train_params.trainer.report_to: unknown backend.*nosuch"):
         reporting.check_backends(["nosuch"], "node-1")
+
+
+def test_report_to_is_each_partys_own_and_never_handed_on_by_the_assist_trainer():
+    from xfed.operators.horizontal_chatglm.config import merge_authoritative
+
+    assist = {"trainer": {"learning_rate": 0.1, "report_to": ["wandb"], "run_name": "agg"}}
+    merged, conflicts = merge_authoritative(assist, {"trainer": {"per_device_train_batch_size": 2}})
+    assert "report_to" not in merged["trainer"] and "run_name" not in merged["trainer"] and not conflicts
+    merged, conflicts = merge_authoritative(assist, {"trainer": {"report_to": ["tensorboard"]}})
+    assert merged["trainer"]["report_to"] == ["tensorboard"] and not conflicts

@@ -36,6 +36,9 @@ LOCAL_TRAINER_KEYS = frozenset({
     "logging_steps", "logging_strategy", "dataloader_num_workers", "dataloader_pin_memory",
     "fp16", "bf16", "gradient_checkpointing", "disable_tqdm", "log_level", "report_to", "run_name",
 })
+# A party's reporting is its own choice: the assist trainer's value is not handed on (a party that did
+# not ask must not start sending its losses to W&B or MLflow because the aggregator does).
+PARTY_ONLY_TRAINER_KEYS = frozenset({"report_to", "run_name"})
 # Dataset keys naming a party's own columns (its files may be laid out differently).
 LOCAL_DATASET_KEYS = frozenset({"key_query", "key_answer", "prompt_column", "response_column", "history_column",
                                 "metrics"})
@@ -426,6 +429,8 @@ def merge_authoritative(assist: dict[str, Any], party: dict[str, Any]) -> tuple[
         if assist.get(section) is None and not party.get(section):
             continue
         combined = dict(assist.get(section) or {})
+        if section == "trainer":
+            combined = {k: v for k, v in combined.items() if k not in PARTY_ONLY_TRAINER_KEYS}
         for key, mine in (party.get(section) or {}).items():
             if key in local or (section == "trainer" and key in FORCED_TRAINER_ARGS):  # no conflict to report
                 combined[key] = mine
