@@ -30,6 +30,9 @@ SHOWN = ("(() => { const s = document.getElementById('job-state'), r = document.
          " return s && r ? [s.textContent, r.textContent] : null; })()")
 
 
+UPDATED = "(() => { const u = document.getElementById('updated'); return u ? u.textContent : null; })()"
+
+
 def guide_example(root: Path, model: Path) -> dict:
     """The example ChatGlm.json of PrimiHub's ChatGLM guide, with its ~/czl paths replaced by tmp ones."""
     return {
@@ -109,10 +112,13 @@ def test_primihub_job_reports_to_tensorboard_and_the_status_page_follows_it(tmp_
             line = page.stdout.readline()
             assert "http://127.0.0.1:" in line, line
             url = line.split()[3]
+            # the page is open (and shows no job) before the job starts: it must pick the job up by itself
+            browser = Browser(url + "?every=250", root / "chromium-profile")
+            fed.wait_for(lambda: browser.evaluate(UPDATED) not in (None, "never"), "the page's first refresh")
+            assert browser.evaluate(SHOWN) == ["-", "0"] and not browser.evaluate(UPDATED).startswith("error")
             start = xfed("-c", "start", "--config_path", str(cfg))
             assert start.returncode == 0, start.stderr + fed.logs()
             job_id = start.stdout.split()[0]
-            browser = Browser(url + "?every=250", root / "chromium-profile")
             seen: list[tuple[str, int]] = []  # (job state, rounds done) as the page showed them
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
