@@ -80,17 +80,20 @@ function chart(rows) {
   axis(L, H - 8, "round " + x0, "start"); axis(W - R, H - 8, "round " + x1, "end");
   axis(L - 4, T + 10, y1.toPrecision(3), "end"); axis(L - 4, H - B, y0.toPrecision(3), "end");
   const colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
+  // one colour per node; validation loss dashed
+  const nodes = [...new Set(rows.map(r => String(r.node)))].sort();
+  const colorOf = name => colors[Math.max(0, nodes.indexOf(name.slice(0, name.lastIndexOf(" ")))) % colors.length];
   Object.keys(series).sort().forEach((name, i) => {
     const s = series[name].sort((a, b) => a[0] - b[0]);
     const line = document.createElementNS(SVGNS, "polyline");
-    line.setAttribute("fill", "none"); line.setAttribute("stroke", colors[i % colors.length]);
+    line.setAttribute("fill", "none"); line.setAttribute("stroke", colorOf(name));
     line.setAttribute("stroke-width", "2");
     if (name.endsWith("eval_loss")) line.setAttribute("stroke-dasharray", "5,3");
     line.setAttribute("points", s.map(p => X(p[0]) + "," + Y(p[1])).join(" "));
     line.setAttribute("class", "series"); line.setAttribute("data-name", name);
     svg.appendChild(line);
     axis(W - R + 8, T + 14 * (i + 1), name, "start");
-    svg.lastChild.setAttribute("fill", colors[i % colors.length]);
+    svg.lastChild.setAttribute("fill", colorOf(name));
   });
 }
 
