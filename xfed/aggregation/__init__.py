@@ -12,11 +12,12 @@ from xfed.aggregation.base import WEIGHT_KEY, LeafBase, RootBase, RoundStats
 from xfed.aggregation.keyexchange import OtpSettings, exchange_publics
 from xfed.aggregation.otp import OtpLeaf, OtpRoot
 from xfed.aggregation.plain import PlainLeaf, PlainRoot
+from xfed.aggregation.secagg import SecAggLeaf, SecAggRoot
 from xfed.aggregation.strategy import FedAvg, Strategy
 from xfed.errors import ConfigError
 
 __all__ = ["make_leaf", "make_root", "encryption_kind", "PlainLeaf", "PlainRoot", "OtpLeaf", "OtpRoot",
-           "LeafBase", "RootBase", "RoundStats", "OtpSettings", "exchange_publics", "FedAvg", "Strategy",
+           "SecAggLeaf", "SecAggRoot", "LeafBase", "RootBase", "RoundStats", "OtpSettings", "exchange_publics", "FedAvg", "Strategy",
            "WEIGHT_KEY"]
 
 
@@ -39,13 +40,20 @@ def encryption_kind(encryption: Any) -> tuple[str, dict[str, Any]]:
     return kinds[0], dict(options)
 
 
-def make_leaf(ctx: Any, encryption: Any, **kw: Any) -> LeafBase:
-    """The label trainer's aggregator. kw: strategy=, timeout= (seconds per wait; default the Comm's)."""
+def make_leaf(ctx: Any, encryption: Any, *, min_parties: int | None = None, **kw: Any) -> LeafBase:
+    """The label trainer's aggregator. kw: strategy=, timeout= (seconds per wait; default the Comm's).
+
+    `otp` with a `dropout` block is dropout-tolerant secure aggregation (secagg); min_parties
+    (aggregation.min_parties) only applies there."""
     kind, options = encryption_kind(encryption)
+    if kind == "otp" and options.get("dropout") is not None:
+        return SecAggLeaf(ctx, options, min_parties=min_parties, **kw)
     return OtpLeaf(ctx, options, **kw) if kind == "otp" else PlainLeaf(ctx, **kw)
 
 
-def make_root(ctx: Any, encryption: Any, **kw: Any) -> RootBase:
+def make_root(ctx: Any, encryption: Any, *, min_parties: int | None = None, **kw: Any) -> RootBase:
     """The assist trainer's aggregator. kw: strategy= (default FedAvg), timeout=."""
     kind, options = encryption_kind(encryption)
+    if kind == "otp" and options.get("dropout") is not None:
+        return SecAggRoot(ctx, options, min_parties=min_parties, **kw)
     return OtpRoot(ctx, options, **kw) if kind == "otp" else PlainRoot(ctx, options, **kw)

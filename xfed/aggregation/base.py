@@ -218,12 +218,13 @@ class RootBase(_Party):
         return mean
 
     def _finish(self, round_idx: int, weighted_sum: dict[str, np.ndarray], total_weight: float,
-                own: Mapping[str, np.ndarray] | None, own_weight: float) -> dict[str, np.ndarray]:
+                own: Mapping[str, np.ndarray] | None, own_weight: float,
+                meta: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
         if own is not None and own_weight > 0:
             check_same_layout(weighted_sum, own, f"{self.node_id}: own tensors of round {round_idx}")
             for name, value in own.items():
                 weighted_sum[name] += own_weight * value.astype(np.float64, copy=False)
             total_weight += own_weight
         mean = self.strategy.finalize(round_idx, weighted_sum, total_weight)
-        self.comm.broadcast(self.trainers, tag_down(round_idx), mean)
+        self.comm.broadcast(self.trainers, tag_down(round_idx), mean, meta)
         return mean

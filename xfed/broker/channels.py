@@ -281,6 +281,50 @@ class Comm:
         finally:
             self.stats.wait_s += time.monotonic() - start
 
+    def gather_until(self, peers: Iterable[str], tag: str, timeout: float) -> dict[str, Message]:
+        """Like `gather`, but after `timeout` returns what arrived instead of raising (dropout-tolerant
+        rounds: the caller decides what a missing peer means). Everything already in Redis is read."""
+        peers = list(dict.fromkeys(peers))
+        start = time.monotonic()
+        deadline = start + float(timeout)
+        out: dict[str, Message] = {}
+        inboxes = [self._inbox(p) for p in peers]
+        last = False
+        try:
+            while True:
+                for inbox in inboxes:
+                    if inbox.peer not in out and inbox.pending[tag]:
+                        out[inbox.peer] = inbox.pending[tag].popleft()
+                missing = [ib for ib in inboxes if ib.peer not in out]
+                if not missing or last:
+                    return {p: out[p] for p in peers if p in out}
+                now = time.monotonic()
+                self._check_abort(now, tag)
+                last = now >= deadline  # one more read of what is there, then stop
+                self._pump(missing, 0.001 if last else min(self.poll_s, deadline - now))
+        finally:
+            self.stats.wait_s += time.monotonic() - start
+
+    def recv_any(self, peer: str, tags: list[str], timeout: float | None = None) -> Message:
+        """The next message from `peer` tagged with any of `tags` (first in `tags` order if several wait)."""
+        limit = self.timeout if timeout is None else float(timeout)
+        start = time.monotonic()
+        deadline = start + limit
+        inbox = self._inbox(peer)
+        try:
+            while True:
+                for tag in tags:
+                    if inbox.pending[tag]:
+                        return inbox.pending[tag].popleft()
+                now = time.monotonic()
+                if now >= deadline:
+                    raise ChannelTimeout(f"job {self.job_id} stage {self.stage_id}: none of {tags} from {peer} "
+                                         f"after {limit:g} s")
+                self._check_abort(now, tags[0])
+                self._pump([inbox], min(self.poll_s, deadline - now))
+        finally:
+            self.stats.wait_s += time.monotonic() - start
+
     def _check_abort(self, now: float, tag: str) -> None:
         if self.should_stop():
             raise JobError(f"job {self.job_id}: stopped while node {self.node_id} waited for {tag!r}")

@@ -45,6 +45,7 @@ __all__ = [
     "mask",
     "unmask_sum",
     "sign_for",
+    "add_pads",
 ]
 
 PROTOCOL_LABEL = b"xfed/otp-pad/v1"
@@ -225,7 +226,36 @@ def mask(
     result = encode_all()
     if total == 0 or not peer_streams:
         return result
+    add_pads(flat, bits=bits, self_id=self_id, peer_streams=peer_streams, workers=workers,
+             pad_timeout=pad_timeout, restart=encode_all)
+    return result
 
+
+def add_pads(
+    flat: np.ndarray,
+    *,
+    bits: int = 64,
+    self_id: str,
+    peer_streams: Mapping[str, PadStream],
+    workers: int | None = None,
+    pad_timeout: float | None = None,
+    restart=None,
+) -> None:
+    """flat += sign * (the next flat.size words of every peer's stream), mod 2^bits, in place.
+
+    `flat` is a C-contiguous uint64 word buffer (128 bits: [low, high] pairs). The sign per peer is
+    `sign_for(self_id, peer)`. Worker processes as in `mask`; if they fail, `restart()` must put
+    `flat` back as it was (mask re-encodes; the default zero-fills, for a pad-only buffer).
+    """
+    for peer, stream in peer_streams.items():
+        sign_for(self_id, peer)
+        if not isinstance(stream, PadStream) or set(stream.pair) != {self_id, peer}:
+            raise ValueError(f"peer_streams[{peer!r}] is not the pad stream of the pair ({self_id!r}, {peer!r})")
+    if flat.dtype != np.uint64 or not flat.flags.c_contiguous or flat.ndim != 1:
+        raise ValueError("pads go into a flat C-contiguous uint64 array")
+    total = int(flat.size)
+    if total == 0 or not peer_streams:
+        return
     peers = sorted(peer_streams)
     streams = [peer_streams[p] for p in peers]
     signs = [sign_for(self_id, p) for p in peers]
@@ -257,18 +287,20 @@ def mask(
                 get_pad_workers(n_proc).fill(tasks, total * len(peers), timeout, on_done)
             except (RuntimeError, OSError) as exc:
                 # No stream has advanced (states are adopted only on success): start again here.
-                warnings.warn(f"pad worker processes failed ({exc}); generating pads in this process", stacklevel=2)
-                result = encode_all()
+                warnings.warn(f"pad worker processes failed ({exc}); generating pads in this process", stacklevel=3)
+                if restart is None:
+                    flat.fill(0)
+                else:
+                    restart()
             else:
                 for stream in streams:
                     stream.words_drawn += total
-                return result
+                return
     with _scratch_lock:
         scratch = _scratch_words(total)
         for row, stream in enumerate(streams):
             stream.fill_words(scratch)
             apply_row(row, scratch)
-    return result
 
 
 def _apply(acc: np.ndarray, pad: np.ndarray, sign: int, bits: int) -> None:

@@ -1,0 +1,201 @@
+"""Dropout-tolerant secure aggregation with four label trainers (threshold 3) as threads on real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from xfed.aggregation import SecAggLeaf, SecAggRoot, make_leaf, make_root
+from xfed.aggregation.base import tag_up
+from xfed.aggregation.secagg import tag_ask, tag_reveal
+from xfed.errors import ConfigError, JobError, SecurityError
+
+from .conftest import run_parties
+
+pytestmark = pytest.mark.integration
+
+TRAINERS = ["node-1", "node-2", "node-3", "node-4"]
+WEIGHTS = {"node-1": 1.0, "node-2": 2.0, "node-3": 3.0, "node-4": 4.0}
+STEP = 4 * 2.0 ** -32  # n parties x one fixed-point step (64 bits, 32 fractional bits), relative to the weights
+
+
+def enc(threshold=3, timeout=1.5, **extra):
+    return {"otp": {"key_bitlength": 64, "key_exchange": {"key_bitlength": 2048},
+                    "dropout": {"threshold": threshold, "round_timeout_s": timeout, **extra}}}
+
+
+def update(node: str, r: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([int(node[-1]), r])
+    return {"a": rng.normal(size=(3, 5)).astype(np.float32), "b": rng.normal(size=7).astype(np.float32)}
+
+
+def mean_of(nodes, r):
+    total = sum(WEIGHTS[n] for n in nodes)
+    return {k: sum(WEIGHTS[n] * update(n, r)[k].astype(np.float64) for n in nodes) / total for k in ("a", "b")}
+
+
+def leaf_fn(ctx, encryption, rounds, stop_after=None, before_round=None):
+    def fn():
+        leaf = make_leaf(ctx, encryption)
+        assert isinstance(leaf, SecAggLeaf)
+        leaf.setup()
+        leaf.receive_initial()
+        outs = []
+        for r in range(rounds):
+            if stop_after is not None and r == stop_after:
+                return outs, leaf
+            if before_round:
+                before_round(leaf, r)
+            outs.append((leaf.aggregate(r, update(ctx.node_id, r), WEIGHTS[ctx.node_id]), leaf.last_contributors))
+        return outs, leaf
+    return fn
+
+
+def root_fn(ctx, encryption, rounds):
+    def fn():
+        root = make_root(ctx, encryption)
+        assert isinstance(root, SecAggRoot)
+        root.setup()
+        root.broadcast_initial({"a": np.zeros((3, 5), np.float32), "b": np.zeros(7, np.float32)})
+        outs = []
+        for r in range(rounds):
+            outs.append((root.aggregate(r, None, 0.0), root.last_contributors, root.last_dropped))
+        return outs, root
+    return fn
+
+
+def check_mean(got, nodes, r):
+    want = mean_of(nodes, r)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], atol=1e-6, rtol=0)
+
+
+def test_no_dropout_all_four_are_summed_and_precomputed_pads_agree(federation):
+    ctxs = federation(TRAINERS)
+    e = enc(precompute_pads=True)
+    fns = {n: leaf_fn(ctxs[n], e, 2) for n in TRAINERS}
+    fns["assist"] = root_fn(ctxs["assist"], e, 2)
+    res = run_parties(fns)
+    for r in range(2):
+        mean, contributors, dropped = res["assist"][0][r]
+        assert contributors == TRAINERS and dropped == []
+        check_mean(mean, TRAINERS, r)
+        for n in TRAINERS:
+            np.testing.assert_array_equal(res[n][0][r][0]["a"], mean["a"])
+            assert res[n][0][r][1] == TRAINERS
+    # what the root reported for the scheduler: the policy, then who contributed per round
+    secagg = [d["secagg"] for kind, d in ctxs["assist"].reports if kind == "metrics"]
+    assert secagg[0]["threshold"] == 3 and secagg[0]["trainers"] == TRAINERS
+    assert secagg[1] == {"round": 0, "contributors": TRAINERS, "dropped": []}
+
+
+def test_a_party_dead_after_sending_its_round_keys_is_unmasked_out(federation):
+    """node-4 sends round 1's keys (its pads are in the others' uploads) and dies before uploading."""
+    ctxs = federation(TRAINERS)
+    e = enc()
+
+    def die_mid_round(leaf, r):
+        if r == 1:
+            leaf.prepare(1)
+            raise SystemExit  # caught below: the thread ends as a killed process would
+
+    def node4():
+        try:
+            return leaf_fn(ctxs["node-4"], e, 3, before_round=die_mid_round)()
+        except SystemExit:
+            return "dead"
+
+    fns = {n: leaf_fn(ctxs[n], e, 3) for n in TRAINERS[:3]}
+    fns["node-4"] = node4
+    fns["assist"] = root_fn(ctxs["assist"], e, 3)
+    res = run_parties(fns)
+    outs = res["assist"][0]
+    check_mean(outs[0][0], TRAINERS, 0)
+    for r in (1, 2):
+        mean, contributors, dropped = outs[r]
+        assert contributors == TRAINERS[:3] and dropped == ["node-4"]
+        check_mean(mean, TRAINERS[:3], r)
+        assert res["node-1"][0][r][1] == TRAINERS[:3]
+    # every survivor revealed key shares of node-4 in round 1 and never a seed share of it
+    for n in TRAINERS[:3]:
+        ledger = res[n][1].ledger
+        assert "node-4" in ledger.keys[1] and "node-4" not in ledger.seeds[1]
+    assert res["node-4"] == "dead"
+
+
+def test_a_late_upload_is_discarded_and_the_straggler_takes_part_next_round(federation):
+    ctxs = federation(TRAINERS)
+    e = enc(timeout=1.0)
+    late_leaf = {}
+
+    def straggle(leaf, r):
+        late_leaf["leaf"] = leaf
+        if r == 1:
+            leaf.prepare(1)
+            time.sleep(2.0)  # past round_timeout_s: the round goes on without node-4
+
+    fns = {n: leaf_fn(ctxs[n], e, 4) for n in TRAINERS[:3]}
+    fns["node-4"] = leaf_fn(ctxs["node-4"], e, 4, before_round=straggle)
+    fns["assist"] = root_fn(ctxs["assist"], e, 4)
+    res = run_parties(fns)
+    outs, root = res["assist"]
+    assert outs[1][1] == TRAINERS[:3] and outs[1][2] == ["node-4"]
+    check_mean(outs[1][0], TRAINERS[:3], 1)
+    for r in (2, 3):
+        check_mean(outs[r][0], outs[r][1], r)
+    assert outs[3][1] == TRAINERS  # back (a late party's keys are waited for a grace after the others')
+    assert res["node-4"][0][1][1] == TRAINERS[:3]  # it was told it did not contribute
+    # the late upload sits unread; no survivor ever revealed a seed share of node-4 in round 1
+    assert root.comm._inboxes["node-4"].pending[tag_up(1)]
+    survivors_ledgers = [res[n][1].ledger for n in TRAINERS[:3]]
+    for ledger in survivors_ledgers:
+        assert "node-4" in ledger.keys[1] and "node-4" not in ledger.seeds[1]
+
+
+def test_fewer_than_threshold_fails_naming_the_dropped(federation):
+    ctxs = federation(TRAINERS)
+    e = enc(timeout=1.0)
+    fns = {n: leaf_fn(ctxs[n], e, 2, stop_after=1 if n in ("node-3", "node-4") else None) for n in TRAINERS}
+    fns["assist"] = root_fn(ctxs["assist"], e, 2)
+    t0 = time.monotonic()
+    with pytest.raises(JobError, match=r"only 2 of 4 .*dropped: node-3, node-4"):
+        run_parties(fns, timeout=30)
+    assert time.monotonic() - t0 < 15
+
+
+def test_a_root_asking_for_both_shares_of_one_party_is_refused_and_named(federation):
+    """A root that says node-4 dropped and also survived: every honest trainer refuses, naming it."""
+    ctxs = federation(TRAINERS)
+    e = enc()
+
+    def evil_root():
+        root = make_root(ctxs["assist"], e)
+        root.setup()
+        root.broadcast_initial({"a": np.zeros((3, 5), np.float32), "b": np.zeros(7, np.float32)})
+        got = root.comm.gather(TRAINERS, tag_up(0))
+        assert set(got) == set(TRAINERS)
+        root.comm.broadcast(TRAINERS[:3], tag_ask(0), meta={"survivors": TRAINERS, "dropped": ["node-4"]})
+        return "asked"
+
+    fns = {n: leaf_fn(ctxs[n], e, 1) for n in TRAINERS[:3]}
+    fns["assist"] = evil_root
+    fns["node-4"] = leaf_fn(ctxs["node-4"], e, 1)
+    with pytest.raises(SecurityError, match=r"assist asked for both the self-mask share and the key share of node-4"):
+        run_parties(fns, timeout=30)
+    assert not ctxs["assist"].comm._inbox("node-1").pending[tag_reveal(0)]
+
+
+def test_threshold_at_most_half_and_bad_settings_are_refused(federation):
+    ctxs = federation(TRAINERS)
+    with pytest.raises(ConfigError, match=r"threshold: 2 is at most half .* t >= 3"):
+        make_root(ctxs["assist"], enc(threshold=2))
+    with pytest.raises(ConfigError, match="threshold: 5 exceeds"):
+        make_leaf(ctxs["node-1"], enc(threshold=5))
+    with pytest.raises(ConfigError, match="round_timeout_s"):
+        make_leaf(ctxs["node-1"], enc(timeout=0))
+    with pytest.raises(ConfigError, match="dropout.surprise"):
+        make_leaf(ctxs["node-1"], enc(surprise=1))
+    with pytest.raises(ConfigError, match="min_parties"):
+        make_root(ctxs["assist"], enc(), min_parties=2)
