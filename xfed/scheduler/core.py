@@ -15,6 +15,7 @@ from xfed.broker.heartbeat import Heartbeat, alive_nodes, wait_until_free
 from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus, can_resume
 from xfed.broker.streams import ControlStream, Entry, read_many
 from xfed.errors import BrokerError, XfedError
+from xfed.scheduler.dropouts import DROPPED, judge_dead, policy_from_event, policy_of, round_record
 from xfed.scheduler.progress import decide_after_stage, missing_nodes
 from xfed.scheduler.resume import with_ended_attempt
 
@@ -329,6 +330,8 @@ class Scheduler:
         if msg.get("stage") != job.stage or msg.get("attempt", 0) != job.attempt:
             return False  # late event of an earlier stage/attempt
         status = job.nodes.setdefault(node, NodeStatus())
+        if status.state == DROPPED and kind in ("status", "progress"):
+            return False  # a dropped node stays dropped for this stage (rejoining is not supported yet)
         status.stage = job.stage
         if kind == "status":
             status.state = {"starting": "running", "running": "running", "stopped": "stopped"}.get(
@@ -352,10 +355,25 @@ class Scheduler:
             status.result = result if isinstance(result, dict) else None
             self.jobs.set_node(job.job_id, node, status)
             return True
-        else:  # metrics / log / warning: clients read them from the stream
+        elif kind == "metrics":  # clients read metrics from the stream; a dropout policy/round record is kept
+            self._note_secagg(job, msg.get("data"))
+            return False
+        else:  # log / warning: clients read them from the stream
             return False
         self.jobs.set_node(job.job_id, node, status)
         return False
+
+    def _note_secagg(self, job: Job, data: Any) -> None:
+        """A stage that tolerates dropouts announces it; each of its rounds says who contributed."""
+        policy = policy_from_event(job, data)
+        if policy is not None:
+            self.jobs.set_fields(job.job_id, dropout=policy.to_json())
+            job.extra["dropout"] = policy.to_json()
+            return
+        record = round_record(job, data)
+        if record is not None:
+            self.jobs.set_fields(job.job_id, secagg_rounds=record)
+            job.extra["secagg_rounds"] = record
 
     def _note_after_end(self, job: Job, entry: Entry) -> None:
         """After the end, record who stopped (for `status`), but change nothing else."""
@@ -379,10 +397,15 @@ class Scheduler:
             if job is None or not job.active:
                 continue
             dead = missing_nodes(job.participants, alive)
-            if dead:
-                first = dead[0]
-                self.jobs.set_node(job_id, first, NodeStatus(state="failed", stage=job.stage,
-                                                             message="heartbeat expired"))
-                self._finish(job_id, JobState.FAILED,
-                             f"{first}: heartbeat expired (none for {3 * self.interval:g} s): its daemon died or "
-                             f"lost Redis" + (f"; also silent: {', '.join(dead[1:])}" if dead[1:] else ""), first)
+            verdict = judge_dead(job, policy_of(job), dead, self.interval) if dead else None
+            if verdict is None:
+                continue
+            if verdict.action == "tolerate":
+                for n in verdict.dropped:
+                    self.jobs.set_node(job_id, n, NodeStatus(state=DROPPED, stage=job.stage, message=verdict.reason))
+                    log.warning("job %s: %s %s", job_id, n, verdict.reason)
+                self._advance_if_ready(job_id)  # the others may all be done already
+                continue
+            self.jobs.set_node(job_id, verdict.node, NodeStatus(state="failed", stage=job.stage,
+                                                                message="heartbeat expired"))
+            self._finish(job_id, JobState.FAILED, verdict.reason, verdict.node)

@@ -22,11 +22,13 @@ def decide_after_stage(stage: int, participants: list[str], nodes: dict[str, Nod
     Every participant reports `done` with the length of its own stage list; they must agree
     (XFL runs stage k on every node), and the job moves on only when all are done.
     """
-    waiting = [n for n in participants if nodes.get(n, NodeStatus()).state != "done"
+    # a node dropped from a stage that tolerates dropouts (scheduler.dropouts) is not waited for
+    present = [n for n in participants if nodes.get(n, NodeStatus()).state != "dropped"]
+    waiting = [n for n in present if nodes.get(n, NodeStatus()).state != "done"
                or nodes.get(n, NodeStatus()).stage != stage]
-    if waiting:
+    if waiting or not present:
         return StageDecision("wait")
-    counts = {n: nodes[n].n_stages for n in participants}
+    counts = {n: nodes[n].n_stages for n in present}
     distinct = {c for c in counts.values()}
     if len(distinct) != 1 or None in distinct:
         detail = ", ".join(f"{n} has {c}" for n, c in sorted(counts.items()))

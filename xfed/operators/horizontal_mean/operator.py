@@ -86,13 +86,17 @@ def run(ctx) -> dict[str, Any]:
         weight = weights.get(ctx.node_id, 0.0)
         avg = agg.aggregate(r, tensors, weight)
         got = np.asarray(avg["mean"], dtype=np.float64)
-        err = float(np.max(np.abs(got - expected_mean(params, weights, r))))
+        # dropout-tolerant secure aggregation sums only the round's survivors (and says who they were)
+        summed = getattr(agg, "last_contributors", None) or list(weights)
+        present = {n: w for n, w in weights.items() if n in summed or n not in ctx.trainer_ids}
+        err = float(np.max(np.abs(got - expected_mean(params, present, r))))
         worst = max(worst, err)
         if err > params.tolerance:
             raise JobError(f"{ctx.node_id}: round {r}: aggregate differs from the expected mean by {err:.3g} "
                            f"(tolerance {params.tolerance:g})")
         ms = (time.monotonic() - start) * 1000
-        row = {"round": r, "max_abs_err": err, "norm": float(np.linalg.norm(got)), "ms": round(ms, 2)}
+        row = {"round": r, "max_abs_err": err, "norm": float(np.linalg.norm(got)), "ms": round(ms, 2),
+               "contributors": sorted(present)}
         stats = getattr(agg, "last_round_stats", None) or {}
         row.update({k: stats[k] for k in ("bytes_sent", "bytes_received", "mask_ms", "unmask_ms", "wait_ms")
                     if k in stats})
