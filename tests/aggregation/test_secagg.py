@@ -94,7 +94,7 @@ def test_no_dropout_all_four_are_summed_and_precomputed_pads_agree(federation):
 def test_a_party_dead_after_sending_its_round_keys_is_unmasked_out(federation):
     """node-4 sends round 1's keys (its pads are in the others' uploads) and dies before uploading."""
     ctxs = federation(TRAINERS)
-    e = enc()
+    e = enc(timeout=1.0)
 
     def die_mid_round(leaf, r):
         if r == 1:
@@ -103,17 +103,17 @@ def test_a_party_dead_after_sending_its_round_keys_is_unmasked_out(federation):
 
     def node4():
         try:
-            return leaf_fn(ctxs["node-4"], e, 3, before_round=die_mid_round)()
+            return leaf_fn(ctxs["node-4"], e, 2, before_round=die_mid_round)()
         except SystemExit:
             return "dead"
 
-    fns = {n: leaf_fn(ctxs[n], e, 3) for n in TRAINERS[:3]}
+    fns = {n: leaf_fn(ctxs[n], e, 2) for n in TRAINERS[:3]}
     fns["node-4"] = node4
-    fns["assist"] = root_fn(ctxs["assist"], e, 3)
+    fns["assist"] = root_fn(ctxs["assist"], e, 2)
     res = run_parties(fns)
     outs = res["assist"][0]
     check_mean(outs[0][0], TRAINERS, 0)
-    for r in (1, 2):
+    for r in (1,):
         mean, contributors, dropped = outs[r]
         assert contributors == TRAINERS[:3] and dropped == ["node-4"]
         check_mean(mean, TRAINERS[:3], r)
