@@ -22,6 +22,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from xfed.aggregation.dropout import Dropout
 from xfed.config.base import ConfigModel, did_you_mean, fail, reraise
 from xfed.config.training_args import check_value, training_argument_specs
 
@@ -92,6 +93,9 @@ class Aggregation(ConfigModel):
                           "an integer n >= 1: every n optimizer steps.")
     weighting: Literal["num_examples", "uniform"] = Field(
         "num_examples", description="FedAvg weights: each party's number of training examples, or equal.")
+    min_parties: int | None = Field(
+        None, ge=1, description="With encryption.otp.dropout: the fewest label trainers a round may sum "
+                                "(threshold <= min_parties <= label trainers; default the threshold).")
 
     @field_validator("agg_steps", mode="before")
     @classmethod
@@ -135,6 +139,9 @@ class Otp(ConfigModel):
     data_type: Literal["torch.Tensor", "numpy.ndarray"] = Field("torch.Tensor", description="XFL; accepted.")
     key_exchange: KeyExchange = Field(default_factory=KeyExchange)
     csprng: Csprng = Field(default_factory=Csprng)
+    dropout: Dropout | None = Field(
+        None, description="Opt-in dropout-tolerant secure aggregation (docs/SECAGG.md §6): "
+                          '{"threshold": t, "round_timeout_s": s, "precompute_pads": false}.')
 
 
 class Plain(ConfigModel):

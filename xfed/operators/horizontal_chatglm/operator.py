@@ -243,7 +243,8 @@ class _Label(_Party):
             raise PreflightError(str(plan.get("error", "preflight failed")))
         for message in plan.get("warnings") or []:
             self.warnings.append(message)
-        leaf = make_leaf(_KeepWarnings(ctx, self.warnings), self.params.get("encryption"), timeout=ROUND_TIMEOUT_S)
+        leaf = make_leaf(_KeepWarnings(ctx, self.warnings), self.params.get("encryption"), timeout=ROUND_TIMEOUT_S,
+                         min_parties=(self.params.get("aggregation") or {}).get("min_parties"))
         leaf.setup()
         start = int(plan.get("resume_from", 0))
         resume.restore(ctx, self.output_dir, start, int(plan["rounds"]))  # checks; the assist sends the aggregate
@@ -309,7 +310,8 @@ class _Assist(_Party):
         if restored is not None:  # a resumed attempt: everyone continues from the aggregate of round `start`
             load_trainable(self.peft_model, restored, source=f"checkpoint-{start} of {self.node}")
         # warns on otp < 2 masked parties
-        root = make_root(_KeepWarnings(ctx, self.warnings), self.params.get("encryption"), timeout=ROUND_TIMEOUT_S)
+        root = make_root(_KeepWarnings(ctx, self.warnings), self.params.get("encryption"), timeout=ROUND_TIMEOUT_S,
+                         min_parties=(self.params.get("aggregation") or {}).get("min_parties"))
         root.setup()
         root.broadcast_initial(extract_trainable(self.peft_model))
         return self.run_rounds(rounds, root.aggregate, root, start)

@@ -96,6 +96,9 @@ class RoundRunner:
         self._check_finite(averaged, round_idx)
         load_trainable(self.peft_model, averaged, source=f"aggregate of round {round_idx}")
         record: dict[str, Any] = {"round": round_idx, "rounds": self.schedule.rounds, "node": self.ctx.node_id}
+        contributors = getattr(self.aggregator, "last_contributors", None)
+        if contributors:  # dropout-tolerant secure aggregation: who this round's mean is over
+            record["contributors"] = list(contributors)
         if global_step is not None:
             record["step"] = global_step
         if self._losses:
