@@ -280,6 +280,11 @@ def run(args: argparse.Namespace) -> dict:
         "leaf_rounds_s": [round(x, 4) for x in leaf_times],
         "root_rounds_s": [round(x, 4) for x in root_times],
     }
+    if args.dropout_rows:
+        from bench_secagg_dropout import rows
+
+        res.update(rows(shapes=shapes, data=data, weights=weights, ids=ids, me=me, bits=args.bits, csprng=args.csprng,
+                        method=args.method, rounds=args.rounds))
     return res
 
 
@@ -293,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="pad worker processes (default: automatic)")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up round")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of the table")
+    p.add_argument("--no-dropout-rows", dest="dropout_rows", action="store_false",
+                   help="leave out the dropout-tolerant (secagg) rows (scripts/bench_secagg_dropout.py)")
     args = p.parse_args(argv)
     if args.trainers < 2 or args.params < 1:
         p.error("--trainers must be >= 2 and --params >= 1")
@@ -318,6 +325,20 @@ def main(argv: list[str] | None = None) -> int:
         ("pad bytes per round", f"{res['pad_bytes'] / 1e6:.1f} MB"),
         ("load average (1 min)", f"{res['load_avg_1m']:.2f}"),
     ]
+    if "sa_setup_s" in res:
+        lm = res["leaf_mask_s"]
+        rows += [
+            ("secagg share setup", f"{res['sa_setup_s']:.3f} s per round's keys (t = {res['sa_threshold']}; target <= 0.5)"),
+            ("secagg leaf, pads inline", f"{res['sa_leaf_mask_s']:.3f} s = {res['sa_leaf_mask_s'] / lm:.2f} x leaf_mask_s "
+                                         "(target <= 1.3)"),
+            ("secagg leaf, pads ready", f"{res['sa_leaf_ready_s']:.3f} s encode+add; the add alone {res['sa_pad_add_s']:.3f} s"
+                                        f" = {res['sa_pad_add_s'] / res['numpy_add_s']:.2f} x numpy add "
+                                        f"({res['numpy_add_s']:.3f} s)"),
+            ("secagg root, no dropout", f"{res['sa_root_s']:.3f} s (seeds, self-masks, sum, decode)"),
+            ("secagg root, 2 dropped", f"{res['sa_root_2drop_s']:.3f} s; extra (2 keys + their pads) "
+                                       f"{res['sa_root_extra_2drop_s']:.3f} s = "
+                                       f"{res['sa_root_extra_2drop_s'] / lm:.2f} x leaf_mask_s (target <= 2)"),
+        ]
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
