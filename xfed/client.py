@@ -251,7 +251,14 @@ class Client:
             m = entry.msg
             if m and m["type"] == "metrics":
                 attempt = {"attempt": m["attempt"]} if m.get("attempt") else {}
-                rows.append({"node": m["node"], "stage": m["stage"], **attempt, **m["data"]})
+                data = m["data"]
+                secagg = data.get("secagg") if isinstance(data, dict) else None
+                if isinstance(secagg, dict):  # the secure aggregator's record: who a round's mean is over
+                    if "round" not in secagg:
+                        continue  # its dropout policy, kept by the scheduler
+                    data = {"round": secagg["round"], "contributors": ",".join(map(str, secagg.get("contributors") or [])),
+                            "dropped": ",".join(map(str, secagg.get("dropped") or [])) or "-"}
+                rows.append({"node": m["node"], "stage": m["stage"], **attempt, **data})
         return rows
 
     @staticmethod

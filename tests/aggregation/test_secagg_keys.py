@@ -119,3 +119,13 @@ def test_never_both_shares_of_one_party_in_a_round():
         ledger.allow(4, survivors=["node-1", "node-2"], dropped=["node-3", "node-4"], **ask)
     with pytest.raises(SecurityError, match="outside"):
         ledger.allow(5, survivors=["node-1", "node-2", "node-9"], dropped=[], **ask)
+
+
+def test_without_identities_a_swapped_public_value_or_commitment_does_not_open(drawn):
+    key, own = drawn
+    meta = _msg(own, key)
+    other = OwnRound.draw(GROUP, optimized=True, t=3, members=MEMBERS, session="y", owner="node-1")
+    with pytest.raises(SecurityError, match="does not open"):
+        _open({**meta, "public": format(other.public, "x")}, key)
+    with pytest.raises(SecurityError, match="does not open"):
+        _open({**meta, "commit": other.commit}, key)

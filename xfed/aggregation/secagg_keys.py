@@ -77,12 +77,17 @@ class HeldShares:
     seed_share: Share
 
 
+def _bound(public: int, commit: str) -> bytes:
+    """The clear fields of a keys message the seal authenticates (so a broker cannot swap them)."""
+    return format(public, "x").encode() + b"|" + commit.encode()
+
+
 def keys_message(own: OwnRound, *, share_key: bytes, epoch_session: str, epoch: int, round_idx: int,
                  sender: str, receiver: str, x_receiver: int, group_bits: int, identity_key: Any = None) -> dict:
     """The meta of sender's round-keys message for `receiver`."""
     plain = encode_share(own.key_shares[x_receiver]) + encode_share(own.seed_shares[x_receiver])
     sealed = seal_share(share_key, plain, session=epoch_session, epoch=epoch, round_idx=round_idx,
-                        sender=sender, receiver=receiver)
+                        sender=sender, receiver=receiver, bound=_bound(own.public, own.commit))
     meta = {"round": int(round_idx), "epoch": int(epoch), "public": format(own.public, "x"),
             "commit": own.commit, "sealed": sealed.hex()}
     if identity_key is not None:
@@ -121,7 +126,7 @@ def open_keys_message(meta: Mapping[str, Any], *, group: DhGroup, share_key: byt
                          receiver=receiver, group_bits=group.bits, value=public)
     try:
         plain = open_share(share_key, blob, session=epoch_session, epoch=epoch, round_idx=round_idx,
-                           sender=sender, receiver=receiver)
+                           sender=sender, receiver=receiver, bound=_bound(public, commit))
     except ShareError as exc:
         raise SecurityError(f"{pair}: {exc}") from None
     if len(plain) != 2 * SHARE_BYTES:

@@ -16,7 +16,8 @@ Sealing (`seal_share` / `open_share`): AES-256-GCM under a key drawn from HMAC_D
 the pair's channel DH secret as entropy, the session as nonce and the personalization
 b"xfed/secagg-share-key/v1" || lp(lower id) || lp(higher id) (the pads' layout, another label),
 a random 96-bit nonce per message, and the associated data binding label, session, epoch, round,
-sender, receiver: a share sealed for one round, pair or direction does not open as another.
+sender, receiver and what travels beside the seal (the round's public value and seed commitment):
+a share sealed for one round, pair or direction, or next to another public value, does not open.
 Python ints on a handful of values: no tensors here, so nothing to vectorise.
 """
 
@@ -128,26 +129,28 @@ def share_key(secret: bytes, *, session: str, node_a: str, node_b: str) -> bytes
     return drbg.generate(32)
 
 
-def _aad(session: str, epoch: int, round_idx: int, sender: str, receiver: str) -> bytes:
-    fields = [session, str(int(epoch)), str(int(round_idx)), sender, receiver]
-    return _AAD_LABEL + b"".join(len(f.encode()).to_bytes(4, "big") + f.encode() for f in fields)
+def _aad(session: str, epoch: int, round_idx: int, sender: str, receiver: str, bound: bytes) -> bytes:
+    fields = [session.encode(), str(int(epoch)).encode(), str(int(round_idx)).encode(), sender.encode(),
+              receiver.encode(), bytes(bound)]
+    return _AAD_LABEL + b"".join(len(f).to_bytes(4, "big") + f for f in fields)
 
 
 def seal_share(key: bytes, plaintext: bytes, *, session: str, epoch: int, round_idx: int, sender: str,
-               receiver: str) -> bytes:
-    """nonce || AES-256-GCM(plaintext) bound to (session, epoch, round, sender -> receiver)."""
+               receiver: str, bound: bytes = b"") -> bytes:
+    """nonce || AES-256-GCM(plaintext) bound to (session, epoch, round, sender -> receiver, `bound`):
+    `bound` is what travels beside the seal in clear and must not be swapped (public value, commitment)."""
     nonce = secrets.token_bytes(_NONCE_BYTES)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, _aad(session, epoch, round_idx, sender, receiver))
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, _aad(session, epoch, round_idx, sender, receiver, bound))
 
 
 def open_share(key: bytes, sealed: bytes, *, session: str, epoch: int, round_idx: int, sender: str,
-               receiver: str) -> bytes:
+               receiver: str, bound: bytes = b"") -> bytes:
     """The plaintext, or ShareError when the ciphertext was changed or sealed for another context."""
     if len(sealed) < _NONCE_BYTES + 16:
         raise ShareError(f"sealed share {sender} -> {receiver} is too short")
     try:
         return AESGCM(key).decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:],
-                                   _aad(session, epoch, round_idx, sender, receiver))
+                                   _aad(session, epoch, round_idx, sender, receiver, bound))
     except InvalidTag:
         raise ShareError(f"sealed share {sender} -> {receiver} (epoch {epoch}, round {round_idx}) does not "
                          "open: changed, replayed from another round or pair, or sealed under another key") from None
