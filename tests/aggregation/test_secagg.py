@@ -199,3 +199,30 @@ def test_threshold_at_most_half_and_bad_settings_are_refused(federation):
         make_leaf(ctxs["node-1"], enc(surprise=1))
     with pytest.raises(ConfigError, match="min_parties"):
         make_root(ctxs["assist"], enc(), min_parties=2)
+
+
+def test_a_survivor_dying_before_it_sends_its_shares_is_covered_by_the_others(federation):
+    """node-3 uploads, then dies before answering the root: t = 3 answers still unmask every upload."""
+    ctxs = federation(TRAINERS)
+    e = enc(timeout=1.0)
+
+    def node3():
+        leaf = make_leaf(ctxs["node-3"], e)
+        leaf.setup()
+        leaf.receive_initial()
+
+        def die(*_a):
+            raise SystemExit
+        leaf._answer = die
+        try:
+            leaf.aggregate(0, update("node-3", 0), WEIGHTS["node-3"])
+        except SystemExit:
+            return "dead"
+
+    fns = {n: leaf_fn(ctxs[n], e, 1) for n in ("node-1", "node-2", "node-4")}
+    fns["node-3"] = node3
+    fns["assist"] = root_fn(ctxs["assist"], e, 1)
+    res = run_parties(fns)
+    mean, contributors, dropped = res["assist"][0][0]
+    assert contributors == TRAINERS and dropped == [] and res["node-3"] == "dead"
+    check_mean(mean, TRAINERS, 0)

@@ -304,7 +304,12 @@ class SecAggRoot(_SecAgg, RootBase):
             raise JobError(f"round {round_idx}: only {len(survivors)} of {len(self.trainers)} label trainers uploaded "
                            f"within {self.wait_s:g} s (need {self.floor}); dropped: {', '.join(dropped)}")
         self.comm.broadcast(survivors, tag_ask(round_idx), meta={"survivors": survivors, "dropped": dropped})
-        reveals = self.comm.gather(survivors, tag_reveal(round_idx), timeout=self.timeout)
+        # t answers suffice (Shamir): a survivor that dies now still has its upload unmasked by the others
+        reveals = self.comm.gather_until(survivors, tag_reveal(round_idx), self.wait_s)
+        if len(reveals) < self.t:
+            silent = [n for n in survivors if n not in reveals]
+            raise JobError(f"round {round_idx}: only {len(reveals)} survivors sent their shares within "
+                           f"{self.wait_s:g} s (need {self.t}); silent: {', '.join(silent)}")
         reference = got[survivors[0]].tensors
         correction = self._correction(round_idx, got, survivors, dropped, paired, reveals, reference)
         try:
