@@ -4,14 +4,19 @@
   key pair and seed, Shamir-split both for K trainers, seal K-1 messages, open K-1 received ones,
   K-1 DH agreements and K stream instantiations (ffdhe3072, short exponents). Median of 5.
 - sa_leaf_mask_s: a leaf's round with its pads drawn at the aggregation point: K-1 pairwise streams
-  plus the self-mask stream, encode, add (the critical path without precompute_pads).
+  plus the self-mask stream, encode, add (the critical path without precompute_pads), timed in
+  alternation with today's otp leaf (sa_today_leaf_s, `mask` with K-1 streams): sa_leaf_ratio_paired
+  is the median of the per-pair wall-clock ratios, sa_leaf_cpu_ratio the ratio of CPU seconds
+  (this process + pad workers), which a shared machine's other load does not inflate.
 - sa_leaf_ready_s: the same round with the pads drawn beforehand (precompute_pads: while local steps
   run): encode + one add of the pad. sa_pad_add_s: the add alone; numpy_add_s: a plain uint64
   add of the same bytes.
 - sa_root_s: the root's round without dropouts: reconstruct K seeds (t-of-K), regenerate and subtract
   K self-masks, sum and decode. sa_root_2drop_s: with 2 of K dropped (K-2 survivors): also
   reconstruct 2 mask keys and regenerate their pads with every survivor.
-  sa_root_extra_2drop_s = the reconstruction of the 2 keys + their 2 x (K-2) pads alone.
+  sa_root_extra_2drop_s = the reconstruction of the 2 keys + their 2 x (K-2) pads alone
+  (sa_root_extra_2drop_cpu_s in CPU seconds; sa_root_extra_cpu_vs_leaf against today's leaf's CPU).
+- sa_setup_cpu_s: the share setup in CPU seconds (one thread).
   One root round each (the uploads' pads between survivors, which cancel in the sum and which the
   root never touches, are left out of the uploads to keep the run short); the decoded mean is
   checked against the plain weighted mean of the survivors (sa_max_abs_err).
@@ -34,7 +39,7 @@ from xfed.aggregation.secagg_keys import (
     reconstruct_key,
     reconstruct_seed,
 )
-from xfed.crypto import generate_keypair, named_group, pad_stream, shared_secret, unmask_sum
+from xfed.crypto import generate_keypair, mask, named_group, pad_stream, shared_secret, unmask_sum
 from xfed.crypto.fixedpoint import add_into, encoded_shape
 from xfed.crypto.fixedpoint import encode as fp_encode
 from xfed.crypto.otp import add_pads
@@ -54,8 +59,16 @@ def _median(fn, rounds: int) -> float:
     return statistics.median(times)
 
 
+def _timed(fn, cpu) -> tuple[float, float]:
+    """(wall, CPU over this process and its pad workers) of one call."""
+    c, t = cpu(), time.perf_counter()
+    fn()
+    return time.perf_counter() - t, cpu() - c
+
+
 def rows(*, shapes: dict, data: dict, weights: dict, ids: list[str], me: str, bits: int, csprng: str, method: str,
-         rounds: int, threshold: int | None = None) -> dict:
+         rounds: int, cpu, threshold: int | None = None) -> dict:
+    """The sa_* rows; `cpu()` is CPU seconds of this process and its pad workers (bench_secagg.cpu_seconds)."""
     group = named_group(3072)
     k = len(ids)
     t = threshold or k // 2 + 1
@@ -91,11 +104,12 @@ def rows(*, shapes: dict, data: dict, weights: dict, ids: list[str], me: str, bi
     incoming = {p: keys_message(owns[p], share_key=skey[(p, me)], epoch_session=SESSION, epoch=0,
                                 round_idx=round_no[0], sender=p, receiver=me, x_receiver=x[me], group_bits=group.bits)
                 for p in ids if p != me}
-    setup_times = []
+    setup_times, setup_cpu = [], []
     for _ in range(5):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         streams = setup_one(owns)
         setup_times.append(time.perf_counter() - t0)
+        setup_cpu.append(time.process_time() - c0)
 
     names = sorted(shapes)
     n_words = sum(int(np.prod(encoded_shape(shapes[n], bits))) for n in names)
@@ -123,7 +137,18 @@ def rows(*, shapes: dict, data: dict, weights: dict, ids: list[str], me: str, bi
         add_pads(pad, bits=bits, self_id=me, peer_streams=fresh_streams())
         add_pad(enc, pad)
 
-    leaf_mask = _median(leaf_inline, rounds)
+    def leaf_today() -> None:  # today's otp leaf (bench_secagg's leaf_mask_s), in the same loop
+        rs = f"{SESSION}/t{secrets.randbits(32)}"
+        mask(data[me], bits=bits, weight=weights[me], n_parties=k, self_id=me, peer_streams={
+            p: pad_stream(secrets.token_bytes(384), csprng=csprng, method=method, session=rs, node_a=me, node_b=p)
+            for p in ids if p != me})
+
+    leaf_inline()  # warm-up
+    today, inline = [], []
+    for _ in range(rounds):  # alternated: both see the same drift of a shared machine's speed
+        today.append(_timed(leaf_today, cpu))
+        inline.append(_timed(leaf_inline, cpu))
+    leaf_mask = statistics.median(w for w, _ in inline)
     ready_pad = np.zeros(n_words, dtype=np.uint64)
     add_pads(ready_pad, bits=bits, self_id=me, peer_streams=streams)
     leaf_ready = _median(lambda: add_pad(encode_mine(), ready_pad), max(rounds, 5))
@@ -150,20 +175,20 @@ def rows(*, shapes: dict, data: dict, weights: dict, ids: list[str], me: str, bi
             enc = {n: fp_encode(data[u][n], bits=bits, weight=weights[u], n_parties=k, name=n) for n in names}
             add_pad(enc, pads[u])
             uploads.append(enc)
-        t0 = time.perf_counter()
+        c0, t0 = cpu(), time.perf_counter()
         holders = [ids[i] for i in range(t)]
         flat = np.zeros(n_words, dtype=np.uint64)
         self_streams = {u: self_mask_stream(reconstruct_seed(u, [owns[u].seed_shares[x[h]] for h in holders], t,
                                                              commit=owns[u].commit, session=rs),
                                             csprng=csprng, method=method, session=rs, owner=u) for u in survivors}
         add_pads(flat, bits=bits, self_id=SELF_PEER, peer_streams=self_streams)
-        t1 = time.perf_counter()
+        c1, t1 = cpu(), time.perf_counter()
         for v in dropped:
             sk = reconstruct_key(v, [owns[v].key_shares[x[h]] for h in holders], t, group=group, public=owns[v].public)
             st = {u: pad_stream(shared_secret(group, sk, owns[u].public), csprng=csprng, method=method, session=rs,
                                 node_a=v, node_b=u) for u in survivors}
             add_pads(flat, bits=bits, self_id=v, peer_streams=st)
-        t2 = time.perf_counter()
+        c2, t2 = cpu(), time.perf_counter()
         corr, off = {}, 0
         for n in names:
             shape = uploads[0][n].shape
@@ -172,24 +197,34 @@ def rows(*, shapes: dict, data: dict, weights: dict, ids: list[str], me: str, bi
             off += size
         total_w = sum(weights[u] for u in survivors)
         got = unmask_sum(uploads + [corr], bits=bits, divide_by=total_w)
-        t3 = time.perf_counter()
+        c3, t3 = cpu(), time.perf_counter()
         err = max(float(np.abs(got[n] - sum(weights[u] * data[u][n].astype(np.float64) for u in survivors)
                                / total_w).max(initial=0.0)) for n in names)
         if err > 1e-6:
             raise AssertionError(f"secagg bench: decoded mean off by {err}")
-        return t3 - t0, t2 - t1, err
+        return t3 - t0, t2 - t1, err, c3 - c0, c2 - c1
 
     no_drop = [root_round(0)]
     two_drop = [root_round(2)]
+    today_cpu = statistics.median(c for _, c in today)
     return {
         "sa_threshold": t,
         "sa_setup_s": round(statistics.median(setup_times), 4),
+        "sa_setup_cpu_s": round(statistics.median(setup_cpu), 4),
+        "sa_today_leaf_s": round(statistics.median(w for w, _ in today), 4),
+        "sa_today_leaf_cpu_s": round(today_cpu, 4),
         "sa_leaf_mask_s": round(leaf_mask, 4),
+        "sa_leaf_cpu_s": round(statistics.median(c for _, c in inline), 4),
+        "sa_leaf_ratio_paired": round(statistics.median(i[0] / d[0] for i, d in zip(inline, today, strict=True)), 3),
+        "sa_leaf_cpu_ratio": round(statistics.median(c for _, c in inline) / today_cpu, 3),
         "sa_leaf_ready_s": round(leaf_ready, 6),
         "sa_pad_add_s": round(pad_add, 6),
         "numpy_add_s": round(numpy_add, 6),
         "sa_root_s": round(min(r[0] for r in no_drop), 4),
         "sa_root_2drop_s": round(min(r[0] for r in two_drop), 4),
         "sa_root_extra_2drop_s": round(min(r[1] for r in two_drop), 4),
+        "sa_root_cpu_s": round(no_drop[0][3], 4),
+        "sa_root_extra_2drop_cpu_s": round(two_drop[0][4], 4),
+        "sa_root_extra_cpu_vs_leaf": round(two_drop[0][4] / today_cpu, 3),
         "sa_max_abs_err": max(r[2] for r in no_drop + two_drop),
     }
