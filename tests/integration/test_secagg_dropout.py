@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 TRAINERS = ["node-1", "node-2", "node-3", "node-4"]
 ENC = {"otp": {"key_bitlength": 64, "key_exchange": {"key_bitlength": 2048},
-               "dropout": {"threshold": 3, "round_timeout_s": 1.0}}}
+               "dropout": {"threshold": 3, "round_timeout_s": 3.0}}}
 # float32 rounding of a mean of |x| < 4 (2^-22) dominates the fixed-point step (4 x 2^-32)
 TOL = 4 * 2.0 ** -22
 
