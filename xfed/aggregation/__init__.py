@@ -12,7 +12,8 @@ from xfed.aggregation.base import WEIGHT_KEY, LeafBase, RootBase, RoundStats
 from xfed.aggregation.keyexchange import OtpSettings, exchange_publics
 from xfed.aggregation.otp import OtpLeaf, OtpRoot
 from xfed.aggregation.plain import PlainLeaf, PlainRoot
-from xfed.aggregation.secagg import SecAggLeaf, SecAggRoot
+from xfed.aggregation.secagg import SecAggLeaf
+from xfed.aggregation.secagg_root import SecAggRoot
 from xfed.aggregation.strategy import FedAvg, Strategy
 from xfed.errors import ConfigError
 

@@ -15,7 +15,7 @@ from xfed.broker.heartbeat import Heartbeat, alive_nodes, wait_until_free
 from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus, can_resume
 from xfed.broker.streams import ControlStream, Entry, read_many
 from xfed.errors import BrokerError, XfedError
-from xfed.scheduler.dropouts import DROPPED, judge_dead, policy_from_event, policy_of, round_record
+from xfed.scheduler.dropouts import DROPPED, judge_dead, note_secagg, policy_of
 from xfed.scheduler.progress import decide_after_stage, missing_nodes
 from xfed.scheduler.resume import with_ended_attempt
 
@@ -356,24 +356,12 @@ class Scheduler:
             self.jobs.set_node(job.job_id, node, status)
             return True
         elif kind == "metrics":  # clients read metrics from the stream; a dropout policy/round record is kept
-            self._note_secagg(job, msg.get("data"))
+            note_secagg(self.jobs, job, msg.get("data"))
             return False
         else:  # log / warning: clients read them from the stream
             return False
         self.jobs.set_node(job.job_id, node, status)
         return False
-
-    def _note_secagg(self, job: Job, data: Any) -> None:
-        """A stage that tolerates dropouts announces it; each of its rounds says who contributed."""
-        policy = policy_from_event(job, data)
-        if policy is not None:
-            self.jobs.set_fields(job.job_id, dropout=policy.to_json())
-            job.extra["dropout"] = policy.to_json()
-            return
-        record = round_record(job, data)
-        if record is not None:
-            self.jobs.set_fields(job.job_id, secagg_rounds=record)
-            job.extra["secagg_rounds"] = record
 
     def _note_after_end(self, job: Job, entry: Entry) -> None:
         """After the end, record who stopped (for `status`), but change nothing else."""

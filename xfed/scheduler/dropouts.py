@@ -56,6 +56,19 @@ def policy_of(job: Job) -> DropoutPolicy | None:
     return policy if (policy.stage, policy.attempt) == (job.stage, job.attempt) else None
 
 
+def note_secagg(jobs: Any, job: Job, data: Any) -> None:
+    """Keep a root's announcement (job field `dropout`) or round record (`secagg_rounds`) of a metrics event."""
+    policy = policy_from_event(job, data)
+    if policy is not None:
+        job.extra["dropout"] = policy.to_json()
+        jobs.set_fields(job.job_id, dropout=job.extra["dropout"])
+        return
+    record = round_record(job, data)
+    if record is not None:
+        job.extra["secagg_rounds"] = record
+        jobs.set_fields(job.job_id, secagg_rounds=record)
+
+
 def round_record(job: Job, data: Any) -> str | None:
     """`secagg_rounds` with this round's contributors appended (JSON), or None if `data` is no round record."""
     info = data.get("secagg") if isinstance(data, dict) else None

@@ -1,0 +1,166 @@
+"""The root (assist trainer) of dropout-tolerant secure aggregation: wait, ask, reconstruct, unmask.
+
+See xfed/aggregation/secagg.py for the protocol and docs/SECAGG.md §6 for the derivation.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import numpy as np
+
+from xfed.aggregation.base import WEIGHT_KEY, RootBase, as_numpy, check_same_layout, check_weight, tag_up
+from xfed.aggregation.secagg import _SecAgg, split_words, tag_ask, tag_reveal
+from xfed.aggregation.secagg_keys import reconstruct_key, reconstruct_seed, round_session
+from xfed.crypto import pad_stream, shared_secret, unmask_sum, validate_public
+from xfed.crypto.otp import add_pads
+from xfed.crypto.selfmask import SELF_PEER, self_mask_stream
+from xfed.crypto.shamir import decode_share
+from xfed.errors import FrameError, JobError
+
+
+class SecAggRoot(_SecAgg, RootBase):
+    def __init__(self, ctx: Any, otp: Mapping[str, Any] | None = None, *, min_parties: int | None = None,
+                 **kw: Any) -> None:
+        super().__init__(ctx, **kw)
+        self._configure(otp, min_parties)
+        self.last_contributors: list[str] = []
+        self.last_dropped: list[str] = []
+
+    def setup(self) -> None:
+        """Tell the scheduler (through the job's events) that this stage tolerates dropouts."""
+        self.ctx.report("metrics", {"secagg": {"threshold": self.t, "min_parties": self.floor,
+                                               "trainers": self.trainers, "round_timeout_s": self.wait_s}})
+
+    def aggregate(self, round_idx: int, own_tensors: Mapping[str, Any] | None,
+                  own_weight: float = 0.0) -> dict[str, np.ndarray]:
+        st = self._begin(round_idx)
+        who = f"{self.node_id}: round {round_idx}"
+        own = as_numpy(own_tensors, who) if own_tensors is not None else None
+        own_w = check_weight(own_weight, who, allow_zero=True)
+        got = self._gather_uploads(round_idx)
+        t0 = time.perf_counter()
+        survivors, paired = self._survivors(round_idx, got)
+        dropped = [n for n in self.trainers if n not in survivors]
+        if len(survivors) < self.floor:
+            raise JobError(f"round {round_idx}: only {len(survivors)} of {len(self.trainers)} label trainers uploaded "
+                           f"within {self.wait_s:g} s (need {self.floor}); dropped: {', '.join(dropped)}")
+        self.comm.broadcast(survivors, tag_ask(round_idx), meta={"survivors": survivors, "dropped": dropped})
+        # t answers suffice (Shamir): a survivor that dies now still has its upload unmasked by the others
+        reveals = self.comm.gather_until(survivors, tag_reveal(round_idx), self.wait_s)
+        if len(reveals) < self.t:
+            silent = [n for n in survivors if n not in reveals]
+            raise JobError(f"round {round_idx}: only {len(reveals)} survivors sent their shares within "
+                           f"{self.wait_s:g} s (need {self.t}); silent: {', '.join(silent)}")
+        reference = got[survivors[0]].tensors
+        correction = self._correction(round_idx, got, survivors, dropped, paired, reveals, reference)
+        try:
+            sums = unmask_sum([got[n].tensors for n in survivors] + [correction], bits=self.settings.bits,
+                              frac_bits=self.settings.frac_bits)
+        except ValueError as exc:
+            raise FrameError(f"round {round_idx}: masked uploads do not fit together: {exc}") from None
+        total = float(sums.pop(WEIGHT_KEY))
+        st.unmask_ms = round((time.perf_counter() - t0) * 1000, 3)
+        self.last_contributors, self.last_dropped = survivors, dropped
+        self.active = set(survivors)
+        mean = self._finish(round_idx, sums, total, own, own_w,
+                            meta={"contributors": survivors, "dropped": dropped})
+        st.parties = len(survivors) + (1 if own is not None and own_w > 0 else 0)
+        self.ctx.report("metrics", {"secagg": {"round": round_idx, "contributors": survivors, "dropped": dropped}})
+        self._end()
+        return mean
+
+    def _gather_uploads(self, round_idx: int) -> dict[str, Any]:
+        """Wait for the first upload (the Comm's timeout: local steps take what they take), then up to
+        round_timeout_s for the parties of the last round and a grace for the others."""
+        tag = tag_up(round_idx)
+        limit = self.comm.timeout if self.timeout is None else float(self.timeout)
+        deadline = time.monotonic() + limit
+        got: dict[str, Any] = {}
+        while not got:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise JobError(f"round {round_idx}: no label trainer uploaded within {limit:g} s")
+            got = self.comm.gather_until(self.trainers, tag, min(0.2, left))
+        active = [n for n in self.trainers if n in self.active and n not in got]
+        got.update(self.comm.gather_until(active, tag, self.wait_s))
+        others = [n for n in self.trainers if n not in got and n not in self.active]
+        if others:
+            got.update(self.comm.gather_until(others, tag, self.grace_s))
+        return got
+
+    def _survivors(self, round_idx: int, got: Mapping[str, Any]) -> tuple[list[str], dict[str, set[str]]]:
+        """Uploads that fit (layout, meta), with pairings made symmetric (a one-sided pair drops its laggard)."""
+        if not got:
+            return [], {}
+        first = sorted(got)[0]
+        reference = got[first].tensors
+        if WEIGHT_KEY not in reference:
+            raise FrameError(f"round {round_idx} upload from {first}: missing {WEIGHT_KEY!r}")
+        paired: dict[str, set[str]] = {}
+        for node, msg in got.items():
+            check_same_layout(reference, msg.tensors, f"round {round_idx} masked upload from {node}",
+                              dtype=np.dtype(np.uint64))
+            p = msg.meta.get("paired")
+            if not isinstance(p, list) or not set(p) <= set(self.trainers) - {node}:
+                raise FrameError(f"round {round_idx} upload from {node}: malformed pairing list")
+            paired[node] = set(p)
+        survivors = set(got)
+        while True:
+            lopsided = sorted(w for u in survivors for w in survivors if w in paired[u] and u not in paired[w])
+            if not lopsided:
+                return sorted(survivors), paired
+            survivors.discard(lopsided[0])  # w lacks u's keys (they came late): w's upload is left out
+
+    def _correction(self, round_idx: int, got: Mapping[str, Any], survivors: list[str], dropped: list[str],
+                    paired: dict[str, set[str]], reveals: Mapping[str, Any], reference: Mapping[str, np.ndarray],
+                    ) -> dict[str, np.ndarray]:
+        """-Σ self-masks of the survivors - Σ pads between survivors and dropped parties, as an upload."""
+        rs, s = round_session(self.session, round_idx), self.settings
+        seeds: dict[str, list] = {u: [] for u in survivors}
+        keys: dict[str, list] = {v: [] for v in dropped}
+        publics: dict[str, set[str]] = {v: set() for v in dropped}
+        for w, msg in reveals.items():
+            x = self.index[w]
+            meta = msg.meta
+            try:
+                for u, hex_share in (meta.get("seeds") or {}).items():
+                    if u in seeds:
+                        seeds[u].append(decode_share(x, bytes.fromhex(hex_share)))
+                for v, hex_share in (meta.get("keys") or {}).items():
+                    if v in keys:
+                        keys[v].append(decode_share(x, bytes.fromhex(hex_share)))
+                for v, hex_public in (meta.get("publics") or {}).items():
+                    if v in publics and isinstance(hex_public, str):
+                        publics[v].add(hex_public)
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise FrameError(f"round {round_idx} shares from {w}: malformed ({exc})") from None
+        self_streams = {}
+        for u in survivors:
+            commit = got[u].meta.get("commit")
+            seed = reconstruct_seed(u, seeds[u], self.t, commit=str(commit), session=rs)
+            self_streams[u] = self_mask_stream(seed, csprng=s.csprng, method=s.method, session=rs, owner=u,
+                                               lanes=s.lanes)
+        flat = np.zeros(sum(int(a.size) for a in reference.values()), dtype=np.uint64)
+        add_pads(flat, bits=s.bits, self_id=SELF_PEER, peer_streams=self_streams)
+        for v in dropped:
+            partners = [u for u in survivors if v in paired[u]]
+            if not partners:
+                continue
+            if len(publics[v]) != 1:
+                raise JobError(f"round {round_idx}: survivors disagree on the mask public value of {v} "
+                               f"(or none sent it)")
+            public = int(publics[v].pop(), 16)
+            private = reconstruct_key(v, keys[v], self.t, group=self.group, public=public)
+            streams = {}
+            for u in partners:
+                try:
+                    pu = int(str(got[u].meta.get("public")), 16)
+                    validate_public(self.group, pu)
+                except ValueError as exc:
+                    raise FrameError(f"round {round_idx} upload from {u}: bad mask public value ({exc})") from None
+                streams[u] = pad_stream(shared_secret(self.group, private, pu), csprng=s.csprng, method=s.method,
+                                        session=rs, node_a=v, node_b=u, lanes=s.lanes)
+            add_pads(flat, bits=s.bits, self_id=v, peer_streams=streams)
+        return split_words(flat, reference)
