@@ -64,7 +64,7 @@ def round_of(fed, job_id: str, node: str) -> int:
 
 
 def test_one_of_four_killed_mid_round_job_succeeds_on_the_survivors_mean(fed):
-    fed.write_config(params(4))
+    fed.write_config(params(3))
     job_id = start(fed)
     fed.wait_for(lambda: round_of(fed, job_id, "node-4") >= 1, "node-4 to finish round 1")
     kill_node(fed, job_id, "node-4")
