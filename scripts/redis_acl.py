@@ -126,7 +126,8 @@ def per_user_conf(fed_path: Path, url: str, user: AclUser, password_env: str | N
 
 
 def admin_connection(args: argparse.Namespace):
-    from xfed.broker.connection import RedisAddress, connect
+    from xfed.broker.connection import connect
+    from xfed.config import RedisAddress
 
     url = args.admin_url or os.environ.get(ADMIN_ENV)
     if not url:

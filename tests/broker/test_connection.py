@@ -7,11 +7,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-from xfed.broker.connection import EmbeddedRedis, RedisAddress, address_from, connect
+from xfed.broker.connection import connect
+from xfed.broker.embedded import EmbeddedRedis
+from xfed.config import FedConf, RedisAddress, parse_redis_server
 from xfed.errors import BrokerError, ConfigError
 
 
@@ -20,19 +21,51 @@ def test_address_forms_parse_and_display_hides_password():
     assert (a.host, a.port, a.db, a.username, a.password, a.tls, a.ca_file) == (
         "redis.example", 7000, 3, "alice", "s@cret", True, "/ca.pem")
     assert "s@cret" not in a.display() and "s@cret" not in repr(a)
-    assert RedisAddress.parse("10.0.0.2:6380") == RedisAddress(host="10.0.0.2", port=6380)
+    assert RedisAddress.parse("10.0.0.2:6380") == RedisAddress(kind="tcp", host="10.0.0.2", port=6380)
     assert RedisAddress.parse("unix:///run/r.sock").unix_socket == "/run/r.sock"
     for bad in ("", "http://x", "host:port", "redis://h/x"):
         with pytest.raises(ConfigError):
             RedisAddress.parse(bad)
 
 
-def test_fedconf_options_override_url_credentials():
-    opts = SimpleNamespace(username="bob", resolved_password=lambda: "pw", tls_ca_file=None, tls_cert_file=None,
-                           tls_key_file=None, connect_timeout=3.0)
-    address, _ = address_from(SimpleNamespace(redis_server="redis://x@h:1/0", redis=opts))
+def _fed(redis_server: str, **redis_options) -> FedConf:
+    return FedConf.model_validate({"fed_info": {"trainer": {"node-1": None}}, "redis_server": redis_server,
+                                   "redis": redis_options})
+
+
+def test_fedconf_options_override_url_credentials(monkeypatch):
+    monkeypatch.setenv("XFED_TEST_PW", "pw")
+    address = _fed("redis://x@h:1/0", username="bob", password_env="XFED_TEST_PW").redis_address
     assert (address.username, address.password) == ("bob", "pw")
-    assert address_from(SimpleNamespace(redis_server="embedded", redis=opts))[0] is None
+    assert _fed("embedded", username="bob").redis_address.embedded
+
+
+@pytest.mark.parametrize("spec", ["fe80::1", "a b:6379", "redis://a b:6379/0"])
+def test_the_broker_refuses_what_validate_refuses(spec):
+    """One parser: an address `xfed validate` rejects never reaches a socket (it used to: "fe80::1"
+    became host "fe80:" port 1, and "a b:6379" was dialled)."""
+    with pytest.raises(ValueError):
+        parse_redis_server(spec)
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError, match="redis_server"):
+        connect(spec, retry_s=3)
+    assert time.monotonic() - t0 < 1  # refused while parsing, not after retrying a connection
+
+
+def test_ipv6_host_port_reaches_the_client_as_one_host():
+    assert RedisAddress.parse("[fe80::1]:6380").client_kwargs()["host"] == "fe80::1"
+
+
+@pytest.mark.integration
+def test_unix_socket_url_selects_its_database(redis_factory, tmp_path):
+    sock = tmp_path / "r.sock"
+    srv = redis_factory(["--unixsocket", str(sock), "--unixsocketperm", "700"])
+    r = connect(f"unix://{sock}?db=2", retry_s=5)
+    r.set("where", b"db2")
+    import redis
+
+    assert redis.Redis(host=srv.host, port=srv.port, db=2).get("where") == b"db2"  # validate shows db 2, too
+    assert redis.Redis(host=srv.host, port=srv.port, db=0).get("where") is None
 
 
 def test_unreachable_redis_fails_fast_naming_the_address():
@@ -110,9 +143,7 @@ def test_rediss_with_a_self_signed_ca(redis_factory, tmp_path):
     srv = redis_factory(tls={"cert": tmp_path / "srv.crt", "key": tmp_path / "srv.key", "ca": tmp_path / "ca.crt"})
     srv_url = srv.url
     assert srv_url.startswith("rediss://")
-    opts = SimpleNamespace(tls_ca_file=str(tmp_path / "ca.crt"), tls_cert_file=None, tls_key_file=None,
-                           namespace="x", connect_timeout=5)
-    assert connect(SimpleNamespace(redis_server=srv_url, redis=opts)).ping()
+    assert connect(_fed(srv_url, tls_ca_file=str(tmp_path / "ca.crt"), namespace="x", connect_timeout=5)).ping()
     t0 = time.monotonic()
     with pytest.raises(BrokerError, match="TLS handshake .* failed"):
         connect(srv_url, retry_s=10)  # the system store does not know our CA: fail at once, no retries

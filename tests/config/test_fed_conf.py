@@ -52,7 +52,8 @@ def test_redis_address_never_shows_the_password():
     assert "topsecret" not in repr(address) and "topsecret" not in address.display()
     assert address.display() == "rediss://alice@h:6390/1"
     assert address.client_kwargs() == {"db": 1, "username": "alice", "password": "topsecret", "host": "h",
-                                       "port": 6390, "ssl": True}
+                                       "port": 6390, "ssl": True, "ssl_ca_certs": None, "ssl_certfile": None,
+                                       "ssl_keyfile": None, "ssl_cert_reqs": "required"}
 
 
 @pytest.mark.parametrize("spec", ["", "host:0", "host:70000", "host:x", "ftp://h", "redis://", "redis://h/x",
@@ -75,6 +76,16 @@ def test_redis_options_identities_and_tls_rules():
         FedConf.model_validate({**XFL_FED, "identities": {"node-7": key}})
     with pytest.raises(ValidationError, match="tls_cert_file and tls_key_file go together"):
         FedConf.model_validate({**XFL_FED, "redis": {"tls_cert_file": "c.pem"}})
+
+
+def test_redis_address_carries_the_redis_options(monkeypatch):
+    monkeypatch.setenv("XFED_TEST_PW", "pw")
+    fed = FedConf.model_validate({**XFL_FED, "redis_server": "rediss://u@h:6380/1",
+                                  "redis": {"tls_ca_file": "/ca.pem", "password_env": "XFED_TEST_PW"}})
+    kw = fed.redis_address.client_kwargs()
+    assert (kw["username"], kw["password"], kw["ssl_ca_certs"], kw["db"]) == ("u", "pw", "/ca.pem", 1)
+    unix = FedConf.model_validate({**XFL_FED, "redis_server": "unix:///tmp/r.sock?db=2"}).redis_address
+    assert unix.client_kwargs()["db"] == 2 and unix.client_kwargs()["unix_socket_path"] == "/tmp/r.sock"
 
 
 def test_password_env_is_read_at_use(monkeypatch):

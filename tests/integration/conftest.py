@@ -47,7 +47,7 @@ def load_module(name: str, path: Path):
 def pid_alive(pid: int) -> bool:
     """xfed's own check (signal 0, reaping our zombies), and a zombie we cannot reap counts as dead:
     an orphaned stage process that PID 1 has not reaped yet has exited all the same."""
-    from xfed.broker.connection import _pid_alive
+    from xfed.broker.embedded import _pid_alive
 
     if not _pid_alive(pid):
         return False

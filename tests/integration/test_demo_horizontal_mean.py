@@ -45,7 +45,7 @@ def test_run_sh_then_stop_sh(tmp_path):
         time.sleep(0.1)
     assert not any(_alive(p) for p in pids.values())
     assert not list((demo / "work" / "pids").glob("*.pid"))
-    from xfed.broker.connection import default_embedded_dir
+    from xfed.broker.embedded import default_embedded_dir
     from xfed.config import load_fed_conf
 
     state = default_embedded_dir(load_fed_conf(demo / "config")) / "server.json"

@@ -65,7 +65,7 @@ def test_invalid_node_id_is_refused_before_it_reaches_a_glob():
 def test_url_quotes_credentials_and_brackets_ipv6():
     u = by_subject(federation_users("fl", NODES, {"fl-node-1": "p@ss:w/rd%with-16+chars"}))["node-1"]
     assert u.url("::1", 6380, tls=True) == "rediss://fl-node-1:p%40ss%3Aw%2Frd%25with-16%2Bchars@[::1]:6380/0"
-    from xfed.broker.connection import RedisAddress
+    from xfed.config import RedisAddress
 
     addr = RedisAddress.parse(u.url("10.0.0.5", 6379, db=2))
     assert (addr.username, addr.password, addr.host, addr.port, addr.db) == ("fl-node-1", u.password, "10.0.0.5",

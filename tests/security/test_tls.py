@@ -57,7 +57,8 @@ def test_command_line_writes_everything(tmp_path, capsys):
 
 @pytest.mark.integration
 def test_a_certificate_for_another_name_is_refused_in_one_line(redis_factory, tmp_path):
-    from xfed.broker.connection import RedisAddress, connect
+    from xfed.broker.connection import connect
+    from xfed.config import RedisAddress
 
     make_ca(tmp_path)
     srv_files = issue(tmp_path, "server", hosts=["redis.example.org"])   # not 127.0.0.1

@@ -40,6 +40,7 @@ from xfed.broker.frames import (
     wire_header,
 )
 from xfed.broker.keys import Keys, check_id
+from xfed.broker.retry import retry_until_deadline
 from xfed.errors import BrokerError, ChannelTimeout, FrameError, JobError, SecurityError
 
 DEFAULT_CHUNK_BYTES = 4 << 20  # measured: 4 MiB entries cost nothing over one SET of 29 MB
@@ -221,26 +222,25 @@ class Comm:
         A retry after a partly applied pipeline re-sends the whole message; the receiver restarts
         assembly at chunk 0 and skips a complete duplicate by its sequence number.
         """
-        deadline = time.monotonic() + self.send_retry_s
-        delay = 0.1
-        while True:
+        def send() -> None:
             pipe = self.r.pipeline(transaction=False)
             for fields in entries:
                 pipe.xadd(key, fields)
             pipe.expire(key, self.mailbox_ttl_s)
             try:
                 pipe.execute()
-                return
-            except _REDIS_DOWN as exc:
-                if time.monotonic() + delay > deadline:
-                    raise BrokerError(f"job {self.job_id}: could not send {tag!r} to {peer} "
-                                      f"(Redis unreachable for {self.send_retry_s:g} s: {exc})") from None
             except redis.ResponseError as exc:
                 raise BrokerError(f"job {self.job_id}: Redis refused {tag!r} to {peer} on {key}: {exc}") from None
+
+        def stopped() -> None:
             if self.should_stop():
                 raise JobError(f"job {self.job_id}: stopped while node {self.node_id} was sending {tag!r}")
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
+
+        retry_until_deadline(
+            send, seconds=self.send_retry_s, transient=_REDIS_DOWN, first_delay=0.1, max_delay=2.0,
+            between=stopped,
+            give_up=lambda exc: BrokerError(f"job {self.job_id}: could not send {tag!r} to {peer} "
+                                            f"(Redis unreachable for {self.send_retry_s:g} s: {exc})"))
 
     # --- receiving -----------------------------------------------------------------------------
     def _inbox(self, peer: str) -> _Inbox:

@@ -8,6 +8,7 @@ ports and meet only through Redis. What xfed adds is optional: `redis`, `heartbe
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,16 @@ class FedConf(ConfigModel):
 
     @property
     def redis_address(self) -> RedisAddress:
-        return parse_redis_server(self.redis_server)
+        """`redis_server` with the `redis` options applied: ACL user, password, TLS files."""
+        address = parse_redis_server(self.redis_server)
+        if address.embedded:
+            return address
+        opts = self.redis
+        password = opts.resolved_password()
+        address = replace(address, username=opts.username or address.username,
+                          password=password or address.password)
+        return address.with_tls_files(ca_file=opts.tls_ca_file, cert_file=opts.tls_cert_file,
+                                      key_file=opts.tls_key_file)
 
     @property
     def config_dir(self) -> Path | None:

@@ -1,11 +1,18 @@
-"""`redis_server` parsed without importing redis: "embedded", host:port, redis://, rediss://, unix://."""
+"""`redis_server` parsed without importing redis: "embedded", host:port, redis://, rediss://, unix://.
+
+The one parser of a Redis address: `xfed validate` and the broker read the same `RedisAddress`
+(FedConf.redis_address adds the `redis` options: credentials and TLS files).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
+from xfed.errors import ConfigError
+
 DEFAULT_PORT = 6379
+_FORMS = "is not \"embedded\", \"host:port\" or a redis://, rediss:// or unix:// URL"
 
 
 @dataclass(frozen=True)
@@ -20,6 +27,29 @@ class RedisAddress:
     password: str | None = field(default=None, repr=False)
     tls: bool = False
     unix_socket: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @classmethod
+    def parse(cls, spec: Any, *, ca_file: str | None = None, cert_file: str | None = None,
+              key_file: str | None = None) -> RedisAddress:
+        """`parse_redis_server` with TLS files; ConfigError naming the value when it is not an address.
+
+        A host:port given with a CA or client certificate means TLS (an admin URL on the command line).
+        """
+        try:
+            address = parse_redis_server(spec)
+        except ValueError as err:
+            raise ConfigError(f"redis_server {spec!r}: {err}") from None
+        return address.with_tls_files(ca_file=ca_file, cert_file=cert_file, key_file=key_file,
+                                      implies_tls=address.kind == "tcp")
+
+    def with_tls_files(self, *, ca_file: str | None, cert_file: str | None, key_file: str | None,
+                       implies_tls: bool = False) -> RedisAddress:
+        tls = self.tls or (implies_tls and bool(ca_file or cert_file))
+        return replace(self, tls=tls, ca_file=ca_file or None, cert_file=cert_file or None,
+                       key_file=key_file or None)
 
     @property
     def embedded(self) -> bool:
@@ -34,14 +64,18 @@ class RedisAddress:
         return f"{'rediss' if self.tls else 'redis'}://{user}{self.host}:{self.port}/{self.db}"
 
     def client_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for `redis.Redis(...)` (TLS files come from RedisOptions)."""
+        """Keyword arguments for `redis.Redis(...)`."""
         if self.kind == "embedded":
             raise ValueError("the embedded server's address is known only once it runs")
         kw: dict[str, Any] = {"db": self.db, "username": self.username, "password": self.password}
         if self.kind == "unix":
             kw["unix_socket_path"] = self.unix_socket
-        else:
-            kw.update(host=self.host, port=self.port, ssl=self.tls)
+            return kw
+        kw.update(host=self.host, port=self.port)
+        if self.tls:
+            kw.update(ssl=True, ssl_ca_certs=self.ca_file, ssl_certfile=self.cert_file, ssl_keyfile=self.key_file)
+            if not self.ca_file:
+                kw["ssl_cert_reqs"] = "required"  # the system trust store
         return kw
 
 
@@ -65,6 +99,8 @@ def parse_redis_server(spec: Any) -> RedisAddress:
         raise ValueError(f"scheme {url.scheme!r} is not redis://, rediss:// or unix://")
     if not url.hostname:
         raise ValueError("the URL has no host")
+    if " " in url.hostname:
+        raise ValueError(f"host {url.hostname!r} contains a space")
     try:
         port = url.port or DEFAULT_PORT
     except ValueError:
@@ -86,7 +122,7 @@ def _host_port(text: str) -> RedisAddress:
     else:
         raise ValueError("write an IPv6 address as [addr]:port")
     if not host or any(c in host for c in "/@ "):
-        raise ValueError("is not \"embedded\", \"host:port\" or a redis://, rediss:// or unix:// URL")
+        raise ValueError(_FORMS)
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"port {port_text!r} is not a number between 1 and 65535")
     return RedisAddress(kind="tcp", host=host, port=int(port_text))

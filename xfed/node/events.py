@@ -6,6 +6,7 @@ import math
 import time
 from typing import Any
 
+from xfed.broker.retry import retry_until_deadline
 from xfed.broker.streams import ControlStream
 from xfed.errors import BrokerError, FrameError
 
@@ -59,15 +60,8 @@ class EventReporter:
             from xfed.security.events import sign_event
 
             msg["sig"] = sign_event(self.identity_key, self.namespace, msg)
-        deadline = time.monotonic() + retry_s
-        while True:
-            try:
-                self.stream.add(msg)
-                return
-            except BrokerError:
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.5)
+        retry_until_deadline(lambda: self.stream.add(msg), seconds=retry_s, transient=(BrokerError,),
+                             first_delay=0.5, max_delay=0.5)
 
     def report(self, kind: str, data: dict[str, Any]) -> None:
         """StageContext.report: progress | metrics | log | warning (never raises for a lost event)."""
