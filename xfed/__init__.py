@@ -3,7 +3,9 @@ import importlib.abc
 import importlib.util
 import sys
 
-__version__ = "0.1.0"
+from xfed.version import __version__
+
+__all__ = ["__version__"]
 
 
 def _register_model_families() -> None:

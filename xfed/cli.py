@@ -76,6 +76,9 @@ def main(scheduler, trainer, assist_trainer, client, config_path, bar, follow, w
             return run_node(config_path, node_id=None, assist=True)
         if client == "validate":
             from xfed.config.validate import validate_command
+            from xfed.operators.registry import register_operator_settings
+
+            register_operator_settings()
             sys.exit(validate_command(config_path, schema=schema, strict=strict))
         if client == "serve":
             if args:

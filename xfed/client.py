@@ -10,18 +10,18 @@ import datetime as _dt
 import json
 import sys
 import time
-import uuid
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from xfed.broker.attempts import attempt_history
 from xfed.broker.heartbeat import alive_nodes, node_infos
 from xfed.broker.jobstore import Job, JobState, JobStore
+from xfed.broker.requests import request, scheduler_alive
 from xfed.broker.streams import ControlStream
 from xfed.display import cell
-from xfed.errors import BrokerError, JobError, XfedError
-from xfed.scheduler.resume import attempt_history
+from xfed.errors import JobError, XfedError
 
 REPLY_TIMEOUT_S = 15.0
 SCHEDULER_GONE_S = 30.0
@@ -81,31 +81,13 @@ class Client:
 
     # -- talking to the scheduler ------------------------------------------------------------
     def scheduler_alive(self) -> bool:
-        try:
-            ttl = self.r.pttl(self.keys.scheduler())
-        except Exception as err:  # redis errors, without importing redis here
-            raise BrokerError(f"reading the scheduler's heartbeat: {err}") from err
-        return isinstance(ttl, int) and ttl > 0
+        return scheduler_alive(self.r, self.keys)
 
     def request(self, msg: dict[str, Any], *, timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
         if not self.scheduler_alive():
             raise JobError(f"no scheduler is running for namespace {self.keys.namespace!r} "
                            f"(start one: python xfed.py -s --config_path DIR)")
-        request_id = uuid.uuid4().hex
-        ControlStream(self.r, self.keys.requests(), maxlen=10_000).add({**msg, "request_id": request_id})
-        try:
-            got = self.r.blpop([self.keys.reply(request_id)], timeout=timeout)
-        except Exception as err:
-            raise BrokerError(f"waiting for the scheduler's reply: {err}") from err
-        if not got:
-            raise JobError(f"the scheduler did not answer the {msg['type']} request within {timeout:g} s")
-        try:
-            reply = json.loads(got[1])
-        except ValueError:
-            raise JobError("the scheduler's reply is not valid JSON") from None
-        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
-            raise JobError("the scheduler's reply is malformed")
-        return reply
+        return request(self.r, self.keys, msg, timeout=timeout)
 
     # -- verbs ------------------------------------------------------------------------------
     def start(self, *, follow: bool = False, bar: bool = False, wait_nodes: float = 0.0,

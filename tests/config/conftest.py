@@ -8,6 +8,8 @@ from typing import Any, Callable
 
 import pytest
 
+from xfed.operators.registry import register_operator_settings
+
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "config_templates"
 SHARED = REPO.parent / "shared"
@@ -65,3 +67,7 @@ def config_set(tmp_path: Path) -> Callable[[str], ConfigSet]:
         make_work_tree(tmp_path)
         return ConfigSet(folder)
     return make
+
+
+# config imports no operator: the operators register their settings models, as the CLI does first
+register_operator_settings()

@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 from pydantic import ValidationError
 
-from xfed.config.training_args import FieldSpec, check_value, training_argument_specs
 from xfed.operators.horizontal_chatglm.config import Params, merge_authoritative
+from xfed.operators.horizontal_chatglm.training_args import FieldSpec, check_value, training_argument_specs
 
 FULL = {
     "aggregation": {"agg_steps": 0.2},

@@ -19,8 +19,8 @@ from typing import Any
 
 import redis
 
-import xfed
 from xfed.errors import BrokerError
+from xfed.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class Heartbeat:
         self.info_key = info_key or keys.node_info(node_id)
         self.info: dict[str, str] = {
             "node": node_id, "role": role, "host": socket.gethostname(), "pid": str(os.getpid()),
-            "version": getattr(xfed, "__version__", "0"), "started": repr(time.time()),
+            "version": __version__, "started": repr(time.time()),
             "interval": repr(self.interval), "job": "",
         }
         self._stop = threading.Event()

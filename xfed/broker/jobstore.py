@@ -248,6 +248,11 @@ class JobStore:
         v = self._call(self.r.hget, self.keys.job(job_id), "state")
         return parse_state(v, job_id=job_id) if v else None
 
+    def position(self, job_id: str) -> tuple[str | None, int | None, int | None]:
+        """(state, stage, attempt) as stored, None for what is missing: the cheap read a stage polls."""
+        state, stage, attempt = self._call(self.r.hmget, self.keys.job(job_id), "state", "stage", "attempt")
+        return (None if state is None else _s(state), _i(stage), _i(attempt))
+
     def job_ids(self, *, newest_first: bool = True, limit: int = 100) -> list[str]:
         ids = self._call(self.r.zrange, self.keys.jobs_index(), 0, limit - 1, desc=newest_first)
         return [_s(i) for i in ids]

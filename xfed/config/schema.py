@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from xfed.config import operator_settings
 from xfed.config.fed_conf import FedConf
 from xfed.config.stage import Stage
 
@@ -11,12 +12,10 @@ SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 def operator_schemas() -> dict[str, Any]:
     """{operator name: JSON schema of its train_params} for every operator whose config imports."""
-    from xfed.operators import registry
-
     out: dict[str, Any] = {}
-    for name in registry.known():
+    for name in operator_settings.known():
         try:
-            out[name] = registry.params_model(name).model_json_schema()
+            out[name] = operator_settings.settings_of(name).params.model_json_schema()
         except Exception as exc:  # an operator not built yet is listed, not fatal
             out[name] = {"description": f"not available: {type(exc).__name__}: {exc}"}
     return out

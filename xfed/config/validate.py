@@ -17,8 +17,10 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
+from xfed.config import operator_settings
 from xfed.config.fed_conf import FedConf
 from xfed.config.loader import FED_CONF, check_fed_conf, read_stage_file, stage_file_name, stage_files
+from xfed.config.operator_settings import OperatorSettings, OperatorUnavailable
 from xfed.config.placeholders import placeholders_in
 from xfed.config.problems import Problem, from_validation_error
 from xfed.config.stage import Stage
@@ -118,24 +120,16 @@ def _needs_complete(report: Report, node: str, raw: dict) -> bool:
         "assist_trainer" not in identities and identities.count("label_trainer") <= 1)
 
 
-def _operator_config(name: Any, file: str, stage: int, report: Report):
-    """The operator's config module for `model_info.name`, or None (problem recorded)."""
-    from xfed.operators import registry
-
+def _operator_config(name: Any, file: str, stage: int, report: Report) -> OperatorSettings | None:
+    """The registered settings of the operator `model_info.name` names, or None (problem recorded)."""
     if not isinstance(name, str):
         return None  # the Stage model already reported it
     try:
-        registry.params_model(name)
-        import importlib
-
-        return importlib.import_module(registry.OPERATORS[name] + ".config")
+        return operator_settings.settings_of(name)
+    except OperatorUnavailable as exc:
+        report.add(file, str(exc), key="model_info.name", stage=stage)
     except ConfigError as exc:
         report.add(file, str(exc).removeprefix("model_info.name: "), key="model_info.name", stage=stage)
-    except ImportError as exc:
-        report.add(file, f"operator {name!r} is not available here ({exc})", key="model_info.name", stage=stage)
-    except Exception as exc:  # a broken operator package must not turn into a traceback here
-        report.add(file, f"operator {name!r} failed to load its config model: {type(exc).__name__}: {exc}",
-                   key="model_info.name", stage=stage)
     return None
 
 
@@ -144,8 +138,8 @@ def _check_train_params(report: Report) -> None:
         file = stage_file_name(node)
         for i, (raw, stage) in enumerate(nf.items or []):
             name = (raw.get("model_info") or {}).get("name") if isinstance(raw.get("model_info"), dict) else None
-            module = _operator_config(name, file, i, report)
-            if module is None:
+            settings = _operator_config(name, file, i, report)
+            if settings is None:
                 continue
             complete = _needs_complete(report, node, raw)
             train_info = raw.get("train_info", {})
@@ -153,18 +147,16 @@ def _check_train_params(report: Report) -> None:
             if not isinstance(params, dict):
                 continue  # the Stage model reported the type
             try:
-                nf.params[i] = module.Params.model_validate(params, context={"complete": complete})
+                nf.params[i] = settings.params.model_validate(params, context={"complete": complete})
             except ValidationError as exc:
                 report.problems.extend(from_validation_error(exc, file, stage=i, prefix=TRAIN_PARAMS))
-            check = getattr(module, "check_stage", None)
+            check = settings.check_stage
             if stage is not None and check is not None:
                 for key, message, *severity in check(stage, complete=complete):
                     report.add(file, message, key=key, stage=i, severity=(severity or ["error"])[0])
 
 
 def _check_across_nodes(report: Report) -> None:
-    from xfed.operators import registry
-
     fed = report.fed
     files = {n: nf for n, nf in report.files.items() if nf.items}
     if not files:
@@ -181,7 +173,8 @@ def _check_across_nodes(report: Report) -> None:
                              "every node runs the same stages")
         for i, ((raw, _), (ref_raw, _)) in enumerate(zip(nf.items, ref_items, strict=False)):
             mine, theirs = _op_name(raw), _op_name(ref_raw)
-            if mine not in registry.OPERATORS or theirs not in registry.OPERATORS:
+            known = operator_settings.known()
+            if mine not in known or theirs not in known:
                 continue  # an unknown operator is reported once, where it is named
             if mine != theirs:
                 report.add(file, f"{mine!r} differs from {theirs!r} in {ref_file}", key="model_info.name", stage=i)
@@ -201,12 +194,11 @@ def _merged(report: Report, node: str, i: int, raw: dict, ref_raw: dict, name: s
     nf, af = report.files[node], report.files[report.fed.assist_trainer_id]
     if i not in nf.params or i not in af.params or name is None:
         return
-    import importlib
-
-    from xfed.operators import registry
-
-    module = importlib.import_module(registry.OPERATORS[name] + ".config")
-    merge = getattr(module, "merge_authoritative", None)
+    try:
+        settings = operator_settings.settings_of(name)
+    except ConfigError:
+        return  # reported where the operator is named
+    merge = settings.merge_authoritative
     if merge is None:
         return
     file = stage_file_name(node)
@@ -218,7 +210,7 @@ def _merged(report: Report, node: str, i: int, raw: dict, ref_raw: dict, name: s
         report.add(file, f"{rest}; the assist trainer's value is used", key=f"{TRAIN_PARAMS}.{key}", stage=i,
                    severity="note")
     try:
-        module.Params.model_validate(merged, context={"complete": True})
+        settings.params.model_validate(merged, context={"complete": True})
     except ValidationError as exc:
         for p in from_validation_error(exc, file, stage=i, prefix=TRAIN_PARAMS):
             report.add(p.file, f"{p.message} (with the assist trainer's train_params merged in)", key=p.key,

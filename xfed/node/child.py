@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from xfed.node.stage_runner import EXIT_DONE, EXIT_ERROR_REPORTED, EXIT_ORPHANED, EXIT_STOPPED
+from xfed.node.exit_codes import EXIT_DONE, EXIT_ERROR_REPORTED, EXIT_ORPHANED, EXIT_STOPPED
 
 
 def describe_exit(rc: int) -> str:

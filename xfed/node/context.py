@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from xfed.broker.jobstore import JobStore
 from xfed.errors import BrokerError
 
 
@@ -15,8 +16,8 @@ class StopWatcher:
 
     Reads the job hash at most every `poll_s` seconds so operators may call it in tight loops."""
 
-    def __init__(self, r, keys, job_id: str, stage_id: int, attempt: int, *, poll_s: float = 0.25) -> None:
-        self.r, self.key = r, keys.job(job_id)
+    def __init__(self, jobs: JobStore, job_id: str, stage_id: int, attempt: int, *, poll_s: float = 0.25) -> None:
+        self.jobs, self.job_id = jobs, str(job_id)
         self.stage_id, self.attempt, self.poll_s = int(stage_id), int(attempt), poll_s
         self.flag = threading.Event()
         self.reason = ""
@@ -37,10 +38,9 @@ class StopWatcher:
                 return False
             self._checked = now
         try:
-            state, stage, attempt = self.r.hmget(self.key, "state", "stage", "attempt")
-        except Exception:  # redis errors: a Redis blip is not a stop; Comm has its own timeouts
+            state, stage, attempt = self.jobs.position(self.job_id)
+        except BrokerError:  # a Redis blip is not a stop; Comm has its own timeouts
             return False
-        state = state.decode() if isinstance(state, bytes) else state
         if state is None:
             self.stop("job no longer exists in Redis")
         elif state != "RUNNING":

@@ -21,7 +21,7 @@ from xfed.broker.streams import ControlStream, Entry
 from xfed.errors import BrokerError, XfedError
 from xfed.node.child import SpareChild, StageChild, describe_exit
 from xfed.node.events import EventReporter
-from xfed.node.stage_runner import EXIT_DONE, EXIT_ERROR_REPORTED, EXIT_STOPPED
+from xfed.node.exit_codes import EXIT_DONE, EXIT_ERROR_REPORTED, EXIT_STOPPED
 
 log = logging.getLogger("xfed.node")
 

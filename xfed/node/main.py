@@ -33,7 +33,7 @@ def run_node(config_path: str, node_id: str | None = None, assist: bool = False)
     from xfed.broker.keys import Keys
     from xfed.config import load_fed_conf
     from xfed.node.daemon import NodeDaemon
-    from xfed.node.stage_runner import load_identity_key
+    from xfed.node.identity import load_identity_key
 
     fed = load_fed_conf(config_path)
     node, role = resolve_node(fed, node_id, assist)

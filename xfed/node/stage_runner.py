@@ -25,10 +25,7 @@ import time
 import traceback
 from pathlib import Path
 
-EXIT_DONE = 0
-EXIT_ERROR_REPORTED = 3
-EXIT_STOPPED = 4
-EXIT_ORPHANED = 5
+from xfed.node.exit_codes import EXIT_DONE, EXIT_ERROR_REPORTED, EXIT_ORPHANED, EXIT_STOPPED
 
 log = logging.getLogger("xfed.stage")
 
@@ -114,6 +111,7 @@ def redirect_output(log_path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from xfed.broker.connection import connect
+    from xfed.broker.jobstore import JobStore
     from xfed.broker.keys import Keys
     from xfed.config import load_fed_conf, load_stages
     from xfed.errors import XfedError
@@ -127,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     keys = Keys(fed.redis.namespace)
     r = connect(fed)
     reporter = EventReporter(r, keys, args.job, args.node, args.stage, args.attempt, identity_key=identity_key)
-    watcher = StopWatcher(r, keys, args.job, args.stage, args.attempt)
+    watcher = StopWatcher(JobStore(r, keys), args.job, args.stage, args.attempt)
 
     in_operator = [True]
 
@@ -176,21 +174,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _identity_key(fed, args):
+    from xfed.node.identity import load_identity_key
+
     return load_identity_key(fed, args.config_path, args.node)
-
-
-def load_identity_key(fed, config_path, node: str):
-    """The node's signing key when fed_conf.json pins identities: $XFED_IDENTITY_KEY or <config>/keys/."""
-    if node not in (getattr(fed, "identities", None) or {}):
-        return None
-    from xfed.errors import ConfigError
-    from xfed.security.identity import default_key_path, load_private_key
-
-    path = os.environ.get("XFED_IDENTITY_KEY") or default_key_path(config_path, node)
-    key = load_private_key(path, node)
-    if key.public_hex.lower() != str(fed.identities[node]).lower():
-        raise ConfigError(f"{path}: this key's public half does not match fed_conf.json identities[{node!r}]")
-    return key
 
 
 def _make_comm(r, keys, args, watcher, fed=None, identity_key=None):

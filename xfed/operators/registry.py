@@ -1,14 +1,20 @@
 """Operator registry keyed by `model_info.name`; imports lazily so validation never loads torch.
 
 Each operator is a package `xfed.operators.<name>` with:
-- `config.py` defining `Params` (pydantic v2 model of `train_info.train_params`; pydantic only);
-- `__init__.py` (or `operator.py`) exposing `run(ctx) -> dict` for one stage on one node.
+- `config.py` defining `Params` (pydantic v2 model of `train_info.train_params`; pydantic only),
+  optionally `check_stage(stage, complete=)` and `merge_authoritative(assist, party)`;
+- `operator.py` exposing `run(ctx) -> dict` for one stage on one node.
+
+Config imports no operator: `register_operator_settings()` hands each operator's settings to
+`xfed.config.operator_settings`, and whoever validates configs (the CLI, the tests) calls it first.
 """
 from __future__ import annotations
 
 import importlib
 from types import ModuleType
 
+from xfed.config import operator_settings
+from xfed.config.operator_settings import OperatorSettings
 from xfed.errors import ConfigError
 
 OPERATORS: dict[str, str] = {
@@ -36,3 +42,18 @@ def params_model(name: str):
 def operator_module(name: str) -> ModuleType:
     """The module whose `run(ctx)` executes one stage of this operator."""
     return importlib.import_module(_package(name) + ".operator")
+
+
+def register_operator_settings() -> None:
+    """Register every operator's settings models into config (a broken operator: why, as a string)."""
+    for name, package in OPERATORS.items():
+        try:
+            module = importlib.import_module(package + ".config")
+            settings: OperatorSettings | str = OperatorSettings(
+                params=module.Params, check_stage=getattr(module, "check_stage", None),
+                merge_authoritative=getattr(module, "merge_authoritative", None))
+        except ImportError as exc:
+            settings = f"operator {name!r} is not available here ({exc})"
+        except Exception as exc:  # a broken operator package must not turn into a traceback
+            settings = f"operator {name!r} failed to load its config model: {type(exc).__name__}: {exc}"
+        operator_settings.register(name, settings)

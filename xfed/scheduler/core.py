@@ -5,25 +5,24 @@ restarted scheduler re-attaches to whatever is running. One loop, no threads bes
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from typing import Any
 
+from xfed.broker.attempts import with_ended_attempt
 from xfed.broker.heartbeat import Heartbeat, alive_nodes, wait_until_free
 from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus, can_resume
+from xfed.broker.requests import send_reply
 from xfed.broker.streams import ControlStream, Entry, read_many
 from xfed.errors import BrokerError, XfedError
 from xfed.scheduler.dropouts import DROPPED, judge_dead, note_secagg, policy_of
 from xfed.scheduler.progress import decide_after_stage, missing_nodes
-from xfed.scheduler.resume import with_ended_attempt
 
 log = logging.getLogger("xfed.scheduler")
 
 GROUP = "scheduler"
 SCHEDULER_ID = "scheduler"
-REPLY_TTL_S = 60
 # after a job ends, keep reading its events a little so the per-node table shows who stopped
 LINGER_S = 10.0
 RECONNECT_BACKOFF_CAP_S = 2.0  # xfed.broker.connection's retry backoff cap
@@ -154,14 +153,11 @@ class Scheduler:
 
     def _reply(self, request_id: str, reply: dict) -> None:
         try:
-            key = self.keys.reply(request_id)
+            self.keys.reply(request_id)
         except XfedError:
             log.warning("request id %r is not usable as a key; no reply sent", request_id[:80])
             return
-        pipe = self.r.pipeline(transaction=True)
-        pipe.rpush(key, json.dumps(reply))
-        pipe.expire(key, REPLY_TTL_S)
-        pipe.execute()
+        send_reply(self.r, self.keys, request_id, reply)
 
     def _start(self, msg: dict) -> dict:
         for job in self.jobs.active():

@@ -1,7 +1,7 @@
 """`train_params` of the horizontal_chatglm operator: aggregation, encryption, peft, trainer, dataset.
 
 Pydantic only; `trainer` keys are checked against the installed `transformers.TrainingArguments`, read
-lazily from its source (xfed.config.training_args) so that validating never imports torch.
+lazily from its source (xfed.operators.horizontal_chatglm.training_args) so that validating never imports torch.
 
 A label trainer's stage config may be partial when there is an assist trainer: the assist
 trainer's `train_params` are authoritative and `merge_authoritative` combines the two.
@@ -24,7 +24,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from xfed.aggregation.dropout import Dropout
 from xfed.config.base import ConfigModel, did_you_mean, fail, reraise
-from xfed.config.training_args import check_value, training_argument_specs
+from xfed.operators.horizontal_chatglm.training_args import check_value, training_argument_specs
 
 PEFT_TYPES = ("LORA", "PREFIX_TUNING")
 ENCRYPTIONS = ("otp", "plain")
