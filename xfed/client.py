@@ -18,6 +18,7 @@ from rich.table import Table
 from xfed.broker.attempts import attempt_history
 from xfed.broker.heartbeat import alive_nodes, node_infos
 from xfed.broker.jobstore import Job, JobState, JobStore
+from xfed.broker.messages import NodeState, job_event, stop_job_command
 from xfed.broker.requests import request, scheduler_alive
 from xfed.broker.streams import ControlStream
 from xfed.display import cell
@@ -159,10 +160,9 @@ class Client:
             raise JobError(f"job {job.job_id} already ended {self.jobs.require(job.job_id).state.value}")
         for n in job.participants:
             ControlStream(self.r, self.keys.node_cmd(n), maxlen=1000).add(
-                {"type": "stop_job", "job": job.job_id, "reason": f"job STOPPED: {reason}", "ts": time.time()})
+                stop_job_command(job.job_id, f"job STOPPED: {reason}"))
         ControlStream(self.r, self.keys.job_events(job.job_id), maxlen=100_000).add(
-            {"type": "job", "job": job.job_id, "state": "STOPPED", "stage": job.stage, "reason": reason,
-             "ts": time.time()})
+            job_event(job.job_id, JobState.STOPPED.value, job.stage, reason=reason))
         self.jobs.expire(job.job_id)
         print(f"job {job.job_id} STOPPED (no scheduler is running: stopped directly)")
         return 0
@@ -215,7 +215,7 @@ class Client:
                 continue
             p = progress_text(s.progress or {}) or "-"
             if bar:
-                frac = 1.0 if s.state == "done" else (s.progress or {}).get("fraction")
+                frac = 1.0 if s.state is NodeState.DONE else (s.progress or {}).get("fraction")
                 if isinstance(frac, (int, float)):
                     filled = max(0, min(20, round(20 * float(frac))))
                     p = f"{'█' * filled}{'░' * (20 - filled)} {p}"

@@ -10,9 +10,7 @@ import safetensors.numpy as stn
 from xfed.broker.frames import (
     SUPPORTED_DTYPES,
     FrameHeader,
-    decode_control,
     decode_frame,
-    encode_control,
     encode_frame,
 )
 from xfed.errors import FrameError
@@ -119,18 +117,6 @@ def test_truncated_and_padded_frames_are_refused():
         decode_frame(frame[:-1])
     with pytest.raises(FrameError):
         decode_frame(frame + b"\0")
-
-
-def test_control_round_trip_and_strictness():
-    msg = {"cmd": "run", "stage": 3, "nested": {"a": [1, 2.5, None, True]}}
-    assert decode_control(encode_control(msg)) == msg
-    for bad in (b"[1,2]", b"{", b'{"a": NaN}', b'{"a":1,"a":2}', b"\xff\xfe", b"[" * 5000 + b"]" * 5000):
-        with pytest.raises(FrameError):
-            decode_control(bad)
-    with pytest.raises(FrameError, match="at most"):
-        decode_control(b"{}" + b" " * 100, max_bytes=10)
-    with pytest.raises(FrameError, match="expected bytes"):
-        decode_control("{}")
 
 
 def test_supported_dtypes_cover_safetensors_numpy_types():

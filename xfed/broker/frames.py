@@ -27,24 +27,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
+from pydantic import ValidationError
 
+from xfed import strict_json
+from xfed.broker.messages import MAX_FRAME_HEADER_BYTES, WIRE_HEADER_FIELDS, WireHeader
 from xfed.errors import FrameError
+from xfed.strict_json import StrictJSONError
 
 MAGIC = b"XFD1"
 VERSION = 1
 DEFAULT_MAX_FRAME_BYTES = 4 << 30
-MAX_HEADER_BYTES = 1 << 20          # JSON header incl. meta
-MAX_CONTROL_BYTES = 1 << 20
+MAX_HEADER_BYTES = MAX_FRAME_HEADER_BYTES  # JSON header incl. meta
 MAX_TENSORS = 65536
 MAX_NDIM = 16
 MAX_NAME_CHARS = 512
-MAX_JSON_DEPTH = 32
 KINDS = ("tensors", "control")
 SIGNATURE_KEY = "sig"               # reserved meta key: the message's signature (hex), when signed
 
@@ -57,8 +58,6 @@ _ST_TO_NP = {
 _NP_TO_ST = {(dt.kind, dt.itemsize): name for name, dt in _ST_TO_NP.items()}
 SUPPORTED_DTYPES = tuple(_ST_TO_NP)
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_CHANNEL_RE = re.compile(r"^[\x21-\x7e]{1,128}$")  # printable ASCII, no spaces
 _MAX_INT = 1 << 53
 
 
@@ -181,105 +180,48 @@ def encode_frame(header: FrameHeader, tensors: Mapping[str, Any] | None = None,
     return b"".join(parts)
 
 
-def encode_control(message: Mapping[str, Any]) -> bytes:
-    """A control message (requests, commands, events, DH public values) as compact JSON."""
-    try:
-        raw = json.dumps(dict(message), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise FrameError(f"control message is not plain JSON: {exc}") from None
-    data = raw.encode("utf-8")
-    if len(data) > MAX_CONTROL_BYTES:
-        raise FrameError(f"control message of {len(data)} bytes (at most {MAX_CONTROL_BYTES})")
-    return data
-
-
 # --- decoding ----------------------------------------------------------------------------------------
 
-def _reject_constant(value: str) -> Any:
-    raise ValueError(f"{value} is not allowed")
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
-def _depth(obj: Any, limit: int = MAX_JSON_DEPTH) -> int:
-    """Nesting depth, iteratively (no recursion on hostile input)."""
-    stack, deepest = [(obj, 1)], 0
-    while stack:
-        node, d = stack.pop()
-        if d > limit:
-            return d
-        deepest = max(deepest, d)
-        if isinstance(node, dict):
-            stack.extend((v, d + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, d + 1) for v in node)
-    return deepest
-
-
 def parse_json(data: bytes | bytearray | memoryview, what: str) -> Any:
-    """Strict JSON: UTF-8, no NaN/Infinity, no duplicate keys, bounded depth; FrameError otherwise."""
+    """Strict JSON (xfed.strict_json): FrameError naming `what` otherwise."""
     try:
-        obj = json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant,
-                         object_pairs_hook=_no_duplicates)
-    except (ValueError, RecursionError, UnicodeDecodeError, TypeError) as exc:
-        raise FrameError(f"{what}: not valid JSON ({str(exc)[:120]})") from None
-    if _depth(obj) > MAX_JSON_DEPTH:
-        raise FrameError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH}")
-    return obj
-
-
-def decode_control(data: bytes | bytearray | memoryview, *, max_bytes: int = MAX_CONTROL_BYTES,
-                   what: str = "control message") -> dict[str, Any]:
-    """A JSON object from `data` (FrameError if oversized, not UTF-8 JSON, or not an object)."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise FrameError(f"{what}: expected bytes, got {type(data).__name__}")
-    if len(data) > max_bytes:
-        raise FrameError(f"{what}: {len(data)} bytes (at most {max_bytes})")
-    obj = parse_json(data, what)
-    if not isinstance(obj, dict):
-        raise FrameError(f"{what}: expected a JSON object, got {type(obj).__name__}")
-    return obj
+        return strict_json.parse(data)
+    except StrictJSONError as exc:
+        raise FrameError(f"{what}: {exc}") from None
 
 
 def _is_int(v: Any, lo: int = 0, hi: int = _MAX_INT) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and lo <= v < hi
 
 
-_HEADER_KEYS = {"v", "kind", "sender", "receiver", "job", "stage", "attempt", "channel", "seq", "meta",
-                "payload_bytes"}
-
-
 def _check_header(head: Any, what: str) -> FrameHeader:
     if not isinstance(head, dict):
         raise FrameError(f"{what}: header is not a JSON object")
-    if set(head) != _HEADER_KEYS:
-        missing, extra = sorted(_HEADER_KEYS - set(head)), sorted(set(head) - _HEADER_KEYS)
+    if set(head) != WIRE_HEADER_FIELDS:
+        missing, extra = sorted(WIRE_HEADER_FIELDS - set(head)), sorted(set(head) - WIRE_HEADER_FIELDS)
         raise FrameError(f"{what}: header fields missing {missing} / unexpected {extra[:5]}")
-    if head["v"] != VERSION or isinstance(head["v"], bool):
-        raise FrameError(f"{what}: frame version {head['v']!r}, this xfed reads version {VERSION}")
-    if head["kind"] not in KINDS:
-        raise FrameError(f"{what}: kind {head['kind']!r} is not one of {KINDS}")
-    for name in ("sender", "receiver", "job"):
-        if not isinstance(head[name], str) or not _ID_RE.match(head[name]):
-            raise FrameError(f"{what}: bad {name} {str(head[name])[:70]!r}")
-    if not isinstance(head["channel"], str) or not _CHANNEL_RE.match(head["channel"]):
-        raise FrameError(f"{what}: bad channel {str(head['channel'])[:70]!r}")
-    for name in ("stage", "attempt", "seq", "payload_bytes"):
-        if not _is_int(head[name]):
-            raise FrameError(f"{what}: {name} {str(head[name])[:30]!r} is not a non-negative integer")
-    if not isinstance(head["meta"], dict):
-        raise FrameError(f"{what}: meta is not a JSON object")
-    if head["kind"] == "control" and head["payload_bytes"]:
-        raise FrameError(f"{what}: a control frame carries {head['payload_bytes']} payload bytes")
-    return FrameHeader(sender=head["sender"], receiver=head["receiver"], job=head["job"], stage=head["stage"],
-                       channel=head["channel"], seq=head["seq"], attempt=head["attempt"], kind=head["kind"])
+    try:
+        wire = WireHeader.model_validate(head)
+    except ValidationError as err:
+        raise FrameError(f"{what}: {_header_problem(err, head)}") from None
+    if wire.kind == "control" and wire.payload_bytes:
+        raise FrameError(f"{what}: a control frame carries {wire.payload_bytes} payload bytes")
+    return FrameHeader(sender=wire.sender, receiver=wire.receiver, job=wire.job, stage=wire.stage,
+                       channel=wire.channel, seq=wire.seq, attempt=wire.attempt, kind=wire.kind)
+
+
+def _header_problem(err: ValidationError, head: dict[str, Any]) -> str:
+    name = str(err.errors(include_url=False)[0]["loc"][0])
+    value = head[name]
+    if name == "v":
+        return f"frame version {value!r}, this xfed reads version {VERSION}"
+    if name == "kind":
+        return f"kind {value!r} is not one of {KINDS}"
+    if name in ("sender", "receiver", "job", "channel"):
+        return f"bad {name} {str(value)[:70]!r}"
+    if name == "meta":
+        return "meta is not a JSON object"
+    return f"{name} {str(value)[:30]!r} is not a non-negative integer"
 
 
 def decode_safetensors(buf: bytes | bytearray | memoryview, offset: int, length: int,

@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 
+from xfed.broker.messages import NodeState
 from xfed.errors import BrokerError, JobError
 
 
@@ -43,7 +44,6 @@ _ALLOWED: dict[JobState, frozenset[JobState]] = {
 }
 
 # What a node can be doing within a job (per-node table of `status`).
-NODE_STATES = ("pending", "dispatched", "running", "done", "failed", "stopping", "stopped")
 
 
 def can_transition(old: JobState, new: JobState) -> bool:
@@ -72,7 +72,7 @@ def parse_state(value: str | bytes | None, *, job_id: str = "?") -> JobState:
 class NodeStatus:
     """One node's view inside a job: stored as JSON in the job hash field `node:<id>`."""
 
-    state: str = "pending"
+    state: NodeState = NodeState.PENDING
     stage: int = -1
     pid: int | None = None
     message: str = ""
@@ -80,6 +80,9 @@ class NodeStatus:
     n_stages: int | None = None
     result: dict[str, Any] | None = None
     updated: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.state = NodeState(self.state)  # ValueError for a word that is not a node state
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, separators=(",", ":"), default=str)
@@ -97,7 +100,7 @@ class NodeStatus:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         try:
             return cls(**known)
-        except TypeError:
+        except (TypeError, ValueError):
             return cls(message="unreadable node status")
 
 

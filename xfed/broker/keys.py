@@ -27,16 +27,16 @@ import re
 from dataclasses import dataclass
 
 from xfed.errors import ConfigError
+from xfed.ids import ID_RULE, is_id
 
-_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")  # ':' allowed: it only ever prefixes the schema
 
 
 def check_id(kind: str, value: object) -> str:
     """Return `value` as a str if it is a valid id for keys (node, job, namespace), else ConfigError."""
     text = str(value)
-    if not _ID_RE.match(text):
-        raise ConfigError(f"invalid {kind} {text!r}: use 1-64 characters from A-Z a-z 0-9 _ . -")
+    if not is_id(text):
+        raise ConfigError(f"invalid {kind} {text!r}: use {ID_RULE}")
     return text
 
 

@@ -1,50 +1,29 @@
 """Control messages on Redis streams: requests, node commands (consumer groups + ack) and job events.
 
 Every entry holds one field `m` with a JSON object `{"type": ..., ...}`. Messages are validated on
-read against the schema of their type (required fields and their JSON types, a size limit); an
+read as `xfed.broker.messages.Message` (strict JSON, typed fields, a size limit); an
 entry that fails comes back as an `Entry` with `error` set instead of raising, so a reader can
 report it, acknowledge it and carry on. Nothing is ever unpickled or evaluated.
 """
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from xfed import strict_json
+from xfed.broker.messages import MAX_STREAM_MESSAGE_BYTES, validate_message
 from xfed.errors import BrokerError, FrameError
+from xfed.strict_json import StrictJSONError
 
-MAX_CONTROL_BYTES = 256 * 1024
-_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # as xfed.broker.keys.check_id
+MAX_CONTROL_BYTES = MAX_STREAM_MESSAGE_BYTES
 FIELD = b"m"
-
-_NUM = (int, float)
-# type -> {field: accepted python types after json.loads}. Extra fields are allowed (forward compatible).
-SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
-    # client -> scheduler (requests stream)
-    "start": {"request_id": (str,)},
-    "stop": {"request_id": (str,)},
-    # scheduler -> node (node command stream)
-    "run_stage": {"job": (str,), "stage": (int,), "attempt": (int,), "participants": (list,)},
-    "stop_job": {"job": (str,), "reason": (str,)},
-    # node -> scheduler/client (job events stream)
-    "status": {"job": (str,), "node": (str,), "stage": (int,), "state": (str,), "ts": _NUM},
-    "progress": {"job": (str,), "node": (str,), "stage": (int,), "data": (dict,), "ts": _NUM},
-    "metrics": {"job": (str,), "node": (str,), "stage": (int,), "data": (dict,), "ts": _NUM},
-    "log": {"job": (str,), "node": (str,), "stage": (int,), "data": (dict,), "ts": _NUM},
-    "warning": {"job": (str,), "node": (str,), "stage": (int,), "data": (dict,), "ts": _NUM},
-    "error": {"job": (str,), "node": (str,), "stage": (int,), "message": (str,), "ts": _NUM},
-    "done": {"job": (str,), "node": (str,), "stage": (int,), "n_stages": (int,), "ts": _NUM},
-    # scheduler -> client (job events stream): the job's own state changes
-    "job": {"job": (str,), "state": (str,), "stage": (int,), "ts": _NUM},
-}
-EVENT_TYPES = ("status", "progress", "metrics", "log", "warning", "error", "done", "job")
 
 
 def encode_message(msg: dict[str, Any]) -> bytes:
-    """JSON bytes of a control message; refuses unknown types, schema violations and oversize."""
+    """JSON bytes of a control message; refuses unknown types, invalid fields and oversize."""
     validate_message(msg)
     raw = json.dumps(msg, separators=(",", ":"), allow_nan=False).encode("utf-8")
     if len(raw) > MAX_CONTROL_BYTES:
@@ -53,7 +32,8 @@ def encode_message(msg: dict[str, Any]) -> bytes:
 
 
 def decode_message(raw: bytes | str, *, where: str = "stream") -> dict[str, Any]:
-    """Parse and validate one control message; FrameError naming `where` if anything is off."""
+    """Parse and validate one control message (as `xfed.broker.messages.Message`); FrameError naming
+    `where` if anything is off. The message comes back as the JSON object it was sent as."""
     if isinstance(raw, str):
         raw = raw.encode("utf-8", "surrogatepass")
     if not isinstance(raw, bytes):
@@ -61,40 +41,11 @@ def decode_message(raw: bytes | str, *, where: str = "stream") -> dict[str, Any]
     if len(raw) > MAX_CONTROL_BYTES:
         raise FrameError(f"{where}: control message of {len(raw)} bytes exceeds {MAX_CONTROL_BYTES}")
     try:
-        msg = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise FrameError(f"{where}: control message is not valid JSON ({str(err)[:80]})") from None
+        msg = strict_json.parse(raw)
+    except StrictJSONError as err:
+        raise FrameError(f"{where}: control message is {err}") from None
     validate_message(msg, where=where)
     return msg
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not allowed")
-
-
-def validate_message(msg: Any, *, where: str = "message") -> None:
-    if not isinstance(msg, dict):
-        raise FrameError(f"{where}: control message must be a JSON object, got {type(msg).__name__}")
-    kind = msg.get("type")
-    if not isinstance(kind, str) or kind not in SCHEMAS:
-        raise FrameError(f"{where}: unknown control message type {str(kind)[:40]!r}")
-    for name, types in SCHEMAS[kind].items():
-        if name not in msg:
-            raise FrameError(f"{where}: {kind} message lacks field {name!r}")
-        value = msg[name]
-        # bool is an int subclass in Python; a JSON true is never a valid stage or timestamp
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise FrameError(f"{where}: {kind}.{name} has type {type(value).__name__}, "
-                             f"expected {'/'.join(t.__name__ for t in types)}")
-    for name in ("job", "node", "resume"):  # ids end up in key names
-        value = msg.get(name)
-        if value is None or (name == "node" and value == ""):  # a job event may name no node
-            continue
-        if not (isinstance(value, str) and _ID_RE.match(value)):
-            raise FrameError(f"{where}: {kind}.{name} is not a valid id: {str(msg[name])[:40]!r}")
-    for name in ("stage", "attempt"):
-        if isinstance(msg.get(name), int) and not isinstance(msg[name], bool) and not 0 <= msg[name] < 2**31:
-            raise FrameError(f"{where}: {kind}.{name} out of range: {msg[name]}")
 
 
 @dataclass

@@ -16,11 +16,12 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from xfed.config.base import ConfigModel, fail
 from xfed.config.redis_address import RedisAddress, parse_redis_server
+from xfed.ids import ID_RE, ID_RULE
 
-NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NODE_ID_RE = ID_RE
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 ED25519_HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-NODE_ID_RULE = "a node id is 1-64 letters, digits, '_', '.', '-' starting with a letter or digit"
+NODE_ID_RULE = f"a node id is {ID_RULE}"
 
 
 def check_node_ids(ids: dict[str, Any]) -> dict[str, Any]:

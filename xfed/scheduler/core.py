@@ -13,13 +13,18 @@ from typing import Any
 from xfed.broker.attempts import with_ended_attempt
 from xfed.broker.heartbeat import Heartbeat, alive_nodes, wait_until_free
 from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus, can_resume
+from xfed.broker.messages import NodeState, StageAction, job_event, stop_job_command
 from xfed.broker.requests import send_reply
 from xfed.broker.streams import ControlStream, Entry, read_many
 from xfed.errors import BrokerError, XfedError
-from xfed.scheduler.dropouts import DROPPED, judge_dead, note_secagg, policy_of
+from xfed.scheduler.dropouts import judge_dead, note_secagg, policy_of
 from xfed.scheduler.progress import decide_after_stage, missing_nodes
 
 log = logging.getLogger("xfed.scheduler")
+
+# what a node's `status` event says -> its state in the job (an unknown word leaves the state as it was)
+REPORTED_STATES = {"starting": NodeState.RUNNING, "running": NodeState.RUNNING, "stopped": NodeState.STOPPED,
+                   **{s.value: s for s in NodeState}}
 
 GROUP = "scheduler"
 SCHEDULER_ID = "scheduler"
@@ -198,7 +203,7 @@ class Scheduler:
         self.cursors[job_id] = ControlStream(self.r, self.keys.job_events(job_id)).last_id()
         self.jobs.set_fields(job_id, cursor=self.cursors[job_id])
         for n in job.participants:
-            self.jobs.set_node(job_id, n, NodeStatus(state="dispatched", stage=stage))
+            self.jobs.set_node(job_id, n, NodeStatus(state=NodeState.DISPATCHED, stage=stage))
         self._send_stage(job_id, stage, attempt, job.participants)
         log.info("job %s resumed at stage %s (attempt %s)", job_id, stage, attempt)
         return {"ok": True, "job": job_id, "stage": stage, "attempt": attempt}
@@ -221,7 +226,7 @@ class Scheduler:
         if not self.jobs.transition(job_id, JobState.RUNNING, stage=stage, attempt=attempt):
             return
         for n in participants:
-            self.jobs.set_node(job_id, n, NodeStatus(state="dispatched", stage=stage))
+            self.jobs.set_node(job_id, n, NodeStatus(state=NodeState.DISPATCHED, stage=stage))
         self._send_stage(job_id, stage, attempt, participants)
 
     def _send_stage(self, job_id: str, stage: int, attempt: int, participants: list[str]) -> None:
@@ -236,13 +241,13 @@ class Scheduler:
         if job is None or job.state is not JobState.RUNNING:
             return
         decision = decide_after_stage(job.stage, job.participants, job.nodes)
-        if decision.action == "next":
+        if decision.action is StageAction.NEXT:
             log.info("job %s: stage %s done, dispatching stage %s", job_id, job.stage, decision.stage)
             self._dispatch(job_id, decision.stage, job.attempt, job.participants)
-        elif decision.action == "success":
+        elif decision.action is StageAction.SUCCESS:
             n_stages = job.stage + 1
             self._finish(job_id, JobState.SUCCESSFUL, "", "", n_stages=n_stages)
-        elif decision.action == "fail":
+        elif decision.action is StageAction.FAIL:
             self._finish(job_id, JobState.FAILED, decision.reason, decision.node)
 
     def _finish(self, job_id: str, state: JobState, reason: str, node: str, **fields: Any) -> bool:
@@ -254,8 +259,7 @@ class Scheduler:
             for n in job.participants:
                 try:
                     ControlStream(self.r, self.keys.node_cmd(n), maxlen=1000).add(
-                        {"type": "stop_job", "job": job_id, "reason": f"job {state.value}"
-                         + (f": {reason}" if reason else ""), "ts": time.time()})
+                        stop_job_command(job_id, f"job {state.value}" + (f": {reason}" if reason else "")))
                 except BrokerError as err:
                     log.warning("could not send stop to %s: %s", n, err)
         self._job_event(job_id, state, job.stage, reason=reason, node=node)
@@ -265,7 +269,7 @@ class Scheduler:
 
     def _job_event(self, job_id: str, state: JobState, stage: int, **fields: Any) -> None:
         ControlStream(self.r, self.keys.job_events(job_id), maxlen=100_000).add(
-            {"type": "job", "job": job_id, "state": state.value, "stage": stage, "ts": time.time(), **fields})
+            job_event(job_id, state.value, stage, **fields))
 
     # -- events ---------------------------------------------------------------------------------
     def _process_events(self, job_id: str, entries: list[Entry]) -> None:
@@ -326,27 +330,26 @@ class Scheduler:
         if msg.get("stage") != job.stage or msg.get("attempt", 0) != job.attempt:
             return False  # late event of an earlier stage/attempt
         status = job.nodes.setdefault(node, NodeStatus())
-        if status.state == DROPPED and kind in ("status", "progress"):
+        if status.state is NodeState.DROPPED and kind in ("status", "progress"):
             return False  # a dropped node stays dropped for this stage (rejoining is not supported yet)
         status.stage = job.stage
         if kind == "status":
-            status.state = {"starting": "running", "running": "running", "stopped": "stopped"}.get(
-                msg["state"], msg["state"])
+            status.state = REPORTED_STATES.get(msg["state"], status.state)
             if isinstance(msg.get("pid"), int):
                 status.pid = msg["pid"]
         elif kind == "progress":
             status.progress = msg["data"]
-            if status.state in ("dispatched", "pending"):
-                status.state = "running"
+            if status.state in (NodeState.DISPATCHED, NodeState.PENDING):
+                status.state = NodeState.RUNNING
         elif kind == "error":
-            status.state, status.message = "failed", msg["message"]
+            status.state, status.message = NodeState.FAILED, msg["message"]
             self.jobs.set_node(job.job_id, node, status)
             message = msg["message"]
             reason = message if message.startswith(f"{node}:") else f"{node}: {message}"
             self._finish(job.job_id, JobState.FAILED, reason, node)
             return True
         elif kind == "done":
-            status.state, status.n_stages = "done", msg["n_stages"]
+            status.state, status.n_stages = NodeState.DONE, msg["n_stages"]
             result = msg.get("result")
             status.result = result if isinstance(result, dict) else None
             self.jobs.set_node(job.job_id, node, status)
@@ -365,9 +368,9 @@ class Scheduler:
         if not msg or msg["type"] not in ("status", "error") or msg.get("node") not in job.participants:
             return
         status = job.nodes.get(msg["node"], NodeStatus())
-        if status.state in ("done", "failed"):
+        if status.state in (NodeState.DONE, NodeState.FAILED):
             return
-        status.state = "stopped" if msg["type"] == "error" or msg.get("state") == "stopped" else status.state
+        status.state = NodeState.STOPPED if msg["type"] == "error" or msg.get("state") == "stopped" else status.state
         self.jobs.set_node(job.job_id, msg["node"], status)
 
     # -- liveness -------------------------------------------------------------------------------
@@ -386,10 +389,11 @@ class Scheduler:
                 continue
             if verdict.action == "tolerate":
                 for n in verdict.dropped:
-                    self.jobs.set_node(job_id, n, NodeStatus(state=DROPPED, stage=job.stage, message=verdict.reason))
+                    self.jobs.set_node(job_id, n, NodeStatus(state=NodeState.DROPPED, stage=job.stage,
+                                                             message=verdict.reason))
                     log.warning("job %s: %s %s", job_id, n, verdict.reason)
                 self._advance_if_ready(job_id)  # the others may all be done already
                 continue
-            self.jobs.set_node(job_id, verdict.node, NodeStatus(state="failed", stage=job.stage,
+            self.jobs.set_node(job_id, verdict.node, NodeStatus(state=NodeState.FAILED, stage=job.stage,
                                                                 message="heartbeat expired"))
             self._finish(job_id, JobState.FAILED, verdict.reason, verdict.node)

@@ -4,13 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xfed.broker.jobstore import NodeStatus
+from xfed.broker.messages import NodeState, StageAction
 
 
 @dataclass(frozen=True)
 class StageDecision:
-    """`action` is wait | next | success | fail; `stage` the next stage; `reason`/`node` for fail."""
+    """`stage` is the next stage (NEXT); `reason`/`node` say why (FAIL)."""
 
-    action: str
+    action: StageAction
     stage: int = -1
     reason: str = ""
     node: str = ""
@@ -23,22 +24,22 @@ def decide_after_stage(stage: int, participants: list[str], nodes: dict[str, Nod
     (XFL runs stage k on every node), and the job moves on only when all are done.
     """
     # a node dropped from a stage that tolerates dropouts (scheduler.dropouts) is not waited for
-    present = [n for n in participants if nodes.get(n, NodeStatus()).state != "dropped"]
-    waiting = [n for n in present if nodes.get(n, NodeStatus()).state != "done"
+    present = [n for n in participants if nodes.get(n, NodeStatus()).state is not NodeState.DROPPED]
+    waiting = [n for n in present if nodes.get(n, NodeStatus()).state is not NodeState.DONE
                or nodes.get(n, NodeStatus()).stage != stage]
     if waiting or not present:
-        return StageDecision("wait")
+        return StageDecision(StageAction.WAIT)
     counts = {n: nodes[n].n_stages for n in present}
     distinct = {c for c in counts.values()}
     if len(distinct) != 1 or None in distinct:
         detail = ", ".join(f"{n} has {c}" for n, c in sorted(counts.items()))
         odd = _odd_one_out(counts)
-        return StageDecision("fail", reason=f"nodes disagree on the number of stages in their "
+        return StageDecision(StageAction.FAIL, reason=f"nodes disagree on the number of stages in their "
                                             f"trainer_config: {detail}", node=odd)
     n_stages = distinct.pop()
     if stage + 1 < n_stages:
-        return StageDecision("next", stage=stage + 1)
-    return StageDecision("success")
+        return StageDecision(StageAction.NEXT, stage=stage + 1)
+    return StageDecision(StageAction.SUCCESS)
 
 
 def _odd_one_out(counts: dict[str, int | None]) -> str:
