@@ -8,6 +8,7 @@ a process entry module (one with a `__main__` block) of another package.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,9 @@ def entry_modules(files: dict[str, ast.AST]) -> set[str]:
     return out
 
 
-def violations(package: Path = PACKAGE) -> list[str]:
+@functools.lru_cache(maxsize=1)
+def parsed(package: Path = PACKAGE) -> tuple[dict[str, ast.AST], frozenset[str]]:
+    """({module: AST}, package modules) of every file under `package`, read once per test session."""
     files: dict[str, ast.AST] = {}
     packages: set[str] = set()
     for path in sorted(package.rglob("*.py")):
@@ -89,27 +92,49 @@ def violations(package: Path = PACKAGE) -> list[str]:
         files[name] = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         if path.name == "__init__.py":
             packages.add(name)
-    entries = entry_modules(files)
+    return files, frozenset(packages)
+
+
+def module_violations(module: str, tree: ast.AST, packages: frozenset[str], names: set[str],
+                      entries: set[str]) -> list[str]:
     found = []
-    for module, tree in files.items():
-        for line, imported in imports_of(tree, module, module in packages, set(files)):
-            top = imported.split(".")[0]
-            where = f"{module}:{line} imports {imported}"
-            if _in(module, "xfed.crypto") and top in ("redis", "torch"):
-                found.append(f"{where}: crypto imports neither redis nor torch")
-            if top == "redis" and not _in(module, "xfed.broker"):
-                found.append(f"{where}: only xfed.broker talks to Redis")
-            if top in ("transformers", "peft") and not _in(module, "xfed.models", "xfed.operators"):
-                found.append(f"{where}: only xfed.models and xfed.operators import transformers/peft")
-            if _in(module, "xfed.config") and _in(imported, "xfed.operators"):
-                found.append(f"{where}: config imports no operator (operators register into config)")
-            if imported == "xfed" and module != "xfed":
-                found.append(f"{where}: no module imports the package root")
-            if imported in entries and imported != module:
-                found.append(f"{where}: {imported} is a process entry point, not a library")
-        if not _in(module, "xfed.broker"):
-            found += [f"{module}:{line} calls {call}: only xfed.broker issues Redis commands"
-                      for line, call in redis_calls(tree)]
+    for line, imported in imports_of(tree, module, module in packages, names):
+        top = imported.split(".")[0]
+        where = f"{module}:{line} imports {imported}"
+        if _in(module, "xfed.crypto") and top in ("redis", "torch"):
+            found.append(f"{where}: crypto imports neither redis nor torch")
+        if top == "redis" and not _in(module, "xfed.broker"):
+            found.append(f"{where}: only xfed.broker talks to Redis")
+        if top in ("transformers", "peft") and not _in(module, "xfed.models", "xfed.operators"):
+            found.append(f"{where}: only xfed.models and xfed.operators import transformers/peft")
+        if _in(module, "xfed.config") and _in(imported, "xfed.operators"):
+            found.append(f"{where}: config imports no operator (operators register into config)")
+        if imported == "xfed" and module != "xfed":
+            found.append(f"{where}: no module imports the package root")
+        if imported in entries and imported != module:
+            found.append(f"{where}: {imported} is a process entry point, not a library")
+    if not _in(module, "xfed.broker"):
+        found += [f"{module}:{line} calls {call}: only xfed.broker issues Redis commands"
+                  for line, call in redis_calls(tree)]
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def tree_violations() -> dict[str, list[str]]:
+    files, packages = parsed()
+    entries, names = entry_modules(files), set(files)
+    return {m: module_violations(m, t, packages, names, entries) for m, t in files.items()}
+
+
+def violations(extra: dict[str, str] | None = None) -> list[str]:
+    """Every broken rule; `extra` adds files ({path under xfed/: source}) as if they were in the tree."""
+    files, packages = parsed()
+    added = {module_name(PACKAGE / rel, PACKAGE): ast.parse(code) for rel, code in (extra or {}).items()}
+    every = {**files, **added}
+    entries, names = entry_modules(every), set(every)
+    found = [v for m, vs in tree_violations().items() if m not in added for v in vs]
+    for module, tree in added.items():
+        found += module_violations(module, tree, packages, names, entries)
     return found
 
 
@@ -130,11 +155,6 @@ def test_the_layer_rules_hold():
     ("broker/bad.py", "from xfed import __version__\n", "no module imports the package root"),
     ("node/bad.py", "from xfed.crypto.pad_worker_main import main\n", "process entry point"),
 ])
-def test_a_forbidden_import_is_caught(tmp_path, module, code, rule):
-    import shutil
-
-    copy = tmp_path / "xfed"
-    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    (copy / module).write_text(code, encoding="utf-8")
-    found = violations(copy)
+def test_a_forbidden_import_is_caught(module, code, rule):
+    found = violations({module: code})
     assert any(rule in v and v.startswith(f"xfed.{module.removesuffix('.py').replace('/', '.')}:") for v in found), found
