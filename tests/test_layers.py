@@ -3,7 +3,7 @@
 crypto imports neither redis nor torch; only broker imports redis and issues Redis commands; only
 models and operators import transformers/peft; config imports no operator (operators register
 their settings models into config); no module imports the package root `xfed`; no module imports
-a process entry module (one with a `__main__` block) of another package.
+a module that xfed starts as a child process (`python -m xfed....`).
 """
 from __future__ import annotations
 
@@ -72,13 +72,13 @@ def _in(module: str, *packages: str) -> bool:
 
 
 def entry_modules(files: dict[str, ast.AST]) -> set[str]:
-    """Modules run as a process (`python -m` / a child's entry): they hold an `if __name__ == "__main__"`."""
+    """Modules our code starts as child processes (`[python, "-m", "xfed...."]`): entry points, not libraries."""
     out = set()
-    for name, tree in files.items():
-        for node in tree.body:
-            if (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
-                    and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__"):
-                out.add(name)
+    for tree in files.values():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.List, ast.Tuple)):
+                items = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
+                out.update(b for a, b in zip(items, items[1:]) if a == "-m" and isinstance(b, str))
     return out
 
 
@@ -112,7 +112,7 @@ def module_violations(module: str, tree: ast.AST, packages: frozenset[str], name
         if imported == "xfed" and module != "xfed":
             found.append(f"{where}: no module imports the package root")
         if imported in entries and imported != module:
-            found.append(f"{where}: {imported} is a process entry point, not a library")
+            found.append(f"{where}: {imported} is a child process's entry point, not a library")
     if not _in(module, "xfed.broker"):
         found += [f"{module}:{line} calls {call}: only xfed.broker issues Redis commands"
                   for line, call in redis_calls(tree)]
@@ -153,7 +153,7 @@ def test_the_layer_rules_hold():
     ("config/bad.py", "from ..operators.registry import known\n", "config imports no operator"),
     ("broker/bad.py", "import xfed\n", "no module imports the package root"),
     ("broker/bad.py", "from xfed import __version__\n", "no module imports the package root"),
-    ("node/bad.py", "from xfed.crypto.pad_worker_main import main\n", "process entry point"),
+    ("node/bad.py", "from xfed.crypto.pad_worker_main import main\n", "entry point, not a library"),
 ])
 def test_a_forbidden_import_is_caught(module, code, rule):
     found = violations({module: code})
