@@ -78,7 +78,7 @@ def entry_modules(files: dict[str, ast.AST]) -> set[str]:
         for node in ast.walk(tree):
             if isinstance(node, (ast.List, ast.Tuple)):
                 items = [e.value if isinstance(e, ast.Constant) else None for e in node.elts]
-                out.update(b for a, b in zip(items, items[1:]) if a == "-m" and isinstance(b, str))
+                out.update(b for a, b in zip(items, items[1:], strict=False) if a == "-m" and isinstance(b, str))
     return out
 
 
