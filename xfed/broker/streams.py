@@ -123,16 +123,38 @@ def _entry(key: str, entry_id, fields) -> Entry:
         return Entry(eid, error=str(err))
 
 
-class ControlStream:
-    """One stream of control messages (requests, a node's commands, or a job's events)."""
+# A job's events are appended with a check of the job hash: when the hash is gone (expired, or Redis
+# lost its data mid-job) a stream the append re-creates gets a TTL instead of living forever.
+# KEYS[1] stream, KEYS[2] job hash (same hash tag); ARGV[1] message, ARGV[2] maxlen, ARGV[3] ttl ms.
+_ADD_OWNED = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'm', ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return id
+"""
+ORPHAN_TTL_S = 24 * 3600
 
-    def __init__(self, r: redis.Redis, key: str, *, maxlen: int | None = 10_000) -> None:
+
+class ControlStream:
+    """One stream of control messages (requests, a node's commands, or a job's events).
+
+    With `owner` (a job's hash key) appends set a TTL of `orphan_ttl_s` on the stream whenever the
+    owner does not exist, so events written after data loss do not outlive it."""
+
+    def __init__(self, r: redis.Redis, key: str, *, maxlen: int | None = 10_000, owner: str | None = None,
+                 orphan_ttl_s: int = ORPHAN_TTL_S) -> None:
         self.r = r
         self.key = key
         self.maxlen = maxlen
+        self.owner, self.orphan_ttl_ms = owner, int(orphan_ttl_s * 1000)
+        self._add_owned = r.register_script(_ADD_OWNED) if owner else None
 
     def add(self, msg: dict[str, Any]) -> str:
         raw = encode_message(msg)
+        if self._add_owned is not None:
+            return _s(self._call(self._add_owned, keys=[self.key, self.owner],
+                                 args=[raw, self.maxlen or 2**31, self.orphan_ttl_ms]))
         return _s(self._call(self.r.xadd, self.key, {FIELD: raw}, maxlen=self.maxlen, approximate=True))
 
     def read(self, last_id: str = "0-0", *, block_ms: int | None = None, count: int = 500) -> list[Entry]:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xfed.broker.heartbeat import Heartbeat, wait_until_free
+from xfed.broker.heartbeat import TTL_FACTOR, Heartbeat
 from xfed.broker.jobstore import JobState, JobStore
 from xfed.broker.streams import ControlStream, Entry
 from xfed.errors import BrokerError, XfedError
@@ -60,9 +60,10 @@ class NodeDaemon:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
-        wait_until_free(self.r, self.keys, self.node_id, interval=self.interval)
-        self._ensure_spare()  # warm up while we register, so even the first job starts without imports
-        self.hb.start()
+        # one process per node id: the heartbeat is an atomic lease (a twin waits out the TTL, then gives up)
+        self.hb.on_lost = self._lease_lost
+        self.hb.start(wait_s=TTL_FACTOR * self.interval + 1.0)
+        self._ensure_spare()  # warm up while idle, so even the first job starts without imports
         self.cmds.ensure_group(GROUP)
         self._recover_pending()
         log.info("%s %s ready (heartbeat every %.2g s, work dir %s)", self.role, self.node_id, self.interval,
@@ -100,6 +101,11 @@ class NodeDaemon:
             self.hb.stop()
             log.info("%s %s stopped", self.role, self.node_id)
         return 0
+
+    def _lease_lost(self) -> None:
+        log.error("%s: another process now runs as %s; stopping this one (and its stage process)",
+                  self.node_id, self.node_id)
+        self.shutdown.set()
 
     def request_shutdown(self, *_: Any) -> None:
         self.shutdown.set()

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from xfed.broker.heartbeat import Heartbeat, alive_nodes, wait_until_free
+from xfed.broker.heartbeat import TTL_FACTOR, Heartbeat, alive_nodes
 from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus, can_resume
 from xfed.broker.streams import ControlStream, Entry, read_many
 from xfed.errors import BrokerError, XfedError
@@ -48,8 +48,8 @@ class Scheduler:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
-        self._wait_for_previous_scheduler()
-        self.hb.start()
+        self.hb.on_lost = self.shutdown.set  # another scheduler took over while this one was frozen
+        self.hb.start(wait_s=TTL_FACTOR * self.interval + 1.0)  # atomic lease: one scheduler per namespace
         self.requests.ensure_group(GROUP)
         # a new scheduler cannot tell whether Redis was just away (heartbeat keys lapsed, nodes still
         # reconnecting): the same grace as after an outage before a missing heartbeat fails a job
@@ -74,14 +74,13 @@ class Scheduler:
                         down_since = time.monotonic()
                         log.warning("broker problem, retrying: %s", err)
                     self.shutdown.wait(0.5)
+                except Exception:  # noqa: BLE001 - one bad record or job must never end the scheduler
+                    log.exception("scheduler step failed (carrying on)")
+                    self.shutdown.wait(0.5)
         finally:
             self.hb.stop()
             log.info("scheduler stopped")
         return 0
-
-    def _wait_for_previous_scheduler(self) -> None:
-        """Refuse to run beside a live scheduler; wait out the heartbeat TTL of a dead one."""
-        wait_until_free(self.r, self.keys, SCHEDULER_ID, interval=self.interval, key=self.keys.scheduler())
 
     def _grace_s(self) -> float:
         """After Redis was away: two beats, plus the reconnect backoff of the nodes' clients (capped at 2 s)."""
@@ -118,19 +117,29 @@ class Scheduler:
                     raise
                 except Exception as err:  # noqa: BLE001 - a bug must fail one job, not the scheduler
                     log.exception("job %s: processing events failed", job_id)
-                    self._finish(job_id, JobState.FAILED, f"scheduler error: {type(err).__name__}: {err}", "")
+                    try:
+                        self._finish(job_id, JobState.FAILED, f"scheduler error: {type(err).__name__}: {err}", "")
+                    except BrokerError:
+                        raise
+                    except Exception:  # noqa: BLE001 - not even failing it works: stop tracking it
+                        log.exception("job %s: cannot fail it either; no longer tracking it", job_id)
+                        self._forget(job_id)
         now = time.monotonic()
         if now - began > max(self.interval, 1.0):  # a normal step blocks <= 0.1 s
             # a Redis blip absorbed by the client's retries: same grace as an outage
             self._liveness_grace_until = now + self._grace_s()
         for job_id, until in list(self.lingering.items()):
             if now > until:
-                self.lingering.pop(job_id, None)
-                self.cursors.pop(job_id, None)
-                self._event_checks.pop(job_id, None)
+                self._forget(job_id)
         if now - self._last_liveness >= self.interval / 4:
             self._last_liveness = now
             self._check_liveness()
+
+    def _forget(self, job_id: str) -> None:
+        """Stop reading a job's events (ended and lingered, vanished, or unreadable)."""
+        self.lingering.pop(job_id, None)
+        self.cursors.pop(job_id, None)
+        self._event_checks.pop(job_id, None)
 
     # -- requests -------------------------------------------------------------------------------
     def _handle_request(self, entry: Entry) -> None:
@@ -268,14 +277,18 @@ class Scheduler:
         return True
 
     def _job_event(self, job_id: str, state: JobState, stage: int, **fields: Any) -> None:
-        ControlStream(self.r, self.keys.job_events(job_id), maxlen=100_000).add(
+        ControlStream(self.r, self.keys.job_events(job_id), maxlen=100_000, owner=self.keys.job(job_id)).add(
             {"type": "job", "job": job_id, "state": state.value, "stage": stage, "ts": time.time(), **fields})
 
     # -- events ---------------------------------------------------------------------------------
     def _process_events(self, job_id: str, entries: list[Entry]) -> None:
         job = self.jobs.get(job_id)
-        if job is None:
-            self.cursors.pop(job_id, None)
+        if job is None or job.state is JobState.CORRUPT:
+            # the record vanished (Redis lost its data) or became unreadable: nothing to update, and
+            # writing would re-create a hash without state; the nodes see it and stop by themselves
+            log.warning("job %s: %s; no longer tracking it", job_id,
+                        job.reason if job else "its record is gone from Redis (data lost or expired)")
+            self._forget(job_id)
             return
         changed = False
         for entry in entries:
@@ -382,7 +395,10 @@ class Scheduler:
         alive = alive_nodes(self.r, self.keys, self.participants)
         for job_id in running:
             job = self.jobs.get(job_id)
-            if job is None or not job.active:
+            if job is None or job.state is JobState.CORRUPT:
+                self._forget(job_id)  # vanished or unreadable: nothing to fail (see _process_events)
+                continue
+            if not job.active:
                 continue
             dead = missing_nodes(job.participants, alive)
             verdict = judge_dead(job, policy_of(job), dead, self.interval) if dead else None
