@@ -21,6 +21,8 @@ from xfed.broker.streams import ControlStream, Entry
 from xfed.errors import BrokerError, XfedError
 from xfed.node.child import SpareChild, StageChild, describe_exit
 from xfed.node.events import EventReporter
+from xfed.node.pulse import FILE_NAME as PULSE_FILE
+from xfed.node.pulse import StallWatch
 from xfed.node.stage_runner import EXIT_DONE, EXIT_ERROR_REPORTED, EXIT_STOPPED
 
 log = logging.getLogger("xfed.node")
@@ -180,6 +182,7 @@ class NodeDaemon:
             self.cmds.ack(GROUP, entry_id)
             return
         work_dir = self.work_root / self.node_id / f"job-{job_id}" / f"stage-{stage_id}.{attempt}"
+        (work_dir / PULSE_FILE).unlink(missing_ok=True)  # a stale pulse must not count as progress
         child = StageChild(job_id=job_id, stage_id=stage_id, attempt=attempt, node_id=self.node_id,
                            config_path=self.config_path, work_dir=work_dir, grace_s=self.stop_grace_s,
                            entry_id=entry_id)
@@ -188,6 +191,7 @@ class NodeDaemon:
             spare.discard()
             spare = None
         child.start(spare=spare)
+        child.watch = StallWatch(work_dir, self._progress_timeout())
         self.child = child
         self.hb.set_job(job_id)
         log.info("job %s stage %s: started pid %s (log %s)", job_id, stage_id, child.pid, child.log_path)
@@ -215,6 +219,15 @@ class NodeDaemon:
             return (f"{self.node_id}: trainer_config_{self.node_id}.json has {len(stages)} stage(s); "
                     f"the job asked for stage {stage_id}")
         return ""
+
+    def _progress_timeout(self) -> float:
+        """fed_conf.json's progress_timeout, read at each stage start like the trainer config."""
+        from xfed.config import load_fed_conf
+
+        try:
+            return float(load_fed_conf(self.config_path).progress_timeout)
+        except XfedError:
+            return float(getattr(self.fed, "progress_timeout", 300.0) or 300.0)
 
     def _ensure_spare(self) -> None:
         """Keep one warm stage process while idle (retrying every 5 s if spares die unused)."""
@@ -244,6 +257,15 @@ class NodeDaemon:
             return
         rc = child.poll()
         if rc is None:
+            watch = child.watch
+            if watch is not None and not child.stop_reason and not child.stall_reason:
+                quiet = watch.check()
+                if quiet is not None:  # frozen, deadlocked or stuck: its own report will never come
+                    child.stall_reason = watch.describe(quiet, child.pid)
+                    log.error("job %s stage %s: pid %s %s", child.job_id, child.stage_id, child.pid,
+                              child.stall_reason)
+                    child.kill_group()
+                    return
             if not offline and time.monotonic() - self._last_job_check > 0.5:
                 self._last_job_check = time.monotonic()
                 state = self.jobs.state(child.job_id)
@@ -254,7 +276,11 @@ class NodeDaemon:
         reporter = self._reporter(child.job_id, child.stage_id, child.attempt)
         what = describe_exit(rc)
         log.info("job %s stage %s: child pid %s %s", child.job_id, child.stage_id, child.pid, what)
-        if rc in (EXIT_DONE, EXIT_ERROR_REPORTED, EXIT_STOPPED):
+        if child.stall_reason:
+            self._send(reporter, "error", {
+                "message": f"{self.node_id}: stage {child.stage_id} process (pid {child.pid}) {child.stall_reason}"
+                           f" [log {child.log_path}]", "exit": what})
+        elif rc in (EXIT_DONE, EXIT_ERROR_REPORTED, EXIT_STOPPED):
             pass  # the child reported for itself
         elif child.stop_reason:
             self._send(reporter, "status", {"state": "stopped", "reason": child.stop_reason, "exit": what})
