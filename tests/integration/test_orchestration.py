@@ -130,7 +130,7 @@ def test_a_frozen_stage_process_fails_the_job_naming_node_and_last_progress(fed)
         assert job.state.value == "FAILED" and job.node == "node-1", f"{job}\n{fed.logs()}"
         assert "made no progress for" in job.reason and "the process is stopped (SIGSTOP?)" in job.reason
         assert "last progress: round" in job.reason
-        assert job.ended - frozen_at <= limit + 1.0 + LATENCY_S, job.ended - frozen_at
+        assert job.ended - frozen_at <= 2 * limit + LATENCY_S, job.ended - frozen_at
         assert_all_dead(fed, list(pids.values()))
         assert_daemons_alive(fed)
     finally:

@@ -83,6 +83,11 @@ def check_same_layout(reference: Mapping[str, np.ndarray], got: Mapping[str, np.
             raise FrameError(f"{who}: tensor {name!r} has dtype {arr.dtype}, expected {dtype}")
 
 
+def layout_of(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Names and shapes of `tensors` as zero-copy stand-ins (what check_same_layout reads)."""
+    return {k: np.broadcast_to(np.float32(0), np.shape(v)) for k, v in tensors.items()}
+
+
 def encode(tensors: Mapping[str, np.ndarray], weight: float, who: str, *, bits: int, frac_bits: int,
            n_parties: int, self_id: str, peer_streams: Mapping[str, Any], bad_input: type = JobError,
            ) -> dict[str, np.ndarray]:
@@ -194,9 +199,14 @@ class RootBase(_Party):
     def setup(self) -> None:
         """Nothing to agree for plain aggregation; otp overrides it (the root takes no part in DH)."""
 
+    # names and shapes the root itself broadcast: every upload is checked against these, so the party
+    # whose upload is wrong is the one named (not whichever upload happened to come first)
+    layout: dict[str, np.ndarray] | None = None
+
     def broadcast_initial(self, tensors: Mapping[str, Any]) -> None:
         """Send the starting tensors to every label trainer, so all parties start identical."""
         initial = as_numpy(tensors, f"{self.node_id}: initial tensors")
+        self.layout = layout_of(initial)
         self.strategy.start(initial)
         self.comm.broadcast(self.trainers, TAG_INIT, initial)
 

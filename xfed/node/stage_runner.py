@@ -180,7 +180,10 @@ def run(args: argparse.Namespace) -> int:
             traceback.print_exc()
             message = f"{type(err).__name__}: {err} (traceback in {args.work_dir}/stage.log)"
         log.error("stage failed: %s", message)
-        return EXIT_ERROR_REPORTED if _try(reporter.error, message) else 1
+        # the party whose check failed (an upload, a set-up) when that is not this node
+        blame = getattr(err, "blame", None)
+        extra = {"blame": blame} if isinstance(blame, str) and blame and blame != args.node else {}
+        return EXIT_ERROR_REPORTED if _try(reporter.error, message, **extra) else 1
 
 
 def _identity_key(fed, args):

@@ -359,8 +359,13 @@ class Scheduler:
             status.state, status.message = "failed", msg["message"]
             self.jobs.set_node(job.job_id, node, status)
             message = msg["message"]
-            reason = message if message.startswith(f"{node}:") else f"{node}: {message}"
-            self._finish(job.job_id, JobState.FAILED, reason, node)
+            # the node whose check failed (a wrongly shaped upload, a failed set-up) is the one recorded;
+            # the reporting node only noticed it
+            blamed = msg.get("blame") if msg.get("blame") in job.participants else node
+            reason = message if message.startswith(f"{blamed}:") else f"{blamed}: {message}"
+            if blamed != node:
+                reason += f" (reported by {node})"
+            self._finish(job.job_id, JobState.FAILED, reason, blamed)
             return True
         elif kind == "done":
             status.state, status.n_stages = "done", msg["n_stages"]
