@@ -1,5 +1,6 @@
 """Bad or missing job records never stop the federation: Redis emptied mid-job, a half-written
-record, an unreadable one (issue 13, defects 2 and 3). Real Redis, the scheduler stepped by hand."""
+record, an unreadable one (issue 13, defects 2 and 3); events that end a job need evidence and
+name the party at fault (defects 6 and 7). Real Redis, the scheduler stepped by hand."""
 from __future__ import annotations
 
 import json
@@ -116,3 +117,51 @@ def test_an_unreadable_record_is_reported_as_corrupt_and_blocks_nothing(world, c
     assert ask(w, {"type": "stop"})["ok"]
     refused = ask(w, {"type": "start", "resume": "900"})
     assert not refused["ok"] and "CORRUPT" in refused["error"]
+
+
+def event(w, job, node, kind, stage=0, **fields):
+    EventReporter(w.r, w.keys, job, node, stage).emit(kind, **fields)
+
+
+def test_forged_done_events_without_evidence_cannot_end_a_job_successful(world):
+    """Issue 13: without identities, `done` events in every node's name ended a job SUCCESSFUL at
+    round 11/30 with no final adapter anywhere. A done must now prove its stage completed."""
+    w = world
+    job = ask(w, {"type": "start"})["job"]
+    for n in NODES:  # the real nodes announce their plan while training
+        event(w, job, n, "progress", data={"round": 11, "rounds": 30})
+    for n in NODES:  # what a forger appends: the stage count, no result of the plan
+        event(w, job, n, "done", n_stages=1, result={})
+    steps(w)
+    got = w.sched.jobs.get(job)
+    assert got.state is JobState.FAILED, got
+    assert "done event without evidence that stage 0 completed" in got.reason
+    assert "the plan is 30" in got.reason and "pin identities" in got.reason
+
+
+def test_done_events_must_agree_on_the_final_aggregate(world):
+    w = world
+    job = ask(w, {"type": "start"})["job"]
+    event(w, job, "a", "progress", data={"round": 1, "rounds": 2})
+    event(w, job, "a", "done", n_stages=1, result={"rounds": 2, "final_digest": "aaaa"})
+    event(w, job, "b", "done", n_stages=1, result={"rounds": 2, "final_digest": "bbbb"})
+    steps(w)
+    got = w.sched.jobs.get(job)
+    assert got.state is JobState.FAILED and "different final aggregates" in got.reason, got
+    job = ask(w, {"type": "start"})["job"]
+    event(w, job, "a", "progress", data={"round": 1, "rounds": 2})
+    for n in NODES:
+        event(w, job, n, "done", n_stages=1, result={"rounds": 2, "final_digest": "cccc"})
+    steps(w)
+    assert w.sched.jobs.get(job).state is JobState.SUCCESSFUL
+
+
+def test_an_error_names_the_party_at_fault_not_the_one_that_noticed(world):
+    w = world
+    job = ask(w, {"type": "start"})["job"]
+    event(w, job, "b", "error", message="round 3 upload from a: tensor 'w' has shape (4,), expected (3,)",
+          blame="a")
+    steps(w)
+    got = w.sched.jobs.get(job)
+    assert got.state is JobState.FAILED and got.node == "a", got
+    assert got.reason == "a: round 3 upload from a: tensor 'w' has shape (4,), expected (3,) (reported by b)"

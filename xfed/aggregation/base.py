@@ -83,6 +83,21 @@ def check_same_layout(reference: Mapping[str, np.ndarray], got: Mapping[str, np.
             raise FrameError(f"{who}: tensor {name!r} has dtype {arr.dtype}, expected {dtype}")
 
 
+def tensors_digest(tensors: Mapping[str, np.ndarray]) -> str:
+    """sha256 (32 hex digits) of named tensors: names, dtypes, shapes and bytes, in name order.
+
+    Every party ends a round holding the same aggregate (the root's float32 mean, byte for byte), so
+    the digest of the last one is the same on every node: the evidence a `done` event carries."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}\0{arr.dtype.str}\0{arr.shape}\0".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()[:32]
+
+
 def layout_of(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Names and shapes of `tensors` as zero-copy stand-ins (what check_same_layout reads)."""
     return {k: np.broadcast_to(np.float32(0), np.shape(v)) for k, v in tensors.items()}
@@ -126,6 +141,7 @@ class _Party:
         self.strategy = strategy or FedAvg()
         self.timeout = timeout  # None: the Comm's own timeout
         self.last_round_stats: dict[str, Any] = {}
+        self.last_digest: str | None = None  # tensors_digest of the last aggregate (same on every party)
         self._mark: tuple[int, int, float, float] | None = None
         self._stats = RoundStats()
 
@@ -187,6 +203,7 @@ class LeafBase(_Party):
         check_same_layout(named, msg.tensors, f"round {round_idx} aggregate from {self.assist_id}",
                           dtype=np.dtype(np.float32))
         st.parties = len(self.trainers)
+        self.last_digest = tensors_digest(msg.tensors)
         self._end()
         return dict(msg.tensors)
 
@@ -237,4 +254,5 @@ class RootBase(_Party):
             total_weight += own_weight
         mean = self.strategy.finalize(round_idx, weighted_sum, total_weight)
         self.comm.broadcast(self.trainers, tag_down(round_idx), mean, meta)
+        self.last_digest = tensors_digest(mean)
         return mean

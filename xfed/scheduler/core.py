@@ -16,7 +16,7 @@ from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus, can_resume
 from xfed.broker.streams import ControlStream, Entry, read_many
 from xfed.errors import BrokerError, XfedError
 from xfed.scheduler.dropouts import DROPPED, judge_dead, note_secagg, policy_of
-from xfed.scheduler.progress import decide_after_stage, missing_nodes
+from xfed.scheduler.progress import decide_after_stage, done_problem, missing_nodes, plan_field
 from xfed.scheduler.resume import with_ended_attempt
 
 log = logging.getLogger("xfed.scheduler")
@@ -355,6 +355,11 @@ class Scheduler:
             status.progress = msg["data"]
             if status.state in ("dispatched", "pending"):
                 status.state = "running"
+            rounds, field = msg["data"].get("rounds"), plan_field(job.stage, job.attempt)
+            if isinstance(rounds, int) and not isinstance(rounds, bool) and field not in job.extra:
+                # the first announced plan is what every done of this stage must prove it completed
+                self.jobs.set_fields(job.job_id, **{field: str(rounds)})
+                job.extra[field] = str(rounds)
         elif kind == "error":
             status.state, status.message = "failed", msg["message"]
             self.jobs.set_node(job.job_id, node, status)
@@ -368,6 +373,13 @@ class Scheduler:
             self._finish(job.job_id, JobState.FAILED, reason, blamed)
             return True
         elif kind == "done":
+            planned = job.extra.get(plan_field(job.stage, job.attempt))
+            problem = done_problem(msg.get("result"), int(planned) if planned and planned.isdigit() else None)
+            if problem:  # not the end of this stage: forged, or an operator that ended early
+                self._finish(job.job_id, JobState.FAILED, f"{node}: done event without evidence that stage "
+                             f"{job.stage} completed: {problem} (forged? pin identities in fed_conf.json so "
+                             f"events are signed)", node)
+                return True
             status.state, status.n_stages = "done", msg["n_stages"]
             result = msg.get("result")
             status.result = result if isinstance(result, dict) else None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from xfed.broker.jobstore import NodeStatus
 
@@ -35,13 +36,41 @@ def decide_after_stage(stage: int, participants: list[str], nodes: dict[str, Nod
         odd = _odd_one_out(counts)
         return StageDecision("fail", reason=f"nodes disagree on the number of stages in their "
                                             f"trainer_config: {detail}", node=odd)
+    digests = {n: (nodes[n].result or {}).get("final_digest") for n in present}
+    if any(digests.values()) and len({d for d in digests.values()}) != 1:
+        detail = ", ".join(f"{n} {str(d)[:12] if d else 'none'}" for n, d in sorted(digests.items()))
+        return StageDecision("fail", reason=f"nodes finished stage {stage} with different final aggregates "
+                                            f"({detail}): a forged or replayed done event? pin identities "
+                                            f"in fed_conf.json so events are signed", node=_odd_one_out(digests))
     n_stages = distinct.pop()
     if stage + 1 < n_stages:
         return StageDecision("next", stage=stage + 1)
     return StageDecision("success")
 
 
-def _odd_one_out(counts: dict[str, int | None]) -> str:
+def plan_field(stage: int, attempt: int) -> str:
+    """Job hash field holding the round count a stage's attempt announced (first progress event)."""
+    return f"plan:{int(stage)}.{int(attempt)}"
+
+
+def done_problem(result: Any, planned_rounds: int | None) -> str:
+    """Why a `done` does not prove its stage completed ("" when it does).
+
+    Once a stage announced its plan (progress events carry `rounds`), a done must carry the result
+    of the whole plan: `rounds` equal to it and the `final_digest` of the last aggregate."""
+    if planned_rounds is None:
+        return ""
+    if not isinstance(result, dict):
+        return f"it carries no result (the plan is {planned_rounds} rounds)"
+    rounds, digest = result.get("rounds"), result.get("final_digest")
+    if rounds != planned_rounds:
+        return f"it claims {rounds!r} rounds, the plan is {planned_rounds}"
+    if not (isinstance(digest, str) and digest):
+        return "it carries no final_digest of the last aggregate"
+    return ""
+
+
+def _odd_one_out(counts: dict[str, Any]) -> str:
     """The node whose count differs from the majority (the likeliest misconfigured one)."""
     tally: dict[int | None, list[str]] = {}
     for n, c in sorted(counts.items()):

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from xfed.aggregation import encryption_kind, make_leaf, make_root
+from xfed.aggregation import encryption_kind, make_leaf, make_root, tensors_digest
 from xfed.config import fill_placeholders
 from xfed.errors import ConfigError, JobError, PreflightError, XfedError, blaming
 
@@ -206,9 +206,11 @@ class _Party:
         self.reporter.save_state()  # the steps logged after the last round too
         self.reporter.save_state(final)
         self.reporter.finish()
+        # the evidence of a completed stage: the last aggregate's digest, the same on every party
+        final_digest = getattr(aggregator, "last_digest", None) or tensors_digest(extract_trainable(self.peft_model))
         self.metrics.write(final=str(final), elapsed_s=round(time.monotonic() - started, 2), warnings=self.warnings)
         last = self.metrics.rounds[-1] if self.metrics.rounds else {}
-        return {"rounds": rounds, "final": str(final), "metrics": str(self.metrics.path),
+        return {"rounds": rounds, "final": str(final), "final_digest": final_digest, "metrics": str(self.metrics.path),
                 "last_round": {k: v for k, v in last.items() if isinstance(v, (int, float, str))},
                 "warnings": self.warnings}
 
