@@ -165,3 +165,19 @@ def test_an_error_names_the_party_at_fault_not_the_one_that_noticed(world):
     got = w.sched.jobs.get(job)
     assert got.state is JobState.FAILED and got.node == "a", got
     assert got.reason == "a: round 3 upload from a: tensor 'w' has shape (4,), expected (3,) (reported by b)"
+
+
+def test_a_re_attached_scheduler_records_when_the_job_ended_not_when_it_looked(world):
+    w = world
+    job = ask(w, {"type": "start"})["job"]
+    time.sleep(0.2)
+    finished_at = time.time()
+    for n in NODES:  # while no scheduler runs
+        event(w, job, n, "done", n_stages=1)
+    time.sleep(1.0)
+    fresh = Scheduler(fed=FED, r=w.r, keys=w.keys)
+    fresh.reattach()
+    steps(SimpleNamespace(sched=fresh), 3)
+    got = fresh.jobs.get(job)
+    assert got.state is JobState.SUCCESSFUL
+    assert abs(got.ended - finished_at) < 0.5, got.ended - finished_at

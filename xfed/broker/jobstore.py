@@ -86,6 +86,7 @@ class NodeStatus:
     n_stages: int | None = None
     result: dict[str, Any] | None = None
     updated: float = 0.0
+    finished: float | None = None   # when the node reported its outcome (event time), for the job's `ended`
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, separators=(",", ":"), default=str)

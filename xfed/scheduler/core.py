@@ -16,7 +16,16 @@ from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus, can_resume
 from xfed.broker.streams import ControlStream, Entry, read_many
 from xfed.errors import BrokerError, XfedError
 from xfed.scheduler.dropouts import DROPPED, judge_dead, note_secagg, policy_of
-from xfed.scheduler.progress import decide_after_stage, done_problem, missing_nodes, plan_field
+from xfed.scheduler.event_checks import EventChecks
+from xfed.scheduler.progress import (
+    after_end_status,
+    decide_after_stage,
+    done_problem,
+    event_time,
+    failure_of,
+    missing_nodes,
+    plan_field,
+)
 from xfed.scheduler.resume import with_ended_attempt
 
 log = logging.getLogger("xfed.scheduler")
@@ -44,7 +53,7 @@ class Scheduler:
         self._liveness_grace_until = 0.0
         # highest job id issued or seen: a Redis that lost its data must not hand out an id again
         self._max_job_id = 0
-        self._event_checks: dict[str, Any] = {}   # job id -> EventVerifier | None (identities pinned?)
+        self.event_checks = EventChecks(fed, keys.namespace)  # signatures, when identities are pinned
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -139,7 +148,7 @@ class Scheduler:
         """Stop reading a job's events (ended and lingered, vanished, or unreadable)."""
         self.lingering.pop(job_id, None)
         self.cursors.pop(job_id, None)
-        self._event_checks.pop(job_id, None)
+        self.event_checks.forget(job_id)
 
     # -- requests -------------------------------------------------------------------------------
     def _handle_request(self, entry: Entry) -> None:
@@ -148,6 +157,12 @@ class Scheduler:
                 log.warning("ignoring malformed request: %s", entry.error)
                 return
             msg = entry.msg
+            try:
+                self.keys.reply(msg["request_id"])
+            except XfedError:  # no way to answer it: do not act on it either (the sender learns nothing)
+                log.warning("ignoring %s request: request id %r is not usable as a key", msg["type"],
+                            str(msg["request_id"])[:80])
+                return
             try:
                 reply = self._start(msg) if msg["type"] == "start" else self._stop(msg)
             except BrokerError:
@@ -254,7 +269,10 @@ class Scheduler:
             self._dispatch(job_id, decision.stage, job.attempt, job.participants)
         elif decision.action == "success":
             n_stages = job.stage + 1
-            self._finish(job_id, JobState.SUCCESSFUL, "", "", n_stages=n_stages)
+            # when the last node finished, not when this scheduler (maybe re-attached later) saw it
+            finished = [s.finished for n, s in job.nodes.items() if n in job.participants and s.finished]
+            ended = {"ended": repr(max(finished))} if finished else {}
+            self._finish(job_id, JobState.SUCCESSFUL, "", "", n_stages=n_stages, **ended)
         elif decision.action == "fail":
             self._finish(job_id, JobState.FAILED, decision.reason, decision.node)
 
@@ -293,12 +311,14 @@ class Scheduler:
         changed = False
         for entry in entries:
             self.cursors[job_id] = entry.id
-            problem = entry.msg and self._forged(job_id, entry.msg)
+            problem = entry.msg and self.event_checks.problem(job_id, entry.msg)
             if problem:  # another node (or anyone able to append) writing in a pinned node's name
                 log.warning("job %s: event %s ignored: %s", job_id, entry.id, problem)
                 continue
             if job.state.terminal:
-                self._note_after_end(job, entry)
+                noted = after_end_status(job, entry.msg)  # who stopped (for `status`), nothing else
+                if noted is not None:
+                    self.jobs.set_node(job.job_id, entry.msg["node"], noted)
                 continue
             if entry.error:
                 self._finish(job_id, JobState.FAILED, f"malformed event: {entry.error}", "")
@@ -310,27 +330,6 @@ class Scheduler:
         self.jobs.set_fields(job_id, cursor=self.cursors[job_id])
         if changed:
             self._advance_if_ready(job_id)
-
-    def _forged(self, job_id: str, msg: dict) -> str | None:
-        """Why a node event must not be applied (identities pinned, signature missing or wrong), else None.
-
-        fed_conf.json is read again for each job, as nodes read it at each stage start."""
-        if msg["type"] == "job":
-            return None  # the scheduler's own
-        if job_id not in self._event_checks:
-            from xfed.config import load_fed_conf
-            from xfed.security.events import EventVerifier
-
-            identities = getattr(self.fed, "identities", None) or {}
-            config_dir = getattr(self.fed, "config_dir", None)
-            if config_dir is not None:
-                try:
-                    identities = load_fed_conf(config_dir).identities
-                except XfedError as err:
-                    log.warning("job %s: fed_conf.json unreadable (%s); using identities read at start", job_id, err)
-            self._event_checks[job_id] = EventVerifier(identities) if identities else None
-        check = self._event_checks[job_id]
-        return check.problem(self.keys.namespace, msg) if check else None
 
     def _apply_event(self, job: Job, msg: dict) -> bool:
         """Update the job from one node event; True when a stage may have completed or it failed."""
@@ -363,14 +362,8 @@ class Scheduler:
         elif kind == "error":
             status.state, status.message = "failed", msg["message"]
             self.jobs.set_node(job.job_id, node, status)
-            message = msg["message"]
-            # the node whose check failed (a wrongly shaped upload, a failed set-up) is the one recorded;
-            # the reporting node only noticed it
-            blamed = msg.get("blame") if msg.get("blame") in job.participants else node
-            reason = message if message.startswith(f"{blamed}:") else f"{blamed}: {message}"
-            if blamed != node:
-                reason += f" (reported by {node})"
-            self._finish(job.job_id, JobState.FAILED, reason, blamed)
+            blamed, reason = failure_of(msg, job.participants)
+            self._finish(job.job_id, JobState.FAILED, reason, blamed, ended=repr(event_time(msg)))
             return True
         elif kind == "done":
             planned = job.extra.get(plan_field(job.stage, job.attempt))
@@ -381,6 +374,7 @@ class Scheduler:
                              f"events are signed)", node)
                 return True
             status.state, status.n_stages = "done", msg["n_stages"]
+            status.finished = event_time(msg)
             result = msg.get("result")
             status.result = result if isinstance(result, dict) else None
             self.jobs.set_node(job.job_id, node, status)
@@ -392,17 +386,6 @@ class Scheduler:
             return False
         self.jobs.set_node(job.job_id, node, status)
         return False
-
-    def _note_after_end(self, job: Job, entry: Entry) -> None:
-        """After the end, record who stopped (for `status`), but change nothing else."""
-        msg = entry.msg
-        if not msg or msg["type"] not in ("status", "error") or msg.get("node") not in job.participants:
-            return
-        status = job.nodes.get(msg["node"], NodeStatus())
-        if status.state in ("done", "failed"):
-            return
-        status.state = "stopped" if msg["type"] == "error" or msg.get("state") == "stopped" else status.state
-        self.jobs.set_node(job.job_id, msg["node"], status)
 
     # -- liveness -------------------------------------------------------------------------------
     def _check_liveness(self) -> None:

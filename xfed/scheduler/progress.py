@@ -1,6 +1,7 @@
 """Pure decisions of the scheduler: is a stage complete, what comes next, who is missing."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,3 +83,34 @@ def _odd_one_out(counts: dict[str, Any]) -> str:
 def missing_nodes(participants: list[str], alive: set[str]) -> list[str]:
     """Participants without a live heartbeat, in config order."""
     return [n for n in participants if n not in alive]
+
+
+def event_time(msg: dict) -> float:
+    """When a node says an event happened, never later than now (a node's clock may run ahead)."""
+    ts = msg.get("ts")
+    now = time.time()
+    return min(float(ts), now) if isinstance(ts, (int, float)) and ts > 0 else now
+
+
+def failure_of(msg: dict, participants: list[str]) -> tuple[str, str]:
+    """(node to record, reason) of an `error` event.
+
+    The node whose check failed (a wrongly shaped upload, a failed set-up: the event's `blame`) is
+    the one recorded; the reporting node only noticed it."""
+    node, message = msg.get("node", ""), msg["message"]
+    blamed = msg.get("blame") if msg.get("blame") in participants else node
+    reason = message if message.startswith(f"{blamed}:") else f"{blamed}: {message}"
+    if blamed != node:
+        reason += f" (reported by {node})"
+    return blamed, reason
+
+
+def after_end_status(job: Any, msg: dict | None) -> NodeStatus | None:
+    """After a job ended: the node's status to record when `msg` says it stopped (else None)."""
+    if not msg or msg["type"] not in ("status", "error") or msg.get("node") not in job.participants:
+        return None
+    status = job.nodes.get(msg["node"], NodeStatus())
+    if status.state in ("done", "failed"):
+        return None
+    status.state = "stopped" if msg["type"] == "error" or msg.get("state") == "stopped" else status.state
+    return status
