@@ -124,11 +124,12 @@ def _entry(key: str, entry_id, fields) -> Entry:
 
 
 # A job's events are appended with a check of the job hash: when the hash is gone (expired, or Redis
-# lost its data mid-job) a stream the append re-creates gets a TTL instead of living forever.
+# lost its data mid-job) the stream the append (re-)creates gets a TTL instead of living forever.
+# No read of the stream itself: a node's ACL user may only write it (and Redis 6 has no EXPIRE NX).
 # KEYS[1] stream, KEYS[2] job hash (same hash tag); ARGV[1] message, ARGV[2] maxlen, ARGV[3] ttl ms.
 _ADD_OWNED = """
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'm', ARGV[1])
-if redis.call('EXISTS', KEYS[2]) == 0 and redis.call('PTTL', KEYS[1]) == -1 then
+if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
 end
 return id

@@ -270,7 +270,7 @@ class NodeDaemon:
                 self._last_job_check = time.monotonic()
                 state = self.jobs.state(child.job_id)
                 # a SUCCESSFUL job's children are on their way out after reporting `done`
-                if state is None or state in (JobState.FAILED, JobState.STOPPED):
+                if state is None or state in (JobState.FAILED, JobState.STOPPED, JobState.CORRUPT):
                     child.stop(f"job is {state.value if state else 'gone'}")
             return
         reporter = self._reporter(child.job_id, child.stage_id, child.attempt)

@@ -229,7 +229,7 @@ class _Label(_Party):
         protocol.send_meta(ctx, ctx.assist_id, protocol.HELLO, {"train_params": self.own})
         reply = protocol.recv_meta(ctx, ctx.assist_id, protocol.PARAMS)
         if not reply.get("ok", True):
-            raise JobError(str(reply.get("error", "assist trainer refused the parameters")))
+            raise blaming(JobError(str(reply.get("error", "assist trainer refused the parameters"))), ctx.assist_id)
         for line in conflict_warnings(self.node, list(reply.get("conflicts") or [])):
             self.warnings.append(line)  # the assist trainer reports them to the job's events
             log.warning(line)
