@@ -39,7 +39,7 @@ _NODE_CMDS = (
     "xgroup|create", "xgroup|createconsumer", "xgroup|setid", "xreadgroup", "xack", "xpending", "xautoclaim",
     "xclaim", "xinfo|stream", "xrevrange", "xrange", "hget", "hgetall", "hmget", "hset", "sadd", "set", "get",
     "del", "exists", "hexists", "pttl", "ttl",
-    # the heartbeat lease (renew only while it is ours) and write-only-if-the-job-exists: Lua scripts,
+    # the heartbeat lease (renewed only while it is ours): a Lua script,
     # whose every key access is still checked against this user's key patterns
     "evalsha", "script|load",
 )

@@ -123,17 +123,6 @@ def _entry(key: str, entry_id, fields) -> Entry:
         return Entry(eid, error=str(err))
 
 
-# A job's events are appended with a check of the job hash: when the hash is gone (expired, or Redis
-# lost its data mid-job) the stream the append (re-)creates gets a TTL instead of living forever.
-# No read of the stream itself: a node's ACL user may only write it (and Redis 6 has no EXPIRE NX).
-# KEYS[1] stream, KEYS[2] job hash (same hash tag); ARGV[1] message, ARGV[2] maxlen, ARGV[3] ttl ms.
-_ADD_OWNED = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'm', ARGV[1])
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
-return id
-"""
 ORPHAN_TTL_S = 24 * 3600
 
 
@@ -149,14 +138,23 @@ class ControlStream:
         self.key = key
         self.maxlen = maxlen
         self.owner, self.orphan_ttl_ms = owner, int(orphan_ttl_s * 1000)
-        self._add_owned = r.register_script(_ADD_OWNED) if owner else None
 
     def add(self, msg: dict[str, Any]) -> str:
         raw = encode_message(msg)
-        if self._add_owned is not None:
-            return _s(self._call(self._add_owned, keys=[self.key, self.owner],
-                                 args=[raw, self.maxlen or 2**31, self.orphan_ttl_ms]))
-        return _s(self._call(self.r.xadd, self.key, {FIELD: raw}, maxlen=self.maxlen, approximate=True))
+        if self.owner is None:
+            return _s(self._call(self.r.xadd, self.key, {FIELD: raw}, maxlen=self.maxlen, approximate=True))
+        # a job's events: when the job's hash is gone (expired, or Redis lost its data mid-job) the
+        # stream this append (re-)creates gets a TTL instead of living forever. Plain commands, not a
+        # script: a node's ACL user may only write the stream and only read the hash, and Redis
+        # checks a script's declared keys for both. Not atomic; a job vanishing between the two
+        # calls leaves this one append without a TTL, and the next append sets it.
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xadd(self.key, {FIELD: raw}, maxlen=self.maxlen, approximate=True)
+        pipe.exists(self.owner)
+        entry_id, owner_exists = self._call(pipe.execute)
+        if not owner_exists:
+            self._call(self.r.pexpire, self.key, self.orphan_ttl_ms)
+        return _s(entry_id)
 
     def read(self, last_id: str = "0-0", *, block_ms: int | None = None, count: int = 500) -> list[Entry]:
         """Entries after `last_id` (no group); blocks up to block_ms when there are none."""
