@@ -195,8 +195,7 @@ def job_from_hash(job_id: str, h: dict) -> Job:
         participants = []
     if problems:
         return Job(job_id=job_id, state=JobState.CORRUPT, stage=_i(h.get("stage"), -1),
-                   reason=f"unreadable job record {job_id}: {'; '.join(problems)} (inspect it with HGETALL, "
-                          f"delete it with DEL and ZREM from the jobs index)",
+                   reason=f"unreadable job record {job_id}: {'; '.join(problems)}",
                    participants=[str(p) for p in participants], created=_f(h.get("created")) or 0.0,
                    updated=_f(h.get("updated")) or 0.0)
     nodes = {k[5:]: NodeStatus.from_json(v) for k, v in h.items() if k.startswith("node:")}
@@ -282,7 +281,13 @@ class JobStore:
 
     def get(self, job_id: str) -> Job | None:
         h = self._call(self.r.hgetall, self.keys.job(job_id))
-        return job_from_hash(str(job_id), h) if h else None
+        if not h:
+            return None
+        job = job_from_hash(str(job_id), h)
+        if job.state is JobState.CORRUPT:  # say how to get rid of it, with the real key names
+            job.reason += (f" (inspect: HGETALL {self.keys.job(job_id)}; remove: DEL {self.keys.job(job_id)} "
+                           f"and ZREM {self.keys.jobs_index()} {job_id})")
+        return job
 
     def require(self, job_id: str) -> Job:
         job = self.get(job_id)
