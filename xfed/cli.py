@@ -56,8 +56,17 @@ def _default_config_path() -> str:
 def main(scheduler, trainer, assist_trainer, client, config_path, bar, follow, wait_nodes, resume, schema,
          strict, as_json, out_dir, port, host, plot, args):
     """xfed: federated LoRA / P-tuning v2 fine-tuning of ChatGLM-family models over Redis."""
-    roles = [r for r in (scheduler, trainer, assist_trainer, client) if r]
+    # `-t ''` is a role with a bad id, not no role at all (which would print the help)
+    roles = [r for r in (scheduler, trainer, assist_trainer, client) if r not in (None, False)]
     try:
+        if trainer is not None:
+            from xfed.config.fed_conf import NODE_ID_RE, NODE_ID_RULE
+
+            if not NODE_ID_RE.match(trainer):
+                raise XfedError(f"-t: bad node id {trainer!r}: {NODE_ID_RULE}")
+        if resume is not None and (resume.startswith("-") or not resume.strip()):
+            # `--resume --follow` would otherwise take --follow as the job id
+            raise XfedError(f"--resume needs a JOB id (got {resume!r}); e.g. -c start --resume 3 --follow")
         if len(roles) > 1:
             raise XfedError("choose one role: -s, -t NODE_ID, -a or -c VERB")
         if not roles:

@@ -25,7 +25,6 @@ from xfed.display import cell
 from xfed.errors import JobError, XfedError
 
 REPLY_TIMEOUT_S = 15.0
-SCHEDULER_GONE_S = 30.0
 
 
 def run_client(verb: str, config_path: str, args: list[str], *, bar: bool = False, follow: bool = False,
@@ -295,108 +294,9 @@ class Client:
     # -- following a job --------------------------------------------------------------------
     def follow(self, job_id: str, *, bar: bool = False, since: str = "0-0") -> int:
         """Stream a job's events (after `since`) until it ends; 0 when SUCCESSFUL, 1 otherwise."""
+        from xfed.follow import Follower
+
         return Follower(self, job_id, bar=bar, since=since).run()
-
-
-class Follower:
-    """Prints a job's events as they come (or drives progress bars with --bar) until it ends."""
-
-    def __init__(self, client: Client, job_id: str, *, bar: bool = False, since: str = "0-0") -> None:
-        self.c, self.job_id, self.bar, self.since = client, job_id, bar, since
-        self.stream = ControlStream(client.r, client.keys.job_events(job_id))
-        self.progress = None
-        self.tasks: dict[str, Any] = {}
-
-    def say(self, text: str) -> None:
-        if self.progress is not None:
-            self.progress.console.print(text, highlight=False, markup=False)
-        else:
-            print(text, flush=True)
-
-    def run(self) -> int:
-        job = self.c.jobs.require(self.job_id)
-        if self.bar:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.progress = Progress(TextColumn("{task.description:<16}"), BarColumn(),
-                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                                     console=Console(stderr=False, highlight=False))
-            for n in job.participants:
-                self.tasks[n] = self.progress.add_task(n, total=1.0, info="")
-            self.progress.start()
-        try:
-            return self._loop()
-        except KeyboardInterrupt:
-            print(f"\nstopped following; job {self.job_id} goes on (-c status {self.job_id}, -c stop {self.job_id})",
-                  file=sys.stderr)
-            raise
-        finally:
-            if self.progress is not None:
-                self.progress.stop()
-
-    def _loop(self) -> int:
-        last, next_check, gone_since = self.since, 0.0, None
-        while True:
-            for entry in self.stream.read(last, block_ms=300):
-                last = entry.id
-                if entry.msg is not None:
-                    self._show(entry.msg)
-            now = time.monotonic()
-            if now < next_check:
-                continue
-            next_check = now + 0.5
-            job = self.c.jobs.require(self.job_id)
-            if job.state.terminal:
-                for entry in self.stream.read(last, count=100_000):  # whatever arrived meanwhile
-                    if entry.msg is not None:
-                        self._show(entry.msg)
-                return self._final(job)
-            if self.c.scheduler_alive():
-                gone_since = None
-            elif gone_since is None:
-                gone_since = now
-            elif now - gone_since > SCHEDULER_GONE_S:
-                self.say(f"the scheduler has been gone for {SCHEDULER_GONE_S:g} s; job {self.job_id} is still "
-                         f"{job.state.value} in Redis (check again with -c status {self.job_id})")
-                return 1
-
-    def _final(self, job: Job) -> int:
-        if job.state is JobState.SUCCESSFUL:
-            self.say(f"job {job.job_id} SUCCESSFUL in {_dur(job)}")
-            return 0
-        why = f": {job.reason}" if job.reason else ""
-        self.say(f"job {job.job_id} {job.state.value}{why}")
-        return 1
-
-    def _show(self, m: dict[str, Any]) -> None:
-        kind, node = m["type"], m.get("node", "")
-        data = m.get("data") if isinstance(m.get("data"), dict) else {}
-        if kind == "job":
-            if m["state"] == "RUNNING":
-                attempt = f" (attempt {m['attempt']})" if m.get("attempt") else ""
-                self.say(f"job {m['job']} RUNNING stage {m['stage']}{attempt}")
-        elif kind == "status":
-            pid = f" (pid {m['pid']})" if isinstance(m.get("pid"), int) else ""
-            self.say(f"{node}: {m['state']}{pid}")
-        elif kind == "progress":
-            frac = data.get("fraction")
-            info = progress_text(data)
-            if self.progress is not None and node in self.tasks:
-                self.progress.update(self.tasks[node], completed=float(frac) if isinstance(frac, (int, float))
-                                     else 0.0, info=info)
-            elif info:
-                self.say(f"{node}: {info}")
-        elif kind == "metrics":
-            fields = " ".join(f"{k}={cell(v)}" for k, v in data.items() if k != "round")
-            self.say(f"{node} round {cell(data.get('round'))}: {fields}")
-        elif kind in ("warning", "log"):
-            self.say(f"{kind} {node}: {data.get('message', data)}")
-        elif kind == "error":
-            self.say(f"error {node}: {m['message']}")
-        elif kind == "done":
-            if self.progress is not None and node in self.tasks:
-                self.progress.update(self.tasks[node], completed=1.0)
-            self.say(f"{node}: stage {m['stage']} done")
 
 
 def progress_text(data: dict[str, Any]) -> str:

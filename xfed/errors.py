@@ -37,3 +37,10 @@ class PreflightError(JobError):
 
 class SecurityError(XfedError):
     """A signature, key or identity check failed."""
+
+
+def blaming(err: XfedError, node: str) -> XfedError:
+    """Mark `err` as caused by party `node` (the stage's error event carries it as `blame`, and the
+    scheduler records that node as the failed one, not the node that noticed)."""
+    err.blame = node
+    return err

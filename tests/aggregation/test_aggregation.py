@@ -145,6 +145,54 @@ def test_mismatched_tensor_layout_is_an_error_naming_the_party(federation):
     assert type(info.value).__name__ == "FrameError"
 
 
+@pytest.mark.parametrize("encryption", [{"plain": {}}, OTP], ids=["plain", "otp"])
+def test_the_first_trainer_s_wrongly_shaped_upload_is_blamed_on_it_not_on_the_next(federation, encryption):
+    """Issue 13: uploads were compared with the first one, so node-1's bad upload was blamed on node-2."""
+    ctxs = federation(["node-1", "node-2"])
+
+    def leaf(node, shape):
+        def fn():
+            lf = make_leaf(ctxs[node], encryption)
+            lf.setup()
+            lf.receive_initial()
+            return lf.aggregate(0, {"w": np.ones(shape, np.float32)}, 1.0)
+        return fn
+
+    def root():
+        rt = make_root(ctxs["assist"], encryption)
+        rt.setup()
+        rt.broadcast_initial({"w": np.ones(3, np.float32)})
+        return rt.aggregate(0, None)
+
+    with pytest.raises(Exception, match="upload from node-1: tensor 'w' has shape") as info:
+        run_parties({"node-1": leaf("node-1", 4), "node-2": leaf("node-2", 3), "assist": root}, timeout=30)
+    assert type(info.value).__name__ == "FrameError" and info.value.blame == "node-1"
+
+
+@pytest.mark.parametrize("weight_word,ok", [(2**63, False), (2**62, False), (2**33, True)],
+                         ids=["decodes-negative", "decodes-huge", "cancels"])
+def test_masked_uploads_that_do_not_cancel_get_a_replay_hint_not_a_weight_0_one(weight_word, ok):
+    """Issue 13: a replayed OTP upload failed with '(every party has weight 0?)'. Pads that do not
+    cancel leave a random sum, seen here as the total weight's word (64 bits, 32 fraction bits)."""
+    from types import SimpleNamespace
+
+    from xfed.aggregation.base import layout_of
+    from xfed.aggregation.otp import OtpRoot
+    from xfed.errors import FrameError
+
+    ctx = SimpleNamespace(comm=None, node_id="assist", trainer_ids=["node-1", "node-2"], assist_id="assist")
+    root = OtpRoot(ctx, OTP["otp"])
+    root.layout = layout_of({"w": np.ones(3, np.float32)})
+    up = {n: SimpleNamespace(tensors={"w": np.zeros(3, np.uint64), WEIGHT_KEY: np.array(w, np.uint64)})
+          for n, w in (("node-1", weight_word), ("node-2", 0))}
+    if ok:
+        assert root._unmask(1, up)[1] == 2.0
+        return
+    with pytest.raises(FrameError, match="round 1: the masked uploads do not cancel .* replayed from another "
+                                         "round, altered, or masked with other pads; pin every node's identity"):
+        root._unmask(1, up)
+
+
 def test_zero_total_weight_and_otp_overflow_are_job_errors(federation):
     ctxs = federation(["a", "b"])
     leaf = make_leaf(ctxs["a"], OTP)

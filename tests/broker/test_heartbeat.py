@@ -60,3 +60,58 @@ def test_a_second_daemon_with_the_same_id_is_refused_but_a_dead_ones_ttl_is_wait
     t0 = time.monotonic()
     wait_until_free(r, keys, "n1", interval=0.1)
     assert time.monotonic() - t0 < 0.5
+
+
+@pytest.mark.integration
+def test_two_processes_racing_for_one_id_cannot_both_hold_the_lease(redis_server):
+    import threading
+
+    from xfed.errors import XfedError
+
+    r = redis_server.client()
+    keys = Keys("hb4")
+    twins = [Heartbeat(redis_server.client(), keys, "n1", "label_trainer", interval=0.1) for _ in range(2)]
+    barrier, outcome = threading.Barrier(2), {}
+
+    def race(i):
+        barrier.wait()
+        try:
+            twins[i].start(wait_s=0.5)
+            outcome[i] = "running"
+        except XfedError as err:
+            outcome[i] = str(err)
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert sorted(outcome.values())[1] == "running", outcome
+        refused = sorted(outcome.values())[0]
+        assert refused.startswith("n1 is already running (pid ") and "stop it first" in refused
+        winner = twins[[i for i, v in outcome.items() if v == "running"][0]]
+        assert r.get(keys.heartbeat("n1")).decode() == winner.token
+        assert node_infos(r, keys, ["n1"])["n1"].pid > 0
+    finally:
+        for hb in twins:
+            hb.stop()
+
+
+@pytest.mark.integration
+def test_a_lease_taken_over_is_noticed_and_not_renewed_or_deleted(redis_server):
+    r = redis_server.client()
+    keys = Keys("hb5")
+    hb = Heartbeat(r, keys, "n1", "label_trainer", interval=0.1)
+    lost = []
+    hb.on_lost = lambda: lost.append(True)
+    hb.start()
+    r.set(keys.heartbeat("n1"), "pid 1 on host elsewhere #x", px=5000)  # a successor's lease
+    deadline = time.monotonic() + 2
+    while not lost:
+        assert time.monotonic() < deadline, "the heartbeat never noticed its lease was taken"
+        time.sleep(0.02)
+    assert hb.lost.is_set()
+    hb.stop()  # must not delete the successor's key
+    assert r.get(keys.heartbeat("n1")) == b"pid 1 on host elsewhere #x"
+    assert 3000 < r.pttl(keys.heartbeat("n1")) <= 5000  # and never renewed it

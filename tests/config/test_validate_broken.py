@@ -42,6 +42,12 @@ def fed_edit(cs, dotted: str, value=None, *, delete: bool = False) -> None:
 
 # (id, change(cs), [regex per expected line]) — each case is one mistake a user makes.
 CASES = [
+    ("batch_size_zero",
+     lambda cs: params_edit(cs, "node-1", "trainer.per_device_train_batch_size", 0),
+     [rf"^{N1}: stage 0: {TP}\.trainer\.per_device_train_batch_size: must be >= 1, got 0$"]),
+    ("epochs_negative",
+     lambda cs: params_edit(cs, "assist_trainer", "trainer.num_train_epochs", -2),
+     [rf"^{A}: stage 0: {TP}\.trainer\.num_train_epochs: must be > 0, got -2$"]),
     ("bad_json_fed_conf",
      lambda cs: cs.write_text("fed_conf.json", '{\n  "fed_info": {\n    "trainer" {"node-1": "x"}\n  }\n}\n'),
      [r"^fed_conf\.json: line 3 column 15: invalid JSON: Expecting ':' delimiter$"]),
@@ -263,3 +269,14 @@ def test_validation_dispatches_train_params_to_the_operator_named(tmp_path, caps
     assert len(lines) == 2, lines
     assert lines[0].startswith("trainer_config_assist.json: stage 0: train_info.train_params.rounds: ")
     assert lines[1].startswith("trainer_config_assist.json: stage 0: train_info.train_params.peft: ")
+
+
+@pytest.mark.parametrize("server,loud", [("10.1.2.3:6379", True), ("redis://broker.example.org:6379/0", True),
+                                         ("127.0.0.1:6379", False), ("localhost:6379", False), ("embedded", False)])
+def test_a_remote_broker_without_identities_gets_a_loud_warning(config_set, capsys, server, loud):
+    cs = config_set("2party_lora")
+    fed_edit(cs, "redis_server", server)
+    assert validate_command(cs.folder) == 0
+    err = capsys.readouterr().err
+    assert ("the broker is not on this machine" in err and "can forge events" in err
+            and "xfed.py keygen NODE" in err) is loud, err

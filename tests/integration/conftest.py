@@ -96,13 +96,13 @@ class Federation:
         return self.config
 
     def write_config(self, params: dict[str, Any] | None = None, *, per_node: dict[str, dict] | None = None,
-                     stages: int = 1) -> None:
+                     stages: int = 1, fed_extra: dict[str, Any] | None = None) -> None:
         self.config.mkdir(parents=True, exist_ok=True)
         fed = {"fed_info": {"scheduler": {"scheduler": "localhost:0"},
                             "trainer": {t: "localhost:0" for t in self.trainers},
                             "assist_trainer": {self.assist: "localhost:0"}},
                "redis_server": self.redis.address, "redis": {"namespace": self.namespace},
-               "heartbeat_interval": self.interval}
+               "heartbeat_interval": self.interval, **(fed_extra or {})}
         write_json_atomically(self.config / "fed_conf.json", fed)
         params = params or {"rounds": 3, "dim": 8}
         for n in self.nodes:

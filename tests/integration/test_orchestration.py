@@ -109,6 +109,34 @@ def test_killed_stage_process_fails_job_naming_node_within_three_heartbeats(fed)
     assert_daemons_alive(fed)  # the next test's jobs run on them
 
 
+def test_a_frozen_stage_process_fails_the_job_naming_node_and_last_progress(fed):
+    # daemons read it at each stage start; short for the test, yet above what a loaded 2-core CI
+    # machine may starve a healthy stage process for
+    limit = 5.0
+    fed.write_config(SLOW, fed_extra={"progress_timeout": limit})
+    try:
+        job_id = start(fed)
+        pids = running_children(fed, job_id)
+
+        def first_round():
+            job = fed.store().require(job_id)
+            assert job.state.value == "RUNNING", f"{job}\n{fed.logs()}"
+            return job.nodes["node-1"].progress.get("round", 0) >= 1
+
+        fed.wait_for(first_round, "node-1's first round")
+        frozen_at = time.time()
+        os.kill(pids["node-1"], signal.SIGSTOP)  # alive to every heartbeat, but its work stands still
+        job = fed.wait_job(job_id, timeout=60)
+        assert job.state.value == "FAILED" and job.node == "node-1", f"{job}\n{fed.logs()}"
+        assert "made no progress for" in job.reason and "the process is stopped (SIGSTOP?)" in job.reason
+        assert "last progress: round" in job.reason
+        assert job.ended - frozen_at <= 2 * limit + LATENCY_S, job.ended - frozen_at
+        assert_all_dead(fed, list(pids.values()))
+        assert_daemons_alive(fed)
+    finally:
+        fed.write_config(FAST)
+
+
 def test_stop_mid_job_then_resume_as_a_new_attempt(fed):
     fed.write_config(SLOW)
     job_id = start(fed)

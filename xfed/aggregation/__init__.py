@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from xfed.aggregation.base import WEIGHT_KEY, LeafBase, RootBase, RoundStats
+from xfed.aggregation.base import WEIGHT_KEY, LeafBase, RootBase, RoundStats, tensors_digest
 from xfed.aggregation.keyexchange import OtpSettings, exchange_publics
 from xfed.aggregation.otp import OtpLeaf, OtpRoot
 from xfed.aggregation.plain import PlainLeaf, PlainRoot
@@ -18,8 +18,8 @@ from xfed.aggregation.strategy import FedAvg, Strategy
 from xfed.errors import ConfigError
 
 __all__ = ["make_leaf", "make_root", "encryption_kind", "PlainLeaf", "PlainRoot", "OtpLeaf", "OtpRoot",
-           "SecAggLeaf", "SecAggRoot", "LeafBase", "RootBase", "RoundStats", "OtpSettings", "exchange_publics", "FedAvg", "Strategy",
-           "WEIGHT_KEY"]
+           "SecAggLeaf", "SecAggRoot", "LeafBase", "RootBase", "RoundStats", "OtpSettings", "exchange_publics", "FedAvg",
+           "Strategy", "WEIGHT_KEY", "tensors_digest"]
 
 
 def encryption_kind(encryption: Any) -> tuple[str, dict[str, Any]]:

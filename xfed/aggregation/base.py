@@ -83,6 +83,26 @@ def check_same_layout(reference: Mapping[str, np.ndarray], got: Mapping[str, np.
             raise FrameError(f"{who}: tensor {name!r} has dtype {arr.dtype}, expected {dtype}")
 
 
+def tensors_digest(tensors: Mapping[str, np.ndarray]) -> str:
+    """sha256 (32 hex digits) of named tensors: names, dtypes, shapes and bytes, in name order.
+
+    Every party ends a round holding the same aggregate (the root's float32 mean, byte for byte), so
+    the digest of the last one is the same on every node: the evidence a `done` event carries."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}\0{arr.dtype.str}\0{arr.shape}\0".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()[:32]
+
+
+def layout_of(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Names and shapes of `tensors` as zero-copy stand-ins (what check_same_layout reads)."""
+    return {k: np.broadcast_to(np.float32(0), np.shape(v)) for k, v in tensors.items()}
+
+
 def encode(tensors: Mapping[str, np.ndarray], weight: float, who: str, *, bits: int, frac_bits: int,
            n_parties: int, self_id: str, peer_streams: Mapping[str, Any], bad_input: type = JobError,
            ) -> dict[str, np.ndarray]:
@@ -121,6 +141,7 @@ class _Party:
         self.strategy = strategy or FedAvg()
         self.timeout = timeout  # None: the Comm's own timeout
         self.last_round_stats: dict[str, Any] = {}
+        self.last_digest: str | None = None  # tensors_digest of the last aggregate (same on every party)
         self._mark: tuple[int, int, float, float] | None = None
         self._stats = RoundStats()
 
@@ -182,6 +203,7 @@ class LeafBase(_Party):
         check_same_layout(named, msg.tensors, f"round {round_idx} aggregate from {self.assist_id}",
                           dtype=np.dtype(np.float32))
         st.parties = len(self.trainers)
+        self.last_digest = tensors_digest(msg.tensors)
         self._end()
         return dict(msg.tensors)
 
@@ -194,9 +216,14 @@ class RootBase(_Party):
     def setup(self) -> None:
         """Nothing to agree for plain aggregation; otp overrides it (the root takes no part in DH)."""
 
+    # names and shapes the root itself broadcast: every upload is checked against these, so the party
+    # whose upload is wrong is the one named (not whichever upload happened to come first)
+    layout: dict[str, np.ndarray] | None = None
+
     def broadcast_initial(self, tensors: Mapping[str, Any]) -> None:
         """Send the starting tensors to every label trainer, so all parties start identical."""
         initial = as_numpy(tensors, f"{self.node_id}: initial tensors")
+        self.layout = layout_of(initial)
         self.strategy.start(initial)
         self.comm.broadcast(self.trainers, TAG_INIT, initial)
 
@@ -227,4 +254,5 @@ class RootBase(_Party):
             total_weight += own_weight
         mean = self.strategy.finalize(round_idx, weighted_sum, total_weight)
         self.comm.broadcast(self.trainers, tag_down(round_idx), mean, meta)
+        self.last_digest = tensors_digest(mean)
         return mean

@@ -18,7 +18,8 @@ import numpy as np
 from xfed.aggregation.base import WEIGHT_KEY, LeafBase, RootBase, check_same_layout, encode
 from xfed.aggregation.keyexchange import OtpSettings, agree_pad_streams
 from xfed.crypto import unmask_sum
-from xfed.errors import FrameError, JobError
+from xfed.crypto.fixedpoint import check_params, encoded_shape
+from xfed.errors import FrameError, JobError, blaming
 
 
 def _session(ctx: Any) -> str:
@@ -85,15 +86,33 @@ class OtpRoot(RootBase):
         return self._round(round_idx, own_tensors, own_weight, lambda got: self._unmask(round_idx, got))
 
     def _unmask(self, round_idx: int, got: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], float]:
-        reference = got[self.trainers[0]].tensors
-        if WEIGHT_KEY not in reference:
-            raise FrameError(f"round {round_idx} upload from {self.trainers[0]}: missing {WEIGHT_KEY!r}")
+        bits = self.settings.bits
+        if self.layout is not None:  # what this root broadcast, as every leaf must have masked it
+            reference = {k: np.broadcast_to(np.uint64(0), encoded_shape(v.shape, bits)) for k, v in self.layout.items()}
+            reference[WEIGHT_KEY] = np.broadcast_to(np.uint64(0), encoded_shape((), bits))
+        else:  # a caller that never broadcast: the first upload is the reference
+            reference = got[self.trainers[0]].tensors
+            if WEIGHT_KEY not in reference:
+                raise blaming(FrameError(f"round {round_idx} upload from {self.trainers[0]}: missing {WEIGHT_KEY!r}"),
+                              self.trainers[0])
         for node in self.trainers:
-            check_same_layout(reference, got[node].tensors, f"round {round_idx} masked upload from {node}",
-                              dtype=np.dtype(np.uint64))
+            try:
+                check_same_layout(reference, got[node].tensors, f"round {round_idx} masked upload from {node}",
+                                  dtype=np.dtype(np.uint64))
+            except FrameError as err:
+                raise blaming(err, node) from None
         try:
             sums = unmask_sum([got[n].tensors for n in self.trainers], bits=self.settings.bits,
                               frac_bits=self.settings.frac_bits)
         except ValueError as exc:
             raise FrameError(f"round {round_idx}: masked uploads do not fit together: {exc}") from None
-        return sums, float(sums.pop(WEIGHT_KEY))
+        total = float(sums.pop(WEIGHT_KEY))
+        # pads that do not cancel leave a uniformly random sum: the weight decodes negative, or above
+        # any real total (a quarter of the representable range), 7 times out of 8
+        frac_bits = check_params(bits, self.settings.frac_bits)
+        if not np.isfinite(total) or total < 0 or total > 2.0 ** (bits - 1 - frac_bits - 2):
+            raise FrameError(
+                f"round {round_idx}: the masked uploads do not cancel (the total weight decodes to {total:.6g}): "
+                "an upload was replayed from another round, altered, or masked with other pads; pin every "
+                "node's identity in fed_conf.json so uploads are signed and bound to their round")
+        return sums, total

@@ -15,10 +15,18 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from xfed.aggregation.base import WEIGHT_KEY, LeafBase, RootBase, check_same_layout, check_weight, encode
+from xfed.aggregation.base import (
+    WEIGHT_KEY,
+    LeafBase,
+    RootBase,
+    check_same_layout,
+    check_weight,
+    encode,
+    layout_of,
+)
 from xfed.crypto.fixedpoint import check_params
 from xfed.crypto.otp import unmask_sum
-from xfed.errors import ConfigError, FrameError
+from xfed.errors import ConfigError, FrameError, XfedError, blaming
 
 
 class PlainLeaf(LeafBase):
@@ -43,21 +51,27 @@ class PlainRoot(RootBase):
         return self._round(round_idx, own_tensors, own_weight, lambda got: self._sum(round_idx, got))
 
     def _sum(self, round_idx: int, got: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], float]:
-        reference = None
+        reference = self.layout  # what this root broadcast; without it (a caller that never did) the first upload
         encoded: list[dict[str, np.ndarray]] = []
         for node in self.trainers:
             tensors = dict(got[node].tensors)
             who = f"round {round_idx} upload from {node}"
             raw_w = tensors.pop(WEIGHT_KEY, None)
             if raw_w is None or raw_w.shape != ():
-                raise FrameError(f"{who}: missing the scalar {WEIGHT_KEY!r}")
-            w = check_weight(raw_w, who, allow_zero=True)
-            if reference is None:
-                reference = tensors
-            check_same_layout(reference, tensors, who)
+                raise blaming(FrameError(f"{who}: missing the scalar {WEIGHT_KEY!r}"), node)
+            try:
+                w = check_weight(raw_w, who, allow_zero=True)
+                if reference is None:
+                    reference = layout_of(tensors)
+                check_same_layout(reference, tensors, who)
+            except XfedError as err:
+                raise blaming(err, node) from None
             # otp's encoding, without pads: the same integers an otp leaf would mask
-            encoded.append(encode(tensors, w, who, bits=self.bits, frac_bits=self.frac_bits,
-                                  n_parties=len(self.trainers), self_id=node, peer_streams={},
-                                  bad_input=FrameError))
+            try:
+                encoded.append(encode(tensors, w, who, bits=self.bits, frac_bits=self.frac_bits,
+                                      n_parties=len(self.trainers), self_id=node, peer_streams={},
+                                      bad_input=FrameError))
+            except FrameError as err:
+                raise blaming(err, node) from None
         sums = unmask_sum(encoded, bits=self.bits, frac_bits=self.frac_bits)
         return sums, float(sums.pop(WEIGHT_KEY))

@@ -39,13 +39,16 @@ _NODE_CMDS = (
     "xgroup|create", "xgroup|createconsumer", "xgroup|setid", "xreadgroup", "xack", "xpending", "xautoclaim",
     "xclaim", "xinfo|stream", "xrevrange", "xrange", "hget", "hgetall", "hmget", "hset", "sadd", "set", "get",
     "del", "exists", "hexists", "pttl", "ttl",
+    # the heartbeat lease (renewed only while it is ours): a Lua script,
+    # whose every key access is still checked against this user's key patterns
+    "evalsha", "script|load",
 )
 # the scheduler runs where the federation's operator runs it: a wider list of plain data commands
 # (still confined to its key patterns), so a small change in the control plane does not lock it out
 _SCHEDULER_CMDS = _NODE_CMDS + (
     "incr", "incrby", "zadd", "zrange", "zrem", "zrevrange", "zscore", "zcard", "smembers", "sismember",
     "srem", "rpush", "lpush", "lrange", "llen", "scan", "multi", "exec", "discard", "watch", "unwatch",
-    "evalsha", "eval", "script|load", "script|exists", "hdel", "hsetnx", "hexists", "hkeys", "type",
+    "eval", "script|exists", "hdel", "hsetnx", "hexists", "hkeys", "type",
     "persist", "xtrim",
 )
 _CLIENT_CMDS = ("xadd", "xread", "xrevrange", "blpop", "pttl", "hget", "hgetall", "hmget", "zrange",

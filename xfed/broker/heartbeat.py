@@ -1,10 +1,14 @@
 """Node registry and heartbeats: who is alive is whoever's TTL key has not expired yet.
 
-A daemon registers (role, node id, host, pid, version) in `node:{N}:info` and refreshes
-`node:{N}:hb` from a background thread every `interval` seconds with a TTL of `ttl_factor`
-intervals. A SIGKILLed daemon stops refreshing and its key disappears by itself; nobody has to
-notice the death for it to become visible. The thread survives Redis outages (it re-registers once
-Redis is back, in case the restart lost the data).
+The heartbeat key `node:{N}:hb` is a lease: a daemon takes it with one `SET NX PX` holding a
+random token, and only then registers (role, node id, host, pid, version) in `node:{N}:info`. A
+background thread renews it every `interval` seconds (TTL `ttl_factor` intervals) with a Lua check
+that the key still holds its own token, so two processes started with one node id at the same
+instant cannot both run: the second waits out the TTL and gives up, and a process whose lease was
+taken over (it was frozen past the TTL and another started) learns so at its next beat
+(`lost` is set, `on_lost` called). A SIGKILLed daemon stops renewing and its key disappears by
+itself. The thread survives Redis outages (it takes the lease again once Redis is back, in case
+the restart lost the data).
 """
 from __future__ import annotations
 
@@ -14,18 +18,33 @@ import os
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from xfed.errors import BrokerError
+from xfed.errors import BrokerError, XfedError
 from xfed.version import __version__
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL = 2.0
 TTL_FACTOR = 3
+
+# Renew the lease KEYS[1] only while it holds our token ARGV[1]; take it again when it is gone (Redis
+# lost its data). 1 renewed, 2 re-taken, 0 another process holds it.
+_RENEW = """
+local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
+return 0
+"""
+# Delete the lease only if it is still ours (a graceful stop must not end a successor's lease).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 @dataclass
@@ -66,12 +85,21 @@ class Heartbeat:
             "version": __version__, "started": repr(time.time()),
             "interval": repr(self.interval), "job": "",
         }
+        # the lease value says who holds it (for the "already running" line) and is unique per process
+        self.token = f"pid {os.getpid()} on host {socket.gethostname()} #{uuid.uuid4().hex[:16]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = False
+        self.lost = threading.Event()   # set when another process holds our lease
+        self.on_lost = None             # called once (from the beat thread) when the lease is lost
+        self._renew = r.register_script(_RENEW)
+        self._release = r.register_script(_RELEASE)
 
-    def start(self) -> Heartbeat:
-        """Register and beat once synchronously (BrokerError if Redis is down), then in the background."""
+    def start(self, *, wait_s: float | None = None) -> Heartbeat:
+        """Take the lease (waiting up to `wait_s`, default the TTL + 1 s, for a dead holder's key to
+        expire), register, then beat in the background. XfedError naming the holder if it stays
+        taken; BrokerError if Redis is down."""
+        self.acquire(wait_s=wait_s)
         self.beat(register=True)
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{self.node_id}", daemon=True)
         self._thread.start()
@@ -85,23 +113,57 @@ class Heartbeat:
         except redis.RedisError:
             pass  # the next beat re-registers the whole hash
 
+    def acquire(self, *, wait_s: float | None = None) -> None:
+        """One atomic `SET NX PX` of our token; retried while a previous holder's TTL runs out."""
+        wait_s = self.ttl_ms / 1000 + 1.0 if wait_s is None else wait_s
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                if self.r.set(self.key, self.token, nx=True, px=self.ttl_ms):
+                    return
+                ttl, holder = self.r.pttl(self.key), self.r.get(self.key)
+            except redis.RedisError as err:
+                raise BrokerError(f"heartbeat of {self.node_id} ({self.key}): {type(err).__name__}: {err}") from err
+            if time.monotonic() > deadline:
+                who = _s(holder).split(" #")[0] or "?"
+                raise XfedError(f"{self.node_id} is already running ({who}, namespace {self.keys.namespace!r}); "
+                                "stop it first")
+            time.sleep(min(0.2, max(0.01, (ttl if isinstance(ttl, int) and ttl > 0 else 50) / 1000)))
+
     def beat(self, *, register: bool = False) -> None:
+        if self.lost.is_set():
+            return
         try:
+            rc = self._renew(keys=[self.key], args=[self.token, self.ttl_ms])
+            if rc == 0:
+                self._lose()
+                return
             pipe = self.r.pipeline(transaction=False)
-            if register:
+            if register or rc == 2:
                 pipe.hset(self.info_key, mapping=self.info)
                 pipe.sadd(self.keys.nodes(), self.node_id)
             else:
                 # not EXISTS: after Redis lost its data, set_job may have re-created a partial hash
                 pipe.hexists(self.info_key, "pid")
-            pipe.set(self.key, repr(time.time()), px=self.ttl_ms)
             res = pipe.execute()
-            if not register and not res[0]:  # Redis restarted without our registration
+            if not (register or rc == 2) and not res[0]:  # Redis restarted without our registration
                 self.beat(register=True)
             self.connected = True
         except redis.RedisError as err:
             self.connected = False
             raise BrokerError(f"heartbeat of {self.node_id} ({self.key}): {type(err).__name__}: {err}") from err
+
+    def _lose(self) -> None:
+        """Another process with our id holds the lease: we were frozen past the TTL and replaced."""
+        self.lost.set()
+        self._stop.set()
+        log.error("%s: another process took over this id's heartbeat lease (%s); this one must stop",
+                  self.node_id, self.key)
+        if self.on_lost is not None:
+            try:
+                self.on_lost()
+            except Exception:  # noqa: BLE001 - a callback bug must not hide the loss
+                log.exception("on_lost callback of %s failed", self.node_id)
 
     def _run(self) -> None:
         warned = False
@@ -123,10 +185,10 @@ class Heartbeat:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=self.interval + 1)
-        if deregister:
+        if deregister and not self.lost.is_set():
             try:
-                self.r.delete(self.key)
-                self.r.hset(self.info_key, "job", "")
+                if self._release(keys=[self.key], args=[self.token]):
+                    self.r.hset(self.info_key, "job", "")
             except redis.RedisError:
                 pass
 
@@ -135,9 +197,7 @@ def wait_until_free(r: redis.Redis, keys, node_id: str, *, interval: float, key:
     """Refuse to start a second `node_id` beside a live one; wait out the TTL of a dead one (kill -9).
 
     Raises XfedError naming where the live one runs when its heartbeat is still refreshed after
-    3 intervals + 1 s."""
-    from xfed.errors import XfedError
-
+    3 intervals + 1 s. Only a check: `Heartbeat.start` takes the lease atomically."""
     key = key or keys.heartbeat(node_id)
     deadline = time.monotonic() + TTL_FACTOR * interval + 1.0
     while True:

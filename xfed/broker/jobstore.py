@@ -25,13 +25,17 @@ class JobState(str, Enum):
     SUCCESSFUL = "SUCCESSFUL"
     FAILED = "FAILED"
     STOPPED = "STOPPED"
+    # never written: what a record reads as when it is unreadable or half-written (unknown state,
+    # no state field, malformed core fields). It is shown with the reason and otherwise skipped:
+    # nothing runs it, resumes it or writes into it.
+    CORRUPT = "CORRUPT"
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL
 
 
-TERMINAL = frozenset({JobState.SUCCESSFUL, JobState.FAILED, JobState.STOPPED})
+TERMINAL = frozenset({JobState.SUCCESSFUL, JobState.FAILED, JobState.STOPPED, JobState.CORRUPT})
 ACTIVE = frozenset({JobState.PENDING, JobState.RUNNING})
 
 # RUNNING -> RUNNING is a stage advance; terminal states are final (first outcome wins).
@@ -41,6 +45,7 @@ _ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.SUCCESSFUL: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.STOPPED: frozenset(),
+    JobState.CORRUPT: frozenset(),
 }
 
 # What a node can be doing within a job (per-node table of `status`).
@@ -60,12 +65,13 @@ def can_resume(state: JobState) -> bool:
 
 
 def parse_state(value: str | bytes | None, *, job_id: str = "?") -> JobState:
+    """The state a stored value stands for; CORRUPT for anything else (never raises)."""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     try:
         return JobState(value)
     except ValueError:
-        raise JobError(f"job {job_id}: unknown state {value!r} in Redis") from None
+        return JobState.CORRUPT
 
 
 @dataclass
@@ -80,6 +86,7 @@ class NodeStatus:
     n_stages: int | None = None
     result: dict[str, Any] | None = None
     updated: float = 0.0
+    finished: float | None = None   # when the node reported its outcome (event time), for the job's `ended`
 
     def __post_init__(self) -> None:
         self.state = NodeState(self.state)  # ValueError for a word that is not a node state
@@ -157,15 +164,43 @@ def _i(v: bytes | str | None, default: int | None = None) -> int | None:
         return default
 
 
+def _problems(h: dict[str, Any]) -> list[str]:
+    """Why a job hash cannot be trusted (empty when it reads well)."""
+    problems = []
+    state = h.get("state")
+    if state in (None, b"", ""):
+        problems.append("no state field (half-written, or re-created after Redis lost its data)")
+    elif _s(state) not in {s.value for s in JobState} or _s(state) == JobState.CORRUPT.value:
+        problems.append(f"unknown state {_s(state)[:40]!r}")
+    for name in ("stage", "attempt"):
+        if h.get(name) not in (None, b"", "") and _i(h.get(name)) is None:
+            problems.append(f"{name} {_s(h.get(name))[:40]!r} is not an integer")
+    try:
+        participants = json.loads(_s(h.get("participants")) or "null")
+    except ValueError:
+        participants = None
+    if not (isinstance(participants, list) and participants and all(isinstance(p, str) for p in participants)):
+        problems.append("participants missing or not a list of node ids")
+    return problems
+
+
 def job_from_hash(job_id: str, h: dict) -> Job:
-    """Build a Job from HGETALL output (bytes or str keys); pure, used by tests and the client."""
+    """Build a Job from HGETALL output (bytes or str keys); pure, used by tests and the client.
+
+    A record that does not read well comes back as state CORRUPT with the reason (never raises)."""
     h = {_s(k): v for k, v in h.items()}
+    problems = _problems(h)
     try:
         participants = json.loads(_s(h.get("participants")) or "[]")
         if not isinstance(participants, list):
             participants = []
     except ValueError:
         participants = []
+    if problems:
+        return Job(job_id=job_id, state=JobState.CORRUPT, stage=_i(h.get("stage"), -1),
+                   reason=f"unreadable job record {job_id}: {'; '.join(problems)}",
+                   participants=[str(p) for p in participants], created=_f(h.get("created")) or 0.0,
+                   updated=_f(h.get("updated")) or 0.0)
     nodes = {k[5:]: NodeStatus.from_json(v) for k, v in h.items() if k.startswith("node:")}
     known = {"state", "stage", "attempt", "n_stages", "reason", "node", "participants", "created", "started",
              "ended", "updated"}
@@ -194,6 +229,15 @@ return 1
 """
 
 
+# HSET only into a job hash that exists: after Redis lost its data, a late write (a cursor, a node's
+# status) must not re-create a record with no state. KEYS[1] job hash; ARGV field/value pairs.
+_HSET_IF_EXISTS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
 _NEXT_ID = """
 local v = redis.call('INCR', KEYS[1])
 local floor = tonumber(ARGV[1])
@@ -214,6 +258,7 @@ class JobStore:
         self.retention_s = retention_s
         self._cas = r.register_script(_CAS)
         self._next_id = r.register_script(_NEXT_ID)
+        self._hset_if_exists = r.register_script(_HSET_IF_EXISTS)
 
     # -- creation / reading -------------------------------------------------------------
     def new_job_id(self, *, above: int = 0) -> str:
@@ -239,7 +284,13 @@ class JobStore:
 
     def get(self, job_id: str) -> Job | None:
         h = self._call(self.r.hgetall, self.keys.job(job_id))
-        return job_from_hash(str(job_id), h) if h else None
+        if not h:
+            return None
+        job = job_from_hash(str(job_id), h)
+        if job.state is JobState.CORRUPT:  # say how to get rid of it, with the real key names
+            job.reason += (f" (inspect: HGETALL {self.keys.job(job_id)}; remove: DEL {self.keys.job(job_id)} "
+                           f"and ZREM {self.keys.jobs_index()} {job_id})")
+        return job
 
     def require(self, job_id: str) -> Job:
         job = self.get(job_id)
@@ -248,8 +299,11 @@ class JobStore:
         return job
 
     def state(self, job_id: str) -> JobState | None:
+        """The job's state (CORRUPT when unreadable), None when there is no such hash."""
         v = self._call(self.r.hget, self.keys.job(job_id), "state")
-        return parse_state(v, job_id=job_id) if v else None
+        if v:
+            return parse_state(v, job_id=job_id)
+        return JobState.CORRUPT if self._call(self.r.exists, self.keys.job(job_id)) else None
 
     def position(self, job_id: str) -> tuple[str | None, int | None, int | None]:
         """(state, stage, attempt) as stored, None for what is missing: the cheap read a stage polls."""
@@ -273,6 +327,7 @@ class JobStore:
         return jobs
 
     def active(self) -> list[Job]:
+        """Jobs PENDING or RUNNING (CORRUPT records are skipped: nothing can run them)."""
         return [j for j in self.list(limit=1000) if j.active]
 
     def latest(self) -> Job | None:
@@ -315,14 +370,18 @@ class JobStore:
         self._call(pipe.execute)
         return True
 
-    def set_fields(self, job_id: str, **fields: Any) -> None:
+    def set_fields(self, job_id: str, **fields: Any) -> bool:
+        """Write fields of an existing job hash; False (nothing written) when the hash is gone."""
         mapping = {k: v if isinstance(v, str) else str(v) for k, v in fields.items()}
         mapping.setdefault("updated", repr(time.time()))
-        self._call(self.r.hset, self.keys.job(job_id), mapping=mapping)
+        args = [x for kv in mapping.items() for x in kv]
+        return self._call(self._hset_if_exists, keys=[self.keys.job(job_id)], args=args) == 1
 
-    def set_node(self, job_id: str, node: str, status: NodeStatus) -> None:
+    def set_node(self, job_id: str, node: str, status: NodeStatus) -> bool:
+        """Write one node's status into an existing job hash; False when the hash is gone."""
         status.updated = time.time()
-        self._call(self.r.hset, self.keys.job(job_id), f"node:{node}", status.to_json())
+        return self._call(self._hset_if_exists, keys=[self.keys.job(job_id)],
+                          args=[f"node:{node}", status.to_json()]) == 1
 
     def node(self, job_id: str, node: str) -> NodeStatus:
         return NodeStatus.from_json(self._call(self.r.hget, self.keys.job(job_id), f"node:{node}"))

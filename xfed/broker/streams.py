@@ -74,17 +74,38 @@ def _entry(key: str, entry_id, fields) -> Entry:
         return Entry(eid, error=str(err))
 
 
-class ControlStream:
-    """One stream of control messages (requests, a node's commands, or a job's events)."""
+ORPHAN_TTL_S = 24 * 3600
 
-    def __init__(self, r: redis.Redis, key: str, *, maxlen: int | None = 10_000) -> None:
+
+class ControlStream:
+    """One stream of control messages (requests, a node's commands, or a job's events).
+
+    With `owner` (a job's hash key) appends set a TTL of `orphan_ttl_s` on the stream whenever the
+    owner does not exist, so events written after data loss do not outlive it."""
+
+    def __init__(self, r: redis.Redis, key: str, *, maxlen: int | None = 10_000, owner: str | None = None,
+                 orphan_ttl_s: int = ORPHAN_TTL_S) -> None:
         self.r = r
         self.key = key
         self.maxlen = maxlen
+        self.owner, self.orphan_ttl_ms = owner, int(orphan_ttl_s * 1000)
 
     def add(self, msg: dict[str, Any]) -> str:
         raw = encode_message(msg)
-        return _s(self._call(self.r.xadd, self.key, {FIELD: raw}, maxlen=self.maxlen, approximate=True))
+        if self.owner is None:
+            return _s(self._call(self.r.xadd, self.key, {FIELD: raw}, maxlen=self.maxlen, approximate=True))
+        # a job's events: when the job's hash is gone (expired, or Redis lost its data mid-job) the
+        # stream this append (re-)creates gets a TTL instead of living forever. Plain commands, not a
+        # script: a node's ACL user may only write the stream and only read the hash, and Redis
+        # checks a script's declared keys for both. Not atomic; a job vanishing between the two
+        # calls leaves this one append without a TTL, and the next append sets it.
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xadd(self.key, {FIELD: raw}, maxlen=self.maxlen, approximate=True)
+        pipe.exists(self.owner)
+        entry_id, owner_exists = self._call(pipe.execute)
+        if not owner_exists:
+            self._call(self.r.pexpire, self.key, self.orphan_ttl_ms)
+        return _s(entry_id)
 
     def read(self, last_id: str = "0-0", *, block_ms: int | None = None, count: int = 500) -> list[Entry]:
         """Entries after `last_id` (no group); blocks up to block_ms when there are none."""

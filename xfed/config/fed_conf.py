@@ -3,7 +3,7 @@
 XFL's keys are taken unchanged (`fed_info.{scheduler, trainer, assist_trainer}`, `redis_server`,
 `grpc`); the addresses XFL gives each node are accepted and unused, because xfed nodes open no
 ports and meet only through Redis. What xfed adds is optional: `redis`, `heartbeat_interval`,
-`identities`.
+`progress_timeout`, `identities`.
 """
 from __future__ import annotations
 
@@ -107,6 +107,11 @@ class FedConf(ConfigModel):
     grpc: dict[str, Any] | None = Field(None, description="XFL's gRPC settings: accepted and ignored "
                                                           "(use rediss:// for transport security).")
     heartbeat_interval: float = Field(2.0, gt=0, le=3600, description="Seconds between a node's heartbeats.")
+    progress_timeout: float = Field(
+        300.0, gt=0, le=7 * 86400,
+        description="Seconds a stage process may go without progress (a step, a poll while waiting for a peer) "
+                    "before its daemon kills it and fails the job naming the node; at least 3x the slowest "
+                    "step seen. Read by each daemon at every stage start.")
     identities: dict[str, str] = Field(default_factory=dict,
                                        description="{node id: Ed25519 public key, 64 hex digits} pinned per node: "
                                                    "signs the DH exchange and every data-plane message; "

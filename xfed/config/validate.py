@@ -270,6 +270,14 @@ def _notes(report: Report) -> None:
     fed = report.fed
     if fed is None:
         return
+    unpinned = [n for n in fed.node_ids if n not in fed.identities]
+    if unpinned and _remote_broker(fed.redis_server):
+        # loud on purpose: this is what a shared or hosted Redis lets anyone with write access do
+        report.add(FED_CONF, f"the broker is not on this machine and {', '.join(unpinned)} pin(s) no identity: "
+                             "anyone able to write to it can forge events in a node's name (fail a job, blame a "
+                             "node, end a stage with made-up evidence) and replay or alter uploads. Pin every "
+                             "node: `python xfed.py keygen NODE` on each machine, then list the public keys here",
+                   key="identities", severity="warning")
     if fed.grpc is not None:
         tls = " (use a rediss:// redis_server for transport security)" if fed.grpc.get("use_tls") else ""
         report.add(FED_CONF, f"ignored: xfed nodes talk only through Redis{tls}", key="grpc", severity="note")
@@ -282,6 +290,24 @@ def _notes(report: Report) -> None:
                 report.add(stage_file_name(node), f"otp with {masked} trainer: the mask cannot hide a single "
                                                   "party's update from the aggregator", key=f"{TRAIN_PARAMS}.encryption",
                            stage=i, severity="note")
+
+
+def _remote_broker(redis_server: str) -> bool:
+    """Whether `redis_server` is reached over the network (not embedded, a unix socket or loopback)."""
+    import ipaddress
+
+    from xfed.config.redis_address import parse_redis_server
+
+    try:
+        address = parse_redis_server(redis_server)
+    except ValueError:
+        return False
+    if address.kind != "tcp" or not address.host or address.host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(address.host.strip("[]")).is_loopback
+    except ValueError:
+        return True  # a host name other than localhost
 
 
 # ---------------------------------------------------------------- output

@@ -111,15 +111,26 @@ def _load_native_model(folder: Path, dtype: torch.dtype, device: Any, allow_rand
             raise ModelError(f"{folder / 'config.json'}: not a causal LM transformers knows ({_one_line(err)})") \
                 from None
     else:
+        from safetensors import SafetensorError
+
         try:
+            # mismatched shapes are reported by _check_loading_info naming the weight, instead of
+            # transformers' "look at the above report!" pointing at a log the user never sees
             model, info = AutoModelForCausalLM.from_pretrained(
                 folder, config=config, dtype=dtype, local_files_only=True, trust_remote_code=False,
-                output_loading_info=True)
+                output_loading_info=True, ignore_mismatched_sizes=True)
         except ValueError as err:
             raise ModelError(f"{folder / 'config.json'}: not a causal LM transformers knows ({_one_line(err)})") \
                 from None
-        except (OSError, RuntimeError) as err:
-            raise ModelError(f"{folder}: weights could not be loaded ({_one_line(err)})") from None
+        except (OSError, RuntimeError, SafetensorError) as err:
+            from xfed.diskio import FULL_HINT, is_disk_full
+
+            if is_disk_full(err):  # a folder being written is full; the model folder is only read
+                where = getattr(err, "filename", None) or "a work or temp folder"
+                raise ModelError(f"no space left on device writing {where} while loading {folder} "
+                                 f"({FULL_HINT})") from None
+            files = ", ".join(p.name for p in _weight_names(folder))
+            raise ModelError(f"{folder}: weights could not be loaded from {files} ({_loader_text(err)})") from None
         _check_loading_info(folder, info)
     if device is not None:
         model.to(device)
@@ -163,6 +174,15 @@ def _load_native_tokenizer(folder: Path):
         tok.pad_token = tok.eos_token
         log.info("%s: tokenizer has no pad token; padding with eos %r", folder, tok.eos_token)
     return tok
+
+
+def _loader_text(err: BaseException) -> str:
+    """transformers' message, minus its pointer to a load report printed to a log the user never sees."""
+    text = _one_line(err)
+    for phrase in ("For details look at the above report!",
+                   "For details look at the `CONVERSION` entries of the above report!"):
+        text = text.replace(phrase, "(transformers' load report is in the stage log)")
+    return text
 
 
 def _one_line(err: BaseException) -> str:

@@ -99,6 +99,8 @@ class StageChild:
         self.log_path = self.work_dir / "stage.log"
         self.proc: subprocess.Popen | None = None
         self.stop_reason = ""
+        self.stall_reason = ""             # set by the daemon when the stage stopped making progress
+        self.watch = None                  # its xfed.node.pulse.StallWatch
         self._kill_at: float | None = None
         self.started = 0.0
 
@@ -144,6 +146,10 @@ class StageChild:
             self.stop_reason = reason
             self._signal_group(signal.SIGTERM)
             self._kill_at = time.monotonic() + self.grace_s
+
+    def kill_group(self) -> None:
+        """SIGKILL the group now without waiting (a stopped or deadlocked stage ignores SIGTERM)."""
+        self._signal_group(signal.SIGKILL)
 
     def kill(self, timeout: float = 5.0) -> None:
         """SIGKILL the group and wait (daemon shutdown)."""

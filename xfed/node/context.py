@@ -16,8 +16,10 @@ class StopWatcher:
 
     Reads the job hash at most every `poll_s` seconds so operators may call it in tight loops."""
 
-    def __init__(self, jobs: JobStore, job_id: str, stage_id: int, attempt: int, *, poll_s: float = 0.25) -> None:
+    def __init__(self, jobs: JobStore, job_id: str, stage_id: int, attempt: int, *, poll_s: float = 0.25,
+                 on_poll: Callable[[], None] | None = None) -> None:
         self.jobs, self.job_id = jobs, str(job_id)
+        self.on_poll = on_poll  # the stage's pulse (xfed.node.pulse): every poll shows the stage moves
         self.stage_id, self.attempt, self.poll_s = int(stage_id), int(attempt), poll_s
         self.flag = threading.Event()
         self.reason = ""
@@ -30,6 +32,8 @@ class StopWatcher:
 
     def __call__(self, *, fresh: bool = False) -> bool:
         """True once the stage should stop; `fresh` skips the read cache (classifying a failure)."""
+        if self.on_poll is not None:
+            self.on_poll()
         if self.flag.is_set():
             return True
         now = time.monotonic()

@@ -15,13 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xfed.broker.heartbeat import Heartbeat, wait_until_free
+from xfed.broker.heartbeat import TTL_FACTOR, Heartbeat
 from xfed.broker.jobstore import JobState, JobStore
 from xfed.broker.streams import ControlStream, Entry
 from xfed.errors import BrokerError, XfedError
 from xfed.node.child import SpareChild, StageChild, describe_exit
 from xfed.node.events import EventReporter
 from xfed.node.exit_codes import EXIT_DONE, EXIT_ERROR_REPORTED, EXIT_STOPPED
+from xfed.node.pulse import FILE_NAME as PULSE_FILE
+from xfed.node.pulse import StallWatch
 
 log = logging.getLogger("xfed.node")
 
@@ -60,9 +62,10 @@ class NodeDaemon:
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
-        wait_until_free(self.r, self.keys, self.node_id, interval=self.interval)
-        self._ensure_spare()  # warm up while we register, so even the first job starts without imports
-        self.hb.start()
+        # one process per node id: the heartbeat is an atomic lease (a twin waits out the TTL, then gives up)
+        self.hb.on_lost = self._lease_lost
+        self.hb.start(wait_s=TTL_FACTOR * self.interval + 1.0)
+        self._ensure_spare()  # warm up while idle, so even the first job starts without imports
         self.cmds.ensure_group(GROUP)
         self._recover_pending()
         log.info("%s %s ready (heartbeat every %.2g s, work dir %s)", self.role, self.node_id, self.interval,
@@ -100,6 +103,11 @@ class NodeDaemon:
             self.hb.stop()
             log.info("%s %s stopped", self.role, self.node_id)
         return 0
+
+    def _lease_lost(self) -> None:
+        log.error("%s: another process now runs as %s; stopping this one (and its stage process)",
+                  self.node_id, self.node_id)
+        self.shutdown.set()
 
     def request_shutdown(self, *_: Any) -> None:
         self.shutdown.set()
@@ -174,6 +182,7 @@ class NodeDaemon:
             self.cmds.ack(GROUP, entry_id)
             return
         work_dir = self.work_root / self.node_id / f"job-{job_id}" / f"stage-{stage_id}.{attempt}"
+        (work_dir / PULSE_FILE).unlink(missing_ok=True)  # a stale pulse must not count as progress
         child = StageChild(job_id=job_id, stage_id=stage_id, attempt=attempt, node_id=self.node_id,
                            config_path=self.config_path, work_dir=work_dir, grace_s=self.stop_grace_s,
                            entry_id=entry_id)
@@ -182,6 +191,7 @@ class NodeDaemon:
             spare.discard()
             spare = None
         child.start(spare=spare)
+        child.watch = StallWatch(work_dir, self._progress_timeout())
         self.child = child
         self.hb.set_job(job_id)
         log.info("job %s stage %s: started pid %s (log %s)", job_id, stage_id, child.pid, child.log_path)
@@ -209,6 +219,15 @@ class NodeDaemon:
             return (f"{self.node_id}: trainer_config_{self.node_id}.json has {len(stages)} stage(s); "
                     f"the job asked for stage {stage_id}")
         return ""
+
+    def _progress_timeout(self) -> float:
+        """fed_conf.json's progress_timeout, read at each stage start like the trainer config."""
+        from xfed.config import load_fed_conf
+
+        try:
+            return float(load_fed_conf(self.config_path).progress_timeout)
+        except XfedError:
+            return float(getattr(self.fed, "progress_timeout", 300.0) or 300.0)
 
     def _ensure_spare(self) -> None:
         """Keep one warm stage process while idle (retrying every 5 s if spares die unused)."""
@@ -238,17 +257,30 @@ class NodeDaemon:
             return
         rc = child.poll()
         if rc is None:
+            watch = child.watch
+            if watch is not None and not child.stop_reason and not child.stall_reason:
+                quiet = watch.check()
+                if quiet is not None:  # frozen, deadlocked or stuck: its own report will never come
+                    child.stall_reason = watch.describe(quiet, child.pid)
+                    log.error("job %s stage %s: pid %s %s", child.job_id, child.stage_id, child.pid,
+                              child.stall_reason)
+                    child.kill_group()
+                    return
             if not offline and time.monotonic() - self._last_job_check > 0.5:
                 self._last_job_check = time.monotonic()
                 state = self.jobs.state(child.job_id)
                 # a SUCCESSFUL job's children are on their way out after reporting `done`
-                if state is None or state in (JobState.FAILED, JobState.STOPPED):
+                if state is None or state in (JobState.FAILED, JobState.STOPPED, JobState.CORRUPT):
                     child.stop(f"job is {state.value if state else 'gone'}")
             return
         reporter = self._reporter(child.job_id, child.stage_id, child.attempt)
         what = describe_exit(rc)
         log.info("job %s stage %s: child pid %s %s", child.job_id, child.stage_id, child.pid, what)
-        if rc in (EXIT_DONE, EXIT_ERROR_REPORTED, EXIT_STOPPED):
+        if child.stall_reason:
+            self._send(reporter, "error", {
+                "message": f"{self.node_id}: stage {child.stage_id} process (pid {child.pid}) {child.stall_reason}"
+                           f" [log {child.log_path}]", "exit": what})
+        elif rc in (EXIT_DONE, EXIT_ERROR_REPORTED, EXIT_STOPPED):
             pass  # the child reported for itself
         elif child.stop_reason:
             self._send(reporter, "status", {"state": "stopped", "reason": child.stop_reason, "exit": what})

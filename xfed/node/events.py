@@ -47,7 +47,7 @@ class EventReporter:
 
     def __init__(self, r, keys, job_id: str, node_id: str, stage_id: int, attempt: int = 0, *,
                  identity_key: Any = None) -> None:
-        self.stream = ControlStream(r, keys.job_events(job_id), maxlen=100_000)
+        self.stream = ControlStream(r, keys.job_events(job_id), maxlen=100_000, owner=keys.job(job_id))
         self.job_id, self.node_id, self.stage_id, self.attempt = str(job_id), node_id, int(stage_id), int(attempt)
         self.namespace, self.identity_key = keys.namespace, identity_key
 

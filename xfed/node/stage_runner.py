@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from xfed.errors import XfedError
     from xfed.node.context import StageContext, StopWatcher
     from xfed.node.events import EventReporter
+    from xfed.node.pulse import Pulse
 
     fed = load_fed_conf(args.config_path)
     # before any event: without a valid key this process cannot sign one, so a key problem ends it
@@ -125,7 +126,13 @@ def run(args: argparse.Namespace) -> int:
     keys = Keys(fed.redis.namespace)
     r = connect(fed)
     reporter = EventReporter(r, keys, args.job, args.node, args.stage, args.attempt, identity_key=identity_key)
-    watcher = StopWatcher(JobStore(r, keys), args.job, args.stage, args.attempt)
+    pulse = Pulse(args.work_dir)  # the daemon fails a stage whose main thread stops moving
+    watcher = StopWatcher(JobStore(r, keys), args.job, args.stage, args.attempt, on_poll=pulse.beat)
+
+    def report(kind: str, data: dict) -> None:
+        if kind == "progress" and isinstance(data, dict):
+            pulse.beat(data)
+        reporter.report(kind, data)
 
     in_operator = [True]
 
@@ -143,12 +150,13 @@ def run(args: argparse.Namespace) -> int:
                             f"the job asked for stage {args.stage}")
         stage = stages[args.stage]
         reporter.status("running", pid=os.getpid())
+        pulse.beat()
         ctx = StageContext(
             job_id=args.job, stage_id=args.stage, attempt=args.attempt, node_id=args.node,
             identity=stage.identity, stage=stage, fed=fed, trainer_ids=list(fed.trainer_ids),
             assist_id=fed.assist_trainer_id, comm=_make_comm(r, keys, args, watcher, fed, identity_key),
             work_dir=Path(args.work_dir), identity_key=identity_key,
-            _report=reporter.report, _should_stop=watcher,
+            _report=report, _should_stop=watcher,
         )
         _warn_unpinned(fed, args.node, reporter)
         from xfed.operators.registry import operator_module
@@ -170,7 +178,10 @@ def run(args: argparse.Namespace) -> int:
             traceback.print_exc()
             message = f"{type(err).__name__}: {err} (traceback in {args.work_dir}/stage.log)"
         log.error("stage failed: %s", message)
-        return EXIT_ERROR_REPORTED if _try(reporter.error, message) else 1
+        # the party whose check failed (an upload, a set-up) when that is not this node
+        blame = getattr(err, "blame", None)
+        extra = {"blame": blame} if isinstance(blame, str) and blame and blame != args.node else {}
+        return EXIT_ERROR_REPORTED if _try(reporter.error, message, **extra) else 1
 
 
 def _identity_key(fed, args):

@@ -11,14 +11,23 @@ import time
 from typing import Any
 
 from xfed.broker.attempts import with_ended_attempt
-from xfed.broker.heartbeat import Heartbeat, alive_nodes, wait_until_free
+from xfed.broker.heartbeat import TTL_FACTOR, Heartbeat, alive_nodes
 from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus, can_resume
 from xfed.broker.messages import NodeState, StageAction, job_event, stop_job_command
 from xfed.broker.requests import send_reply
 from xfed.broker.streams import ControlStream, Entry, read_many
 from xfed.errors import BrokerError, XfedError
 from xfed.scheduler.dropouts import judge_dead, note_secagg, policy_of
-from xfed.scheduler.progress import decide_after_stage, missing_nodes
+from xfed.scheduler.event_checks import EventChecks
+from xfed.scheduler.progress import (
+    after_end_status,
+    decide_after_stage,
+    done_problem,
+    event_time,
+    failure_of,
+    missing_nodes,
+    plan_field,
+)
 
 log = logging.getLogger("xfed.scheduler")
 
@@ -48,12 +57,12 @@ class Scheduler:
         self._liveness_grace_until = 0.0
         # highest job id issued or seen: a Redis that lost its data must not hand out an id again
         self._max_job_id = 0
-        self._event_checks: dict[str, Any] = {}   # job id -> EventVerifier | None (identities pinned?)
+        self.event_checks = EventChecks(fed, keys.namespace)  # signatures, when identities are pinned
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
-        self._wait_for_previous_scheduler()
-        self.hb.start()
+        self.hb.on_lost = self.shutdown.set  # another scheduler took over while this one was frozen
+        self.hb.start(wait_s=TTL_FACTOR * self.interval + 1.0)  # atomic lease: one scheduler per namespace
         self.requests.ensure_group(GROUP)
         # a new scheduler cannot tell whether Redis was just away (heartbeat keys lapsed, nodes still
         # reconnecting): the same grace as after an outage before a missing heartbeat fails a job
@@ -78,14 +87,13 @@ class Scheduler:
                         down_since = time.monotonic()
                         log.warning("broker problem, retrying: %s", err)
                     self.shutdown.wait(0.5)
+                except Exception:  # noqa: BLE001 - one bad record or job must never end the scheduler
+                    log.exception("scheduler step failed (carrying on)")
+                    self.shutdown.wait(0.5)
         finally:
             self.hb.stop()
             log.info("scheduler stopped")
         return 0
-
-    def _wait_for_previous_scheduler(self) -> None:
-        """Refuse to run beside a live scheduler; wait out the heartbeat TTL of a dead one."""
-        wait_until_free(self.r, self.keys, SCHEDULER_ID, interval=self.interval, key=self.keys.scheduler())
 
     def _grace_s(self) -> float:
         """After Redis was away: two beats, plus the reconnect backoff of the nodes' clients (capped at 2 s)."""
@@ -122,19 +130,29 @@ class Scheduler:
                     raise
                 except Exception as err:  # noqa: BLE001 - a bug must fail one job, not the scheduler
                     log.exception("job %s: processing events failed", job_id)
-                    self._finish(job_id, JobState.FAILED, f"scheduler error: {type(err).__name__}: {err}", "")
+                    try:
+                        self._finish(job_id, JobState.FAILED, f"scheduler error: {type(err).__name__}: {err}", "")
+                    except BrokerError:
+                        raise
+                    except Exception:  # noqa: BLE001 - not even failing it works: stop tracking it
+                        log.exception("job %s: cannot fail it either; no longer tracking it", job_id)
+                        self._forget(job_id)
         now = time.monotonic()
         if now - began > max(self.interval, 1.0):  # a normal step blocks <= 0.1 s
             # a Redis blip absorbed by the client's retries: same grace as an outage
             self._liveness_grace_until = now + self._grace_s()
         for job_id, until in list(self.lingering.items()):
             if now > until:
-                self.lingering.pop(job_id, None)
-                self.cursors.pop(job_id, None)
-                self._event_checks.pop(job_id, None)
+                self._forget(job_id)
         if now - self._last_liveness >= self.interval / 4:
             self._last_liveness = now
             self._check_liveness()
+
+    def _forget(self, job_id: str) -> None:
+        """Stop reading a job's events (ended and lingered, vanished, or unreadable)."""
+        self.lingering.pop(job_id, None)
+        self.cursors.pop(job_id, None)
+        self.event_checks.forget(job_id)
 
     # -- requests -------------------------------------------------------------------------------
     def _handle_request(self, entry: Entry) -> None:
@@ -143,6 +161,12 @@ class Scheduler:
                 log.warning("ignoring malformed request: %s", entry.error)
                 return
             msg = entry.msg
+            try:
+                self.keys.reply(msg["request_id"])
+            except XfedError:  # no way to answer it: do not act on it either (the sender learns nothing)
+                log.warning("ignoring %s request: request id %r is not usable as a key", msg["type"],
+                            str(msg["request_id"])[:80])
+                return
             try:
                 reply = self._start(msg) if msg["type"] == "start" else self._stop(msg)
             except BrokerError:
@@ -246,7 +270,10 @@ class Scheduler:
             self._dispatch(job_id, decision.stage, job.attempt, job.participants)
         elif decision.action is StageAction.SUCCESS:
             n_stages = job.stage + 1
-            self._finish(job_id, JobState.SUCCESSFUL, "", "", n_stages=n_stages)
+            # when the last node finished, not when this scheduler (maybe re-attached later) saw it
+            finished = [s.finished for n, s in job.nodes.items() if n in job.participants and s.finished]
+            ended = {"ended": repr(max(finished))} if finished else {}
+            self._finish(job_id, JobState.SUCCESSFUL, "", "", n_stages=n_stages, **ended)
         elif decision.action is StageAction.FAIL:
             self._finish(job_id, JobState.FAILED, decision.reason, decision.node)
 
@@ -268,24 +295,30 @@ class Scheduler:
         return True
 
     def _job_event(self, job_id: str, state: JobState, stage: int, **fields: Any) -> None:
-        ControlStream(self.r, self.keys.job_events(job_id), maxlen=100_000).add(
+        ControlStream(self.r, self.keys.job_events(job_id), maxlen=100_000, owner=self.keys.job(job_id)).add(
             job_event(job_id, state.value, stage, **fields))
 
     # -- events ---------------------------------------------------------------------------------
     def _process_events(self, job_id: str, entries: list[Entry]) -> None:
         job = self.jobs.get(job_id)
-        if job is None:
-            self.cursors.pop(job_id, None)
+        if job is None or job.state is JobState.CORRUPT:
+            # the record vanished (Redis lost its data) or became unreadable: nothing to update, and
+            # writing would re-create a hash without state; the nodes see it and stop by themselves
+            log.warning("job %s: %s; no longer tracking it", job_id,
+                        job.reason if job else "its record is gone from Redis (data lost or expired)")
+            self._forget(job_id)
             return
         changed = False
         for entry in entries:
             self.cursors[job_id] = entry.id
-            problem = entry.msg and self._forged(job_id, entry.msg)
+            problem = entry.msg and self.event_checks.problem(job_id, entry.msg)
             if problem:  # another node (or anyone able to append) writing in a pinned node's name
                 log.warning("job %s: event %s ignored: %s", job_id, entry.id, problem)
                 continue
             if job.state.terminal:
-                self._note_after_end(job, entry)
+                noted = after_end_status(job, entry.msg)  # who stopped (for `status`), nothing else
+                if noted is not None:
+                    self.jobs.set_node(job.job_id, entry.msg["node"], noted)
                 continue
             if entry.error:
                 self._finish(job_id, JobState.FAILED, f"malformed event: {entry.error}", "")
@@ -297,27 +330,6 @@ class Scheduler:
         self.jobs.set_fields(job_id, cursor=self.cursors[job_id])
         if changed:
             self._advance_if_ready(job_id)
-
-    def _forged(self, job_id: str, msg: dict) -> str | None:
-        """Why a node event must not be applied (identities pinned, signature missing or wrong), else None.
-
-        fed_conf.json is read again for each job, as nodes read it at each stage start."""
-        if msg["type"] == "job":
-            return None  # the scheduler's own
-        if job_id not in self._event_checks:
-            from xfed.config import load_fed_conf
-            from xfed.security.events import EventVerifier
-
-            identities = getattr(self.fed, "identities", None) or {}
-            config_dir = getattr(self.fed, "config_dir", None)
-            if config_dir is not None:
-                try:
-                    identities = load_fed_conf(config_dir).identities
-                except XfedError as err:
-                    log.warning("job %s: fed_conf.json unreadable (%s); using identities read at start", job_id, err)
-            self._event_checks[job_id] = EventVerifier(identities) if identities else None
-        check = self._event_checks[job_id]
-        return check.problem(self.keys.namespace, msg) if check else None
 
     def _apply_event(self, job: Job, msg: dict) -> bool:
         """Update the job from one node event; True when a stage may have completed or it failed."""
@@ -341,15 +353,27 @@ class Scheduler:
             status.progress = msg["data"]
             if status.state in (NodeState.DISPATCHED, NodeState.PENDING):
                 status.state = NodeState.RUNNING
+            rounds, field = msg["data"].get("rounds"), plan_field(job.stage, job.attempt)
+            if isinstance(rounds, int) and not isinstance(rounds, bool) and field not in job.extra:
+                # the first announced plan is what every done of this stage must prove it completed
+                self.jobs.set_fields(job.job_id, **{field: str(rounds)})
+                job.extra[field] = str(rounds)
         elif kind == "error":
             status.state, status.message = NodeState.FAILED, msg["message"]
             self.jobs.set_node(job.job_id, node, status)
-            message = msg["message"]
-            reason = message if message.startswith(f"{node}:") else f"{node}: {message}"
-            self._finish(job.job_id, JobState.FAILED, reason, node)
+            blamed, reason = failure_of(msg, job.participants)
+            self._finish(job.job_id, JobState.FAILED, reason, blamed, ended=repr(event_time(msg)))
             return True
         elif kind == "done":
+            planned = job.extra.get(plan_field(job.stage, job.attempt))
+            problem = done_problem(msg.get("result"), int(planned) if planned and planned.isdigit() else None)
+            if problem:  # not the end of this stage: forged, or an operator that ended early
+                self._finish(job.job_id, JobState.FAILED, f"{node}: done event without evidence that stage "
+                             f"{job.stage} completed: {problem} (forged? pin identities in fed_conf.json so "
+                             f"events are signed)", node)
+                return True
             status.state, status.n_stages = NodeState.DONE, msg["n_stages"]
+            status.finished = event_time(msg)
             result = msg.get("result")
             status.result = result if isinstance(result, dict) else None
             self.jobs.set_node(job.job_id, node, status)
@@ -362,17 +386,6 @@ class Scheduler:
         self.jobs.set_node(job.job_id, node, status)
         return False
 
-    def _note_after_end(self, job: Job, entry: Entry) -> None:
-        """After the end, record who stopped (for `status`), but change nothing else."""
-        msg = entry.msg
-        if not msg or msg["type"] not in ("status", "error") or msg.get("node") not in job.participants:
-            return
-        status = job.nodes.get(msg["node"], NodeStatus())
-        if status.state in (NodeState.DONE, NodeState.FAILED):
-            return
-        status.state = NodeState.STOPPED if msg["type"] == "error" or msg.get("state") == "stopped" else status.state
-        self.jobs.set_node(job.job_id, msg["node"], status)
-
     # -- liveness -------------------------------------------------------------------------------
     def _check_liveness(self) -> None:
         running = [j for j in self.cursors if j not in self.lingering]
@@ -381,7 +394,10 @@ class Scheduler:
         alive = alive_nodes(self.r, self.keys, self.participants)
         for job_id in running:
             job = self.jobs.get(job_id)
-            if job is None or not job.active:
+            if job is None or job.state is JobState.CORRUPT:
+                self._forget(job_id)  # vanished or unreadable: nothing to fail (see _process_events)
+                continue
+            if not job.active:
                 continue
             dead = missing_nodes(job.participants, alive)
             verdict = judge_dead(job, policy_of(job), dead, self.interval) if dead else None

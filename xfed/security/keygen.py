@@ -9,6 +9,11 @@ from xfed.security.identity import default_key_path, generate, write_private_key
 
 
 def keygen_command(node_id: str, *, out_dir: str) -> None:
+    from xfed.config.fed_conf import NODE_ID_RE, NODE_ID_RULE
+    from xfed.errors import ConfigError
+
+    if not NODE_ID_RE.match(node_id):  # the id names the key file: `../../x` would escape DIR/keys/
+        raise ConfigError(f"keygen: bad node id {node_id!r}: {NODE_ID_RULE}")
     key = generate(node_id)
     path = write_private_key(key, default_key_path(out_dir, node_id))
     click.echo(f"private key: {path} (keep it on {node_id}'s machine only)")

@@ -15,6 +15,7 @@ import torch
 from peft import PeftConfig, PeftModel, PeftType
 from safetensors.torch import load_file, save_file
 
+from xfed.diskio import writing
 from xfed.errors import JobError, ModelError
 
 # Written beside a projected prefix adapter: the trainable embedding + MLP, needed to resume training
@@ -62,13 +63,14 @@ def _is_projected_prefix(config: PeftConfig) -> bool:
 
 def save_adapter(peft_model: PeftModel, directory: Path) -> Path:
     """Save in PEFT's format (loadable by `PeftModel.from_pretrained`), plus the resume state of a projected prefix."""
-    directory.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(str(directory), safe_serialization=True)
-    config = peft_model.peft_config[peft_model.active_adapter]
-    if _is_projected_prefix(config):
-        encoder = peft_model.prompt_encoder[peft_model.active_adapter]
-        state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
-        save_file(state, str(directory / PREFIX_TRAINABLE_FILE))
+    with writing(directory):  # a full disk names the folder, not a raw SafetensorError
+        directory.mkdir(parents=True, exist_ok=True)
+        peft_model.save_pretrained(str(directory), safe_serialization=True)
+        config = peft_model.peft_config[peft_model.active_adapter]
+        if _is_projected_prefix(config):
+            encoder = peft_model.prompt_encoder[peft_model.active_adapter]
+            state = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
+            save_file(state, str(directory / PREFIX_TRAINABLE_FILE))
     return directory
 
 

@@ -326,7 +326,7 @@ def check_trainer_args(trainer: dict[str, Any]) -> list[InitErrorDetails]:
             continue
         elif name not in specs:
             error(key, "not a transformers.TrainingArguments field" + did_you_mean(key, [*specs, *XFL_TRAINER_ALIASES]))
-        elif (reason := check_value(specs[name], value)) is not None:
+        elif (reason := check_value(specs[name], value, name)) is not None:
             error(key, reason)
     return errors
 

@@ -14,9 +14,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from xfed.aggregation import encryption_kind, make_leaf, make_root
+from xfed.aggregation import encryption_kind, make_leaf, make_root, tensors_digest
 from xfed.config import fill_placeholders
-from xfed.errors import ConfigError, JobError, PreflightError, XfedError
+from xfed.errors import ConfigError, JobError, PreflightError, XfedError, blaming
 
 from . import protocol, reporting, resume
 from .adapter_state import extract_trainable, load_trainable, save_adapter
@@ -73,6 +73,11 @@ def validated_params(raw: dict[str, Any], where: str) -> dict[str, Any]:
     out["encryption"] = model.encryption_dict()
     out["trainer"] = model.trainer_kwargs()
     return out
+
+
+def fed_nodes(ctx: Any) -> list[str]:
+    """Every participant of the job (label trainers and the assist trainer)."""
+    return [*ctx.trainer_ids, *([ctx.assist_id] if ctx.assist_id else [])]
 
 
 def _warn(ctx: Any, message: str) -> None:
@@ -201,9 +206,11 @@ class _Party:
         self.reporter.save_state()  # the steps logged after the last round too
         self.reporter.save_state(final)
         self.reporter.finish()
+        # the evidence of a completed stage: the last aggregate's digest, the same on every party
+        final_digest = getattr(aggregator, "last_digest", None) or tensors_digest(extract_trainable(self.peft_model))
         self.metrics.write(final=str(final), elapsed_s=round(time.monotonic() - started, 2), warnings=self.warnings)
         last = self.metrics.rounds[-1] if self.metrics.rounds else {}
-        return {"rounds": rounds, "final": str(final), "metrics": str(self.metrics.path),
+        return {"rounds": rounds, "final": str(final), "final_digest": final_digest, "metrics": str(self.metrics.path),
                 "last_round": {k: v for k, v in last.items() if isinstance(v, (int, float, str))},
                 "warnings": self.warnings}
 
@@ -222,7 +229,7 @@ class _Label(_Party):
         protocol.send_meta(ctx, ctx.assist_id, protocol.HELLO, {"train_params": self.own})
         reply = protocol.recv_meta(ctx, ctx.assist_id, protocol.PARAMS)
         if not reply.get("ok", True):
-            raise JobError(str(reply.get("error", "assist trainer refused the parameters")))
+            raise blaming(JobError(str(reply.get("error", "assist trainer refused the parameters"))), ctx.assist_id)
         for line in conflict_warnings(self.node, list(reply.get("conflicts") or [])):
             self.warnings.append(line)  # the assist trainer reports them to the job's events
             log.warning(line)
@@ -239,8 +246,9 @@ class _Label(_Party):
             **resume.preflight_fields(ctx, self.output_dir),
         })
         plan = protocol.recv_meta(ctx, ctx.assist_id, protocol.PLAN)
-        if not plan.get("ok"):
-            raise PreflightError(str(plan.get("error", "preflight failed")))
+        if not plan.get("ok"):  # someone else's failure: the job records the party it names, not us
+            culprit = plan.get("blame") if plan.get("blame") in fed_nodes(ctx) else ctx.assist_id
+            raise blaming(PreflightError(str(plan.get("error", "preflight failed"))), culprit)
         for message in plan.get("warnings") or []:
             self.warnings.append(message)
         leaf = make_leaf(_KeepWarnings(ctx, self.warnings), self.params.get("encryption"), timeout=ROUND_TIMEOUT_S,
@@ -284,7 +292,7 @@ class _Assist(_Party):
             failed = {node: r["error"] for node, r in reports.items() if r.get("error")}
             if failed:
                 node, error = sorted(failed.items())[0]
-                raise JobError(f"{node} failed its set-up: {error}")
+                raise blaming(JobError(f"{node} failed its set-up: {error}"), node)
             by_node = {self.node: self.fingerprints, **{n: dict(reports[n].get("fingerprints") or {}) for n in trainers}}
             try:
                 compare_fingerprints(self.node, by_node)
@@ -301,8 +309,9 @@ class _Assist(_Party):
             restored = resume.restore(ctx, self.output_dir, start, rounds)
         except XfedError as exc:
             protocol_error = str(exc)
+            culprit = getattr(exc, "blame", None) or self.node
             for node in trainers:
-                protocol.send_meta(ctx, node, protocol.PLAN, {"ok": False, "error": protocol_error})
+                protocol.send_meta(ctx, node, protocol.PLAN, {"ok": False, "error": protocol_error, "blame": culprit})
             raise
         for node in trainers:
             protocol.send_meta(ctx, node, protocol.PLAN, {"ok": True, "rounds": rounds, "warnings": self.warnings,

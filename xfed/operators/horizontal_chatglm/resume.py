@@ -41,10 +41,13 @@ def save_round_state(output_dir: Path, round_idx: int, rounds: int, tensors: dic
     """Write checkpoint-{round_idx}/xfed_resume/ (tensors, trainer state), `state.json` last."""
     from safetensors.numpy import save_file
 
+    from xfed.diskio import writing
+
     folder = checkpoint_dir(output_dir, round_idx) / RESUME_DIR
     (folder / STATE_FILE).unlink(missing_ok=True)  # incomplete until rewritten below
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(folder / TENSORS_FILE))
+    with writing(folder / TENSORS_FILE):  # a full disk names the file, not a raw SafetensorError
+        save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(folder / TENSORS_FILE))
     step = None
     if trainer is not None:
         # the same files, taken at the same point of the step, as the Trainer's own checkpoints

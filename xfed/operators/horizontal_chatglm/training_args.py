@@ -43,13 +43,27 @@ def json_kind(value: Any) -> str:
     return type(value).__name__
 
 
-def check_value(spec: FieldSpec, value: Any) -> str | None:
-    """None if `value` fits `spec`, else a one-line reason."""
+# Ranges the type alone does not say; a value outside surfaced only at training time (a raw
+# ValueError, or "node-1 has -4 optimizer steps"). name -> (lowest allowed, inclusive?, wording).
+_RANGES: dict[str, tuple[float, bool, str]] = {
+    "per_device_train_batch_size": (1, True, ">= 1"),
+    "per_device_eval_batch_size": (1, True, ">= 1"),
+    "gradient_accumulation_steps": (1, True, ">= 1"),
+    "num_train_epochs": (0, False, "> 0"),
+}
+
+
+def check_value(spec: FieldSpec, value: Any, name: str = "") -> str | None:
+    """None if `value` fits `spec` (and the field's range), else a one-line reason."""
     kind = json_kind(value)
     if "any" not in spec.kinds and kind not in spec.kinds:
         return f"expected {spec.describe()}, got {value!r}"[:160]
     if kind == "str" and spec.choices and value not in spec.choices:
         return f"must be one of {', '.join(spec.choices)}, got {value!r}"
+    if name in _RANGES and kind in ("int", "float"):
+        low, inclusive, wording = _RANGES[name]
+        if value < low or (value == low and not inclusive):
+            return f"must be {wording}, got {value!r}"
     return None
 
 

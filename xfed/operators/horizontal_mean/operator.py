@@ -51,7 +51,7 @@ def load_params(ctx) -> Params:
 
 def run(ctx) -> dict[str, Any]:
     """Entry point called by the node's stage runner (see docs/CONTRACTS.md, StageContext)."""
-    from xfed.aggregation import make_leaf, make_root
+    from xfed.aggregation import make_leaf, make_root, tensors_digest
 
     own = load_params(ctx)
     if not ctx.assist_id:
@@ -75,6 +75,7 @@ def run(ctx) -> dict[str, Any]:
             raise JobError(f"{ctx.node_id}: initial tensors from {ctx.assist_id} have the wrong shape")
     worst = 0.0
     history = []
+    last_avg: dict = {}
     for r in range(params.rounds):
         if params.round_delay_s:
             _sleep(ctx, params.round_delay_s)
@@ -84,7 +85,7 @@ def run(ctx) -> dict[str, Any]:
         mine = ctx.node_id in weights
         tensors = {"mean": contribution(params.seed, ctx.node_id, r, params.dim)} if mine else None
         weight = weights.get(ctx.node_id, 0.0)
-        avg = agg.aggregate(r, tensors, weight)
+        avg = last_avg = agg.aggregate(r, tensors, weight)
         got = np.asarray(avg["mean"], dtype=np.float64)
         # dropout-tolerant secure aggregation sums only the round's survivors (and says who they were)
         summed = getattr(agg, "last_contributors", None) or list(weights)
@@ -105,7 +106,9 @@ def run(ctx) -> dict[str, Any]:
         ctx.report("progress", {"round": r + 1, "rounds": params.rounds, "fraction": (r + 1) / params.rounds})
     result = {"rounds": params.rounds, "dim": params.dim, "encryption": next(iter(params.encryption)),
               "contributors": len(weights), "max_abs_err": worst,
-              "seconds": round(time.monotonic() - t0, 3)}
+              "seconds": round(time.monotonic() - t0, 3),
+              # the evidence of a completed stage (xfed.scheduler.progress): the last aggregate's digest
+              "final_digest": getattr(agg, "last_digest", None) or tensors_digest(last_avg)}
     _write_output(ctx, result, history)
     return result
 
