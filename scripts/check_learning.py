@@ -1,7 +1,7 @@
 """Does the demo task still learn on this CPU? The tiny model's skills and a short FedAvg LoRA run, in one process.
 
     ATEN_CPU_CAPABILITY=default python scripts/check_learning.py [--model work/tiny-glm] [--data work/demo_data]
-        [--steps 300] [--rounds 10] [--batch 8] [--lr 1e-2] [--min-skill 99] [--min-em 60] [--json]
+        [--steps 450] [--rounds 10] [--batch 16] [--lr 3e-3] [--min-skill 99] [--min-em 60] [--json]
 
 1. the tiny model's pre-training skills (copy / upper / lower): greedy exact match on 200 fresh words each;
 2. the demo's LoRA recipe as a FedAvg sketch (plain torch + peft, not the operator's processes): three
@@ -70,8 +70,9 @@ def exact_match(model, tokenizer, pairs: list[tuple[str, str, str]]) -> dict[str
 
 
 def fedavg_lora(base, tokenizer, shards: list[list[tuple[str, str, str]]], steps: int, rounds: int, batch: int,
-                lr: float, seed: int, schedule: str = "constant") -> tuple[object, float]:
-    """The demo's LoRA recipe, FedAvg over the shards; returns the averaged model and the last mean loss."""
+                lr: float, seed: int, schedule: str = "constant", heldout=None) -> tuple[object, float, list]:
+    """The demo's LoRA recipe, FedAvg over the shards: the averaged model, the last mean loss and, when
+    `heldout` is given, [step, held-out exact match] after every round."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -86,6 +87,7 @@ def fedavg_lora(base, tokenizer, shards: list[list[tuple[str, str, str]]], steps
     orders: list[list[int]] = [[] for _ in shards]
     ends = {round(steps * (r + 1) / rounds) for r in range(rounds)}
     losses: list[float] = []
+    curve: list[list[float]] = []
     for step in range(1, steps + 1):
         # the HF Trainer's schedules without warm-up: factor at optimizer step `step - 1` of `steps`
         done = (step - 1) / steps
@@ -113,19 +115,24 @@ def fedavg_lora(base, tokenizer, shards: list[list[tuple[str, str, str]]], steps
                     mean = torch.stack([p.data for p in group]).mean(0)
                     for p in group:
                         p.data.copy_(mean)
+            if heldout is not None:
+                models[0].eval()
+                curve.append([step, round(exact_match(models[0], tokenizer, heldout)["all"], 1)])
+                models[0].train()
     models[0].eval()
     tail = losses[-3 * 10:]
-    return models[0], sum(tail) / len(tail)
+    return models[0], sum(tail) / len(tail), curve
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=REPO / "work" / "tiny-glm")
     ap.add_argument("--data", type=Path, default=REPO / "work" / "demo_data")
-    ap.add_argument("--steps", type=int, default=300, help="optimizer steps per party (default 300)")
+    # defaults: the 3party_lora demo's recipe (600 examples per party, batch 16, 12 epochs = 450 steps)
+    ap.add_argument("--steps", type=int, default=450, help="optimizer steps per party (default 450)")
     ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--lr-schedule", choices=("constant", "linear", "cosine"), default="constant")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--min-skill", type=float, default=99.0, help="pre-training skills, percent (default 99)")
@@ -150,11 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     shards = [read_pairs(args.data / f"{p}.json") for p in PARTIES]
     heldout = read_pairs(args.data / "heldout.json")
     base_em = exact_match(base, tokenizer, heldout)
-    fed, loss = fedavg_lora(base, tokenizer, shards, args.steps, args.rounds, args.batch, args.lr, args.seed,
-                           args.lr_schedule)
+    fed, loss, curve = fedavg_lora(base, tokenizer, shards, args.steps, args.rounds, args.batch, args.lr, args.seed,
+                           args.lr_schedule, heldout)
     fed_em = exact_match(fed, tokenizer, heldout)
     result = {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "skills": skills,
               "heldout_base": base_em, "heldout_fedavg": fed_em, "final_loss": round(loss, 4),
+              "curve": curve,
               "settings": {"steps": args.steps, "rounds": args.rounds, "batch": args.batch, "lr": args.lr,
                            "lr_schedule": args.lr_schedule, "seed": args.seed}, "wall_s": round(time.time() - t0, 1)}
     ok = min(skills.values()) >= args.min_skill and fed_em["all"] >= args.min_em
@@ -166,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{result['cpu_capability']} kernels: pre-training skills (exact match %): {fmt(skills)}")
         print(f"held-out exact match %: base {fmt(base_em)} -> FedAvg LoRA {fmt(fed_em)} "
               f"(loss {loss:.4f}, {args.steps} steps x {len(PARTIES)} parties, {result['wall_s']} s)")
+        print("after each round (step: exact match %): " + ", ".join(f"{int(a)}: {b:.1f}" for a, b in curve))
     if not ok:
         print(f"check_learning: below the thresholds (skills >= {args.min_skill:g}%, held-out >= {args.min_em:g}%)",
               file=sys.stderr)

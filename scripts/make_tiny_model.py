@@ -20,8 +20,8 @@ import shutil
 import string
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_demo_data import LETTERS, MAX_LEN, MIN_LEN, render_prompt  # noqa: E402
@@ -109,8 +109,7 @@ def encode_batch(tokenizer, pairs: list[tuple[str, str]]):
     return ids, mask, lab
 
 
-@dataclass
-class PretrainResult:
+class PretrainResult(NamedTuple):  # not a dataclass: tests load this file without registering a module
     steps: int  # optimizer steps taken in all
     learned_at: int | None  # the step at whose check every skill first reached LEARNED_PCT (None: never)
     loss: float  # mean loss of the last 20 steps

@@ -46,6 +46,7 @@ def test_fresh_tiny_model_and_demo_lora_learn_under_default_kernels(tmp_path):
     checked = run([str(SCRIPTS / "check_learning.py"), "--model", str(model), "--data", str(data), "--json"])
     assert checked.stdout.strip(), checked.stderr[-2000:]
     result = json.loads(checked.stdout.strip().splitlines()[-1])
+    print(json.dumps({"tiny_model": measured, **result}))  # the numbers, for -s and for a failure's report
     assert result["cpu_capability"] == "DEFAULT"
     assert result["heldout_base"]["all"] <= 5.0, result  # the ciphers are new to the base model
     # every cipher learned, not just one party's: a fragile recipe fails here before the demo does
