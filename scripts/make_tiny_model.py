@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     stamp = {**want, "measured": {"steps": result.steps, "learned_at": result.learned_at,
-                                  "loss": round(result.loss, 5), "exact_match": result.accuracy,
+                                  "loss": round(result.loss, 5) if result.steps else None, "exact_match": result.accuracy,
                                   "cpu_capability": torch.backends.cpu.get_cpu_capability()}}
     (tmp / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
     if out.exists():
