@@ -48,9 +48,10 @@ echo
 echo "demo finished in $(( $(date +%s) - t0 )) s ($(printf "%s; " "${timings[@]}" | sed "s/; $//")); adapters (PEFT format) under $out/<node>/final"
 base=$(grep -oE 'base model: exact match [0-9.]+' "$WORK/heldout.txt" | awk '{print $NF}')
 fed=$(grep -oE 'base \+ adapter: exact match [0-9.]+' "$WORK/heldout.txt" | awk '{print $NF}')
-if python -c "import sys; sys.exit(0 if float('$fed') > float('$base') else 1)"; then
-    echo "federated adapter beats the base model on held-out exact match: $fed > $base"
+# the documented claim (docs/DEMO_TASK.md), with margin: held-out exact match >= 0.6 and above the base model
+if python -c "import sys; b, f = float('$base'), float('$fed'); sys.exit(0 if f >= 0.6 and f > b else 1)"; then
+    echo "federated adapter learned the three ciphers: held-out exact match $base -> $fed (>= 0.6)"
 else
-    echo "federated adapter did NOT beat the base model on held-out exact match: $fed <= $base" >&2
+    echo "federated adapter did NOT learn the three ciphers: held-out exact match $base -> $fed (want >= 0.6)" >&2
     exit 1
 fi

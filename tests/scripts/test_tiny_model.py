@@ -24,7 +24,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def built(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "tiny-glm"
-    assert tiny.main(["--out", str(out), "--steps", "10", "--seed", "0"]) == 0
+    assert tiny.main(["--out", str(out), "--steps", "10", "--seed", "0", "--min-accuracy", "0"]) == 0
     return out
 
 
@@ -56,21 +56,21 @@ def test_loads_with_auto_classes_and_generates(built):
 
 def test_same_seed_same_weights_and_rerun_is_a_no_op(tiny, built, tmp_path, capsys):
     again = tmp_path / "again"
-    assert tiny.main(["--out", str(again), "--steps", "10", "--seed", "0"]) == 0
+    assert tiny.main(["--out", str(again), "--steps", "10", "--seed", "0", "--min-accuracy", "0"]) == 0
     assert digest(again) == digest(built)
     assert (again / "tokenizer.json").read_bytes() == (built / "tokenizer.json").read_bytes()
     mtime = (again / "model.safetensors").stat().st_mtime_ns
     capsys.readouterr()
-    assert tiny.main(["--out", str(again), "--steps", "10", "--seed", "0"]) == 0
+    assert tiny.main(["--out", str(again), "--steps", "10", "--seed", "0", "--min-accuracy", "0"]) == 0
     assert "up to date" in capsys.readouterr().out
     assert (again / "model.safetensors").stat().st_mtime_ns == mtime
     stamp = json.loads((again / tiny.STAMP).read_text())
-    assert stamp["seed"] == 0 and stamp["steps"] == 10
+    assert stamp["seed"] == 0 and stamp["max_steps"] == 10 and stamp["measured"]["steps"] == 10
 
 
 def test_other_seed_other_weights(tiny, built, tmp_path):
     other = tmp_path / "other"
-    assert tiny.main(["--out", str(other), "--steps", "10", "--seed", "1"]) == 0
+    assert tiny.main(["--out", str(other), "--steps", "10", "--seed", "1", "--min-accuracy", "0"]) == 0
     assert digest(other) != digest(built)
 
 
@@ -83,3 +83,40 @@ def test_refuses_to_replace_a_folder_it_did_not_write(tiny, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "was not written by this script" in capsys.readouterr().err
     assert (mine / "config.json").read_text() == "{}"
+
+
+def test_a_model_that_did_not_learn_its_skills_is_not_written(tiny, tmp_path, capsys):
+    """The recipe's own check: 10 steps teach nothing, so with the default --min-accuracy it fails loudly."""
+    out = tmp_path / "unlearned"
+    assert tiny.main(["--out", str(out), "--steps", "10", "--seed", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "pre-training did not converge" in err and "copy 0.0%" in err and "nothing written" in err
+    assert not out.exists()
+    assert not list(tmp_path.glob(".unlearned.tmp-*"))
+
+
+def test_skill_accuracy_equals_greedy_generation(tiny, built):
+    """The check's teacher-forced argmax scores a word exactly when generate() reproduces the answer."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(built)
+    model = AutoModelForCausalLM.from_pretrained(built).eval()
+    rng = random.Random(3)
+    acc = tiny.skill_accuracy(model, tok, random.Random(3), 8)
+    hits = {}
+    for skill in sorted(tiny.PRETRAIN_SKILLS):
+        alphabet, fn = tiny.PRETRAIN_SKILLS[skill]
+        words = ["".join(rng.choice(alphabet) for _ in range(rng.randint(tiny.MIN_LEN, tiny.MAX_LEN)))
+                 for _ in range(8)]
+        good = 0
+        for w in words:
+            enc = tok(tiny.render_prompt(f"{skill} {w}"), return_tensors="pt")
+            with torch.no_grad():
+                out = model.generate(**enc, max_new_tokens=10, do_sample=False, pad_token_id=tok.pad_token_id)
+            good += tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True) == fn(w) and \
+                out[0, -1].item() == tok.eos_token_id
+        hits[skill] = 100.0 * good / 8
+    assert acc == hits
