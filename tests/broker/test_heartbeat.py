@@ -53,9 +53,11 @@ def test_a_second_daemon_with_the_same_id_is_refused_but_a_dead_ones_ttl_is_wait
 
     r = redis_server.client()
     keys = Keys("hb3")
-    hb = Heartbeat(r, keys, "n1", "label_trainer", interval=0.1).start()
-    with pytest.raises(XfedError, match=r"n1 is already running \(host .*, pid \d+"):
+    hb = Heartbeat(r, keys, "n1", "label_trainer", interval=0.1, config_dir="/srv/fed-a/config").start()
+    with pytest.raises(XfedError, match=r"n1 is already running on namespace 'hb3' \(pid \d+ on host .*, "
+                                        r"config folder /srv/fed-a/config\)") as err:
         wait_until_free(r, keys, "n1", interval=0.1)
+    assert "\n" not in str(err.value)
     hb.stop(deregister=False)  # like kill -9: the key lingers for up to 3 intervals
     t0 = time.monotonic()
     wait_until_free(r, keys, "n1", interval=0.1)

@@ -41,6 +41,7 @@ class NodeInfo:
     started: float | None = None
     job: str = ""
     ttl_ms: int | None = None
+    config: str = ""  # the config folder the process runs from (which federation's it is)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -50,7 +51,8 @@ class Heartbeat:
     """Register a node and keep its heartbeat key alive until `stop()` (or the process dies)."""
 
     def __init__(self, r: redis.Redis, keys, node_id: str, role: str, *, interval: float = DEFAULT_INTERVAL,
-                 ttl_factor: int = TTL_FACTOR, key: str | None = None, info_key: str | None = None) -> None:
+                 ttl_factor: int = TTL_FACTOR, key: str | None = None, info_key: str | None = None,
+                 config_dir: str | os.PathLike | None = None) -> None:
         if interval <= 0:
             raise ValueError("heartbeat interval must be > 0")
         self.r = r
@@ -64,7 +66,7 @@ class Heartbeat:
         self.info: dict[str, str] = {
             "node": node_id, "role": role, "host": socket.gethostname(), "pid": str(os.getpid()),
             "version": getattr(xfed, "__version__", "0"), "started": repr(time.time()),
-            "interval": repr(self.interval), "job": "",
+            "interval": repr(self.interval), "job": "", "config": os.fspath(config_dir) if config_dir else "",
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -149,8 +151,10 @@ def wait_until_free(r: redis.Redis, keys, node_id: str, *, interval: float, key:
             return
         if time.monotonic() > deadline:
             info = node_infos(r, keys, [node_id])[node_id]
-            raise XfedError(f"{node_id} is already running (host {info.host or '?'}, pid {info.pid or '?'}, "
-                            f"namespace {keys.namespace!r}); stop it first")
+            where = f", config folder {info.config}" if info.config else ""
+            raise XfedError(f"{node_id} is already running on namespace {keys.namespace!r} (pid {info.pid or '?'} "
+                            f"on host {info.host or '?'}{where}); stop it first, or give this federation "
+                            "its own redis.namespace")
         time.sleep(min(0.2, ttl / 1000))
 
 
@@ -181,7 +185,8 @@ def node_infos(r: redis.Redis, keys, node_ids: list[str] | None = None) -> dict[
             started = None
         out[n] = NodeInfo(node=n, alive=alive, role=info.get("role", ""), host=info.get("host", ""),
                           pid=int(pid) if pid and pid.isdigit() else None, version=info.get("version", ""),
-                          started=started, job=info.get("job", ""), ttl_ms=ttl if alive else None)
+                          started=started, job=info.get("job", ""), ttl_ms=ttl if alive else None,
+                          config=info.get("config", ""))
     return out
 
 
