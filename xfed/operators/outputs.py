@@ -59,8 +59,8 @@ def claim_output_dir(folder: Path, ctx: Any) -> Path:
     if marker is not None:
         if not same_job(marker, ours):
             raise ConfigError(f"{node}: output folder {folder} holds the files of {describe(marker)}, not of this "
-                              f"{describe(ours)}; xfed does not write over them: move the folder away or give "
-                              "output.path a [JOB_ID] level")
+                              f"{describe(ours)}; xfed does not write over them: move the folder away, or give "
+                              "each federation its own output.path (with a [JOB_ID] level)")
         return folder
     if folder.is_dir() and any(folder.iterdir()):
         raise ConfigError(f"{node}: output folder {folder} already holds files that are no xfed job's; xfed does "
