@@ -55,9 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0].startswith("-"):
         print(USAGE, file=sys.stderr)
         return 2
-    if not Path(args[0]).is_dir():
-        print(f"error: {args[0]}: not a folder (a job's output folder, one sub-folder per node)", file=sys.stderr)
-        return 2
     return report(Path(args[0]), png)
 
 
