@@ -6,4 +6,5 @@ export XFED_CONFIG_PATH="${XFED_CONFIG_PATH:-$XFED_HOME/config}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
-[ -f "$XFED_HOME/.venv/bin/activate" ] && . "$XFED_HOME/.venv/bin/activate"
+# `if`, not `&&`: without a venv, sourcing must still succeed (scripts under `set -e` source this file)
+if [ -f "$XFED_HOME/.venv/bin/activate" ]; then . "$XFED_HOME/.venv/bin/activate"; fi

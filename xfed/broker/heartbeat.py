@@ -60,6 +60,7 @@ class NodeInfo:
     started: float | None = None
     job: str = ""
     ttl_ms: int | None = None
+    config: str = ""  # the config folder the process runs from (which federation's it is)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -69,7 +70,8 @@ class Heartbeat:
     """Register a node and keep its heartbeat key alive until `stop()` (or the process dies)."""
 
     def __init__(self, r: redis.Redis, keys, node_id: str, role: str, *, interval: float = DEFAULT_INTERVAL,
-                 ttl_factor: int = TTL_FACTOR, key: str | None = None, info_key: str | None = None) -> None:
+                 ttl_factor: int = TTL_FACTOR, key: str | None = None, info_key: str | None = None,
+                 config_dir: str | os.PathLike | None = None) -> None:
         if interval <= 0:
             raise ValueError("heartbeat interval must be > 0")
         self.r = r
@@ -83,10 +85,11 @@ class Heartbeat:
         self.info: dict[str, str] = {
             "node": node_id, "role": role, "host": socket.gethostname(), "pid": str(os.getpid()),
             "version": __version__, "started": repr(time.time()),
-            "interval": repr(self.interval), "job": "",
+            "interval": repr(self.interval), "job": "", "config": os.fspath(config_dir) if config_dir else "",
         }
         # the lease value says who holds it (for the "already running" line) and is unique per process
-        self.token = f"pid {os.getpid()} on host {socket.gethostname()} #{uuid.uuid4().hex[:16]}"
+        where = f", config folder {self.info['config']}" if self.info["config"] else ""
+        self.token = f"pid {os.getpid()} on host {socket.gethostname()}{where} #{uuid.uuid4().hex[:16]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = False
@@ -126,8 +129,8 @@ class Heartbeat:
                 raise BrokerError(f"heartbeat of {self.node_id} ({self.key}): {type(err).__name__}: {err}") from err
             if time.monotonic() > deadline:
                 who = _s(holder).split(" #")[0] or "?"
-                raise XfedError(f"{self.node_id} is already running ({who}, namespace {self.keys.namespace!r}); "
-                                "stop it first")
+                raise XfedError(f"{self.node_id} is already running on namespace {self.keys.namespace!r} ({who}); "
+                                "stop it first, or give this federation its own redis.namespace")
             time.sleep(min(0.2, max(0.01, (ttl if isinstance(ttl, int) and ttl > 0 else 50) / 1000)))
 
     def beat(self, *, register: bool = False) -> None:
@@ -209,8 +212,10 @@ def wait_until_free(r: redis.Redis, keys, node_id: str, *, interval: float, key:
             return
         if time.monotonic() > deadline:
             info = node_infos(r, keys, [node_id])[node_id]
-            raise XfedError(f"{node_id} is already running (host {info.host or '?'}, pid {info.pid or '?'}, "
-                            f"namespace {keys.namespace!r}); stop it first")
+            where = f", config folder {info.config}" if info.config else ""
+            raise XfedError(f"{node_id} is already running on namespace {keys.namespace!r} (pid {info.pid or '?'} "
+                            f"on host {info.host or '?'}{where}); stop it first, or give this federation "
+                            "its own redis.namespace")
         time.sleep(min(0.2, ttl / 1000))
 
 
@@ -241,7 +246,8 @@ def node_infos(r: redis.Redis, keys, node_ids: list[str] | None = None) -> dict[
             started = None
         out[n] = NodeInfo(node=n, alive=alive, role=info.get("role", ""), host=info.get("host", ""),
                           pid=int(pid) if pid and pid.isdigit() else None, version=info.get("version", ""),
-                          started=started, job=info.get("job", ""), ttl_ms=ttl if alive else None)
+                          started=started, job=info.get("job", ""), ttl_ms=ttl if alive else None,
+                          config=info.get("config", ""))
     return out
 
 

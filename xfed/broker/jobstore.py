@@ -8,6 +8,7 @@ re-attach to running jobs.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 from enum import Enum
@@ -139,7 +140,7 @@ class Job:
             "job": self.job_id, "state": self.state.value, "stage": self.stage, "attempt": self.attempt,
             "n_stages": self.n_stages, "reason": self.reason, "node": self.node,
             "participants": self.participants, "created": self.created, "started": self.started,
-            "ended": self.ended, "updated": self.updated,
+            "ended": self.ended, "updated": self.updated, "uid": self.extra.get("uid", ""),
             "nodes": {n: s.__dict__ for n, s in self.nodes.items()},
         }
 
@@ -270,6 +271,9 @@ class JobStore:
         job_id = job_id or self.new_job_id(above=above)
         now = time.time()
         mapping: dict[str, str] = {
+            # the job's identity beyond its id: output folders and resume states carry it, so a Redis that
+            # forgot its data (ids restart) cannot make a new job write over, or resume from, an old one's files
+            "uid": secrets.token_hex(8),
             "state": JobState.PENDING.value, "stage": "-1", "attempt": str(attempt),
             "participants": json.dumps(list(participants)), "created": repr(now), "updated": repr(now),
         }
@@ -291,6 +295,10 @@ class JobStore:
             job.reason += (f" (inspect: HGETALL {self.keys.job(job_id)}; remove: DEL {self.keys.job(job_id)} "
                            f"and ZREM {self.keys.jobs_index()} {job_id})")
         return job
+
+    def uid(self, job_id: str) -> str:
+        """The job's uid ("" for a job created before uids, or one that no longer exists)."""
+        return _s(self._call(self.r.hget, self.keys.job(job_id), "uid"))
 
     def require(self, job_id: str) -> Job:
         job = self.get(job_id)

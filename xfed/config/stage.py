@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator
 
 from xfed.config.base import ConfigModel
-from xfed.config.placeholders import resolve_path, unknown_placeholder_message
+from xfed.config.placeholders import fill_placeholders, resolve_path, unknown_placeholder_message
 
 IDENTITIES = ("label_trainer", "assist_trainer")
 # "QA": XFL's {instruction, instances[{input, output}]} json; json/jsonl: records with columns.
@@ -108,13 +108,21 @@ class Stage(ConfigModel):
 
     def resolved(self, base_dir: str | Path) -> Stage:
         """A copy with every relative path made absolute against `base_dir` (placeholders kept)."""
+        return self._map_paths(lambda path: resolve_path(path, base_dir))
+
+    def filled(self, *, job_id: str, node_id: str, stage_id: int) -> Stage:
+        """A copy with [JOB_ID] [NODE_ID] [STAGE_ID] filled in every path, inputs and output alike."""
+        return self._map_paths(lambda path: fill_placeholders(path, job_id=job_id, node_id=node_id,
+                                                              stage_id=stage_id))
+
+    def _map_paths(self, fn) -> Stage:
         data = self.model_dump()
         inp = data["input"]
         for section in ("trainset", "valset", "testset"):
             for ref in inp[section]:
-                ref["path"] = resolve_path(ref["path"], base_dir)
+                ref["path"] = fn(ref["path"])
         for section in ("pretrained_model", "adapter_model"):
             if inp[section] is not None:
-                inp[section]["path"] = resolve_path(inp[section]["path"], base_dir)
-        data["output"]["path"] = resolve_path(data["output"]["path"], base_dir)
+                inp[section]["path"] = fn(inp[section]["path"])
+        data["output"]["path"] = fn(data["output"]["path"])
         return Stage.model_validate(data)

@@ -72,6 +72,7 @@ class StageContext:
     comm: Any                       # xfed.broker.channels.Comm for this (job, stage)
     work_dir: Path
     identity_key: Any = None        # this node's Ed25519 IdentityKey when fed_conf pins identities
+    job_uid: str = ""               # the job record's uid: output folders and resume states carry it
     _report: Callable[[str, dict], None] = field(repr=False, default=lambda kind, data: None)
     _should_stop: Callable[[], bool] = field(repr=False, default=lambda: False)
 

@@ -7,9 +7,11 @@ its death if it did not report for itself. Redis outages are waited out with bac
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,9 +33,13 @@ GROUP = "daemon"
 
 
 def default_work_root(config_path: str | os.PathLike) -> Path:
-    """Scratch space for stages (child logs, operator work dirs): $XFED_WORK_DIR or <config>/work."""
+    """Scratch space for stages (child logs, operator work dirs): $XFED_WORK_DIR, else one folder per config
+    folder under the temp dir. Never inside the config folder: configs are often checked in (git)."""
     env = os.environ.get("XFED_WORK_DIR")
-    return Path(env) if env else Path(config_path).resolve() / "work"
+    if env:
+        return Path(env)
+    tag = hashlib.sha256(str(Path(config_path).resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"xfed-{os.getuid()}-work-{tag}"
 
 
 class NodeDaemon:
@@ -49,7 +55,8 @@ class NodeDaemon:
         self.interval = float(getattr(fed, "heartbeat_interval", 2.0) or 2.0)
         self.cmds = ControlStream(r, keys.node_cmd(node_id), maxlen=1000)
         self.jobs = JobStore(r, keys)
-        self.hb = Heartbeat(r, keys, node_id, role, interval=self.interval)
+        self.hb = Heartbeat(r, keys, node_id, role, interval=self.interval,
+                            config_dir=Path(config_path).resolve())
         self.child: StageChild | None = None
         # a warm stage process (imports done) ready for the next stage; XFED_SPARE_CHILD=0 disables it
         self.use_spare = os.environ.get("XFED_SPARE_CHILD", "1") != "0"

@@ -148,14 +148,15 @@ def run(args: argparse.Namespace) -> int:
         if not 0 <= args.stage < len(stages):
             raise XfedError(f"trainer_config_{args.node}.json has {len(stages)} stage(s); "
                             f"the job asked for stage {args.stage}")
-        stage = stages[args.stage]
+        # every path of the stage, inputs too, with [JOB_ID] [NODE_ID] [STAGE_ID] filled in
+        stage = stages[args.stage].filled(job_id=args.job, node_id=args.node, stage_id=args.stage)
         reporter.status("running", pid=os.getpid())
         pulse.beat()
         ctx = StageContext(
             job_id=args.job, stage_id=args.stage, attempt=args.attempt, node_id=args.node,
             identity=stage.identity, stage=stage, fed=fed, trainer_ids=list(fed.trainer_ids),
             assist_id=fed.assist_trainer_id, comm=_make_comm(r, keys, args, watcher, fed, identity_key),
-            work_dir=Path(args.work_dir), identity_key=identity_key,
+            work_dir=Path(args.work_dir), identity_key=identity_key, job_uid=JobStore(r, keys).uid(args.job),
             _report=report, _should_stop=watcher,
         )
         _warn_unpinned(fed, args.node, reporter)

@@ -49,7 +49,8 @@ class Scheduler:
         self.participants = list(fed.node_ids)
         self.jobs = JobStore(r, keys)
         self.requests = ControlStream(r, keys.requests(), maxlen=10_000)
-        self.hb = Heartbeat(r, keys, SCHEDULER_ID, "scheduler", interval=self.interval, key=keys.scheduler())
+        self.hb = Heartbeat(r, keys, SCHEDULER_ID, "scheduler", interval=self.interval, key=keys.scheduler(),
+                            config_dir=fed.config_dir)
         self.cursors: dict[str, str] = {}          # job id -> last event id read
         self.lingering: dict[str, float] = {}      # finished job id -> stop reading at (monotonic)
         self.shutdown = threading.Event()

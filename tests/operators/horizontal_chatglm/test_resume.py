@@ -123,3 +123,17 @@ def test_earlier_records_keeps_rounds_up_to_start(tmp_path):
     assert resume.earlier_records(path, 2) == []
     path.write_text(json.dumps({"rounds": [{"round": 1}, {"round": 2}, {"round": 3}, "junk"]}))
     assert resume.earlier_records(path, 2) == [{"round": 1}, {"round": 2}]
+
+
+def test_restore_refuses_another_jobs_state_saying_whose_it_is(tmp_path):
+    """Job ids restart when Redis forgets; the uid in every resume state tells the old job 1 from the new."""
+    old = {"job": "1", "uid": "aaaa1111", "namespace": "demo"}
+    resume.save_round_state(tmp_path, 2, 4, {"w": np.zeros((2, 3), np.float32)}, None, node="n", attempt=0, job=old)
+    mine = Ctx()
+    mine.job_id, mine.job_uid = "1", "bbbb2222"
+    with pytest.raises(JobError, match=r"^assist_trainer: .*checkpoint-2/xfed_resume: resume state of job 1 "
+                                       r"\(uid aaaa1111, namespace 'demo'\), not of this job 1 \(uid bbbb2222\); "
+                                       r"refusing to resume from another job's state$"):
+        resume.restore(mine, tmp_path, 2, 4)
+    mine.job_uid = "aaaa1111"  # the same job's next attempt resumes
+    assert resume.restore(mine, tmp_path, 2, 4)["w"].shape == (2, 3)

@@ -18,6 +18,7 @@ from xfed.aggregation import encryption_kind, make_leaf, make_root, tensors_dige
 from xfed.config import fill_placeholders
 from xfed.errors import ConfigError, JobError, PreflightError, XfedError, blaming
 
+from ..outputs import claim_output_dir, job_identity
 from . import protocol, reporting, resume
 from .adapter_state import extract_trainable, load_trainable, save_adapter
 from .config import Params, merge_authoritative
@@ -127,8 +128,7 @@ class _Party:
     def setup(self, params: dict[str, Any]) -> None:
         self.params = params
         trainer_params = dict(params.get("trainer") or {})
-        self.output_dir = _output_dir(self.ctx)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.output_dir = claim_output_dir(_output_dir(self.ctx), self.ctx)  # never another job's folder
         trainer_params.setdefault("run_name", reporting.run_name(self.ctx.job_id, self.node))
         reporting.check_backends(trainer_params.get("report_to"), self.node)
         reporting.set_context_env(self.ctx.job_id, self.node, self.ctx.identity)
@@ -181,7 +181,8 @@ class _Party:
 
         def after_checkpoint(round_idx: int) -> None:
             resume.save_round_state(self.output_dir, round_idx, rounds, extract_trainable(self.peft_model),
-                                    self.trainer, node=self.node, attempt=self.ctx.attempt)
+                                    self.trainer, node=self.node, attempt=self.ctx.attempt,
+                                    job=job_identity(self.ctx))
             resume.prune(self.output_dir, round_idx, self.save_total_limit)
 
         runner = RoundRunner(self.ctx, self.peft_model, aggregate, aggregator, schedule, self.weight,

@@ -41,6 +41,9 @@ USAGE = "usage: python -m xfed.operators.horizontal_chatglm.report JOB_DIR [--pl
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["-h"], ["--help"]):
+        print(f"{USAGE}\n\n{__doc__.strip()}")
+        return 0
     png = None
     if "--plot" in args:
         i = args.index("--plot")
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         png = args[i + 1]
         del args[i:i + 2]
-    if len(args) != 1:
+    if len(args) != 1 or args[0].startswith("-"):
         print(USAGE, file=sys.stderr)
         return 2
     return report(Path(args[0]), png)

@@ -26,6 +26,8 @@ import numpy as np
 
 from xfed.errors import JobError
 
+from ..outputs import describe, job_identity, same_job
+
 RESUME_DIR = "xfed_resume"
 STATE_FILE = "state.json"
 TENSORS_FILE = "trainable.safetensors"
@@ -37,7 +39,7 @@ def checkpoint_dir(output_dir: Path, round_idx: int) -> Path:
 
 
 def save_round_state(output_dir: Path, round_idx: int, rounds: int, tensors: dict[str, np.ndarray],
-                     trainer: Any | None, *, node: str, attempt: int) -> Path:
+                     trainer: Any | None, *, node: str, attempt: int, job: dict[str, str] | None = None) -> Path:
     """Write checkpoint-{round_idx}/xfed_resume/ (tensors, trainer state), `state.json` last."""
     from safetensors.numpy import save_file
 
@@ -57,7 +59,7 @@ def save_round_state(output_dir: Path, round_idx: int, rounds: int, tensors: dic
         trainer.state.save_to_json(str(folder / TRAINER_STATE_NAME))
         step = int(trainer.state.global_step)
     state = {"round": round_idx, "rounds": rounds, "step": step, "node": node, "attempt": attempt,
-             "trainer_state": trainer is not None}
+             "trainer_state": trainer is not None, "job": dict(job or {})}  # whose state: --resume checks it
     tmp = folder / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(state, indent=1))
     os.replace(tmp, folder / STATE_FILE)
@@ -155,6 +157,7 @@ def restore(ctx: Any, output_dir: Path, start: int, rounds: int) -> dict[str, np
     where = checkpoint_dir(output_dir, start) / RESUME_DIR
     if state is None:
         raise JobError(f"{ctx.node_id}: {where}: no complete resume state for round {start}")
+    check_owner(ctx, where, state)
     if int(state.get("rounds", -1)) != rounds:
         raise JobError(f"{ctx.node_id}: {where}: written for {state.get('rounds')} rounds, "
                        f"but this attempt plans {rounds} (the configuration changed; start a new job)")
@@ -165,6 +168,18 @@ def restore(ctx: Any, output_dir: Path, start: int, rounds: int) -> dict[str, np
         return load_file(str(where / TENSORS_FILE))
     except (OSError, SafetensorError) as exc:
         raise JobError(f"{ctx.node_id}: {where / TENSORS_FILE}: unreadable ({exc})") from None
+
+
+def check_owner(ctx: Any, where: Path, state: dict[str, Any]) -> None:
+    """JobError naming the owner when a resume state was written by another job (an id reused after
+    Redis lost its data, a folder copied in): resuming from it would continue someone else's model."""
+    recorded = state.get("job")
+    if not isinstance(recorded, dict) or not recorded:
+        return  # written before states named their job; the output folder's marker was checked at set-up
+    ours = job_identity(ctx)
+    if not same_job(recorded, ours):
+        raise JobError(f"{ctx.node_id}: {where}: resume state of {describe(recorded)}, not of this "
+                       f"{describe(ours)}; refusing to resume from another job's state")
 
 
 def trainer_checkpoint(ctx: Any, output_dir: Path, start: int, trainer: Any) -> str | None:

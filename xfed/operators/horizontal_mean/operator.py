@@ -138,7 +138,8 @@ def _write_output(ctx, result: dict[str, Any], history: list[dict[str, Any]]) ->
     if not out:
         return
     from xfed.config.placeholders import fill_placeholders
+    from xfed.operators.outputs import claim_output_dir
 
     folder = Path(fill_placeholders(out, job_id=ctx.job_id, node_id=ctx.node_id, stage_id=str(ctx.stage_id)))
-    folder.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(folder, ctx)  # never another job's folder
     (folder / "horizontal_mean.json").write_text(json.dumps({"result": result, "rounds": history}, indent=1))
