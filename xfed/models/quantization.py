@@ -25,11 +25,10 @@ V1_LINEARS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h
 V2_LINEARS = ("self_attention.query_key_value", "self_attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
 
 
-def check_bits(bits: object, source: str) -> int:
-    """The bit width as an int; ModelError naming `source` for anything but 4 or 8."""
+def check_bits(bits: object, label: str) -> int:
+    """The bit width as an int; ModelError naming `label` (file and key) for anything but 4 or 8."""
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in SUPPORTED_BITS:
-        raise ModelError(f"{source}: quantization_bit {bits!r} is not supported (THUDM weight-only "
-                         "quantization: 4 or 8)")
+        raise ModelError(f"{label} = {bits!r} is not supported (THUDM weight-only quantization has 4 and 8 bits)")
     return bits
 
 
@@ -48,8 +47,14 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
 
 def dequantize(weight: torch.Tensor, scale: torch.Tensor, bits: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """THUDM's `float32(scale)[:, None] * q` (then cast to `dtype`, exact rounding of an exact product)."""
-    q = unpack_int4(weight) if bits == 4 else weight
-    w = scale.to(torch.float32)[:, None] * q.to(torch.float32)
+    if bits == 4:  # unpack straight into the float matrix: no int8 copy of the whole weight
+        w = torch.empty(weight.shape[0], weight.shape[1], 2, dtype=torch.float32, device=weight.device)
+        w[..., 0] = weight >> 4  # arithmetic shifts on int8 keep the sign
+        w[..., 1] = (weight << 4) >> 4
+        w = w.view(weight.shape[0], -1)
+    else:
+        w = weight.to(torch.float32)
+    w.mul_(scale.to(torch.float32)[:, None])
     return w if dtype == torch.float32 else w.to(dtype)
 
 
@@ -60,7 +65,7 @@ def quantize(weight: torch.Tensor, bits: int, quantize_dtype: torch.dtype = torc
     scale = row absmax / (2**(bits-1) - 1) computed in fp16 (the checkpoint's dtype); q = round half to
     even of w / scale with the division in `quantize_dtype`: float32 on THUDM's CPU path (ChatGLM-6B's
     quantize()), float16 on its GPU path (ChatGLM2/3's half_weight_to_int)."""
-    check_bits(bits, "quantize")
+    check_bits(bits, "quantize bits")
     w16 = weight.detach().to(torch.float16)
     qmax = float(2 ** (bits - 1) - 1)
     scale16 = (w16.abs().amax(dim=-1).to(torch.float32) / qmax).to(torch.float16)
@@ -105,7 +110,7 @@ class QuantizedLinear(nn.Linear):
                  scale_dtype: torch.dtype = torch.float16, bias_dtype: torch.dtype = torch.float32,
                  device=None) -> None:
         nn.Module.__init__(self)
-        self.in_features, self.out_features, self.bits = in_features, out_features, check_bits(bits, "QuantizedLinear")
+        self.in_features, self.out_features, self.bits = in_features, out_features, check_bits(bits, "QuantizedLinear bits")
         cols = in_features // 2 if bits == 4 else in_features
         self.weight = nn.Parameter(torch.empty(out_features, cols, dtype=torch.int8, device=device),
                                    requires_grad=False)
@@ -214,7 +219,7 @@ def wanted_bits(raw: dict, requested: int | None, source: str) -> tuple[int, boo
     on_disk = file_bits(raw, source)
     if not requested:
         return on_disk, False
-    check_bits(requested, "model_info.config.quantization_bit")
+    check_bits(requested, "quantization_bit")
     if on_disk and on_disk != requested:
         raise ModelError(f"{source}: the folder is already quantized to {on_disk} bits; quantization_bit "
                          f"{requested} cannot re-quantize it (use the fp16 weights or quantization_bit {on_disk})")
