@@ -14,7 +14,6 @@ casting it to fp16 afterwards equals THUDM's fp16 CUDA dequantization bit for bi
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from xfed.errors import ModelError

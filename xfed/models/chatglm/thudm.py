@@ -17,7 +17,7 @@ import torch
 from xfed.errors import ModelError
 
 from ..family import read_json_object
-from ..quantization import V1_LINEARS, file_bits, check_state, install_quantized, quantize_state, wanted_bits
+from ..quantization import V1_LINEARS, check_state, file_bits, install_quantized, quantize_state, wanted_bits
 from .configuration_chatglm import ChatGLM6BConfig
 from .modeling_chatglm import ChatGLM6BForCausalLM
 from .tokenization_chatglm import VOCAB_FILE, ChatGLM6BTokenizer

@@ -14,8 +14,14 @@ from xfed.models.chatglm3.semantics import install_thudm_semantics
 from xfed.models.chatglm3.tokenization import VOCAB_FILE, ChatGLM3Tokenizer
 from xfed.models.chatglm3.weights import NATIVE_QUANTIZED, convert_state_dict, qkv_split_sizes
 from xfed.models.checkpoint import has_weights, load_checkpoint
-from xfed.models.quantization import (QuantizedLinear, check_state, install_quantized, quantize_state,
-                                      replace_linears, wanted_bits)
+from xfed.models.quantization import (
+    QuantizedLinear,
+    check_state,
+    install_quantized,
+    quantize_state,
+    replace_linears,
+    wanted_bits,
+)
 
 log = logging.getLogger(__name__)
 
