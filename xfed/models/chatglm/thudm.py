@@ -100,8 +100,9 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"{path}: not a readable safetensors file ({str(e)[:160]})") from None
 
 
-def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
-    """All tensors of a model folder and, per key, the file it came from."""
+def read_weights(folder: Path, transform=None) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """All tensors of a model folder and, per key, the file it came from; `transform(tensors)` edits
+    each file's tensors in place as soon as it is read (so quantizing never holds the whole fp16 model)."""
     candidates = (
         ("model.safetensors.index.json", _load_safetensors),
         ("model.safetensors", _load_safetensors),
@@ -128,11 +129,15 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]
                 for key in keys:
                     if key not in shard:
                         raise ModelError(f"{folder / fn}: weight {key!r} listed in {name} is missing")
+                if transform is not None:
+                    transform(shard)
                 for key, value in shard.items():
                     state[key] = value
                     origin[key] = folder / fn
             return state, origin
         state = loader(path)
+        if transform is not None:
+            transform(state)
         return state, {k: path for k in state}
     raise ModelError(f"{folder}: no weights (pytorch_model.bin, shards + index, or model.safetensors)")
 
@@ -201,7 +206,11 @@ def from_thudm_folder(
         if bits:
             _quantize_modules(model, bits, device)
         return _finish(model, config, target, device), tokenizer
-    state, origin = read_weights(folder)
+    modules = [f"transformer.layers.{i}.{name}" for i in range(config.num_hidden_layers) for name in V1_LINEARS] \
+        if bits else []
+    qdtype = _quantize_dtype(device)
+    state, origin = read_weights(folder, (lambda part: quantize_state(part, modules, bits, qdtype))
+                                 if quantize_here else None)
     state = {k: v for k, v in state.items() if not k.endswith(_IGNORED_SUFFIXES)}
     # THUDM's model ties lm_head to the word embeddings and loads lm_head.weight last, so that
     # tensor is what both layers use (in released checkpoints the two are equal anyway).
@@ -217,9 +226,7 @@ def from_thudm_folder(
     packed: set[str] = set()
     if bits:
         config.quantization_bit = bits
-        modules = install_quantized(model, model.transformer.layers, V1_LINEARS, bits, "transformer.layers.")
-        if quantize_here:
-            quantize_state(state, modules, bits, _quantize_dtype(device))
+        install_quantized(model, model.transformer.layers, V1_LINEARS, bits, "transformer.layers.")
         shapes = {m: (model.get_submodule(m).out_features, model.get_submodule(m).in_features) for m in modules}
         check_state(state, shapes, bits, lambda key: str(origin.get(key, folder)))
         packed = {m + s for m in modules for s in (".weight", ".weight_scale")}

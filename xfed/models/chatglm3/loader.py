@@ -115,12 +115,11 @@ def load_thudm_v2(folder: str | Path, cfg: dict[str, Any], family: str, *, dtype
         with _default_dtype(dtype):
             model = build_model(config, None, device=device, bits=bits)
     else:
-        ckpt = load_checkpoint(folder)
+        shapes = thudm_linear_shapes(config) if bits else {}
+        ckpt = load_checkpoint(folder, (lambda part: quantize_state(part, list(shapes), bits, torch.float16))
+                               if quantize_here else None)
         packed: frozenset[str] = frozenset()
         if bits:
-            shapes = thudm_linear_shapes(config)
-            if quantize_here:
-                quantize_state(ckpt.tensors, list(shapes), bits, torch.float16)
             check_state(ckpt.tensors, shapes, bits, lambda key: ckpt.key_files.get(key, ckpt.label))
             with torch.device("meta"):
                 skeleton = GlmForCausalLM(config)
