@@ -305,3 +305,12 @@ def test_real_size_int4_layers_stay_packed_in_resident_memory(tmp_path):
     assert got["delta"] < got["tensors"] + 96e6, got
     # a forward dequantizes one layer at a time: at most ~2 fp32 copies of the largest layer (268 MB) on top
     assert got["peak"] < got["tensors"] + 96e6 + 2 * 16384 * 4096 * 4, got
+
+
+def test_bitsandbytes_on_cpu_is_refused_in_one_line_without_importing_it(v3_int4):
+    for key in ("load_in_4bit", "load_in_8bit"):
+        with pytest.raises(ModelError, match=f"model_info.config.{key}: bitsandbytes 4/8-bit bases need a CUDA GPU"):
+            load_pretrained(v3_int4, bnb={key: True})
+    with pytest.raises(ModelError, match="bnb_4bit_quant_type: 'int3' is not nf4 or fp4"):
+        load_pretrained(v3_int4, bnb={"load_in_4bit": True, "bnb_4bit_quant_type": "int3"})
+    assert "bitsandbytes" not in sys.modules
