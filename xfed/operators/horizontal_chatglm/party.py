@@ -63,6 +63,29 @@ def load_base_model(stage: Any, use_cpu: bool) -> tuple[Any, Any, Path]:
     return model, tokenizer, folder
 
 
+def load_base_skeleton(stage: Any) -> tuple[Any, Any, Path]:
+    """(model on the meta device, tokenizer, folder): the layout of input.pretrained_model without its
+    weights, for an assist trainer that only aggregates (xfed.models.skeleton)."""
+    from xfed.models.skeleton import load_skeleton
+
+    pretrained = getattr(stage.input, "pretrained_model", None)
+    path = getattr(pretrained, "path", None) if pretrained is not None else None
+    if not path:
+        raise ConfigError("input.pretrained_model.path: required (a local model folder)")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelError(f"input.pretrained_model.path: {folder} is not a folder")
+    model, tokenizer = load_skeleton(folder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, folder
+
+
+def aggregates_only(stage: Any) -> bool:
+    """An assist trainer with no trainset and no adapter to continue from needs no base model."""
+    return not list(getattr(stage.input, "trainset", None) or []) and adapter_path(stage) is None
+
+
 def load_model_folder(folder: Path, *, device: str = "cpu", dtype: str | None = None,
                       allow_random_init: bool = False, quantization_bit: int | None = None,
                       bnb: dict[str, Any] | None = None) -> tuple[Any, Any]:
