@@ -79,23 +79,42 @@ def quantize(weight: torch.Tensor, bits: int, quantize_dtype: torch.dtype = torc
     return q.contiguous(), scale16.contiguous()
 
 
+# Weight elements dequantized at a time: a layer is dequantized in row blocks of ~16 MiB fp32, each
+# multiplied while it is in cache, so a forward never holds a float copy of a whole 6B layer (268 MB).
+BLOCK_ELEMENTS = 1 << 22
+
+
+def _row_blocks(out_features: int, in_features: int):
+    rows = max(1, BLOCK_ELEMENTS // max(in_features, 1))
+    return [(r, min(r + rows, out_features)) for r in range(0, out_features, rows)]
+
+
 class _DequantLinear(torch.autograd.Function):
-    """x @ dequantize(W).T, saving only the packed weight for backward (W has no gradient)."""
+    """x @ dequantize(W).T block by block, saving only the packed weight for backward (W has no gradient)."""
 
     @staticmethod
     def forward(ctx, x, weight, scale, bits):  # noqa: D401 - autograd signature
-        w = dequantize(weight, scale, bits, x.dtype)
         ctx.save_for_backward(weight, scale)
         ctx.bits = bits
-        return x.matmul(w.t())
+        out_features, in_features = scale.shape[0], x.shape[-1]
+        x2 = x.reshape(-1, in_features)
+        out = x2.new_empty(x2.shape[0], out_features)
+        for r0, r1 in _row_blocks(out_features, in_features):
+            out[:, r0:r1] = x2 @ dequantize(weight[r0:r1], scale[r0:r1], bits, x.dtype).t()
+        return out.reshape(*x.shape[:-1], out_features)
 
     @staticmethod
     def backward(ctx, grad_out):
         weight, scale = ctx.saved_tensors
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = grad_out.matmul(dequantize(weight, scale, ctx.bits, grad_out.dtype))
-        return grad_x, None, None, None
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        out_features = scale.shape[0]
+        in_features = weight.shape[1] * (2 if ctx.bits == 4 else 1)
+        g2 = grad_out.reshape(-1, out_features)
+        grad_x = g2.new_zeros(g2.shape[0], in_features)
+        for r0, r1 in _row_blocks(out_features, in_features):
+            grad_x.addmm_(g2[:, r0:r1], dequantize(weight[r0:r1], scale[r0:r1], ctx.bits, grad_out.dtype))
+        return grad_x.reshape(*grad_out.shape[:-1], in_features), None, None, None
 
 
 class QuantizedLinear(nn.Linear):
