@@ -131,3 +131,24 @@ def load_checkpoint(folder: str | Path, transform=None) -> Checkpoint:
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return text[:200] + ("…" if len(text) > 200 else "")
+
+
+_CAST_CHUNK = 1 << 24  # elements converted at a time by cast_in_place
+
+
+def cast_in_place(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`tensor.to(dtype)`, reusing the tensor's own memory when both dtypes have the same width (fp16 <->
+    bf16) and it owns its whole storage: converted chunk by chunk, so a 1 GB embedding cast to bf16 costs
+    16 M elements of extra memory, not another 1 GB. The input must not be used afterwards."""
+    if tensor.dtype == dtype:
+        return tensor
+    if (tensor.element_size() != torch.empty(0, dtype=dtype).element_size() or not tensor.is_contiguous()
+            or not tensor.is_floating_point() or tensor.device.type != "cpu" or tensor.storage_offset() != 0
+            or tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size()):
+        return tensor.to(dtype)
+    flat = tensor.view(-1)
+    out = flat.view(dtype)
+    for start in range(0, flat.numel(), _CAST_CHUNK):
+        chunk = flat[start:start + _CAST_CHUNK].to(dtype)  # read before the same bytes are overwritten
+        out[start:start + _CAST_CHUNK] = chunk
+    return out.view(tensor.shape)

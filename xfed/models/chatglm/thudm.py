@@ -16,6 +16,7 @@ import torch
 
 from xfed.errors import ModelError
 
+from ..checkpoint import cast_in_place
 from ..family import read_json_object
 from ..quantization import V1_LINEARS, check_state, file_bits, install_quantized, quantize_state, wanted_bits
 from .configuration_chatglm import ChatGLM6BConfig
@@ -251,7 +252,7 @@ def from_thudm_folder(
         raise ModelError(f"{first_file}: missing weight {missing[0]!r}{more}")
     for key in list(state):  # one tensor at a time, so fp16 and fp32 copies never coexist in full
         if key not in packed:  # packed weights and THUDM's scales keep their stored dtype
-            state[key] = state[key].to(dtype=target)
+            state[key] = cast_in_place(state[key], target)
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.transformer.word_embeddings.weight

@@ -7,6 +7,7 @@ import torch
 from transformers import GlmConfig
 
 from xfed.errors import ModelError
+from xfed.models.checkpoint import cast_in_place
 
 _LAYER = re.compile(r"^transformer\.encoder\.layers\.(\d+)\.(.+)$")
 _LAYER_NAMES = {
@@ -96,7 +97,8 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: GlmConfig, *,
             if not value.is_floating_point() and name not in packed:
                 raise ModelError(f"{where(key)}: weight {key!r} has dtype {value.dtype}, expected floating point")
             # packed int8 weights and THUDM's scales keep their stored dtype
-            out[name] = value if name.endswith("_scale") or not value.is_floating_point() else value.to(dtype)
+            out[name] = value if name.endswith("_scale") or not value.is_floating_point() else \
+                (cast_in_place(value, dtype) if len(targets) == 1 else value.to(dtype))
     missing = list(dict.fromkeys(thudm_name(name) for name in expected if name not in out))
     if missing:
         raise ModelError(f"{checkpoint}: weight {missing[0]!r} missing ({len(missing)} missing in all)")
