@@ -6,7 +6,7 @@ GPU, no folder to write): a LoRA r=8 step in bf16 and in fp16 at 256 tokens; bit
 QuantizedLinear, quantized with THUDM's GPU arithmetic) with a LoRA step; P-tuning v2 (pre_seq_len 16)
 on the int4 base. Each line: step seconds and peak GPU memory. Then the THUDM int4 fixtures through
 load_pretrained(device="cuda") against THUDM's reference logits, when ../shared is present.
-`--smoke`: the same steps on CPU with 2-layer models of the real width (checks this script, not CUDA).
+`--smoke`: the same steps on CPU with narrow 2-layer models (checks this script, not CUDA).
 """
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def run_case(arch: str, case: str, layers: int, tokens: int, device) -> dict:
         except ImportError:
             return {"arch": arch, "case": case, "skipped": "bitsandbytes is not installed on this machine"}
         from xfed.models.bnb import bits_and_bytes_config, prepare_for_kbit_training, quantize_linears
-        model, layers_, targets = build(arch, layers, "cpu", torch.bfloat16)
+        model, layers_, targets = build(arch, layers, device, torch.bfloat16)
         cfg = bits_and_bytes_config({"load_in_4bit": True, "bnb_4bit_use_double_quant": True}, torch.bfloat16)
         quantize_linears(model, cfg, device)
         model = prepare_for_kbit_training(model)
@@ -158,7 +158,7 @@ def fixture_checks(device) -> list[dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="run the steps on CPU with 2-layer models (no CUDA check)")
+    ap.add_argument("--smoke", action="store_true", help="run the steps on CPU with narrow 2-layer models (no CUDA check)")
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--tokens", type=int, default=256)
     args = ap.parse_args()
@@ -169,6 +169,9 @@ def main() -> int:
               "run scripts/gpu_check.sh on a CUDA machine (or --smoke to exercise the script on CPU)")
         return 0
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    if device.type == "cpu":  # the smoke run checks the script's logic: narrow models, same structure
+        V1.update(hidden_size=128, inner_hidden_size=512, num_attention_heads=4, vocab_size=20480)
+        V3.update(hidden_size=128, ffn_hidden_size=384, kv_channels=32, num_attention_heads=4)
     layers = args.layers or (28 if device.type == "cuda" else 2)
     tokens = args.tokens if device.type == "cuda" else 32
     name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU smoke run"
