@@ -314,3 +314,19 @@ def test_bitsandbytes_on_cpu_is_refused_in_one_line_without_importing_it(v3_int4
     with pytest.raises(ModelError, match="bnb_4bit_quant_type: 'int3' is not nf4 or fp4"):
         load_pretrained(v3_int4, bnb={"load_in_4bit": True, "bnb_4bit_quant_type": "int3"})
     assert "bitsandbytes" not in sys.modules
+
+
+def test_a_lora_saved_on_the_int4_base_reloads_through_load_adapter(int4_folder, tmp_path):
+    from peft import LoraConfig, TaskType
+
+    from xfed.models import load_adapter
+
+    model, tok = load_pretrained(int4_folder)
+    torch.manual_seed(0)
+    peft_model = make_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, target_modules="all-linear",
+                                                   init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "lora")
+    ids = _batch(tok)["input_ids"]
+    reloaded = load_adapter(load_pretrained(int4_folder)[0], tmp_path / "lora")
+    with torch.no_grad():
+        assert torch.equal(peft_model(input_ids=ids).logits, reloaded(input_ids=ids).logits)
