@@ -6,8 +6,8 @@ Writes (once, cached under --work, never committed) a full-size ChatGLM-6B folde
 with random fp16 weights (8 shards, 12.3 GB, the real config: hidden 4096, 28 layers, vocab 130528)
 and its THUDM int4 twin (xfed's quantization_bit 4 on load, saved in THUDM's int4 layout). Each model
 variant is measured in its own process: load time, peak RSS vs the loaded weight bytes, a LoRA r=8
-(query_key_value) step at 64 and 256 tokens, a P-tuning v2 step (pre_seq_len 16) at 64 tokens, and
-greedy generation tokens/s. `fed`: 2 int4 parties + the model-free assist trainer, OTP, 2 rounds of
+(query_key_value) step at 64 and 256 tokens, a P-tuning v2 step (pre_seq_len 16) at 64 tokens, and 4
+greedy tokens (tokens/s). `fed`: 2 int4 parties + the model-free assist trainer, OTP, 2 rounds of
 2 steps, real processes and Redis: job time, per-round secure aggregation ms vs compute ms, peak RSS
 per process. `--layers N` builds an N-layer model of the same width (a quick run of the script).
 MEMORY: the bf16 variant peaks ~13.5 GB; the federated job ~2 x 5 GB. Check `free -g` first.
@@ -180,7 +180,7 @@ def measure(folder: Path, dtype: str) -> dict[str, Any]:
     with torch.no_grad():
         ids = batch(16)["input_ids"]
         t = time.monotonic()
-        new = model.generate(input_ids=ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        new = model.generate(input_ids=ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
         out["generate_tok_s"] = round((new.shape[1] - ids.shape[1]) / (time.monotonic() - t), 2)
     out["peak_rss_gb"] = round(rss_peak() / GB, 2)
     return out
