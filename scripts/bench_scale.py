@@ -150,6 +150,14 @@ def measure(folder: Path, dtype: str) -> dict[str, Any]:
     out: dict[str, Any] = {"load_s": round(time.monotonic() - t0, 1), "weight_gb": round(packed_bytes(model) / GB, 2),
                            "load_peak_rss_gb": round(rss_peak() / GB, 2), "import_rss_gb": round(base_rss / GB, 2)}
     out["peak_over_weights"] = round((out["load_peak_rss_gb"] - out["import_rss_gb"]) / out["weight_gb"], 2)
+    partial = folder.parent / f"partial-{folder.name}.json"
+
+    def note(key: str, value: Any) -> None:  # results so far, for a run cut short
+        out[key] = value
+        partial.write_text(json.dumps(out))
+        log(f"  {folder.name}: {key} = {value}")
+
+    note("load_s", out["load_s"])
     gen = torch.Generator().manual_seed(0)
 
     def batch(n: int) -> dict[str, torch.Tensor]:
@@ -170,27 +178,28 @@ def measure(folder: Path, dtype: str) -> dict[str, Any]:
     lora.train()
     out["lora_trainable"] = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     for n in (64, 256):
-        out[f"lora_step_{n}_s"] = step(lora, n)
+        note(f"lora_step_{n}_s", step(lora, n))
     model = lora.unload()
     prefix = make_peft_model(model, PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=16))
     prefix.train()
-    out["ptuning_step_64_s"] = step(prefix, 64)
+    note("ptuning_step_64_s", step(prefix, 64))
     model = prefix.base_model
     model.eval()
     with torch.no_grad():
         ids = batch(16)["input_ids"]
         t = time.monotonic()
         new = model.generate(input_ids=ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-        out["generate_tok_s"] = round((new.shape[1] - ids.shape[1]) / (time.monotonic() - t), 2)
-    out["peak_rss_gb"] = round(rss_peak() / GB, 2)
+        out["generate_tok_s"] = round((new.shape[1] - ids.shape[1]) / (time.monotonic() - t), 3)
+    note("peak_rss_gb", round(rss_peak() / GB, 2))
     return out
 
 
 def run_child(folder: Path, dtype: str) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(folder), "--dtype", dtype]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), check=False)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          check=False)
     if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1][:300]}
+        return {"error": f"exit {proc.returncode} (its log is on stderr above)"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
