@@ -274,7 +274,7 @@ def check_final(int4: Path, adapter: Path) -> str:
     code = ("import sys,torch; from xfed.models import load_pretrained, load_adapter; "
             "m,t=load_pretrained(sys.argv[1], dtype='bfloat16'); p=load_adapter(m, sys.argv[2]); "
             "ids=torch.tensor([t.encode('repeat alpha')]); "
-            "o=p.generate(input_ids=ids, max_new_tokens=4, do_sample=False); print(o.shape[1]-ids.shape[1])")
+            "o=p.generate(input_ids=ids, max_new_tokens=2, do_sample=False); print(o.shape[1]-ids.shape[1])")
     proc = subprocess.run([sys.executable, "-c", code, str(int4), str(adapter)], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO)), check=False)
     return f"yes ({proc.stdout.strip()} tokens)" if proc.returncode == 0 else f"no: {proc.stderr.strip()[-200:]}"
