@@ -86,8 +86,11 @@ def read_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
     return data
 
 
-def load_checkpoint(folder: str | Path) -> Checkpoint:
-    """Every tensor of a model folder; ModelError when there is none or a shard disagrees with its index."""
+def load_checkpoint(folder: str | Path, transform=None) -> Checkpoint:
+    """Every tensor of a model folder; ModelError when there is none or a shard disagrees with its index.
+
+    `transform(tensors)` edits each file's tensors in place as soon as it is read (quantizing or
+    casting shard by shard keeps peak memory near the loaded model's size, not the checkpoint's)."""
     folder = Path(folder)
     for name in INDEX_FILES:
         index = folder / name
@@ -102,21 +105,25 @@ def load_checkpoint(folder: str | Path) -> Checkpoint:
                 key = next(k for k, v in weight_map.items() if v == shard)
                 raise ModelError(f"{index}: shard {shard} (holding {key!r}) not found in {folder}")
             part = read_weight_file(shard_path)
+            if transform is not None:
+                transform(part)
             for key, tensor in part.items():
                 if key in tensors:
                     raise ModelError(f"{shard_path}: weight {key!r} also appears in {key_files[key]}")
-                if weight_map.get(key) != shard:
+                if weight_map.get(key) != shard and not key.endswith("_scale"):
                     raise ModelError(f"{shard_path}: weight {key!r} is not listed for this shard in {index.name}")
                 tensors[key] = tensor
                 key_files[key] = str(shard_path)
         for key, shard in weight_map.items():
-            if key not in tensors:
+            if key not in tensors:  # (a transform adds keys, never drops listed ones)
                 raise ModelError(f"{folder / shard}: weight {key!r} listed in {index.name} is missing")
         return Checkpoint(tensors, key_files, str(index))
     for name in SINGLE_FILES:
         path = folder / name
         if path.is_file():
             tensors = read_weight_file(path)
+            if transform is not None:
+                transform(tensors)
             return Checkpoint(tensors, dict.fromkeys(tensors, str(path)), str(path))
     raise ModelError(f"{folder}: no weights (expected one of {', '.join(SINGLE_FILES + INDEX_FILES)})")
 
@@ -124,3 +131,24 @@ def load_checkpoint(folder: str | Path) -> Checkpoint:
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return text[:200] + ("…" if len(text) > 200 else "")
+
+
+_CAST_CHUNK = 1 << 24  # elements converted at a time by cast_in_place
+
+
+def cast_in_place(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`tensor.to(dtype)`, reusing the tensor's own memory when both dtypes have the same width (fp16 <->
+    bf16) and it owns its whole storage: converted chunk by chunk, so a 1 GB embedding cast to bf16 costs
+    16 M elements of extra memory, not another 1 GB. The input must not be used afterwards."""
+    if tensor.dtype == dtype:
+        return tensor
+    if (tensor.element_size() != torch.empty(0, dtype=dtype).element_size() or not tensor.is_contiguous()
+            or not tensor.is_floating_point() or tensor.device.type != "cpu" or tensor.storage_offset() != 0
+            or tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size()):
+        return tensor.to(dtype)
+    flat = tensor.view(-1)
+    out = flat.view(dtype)
+    for start in range(0, flat.numel(), _CAST_CHUNK):
+        chunk = flat[start:start + _CAST_CHUNK].to(dtype)  # read before the same bytes are overwritten
+        out[start:start + _CAST_CHUNK] = chunk
+    return out.view(tensor.shape)

@@ -54,21 +54,33 @@ def resolve_device(device: Any) -> torch.device | None:
 
 
 def load_pretrained(path: str | Path, *, dtype: torch.dtype | str | None = None, device: Any = None,
-                    allow_random_init: bool = False):
+                    allow_random_init: bool = False, quantization_bit: int | None = None,
+                    bnb: dict[str, Any] | None = None):
     """(model, tokenizer) for a local folder: ChatGLM-6B, ChatGLM2/3-6B (as GlmForCausalLM) or any
     folder AutoModelForCausalLM loads natively. A folder without weights is a ModelError unless
-    `allow_random_init`. Weights are cast to `dtype` (default float32)."""
+    `allow_random_init`. Float weights are cast to `dtype` (default float32).
+
+    THUDM int4/int8 folders (config.json quantization_bit 4/8) keep their linears packed and
+    dequantize per call with THUDM's arithmetic; `quantization_bit` 4/8 quantizes an fp16 THUDM
+    folder on load the same way (xfed.models.quantization). `bnb` (load_in_4bit / load_in_8bit and
+    bnb_4bit_* keys) gives a bitsandbytes QLoRA base on CUDA (xfed.models.bnb), prepared for k-bit
+    training; refused on CPU."""
     folder = Path(path).expanduser()
     family = detect_family(folder)
     cfg = read_config(folder)
     torch_dtype = resolve_dtype(dtype)
     device = resolve_device(device)
+    if bnb:
+        return _load_bnb(folder, family, cfg, bnb, dtype, device, allow_random_init)
     if family == "chatglm":
-        return _load_v1(folder, torch_dtype, device, allow_random_init)
+        return _load_v1(folder, torch_dtype, device, allow_random_init, quantization_bit)
     if family in ("chatglm2", "chatglm3") and cfg.get("model_type") == "chatglm":
         from xfed.models.chatglm3.loader import load_thudm_v2
         return load_thudm_v2(folder, cfg, family, dtype=torch_dtype, device=device,
-                             allow_random_init=allow_random_init)
+                             allow_random_init=allow_random_init, quantization_bit=quantization_bit)
+    if quantization_bit:
+        raise ModelError(f"{folder / 'config.json'}: quantization_bit (THUDM weight-only int4/int8) applies to "
+                         "THUDM ChatGLM-6B/2/3 folders only; for other models use load_in_4bit/load_in_8bit on CUDA")
     model = _load_native_model(folder, torch_dtype, device, allow_random_init)
     if family in ("chatglm2", "chatglm3"):
         from xfed.models.chatglm3.loader import load_tokenizer
@@ -78,13 +90,48 @@ def load_pretrained(path: str | Path, *, dtype: torch.dtype | str | None = None,
     return model, _load_native_tokenizer(folder)
 
 
-def _load_v1(folder: Path, dtype: torch.dtype, device: Any, allow_random_init: bool):
+def _load_bnb(folder: Path, family: str, cfg: dict[str, Any], options: dict[str, Any], dtype: Any, device: Any,
+              allow_random_init: bool):
+    from xfed.models import bnb as qlora
+
+    options = qlora.bnb_options(options)
+    key = "load_in_8bit" if options.get("load_in_8bit") else "load_in_4bit"
+    qlora.require_cuda(device, key)
+    if cfg.get("quantization_bit"):
+        raise ModelError(f"{folder / 'config.json'}: a THUDM quantization_bit folder cannot be re-quantized with "
+                         f"{key}; use the fp16 weights")
+    compute = resolve_dtype(dtype) if dtype is not None else (
+        torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    config = qlora.bits_and_bytes_config(options, compute)
+    qlora.import_bnb()
+    if family == "auto":
+        from transformers import AutoModelForCausalLM
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, quantization_config=config, dtype=compute,
+                                                         device_map={"": device.index or 0}, local_files_only=True,
+                                                         trust_remote_code=False)
+        except (OSError, RuntimeError, ValueError) as err:
+            raise ModelError(f"{folder}: bitsandbytes load failed ({_one_line(err)})") from None
+        tokenizer = _load_native_tokenizer(folder)
+    else:
+        model, tokenizer = load_pretrained(folder, dtype=compute, allow_random_init=allow_random_init)
+        qlora.quantize_linears(model, config, device)
+    model.config.quantization_config = config
+    model = qlora.prepare_for_kbit_training(model)
+    model.eval()
+    return model, tokenizer
+
+
+def _load_v1(folder: Path, dtype: torch.dtype, device: Any, allow_random_init: bool,
+             quantization_bit: int | None = None):
     try:
         from xfed.models.chatglm import from_thudm_folder
     except ImportError as err:
         raise ModelError(f"{folder}: ChatGLM-6B (v1) support is not available in this build ({err})") from None
     params = inspect.signature(from_thudm_folder).parameters
     kwargs: dict[str, Any] = {"dtype": dtype, "device": device}
+    if quantization_bit:
+        kwargs["quantization_bit"] = quantization_bit
     if "allow_random_init" in params:
         kwargs["allow_random_init"] = allow_random_init
     elif not has_weights(folder):

@@ -35,9 +35,13 @@ def test_rope_ratio_scales_rope_theta():
     assert config.max_position_embeddings == 32768
 
 
-def test_quantized_checkpoint_is_refused_naming_the_key():
-    with pytest.raises(ModelError, match="quantization_bit"):
-        glm_config_from_thudm(thudm_config("chatglm3-6b-32k"), source="x/config.json", family="chatglm3")
+def test_int4_config_maps_and_an_unsupported_bit_width_is_refused_naming_the_key():
+    cfg = thudm_config("chatglm3-6b-32k")  # THUDM's published config says quantization_bit 4
+    assert glm_config_from_thudm(cfg, source="x/config.json", family="chatglm3").num_hidden_layers == 28
+    for bits in (2, 3, 16, "4"):
+        cfg["quantization_bit"] = bits
+        with pytest.raises(ModelError, match=r"x/config.json: key 'quantization_bit'.*not supported \(THUDM"):
+            glm_config_from_thudm(cfg, source="x/config.json", family="chatglm3")
 
 
 @pytest.mark.parametrize("key,value", [("rmsnorm", False), ("add_bias_linear", True),

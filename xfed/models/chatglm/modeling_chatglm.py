@@ -211,6 +211,8 @@ class ChatGLM6BPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
+        if getattr(module, "bits", None) is not None:  # a packed THUDM-quantized linear: nothing to draw
+            return
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:

@@ -16,7 +16,9 @@ import torch
 
 from xfed.errors import ModelError
 
+from ..checkpoint import cast_in_place
 from ..family import read_json_object
+from ..quantization import V1_LINEARS, check_state, file_bits, install_quantized, quantize_state, wanted_bits
 from .configuration_chatglm import ChatGLM6BConfig
 from .modeling_chatglm import ChatGLM6BForCausalLM
 from .tokenization_chatglm import VOCAB_FILE, ChatGLM6BTokenizer
@@ -67,11 +69,7 @@ def config_from_thudm(raw: dict, source: str = "config.json") -> ChatGLM6BConfig
     for key in _REQUIRED:
         if not isinstance(raw.get(key), int) or raw[key] <= 0:
             raise ModelError(f"{source}: key {key!r} must be a positive integer, got {raw.get(key)!r}")
-    if raw.get("quantization_bit") not in (None, 0):
-        raise ModelError(
-            f"{source}: quantization_bit={raw['quantization_bit']} checkpoints are not supported; "
-            "use the fp16 weights"
-        )
+    file_bits(raw, source)  # 4/8-bit folders load packed (from_thudm_folder); other widths are refused here
     if raw["hidden_size"] % (2 * raw["num_attention_heads"]) or (raw["hidden_size"] // raw["num_attention_heads"]) % 4:
         raise ModelError(f"{source}: hidden_size {raw['hidden_size']} does not split into "
                          f"{raw['num_attention_heads']} heads with 2-D rotary halves")
@@ -103,8 +101,9 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"{path}: not a readable safetensors file ({str(e)[:160]})") from None
 
 
-def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
-    """All tensors of a model folder and, per key, the file it came from."""
+def read_weights(folder: Path, transform=None) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """All tensors of a model folder and, per key, the file it came from; `transform(tensors)` edits
+    each file's tensors in place as soon as it is read (so quantizing never holds the whole fp16 model)."""
     candidates = (
         ("model.safetensors.index.json", _load_safetensors),
         ("model.safetensors", _load_safetensors),
@@ -131,11 +130,15 @@ def read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]
                 for key in keys:
                     if key not in shard:
                         raise ModelError(f"{folder / fn}: weight {key!r} listed in {name} is missing")
+                if transform is not None:
+                    transform(shard)
                 for key, value in shard.items():
                     state[key] = value
                     origin[key] = folder / fn
             return state, origin
         state = loader(path)
+        if transform is not None:
+            transform(state)
         return state, {k: path for k in state}
     raise ModelError(f"{folder}: no weights (pytorch_model.bin, shards + index, or model.safetensors)")
 
@@ -173,7 +176,8 @@ def load_v1_tokenizer(folder: str | os.PathLike) -> ChatGLM6BTokenizer:
 
 
 def from_thudm_folder(
-    path: str | os.PathLike, *, dtype=None, device=None, allow_random_init: bool = False
+    path: str | os.PathLike, *, dtype=None, device=None, allow_random_init: bool = False,
+    quantization_bit: int | None = None,
 ) -> tuple[ChatGLM6BForCausalLM, ChatGLM6BTokenizer]:
     """Load a ChatGLM-6B folder as (ChatGLM6BForCausalLM in eval mode, ChatGLM6BTokenizer).
 
@@ -181,6 +185,9 @@ def from_thudm_folder(
     dtype: torch dtype or name (default float32; the fp16 weights on disk are cast). Every mismatch
     between the folder and the architecture raises a one-line ModelError naming the file and key.
     allow_random_init: a folder without weight files gives a randomly initialised model.
+    A THUDM int4/int8 folder (config.json quantization_bit 4 or 8) keeps its four linears per layer
+    packed (xfed.models.quantization); `quantization_bit` quantizes an fp16 folder on load with
+    THUDM's arithmetic (fp32 division on CPU, fp16 on CUDA, as THUDM's quantize() does there).
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -192,10 +199,19 @@ def from_thudm_folder(
         config = config_from_thudm(raw, str(folder / "config.json"))
     tokenizer = load_v1_tokenizer(folder)
     target = _resolve_dtype(dtype)
+    bits, quantize_here = wanted_bits(raw, quantization_bit, str(folder / "config.json"))
     if allow_random_init and not _has_weights(folder):
+        if bits and not quantize_here:
+            raise ModelError(f"{folder}: a quantized (quantization_bit {bits}) folder needs its weights")
         model = ChatGLM6BForCausalLM(config).to(dtype=target)
+        if bits:
+            _quantize_modules(model, bits, device)
         return _finish(model, config, target, device), tokenizer
-    state, origin = read_weights(folder)
+    modules = [f"transformer.layers.{i}.{name}" for i in range(config.num_hidden_layers) for name in V1_LINEARS] \
+        if bits else []
+    qdtype = _quantize_dtype(device)
+    state, origin = read_weights(folder, (lambda part: quantize_state(part, modules, bits, qdtype))
+                                 if quantize_here else None)
     state = {k: v for k, v in state.items() if not k.endswith(_IGNORED_SUFFIXES)}
     # THUDM's model ties lm_head to the word embeddings and loads lm_head.weight last, so that
     # tensor is what both layers use (in released checkpoints the two are equal anyway).
@@ -208,6 +224,13 @@ def from_thudm_folder(
 
     with torch.device("meta"):
         model = ChatGLM6BForCausalLM(config)
+    packed: set[str] = set()
+    if bits:
+        config.quantization_bit = bits
+        install_quantized(model, model.transformer.layers, V1_LINEARS, bits, "transformer.layers.")
+        shapes = {m: (model.get_submodule(m).out_features, model.get_submodule(m).in_features) for m in modules}
+        check_state(state, shapes, bits, lambda key: str(origin.get(key, folder)))
+        packed = {m + s for m in modules for s in (".weight", ".weight_scale")}
     expected = model.state_dict()
     for key, value in state.items():
         if key not in expected:
@@ -220,7 +243,7 @@ def from_thudm_folder(
                 f"{origin[key]}: weight {key!r} has shape {tuple(value.shape)}, "
                 f"config.json implies {tuple(expected[key].shape)}"
             )
-        if not value.is_floating_point():
+        if not value.is_floating_point() and key not in packed:
             raise ModelError(f"{origin[key]}: weight {key!r} has dtype {value.dtype}, expected floating point")
     missing = sorted(set(expected) - set(state) - ({_LM_HEAD} if config.tie_word_embeddings else set()))
     if missing:
@@ -228,11 +251,25 @@ def from_thudm_folder(
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ModelError(f"{first_file}: missing weight {missing[0]!r}{more}")
     for key in list(state):  # one tensor at a time, so fp16 and fp32 copies never coexist in full
-        state[key] = state[key].to(dtype=target)
+        if key not in packed:  # packed weights and THUDM's scales keep their stored dtype
+            state[key] = cast_in_place(state[key], target)
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.transformer.word_embeddings.weight
     return _finish(model, config, target, device), tokenizer
+
+
+def _quantize_dtype(device) -> torch.dtype:
+    """THUDM's ChatGLM-6B quantize() divides in fp32 on CPU and in fp16 on CUDA."""
+    return torch.float16 if device is not None and torch.device(device).type == "cuda" else torch.float32
+
+
+def _quantize_modules(model: ChatGLM6BForCausalLM, bits: int, device) -> None:
+    from ..quantization import QuantizedLinear, replace_linears
+
+    model.config.quantization_bit = bits
+    for layer in model.transformer.layers:
+        replace_linears(layer, V1_LINEARS, lambda lin: QuantizedLinear.from_linear(lin, bits, _quantize_dtype(device)))
 
 
 def _has_weights(folder: Path) -> bool:

@@ -6,6 +6,7 @@ from typing import Any
 from transformers import GlmConfig
 
 from xfed.errors import ModelError
+from xfed.models.quantization import file_bits
 
 _REQUIRED = ("hidden_size", "num_attention_heads", "kv_channels", "ffn_hidden_size", "num_layers",
              "padded_vocab_size")
@@ -24,9 +25,7 @@ def glm_config_from_thudm(cfg: dict[str, Any], *, source: str, family: str,
         if key in cfg and bool(cfg[key]) != value:
             raise ModelError(f"{source}: key {key!r} = {cfg[key]!r} is not supported (ChatGLM2/3 on GlmForCausalLM "
                              f"needs {value})")
-    if int(cfg.get("quantization_bit") or 0) != 0:
-        raise ModelError(f"{source}: key 'quantization_bit' = {cfg['quantization_bit']} (THUDM int4/int8 "
-                         "quantized weights) is not supported; use the fp16 checkpoint")
+    file_bits(cfg, source)  # 4/8-bit folders load packed (xfed.models.quantization); others are refused
     if cfg.get("pre_seq_len"):
         # A p-tuning config left in the base folder: the prefix lives in a separate checkpoint.
         pass

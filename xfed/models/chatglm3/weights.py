@@ -7,6 +7,7 @@ import torch
 from transformers import GlmConfig
 
 from xfed.errors import ModelError
+from xfed.models.checkpoint import cast_in_place
 
 _LAYER = re.compile(r"^transformer\.encoder\.layers\.(\d+)\.(.+)$")
 _LAYER_NAMES = {
@@ -15,7 +16,14 @@ _LAYER_NAMES = {
     "self_attention.dense.weight": "self_attn.o_proj.weight",
     "mlp.dense_h_to_4h.weight": "mlp.gate_up_proj.weight",
     "mlp.dense_4h_to_h.weight": "mlp.down_proj.weight",
+    # THUDM int4/int8 folders: per-row scales of the packed linears (xfed.models.quantization)
+    "self_attention.dense.weight_scale": "self_attn.o_proj.weight_scale",
+    "mlp.dense_h_to_4h.weight_scale": "mlp.gate_up_proj.weight_scale",
+    "mlp.dense_4h_to_h.weight_scale": "mlp.down_proj.weight_scale",
 }
+# GlmForCausalLM module names of THUDM's quantized linears (query_key_value is split into q, k, v)
+NATIVE_QUANTIZED = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                    "mlp.gate_up_proj", "mlp.down_proj")
 _TOP_NAMES = {
     "transformer.embedding.word_embeddings.weight": "model.embed_tokens.weight",
     "transformer.encoder.final_layernorm.weight": "model.norm.weight",
@@ -39,11 +47,12 @@ def split_qkv(tensor: torch.Tensor, config: GlmConfig) -> tuple[torch.Tensor, to
 
 def convert_state_dict(state: dict[str, torch.Tensor], config: GlmConfig, *,
                        key_files: dict[str, str], checkpoint: str, expected: dict[str, tuple[int, ...]],
-                       dtype: torch.dtype) -> dict[str, torch.Tensor]:
+                       dtype: torch.dtype, packed: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
     """Rename/split THUDM weights; ModelError names the file and key of any extra, missing or misshaped one.
 
     `key_files` maps each key to the file it came from, `checkpoint` names the whole checkpoint
-    (the .bin or the shard index), `expected` maps every GlmForCausalLM parameter to its shape.
+    (the .bin or the shard index), `expected` maps every GlmForCausalLM parameter to its shape,
+    `packed` names the GlmForCausalLM weights that hold THUDM int4/int8 values (int8 allowed).
     """
     def where(key: str) -> str:
         return key_files.get(key, "checkpoint")
@@ -67,7 +76,7 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: GlmConfig, *,
             base = f"model.layers.{layer}."
             if rest.startswith("self_attention.query_key_value."):
                 kind = rest.rsplit(".", 1)[1]
-                if kind not in ("weight", "bias"):
+                if kind not in ("weight", "bias", "weight_scale"):
                     raise ModelError(f"{where(key)}: unexpected weight {key!r} for a ChatGLM2/3 model")
                 want = sum(qkv_split_sizes(config))
                 if tensor.shape[0] != want:
@@ -85,7 +94,11 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: GlmConfig, *,
             if tuple(value.shape) != tuple(expected[name]):
                 raise ModelError(f"{where(key)}: weight {key!r} has shape {tuple(tensor.shape)}, config.json "
                                  f"implies {tuple(expected[name])} for {name}")
-            out[name] = value.to(dtype)
+            if not value.is_floating_point() and name not in packed:
+                raise ModelError(f"{where(key)}: weight {key!r} has dtype {value.dtype}, expected floating point")
+            # packed int8 weights and THUDM's scales keep their stored dtype
+            out[name] = value if name.endswith("_scale") or not value.is_floating_point() else \
+                (cast_in_place(value, dtype) if len(targets) == 1 else value.to(dtype))
     missing = list(dict.fromkeys(thudm_name(name) for name in expected if name not in out))
     if missing:
         raise ModelError(f"{checkpoint}: weight {missing[0]!r} missing ({len(missing)} missing in all)")
@@ -103,7 +116,7 @@ def thudm_name(native: str) -> str:
         for thudm, nat in _LAYER_NAMES.items():
             if nat == rest:
                 return f"transformer.encoder.layers.{layer}.{thudm}"
-        pm = re.match(r"self_attn\.[qkv]_proj\.(weight|bias)", rest)
+        pm = re.match(r"self_attn\.[qkv]_proj\.(weight_scale|weight|bias)$", rest)
         if pm:
             return f"transformer.encoder.layers.{layer}.self_attention.query_key_value.{pm.group(1)}"
     return native

@@ -26,9 +26,11 @@ from .metrics import MetricsLog
 from .party import (
     PartyData,
     adapter_path,
+    aggregates_only,
     build_adapter,
     fingerprints,
     load_base_model,
+    load_base_skeleton,
     load_party_data,
     set_threads,
 )
@@ -125,7 +127,9 @@ class _Party:
         self.warnings: list[str] = []
 
     # -- local set-up ---------------------------------------------------------------------------
-    def setup(self, params: dict[str, Any]) -> None:
+    def setup(self, params: dict[str, Any], model_free: bool = False) -> None:
+        """model_free: an aggregating assist trainer; the base model's layout only (meta device), the
+        adapter's trainable tensors in real memory, filled from a trainer's initial adapter."""
         self.params = params
         trainer_params = dict(params.get("trainer") or {})
         self.output_dir = claim_output_dir(_output_dir(self.ctx), self.ctx)  # never another job's folder
@@ -134,6 +138,15 @@ class _Party:
         reporting.set_context_env(self.ctx.job_id, self.node, self.ctx.identity)
         args = training_arguments(trainer_params, self.ctx.work_dir / "trainer")
         self.save_total_limit = args.save_total_limit  # checkpoints whose adapters are kept (None: all)
+        if model_free:
+            from xfed.models.skeleton import materialize_trainable
+
+            self.model, self.tokenizer, self.model_dir = load_base_skeleton(self.ctx.stage)
+            self.peft_model = build_adapter(self.model, params, None, args.seed)
+            materialize_trainable(self.peft_model)
+            self.data, self.trainer, self.total_steps = None, None, 0
+            self._finish_setup(params, args)
+            return
         self.model, self.tokenizer, self.model_dir = load_base_model(self.ctx.stage, args.use_cpu)
         resume = adapter_path(self.ctx.stage)
         if resume and self.ctx.identity == "label_trainer" and self.ctx.assist_id:
@@ -148,6 +161,9 @@ class _Party:
         if self.data is not None:
             self.trainer = build_trainer(self.peft_model, args, self.data.train, self.data.collator, callbacks=[])
             self.total_steps = count_optimizer_steps(self.trainer)
+        self._finish_setup(params, args)
+
+    def _finish_setup(self, params: dict[str, Any], args: Any) -> None:
         self.reporter = reporting.Reporter(args, self.trainer, self.output_dir, job_id=self.ctx.job_id,
                                            node=self.node, identity=self.ctx.identity)
         self.fingerprints = fingerprints(self.model_dir, self.tokenizer, self.peft_model, params)
@@ -241,11 +257,16 @@ class _Label(_Party):
             raise
         if self.trainer is None:
             raise ConfigError(f"{self.node}: input.trainset: a label trainer needs training data")
-        protocol.send_meta(ctx, ctx.assist_id, protocol.PREFLIGHT, {
+        report = {
             "fingerprints": self.fingerprints, "num_steps": self.total_steps,
             "num_examples": self.data.num_examples if self.data else 0,
             **resume.preflight_fields(ctx, self.output_dir),
-        })
+        }
+        if reply.get("send_initial"):  # a model-free assist trainer starts everyone from this adapter
+            protocol.send_with_tensors(ctx, ctx.assist_id, protocol.PREFLIGHT, report,
+                                       extract_trainable(self.peft_model))
+        else:
+            protocol.send_meta(ctx, ctx.assist_id, protocol.PREFLIGHT, report)
         plan = protocol.recv_meta(ctx, ctx.assist_id, protocol.PLAN)
         if not plan.get("ok"):  # someone else's failure: the job records the party it names, not us
             culprit = plan.get("blame") if plan.get("blame") in fed_nodes(ctx) else ctx.assist_id
@@ -282,14 +303,17 @@ class _Assist(_Party):
         if not trainers:
             raise ConfigError(f"{self.node}: fed_info.trainer lists no label trainers")
         hellos = protocol.gather_meta(ctx, trainers, protocol.HELLO)
+        model_free = aggregates_only(ctx.stage)
         for node in trainers:
             effective, conflicts = merge_authoritative(self.own, dict(hellos[node].get("train_params") or {}))
             for line in conflict_warnings(node, conflicts):
                 self.warn(line)
-            protocol.send_meta(ctx, node, protocol.PARAMS, {"ok": True, "train_params": effective, "conflicts": conflicts})
+            protocol.send_meta(ctx, node, protocol.PARAMS, {"ok": True, "train_params": effective, "conflicts": conflicts,
+                                                            "send_initial": model_free and node == trainers[0]})
         try:
-            self.setup(validated_params(self.own, self.node))
-            reports = protocol.gather_meta(ctx, trainers, protocol.PREFLIGHT)
+            self.setup(validated_params(self.own, self.node), model_free=model_free)
+            messages = protocol.gather_messages(ctx, trainers, protocol.PREFLIGHT)
+            reports = {node: dict(msg.meta or {}) for node, msg in messages.items()}
             failed = {node: r["error"] for node, r in reports.items() if r.get("error")}
             if failed:
                 node, error = sorted(failed.items())[0]
@@ -308,6 +332,9 @@ class _Assist(_Party):
             rounds = count_rounds(_agg_steps(self.params), steps)
             start = resume.agree_round(ctx, self.output_dir, reports)
             restored = resume.restore(ctx, self.output_dir, start, rounds)
+            if model_free:  # layout checked against our own skeleton's adapter
+                load_trainable(self.peft_model, messages[trainers[0]].tensors,
+                               source=f"initial adapter from {trainers[0]}")
         except XfedError as exc:
             protocol_error = str(exc)
             culprit = getattr(exc, "blame", None) or self.node

@@ -24,7 +24,10 @@ def set_threads() -> None:
 def load_base_model(stage: Any, use_cpu: bool) -> tuple[Any, Any, Path]:
     """(model, tokenizer, folder) of the stage's input.pretrained_model (a local folder, never downloaded).
 
-    fp32 on CPU; on CUDA bf16 where supported, else fp16 (`model_info.config.dtype` overrides).
+    dtype (`model_info.config.dtype` overrides): on CUDA bf16 where supported, else fp16; on CPU bf16 for
+    a large model where the CPU has native bf16, else fp32 (xfed.models.memory). `quantization_bit` 4/8:
+    THUDM int4/int8 (packed, any device); `load_in_4bit` / `load_in_8bit`: bitsandbytes QLoRA (CUDA only).
+    The model's memory is estimated first and a model that cannot fit is refused in one line.
     """
     pretrained = getattr(stage.input, "pretrained_model", None)
     path = getattr(pretrained, "path", None) if pretrained is not None else None
@@ -33,26 +36,66 @@ def load_base_model(stage: Any, use_cpu: bool) -> tuple[Any, Any, Path]:
     options = getattr(stage.model_info, "config", None) or {}
     cuda = torch.cuda.is_available() and not use_cpu
     for key in ("load_in_8bit", "load_in_4bit"):
-        if options.get(key):
-            if not cuda:
-                raise ConfigError(f"model_info.config.{key}: a 4/8-bit base model needs a CUDA GPU (bitsandbytes); "
-                                  "this party trains on CPU")
-            raise ConfigError(f"model_info.config.{key}: quantised base models are not supported by this build; "
-                              "use dtype bfloat16 or float16")
-    dtype = options.get("dtype") or (None if not cuda else "bfloat16" if torch.cuda.is_bf16_supported() else "float16")
-    model, tokenizer = load_model_folder(Path(path), device="cuda" if cuda else "cpu", dtype=dtype,
-                                         allow_random_init=bool(options.get("allow_random_init", False)))
-    return model, tokenizer, Path(path)
+        if options.get(key) and not cuda:
+            raise ConfigError(f"model_info.config.{key}: a 4/8-bit bitsandbytes base model needs a CUDA GPU "
+                              "(bitsandbytes); this party trains on CPU: use quantization_bit 4 or 8 (THUDM int4/int8)")
+    bits = options.get("quantization_bit") or None
+    if bits is not None and (isinstance(bits, bool) or bits not in (4, 8)):
+        raise ConfigError(f"model_info.config.quantization_bit: {bits!r} is not 4 or 8")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelError(f"input.pretrained_model.path: {folder} is not a folder")
+    dtype = options.get("dtype")
+    if dtype is None and cuda:
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if dtype is None:
+        from xfed.models.memory import choose_cpu_dtype
+        dtype = str(choose_cpu_dtype(folder, bits)).removeprefix("torch.")
+    bnb = {k: v for k, v in options.items() if k.startswith(("load_in_", "bnb_4bit_"))}
+    if not any(bnb.get(k) for k in ("load_in_4bit", "load_in_8bit")):
+        from xfed.models.loading import resolve_dtype
+        from xfed.models.memory import check_fits
+        check_fits(folder, resolve_dtype(dtype), quantization_bit=bits, device="cuda" if cuda else None)
+        bnb = {}
+    model, tokenizer = load_model_folder(folder, device="cuda" if cuda else "cpu", dtype=dtype,
+                                         allow_random_init=bool(options.get("allow_random_init", False)),
+                                         quantization_bit=bits, bnb=bnb or None)
+    return model, tokenizer, folder
+
+
+def load_base_skeleton(stage: Any) -> tuple[Any, Any, Path]:
+    """(model on the meta device, tokenizer, folder): the layout of input.pretrained_model without its
+    weights, for an assist trainer that only aggregates (xfed.models.skeleton)."""
+    from xfed.models.skeleton import load_skeleton
+
+    pretrained = getattr(stage.input, "pretrained_model", None)
+    path = getattr(pretrained, "path", None) if pretrained is not None else None
+    if not path:
+        raise ConfigError("input.pretrained_model.path: required (a local model folder)")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ModelError(f"input.pretrained_model.path: {folder} is not a folder")
+    model, tokenizer = load_skeleton(folder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, folder
+
+
+def aggregates_only(stage: Any) -> bool:
+    """An assist trainer with no trainset and no adapter to continue from needs no base model."""
+    return not list(getattr(stage.input, "trainset", None) or []) and adapter_path(stage) is None
 
 
 def load_model_folder(folder: Path, *, device: str = "cpu", dtype: str | None = None,
-                      allow_random_init: bool = False) -> tuple[Any, Any]:
+                      allow_random_init: bool = False, quantization_bit: int | None = None,
+                      bnb: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) through xfed.models.load_pretrained (every family; local files only)."""
     from xfed.models import load_pretrained
 
     if not folder.is_dir():
         raise ModelError(f"input.pretrained_model.path: {folder} is not a folder")
-    model, tokenizer = load_pretrained(str(folder), dtype=dtype, device=device, allow_random_init=allow_random_init)
+    model, tokenizer = load_pretrained(str(folder), dtype=dtype, device=device, allow_random_init=allow_random_init,
+                                       quantization_bit=quantization_bit, bnb=bnb)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # generation and batching need a pad id
     return model, tokenizer

@@ -3,6 +3,8 @@
 hello (trainer → assist: its own train_params) · params (assist → trainer: the authoritative
 params and the conflicts found) · preflight (trainer → assist: fingerprints, steps, examples) ·
 plan (assist → trainer: ok + number of rounds, or the preflight failure).
+A model-free assist trainer (no training data: it never loads the base model) asks the first trainer,
+in `params`, to attach its initial adapter tensors to `preflight`; it then broadcasts those.
 Every wait is bounded; Comm itself gives up early when the job is stopped or failed.
 """
 from __future__ import annotations
@@ -29,3 +31,12 @@ def gather_meta(ctx: Any, peers: list[str], tag: str, timeout: float = DEFAULT_T
 
 def send_meta(ctx: Any, peer: str, tag: str, meta: dict[str, Any]) -> None:
     ctx.comm.send(peer, tag, tensors=None, meta=meta)
+
+
+def gather_messages(ctx: Any, peers: list[str], tag: str, timeout: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """`tag` messages (meta and tensors) from every peer."""
+    return dict(ctx.comm.gather(peers, tag, timeout=timeout))
+
+
+def send_with_tensors(ctx: Any, peer: str, tag: str, meta: dict[str, Any], tensors: dict[str, Any]) -> None:
+    ctx.comm.send(peer, tag, tensors=tensors, meta=meta)
