@@ -236,7 +236,7 @@ def test_label_trainer_settings_the_assist_overrides_are_noted(config_set, capsy
     params_edit(cs, "node-1", "trainer.learning_rate", 0.5)
     assert validate_command(cs.folder) == 0
     err = capsys.readouterr().err
-    assert (f"note: {N1}: stage 0: {TP}.trainer.learning_rate: assist=0.01 party=0.5; "
+    assert (f"note: {N1}: stage 0: {TP}.trainer.learning_rate: assist=0.003 party=0.5; "
             "the assist trainer's value is used") in err
 
 

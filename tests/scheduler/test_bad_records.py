@@ -20,7 +20,7 @@ from xfed.scheduler.core import Scheduler
 
 pytestmark = pytest.mark.integration
 NODES = ["a", "b"]
-FED = SimpleNamespace(node_ids=NODES, heartbeat_interval=0.2)
+FED = SimpleNamespace(node_ids=NODES, heartbeat_interval=0.2, config_dir=None)
 
 
 @pytest.fixture
