@@ -87,6 +87,11 @@ class Settings:
     dp_delta: float = 1e-5
     dp_clip: float = 1.0
     arms: tuple[str, ...] = ("local", "centralized", "plain", "otp")
+    # the parties' own optimizer in the federated arms (None: as every other arm, AdamW at learning_rate);
+    # server-side adaptivity wants plain local SGD (Reddi et al. 2021), see docs/QUALITY.md
+    local_optim: str | None = None
+    local_lr: float | None = None
+    local_trainer: dict[str, Any] = field(default_factory=dict)  # further TrainingArguments of the federated arms
 
     @property
     def learning_rate(self) -> float:
@@ -97,7 +102,9 @@ class Settings:
                                                  "prefix_projection": self.prefix_projection}
         server = {"strategy": self.strategy, "strategy_params": self.strategy_params, "fedprox_mu": self.fedprox_mu,
                   "dp": None if self.dp_epsilon is None else {"epsilon": self.dp_epsilon, "delta": self.dp_delta,
-                                                              "clip_norm": self.dp_clip}, "arms": list(self.arms)}
+                                                              "clip_norm": self.dp_clip}, "arms": list(self.arms),
+                  "federated_optim": self.local_optim or "adamw_torch", "federated_trainer": self.local_trainer,
+                  "federated_learning_rate": self.local_lr if self.local_lr is not None else self.learning_rate}
         return {"peft": self.peft, **prefix, **server, "steps_per_party": self.steps,
                 "centralized_steps": len(TRAINERS) * self.steps,
                 "rounds": self.rounds, "batch": self.batch, "learning_rate": self.learning_rate,
@@ -146,13 +153,19 @@ def aggregation_section(s: Settings, federated: bool) -> dict[str, Any]:
 
 def train_params(s: Settings, encryption: str, steps: int, federated: bool = False) -> dict[str, Any]:
     """The authoritative train_params of a stage (the assist trainer's, or a lone party's)."""
+    trainer: dict[str, Any] = {}
+    if federated and s.local_optim:
+        trainer["optim"] = s.local_optim
+    if federated:
+        trainer.update(s.local_trainer)
+    lr = s.local_lr if federated and s.local_lr is not None else s.learning_rate
     return {
         "aggregation": aggregation_section(s, federated),
         "encryption": encryption_section(encryption, s.otp_bits, s.dh_bits),
         "peft": peft_section(s),
-        "trainer": {"per_device_train_batch_size": s.batch, "max_steps": steps, "learning_rate": s.learning_rate,
+        "trainer": {"per_device_train_batch_size": s.batch, "max_steps": steps, "learning_rate": lr,
                     "lr_scheduler_type": s.lr_schedule, "warmup_steps": 0, "weight_decay": 0.0, "seed": s.seed,
-                    "no_cuda": True},
+                    "no_cuda": True, **trainer},
         "dataset": {"max_src_length": 40, "max_dst_length": s.max_new_tokens, "prompt_pattern": PROMPT_PATTERN},
     }
 
@@ -410,7 +423,9 @@ def table(result: dict[str, Any], arms: list[Arm]) -> str:
         lines.append(f"max |otp - plain| over all adapter parameters: {m['max_abs_diff_otp_vs_plain']:.3g}"
                      f" (target <= 1e-6) {'ok' if met['otp_equals_plain'] else 'MISSED'}")
     settings = result["settings"]
-    lines.append(f"server: {settings['strategy']} {json.dumps(settings['strategy_params'])}"
+    lines.append(f"federated: parties {settings['federated_optim']} lr {settings['federated_learning_rate']} "
+                 f"{json.dumps(settings['federated_trainer']) if settings['federated_trainer'] else ''}, "
+                 f"server {settings['strategy']} {json.dumps(settings['strategy_params'])}"
                  + (f", fedprox mu {settings['fedprox_mu']}" if settings["fedprox_mu"] else "")
                  + (f", dp {json.dumps(settings['dp'])} spent eps {result['dp_epsilon_spent']}" if settings["dp"] else ""))
     lines.append(f"wall time {result['wall_s']:.0f} s (target <= 900) {'ok' if met['under_15_min'] else 'MISSED'}, "
@@ -493,6 +508,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "total epsilon over the job (weighting uniform)")
     ap.add_argument("--dp-delta", type=float, default=1e-5)
     ap.add_argument("--dp-clip", type=float, default=1.0, help="--dp: L2 clip norm C of a party's round delta")
+    ap.add_argument("--local-optim", default=None, help="the parties' optimizer in the federated arms "
+                    "(TrainingArguments.optim, e.g. sgd; default: AdamW like every arm)")
+    ap.add_argument("--local-lr", type=float, default=None, help="the parties' learning rate in the federated arms "
+                    "(default --lr)")
+    ap.add_argument("--local-trainer", default="{}", help="further TrainingArguments of the federated arms' "
+                    'parties as JSON, e.g. \'{"adam_epsilon": 0.001}\'')
     ap.add_argument("--arms", default="local,centralized,plain,otp",
                     help="comma-separated subset of local, centralized, plain, otp (default all)")
     ap.add_argument("--heldout-limit", type=int, default=None, help="score only the first N held-out examples")
@@ -510,6 +531,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise ConfigError(f"--strategy {args.strategy} --strategy-params: {str(exc).splitlines()[0]}") from None
     except XfedError as exc:
         raise ConfigError(f"--strategy: {exc} (one of {', '.join(STRATEGIES)})") from None
+    try:
+        local_trainer = json.loads(args.local_trainer)
+    except ValueError as exc:
+        raise ConfigError(f"--local-trainer: not JSON ({exc})") from None
+    if not isinstance(local_trainer, dict):
+        raise ConfigError("--local-trainer: expected a JSON object of TrainingArguments")
     arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
     unknown = sorted(set(arms) - {"local", "centralized", "plain", "otp"})
     if unknown or not arms:
@@ -517,7 +544,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     s = Settings(peft=args.peft, seed=args.seed, lr=args.lr, lr_schedule=args.lr_schedule, curves=not args.no_curves,
                  prefix_projection=args.prefix_projection, strategy=args.strategy, strategy_params=strategy_params,
                  fedprox_mu=args.fedprox_mu, dp_epsilon=args.dp, dp_delta=args.dp_delta, dp_clip=args.dp_clip,
-                 arms=arms)
+                 arms=arms, local_optim=args.local_optim, local_lr=args.local_lr, local_trainer=local_trainer)
     if args.peft == "PREFIX_TUNING":
         s.rounds = s.prefix_rounds
     if args.quick:
