@@ -206,7 +206,18 @@ def test_dp_otp_job_resumes_with_its_noise_seed_and_accounts_every_round_once(h,
     stage = json.loads(config.read_text())
     stage[0]["train_info"]["train_params"] = params
     config.write_text(json.dumps(stage))
-    job_id = h.start()
+    started: dict[str, str] = {}
+
+    def start() -> bool:  # after the previous test's Redis outage a daemon's heartbeat may lag a moment
+        res = h.fed.client("-c", "start")
+        if res.returncode == 0:
+            started["job"] = res.stdout.split()[0]
+            return True
+        assert "not alive" in res.stdout + res.stderr, res.stdout + res.stderr
+        return False
+
+    h.fed.wait_for(start, "every node alive to start the DP job", timeout=60)
+    job_id = started["job"]
     pid = h.child_pid(job_id, "node-1")
     h.wait_round(job_id, "node-1", 1)
     seeds = {n: json.loads((h.out(job_id, n) / "checkpoint-1" / "xfed_resume" / "state.json").read_text())["dp_seed"]
