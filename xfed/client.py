@@ -332,6 +332,9 @@ def progress_text(data: dict[str, Any]) -> str:
     eta = data.get("eta_s")
     if isinstance(eta, (int, float)) and eta > 0:
         parts.append(f"eta {int(eta) // 60}m{int(eta) % 60:02d}s")
+    eps, delta = data.get("dp_epsilon"), data.get("dp_delta")
+    if isinstance(eps, (int, float)) and isinstance(delta, (int, float)):  # aggregation.dp: budget spent so far
+        parts.append(f"dp eps {eps:.3g} (delta {delta:.0e})")
     return ", ".join(parts)
 
 

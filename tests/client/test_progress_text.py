@@ -8,3 +8,8 @@ def test_progress_text_uses_what_the_event_carries():
     assert progress_text({"fraction": 0.25}) == "25%"
     assert progress_text({"round": 1, "rounds": 3, "fraction": 0.3, "eta_s": 0}) == "round 1/3"
     assert progress_text({}) == ""
+
+
+def test_progress_text_shows_the_privacy_budget_spent():
+    assert progress_text({"round": 3, "rounds": 4, "dp_epsilon": 6.92, "dp_delta": 1e-5}) == \
+        "round 3/4, dp eps 6.92 (delta 1e-05)"

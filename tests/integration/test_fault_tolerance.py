@@ -2,7 +2,9 @@
 
 One federation (real /usr/bin/redis-server with an fsync'd AOF, scheduler, assist trainer, two label
 trainers as `python xfed.py` subprocesses) runs horizontal_chatglm on a tiny GLM: LoRA with dropout,
-AdamW, a linear LR schedule with warm-up, two epochs, otp masking, four rounds of two steps each.
+AdamW, a linear LR schedule with warm-up, two epochs, otp masking, four rounds of two steps each, and
+FedAdam on the server (so "resumes exactly" includes the server optimizer's moments); the last test
+adds client-level DP.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ _tiny = load_module("xfed_tests_chatglm_conftest", REPO / "tests" / "operators" 
 
 WORDS = ["abc", "hello", "cab", "dog", "zebra", "xyz", "moon", "star"]
 PARAMS = {
-    "aggregation": {"agg_steps": 0.25},
+    "aggregation": {"agg_steps": 0.25, "strategy": {"fedadam": {"server_lr": 0.02}}},
     "encryption": {"otp": {"key_bitlength": 64, "key_exchange": {"key_bitlength": 2048, "optimized": True},
                            "csprng": {"name": "hmac_drbg", "method": "sha256"}}},
     "peft": {"LORA": {"r": 4, "target_modules": "auto", "lora_alpha": 8, "lora_dropout": 0.1}},
@@ -150,6 +152,9 @@ def test_killed_trainer_fails_the_job_and_resume_reproduces_an_uninterrupted_run
     assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3, 4]  # the rounds before the kill are kept from attempt 0
     state = json.loads((h.out(job_id, "node-2") / "checkpoint-4" / "xfed_resume" / "state.json").read_text())
     assert state["attempt"] == 1 and state["step"] == 8
+    # the assist trainer resumed FedAdam's moments (the equality above would fail with fresh ones)
+    assist_state = json.loads((h.out(job_id, ASSIST) / "checkpoint-4" / "xfed_resume" / "state.json").read_text())
+    assert assist_state["strategy"] == {"name": "fedadam", "tensors": 2 * len(reference)}
     status = h.fed.client("-c", "status", job_id, "--json")
     assert status.returncode == 0, status.stderr
     info = json.loads(status.stdout)
@@ -188,3 +193,53 @@ def test_redis_down_10_s_then_scheduler_killed_mid_job_the_job_completes_unchang
     assert job.state.value == "SUCCESSFUL", job
     assert job.attempt == 0
     assert_same_adapter(h, job_id, reference, atol=1e-5)
+
+
+def test_dp_otp_job_resumes_with_its_noise_seed_and_accounts_every_round_once(h, reference):
+    """Client-level DP under otp: killed after round 1 and resumed, the job succeeds; each party's noise
+    seed survives the resume (re-run rounds re-release the same noise: tests/operators/.../
+    test_resume_training.py shows that makes the resumed run equal the uninterrupted one) and the spent
+    epsilon grows round by round to the job's budget."""
+    params = json.loads(json.dumps(PARAMS))
+    params["aggregation"].update(weighting="uniform", dp={"epsilon": 8.0, "delta": 1e-5, "clip_norm": 0.05})
+    config = h.fed.config / f"trainer_config_{ASSIST}.json"
+    stage = json.loads(config.read_text())
+    stage[0]["train_info"]["train_params"] = params
+    config.write_text(json.dumps(stage))
+    started: dict[str, str] = {}
+
+    def start() -> bool:  # after the previous test's Redis outage a daemon's heartbeat may lag a moment
+        res = h.fed.client("-c", "start")
+        if res.returncode == 0:
+            started["job"] = res.stdout.split()[0]
+            return True
+        assert "not alive" in res.stdout + res.stderr, res.stdout + res.stderr
+        return False
+
+    h.fed.wait_for(start, "every node alive to start the DP job", timeout=60)
+    job_id = started["job"]
+    pid = h.child_pid(job_id, "node-1")
+    h.wait_round(job_id, "node-1", 1)
+    seeds = {n: json.loads((h.out(job_id, n) / "checkpoint-1" / "xfed_resume" / "state.json").read_text())["dp_seed"]
+             for n in TRAINERS}
+    assert len(set(seeds.values())) == 2  # each party its own secret seed
+    os.kill(pid, signal.SIGKILL)
+    assert h.fed.wait_job(job_id).state.value == "FAILED"
+    h.start("--resume", job_id)
+    job = h.fed.wait_job(job_id)
+    assert job.state.value == "SUCCESSFUL", job
+    assert job.attempt == 1
+    for n in TRAINERS:
+        state = json.loads((h.out(job_id, n) / "checkpoint-4" / "xfed_resume" / "state.json").read_text())
+        assert state["attempt"] == 1 and state["dp_seed"] == seeds[n]
+        metrics = json.loads((h.out(job_id, n) / "metrics.json").read_text())
+        spent = [r["dp_epsilon"] for r in metrics["rounds"]]
+        assert [r["round"] for r in metrics["rounds"]] == [1, 2, 3, 4]
+        assert spent == sorted(spent) and spent[0] > 0 and spent[-1] == pytest.approx(8.0, rel=1e-3)
+        assert metrics["dp"]["encryption"] == "otp" and metrics["dp"]["party_noise_std"] == pytest.approx(
+            metrics["dp"]["noise_multiplier"] * 0.05 / 2 ** 0.5)
+    final = h.final(job_id, ASSIST)
+    assert max(float(np.max(np.abs(final[k] - reference[k]))) for k in reference) > 1e-3  # clipped + noised
+    info = json.loads(h.fed.client("-c", "status", job_id, "--json").stdout)
+    progress = info["nodes"]["node-1"]["progress"]
+    assert progress["dp_epsilon"] == pytest.approx(8.0, rel=1e-3) and progress["dp_delta"] == 1e-5

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from xfed.aggregation.privacy import DpParams, Privatizer
 from xfed.operators.horizontal_chatglm import resume
 from xfed.operators.horizontal_chatglm.adapter_state import extract_trainable, load_trainable
+from xfed.operators.horizontal_chatglm.fedprox import ProximalCallback
 from xfed.operators.horizontal_chatglm.metrics import MetricsLog
 from xfed.operators.horizontal_chatglm.peft_setup import apply_peft
 from xfed.operators.horizontal_chatglm.rounds import FederatedCallback, RoundRunner
@@ -44,7 +46,8 @@ LORA = {"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"], "lora_dropout":
 PREFIX = {"PREFIX_TUNING": {"pre_seq_len": 3, "prefix_projection": True, "prefix_hidden_size": 8}}
 
 
-def _party(tiny_glm, tmp_path, name, peft=None):
+def _party(tiny_glm, tmp_path, name, peft=None, private=False, seed=None):
+    """private: FedProx (mu 0.5) and client-level DP (otp share of 2 parties) as the operator wires them."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -56,12 +59,21 @@ def _party(tiny_glm, tmp_path, name, peft=None):
     trainer = build_trainer(peft_model, args, features(8), collate, callbacks=[])
     out = tmp_path / name / "out"
     schedule = party_schedule(ROUNDS, count_optimizer_steps(trainer))
+    privatizer, anchors = None, []
+    if private:
+        proximal = ProximalCallback(peft_model, 0.5)
+        trainer.add_callback(proximal)
+        privatizer = Privatizer(DpParams(epsilon=50.0, clip_norm=0.05), ROUNDS, "otp", 2, seed=seed)
+        anchors = [proximal, privatizer]
     runner = RoundRunner(_Ctx(), peft_model, _aggregate, None, schedule, 1.0, out,
-                         MetricsLog(out / "metrics.json", {}),
+                         MetricsLog(out / "metrics.json", {}), privatizer=privatizer, anchors=anchors,
                          after_checkpoint=lambda k: resume.save_round_state(
-                             out, k, ROUNDS, extract_trainable(peft_model), trainer, node="node-1", attempt=0))
+                             out, k, ROUNDS, extract_trainable(peft_model), trainer, node="node-1", attempt=0,
+                             dp_seed=privatizer.seed if privatizer else None))
     callback = FederatedCallback(runner)
     trainer.add_callback(callback)
+    for anchor in anchors:
+        anchor.set_anchor(extract_trainable(peft_model))
     return trainer, callback, peft_model, out
 
 
@@ -131,3 +143,36 @@ def test_a_rounds_metrics_record_is_on_disk_before_its_resume_state(tiny_glm, tm
     callback.runner.after_checkpoint = checked
     trainer.train()
     assert seen == [(k, list(range(1, k + 1))) for k in range(1, ROUNDS + 1)]
+
+
+def test_fedprox_and_dp_resume_exactly_with_the_saved_noise_seed(tiny_glm, tmp_path):
+    """A resumed DP party draws the same noise for a re-run round (seed from the resume state) and FedProx
+    restarts from the restored aggregate: the run equals the uninterrupted one; the noise is really there."""
+    import json
+
+    trainer, _callback, peft_model, out = _party(tiny_glm, tmp_path, "ref", private=True)
+    trainer.train()
+    ref = extract_trainable(peft_model)
+    seed = resume.dp_seed(out, 2)
+    assert seed is not None and seed == _callback.runner.privatizer.seed
+    records = json.loads((out / "metrics.json").read_text())["rounds"]
+    spent = [r["dp_epsilon"] for r in records]
+    assert spent == sorted(spent) and spent[-1] == pytest.approx(50.0, rel=1e-3)
+    assert all(r["dp_update_norm"] > 0 for r in records)
+
+    trainer, callback, peft_model, out2 = _party(tiny_glm, tmp_path, "resumed", private=True, seed=resume.dp_seed(out, 2))
+    shutil.copytree(out, out2, dirs_exist_ok=True)
+    restored = resume.restore(_Ctx(), out2, 2, ROUNDS)
+    load_trainable(peft_model, restored, source="round 2")
+    for anchor in callback.runner.anchors:
+        anchor.set_anchor(restored)
+    callback.rounds_done = 2
+    trainer.train(resume_from_checkpoint=resume.trainer_checkpoint(_Ctx(), out2, 2, trainer))
+    got = extract_trainable(peft_model)
+    for name in ref:
+        assert np.max(np.abs(got[name] - ref[name])) <= 1e-6, name
+
+    trainer, callback, peft_model, out3 = _party(tiny_glm, tmp_path, "other-seed", private=True)
+    trainer.train()
+    other = extract_trainable(peft_model)
+    assert max(float(np.max(np.abs(other[n] - ref[n]))) for n in ref) > 1e-4  # a fresh seed: other noise

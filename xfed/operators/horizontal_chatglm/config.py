@@ -23,6 +23,8 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from xfed.aggregation.dropout import Dropout
+from xfed.aggregation.privacy import DpParams
+from xfed.aggregation.strategy import FedAvg, Strategy, StrategyChoice
 from xfed.config.base import ConfigModel, did_you_mean, fail, reraise
 from xfed.operators.horizontal_chatglm.training_args import check_value, training_argument_specs
 
@@ -96,6 +98,15 @@ class Aggregation(ConfigModel):
     min_parties: int | None = Field(
         None, ge=1, description="With encryption.otp.dropout: the fewest label trainers a round may sum "
                                 "(threshold <= min_parties <= label trainers; default the threshold).")
+    strategy: StrategyChoice | None = Field(
+        None, description='Server strategy on the round\'s weighted mean: a name ("fedadam") or '
+                          '{"fedadam": {"server_lr": 0.03}}; fedavg (default), fedavgm, fedadam, fedyogi, '
+                          "fedadagrad (docs/CONFIG.md lists their parameters).")
+    fedprox_mu: float = Field(0.0, ge=0, allow_inf_nan=False,
+                              description="FedProx μ: adds μ/2·‖θ − θ_global‖² over the trainable adapter "
+                                          "parameters to every party's local loss (0: off).")
+    dp: DpParams | None = Field(None, description="Client-level differential privacy (clip, Gaussian noise, "
+                                                  "accounted over the job's rounds); needs weighting uniform.")
 
     @field_validator("agg_steps", mode="before")
     @classmethod
@@ -115,9 +126,20 @@ class Aggregation(ConfigModel):
             raise PydanticCustomError("agg_steps", f"{rule}, got {v!r}")
         return v
 
+    @model_validator(mode="after")
+    def _dp_needs_uniform(self) -> Aggregation:
+        if self.dp is not None and self.weighting != "uniform":
+            fail("aggregation", [(("dp",), "needs weighting \"uniform\" (an example-count weight would scale a "
+                                          "party's sensitivity with its share of the examples)")])
+        return self
+
     @property
     def is_fraction(self) -> bool:
         return isinstance(self.agg_steps, float)
+
+    def build_strategy(self) -> Strategy:
+        """The configured server strategy (FedAvg when none is set)."""
+        return self.strategy.build() if self.strategy is not None else FedAvg()
 
 
 # ---------------------------------------------------------------- encryption

@@ -15,13 +15,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from xfed.aggregation import encryption_kind, make_leaf, make_root, tensors_digest
+from xfed.aggregation.privacy import Privatizer
 from xfed.config import fill_placeholders
 from xfed.errors import ConfigError, JobError, PreflightError, XfedError, blaming
 
 from ..outputs import claim_output_dir, job_identity
 from . import protocol, reporting, resume
 from .adapter_state import extract_trainable, load_trainable, save_adapter
-from .config import Params, merge_authoritative
+from .config import Aggregation, Params, merge_authoritative
+from .fedprox import ProximalCallback
 from .metrics import MetricsLog
 from .party import (
     PartyData,
@@ -117,6 +119,11 @@ def _agg_steps(params: dict[str, Any]) -> Any:
     return (params.get("aggregation") or {}).get("agg_steps", 1.0)
 
 
+def _aggregation(params: dict[str, Any]) -> Aggregation:
+    """The validated `aggregation` section as its model (validated_params dumped it to a dict)."""
+    return Aggregation.model_validate(params.get("aggregation") or {})
+
+
 class _Party:
     """What both roles share: local set-up, outputs, and the round loop around the Trainer."""
 
@@ -125,12 +132,15 @@ class _Party:
         self.node = ctx.node_id
         self.own = _own_params(ctx)
         self.warnings: list[str] = []
+        self.root: Any = None  # the assist trainer's aggregator (its strategy state is resumed)
 
     # -- local set-up ---------------------------------------------------------------------------
     def setup(self, params: dict[str, Any], model_free: bool = False) -> None:
         """model_free: an aggregating assist trainer; the base model's layout only (meta device), the
         adapter's trainable tensors in real memory, filled from a trainer's initial adapter."""
         self.params = params
+        self.aggregation = _aggregation(params)
+        self.proximal: ProximalCallback | None = None
         trainer_params = dict(params.get("trainer") or {})
         self.output_dir = claim_output_dir(_output_dir(self.ctx), self.ctx)  # never another job's folder
         trainer_params.setdefault("run_name", reporting.run_name(self.ctx.job_id, self.node))
@@ -161,6 +171,9 @@ class _Party:
         if self.data is not None:
             self.trainer = build_trainer(self.peft_model, args, self.data.train, self.data.collator, callbacks=[])
             self.total_steps = count_optimizer_steps(self.trainer)
+            if self.aggregation.fedprox_mu > 0:
+                self.proximal = ProximalCallback(self.peft_model, self.aggregation.fedprox_mu)
+                self.trainer.add_callback(self.proximal)
         self._finish_setup(params, args)
 
     def _finish_setup(self, params: dict[str, Any], args: Any) -> None:
@@ -198,12 +211,20 @@ class _Party:
         def after_checkpoint(round_idx: int) -> None:
             resume.save_round_state(self.output_dir, round_idx, rounds, extract_trainable(self.peft_model),
                                     self.trainer, node=self.node, attempt=self.ctx.attempt,
-                                    job=job_identity(self.ctx))
+                                    job=job_identity(self.ctx),
+                                    strategy=self.root.strategy if self.root is not None else None,
+                                    dp_seed=privatizer.seed if privatizer is not None else None)
             resume.prune(self.output_dir, round_idx, self.save_total_limit)
 
+        privatizer = self.privatizer(rounds, resume.dp_seed(self.output_dir, start)) if aggregator is not None else None
+        anchors = [a for a in (self.proximal, privatizer) if a is not None]
+        start_tensors = extract_trainable(self.peft_model)  # the global adapter round start + 1 begins from
+        for anchor in anchors:
+            anchor.set_anchor(start_tensors)
         runner = RoundRunner(self.ctx, self.peft_model, aggregate, aggregator, schedule, self.weight,
                              self.output_dir, self.metrics, evaluator=self.evaluator(), trains=trains,
-                             after_checkpoint=after_checkpoint, reporter=self.reporter)
+                             after_checkpoint=after_checkpoint, reporter=self.reporter, privatizer=privatizer,
+                             anchors=anchors)
         self.reporter.start()
         started = self.metrics.started = time.monotonic()  # ETA counts training time, not set-up and preflight
         if trains and start < rounds:
@@ -230,6 +251,20 @@ class _Party:
         return {"rounds": rounds, "final": str(final), "final_digest": final_digest, "metrics": str(self.metrics.path),
                 "last_round": {k: v for k, v in last.items() if isinstance(v, (int, float, str))},
                 "warnings": self.warnings}
+
+    def privatizer(self, rounds: int, seed: int | None) -> Privatizer | None:
+        """Client-level DP (aggregation.dp) for a federation: σ calibrated over `rounds`; the noise share
+        depends on whether the aggregator sees each upload (plain) or only the masked sum (otp); `seed`:
+        a resumed attempt's noise seed (None: a fresh one from the OS CSPRNG)."""
+        dp = self.aggregation.dp
+        if dp is None:
+            return None
+        kind = encryption_kind(self.params.get("encryption"))[0]
+        privatizer = Privatizer(dp, rounds, kind, masked_parties=len(self.ctx.trainer_ids), seed=seed)
+        self.metrics.write(dp={"epsilon": dp.epsilon, "delta": dp.delta, "clip_norm": dp.clip_norm,
+                               "accountant": dp.accountant, "noise_multiplier": privatizer.sigma,
+                               "party_noise_std": privatizer.std, "encryption": kind})
+        return privatizer
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -288,6 +323,8 @@ class _Label(_Party):
             raise ConfigError(f"{self.node}: input.trainset: a label trainer needs training data")
         if encryption_kind(self.params.get("encryption"))[0] == "otp":
             self.warn(f"{self.node}: encryption otp with a single party masks nothing; training locally")
+        if self.aggregation.dp is not None:
+            self.warn(f"{self.node}: aggregation.dp is ignored by a single party: it releases nothing to anyone")
         rounds = count_rounds(_agg_steps(self.params), {self.node: self.total_steps})
         start = resume.agree_round(self.ctx, self.output_dir, {})
         restored = resume.restore(self.ctx, self.output_dir, start, rounds)
@@ -348,7 +385,10 @@ class _Assist(_Party):
             load_trainable(self.peft_model, restored, source=f"checkpoint-{start} of {self.node}")
         # warns on otp < 2 masked parties
         root = make_root(_KeepWarnings(ctx, self.warnings), self.params.get("encryption"), timeout=ROUND_TIMEOUT_S,
-                         min_parties=(self.params.get("aggregation") or {}).get("min_parties"))
+                         min_parties=(self.params.get("aggregation") or {}).get("min_parties"),
+                         strategy=self.aggregation.build_strategy())
         root.setup()
         root.broadcast_initial(extract_trainable(self.peft_model))
+        resume.restore_strategy(ctx, self.output_dir, start, root.strategy)  # moments of round `start`
+        self.root = root
         return self.run_rounds(rounds, root.aggregate, root, start)

@@ -31,6 +31,7 @@ from ..outputs import describe, job_identity, same_job
 RESUME_DIR = "xfed_resume"
 STATE_FILE = "state.json"
 TENSORS_FILE = "trainable.safetensors"
+STRATEGY_FILE = "strategy.safetensors"  # the assist trainer's server-optimizer state (moments), when it has any
 TRAINER_STATE_NAME = "trainer_state.json"  # the Trainer's own file name (TRAINER_STATE_NAME in transformers)
 
 
@@ -39,8 +40,10 @@ def checkpoint_dir(output_dir: Path, round_idx: int) -> Path:
 
 
 def save_round_state(output_dir: Path, round_idx: int, rounds: int, tensors: dict[str, np.ndarray],
-                     trainer: Any | None, *, node: str, attempt: int, job: dict[str, str] | None = None) -> Path:
-    """Write checkpoint-{round_idx}/xfed_resume/ (tensors, trainer state), `state.json` last."""
+                     trainer: Any | None, *, node: str, attempt: int, job: dict[str, str] | None = None,
+                     strategy: Any | None = None, dp_seed: int | None = None) -> Path:
+    """Write checkpoint-{round_idx}/xfed_resume/ (tensors, trainer state, the assist trainer's `strategy`
+    state, this party's DP noise seed), `state.json` last."""
     from safetensors.numpy import save_file
 
     from xfed.diskio import writing
@@ -60,6 +63,13 @@ def save_round_state(output_dir: Path, round_idx: int, rounds: int, tensors: dic
         step = int(trainer.state.global_step)
     state = {"round": round_idx, "rounds": rounds, "step": step, "node": node, "attempt": attempt,
              "trainer_state": trainer is not None, "job": dict(job or {})}  # whose state: --resume checks it
+    if strategy is not None:
+        strategy_state = strategy.state()
+        if strategy_state:
+            save_file({k: np.ascontiguousarray(v) for k, v in strategy_state.items()}, str(folder / STRATEGY_FILE))
+        state["strategy"] = {"name": strategy.name, "tensors": len(strategy_state)}
+    if dp_seed is not None:  # the party's own secret, like its adapter: a resumed attempt draws the same noise
+        state["dp_seed"] = f"{dp_seed:x}"
     tmp = folder / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(state, indent=1))
     os.replace(tmp, folder / STATE_FILE)
@@ -180,6 +190,42 @@ def check_owner(ctx: Any, where: Path, state: dict[str, Any]) -> None:
     if not same_job(recorded, ours):
         raise JobError(f"{ctx.node_id}: {where}: resume state of {describe(recorded)}, not of this "
                        f"{describe(ours)}; refusing to resume from another job's state")
+
+
+def dp_seed(output_dir: Path, start: int) -> int | None:
+    """The DP noise seed saved with round `start` (None on a first attempt or when the job had no DP)."""
+    value = (read_state(output_dir, start) or {}).get("dp_seed") if start > 0 else None
+    try:
+        return int(value, 16) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def restore_strategy(ctx: Any, output_dir: Path, start: int, strategy: Any) -> None:
+    """Put the server strategy's state of round `start` back (after `start()` set the global tensors), so a
+    resumed job continues the optimizer exactly; refuses a state saved by another strategy."""
+    if start <= 0:
+        return
+    state = read_state(output_dir, start) or {}
+    where = checkpoint_dir(output_dir, start) / RESUME_DIR
+    saved = state.get("strategy") or {"name": "fedavg", "tensors": 0}  # states from before strategies: FedAvg
+    if saved.get("name") != strategy.name:
+        raise JobError(f"{ctx.node_id}: {where}: saved by strategy {saved.get('name')!r}, but this attempt "
+                       f"uses {strategy.name!r} (the configuration changed; start a new job)")
+    if not saved.get("tensors"):
+        strategy.load_state({})
+        return
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(where / STRATEGY_FILE))
+    except (OSError, SafetensorError) as exc:
+        raise JobError(f"{ctx.node_id}: {where / STRATEGY_FILE}: unreadable ({exc})") from None
+    if len(tensors) != int(saved["tensors"]):
+        raise JobError(f"{ctx.node_id}: {where / STRATEGY_FILE}: {len(tensors)} tensors, state.json says "
+                       f"{saved['tensors']}")
+    strategy.load_state(tensors)
 
 
 def trainer_checkpoint(ctx: Any, output_dir: Path, start: int, trainer: Any) -> str | None:

@@ -82,6 +82,8 @@ class RoundRunner:
     trains: bool = True
     after_checkpoint: Callable[[int], None] | None = None  # resume state of the round (resume.py)
     reporter: Any = None  # reporting.Reporter: the round to the Trainer's integrations + trainer_state.json
+    privatizer: Any = None  # xfed.aggregation.privacy.Privatizer with aggregation.dp: clip + noise before upload
+    anchors: list[Any] = field(default_factory=list)  # told each round's aggregate (FedProx, DP: set_anchor)
     _losses: list[float] = field(default_factory=list)
 
     def note_loss(self, loss: float) -> None:
@@ -90,12 +92,20 @@ class RoundRunner:
     def run_round(self, round_idx: int, global_step: int | None) -> dict[str, Any]:
         started = time.monotonic()
         own = extract_trainable(self.peft_model) if self.trains else None
+        dp: dict[str, Any] = {}
+        if own is not None and self.privatizer is not None:
+            own, norm = self.privatizer.release(round_idx, own)  # clipped round delta + this party's noise share
+            dp["dp_update_norm"] = round(norm, 6)
         agg_started = time.monotonic()
         averaged = self.aggregate(round_idx, own, self.weight if self.trains else 0.0)
         agg_ms = (time.monotonic() - agg_started) * 1000
         self._check_finite(averaged, round_idx)
         load_trainable(self.peft_model, averaged, source=f"aggregate of round {round_idx}")
-        record: dict[str, Any] = {"round": round_idx, "rounds": self.schedule.rounds, "node": self.ctx.node_id}
+        for anchor in self.anchors:
+            anchor.set_anchor(averaged)
+        if self.privatizer is not None:
+            dp.update(self.privatizer.spent(round_idx))
+        record: dict[str, Any] = {"round": round_idx, "rounds": self.schedule.rounds, "node": self.ctx.node_id, **dp}
         contributors = getattr(self.aggregator, "last_contributors", None)
         if contributors:  # dropout-tolerant secure aggregation: who this round's mean is over
             record["contributors"] = list(contributors)
@@ -121,7 +131,8 @@ class RoundRunner:
             self.after_checkpoint(round_idx)
         self.ctx.report("metrics", record)
         self.ctx.report("progress", {"round": round_idx, "rounds": self.schedule.rounds, "eta_s": record["eta_s"],
-                                     "fraction": round(round_idx / self.schedule.rounds, 4)})
+                                     "fraction": round(round_idx / self.schedule.rounds, 4),
+                                     **{k: v for k, v in dp.items() if k in ("dp_epsilon", "dp_delta")}})
         return record
 
     def _check_finite(self, tensors: dict[str, np.ndarray], round_idx: int) -> None:

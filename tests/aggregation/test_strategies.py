@@ -1,0 +1,170 @@
+"""Server strategies: each against a step computed by hand, resume continuity, config parsing, and
+a FedAdam root over real Redis under otp that equals FedAdam applied to the plain mean."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from xfed.aggregation import make_leaf, make_root
+from xfed.aggregation.strategy import (
+    STRATEGIES,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedYogi,
+    StrategyChoice,
+    make_strategy,
+)
+from xfed.errors import ConfigError, JobError
+
+from .conftest import run_parties
+
+X0 = {"w": np.array([1.0, 2.0], np.float32)}
+
+
+def _steps(strategy, means):
+    strategy.start(X0)
+    return [strategy.step(r, {"w": np.asarray(m, np.float64)})["w"] for r, m in enumerate(means, 1)]
+
+
+def test_fedavg_returns_the_weighted_mean_as_float32():
+    s = FedAvg()
+    s.start(X0)
+    out = s.finalize(1, {"w": np.array([30.0, 60.0])}, 30.0)
+    assert out["w"].dtype == np.float32
+    np.testing.assert_array_equal(out["w"], [1.0, 2.0])
+
+
+def test_fedavgm_hand_computed_two_rounds_and_nesterov():
+    # x0 = [1, 2]; beta 0.5, eta 2
+    # round 1: mean [2, 0] -> delta [1, -2], v = [1, -2], x1 = x0 + 2 v = [3, -2]
+    # round 2: mean [3, -1] -> delta [0, 1], v = 0.5 [1, -2] + [0, 1] = [0.5, 0], x2 = [3, -2] + 2 [0.5, 0] = [4, -2]
+    x1, x2 = _steps(FedAvgM(FedAvgM.Params(server_lr=2.0, momentum=0.5)), [[2, 0], [3, -1]])
+    np.testing.assert_allclose(x1, [3, -2])
+    np.testing.assert_allclose(x2, [4, -2])
+    # nesterov, round 1: x1 = x0 + 2 (0.5 v + delta) = [1, 2] + 2 [1.5, -3] = [4, -4]
+    [n1] = _steps(FedAvgM(FedAvgM.Params(server_lr=2.0, momentum=0.5, nesterov=True)), [[2, 0]])
+    np.testing.assert_allclose(n1, [4, -4])
+    # momentum 0, eta 1 is FedAvg
+    [plain] = _steps(FedAvgM(FedAvgM.Params(momentum=0.0)), [[2, 0]])
+    np.testing.assert_array_equal(plain, [2, 0])
+
+
+def _opt(cls, **kw):
+    return cls(cls.Params(server_lr=1.0, beta_1=0.5, tau=0.5, **kw))
+
+
+def test_fedadam_hand_computed_two_rounds():
+    # x0 = [1, 2], beta1 .5, beta2 .75, tau .5, eta 1, v_-1 = tau^2 = .25
+    # round 1: mean [3, 2] -> delta [2, 0]; m = [1, 0]; v = .75*.25 + .25*[4, 0] = [1.1875, .1875]
+    #          x1 = x0 + m / (sqrt(v) + .5)
+    x1, x2 = _steps(_opt(FedAdam, beta_2=0.75), [[3, 2], [4, 2]])
+    want1 = np.array([1 + 1 / (math.sqrt(1.1875) + 0.5), 2.0])
+    np.testing.assert_allclose(x1, want1, rtol=1e-6)
+    # round 2: mean [4, 2] -> delta [4 - x1[0], 0]; m = .5 m1 + .5 delta; v = .75 v1 + .25 delta^2
+    d = 4 - np.float64(x1[0])
+    m, v = 0.5 * 1 + 0.5 * d, 0.75 * 1.1875 + 0.25 * d * d
+    np.testing.assert_allclose(x2, [x1[0] + m / (math.sqrt(v) + 0.5), 2.0], rtol=1e-6)
+
+
+def test_fedyogi_hand_computed_step():
+    # v = .25 - (1 - .75) * 4 * sign(.25 - 4) = 1.25 on the first element; .25 - 0 on the second
+    [x1] = _steps(_opt(FedYogi, beta_2=0.75), [[3, 2]])
+    np.testing.assert_allclose(x1, [1 + 1 / (math.sqrt(1.25) + 0.5), 2.0], rtol=1e-6)
+    # the second moment moves by at most (1 - beta2) delta^2: a large v shrinks slowly
+    s = _opt(FedYogi, beta_2=0.75)
+    s.start(X0)
+    s.v = {"w": np.array([100.0, 100.0])}
+    s.step(1, {"w": np.array([3.0, 2.0])})
+    np.testing.assert_allclose(s.v["w"], [100 - 0.25 * 4, 100.0])
+
+
+def test_fedadagrad_hand_computed_step_and_default_without_momentum():
+    # v = .25 + 4 = 4.25; beta1 .5: m = 1
+    [x1] = _steps(_opt(FedAdagrad), [[3, 2]])
+    np.testing.assert_allclose(x1, [1 + 1 / (math.sqrt(4.25) + 0.5), 2.0], rtol=1e-6)
+    s = FedAdagrad(FedAdagrad.Params(server_lr=1.0, tau=0.5))  # default beta1 0: m = delta = 2
+    [y1] = _steps(s, [[3, 2]])
+    np.testing.assert_allclose(y1, [1 + 2 / (math.sqrt(4.25) + 0.5), 2.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_a_strategy_restored_from_its_state_continues_exactly(name):
+    rng = np.random.default_rng(0)
+    means = [{"w": rng.normal(size=(3, 4)), "b": rng.normal(size=5)} for _ in range(4)]
+    x0 = {"w": np.zeros((3, 4), np.float32), "b": np.ones(5, np.float32)}
+    ref = make_strategy(name)
+    ref.start(x0)
+    outs = [ref.step(r, m) for r, m in enumerate(means, 1)]
+    first = make_strategy(name)
+    first.start(x0)
+    for r in (1, 2):
+        first.step(r, means[r - 1])
+    state = {k: np.array(v) for k, v in first.state().items()}  # what resume.py writes and reads back
+    resumed = make_strategy(name)
+    resumed.start(outs[1])  # the restored aggregate of round 2
+    resumed.load_state(state)
+    for r in (3, 4):
+        got = resumed.step(r, means[r - 1])
+        for k in got:
+            np.testing.assert_array_equal(got[k], outs[r - 1][k])
+
+
+def test_state_of_another_strategy_is_refused():
+    with pytest.raises(JobError, match="unexpected entries"):
+        FedAdam().load_state({"velocity/w": np.zeros(2)})
+    with pytest.raises(JobError, match="does not belong"):
+        FedAvg().load_state({"m/w": np.zeros(2)})
+
+
+def test_config_names_or_parameters_and_clear_errors():
+    assert StrategyChoice.model_validate("fedyogi").build().name == "fedyogi"
+    built = StrategyChoice.model_validate({"fedavgm": {"server_lr": 3.0, "momentum": 0.0}}).build()
+    assert isinstance(built, FedAvgM) and built.params.server_lr == 3.0
+    for bad, match in [("fedsgd", "unknown strategy 'fedsgd'"), ({}, "exactly one of fedavg"),
+                       ({"fedadam": {"lr": 1.0}}, "fedadam.lr"), ({"fedadam": {"beta_1": 1.0}}, "less than 1"),
+                       ({"fedadam": {"server_lr": 0}}, "greater than 0"), ({"fedadam": {"tau": "1"}}, "tau")]:
+        with pytest.raises(ValidationError, match=match):
+            StrategyChoice.model_validate(bad)
+    with pytest.raises(ConfigError, match="unknown strategy"):
+        make_strategy("nope")
+
+
+def test_fedadam_under_otp_equals_fedadam_on_the_plain_mean(federation):
+    """The strategy sees only the decoded mean: a FedAdam root over real Redis with otp gives what FedAdam
+    gives on the mean computed by hand."""
+    trainers = ["node-1", "node-2"]
+    otp = {"otp": {"key_bitlength": 128, "key_exchange": {"key_bitlength": 2048, "optimized": True},
+                   "csprng": {"name": "hmac_drbg", "method": "sha512"}}}
+    ctxs = federation(trainers)
+    initial = {"w": np.linspace(-1, 1, 6, dtype=np.float32)}
+    params = FedAdam.Params(server_lr=0.1)
+    uploads = {n: [{"w": initial["w"] + (i + 1) * (r + 1) * 0.25} for r in range(2)] for i, n in enumerate(trainers)}
+
+    def leaf(node):
+        def fn():
+            agg = make_leaf(ctxs[node], otp)
+            agg.setup()
+            agg.receive_initial()
+            return [agg.aggregate(r, uploads[node][r], 1.0) for r in range(2)]
+        return fn
+
+    def root():
+        agg = make_root(ctxs["assist"], otp, strategy=FedAdam(params))
+        agg.setup()
+        agg.broadcast_initial(initial)
+        return [agg.aggregate(r, None) for r in range(2)]
+
+    got = run_parties({**{n: leaf(n) for n in trainers}, "assist": root})
+    ref = FedAdam(params)
+    ref.start(initial)
+    for r in range(2):
+        want = ref.step(r, {"w": sum(uploads[n][r]["w"].astype(np.float64) for n in trainers) / 2})
+        np.testing.assert_allclose(got["assist"][r]["w"], want["w"], atol=1e-7)
+        for n in trainers:
+            np.testing.assert_array_equal(got[n][r]["w"], got["assist"][r]["w"])

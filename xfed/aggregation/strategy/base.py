@@ -1,0 +1,90 @@
+"""What every server strategy shares: the interface, its typed parameters, the weighted mean it receives.
+
+The aggregation layer (plain, otp, or any other way of forming the sum) decodes the round's weighted
+sum and divides it by the total weight; a strategy only ever sees that mean and the global tensors it
+broadcast the round before. So a strategy works unchanged under every aggregation protocol, and a new
+strategy is one file with one `Strategy` subclass (registered in `strategy/__init__.py`).
+
+Resume: `state()` returns everything a strategy carries from one round to the next beyond the global
+tensors (moments, round counter) as named float64 arrays; the assist trainer saves it with the round's
+resume state and `load_state` puts it back after `start` (the global tensors are the restored aggregate).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Mapping
+
+import numpy as np
+from pydantic import Field
+
+from xfed.config.base import ConfigModel
+from xfed.errors import JobError
+
+
+class StrategyParams(ConfigModel):
+    """Parameters of a strategy without any (FedAvg)."""
+
+
+def weighted_mean(round_idx: int, weighted_sum: Mapping[str, np.ndarray], total_weight: float) -> dict[str, np.ndarray]:
+    """sum_i(w_i x_i) / sum_i(w_i) in float64; a round whose total weight is 0 has nothing to average."""
+    total = float(total_weight)
+    if not np.isfinite(total) or total <= 0:
+        raise JobError(f"round {round_idx}: total aggregation weight is {total_weight!r}; "
+                       "nothing to average (every party has weight 0?)")
+    return {name: np.asarray(value, dtype=np.float64) / total for name, value in weighted_sum.items()}
+
+
+class Strategy:
+    """Turns the round's weighted mean into the next global tensors (float32, what the root broadcasts).
+
+    `start(initial)` gets the starting global tensors; `step(round, mean)` returns round's global.
+    """
+
+    name: ClassVar[str] = "strategy"
+    Params: ClassVar[type[StrategyParams]] = StrategyParams
+
+    def __init__(self, params: StrategyParams | None = None) -> None:
+        self.params = params if params is not None else self.Params()
+        self.current: dict[str, np.ndarray] | None = None  # the global tensors last broadcast (float32)
+
+    def start(self, initial: Mapping[str, np.ndarray]) -> None:
+        self.current = {k: np.asarray(v, dtype=np.float32).copy() for k, v in initial.items()}
+
+    def finalize(self, round_idx: int, weighted_sum: Mapping[str, np.ndarray],
+                 total_weight: float) -> dict[str, np.ndarray]:
+        """The aggregation layer's entry: mean of the decoded sum, then this strategy's step."""
+        return self.step(round_idx, weighted_mean(round_idx, weighted_sum, total_weight))
+
+    def step(self, round_idx: int, mean: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        new = self.update(round_idx, {k: np.asarray(v, dtype=np.float64) for k, v in mean.items()})
+        self.current = {k: np.asarray(v, dtype=np.float32) for k, v in new.items()}
+        return dict(self.current)
+
+    def update(self, round_idx: int, mean: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """The strategy proper: float64 mean -> new global (cast to float32 by `step`)."""
+        raise NotImplementedError
+
+    def previous(self, mean: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The global tensors of the last round as float64 (a strategy with a server optimizer needs them)."""
+        if self.current is None or set(self.current) != set(mean):
+            raise JobError(f"strategy {self.name}: no initial tensors matching the round's mean "
+                           "(start() was not called with the broadcast adapter)")
+        return {k: v.astype(np.float64) for k, v in self.current.items()}
+
+    # -- resume ----------------------------------------------------------------------------------
+    def state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        if state:
+            raise JobError(f"strategy {self.name}: saved state {sorted(state)[:3]} does not belong to it")
+
+
+def positive(description: str, default: float) -> float:
+    """A Field for a strictly positive float with its documented default."""
+    return Field(default, gt=0, allow_inf_nan=False, description=description)
+
+
+def fraction(description: str, default: float) -> float:
+    """A Field for a float in [0, 1)."""
+    return Field(default, ge=0, lt=1, allow_inf_nan=False, description=description)

@@ -1,0 +1,61 @@
+"""FedOpt (Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2): the shared skeleton of
+FedAdagrad, FedAdam and FedYogi, which differ only in how the second moment v is updated (`second_moment`).
+
+With Δ_t = mean_t − x_t (the round's average change; the negative pseudo-gradient), element-wise:
+    m_t = β1 m_{t−1} + (1 − β1) Δ_t                      (m_{−1} = 0)
+    v_t = second_moment(v_{t−1}, Δ_t²)                   (v_{−1} = τ², as in the paper)
+    x_{t+1} = x_t + η m_t / (√v_t + τ)
+No bias correction (the paper has none; with v_{−1} = τ² the first step is already about η·sign(Δ)).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from xfed.aggregation.strategy.base import Strategy, StrategyParams, fraction, positive
+from xfed.errors import JobError
+
+
+class FedOptParams(StrategyParams):
+    server_lr: float = positive("η: server learning rate (each element moves by about η per round).", 1e-2)
+    beta_1: float = fraction("β1: first-moment (momentum) decay in [0, 1).", 0.9)
+    beta_2: float = fraction("β2: second-moment decay in [0, 1) (FedAdam, FedYogi; unused by FedAdagrad).", 0.99)
+    tau: float = positive("τ: adaptivity; added to √v (larger τ: closer to server SGD with momentum).", 1e-3)
+
+
+class FedOpt(Strategy):
+    """Adaptive server optimizer; subclasses define `second_moment`. State: m and v per tensor."""
+
+    name = "fedopt"
+    Params = FedOptParams
+
+    def __init__(self, params: FedOptParams | None = None) -> None:
+        super().__init__(params)
+        self.m: dict[str, np.ndarray] = {}
+        self.v: dict[str, np.ndarray] = {}
+
+    def second_moment(self, v: np.ndarray, delta_sq: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def update(self, round_idx: int, mean: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        p, x = self.params, self.previous(mean)
+        out = {}
+        for k in mean:
+            delta = mean[k] - x[k]
+            m = p.beta_1 * self.m.get(k, 0.0) + (1 - p.beta_1) * delta
+            v = self.second_moment(self.v.get(k, np.full_like(delta, p.tau ** 2)), delta * delta)
+            self.m[k], self.v[k] = m, v
+            out[k] = x[k] + p.server_lr * m / (np.sqrt(v) + p.tau)
+        return out
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {**{f"m/{k}": v for k, v in self.m.items()}, **{f"v/{k}": v for k, v in self.v.items()}}
+
+    def load_state(self, state: Mapping[str, np.ndarray]) -> None:
+        bad = [k for k in state if not k.startswith(("m/", "v/"))]
+        if bad:
+            raise JobError(f"strategy {self.name}: saved state has unexpected entries {bad[:3]}")
+        self.m = {k[2:]: np.asarray(v, dtype=np.float64) for k, v in state.items() if k.startswith("m/")}
+        self.v = {k[2:]: np.asarray(v, dtype=np.float64) for k, v in state.items() if k.startswith("v/")}
