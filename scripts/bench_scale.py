@@ -322,6 +322,8 @@ def main() -> int:
             results["federated"] = federated(int4, args.work)
         except Exception as exc:  # noqa: BLE001 - reported in the table, not a traceback
             results["federated"] = {"error": " ".join(str(exc).split())[:400]}
+    # the load at the end too: one-minute averages taken only at the start hid a busy machine mid-run
+    results["loadavg_end"] = [round(x, 1) for x in os.getloadavg()]
     print_table(results)
     if args.json:
         print(json.dumps(results))
@@ -329,7 +331,8 @@ def main() -> int:
 
 
 def print_table(r: dict[str, Any]) -> None:
-    print(f"ChatGLM-6B shape, {r['layers']} layers, random weights; {r['cpus']} CPUs, load avg {r['loadavg']}")
+    print(f"ChatGLM-6B shape, {r['layers']} layers, random weights; {r['cpus']} CPUs, load avg {r['loadavg']} at start, "
+          f"{r.get('loadavg_end')} at end")
     cols = ("load_s", "weight_gb", "load_peak_rss_gb", "peak_over_weights", "lora_step_64_s", "lora_step_256_s",
             "ptuning_step_64_s", "generate_tok_s", "peak_rss_gb")
     print("| variant | " + " | ".join(cols) + " |")
