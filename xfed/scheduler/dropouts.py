@@ -94,13 +94,14 @@ class DeadVerdict:
     node: str = ""
 
 
-def judge_dead(job: Job, policy: DropoutPolicy | None, dead: list[str], interval: float) -> DeadVerdict | None:
-    """What the death of `dead` (no heartbeat) means for `job`; None when nothing new died."""
+def judge_dead(job: Job, policy: DropoutPolicy | None, dead: list[str], interval: float,
+               why: str = "") -> DeadVerdict | None:
+    """What the death of `dead` (no heartbeat, or `why`) means for `job`; None when nothing new died."""
     already = {n for n, s in job.nodes.items() if s.state == DROPPED}
     new = [n for n in dead if n not in already]
     if not new:
         return None
-    why = f"heartbeat expired (none for {3 * interval:g} s): its daemon died or lost Redis"
+    why = why or f"heartbeat expired (none for {3 * interval:g} s): its daemon died or lost Redis"
     if policy is None or any(n not in policy.trainers for n in new):
         first = next((n for n in new if policy is None or n not in policy.trainers), new[0])
         others = [n for n in dead if n != first]
