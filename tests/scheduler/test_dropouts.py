@@ -77,6 +77,8 @@ def test_a_dropped_trainer_alive_again_is_re_dispatched_as_the_next_incarnation_
     )
 
     j = announced(job(n4=NodeStatus(state="dropped", stage=0), n3=NodeStatus(state="running", stage=0)))
+    assert rejoin_candidates(j, policy_of(j), {"n3", "n4"}) == []  # an operator without rejoin support
+    j = announced(j, rejoin=True)
     assert rejoin_candidates(j, policy_of(j), {"n1", "n2", "n3"}) == []  # still dead
     assert rejoin_candidates(j, None, {"n4"}) == []                      # a stage without dropout tolerance
     assert rejoin_candidates(j, policy_of(j), {"n3", "n4", "assist"}) == ["n4"]

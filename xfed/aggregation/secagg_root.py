@@ -33,9 +33,11 @@ class SecAggRoot(_SecAgg, RootBase):
         self.last_joined: dict[str, int] = {}
 
     def setup(self) -> None:
-        """Tell the scheduler (through the job's events) that this stage tolerates dropouts."""
+        """Tell the scheduler (through the job's events) that this stage tolerates dropouts, and whether
+        a restarted trainer may rejoin (only when the operator said which round is the last)."""
         self.ctx.report("metrics", {"secagg": {"threshold": self.t, "min_parties": self.floor,
-                                               "trainers": self.trainers, "round_timeout_s": self.wait_s}})
+                                               "trainers": self.trainers, "round_timeout_s": self.wait_s,
+                                               "rejoin": self.last_round is not None}})
 
     def aggregate(self, round_idx: int, own_tensors: Mapping[str, Any] | None,
                   own_weight: float = 0.0) -> dict[str, np.ndarray]:

@@ -25,10 +25,11 @@ class DropoutPolicy:
     attempt: int
     min_parties: int
     trainers: tuple[str, ...]
+    rejoin: bool = False  # the stage's operator lets a restarted trainer rejoin (xfed.scheduler.rejoins)
 
     def to_json(self) -> str:
         return json.dumps({"stage": self.stage, "attempt": self.attempt, "min_parties": self.min_parties,
-                           "trainers": list(self.trainers)})
+                           "trainers": list(self.trainers), "rejoin": self.rejoin})
 
 
 def policy_from_event(job: Job, data: Any) -> DropoutPolicy | None:
@@ -40,7 +41,7 @@ def policy_from_event(job: Job, data: Any) -> DropoutPolicy | None:
     if (isinstance(floor, bool) or not isinstance(floor, int) or not isinstance(trainers, list)
             or not all(t in job.participants for t in trainers) or not 0 < floor <= len(trainers)):
         return None
-    return DropoutPolicy(job.stage, job.attempt, floor, tuple(trainers))
+    return DropoutPolicy(job.stage, job.attempt, floor, tuple(trainers), info.get("rejoin") is True)
 
 
 def policy_of(job: Job) -> DropoutPolicy | None:
@@ -50,7 +51,8 @@ def policy_of(job: Job) -> DropoutPolicy | None:
         return None
     try:
         d = json.loads(raw)
-        policy = DropoutPolicy(int(d["stage"]), int(d["attempt"]), int(d["min_parties"]), tuple(d["trainers"]))
+        policy = DropoutPolicy(int(d["stage"]), int(d["attempt"]), int(d["min_parties"]), tuple(d["trainers"]),
+                               d.get("rejoin") is True)
     except (ValueError, KeyError, TypeError):
         return None
     return policy if (policy.stage, policy.attempt) == (job.stage, job.attempt) else None

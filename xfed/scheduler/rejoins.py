@@ -50,8 +50,9 @@ def incarnation_of(job: Job, node: str) -> int:
 
 
 def rejoin_candidates(job: Job, policy: DropoutPolicy | None, alive: set[str]) -> list[str]:
-    """Dropped label trainers of a tolerant stage whose daemon is alive again, in policy order."""
-    if policy is None or not job.active:
+    """Dropped label trainers of a tolerant stage whose daemon is alive again, in policy order (none
+    when the stage's operator does not support rejoining: its root announced `rejoin: false`)."""
+    if policy is None or not policy.rejoin or not job.active:
         return []
     return [n for n in policy.trainers
             if n in alive and job.nodes.get(n) is not None and job.nodes[n].state == NodeState.DROPPED]
