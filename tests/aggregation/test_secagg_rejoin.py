@@ -18,7 +18,7 @@ from xfed.errors import SecurityError
 from .conftest import Ctx, run_parties
 from .test_secagg import TRAINERS, WEIGHTS, check_mean, enc, update
 
-ROUNDS = 6
+ROUNDS = 5
 GROUP = named_group(2048)
 
 
@@ -45,8 +45,8 @@ def test_a_restarted_trainer_rejoins_and_every_round_is_the_mean_of_its_contribu
     """node-4 takes part in round 0 and dies; the others go on without it; it restarts as incarnation 1,
     the root admits it at a round boundary, it receives the global mean and contributes again."""
     ctxs = federation(TRAINERS)
-    e = enc(timeout=1.5, precompute_pads=True)
-    pace = 0.3  # the local steps: gives the restarted node time to ask before the stage ends
+    e = enc(timeout=1.0, precompute_pads=True)
+    pace = 0.2  # the local steps: gives the restarted node time to ask before the stage ends
 
     def leaf(ctx, first_dead=None):
         def fn():
@@ -100,7 +100,7 @@ def test_a_restart_when_no_round_is_left_is_never_admitted(federation, redis_ses
     """The root admits a rejoiner only while a round is left after the current one: node-4 dies after
     round 0 and asks to rejoin during round 1, the last one; the stage ends without it."""
     ctxs = federation(TRAINERS)
-    e = enc(timeout=1.5)
+    e = enc(timeout=1.0)
 
     def root():
         agg = make_root(ctxs["assist"], e)
