@@ -144,3 +144,32 @@ def test_join_values_are_bound_to_their_incarnation_and_session():
     chan = {"group": GROUP.bits, "public": format(public, "x"), "session": join_session(ctx, "node-4", 1)}
     with pytest.raises(SecurityError, match="replayed"):
         open_chan(chan, sender="node-1", me="node-4", session=join_session(ctx, "node-4", 2), group=GROUP, pinned={})
+
+
+def test_with_identities_join_and_answer_values_must_carry_the_right_signature():
+    from xfed.aggregation.secagg_join import chan_message, joiner_public
+    from xfed.security.identity import generate
+
+    x, m = generate("node-4"), generate("node-1")
+    pinned = {"node-4": x.public_hex, "node-1": m.public_hex}
+    ctx = Ctx("7", 0, "node-4", TRAINERS, "assist", comm=None)
+    session = join_session(ctx, "node-4", 1)
+    _, public = generate_keypair(GROUP)
+    entry = check_join(join_message(node="node-4", incarnation=1, peers=TRAINERS[:3], session=session, group=GROUP,
+                                    public=public, identity_key=x), node="node-4", incarnation=1, group=GROUP)
+    assert joiner_public(entry, joiner="node-4", me="node-1", session=session, group=GROUP, pinned=pinned) == public
+    with pytest.raises(SecurityError):  # signed for another incarnation's session
+        joiner_public(entry, joiner="node-4", me="node-1", session=join_session(ctx, "node-4", 2), group=GROUP,
+                      pinned=pinned)
+    with pytest.raises(SecurityError):  # node-1's signature moved onto node-2's slot
+        joiner_public({**entry, "dh_sig": {"node-2": entry["dh_sig"]["node-1"]}}, joiner="node-4", me="node-2",
+                      session=session, group=GROUP, pinned={**pinned, "node-2": generate("node-2").public_hex})
+    with pytest.raises(SecurityError, match="unsigned"):
+        joiner_public({**entry, "dh_sig": {}}, joiner="node-4", me="node-1", session=session, group=GROUP,
+                      pinned=pinned)
+    answer = chan_message(session=session, receiver="node-4", group=GROUP, public=public, identity_key=m)
+    assert open_chan(answer, sender="node-1", me="node-4", session=session, group=GROUP, pinned=pinned) == public
+    _, other = generate_keypair(GROUP)
+    with pytest.raises(SecurityError):  # a broker swapping the answer's value
+        open_chan({**answer, "public": format(other, "x")}, sender="node-1", me="node-4", session=session,
+                  group=GROUP, pinned=pinned)
