@@ -129,7 +129,7 @@ def parse_welcome(meta: Mapping[str, Any], *, members: list[str], root: str) -> 
     what = f"welcome from {root}"
     first, epoch = meta.get("round"), meta.get("epoch")
     incs, contributors, joined = meta.get("incarnations"), meta.get("contributors"), meta.get("joined")
-    if not (isinstance(first, int) and first >= 0 and isinstance(epoch, int) and epoch > 0
+    if not (isinstance(first, int) and first >= 1 and isinstance(epoch, int) and epoch > 0
             and isinstance(incs, dict) and isinstance(contributors, list) and isinstance(joined, dict)):
         raise FrameError(f"{what}: malformed")
     if not all(n in members and isinstance(k, int) and not isinstance(k, bool) and k >= 0 for n, k in incs.items()):
