@@ -207,10 +207,7 @@ class SecAggLeaf(_SecAgg, LeafBase):
             y = joiner_public(entry, joiner=other, me=me, session=theirs, group=self.group, pinned=pinned)
             self.share_keys[other] = pair_share_key(self.group, private, y, session="|".join(sorted([session, theirs])),
                                                     me=me, peer=other)
-        answers = self.comm.gather_until([p for p in contributors if p != me], TAG_CHAN, self.wait_s)
-        for peer, msg in answers.items():
-            y = open_chan(msg.meta, sender=peer, me=me, session=session, group=self.group, pinned=pinned)
-            self.share_keys[peer] = pair_share_key(self.group, private, y, session=session, me=me, peer=peer)
+        self._adopt_answers([p for p in contributors if p != me], self.wait_s)
         self.epoch, self.session = epoch, epoch_session(self.ctx, epoch)
         self.start_round = first
         self.last_contributors = [c for c in contributors if c in self.index]
@@ -218,6 +215,16 @@ class SecAggLeaf(_SecAgg, LeafBase):
         self._layout = dict(mean.tensors)
         self._ready = True
         return dict(mean.tensors)
+
+    def _adopt_answers(self, peers: list[str], wait_s: float) -> None:
+        """Channel keys from the members' `sa/chan` answers to this rejoiner (those here within wait_s)."""
+        if self._join_key is None or not peers:
+            return
+        me, pinned, private = self.node_id, _identities(self.ctx), self._join_key[0]
+        session = join_session(self.ctx, me, self.incarnation)
+        for peer, msg in self.comm.gather_until(peers, TAG_CHAN, wait_s).items():
+            y = open_chan(msg.meta, sender=peer, me=me, session=session, group=self.group, pinned=pinned)
+            self.share_keys[peer] = pair_share_key(self.group, private, y, session=session, me=me, peer=peer)
 
     def _key_joiners(self, meta: Mapping[str, Any]) -> None:
         """The root admitted `joined` from the next round on: fresh channel keys with each, new epoch."""
@@ -249,6 +256,8 @@ class SecAggLeaf(_SecAgg, LeafBase):
         own = OwnRound.draw(self.group, optimized=self.settings.optimized, t=self.t, members=self.trainers,
                             session=rs, owner=me)
         key = getattr(self.ctx, "identity_key", None)
+        # a rejoiner keys late answers (a member that was not among the last round's contributors)
+        self._adopt_answers([p for p in self.peers if p not in self.share_keys], 0)
         keyed = [p for p in self.peers if p in self.share_keys]  # a rejoiner may lack a channel with some
         for peer in keyed:
             self.comm.send(peer, tag_keys(round_idx), meta=keys_message(
