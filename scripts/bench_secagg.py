@@ -330,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += [
             ("secagg share setup", f"{res['sa_setup_s']:.3f} s ({res['sa_setup_cpu_s']:.3f} CPU s) per round's keys "
                                    f"(t = {res['sa_threshold']}; target <= 0.5)"),
+            ("secagg rejoin keys", f"{res['sa_join_cpu_s']:.3f} CPU s on the restarted node, "
+                                   f"{res['sa_join_member_cpu_s']:.3f} CPU s on each member"),
             ("secagg leaf, pads inline", f"{res['sa_leaf_mask_s']:.3f} s vs today's leaf {res['sa_today_leaf_s']:.3f} s in "
                                          f"the same loop: {res['sa_leaf_ratio_paired']:.2f} x wall, "
                                          f"{res['sa_leaf_cpu_ratio']:.2f} x CPU (target <= 1.3)"),

@@ -17,6 +17,10 @@
   sa_root_extra_2drop_s = the reconstruction of the 2 keys + their 2 x (K-2) pads alone
   (sa_root_extra_2drop_cpu_s in CPU seconds; sa_root_extra_cpu_vs_leaf against today's leaf's CPU).
 - sa_setup_cpu_s: the share setup in CPU seconds (one thread).
+- sa_join_cpu_s / sa_join_member_cpu_s: a rejoin (docs/SECAGG.md §7) in CPU seconds, median of 5: the
+  restarted node's channel keys with K-1 members (join key pair, K-1 answers checked, K-1 DH and
+  share keys), and one member's part (check the join value, fresh key pair, answer, DH, share key).
+  Without identities (signatures add one Ed25519 sign/verify per pair).
   One root round each (the uploads' pads between survivors, which cancel in the sum and which the
   root never touches, are left out of the uploads to keep the run short); the decoded mean is
   checked against the plain weighted mean of the survivors (sa_max_abs_err).
@@ -66,6 +70,53 @@ def _timed(fn, cpu) -> tuple[float, float]:
     return time.perf_counter() - t, cpu() - c
 
 
+def _join_rows(group, ids: list[str], me: str) -> dict:
+    """CPU seconds of a rejoin's channel keys: the rejoiner `me` with every other member, and one member."""
+    from types import SimpleNamespace
+
+    from xfed.aggregation.secagg_join import (
+        chan_message,
+        join_message,
+        join_session,
+        joiner_public,
+        open_chan,
+        pair_share_key,
+    )
+
+    ctx = SimpleNamespace(job_id="bench-job", stage_id=0, attempt=0)
+    peers = [p for p in ids if p != me]
+    session = join_session(ctx, me, 1)
+    private, public = generate_keypair(group)
+    entry = join_message(node=me, incarnation=1, peers=peers, session=session, group=group, public=public)
+    answers = {}
+    for p in peers:
+        _, pub = generate_keypair(group)
+        answers[p] = chan_message(session=session, receiver=me, group=group, public=pub)
+
+    def joiner() -> None:
+        own_private, own_public = generate_keypair(group)
+        join_message(node=me, incarnation=1, peers=peers, session=session, group=group, public=own_public)
+        for p, meta in answers.items():
+            y = open_chan(meta, sender=p, me=me, session=session, group=group, pinned={})
+            pair_share_key(group, own_private, y, session=session, me=me, peer=p)
+
+    def member() -> None:
+        y = joiner_public(entry, joiner=me, me=peers[0], session=session, group=group, pinned={})
+        mine, pub = generate_keypair(group)
+        chan_message(session=session, receiver=me, group=group, public=pub)
+        pair_share_key(group, mine, y, session=session, me=peers[0], peer=me)
+
+    out = {}
+    for name, fn in (("sa_join_cpu_s", joiner), ("sa_join_member_cpu_s", member)):
+        times = []
+        for _ in range(5):
+            c0 = time.process_time()
+            fn()
+            times.append(time.process_time() - c0)
+        out[name] = round(statistics.median(times), 4)
+    return out
+
+
 def rows(*, shapes: dict, data: dict, weights: dict, ids: list[str], me: str, bits: int, csprng: str, method: str,
          rounds: int, cpu, threshold: int | None = None) -> dict:
     """The sa_* rows; `cpu()` is CPU seconds of this process and its pad workers (bench_secagg.cpu_seconds)."""
@@ -111,6 +162,7 @@ def rows(*, shapes: dict, data: dict, weights: dict, ids: list[str], me: str, bi
         setup_times.append(time.perf_counter() - t0)
         setup_cpu.append(time.process_time() - c0)
 
+    join = _join_rows(group, ids, me)
     names = sorted(shapes)
     n_words = sum(int(np.prod(encoded_shape(shapes[n], bits))) for n in names)
 
@@ -211,6 +263,7 @@ def rows(*, shapes: dict, data: dict, weights: dict, ids: list[str], me: str, bi
         "sa_threshold": t,
         "sa_setup_s": round(statistics.median(setup_times), 4),
         "sa_setup_cpu_s": round(statistics.median(setup_cpu), 4),
+        **join,
         "sa_today_leaf_s": round(statistics.median(w for w, _ in today), 4),
         "sa_today_leaf_cpu_s": round(today_cpu, 4),
         "sa_leaf_mask_s": round(leaf_mask, 4),

@@ -29,12 +29,17 @@ class Ctx:
     fed: Any = None
     identity_key: Any = None
     reports: list = field(default_factory=list)
+    incarnation: int = 0
+    rejoins: dict = field(default_factory=dict)  # the scheduler's membership record, {node: incarnation}
 
     def report(self, kind: str, data: dict) -> None:
         self.reports.append((kind, data))
 
     def should_stop(self) -> bool:
         return False
+
+    def membership(self) -> dict:
+        return dict(self.rejoins)
 
 
 @pytest.fixture

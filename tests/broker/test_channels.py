@@ -170,3 +170,22 @@ def test_send_gives_up_with_a_broker_error_when_redis_stays_down(redis_server):
     redis_server.stop()
     with pytest.raises(BrokerError, match="could not send 'x' to b"):
         a.send("b", "x", meta={})
+
+
+def test_a_restarted_peer_gets_fresh_mailboxes_with_sequence_numbers_from_zero(r):
+    """node-b dies after messages both ways; its new incarnation talks to node-a on new mailboxes
+    (what the old one left unread is not delivered, and nothing is taken for a duplicate)."""
+    a, b = _comm(r, "node-a"), _comm(r, "node-b")
+    for i in range(3):
+        a.send("node-b", "x", meta={"i": i})
+        b.send("node-a", "x", meta={"i": i})
+    assert a.recv("node-b", "x").meta == {"i": 0}
+    b2 = _comm(r, "node-b", incarnation=1)
+    a.set_incarnation("node-b", 1)
+    b2.send("node-a", "y", meta={"from": "b2"})
+    a.send("node-b", "y", meta={"to": "b2"})
+    assert a.recv("node-b", "y").meta == {"from": "b2"}
+    assert b2.recv("node-a", "y").meta == {"to": "b2"}
+    assert not a._inbox("node-b").pending["x"]  # the dead incarnation's unread messages are gone
+    with pytest.raises(ChannelTimeout):
+        b2.recv("node-a", "x", timeout=0.2)

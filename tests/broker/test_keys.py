@@ -56,3 +56,9 @@ def test_acl_selectors_cover_own_mailboxes_only():
     assert not can_write(k.mailbox(1, 0, "node-2", "node-10"))
     assert can_read(k.job(1)) and can_write(k.job_events(1)) and not can_write(k.job(1))
     assert can_write(k.heartbeat("node-1")) and not can_write(k.heartbeat("node-2"))
+    # a restarted node's mailboxes (another incarnation) fall under the same rules
+    assert k.mailbox(1, 0, "node-1", "node-2", 0, (1, 0)) == "ns:job:{1}:s:0.0.i1-0:to:node-1:from:node-2"
+    assert can_read(k.mailbox(1, 0, "node-1", "node-2", 0, (1, 0)))
+    assert not can_read(k.mailbox(1, 0, "node-2", "node-1", 0, (0, 1)))
+    assert can_write(k.mailbox(1, 0, "node-2", "node-1", 0, (0, 1)))
+    assert not can_write(k.mailbox(1, 0, "node-2", "node-3", 0, (0, 2)))

@@ -25,8 +25,10 @@ def test_key_is_loaded_and_checked_against_the_pinned_public_key(tmp_path):
 def test_spare_child_stage_arguments_are_validated():
     args = parse_args(["--spare"])
     line = '{"config_path": "c", "node": "n", "job": "1", "stage": 0, "attempt": 0, "work_dir": "w"}'
-    assert read_stage_args(args, line).stage == 0 and args.node == "n"
-    for bad in ('[1]', '{"config_path": "c"}', line.replace('"stage": 0', '"stage": true'), "not json"):
+    assert read_stage_args(args, line).stage == 0 and args.node == "n" and args.incarnation == 0
+    assert read_stage_args(parse_args(["--spare"]), line[:-1] + ', "incarnation": 2}').incarnation == 2  # a rejoin
+    for bad in ('[1]', '{"config_path": "c"}', line.replace('"stage": 0', '"stage": true'), "not json",
+                line[:-1] + ', "incarnation": -1}'):
         with pytest.raises(ValueError):
             read_stage_args(parse_args(["--spare"]), bad)
 

@@ -12,7 +12,8 @@ survivor for its shares of b_u (u in U) and of s_v (v dropped), reconstructs the
 against a commitment), subtracts the survivors' self-masks and the dropped parties' pads with
 survivors, and decodes Σ_U w_u·x_u and Σ_U w_u. A late upload is never read: its self-mask is
 never revealed. Keys are fresh per round, so a revealed s_v unmasks nothing of another round, and
-a party that was late in round r takes part again in round r+1.
+a party that was late in round r takes part again in round r+1. A restarted party rejoins as a new
+incarnation at a round boundary, opening the next membership epoch (secagg_join, SECAGG.md §7).
 """
 
 from __future__ import annotations
@@ -35,6 +36,18 @@ from xfed.aggregation.base import (
 )
 from xfed.aggregation.dropout import check_membership, parse_dropout
 from xfed.aggregation.keyexchange import OtpSettings, exchange_publics
+from xfed.aggregation.secagg_join import (
+    TAG_CHAN,
+    TAG_JOIN,
+    TAG_WELCOME,
+    chan_message,
+    join_message,
+    join_session,
+    joiner_public,
+    open_chan,
+    pair_share_key,
+    parse_welcome,
+)
 from xfed.aggregation.secagg_keys import (
     HeldShares,
     Ledger,
@@ -51,8 +64,6 @@ from xfed.crypto.selfmask import SELF_PEER, self_mask_stream
 from xfed.crypto.shamir import encode_share, share_key
 from xfed.errors import FrameError, JobError, SecurityError
 
-EPOCH = 0  # membership epoch: one per stage attempt (a rejoin would start the next)
-
 
 def tag_keys(r: int) -> str:
     return f"sa/{int(r)}/keys"
@@ -66,8 +77,9 @@ def tag_reveal(r: int) -> str:
     return f"sa/{int(r)}/reveal"
 
 
-def epoch_session(ctx: Any) -> str:
-    return f"{ctx.job_id}/{ctx.stage_id}/{getattr(ctx, 'attempt', 0)}/e{EPOCH}"
+def epoch_session(ctx: Any, epoch: int = 0) -> str:
+    """E: membership epoch 0 per stage attempt, the next one at every round boundary where nodes rejoined."""
+    return f"{ctx.job_id}/{ctx.stage_id}/{getattr(ctx, 'attempt', 0)}/e{int(epoch)}"
 
 
 def n_words(layout: Mapping[str, Any], bits: int) -> int:
@@ -114,10 +126,13 @@ class _SecAgg:
         self.wait_s = self.dropout.round_timeout_s
         self.group = named_group(self.settings.group_bits)
         self.index = indices(self.trainers)
-        self.session = epoch_session(self.ctx)
+        self.epoch = 0
+        self.session = epoch_session(self.ctx, 0)
         self.active = set(self.trainers)  # who took part last round: waited for in full
         # how long a party that missed the last round is waited for once the others are in
         self.grace_s = min(self.wait_s, max(1.0, self.wait_s / 10))
+        # the stage's last round (set by the operator): the root admits a rejoiner only while one is left
+        self.last_round: int | None = None
 
 
 class SecAggLeaf(_SecAgg, LeafBase):
@@ -132,25 +147,105 @@ class SecAggLeaf(_SecAgg, LeafBase):
         self._prepared: dict[int, Prepared] = {}
         self._thread: tuple[int, threading.Thread, list] | None = None
         self.setup_ms = 0.0
+        self.incarnation = int(getattr(ctx, "incarnation", 0) or 0)  # > 0: restarted into the running stage
+        self.start_round = 0  # a rejoiner's first round (from the root's welcome)
+        self._ready = False
+        self._join_key: tuple[int, int] | None = None
 
     def setup(self) -> None:
-        """Channel DH with every peer (fresh per stage attempt): the keys that seal shares."""
+        """Channel DH with every peer (fresh per stage attempt): the keys that seal shares. A rejoiner
+        instead asks the root to be admitted (receive_initial waits for the answer)."""
         t0 = time.perf_counter()
         if self.node_id not in self.trainers:
             raise JobError(f"{self.node_id} is not a label trainer of this job")
+        if self.incarnation:
+            self._send_join()
+            self.setup_ms = round((time.perf_counter() - t0) * 1000, 3)
+            return
         private, public = generate_keypair(self.group, optimized=self.settings.optimized)
         publics = exchange_publics(self.comm, self.peers, session=self.session, group=self.group, public=public,
                                    identity_key=getattr(self.ctx, "identity_key", None),
                                    identities=_identities(self.ctx), timeout=self.timeout)
         self.share_keys = {p: share_key(shared_secret(self.group, private, y), session=self.session,
                                         node_a=self.node_id, node_b=p) for p, y in publics.items()}
+        self._ready = True
         self.setup_ms = round((time.perf_counter() - t0) * 1000, 3)
 
     def receive_initial(self) -> dict[str, np.ndarray]:
-        initial = super().receive_initial()
+        """The initial tensors; for a rejoiner the mean of the round before `start_round` (the global
+        model the others hold) once the root admitted it."""
+        initial = self._receive_welcome() if self.incarnation else super().receive_initial()
         if self.dropout.precompute_pads:
-            self.prepare_async(0)
+            self.prepare_async(self.start_round)
         return initial
+
+    # -- rejoin (secagg_join; SECAGG.md §7) --------------------------------------------------------
+    def _send_join(self) -> None:
+        private, public = generate_keypair(self.group, optimized=self.settings.optimized)
+        self._join_key = (private, public)
+        session = join_session(self.ctx, self.node_id, self.incarnation)
+        self.comm.send(self.assist_id, TAG_JOIN, meta=join_message(
+            node=self.node_id, incarnation=self.incarnation, peers=self.peers, session=session, group=self.group,
+            public=public, identity_key=getattr(self.ctx, "identity_key", None)))
+
+    def _receive_welcome(self) -> dict[str, np.ndarray]:
+        """Wait until the root admits this node (the Comm's timeout; the job's end stops the wait)."""
+        me, pinned = self.node_id, _identities(self.ctx)
+        welcome = self.comm.recv(self.assist_id, TAG_WELCOME, timeout=self.timeout)
+        first, epoch, incarnations, contributors, joined = parse_welcome(welcome.meta, members=self.trainers,
+                                                                         root=self.assist_id)
+        for node, k in incarnations.items():
+            if node != me:
+                self.comm.set_incarnation(node, k)
+        mean = self.comm.recv(self.assist_id, tag_down(first - 1), timeout=self.timeout)
+        private, _ = self._join_key
+        session = join_session(self.ctx, me, self.incarnation)
+        for other, entry in joined.items():  # admitted together: the two join publics make the pair
+            if other == me or not isinstance(entry, dict):
+                continue
+            theirs = join_session(self.ctx, other, entry.get("incarnation", 0))
+            y = joiner_public(entry, joiner=other, me=me, session=theirs, group=self.group, pinned=pinned)
+            self.share_keys[other] = pair_share_key(self.group, private, y, session="|".join(sorted([session, theirs])),
+                                                    me=me, peer=other)
+        self._adopt_answers([p for p in contributors if p != me], self.wait_s)
+        self.epoch, self.session = epoch, epoch_session(self.ctx, epoch)
+        self.start_round = first
+        self.last_contributors = [c for c in contributors if c in self.index]
+        self.active = set(self.last_contributors) or set(self.trainers)
+        self._layout = dict(mean.tensors)
+        self._ready = True
+        return dict(mean.tensors)
+
+    def _adopt_answers(self, peers: list[str], wait_s: float) -> None:
+        """Channel keys from the members' `sa/chan` answers to this rejoiner (those here within wait_s)."""
+        if self._join_key is None or not peers:
+            return
+        me, pinned, private = self.node_id, _identities(self.ctx), self._join_key[0]
+        session = join_session(self.ctx, me, self.incarnation)
+        for peer, msg in self.comm.gather_until(peers, TAG_CHAN, wait_s).items():
+            y = open_chan(msg.meta, sender=peer, me=me, session=session, group=self.group, pinned=pinned)
+            self.share_keys[peer] = pair_share_key(self.group, private, y, session=session, me=me, peer=peer)
+
+    def _key_joiners(self, meta: Mapping[str, Any]) -> None:
+        """The root admitted `joined` from the next round on: fresh channel keys with each, new epoch."""
+        joined, epoch = meta.get("joined"), meta.get("epoch")
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch <= self.epoch:
+            return
+        me, pinned, key = self.node_id, _identities(self.ctx), getattr(self.ctx, "identity_key", None)
+        for node, entry in sorted((joined or {}).items()) if isinstance(joined, dict) else ():
+            if node == me or node not in self.index or not isinstance(entry, dict):
+                continue
+            k = entry.get("incarnation")
+            if not isinstance(k, int) or isinstance(k, bool) or k <= 0:
+                raise FrameError(f"round mean from {self.assist_id}: joined {node} without an incarnation")
+            session = join_session(self.ctx, node, k)
+            y = joiner_public(entry, joiner=node, me=me, session=session, group=self.group, pinned=pinned)
+            private, public = generate_keypair(self.group, optimized=self.settings.optimized)
+            self.comm.set_incarnation(node, k)
+            self.comm.send(node, TAG_CHAN, meta=chan_message(session=session, receiver=node, group=self.group,
+                                                             public=public, identity_key=key))
+            self.share_keys[node] = pair_share_key(self.group, private, y, session=session, me=me, peer=node)
+        self.epoch, self.session = epoch, epoch_session(self.ctx, epoch)
 
     # -- round keys ------------------------------------------------------------------------------
     def prepare(self, round_idx: int, words: int | None = None) -> Prepared:
@@ -161,13 +256,17 @@ class SecAggLeaf(_SecAgg, LeafBase):
         own = OwnRound.draw(self.group, optimized=self.settings.optimized, t=self.t, members=self.trainers,
                             session=rs, owner=me)
         key = getattr(self.ctx, "identity_key", None)
-        for peer in self.peers:
+        # a rejoiner keys late answers (a member that was not among the last round's contributors)
+        self._adopt_answers([p for p in self.peers if p not in self.share_keys], 0)
+        keyed = [p for p in self.peers if p in self.share_keys]  # a rejoiner may lack a channel with some
+        for peer in keyed:
             self.comm.send(peer, tag_keys(round_idx), meta=keys_message(
-                own, share_key=self.share_keys[peer], epoch_session=self.session, epoch=EPOCH, round_idx=round_idx,
-                sender=me, receiver=peer, x_receiver=self.index[peer], group_bits=self.group.bits, identity_key=key))
-        active = [p for p in self.peers if p in self.active]
+                own, share_key=self.share_keys[peer], epoch_session=self.session, epoch=self.epoch,
+                round_idx=round_idx, sender=me, receiver=peer, x_receiver=self.index[peer], group_bits=self.group.bits,
+                identity_key=key))
+        active = [p for p in keyed if p in self.active]
         got = self.comm.gather_until(active, tag_keys(round_idx), self.wait_s)
-        others = [p for p in self.peers if p not in self.active]
+        others = [p for p in keyed if p not in self.active]
         if others:  # a party late last round: taken if its keys come within a grace after the others'
             got.update(self.comm.gather_until(others, tag_keys(round_idx), self.grace_s))
         pinned = _identities(self.ctx)
@@ -175,7 +274,7 @@ class SecAggLeaf(_SecAgg, LeafBase):
             if pinned and not pinned.get(p):
                 raise SecurityError(f"round {round_idx} keys {p} -> {me}: fed_conf.json pins identities but none for {p}")
         held = {p: open_keys_message(msg.meta, group=self.group, share_key=self.share_keys[p],
-                                     epoch_session=self.session, epoch=EPOCH, round_idx=round_idx, sender=p,
+                                     epoch_session=self.session, epoch=self.epoch, round_idx=round_idx, sender=p,
                                      receiver=me, x_receiver=self.index[me], pinned=pinned.get(p) if pinned else None)
                 for p, msg in got.items()}
         s = self.settings
@@ -229,8 +328,8 @@ class SecAggLeaf(_SecAgg, LeafBase):
     # -- the round -------------------------------------------------------------------------------
     def aggregate(self, round_idx: int, tensors: Mapping[str, Any], weight: float) -> dict[str, np.ndarray]:
         """Double-mask (tensors, weight), upload, answer the root's share request, receive the mean."""
-        if not self.share_keys and self.peers:
-            raise JobError(f"{self.node_id}: secure aggregation used before setup()")
+        if not self._ready:
+            raise JobError(f"{self.node_id}: secure aggregation used before setup() and receive_initial()")
         st = self._begin(round_idx)
         who = f"{self.node_id}: round {round_idx}"
         named = as_numpy(tensors, who)
@@ -254,6 +353,7 @@ class SecAggLeaf(_SecAgg, LeafBase):
         contributors = msg.meta.get("contributors")
         self.last_contributors = [c for c in contributors if c in self.index] if isinstance(contributors, list) else []
         self.active = set(self.last_contributors) or set(self.trainers)
+        self._key_joiners(msg.meta)  # before the next round's keys (and their precomputation)
         st.parties = len(self.last_contributors)
         self._end()
         if self.dropout.precompute_pads:

@@ -11,13 +11,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from xfed.aggregation.base import WEIGHT_KEY, RootBase, as_numpy, check_same_layout, check_weight, tag_up
-from xfed.aggregation.secagg import _SecAgg, split_words, tag_ask, tag_reveal
+from xfed.aggregation.secagg import _SecAgg, epoch_session, split_words, tag_ask, tag_reveal
+from xfed.aggregation.secagg_join import TAG_JOIN, TAG_WELCOME, check_join
 from xfed.aggregation.secagg_keys import reconstruct_key, reconstruct_seed, round_session
 from xfed.crypto import pad_stream, shared_secret, unmask_sum, validate_public
 from xfed.crypto.otp import add_pads
 from xfed.crypto.selfmask import SELF_PEER, self_mask_stream
 from xfed.crypto.shamir import decode_share
-from xfed.errors import FrameError, JobError
+from xfed.errors import FrameError, JobError, SecurityError
 
 
 class SecAggRoot(_SecAgg, RootBase):
@@ -27,11 +28,16 @@ class SecAggRoot(_SecAgg, RootBase):
         self._configure(otp, min_parties)
         self.last_contributors: list[str] = []
         self.last_dropped: list[str] = []
+        self.incarnations: dict[str, int] = {}  # admitted rejoiners' incarnations (0: never restarted)
+        self.listening: dict[str, int] = {}     # restarted, not admitted yet: whose join we read
+        self.last_joined: dict[str, int] = {}
 
     def setup(self) -> None:
-        """Tell the scheduler (through the job's events) that this stage tolerates dropouts."""
+        """Tell the scheduler (through the job's events) that this stage tolerates dropouts, and whether
+        a restarted trainer may rejoin (only when the operator said which round is the last)."""
         self.ctx.report("metrics", {"secagg": {"threshold": self.t, "min_parties": self.floor,
-                                               "trainers": self.trainers, "round_timeout_s": self.wait_s}})
+                                               "trainers": self.trainers, "round_timeout_s": self.wait_s,
+                                               "rejoin": self.last_round is not None}})
 
     def aggregate(self, round_idx: int, own_tensors: Mapping[str, Any] | None,
                   own_weight: float = 0.0) -> dict[str, np.ndarray]:
@@ -64,12 +70,52 @@ class SecAggRoot(_SecAgg, RootBase):
         st.unmask_ms = round((time.perf_counter() - t0) * 1000, 3)
         self.last_contributors, self.last_dropped = survivors, dropped
         self.active = set(survivors)
+        joined = self._admit(round_idx, survivors)
         mean = self._finish(round_idx, sums, total, own, own_w,
-                            meta={"contributors": survivors, "dropped": dropped})
+                            meta={"contributors": survivors, "dropped": dropped, "epoch": self.epoch,
+                                  "joined": joined})
         st.parties = len(survivors) + (1 if own is not None and own_w > 0 else 0)
         self.ctx.report("metrics", {"secagg": {"round": round_idx, "contributors": survivors, "dropped": dropped}})
+        if joined:  # the scheduler waits for them from now on (xfed.scheduler.rejoins)
+            self.ctx.report("metrics", {"secagg": {"joined": self.last_joined, "from_round": round_idx + 1,
+                                                   "epoch": self.epoch}})
         self._end()
         return mean
+
+    def _admit(self, round_idx: int, survivors: list[str]) -> dict[str, dict[str, Any]]:
+        """Rejoiners (the scheduler's membership record) whose join request is here, admitted from the
+        next round on: new epoch, welcome + this round's mean to them, `joined` to everyone (SECAGG.md §7)."""
+        self.last_joined = {}
+        membership = getattr(self.ctx, "membership", None)
+        record = membership() if callable(membership) else {}
+        for node, k in sorted(record.items()):
+            if node in self.index and k > self.incarnations.get(node, 0) and self.listening.get(node) != k:
+                self.comm.set_incarnation(node, k, outbound=False)  # its join comes on the new mailboxes
+                self.listening[node] = k
+        if not self.listening or self.last_round is None or round_idx >= self.last_round:
+            return {}  # no round left to join (or an operator that does not say how many there are)
+        joined: dict[str, dict[str, Any]] = {}
+        for node, k in sorted(self.listening.items()):
+            got = self.comm.gather_until([node], TAG_JOIN, 0)
+            if node not in got:
+                continue
+            try:
+                joined[node] = check_join(got[node].meta, node=node, incarnation=k, group=self.group)
+            except (FrameError, SecurityError) as exc:
+                self.warn(f"round {round_idx}: join request of {node} refused: {exc}")
+        if not joined:
+            return {}
+        self.epoch += 1
+        self.session = epoch_session(self.ctx, self.epoch)
+        for node, entry in joined.items():
+            self.incarnations[node] = entry["incarnation"]
+            self.listening.pop(node)
+            self.comm.set_incarnation(node, entry["incarnation"])
+        welcome = {"round": round_idx + 1, "epoch": self.epoch, "incarnations": dict(self.incarnations),
+                   "contributors": survivors, "joined": joined}
+        self.comm.broadcast(sorted(joined), TAG_WELCOME, meta=welcome)
+        self.last_joined = {n: e["incarnation"] for n, e in joined.items()}
+        return joined
 
     def _gather_uploads(self, round_idx: int) -> dict[str, Any]:
         """Wait for the first upload (the Comm's timeout: local steps take what they take), then up to

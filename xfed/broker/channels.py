@@ -148,8 +148,12 @@ class Comm:
                  should_stop: Callable[[], bool] | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, poll_s: float = 0.2,
                  job_check_s: float = 1.0, mailbox_ttl_s: int = MAILBOX_TTL_S, send_retry_s: float = 60.0,
-                 auth: MessageAuth | None = None) -> None:
+                 auth: MessageAuth | None = None, incarnation: int = 0) -> None:
         self.r, self.keys = r, keys
+        # how often this node was restarted into this stage (a rejoin): its mailboxes are new ones
+        self.incarnation = int(incarnation)
+        self._in_inc: dict[str, int] = {}   # peer -> its incarnation as this node reads from it
+        self._out_inc: dict[str, int] = {}  # peer -> its incarnation as this node sends to it
         self.job_id = check_id("job id", job_id)
         self.stage_id, self.attempt = int(stage_id), int(attempt)
         self.node_id = check_id("node id", node_id)
@@ -169,7 +173,25 @@ class Comm:
 
     # --- sending -------------------------------------------------------------------------------
     def _mailbox(self, receiver: str, sender: str) -> str:
-        return self.keys.mailbox(self.job_id, self.stage_id, receiver, sender, self.attempt)
+        if sender == self.node_id:
+            incs = (self._out_inc.get(receiver, 0), self.incarnation)
+        else:
+            incs = (self.incarnation, self._in_inc.get(sender, 0))
+        return self.keys.mailbox(self.job_id, self.stage_id, receiver, sender, self.attempt, incs)
+
+    def set_incarnation(self, peer: str, incarnation: int, *, inbound: bool = True, outbound: bool = True) -> None:
+        """`peer` was restarted into this stage as `incarnation`: from now on read from (`inbound`) and
+        send to (`outbound`) the mailboxes of that incarnation, sequence numbers from 0. What the old
+        incarnation left unread is dropped (it died; a rejoin starts clean)."""
+        peer, k = check_id("node id", peer), int(incarnation)
+        if inbound and self._in_inc.get(peer, 0) != k:
+            self._in_inc[peer] = k
+            old = self._inboxes.pop(peer, None)
+            if old is not None:
+                self._by_key.pop(old.key.encode(), None)
+        if outbound and self._out_inc.get(peer, 0) != k:
+            self._out_inc[peer] = k
+            self._send_seq[peer] = 0
 
     def send(self, peer: str, tag: str, tensors: Mapping[str, Any] | None = None,
              meta: Mapping[str, Any] | None = None) -> int:

@@ -52,6 +52,11 @@ _ALLOWED: dict[JobState, frozenset[JobState]] = {
 # What a node can be doing within a job (per-node table of `status`).
 
 
+def rejoin_field(stage: int, attempt: int) -> str:
+    """Job hash field: {node: {"incarnation": k, "admitted": round or null}} of the stage's rejoins."""
+    return f"rejoin:{int(stage)}.{int(attempt)}"
+
+
 def can_transition(old: JobState, new: JobState) -> bool:
     """Whether the job state machine allows old -> new."""
     return new in _ALLOWED[old]
@@ -377,6 +382,23 @@ class JobStore:
         pipe.persist(self.keys.job_events(job_id))
         self._call(pipe.execute)
         return True
+
+    def rejoins(self, job_id: str, stage: int, attempt: int) -> dict[str, int]:
+        """{node: incarnation} of the nodes the scheduler re-dispatched into (stage, attempt) after they
+        dropped and restarted (field `rejoin_field`, written by xfed.scheduler.dropouts); {} if none."""
+        raw = self._call(self.r.hget, self.keys.job(job_id), rejoin_field(stage, attempt))
+        try:
+            record = json.loads(raw) if raw else {}
+        except ValueError:
+            return {}
+        if not isinstance(record, dict):
+            return {}
+        out = {}
+        for node, entry in record.items():
+            k = entry.get("incarnation") if isinstance(entry, dict) else None
+            if isinstance(k, int) and not isinstance(k, bool) and k > 0:
+                out[str(node)] = k
+        return out
 
     def set_fields(self, job_id: str, **fields: Any) -> bool:
         """Write fields of an existing job hash; False (nothing written) when the hash is gone."""

@@ -9,6 +9,9 @@ Schema (``ns`` = the configurable namespace, so two federations can share one se
     ns:job:{J}:events                            stream   node -> scheduler events of job J
     ns:job:{J}:s:S.A:to:R:from:N                 stream   data-plane mailbox: job J, stage S, attempt A,
                                                           receiver R, sender N
+    ns:job:{J}:s:S.A.iI-K:to:R:from:N            stream   the same once R (incarnation I) or N (incarnation
+                                                          K) restarted and rejoined the stage (a rejoin
+                                                          starts fresh mailboxes: sequence numbers from 0)
     ns:nodes                                     set      registered node ids
     ns:node:{N}:info                             hash     role, host, pid, version of node N
     ns:node:{N}:hb                               string   heartbeat of node N (with a TTL)
@@ -93,12 +96,18 @@ class Keys:
         return f"{self.namespace}:reply:{check_id('request id', request_id)}"
 
     # --- data plane ----------------------------------------------------------------------------
-    def mailbox(self, job_id: str | int, stage: int, receiver: str, sender: str, attempt: int = 0) -> str:
-        """Stream carrying messages from `sender` to `receiver` in one (job, stage, attempt)."""
+    def mailbox(self, job_id: str | int, stage: int, receiver: str, sender: str, attempt: int = 0,
+                incarnations: tuple[int, int] = (0, 0)) -> str:
+        """Stream carrying messages from `sender` to `receiver` in one (job, stage, attempt).
+
+        `incarnations` (receiver's, sender's): how often each was restarted into this stage (a
+        rejoin, xfed.aggregation.secagg); (0, 0) is the original key."""
         stage, attempt = int(stage), int(attempt)
-        if stage < 0 or attempt < 0:
-            raise ConfigError(f"invalid stage/attempt {stage}/{attempt}: must be >= 0")
-        return (f"{self.job(job_id)}:s:{stage}.{attempt}"
+        inc_r, inc_s = (int(i) for i in incarnations)
+        if stage < 0 or attempt < 0 or inc_r < 0 or inc_s < 0:
+            raise ConfigError(f"invalid stage/attempt/incarnations {stage}/{attempt}/{inc_r}-{inc_s}: must be >= 0")
+        gen = f".i{inc_r}-{inc_s}" if inc_r or inc_s else ""
+        return (f"{self.job(job_id)}:s:{stage}.{attempt}{gen}"
                 f":to:{check_id('node id', receiver)}:from:{check_id('node id', sender)}")
 
     def mailbox_pattern(self, job_id: str | int) -> str:

@@ -92,8 +92,9 @@ class StageChild:
     """One `python -m xfed.node.stage_runner` process in its own process group."""
 
     def __init__(self, *, job_id: str, stage_id: int, attempt: int, node_id: str, config_path: str,
-                 work_dir: Path, grace_s: float = 5.0, entry_id: str | None = None) -> None:
+                 work_dir: Path, grace_s: float = 5.0, entry_id: str | None = None, incarnation: int = 0) -> None:
         self.job_id, self.stage_id, self.attempt, self.node_id = job_id, stage_id, attempt, node_id
+        self.incarnation = int(incarnation)  # > 0: restarted into a running stage (a rejoin)
         self.config_path, self.work_dir, self.grace_s = config_path, Path(work_dir), grace_s
         self.entry_id = entry_id           # the command-stream entry to ack once the stage is over
         self.log_path = self.work_dir / "stage.log"
@@ -111,12 +112,13 @@ class StageChild:
         if spare is not None:
             self.proc = spare.hand_over({"config_path": str(self.config_path), "node": self.node_id,
                                          "job": str(self.job_id), "stage": self.stage_id, "attempt": self.attempt,
-                                         "work_dir": str(self.work_dir)})
+                                         "work_dir": str(self.work_dir), "incarnation": self.incarnation})
             if self.proc is not None:
                 return
         cmd = [sys.executable, "-m", "xfed.node.stage_runner", "--config-path", str(self.config_path),
                "--node", self.node_id, "--job", str(self.job_id), "--stage", str(self.stage_id),
-               "--attempt", str(self.attempt), "--parent-pid", str(os.getpid()), "--work-dir", str(self.work_dir)]
+               "--attempt", str(self.attempt), "--parent-pid", str(os.getpid()), "--work-dir", str(self.work_dir),
+               "--incarnation", str(self.incarnation)]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          env=_child_env(), start_new_session=True, close_fds=True)

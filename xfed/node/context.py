@@ -73,8 +73,11 @@ class StageContext:
     work_dir: Path
     identity_key: Any = None        # this node's Ed25519 IdentityKey when fed_conf pins identities
     job_uid: str = ""               # the job record's uid: output folders and resume states carry it
+    incarnation: int = 0            # > 0: this node was restarted and rejoins the running stage
     _report: Callable[[str, dict], None] = field(repr=False, default=lambda kind, data: None)
     _should_stop: Callable[[], bool] = field(repr=False, default=lambda: False)
+    # the scheduler's record of who restarted into this stage: {node: incarnation}
+    _membership: Callable[[], dict[str, int]] = field(repr=False, default=lambda: {})
 
     def report(self, kind: str, data: dict) -> None:
         """kind in progress|metrics|log|warning -> the job's event stream (best effort)."""
@@ -85,3 +88,11 @@ class StageContext:
 
     def should_stop(self) -> bool:
         return self._should_stop()
+
+    def membership(self) -> dict[str, int]:
+        """{node: incarnation} of the label trainers the scheduler re-dispatched into this stage
+        (xfed.scheduler.dropouts); {} when none, or when Redis does not answer (asked again next round)."""
+        try:
+            return dict(self._membership())
+        except BrokerError:
+            return {}

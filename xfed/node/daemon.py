@@ -131,8 +131,10 @@ class NodeDaemon:
             if msg.get("type") == "run_stage":
                 job = self.jobs.get(msg["job"])
                 if job is not None and job.state is JobState.RUNNING and job.stage == msg["stage"]:
-                    self._reporter(msg["job"], msg["stage"], msg["attempt"]).error(
-                        f"{self.node_id}: daemon restarted during stage {msg['stage']}; its stage process was lost")
+                    # `lost`: a stage that tolerates dropouts counts this node as dropped (it may rejoin)
+                    self._reporter(msg["job"], msg["stage"], msg["attempt"], msg.get("incarnation", 0)).error(
+                        f"{self.node_id}: daemon restarted during stage {msg['stage']}; its stage process was lost",
+                        lost=True)
             self.cmds.ack(GROUP, entry.id)
 
     def _handle(self, entry: Entry) -> None:
@@ -164,7 +166,17 @@ class NodeDaemon:
 
     def _run_stage(self, entry_id: str, msg: dict) -> None:
         job_id, stage_id, attempt = msg["job"], msg["stage"], msg["attempt"]
+        incarnation = msg.get("incarnation", 0)
+        incarnation = incarnation if isinstance(incarnation, int) and not isinstance(incarnation, bool) else 0
         child = self.child
+        if child is not None and (child.job_id, child.stage_id, child.attempt) == (job_id, stage_id, attempt) \
+                and incarnation > child.incarnation:
+            # the scheduler counted this node as dropped and re-dispatches it: the old stage process
+            # (frozen, cut off) is superseded by a fresh one that rejoins
+            if not child.stop_reason:
+                child.stop(f"superseded: rejoining the stage as incarnation {incarnation}")
+            self._deferred.append((entry_id, msg))
+            return
         if child is not None and (child.stage_id, child.attempt, child.job_id) != (stage_id, attempt, job_id) and (
                 child.job_id == job_id or child.stop_reason or self._job_over(child.job_id)):
             # our child is done or being stopped (the next stage, or the next job, can arrive between its
@@ -182,17 +194,18 @@ class NodeDaemon:
             log.info("ignoring stale command for job %s stage %s", job_id, stage_id)
             self.cmds.ack(GROUP, entry_id)
             return
-        reporter = self._reporter(job_id, stage_id, attempt)
+        reporter = self._reporter(job_id, stage_id, attempt, incarnation)
         problem = self._check_own_config(stage_id)
         if problem:
             reporter.error(problem)
             self.cmds.ack(GROUP, entry_id)
             return
-        work_dir = self.work_root / self.node_id / f"job-{job_id}" / f"stage-{stage_id}.{attempt}"
+        work_dir = (self.work_root / self.node_id / f"job-{job_id}"
+                    / f"stage-{stage_id}.{attempt}{f'.i{incarnation}' if incarnation else ''}")
         (work_dir / PULSE_FILE).unlink(missing_ok=True)  # a stale pulse must not count as progress
         child = StageChild(job_id=job_id, stage_id=stage_id, attempt=attempt, node_id=self.node_id,
                            config_path=self.config_path, work_dir=work_dir, grace_s=self.stop_grace_s,
-                           entry_id=entry_id)
+                           entry_id=entry_id, incarnation=incarnation)
         spare, self.spare = self.spare, None
         if spare is not None and not spare.alive():
             spare.discard()
@@ -280,7 +293,7 @@ class NodeDaemon:
                 if state is None or state in (JobState.FAILED, JobState.STOPPED, JobState.CORRUPT):
                     child.stop(f"job is {state.value if state else 'gone'}")
             return
-        reporter = self._reporter(child.job_id, child.stage_id, child.attempt)
+        reporter = self._reporter(child.job_id, child.stage_id, child.attempt, child.incarnation)
         what = describe_exit(rc)
         log.info("job %s stage %s: child pid %s %s", child.job_id, child.stage_id, child.pid, what)
         if child.stall_reason:
@@ -312,7 +325,7 @@ class NodeDaemon:
             return
         child.kill()
         try:
-            self._reporter(child.job_id, child.stage_id, child.attempt).error(
+            self._reporter(child.job_id, child.stage_id, child.attempt, child.incarnation).error(
                 f"{self.node_id}: daemon shut down during stage {child.stage_id}")
             if child.entry_id:
                 self.cmds.ack(GROUP, child.entry_id)
@@ -321,9 +334,9 @@ class NodeDaemon:
         self.child = None
 
     # -- events ---------------------------------------------------------------------------------
-    def _reporter(self, job_id: str, stage_id: int, attempt: int) -> EventReporter:
+    def _reporter(self, job_id: str, stage_id: int, attempt: int, incarnation: int = 0) -> EventReporter:
         return EventReporter(self.r, self.keys, job_id, self.node_id, stage_id, attempt,
-                             identity_key=self.identity_key)
+                             identity_key=self.identity_key, incarnation=incarnation)
 
     def _send(self, reporter: EventReporter, kind: str, fields: dict) -> None:
         """Emit now, or keep it for when Redis is back (a death must never go unreported)."""

@@ -46,7 +46,9 @@ class EventReporter:
     (`xfed.security.events`), so the scheduler can tell it from one another node forged."""
 
     def __init__(self, r, keys, job_id: str, node_id: str, stage_id: int, attempt: int = 0, *,
-                 identity_key: Any = None) -> None:
+                 identity_key: Any = None, incarnation: int = 0) -> None:
+        # > 0: the node was restarted into this stage; the scheduler ignores older incarnations' events
+        self.incarnation = int(incarnation)
         self.stream = ControlStream(r, keys.job_events(job_id), maxlen=100_000, owner=keys.job(job_id))
         self.job_id, self.node_id, self.stage_id, self.attempt = str(job_id), node_id, int(stage_id), int(attempt)
         self.namespace, self.identity_key = keys.namespace, identity_key
@@ -55,6 +57,8 @@ class EventReporter:
         """Append one event; with retry_s, keep trying through a Redis outage that long."""
         msg = {"type": kind, "job": self.job_id, "node": self.node_id, "stage": self.stage_id,
                "attempt": self.attempt, "ts": time.time()}
+        if self.incarnation:
+            msg["incarnation"] = self.incarnation
         msg.update(_jsonable(fields))
         if self.identity_key is not None:
             from xfed.security.events import sign_event

@@ -63,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--attempt", type=int, default=0)
     p.add_argument("--parent-pid", type=int, default=0)
     p.add_argument("--work-dir", dest="work_dir")
+    p.add_argument("--incarnation", type=int, default=0, help="> 0: this node rejoins a running stage")
     args = p.parse_args(argv)
     if not args.spare:
         missing = [f"--{k.replace('_', '-')}" for k in STAGE_FIELDS if getattr(args, k) is None]
@@ -95,6 +96,10 @@ def read_stage_args(args: argparse.Namespace, line: str) -> argparse.Namespace:
         if not isinstance(value, typ) or isinstance(value, bool):
             raise ValueError(f"stage argument {name!r} missing or not {typ.__name__}")
         setattr(args, name, value)
+    incarnation = data.get("incarnation", 0)  # > 0 only for a node restarted into a running stage
+    if not isinstance(incarnation, int) or isinstance(incarnation, bool) or incarnation < 0:
+        raise ValueError("stage argument 'incarnation' not a non-negative int")
+    args.incarnation = incarnation
     return args
 
 
@@ -125,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     identity_key = _identity_key(fed, args)
     keys = Keys(fed.redis.namespace)
     r = connect(fed)
-    reporter = EventReporter(r, keys, args.job, args.node, args.stage, args.attempt, identity_key=identity_key)
+    reporter = EventReporter(r, keys, args.job, args.node, args.stage, args.attempt, identity_key=identity_key,
+                             incarnation=getattr(args, "incarnation", 0))
     pulse = Pulse(args.work_dir)  # the daemon fails a stage whose main thread stops moving
     watcher = StopWatcher(JobStore(r, keys), args.job, args.stage, args.attempt, on_poll=pulse.beat)
 
@@ -157,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
             identity=stage.identity, stage=stage, fed=fed, trainer_ids=list(fed.trainer_ids),
             assist_id=fed.assist_trainer_id, comm=_make_comm(r, keys, args, watcher, fed, identity_key),
             work_dir=Path(args.work_dir), identity_key=identity_key, job_uid=JobStore(r, keys).uid(args.job),
-            _report=report, _should_stop=watcher,
+            incarnation=args.incarnation, _report=report, _should_stop=watcher,
+            _membership=lambda: JobStore(r, keys).rejoins(args.job, args.stage, args.attempt),
         )
         _warn_unpinned(fed, args.node, reporter)
         from xfed.operators.registry import operator_module
@@ -200,7 +207,8 @@ def _make_comm(r, keys, args, watcher, fed=None, identity_key=None):
         from xfed.security.messages import MessageAuth
 
         auth = MessageAuth(fed.identities, identity_key)
-    return Comm(r, keys, args.job, args.stage, args.node, attempt=args.attempt, should_stop=watcher, auth=auth)
+    return Comm(r, keys, args.job, args.stage, args.node, attempt=args.attempt, should_stop=watcher, auth=auth,
+                incarnation=getattr(args, "incarnation", 0))
 
 
 def unpinned_warning(fed) -> str | None:

@@ -19,6 +19,7 @@ from xfed.broker.streams import ControlStream, Entry, read_many
 from xfed.errors import BrokerError, XfedError
 from xfed.scheduler.dropouts import judge_dead, note_secagg, policy_of
 from xfed.scheduler.event_checks import EventChecks
+from xfed.scheduler.membership import MembershipMixin
 from xfed.scheduler.progress import (
     after_end_status,
     decide_after_stage,
@@ -28,6 +29,7 @@ from xfed.scheduler.progress import (
     missing_nodes,
     plan_field,
 )
+from xfed.scheduler.rejoins import not_yet_admitted, rejoin_candidates, stale_incarnation
 
 log = logging.getLogger("xfed.scheduler")
 
@@ -42,7 +44,7 @@ LINGER_S = 10.0
 RECONNECT_BACKOFF_CAP_S = 2.0  # xfed.broker.connection's retry backoff cap
 
 
-class Scheduler:
+class Scheduler(MembershipMixin):
     def __init__(self, *, fed: Any, r: Any, keys: Any, interval: float | None = None) -> None:
         self.fed, self.r, self.keys = fed, r, keys
         self.interval = float(interval or getattr(fed, "heartbeat_interval", 2.0) or 2.0)
@@ -265,7 +267,7 @@ class Scheduler:
         job = self.jobs.get(job_id)
         if job is None or job.state is not JobState.RUNNING:
             return
-        decision = decide_after_stage(job.stage, job.participants, job.nodes)
+        decision = decide_after_stage(job.stage, job.participants, job.nodes, optional=not_yet_admitted(job))
         if decision.action is StageAction.NEXT:
             log.info("job %s: stage %s done, dispatching stage %s", job_id, job.stage, decision.stage)
             self._dispatch(job_id, decision.stage, job.attempt, job.participants)
@@ -342,9 +344,17 @@ class Scheduler:
             return False
         if msg.get("stage") != job.stage or msg.get("attempt", 0) != job.attempt:
             return False  # late event of an earlier stage/attempt
+        if stale_incarnation(job, msg):
+            return False  # a stage process that a rejoin of its node superseded
         status = job.nodes.setdefault(node, NodeStatus())
-        if status.state is NodeState.DROPPED and kind in ("status", "progress"):
-            return False  # a dropped node stays dropped for this stage (rejoining is not supported yet)
+        if status.state is NodeState.DROPPED and kind in ("status", "progress", "error", "done"):
+            return False  # a dropped node's stage process is out of this stage (a restart may rejoin it)
+        if kind == "error" and msg.get("lost") is True:
+            verdict = judge_dead(job, policy_of(job), [node], self.interval,
+                                 why="its daemon restarted and lost the stage process")
+            if verdict is not None and verdict.action == "tolerate":
+                self._tolerate(job.job_id, job, verdict)
+                return True
         status.stage = job.stage
         if kind == "status":
             status.state = REPORTED_STATES.get(msg["state"], status.state)
@@ -381,6 +391,7 @@ class Scheduler:
             return True
         elif kind == "metrics":  # clients read metrics from the stream; a dropout policy/round record is kept
             note_secagg(self.jobs, job, msg.get("data"))
+            self._note_admission(job, msg.get("data"))
             return False
         else:  # log / warning: clients read them from the stream
             return False
@@ -400,15 +411,14 @@ class Scheduler:
                 continue
             if not job.active:
                 continue
+            for node in rejoin_candidates(job, policy_of(job), alive):
+                self._rejoin(job, node)
             dead = missing_nodes(job.participants, alive)
             verdict = judge_dead(job, policy_of(job), dead, self.interval) if dead else None
             if verdict is None:
                 continue
             if verdict.action == "tolerate":
-                for n in verdict.dropped:
-                    self.jobs.set_node(job_id, n, NodeStatus(state=NodeState.DROPPED, stage=job.stage,
-                                                             message=verdict.reason))
-                    log.warning("job %s: %s %s", job_id, n, verdict.reason)
+                self._tolerate(job_id, job, verdict)
                 self._advance_if_ready(job_id)  # the others may all be done already
                 continue
             self.jobs.set_node(job_id, verdict.node, NodeStatus(state=NodeState.FAILED, stage=job.stage,

@@ -25,10 +25,11 @@ class DropoutPolicy:
     attempt: int
     min_parties: int
     trainers: tuple[str, ...]
+    rejoin: bool = False  # the stage's operator lets a restarted trainer rejoin (xfed.scheduler.rejoins)
 
     def to_json(self) -> str:
         return json.dumps({"stage": self.stage, "attempt": self.attempt, "min_parties": self.min_parties,
-                           "trainers": list(self.trainers)})
+                           "trainers": list(self.trainers), "rejoin": self.rejoin})
 
 
 def policy_from_event(job: Job, data: Any) -> DropoutPolicy | None:
@@ -40,7 +41,7 @@ def policy_from_event(job: Job, data: Any) -> DropoutPolicy | None:
     if (isinstance(floor, bool) or not isinstance(floor, int) or not isinstance(trainers, list)
             or not all(t in job.participants for t in trainers) or not 0 < floor <= len(trainers)):
         return None
-    return DropoutPolicy(job.stage, job.attempt, floor, tuple(trainers))
+    return DropoutPolicy(job.stage, job.attempt, floor, tuple(trainers), info.get("rejoin") is True)
 
 
 def policy_of(job: Job) -> DropoutPolicy | None:
@@ -50,7 +51,8 @@ def policy_of(job: Job) -> DropoutPolicy | None:
         return None
     try:
         d = json.loads(raw)
-        policy = DropoutPolicy(int(d["stage"]), int(d["attempt"]), int(d["min_parties"]), tuple(d["trainers"]))
+        policy = DropoutPolicy(int(d["stage"]), int(d["attempt"]), int(d["min_parties"]), tuple(d["trainers"]),
+                               d.get("rejoin") is True)
     except (ValueError, KeyError, TypeError):
         return None
     return policy if (policy.stage, policy.attempt) == (job.stage, job.attempt) else None
@@ -94,13 +96,14 @@ class DeadVerdict:
     node: str = ""
 
 
-def judge_dead(job: Job, policy: DropoutPolicy | None, dead: list[str], interval: float) -> DeadVerdict | None:
-    """What the death of `dead` (no heartbeat) means for `job`; None when nothing new died."""
+def judge_dead(job: Job, policy: DropoutPolicy | None, dead: list[str], interval: float,
+               why: str = "") -> DeadVerdict | None:
+    """What the death of `dead` (no heartbeat, or `why`) means for `job`; None when nothing new died."""
     already = {n for n, s in job.nodes.items() if s.state == DROPPED}
     new = [n for n in dead if n not in already]
     if not new:
         return None
-    why = f"heartbeat expired (none for {3 * interval:g} s): its daemon died or lost Redis"
+    why = why or f"heartbeat expired (none for {3 * interval:g} s): its daemon died or lost Redis"
     if policy is None or any(n not in policy.trainers for n in new):
         first = next((n for n in new if policy is None or n not in policy.trainers), new[0])
         others = [n for n in dead if n != first]

@@ -19,14 +19,17 @@ class StageDecision:
     node: str = ""
 
 
-def decide_after_stage(stage: int, participants: list[str], nodes: dict[str, NodeStatus]) -> StageDecision:
+def decide_after_stage(stage: int, participants: list[str], nodes: dict[str, NodeStatus],
+                       optional: set[str] | frozenset[str] = frozenset()) -> StageDecision:
     """What to do once node statuses change during `stage`.
 
     Every participant reports `done` with the length of its own stage list; they must agree
-    (XFL runs stage k on every node), and the job moves on only when all are done.
+    (XFL runs stage k on every node), and the job moves on only when all are done. `optional`
+    nodes (restarted, not yet admitted back: scheduler.rejoins) are not waited for.
     """
     # a node dropped from a stage that tolerates dropouts (scheduler.dropouts) is not waited for
-    present = [n for n in participants if nodes.get(n, NodeStatus()).state is not NodeState.DROPPED]
+    present = [n for n in participants if nodes.get(n, NodeStatus()).state is not NodeState.DROPPED
+               and not (n in optional and nodes.get(n, NodeStatus()).state is not NodeState.DONE)]
     waiting = [n for n in present if nodes.get(n, NodeStatus()).state is not NodeState.DONE
                or nodes.get(n, NodeStatus()).stage != stage]
     if waiting or not present:

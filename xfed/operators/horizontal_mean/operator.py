@@ -60,23 +60,28 @@ def run(ctx) -> dict[str, Any]:
     if is_root:
         params = own
         ctx.comm.broadcast(ctx.trainer_ids, PARAMS_TAG, meta=params.shared)
+    elif getattr(ctx, "incarnation", 0):
+        params = own  # restarted into the running stage: the root's broadcast went to the old process
     else:
         msg = ctx.comm.recv(ctx.assist_id, PARAMS_TAG, timeout=own.timeout_s)
         params = _adopt(ctx, own, msg.meta)
     weights = contributors(ctx.trainer_ids, ctx.assist_id, params)
     agg = (make_root if is_root else make_leaf)(ctx, params.encryption)
+    if hasattr(agg, "last_round"):  # secure aggregation with dropouts: a restarted node may rejoin until then
+        agg.last_round = params.rounds - 1
     t0 = time.monotonic()
     agg.setup()
     if is_root:
         agg.broadcast_initial({"mean": np.zeros(params.dim, dtype=np.float32)})
     else:
-        init = agg.receive_initial()
+        init = agg.receive_initial()  # a rejoiner: the last mean before its first round (start_round)
         if set(init) != {"mean"} or init["mean"].shape != (params.dim,):
             raise JobError(f"{ctx.node_id}: initial tensors from {ctx.assist_id} have the wrong shape")
     worst = 0.0
     history = []
     last_avg: dict = {}
-    for r in range(params.rounds):
+    first = int(getattr(agg, "start_round", 0))
+    for r in range(first, params.rounds):
         if params.round_delay_s:
             _sleep(ctx, params.round_delay_s)
         if ctx.should_stop():
@@ -105,7 +110,7 @@ def run(ctx) -> dict[str, Any]:
         ctx.report("metrics", history[-1])
         ctx.report("progress", {"round": r + 1, "rounds": params.rounds, "fraction": (r + 1) / params.rounds})
     result = {"rounds": params.rounds, "dim": params.dim, "encryption": next(iter(params.encryption)),
-              "contributors": len(weights), "max_abs_err": worst,
+              "contributors": len(weights), "max_abs_err": worst, "first_round": first,
               "seconds": round(time.monotonic() - t0, 3),
               # the evidence of a completed stage (xfed.scheduler.progress): the last aggregate's digest
               "final_digest": getattr(agg, "last_digest", None) or tensors_digest(last_avg)}
