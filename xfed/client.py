@@ -23,6 +23,7 @@ from xfed.broker.requests import request, scheduler_alive
 from xfed.broker.streams import ControlStream
 from xfed.display import cell
 from xfed.errors import JobError, XfedError
+from xfed.scheduler.capacity import only_active_job
 
 REPLY_TIMEOUT_S = 15.0
 WIDTH = 100  # tables fit 100 columns; --wide (or --json) gives every column
@@ -163,10 +164,7 @@ class Client:
     def _stop_without_scheduler(self, job_id: str | None) -> int:
         """No scheduler to ask: mark the job STOPPED and tell its nodes ourselves (they also watch the state)."""
         if job_id is None:
-            active = self.jobs.active()
-            if not active:
-                raise JobError("no job is running")
-            job = active[0]
+            job = self.jobs.require(only_active_job(self.jobs.active()))
         else:
             job = self.jobs.require(str(job_id))
         reason = "stopped by client request (no scheduler was running)"
