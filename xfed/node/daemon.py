@@ -265,8 +265,10 @@ class NodeDaemon:
             return float(getattr(self.fed, "progress_timeout", 300.0) or 300.0)
 
     def _ensure_spare(self) -> None:
-        """Keep one warm stage process while a job slot is free (retrying every 5 s if spares die unused)."""
-        if not self.use_spare or len(self.children) >= self.max_jobs:
+        """Keep one warm stage process (retrying every 5 s if spares die unused): while idle, and with
+        max_concurrent_jobs > 1 also while stages run, so the next job (or the next stage, or the job
+        after those running) starts without imports; with 1, nothing extra sits beside a training stage."""
+        if not self.use_spare or (self.children and self.max_jobs == 1):
             return
         if self.spare is not None:
             if self.spare.alive():

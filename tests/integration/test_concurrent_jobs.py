@@ -1,0 +1,67 @@
+"""Several jobs at once on one federation (fed_conf max_concurrent_jobs 3), real processes and Redis.
+
+Jobs run horizontal_chatglm with OTP on the same tiny GLM and the same seeds while overlapping in time;
+each must end SUCCESSFUL with adapters byte-identical to the same job run alone afterwards (per-job
+mailboxes, pad streams, work dirs and output folders keep them apart), and a stop names one job only.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.integration.conftest import REPO, load_module, serve
+
+pytestmark = pytest.mark.integration
+
+_chatglm = load_module("xfed_tests_integration_chatglm", REPO / "tests" / "integration" / "test_chatglm.py")
+TRAINERS = ["node-1", "node-2"]
+
+
+@pytest.fixture(scope="module")
+def cfed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("concurrent")
+    with serve(root, trainers=list(TRAINERS), namespace="conc", interval=1.0) as fed:
+        fed.write_config(fed_extra={"max_concurrent_jobs": 3})
+        c = _chatglm.ChatglmFed(fed, root, list(TRAINERS))
+        c.write(_chatglm.authoritative(_chatglm.LORA, _chatglm.OTP))
+        fed.start_all()
+        yield c
+
+
+def _start(cfed) -> str:
+    res = cfed.fed.client("-c", "start")
+    assert res.returncode == 0, res.stderr + cfed.fed.logs()
+    return res.stdout.split()[0]
+
+
+def test_overlapping_jobs_succeed_with_the_adapters_of_a_job_run_alone_and_stop_one_by_one(cfed):
+    fed = cfed.fed
+    first, second, dropped = _start(cfed), _start(cfed), _start(cfed)
+    assert (first, second, dropped) == ("1", "2", "3")
+    refused = fed.client("-c", "start")  # the federation's limit is three
+    assert refused.returncode != 0 and "3 jobs are running (1, 2, 3), max_concurrent_jobs is 3" in refused.stderr
+    bare = fed.client("-c", "stop")
+    assert bare.returncode != 0 and "say which one: -c stop --job_id N" in bare.stderr
+    stop = fed.client("-c", "stop", "--job_id", dropped)
+    assert stop.returncode == 0 and stop.stdout.strip() == f"job {dropped} STOPPED", stop.stderr
+    jobs = {j: fed.wait_job(j) for j in (first, second)}
+    for j, job in jobs.items():
+        assert job.state.value == "SUCCESSFUL", (j, job.reason, fed.logs())
+    a, b = jobs[first], jobs[second]
+    assert a.started < b.ended and b.started < a.ended  # they did run at the same time
+    assert fed.wait_job(dropped).state.value == "STOPPED"
+    alone = _start(cfed)
+    assert fed.wait_job(alone).state.value == "SUCCESSFUL", fed.logs()
+    for node in [*TRAINERS, _chatglm.ASSIST]:
+        ref = cfed.final(alone, node)
+        for j in (first, second):
+            got = cfed.final(j, node)
+            assert sorted(got) == sorted(ref)
+            for name in ref:
+                assert np.array_equal(got[name], ref[name]), (j, node, name)
+    assert not (cfed.root / "out" / dropped / TRAINERS[0] / "final").exists()
+    status = fed.client("-c", "status", "--job_id", second, "--json")
+    assert status.returncode == 0 and '"state": "SUCCESSFUL"' in status.stdout
+    # every stage process has gone (the stopped job's too): each daemon advertises no job
+    r, keys = fed.redis_client(), fed.keys()
+    fed.wait_for(lambda: all(not r.hget(keys.node_info(n), "job") for n in fed.nodes), "daemons idle", timeout=30)
