@@ -65,3 +65,36 @@ def test_overlapping_jobs_succeed_with_the_adapters_of_a_job_run_alone_and_stop_
     # every stage process has gone (the stopped job's too): each daemon advertises no job
     r, keys = fed.redis_client(), fed.keys()
     fed.wait_for(lambda: all(not r.hget(keys.node_info(n), "job") for n in fed.nodes), "daemons idle", timeout=30)
+
+
+def test_a_party_training_as_two_ddp_ranks(cfed):
+    """node-1 runs as a 2-rank gloo DDP group beside a 1-process node-2 (same federation: no second set-up).
+
+    The mean differs from node-1's own update (node-2 contributes), so rank 1 ends equal to rank 0 only
+    if rank 0 broadcast every round's mean; each rank saw half of node-1's data per epoch, so the group
+    ran half the optimizer steps one process would."""
+    import json
+
+    from safetensors.numpy import load_file
+
+    fed = cfed.fed
+    cfed.write(_chatglm.authoritative(_chatglm.LORA, _chatglm.PLAIN))
+    path = fed.config / "trainer_config_node-1.json"
+    stages = json.loads(path.read_text())
+    stages[0]["model_info"]["config"] = {"nproc_per_node": 2}
+    stages[0]["train_info"]["train_params"]["trainer"]["per_device_train_batch_size"] = 2  # 8 examples: 2 steps
+    path.write_text(json.dumps(stages))
+    job = _start(cfed)
+    assert fed.wait_job(job).state.value == "SUCCESSFUL", fed.logs()
+    ranks = cfed.root / "work" / "node-1" / f"job-{job}" / "stage-0.0" / "ddp"
+    rank1 = load_file(str(ranks / "rank-1-output" / "final" / "adapter_model.safetensors"))
+    for node in [*TRAINERS, _chatglm.ASSIST]:
+        final = cfed.final(job, node)
+        assert sorted(final) == sorted(rank1)
+        for name in final:
+            assert np.array_equal(final[name], rank1[name]), (node, name)
+    steps = {n: cfed.metrics(job, n)["total_steps"] for n in TRAINERS}
+    examples = {n: cfed.metrics(job, n)["num_examples"] for n in TRAINERS}
+    assert steps["node-2"] == -(-examples["node-2"] // 4)  # one process: every example, 4 a step
+    assert steps["node-1"] == -(-examples["node-1"] // (2 * 2))  # two ranks, 2 each a step
+    assert "trained through round" in (ranks / "rank-1.log").read_text()
