@@ -216,6 +216,10 @@ class Client:
         if job.node:
             head.add_row("failed node", job.node)
         self.console.print(head)
+        if job_id is None:  # the latest job was chosen: say which others are running (max_concurrent_jobs)
+            others = [j.job_id for j in self.jobs.active() if j.job_id != job.job_id]
+            if others:
+                self.console.print(f"also running: job {', '.join(reversed(others))} (-c status --job_id N)")
         table = Table(title="nodes", title_justify="left")
         for col in ("node", "state", "stage", "progress", "stage pid", "alive"):
             table.add_column(col, no_wrap=col != "progress")
