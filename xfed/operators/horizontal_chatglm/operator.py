@@ -289,8 +289,13 @@ class _Label(_Party):
         self.group = ddp.DdpGroup.start(ctx, nproc, cuda=ddp.wants_cuda(self.own), should_stop=ctx.should_stop)
         try:
             result = self._run_federated()
-        except BaseException:
-            self.group.close(ok=False)
+        except BaseException as err:
+            try:  # a broken collective says little: name the rank that died, and its log
+                self.group.check_workers()
+            except JobError as dead:
+                raise dead from err
+            finally:
+                self.group.close(ok=False)
             raise
         self.group.close(ok=True)
         return result
