@@ -83,3 +83,19 @@ def test_a_dead_node_fails_every_job_it_takes_part_in(world2):
     for j in ("1", "2"):
         job = w.sched.jobs.get(j)
         assert job.state is JobState.FAILED and job.node == "b" and "heartbeat expired" in job.reason
+
+
+def test_a_resume_counts_as_a_running_job(world2):
+    w = world2
+    ask(w, {"type": "start"})
+    ask(w, {"type": "start"})
+    event(w, "1", "a", "error", message="killed")
+    steps(w)
+    assert w.sched.jobs.get("1").state is JobState.FAILED
+    assert ask(w, {"type": "start"})["job"] == "3"  # job 1's slot
+    refused = ask(w, {"type": "start", "resume": "1"})
+    assert refused["ok"] is False and refused["error"].startswith("2 jobs are running (2, 3)")
+    ask(w, {"type": "stop", "job": "3"})
+    assert ask(w, {"type": "start", "resume": "1"}) == {"ok": True, "job": "1", "stage": 0, "attempt": 1}
+    runs = [(c["job"], c["attempt"]) for c in commands(w, "b") if c["type"] == "run_stage"]
+    assert runs == [("1", 0), ("2", 0), ("3", 0), ("1", 1)]
