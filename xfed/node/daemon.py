@@ -2,8 +2,9 @@
 
 One loop, no threads besides the heartbeat: read the node's command stream (consumer group, the
 `run_stage` entry acked only once the stage is over), start/stop the children (one per job, at most
-`max_concurrent_jobs`), poll them, and report a death that its child did not report for itself. Redis outages are waited out with backoff; a bad job
-(bad config, crashing operator, malformed messages) fails that job and the daemon takes the next.
+`max_concurrent_jobs`), poll them, and report a death that its child did not report for itself.
+Redis outages are waited out with backoff; a bad job (bad config, crashing operator, malformed
+messages) fails that job and the daemon takes the next.
 """
 from __future__ import annotations
 
@@ -231,8 +232,14 @@ class NodeDaemon:
             return
         self._child_exited = False
         waiting, self._deferred = self._deferred, []
-        for entry_id, msg in waiting:
-            self._handle(Entry(entry_id, msg=msg))
+        while waiting:
+            entry_id, msg = waiting.pop(0)
+            try:
+                self._handle(Entry(entry_id, msg=msg))
+            except BrokerError:  # Redis away: all of them wait for the next try, in order
+                self._deferred[:0] = [(entry_id, msg), *waiting]
+                self._child_exited = True
+                raise
 
     def _advertise_jobs(self) -> None:
         """The jobs this daemon runs stages of, for `-c nodes` ("1,3"; empty when idle)."""
