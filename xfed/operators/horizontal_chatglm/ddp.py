@@ -157,6 +157,21 @@ class DdpGroup:
                 dist.broadcast(params[name].data, src=0)
 
     # -- rank 0's watch over the others ---------------------------------------------------------------
+    def run(self, stage: Callable[[], Any]) -> Any:
+        """Rank 0 runs the party's stage; the other ranks end with it (joined on success, killed otherwise)."""
+        try:
+            result = stage()
+        except BaseException as err:
+            try:  # a broken collective says little: name the rank that died, and its log
+                self.check_workers()
+            except JobError as dead:
+                raise dead from err
+            finally:
+                self.close(ok=False)
+            raise
+        self.close(ok=True)
+        return result
+
     def check_workers(self) -> None:
         for proc, log_path in self.workers:
             rc = proc.poll()

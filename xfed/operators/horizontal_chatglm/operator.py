@@ -287,18 +287,7 @@ class _Label(_Party):
             return self._run_federated()
         # rank 0 of a DDP group: ranks 1.. start now, so their imports overlap the parameter exchange
         self.group = ddp.DdpGroup.start(ctx, nproc, cuda=ddp.wants_cuda(self.own), should_stop=ctx.should_stop)
-        try:
-            result = self._run_federated()
-        except BaseException as err:
-            try:  # a broken collective says little: name the rank that died, and its log
-                self.group.check_workers()
-            except JobError as dead:
-                raise dead from err
-            finally:
-                self.group.close(ok=False)
-            raise
-        self.group.close(ok=True)
-        return result
+        return self.group.run(self._run_federated)
 
     def _run_federated(self) -> dict[str, Any]:
         ctx = self.ctx
