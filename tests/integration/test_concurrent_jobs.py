@@ -1,8 +1,9 @@
-"""Several jobs at once on one federation (fed_conf max_concurrent_jobs 3), real processes and Redis.
+"""Two jobs at once on one federation (fed_conf max_concurrent_jobs 2), and a party of 2 DDP ranks.
 
-Jobs run horizontal_chatglm with OTP on the same tiny GLM and the same seeds while overlapping in time;
-each must end SUCCESSFUL with adapters byte-identical to the same job run alone afterwards (per-job
-mailboxes, pad streams, work dirs and output folders keep them apart), and a stop names one job only.
+Real processes and Redis. Jobs run horizontal_chatglm with OTP on the same tiny GLM and the same seeds
+while overlapping in time; each must end SUCCESSFUL with adapters byte-identical to the same job run
+alone afterwards (per-job mailboxes, pad streams, work dirs and output folders keep them apart). The
+DDP test shares the federation to save a second set-up.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ TRAINERS = ["node-1", "node-2"]
 def cfed(tmp_path_factory):
     root = tmp_path_factory.mktemp("concurrent")
     with serve(root, trainers=list(TRAINERS), namespace="conc", interval=1.0) as fed:
-        fed.write_config(fed_extra={"max_concurrent_jobs": 3})
+        fed.write_config(fed_extra={"max_concurrent_jobs": 2})
         c = _chatglm.ChatglmFed(fed, root, list(TRAINERS))
         c.write(_chatglm.authoritative(_chatglm.LORA, _chatglm.OTP))
         fed.start_all()
@@ -34,22 +35,19 @@ def _start(cfed) -> str:
     return res.stdout.split()[0]
 
 
-def test_overlapping_jobs_succeed_with_the_adapters_of_a_job_run_alone_and_stop_one_by_one(cfed):
+def test_overlapping_jobs_succeed_with_the_adapters_of_a_job_run_alone(cfed):
     fed = cfed.fed
-    first, second, dropped = _start(cfed), _start(cfed), _start(cfed)
-    assert (first, second, dropped) == ("1", "2", "3")
-    refused = fed.client("-c", "start")  # the federation's limit is three
-    assert refused.returncode != 0 and "3 jobs are running (1, 2, 3), max_concurrent_jobs is 3" in refused.stderr
-    bare = fed.client("-c", "stop")
+    first, second = _start(cfed), _start(cfed)
+    assert (first, second) == ("1", "2")
+    refused = fed.client("-c", "start")  # the federation's limit is two
+    assert refused.returncode != 0 and "2 jobs are running (1, 2), max_concurrent_jobs is 2" in refused.stderr
+    bare = fed.client("-c", "stop")  # (stopping one job of several by id: tests/scheduler, tests/client)
     assert bare.returncode != 0 and "say which one: -c stop --job_id N" in bare.stderr
-    stop = fed.client("-c", "stop", "--job_id", dropped)
-    assert stop.returncode == 0 and stop.stdout.strip() == f"job {dropped} STOPPED", stop.stderr
     jobs = {j: fed.wait_job(j) for j in (first, second)}
     for j, job in jobs.items():
         assert job.state.value == "SUCCESSFUL", (j, job.reason, fed.logs())
     a, b = jobs[first], jobs[second]
     assert a.started < b.ended and b.started < a.ended  # they did run at the same time
-    assert fed.wait_job(dropped).state.value == "STOPPED"
     alone = _start(cfed)
     assert fed.wait_job(alone).state.value == "SUCCESSFUL", fed.logs()
     for node in [*TRAINERS, _chatglm.ASSIST]:
@@ -59,10 +57,9 @@ def test_overlapping_jobs_succeed_with_the_adapters_of_a_job_run_alone_and_stop_
             assert sorted(got) == sorted(ref)
             for name in ref:
                 assert np.array_equal(got[name], ref[name]), (j, node, name)
-    assert not (cfed.root / "out" / dropped / TRAINERS[0] / "final").exists()
     status = fed.client("-c", "status", "--job_id", second, "--json")
     assert status.returncode == 0 and '"state": "SUCCESSFUL"' in status.stdout
-    # every stage process has gone (the stopped job's too): each daemon advertises no job
+    # every stage process has gone: each daemon advertises no job
     r, keys = fed.redis_client(), fed.keys()
     fed.wait_for(lambda: all(not r.hget(keys.node_info(n), "job") for n in fed.nodes), "daemons idle", timeout=30)
 
