@@ -5,7 +5,9 @@ GPU, no folder to write): a LoRA r=8 step in bf16 and in fp16 at 256 tokens; bit
 (double quantization, bf16 compute) when bitsandbytes is installed; THUDM int4 (xfed's packed
 QuantizedLinear, quantized with THUDM's GPU arithmetic) with a LoRA step; P-tuning v2 (pre_seq_len 16)
 on the int4 base. Each line: step seconds and peak GPU memory. Then the THUDM int4 fixtures through
-load_pretrained(device="cuda") against THUDM's reference logits, when ../shared is present.
+load_pretrained(device="cuda") against THUDM's reference logits, when ../shared is present. Then a
+label trainer's DDP group (nproc_per_node 2): NCCL on 2 GPUs (skipped with one), rank 0's plan and
+adapter broadcast, one DDP LoRA step, every rank's weights equal to rank 0's.
 `--smoke`: the same steps on CPU with narrow 2-layer models (checks this script, not CUDA).
 """
 from __future__ import annotations
@@ -156,13 +158,97 @@ def fixture_checks(device) -> list[dict]:
     return out
 
 
+def ddp_rank(rank: int, world: int, store: str, cuda: bool) -> None:
+    """One rank of the DDP check: xfed's DdpGroup (NCCL on CUDA, gloo in --smoke) shares a plan and rank 0's
+    adapter, then one DDP LoRA step on different data per rank must leave every rank with equal weights."""
+    import torch
+    import torch.distributed as dist
+    from peft import LoraConfig, TaskType
+
+    from xfed.models import make_peft_model
+    from xfed.operators.horizontal_chatglm.adapter_state import trainable_names
+    from xfed.operators.horizontal_chatglm.ddp import DdpGroup
+
+    group = DdpGroup(rank, world, cuda=cuda)
+    group._join(dist.FileStore(store, world))
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
+    V3.update(hidden_size=128, ffn_hidden_size=384, kv_channels=32, num_attention_heads=4)
+    model, _, targets = build("chatglm3-6b", 2, device, torch.bfloat16 if cuda else torch.float32)
+    peft_model = make_peft_model(model, LoraConfig(task_type=TaskType.CAUSAL_LM, r=8, target_modules=targets))
+    names = trainable_names(peft_model)
+    params = dict(peft_model.named_parameters())
+    torch.manual_seed(100 + rank)  # every rank starts different: only the broadcast makes them equal
+    with torch.no_grad():
+        for n in names:
+            params[n].normal_()
+    t = time.monotonic()
+    plan = group.share_json({"rounds": 3, "from": "rank 0"} if rank == 0 else None)
+    group.share_trainable(peft_model)
+    share_s = time.monotonic() - t
+
+    def spread() -> float:  # the largest difference of any trainable tensor from rank 0's
+        worst = 0.0
+        for n in names:
+            mine = params[n].detach().float()
+            ref = mine.clone()
+            dist.broadcast(ref, src=0)
+            worst = max(worst, (mine - ref).abs().max().item())
+        return worst
+
+    after_share = spread()
+    ddp = torch.nn.parallel.DistributedDataParallel(peft_model, device_ids=[rank] if cuda else None)
+    opt = torch.optim.AdamW([params[n] for n in names], lr=1e-3)
+    ids = torch.randint(5, 20000, (2, 32), device=device, generator=torch.Generator(device).manual_seed(rank))
+    ddp(input_ids=ids, labels=ids).loss.backward()
+    opt.step()
+    after_step = spread()
+    if rank == 0:
+        print(json.dumps({"ddp": {"backend": dist.get_backend(), "world": world, "plan": plan,
+                                  "share_s": round(share_s, 3), "spread_after_share": after_share,
+                                  "spread_after_step": after_step}}), flush=True)
+    dist.barrier()
+    dist.destroy_process_group()
+    if plan != {"rounds": 3, "from": "rank 0"} or after_share != 0.0 or after_step > 1e-6:
+        sys.exit(1)
+
+
+def ddp_check(device) -> dict:
+    """2 ranks of a label trainer's DDP group (xfed.operators.horizontal_chatglm.ddp) on 2 GPUs, or gloo on CPU."""
+    import os
+    import subprocess
+    import tempfile
+
+    import torch
+
+    cuda = device.type == "cuda"
+    if cuda and torch.cuda.device_count() < 2:
+        return {"case": "DDP 2 ranks", "skipped": f"needs 2 GPUs (one per rank), this machine has "
+                                                  f"{torch.cuda.device_count()}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = str(Path(tmp) / "store")
+        procs = [subprocess.Popen([sys.executable, __file__, "--ddp-rank", str(r), "--ddp-store", store]
+                                  + ([] if cuda else ["--smoke"]), stdout=subprocess.PIPE, text=True,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)}) for r in range(2)]
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    lines = [ln for ln in outs[0].splitlines() if ln.startswith('{"ddp"')]
+    if any(p.returncode for p in procs) or not lines:
+        return {"case": "DDP 2 ranks", "error": f"exit codes {[p.returncode for p in procs]}; {outs[0][-300:]}"}
+    return {"case": "DDP 2 ranks", **json.loads(lines[-1])["ddp"], "ok": True}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="run the steps on CPU with narrow 2-layer models (no CUDA check)")
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--ddp-rank", type=int, default=None, help=argparse.SUPPRESS)  # one rank of the DDP check
+    ap.add_argument("--ddp-store", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     import torch
+
+    if args.ddp_rank is not None:
+        ddp_rank(args.ddp_rank, 2, args.ddp_store, cuda=torch.cuda.is_available() and not args.smoke)
+        return 0
 
     if not torch.cuda.is_available() and not args.smoke:
         print("gpu_check: no CUDA device here (torch.cuda.is_available() is False): dry run, nothing measured; "
@@ -200,6 +286,12 @@ def main() -> int:
         print(f"fixture {r['fixture']} on {device.type}: " + (r.get("skipped") or
               f"max probe logit diff {r['max_probe_logit_diff']} ({'ok' if r['ok'] else 'FAIL'})"))
         failed += 0 if r.get("ok", True) else 1
+    r = ddp_check(device)
+    results.append(r)
+    print(f"DDP 2 ranks on {device.type}: " + (r.get("skipped") or (f"ERROR: {r['error']}" if "error" in r else
+          f"{r['backend']}, share {r['share_s']} s, spread after share {r['spread_after_share']}, "
+          f"after a DDP step {r['spread_after_step']}")), flush=True)
+    failed += 1 if "error" in r else 0
     print(json.dumps({"device": name, "results": results}))
     return 1 if failed else 0
 

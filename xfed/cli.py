@@ -36,7 +36,7 @@ def _default_config_path() -> str:
 @click.option("-t", "--trainer", "trainer", metavar="NODE_ID", help="Run the trainer (label_trainer) daemon NODE_ID.")
 @click.option("-a", "--assist_trainer", is_flag=True, help="Run the assist trainer (aggregator) daemon.")
 @click.option("-c", "--client", "client", type=click.Choice(CLIENT_VERBS), metavar="VERB",
-              help="Client verb: start | stop [JOB] | status [JOB] | list | nodes | validate | serve.")
+              help="Client verb: start | stop [JOB] | status [JOB] | list | nodes | validate | serve (JOB: or --job_id JOB).")
 @click.option("--config_path", "--config-path", "config_path", default=_default_config_path,
               show_default="$XFED_CONFIG_PATH or ./config", help="Folder with fed_conf.json and trainer_config_*.json.")
 @click.option("--bar", is_flag=True, help="Show a progress bar (client start --follow / status).")
@@ -44,6 +44,8 @@ def _default_config_path() -> str:
 @click.option("--wait-nodes", "wait_nodes", type=float, default=0.0, metavar="SECONDS",
               help="start: wait up to SECONDS for every participant to be alive.")
 @click.option("--resume", "resume", metavar="JOB", default=None, help="start: resume a FAILED/STOPPED job from its last round.")
+@click.option("--job_id", "--job-id", "job_id", metavar="JOB", default=None,
+              help="stop / status: the job (same as the JOB argument); needed by stop when several jobs run.")
 @click.option("--schema", is_flag=True, help="validate: print the JSON schema of the config files.")
 @click.option("--strict", is_flag=True, help="validate: paths that do not exist here are errors, not warnings.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output where supported.")
@@ -54,7 +56,7 @@ def _default_config_path() -> str:
               help="serve: address to bind (the page shows hosts and pids: keep it local unless you mean it).")
 @click.option("--plot", "plot", default=None, metavar="PNG", help="report: also draw the curves into PNG.")
 @click.argument("args", nargs=-1)
-def main(scheduler, trainer, assist_trainer, client, config_path, bar, follow, wait_nodes, resume, schema,
+def main(scheduler, trainer, assist_trainer, client, config_path, bar, follow, wait_nodes, resume, job_id, schema,
          strict, as_json, wide, out_dir, port, host, plot, args):
     """xfed: federated LoRA / P-tuning v2 fine-tuning of ChatGLM-family models over Redis."""
     # `-t ''` is a role with a bad id, not no role at all (which would print the help)
@@ -68,6 +70,8 @@ def main(scheduler, trainer, assist_trainer, client, config_path, bar, follow, w
         if resume is not None and (resume.startswith("-") or not resume.strip()):
             # `--resume --follow` would otherwise take --follow as the job id
             raise XfedError(f"--resume needs a JOB id (got {resume!r}); e.g. -c start --resume 3 --follow")
+        if job_id is not None and client not in ("stop", "status"):
+            raise XfedError("--job_id goes with -c stop or -c status")
         if len(roles) > 1:
             raise XfedError("choose one role: -s, -t NODE_ID, -a or -c VERB")
         if not roles:
@@ -96,13 +100,24 @@ def main(scheduler, trainer, assist_trainer, client, config_path, bar, follow, w
             from xfed.web.server import serve_command
             sys.exit(serve_command(config_path, host=host, port=port))
         from xfed.client import run_client
-        sys.exit(run_client(client, config_path, list(args), bar=bar, follow=follow,
+        sys.exit(run_client(client, config_path, _job_args(client, job_id, list(args)), bar=bar, follow=follow,
                             wait_nodes=wait_nodes, resume=resume, as_json=as_json, wide=wide) or 0)
     except XfedError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+def _job_args(verb: str, job_id: str | None, args: list[str]) -> list[str]:
+    """`--job_id N` is the JOB argument of stop/status spelled as an option."""
+    if job_id is None:
+        return args
+    if not job_id.strip() or job_id.startswith("-"):
+        raise XfedError(f"--job_id needs a JOB id (got {job_id!r}); e.g. -c stop --job_id 3")
+    if args and args != [job_id]:
+        raise XfedError(f"{verb}: job {' '.join(args)} and --job_id {job_id} disagree; give one")
+    return [job_id]
 
 
 def _tool(name: str, args: list[str], *, config_path: str, out_dir: str | None, plot: str | None = None):

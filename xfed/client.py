@@ -23,6 +23,7 @@ from xfed.broker.requests import request, scheduler_alive
 from xfed.broker.streams import ControlStream
 from xfed.display import cell
 from xfed.errors import JobError, XfedError
+from xfed.scheduler.capacity import only_active_job
 
 REPLY_TIMEOUT_S = 15.0
 WIDTH = 100  # tables fit 100 columns; --wide (or --json) gives every column
@@ -163,10 +164,7 @@ class Client:
     def _stop_without_scheduler(self, job_id: str | None) -> int:
         """No scheduler to ask: mark the job STOPPED and tell its nodes ourselves (they also watch the state)."""
         if job_id is None:
-            active = self.jobs.active()
-            if not active:
-                raise JobError("no job is running")
-            job = active[0]
+            job = self.jobs.require(only_active_job(self.jobs.active()))
         else:
             job = self.jobs.require(str(job_id))
         reason = "stopped by client request (no scheduler was running)"
@@ -218,6 +216,10 @@ class Client:
         if job.node:
             head.add_row("failed node", job.node)
         self.console.print(head)
+        if job_id is None:  # the latest job was chosen: say which others are running (max_concurrent_jobs)
+            others = [j.job_id for j in self.jobs.active() if j.job_id != job.job_id]
+            if others:
+                self.console.print(f"also running: job {', '.join(reversed(others))} (-c status --job_id N)")
         table = Table(title="nodes", title_justify="left")
         for col in ("node", "state", "stage", "progress", "stage pid", "alive"):
             table.add_column(col, no_wrap=col != "progress")

@@ -132,3 +132,17 @@ def test_status_fits_100_columns_and_wide_shows_every_column(client, capsys):
     assert all(k in out for k in metrics if k != "rounds")
     narrow.nodes()
     assert "daemon pid" in capsys.readouterr().out
+
+
+def test_with_several_jobs_running_status_names_the_others_and_a_bare_stop_asks_which(client):
+    first, second = a_job(client), a_job(client)
+    client.status(None)  # the latest job, and a line for the other
+    text = client.console.export_text()
+    assert re.search(rf"^job +{second} ", text, re.M)
+    assert f"also running: job {first} (-c status --job_id N)" in text
+    with pytest.raises(JobError, match=rf"2 jobs are running \({first}, {second}\); say which one"):
+        client.stop(None)  # no scheduler: stopped directly, but never a guess
+    assert client.stop(first) == 0
+    assert client.jobs.get(first).state is JobState.STOPPED and client.jobs.get(second).state is JobState.RUNNING
+    assert client.stop(None) == 0  # one left: the bare stop means it, as before
+    assert client.jobs.get(second).state is JobState.STOPPED

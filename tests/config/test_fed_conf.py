@@ -105,3 +105,13 @@ def test_comment_keys_are_ignored_but_typos_are_not():
     assert fed.trainer_ids == ["node-1", "node-2"]
     with pytest.raises(ValidationError, match="did you mean 'heartbeat_interval'"):
         FedConf.model_validate({**XFL_FED, "heartbeat_intervall": 1})
+
+
+def test_max_concurrent_jobs_defaults_to_one_and_is_a_whole_number_from_1():
+    assert FedConf.model_validate(XFL_FED).max_concurrent_jobs == 1
+    assert FedConf.model_validate({**XFL_FED, "max_concurrent_jobs": 3}).max_concurrent_jobs == 3
+    for bad, words in ((0, "greater than or equal to 1"), ("2", "valid integer"), (2.5, "valid integer"),
+                       (True, "valid integer"), (65, "less than or equal to 64")):
+        with pytest.raises(ValidationError, match=words) as info:
+            FedConf.model_validate({**XFL_FED, "max_concurrent_jobs": bad})
+        assert info.value.errors()[0]["loc"] == ("max_concurrent_jobs",)

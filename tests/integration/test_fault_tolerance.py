@@ -219,7 +219,8 @@ def test_dp_otp_job_resumes_with_its_noise_seed_and_accounts_every_round_once(h,
     h.fed.wait_for(start, "every node alive to start the DP job", timeout=60)
     job_id = started["job"]
     pid = h.child_pid(job_id, "node-1")
-    h.wait_round(job_id, "node-1", 1)
+    for n in TRAINERS:  # every party's own round-1 state (node-2 may write it after node-1 did)
+        h.wait_round(job_id, n, 1)
     seeds = {n: json.loads((h.out(job_id, n) / "checkpoint-1" / "xfed_resume" / "state.json").read_text())["dp_seed"]
              for n in TRAINERS}
     assert len(set(seeds.values())) == 2  # each party its own secret seed

@@ -3,7 +3,7 @@
 XFL's keys are taken unchanged (`fed_info.{scheduler, trainer, assist_trainer}`, `redis_server`,
 `grpc`); the addresses XFL gives each node are accepted and unused, because xfed nodes open no
 ports and meet only through Redis. What xfed adds is optional: `redis`, `heartbeat_interval`,
-`progress_timeout`, `identities`.
+`progress_timeout`, `max_concurrent_jobs`, `identities`.
 """
 from __future__ import annotations
 
@@ -112,6 +112,11 @@ class FedConf(ConfigModel):
         description="Seconds a stage process may go without progress (a step, a poll while waiting for a peer) "
                     "before its daemon kills it and fails the job naming the node; at least 3x the slowest "
                     "step seen. Read by each daemon at every stage start.")
+    max_concurrent_jobs: int = Field(
+        1, ge=1, le=64,
+        description="Jobs that may run at once: the scheduler refuses a start beyond it, and each daemon runs "
+                    "at most this many stage processes (one per job; its own fed_conf.json counts). 1 (the "
+                    "default): one job at a time.")
     identities: dict[str, str] = Field(default_factory=dict,
                                        description="{node id: Ed25519 public key, 64 hex digits} pinned per node: "
                                                    "signs the DH exchange and every data-plane message; "

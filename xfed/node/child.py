@@ -104,6 +104,7 @@ class StageChild:
         self.watch = None                  # its xfed.node.pulse.StallWatch
         self._kill_at: float | None = None
         self.started = 0.0
+        self.last_job_check = 0.0          # when the daemon last read this job's state (monotonic)
 
     def start(self, spare: SpareChild | None = None) -> None:
         """Run the stage in `spare` if one is ready, else in a freshly started process."""

@@ -1,9 +1,10 @@
 """Node daemon (-t NODE / -a): waits for stage commands, runs each stage in a child, watches it.
 
 One loop, no threads besides the heartbeat: read the node's command stream (consumer group, the
-`run_stage` entry acked only once the stage is over), start/stop the child, poll it, and report
-its death if it did not report for itself. Redis outages are waited out with backoff; a bad job
-(bad config, crashing operator, malformed messages) fails that job and the daemon takes the next.
+`run_stage` entry acked only once the stage is over), start/stop the children (one per job, at most
+`max_concurrent_jobs`), poll them, and report a death that its child did not report for itself.
+Redis outages are waited out with backoff; a bad job (bad config, crashing operator, malformed
+messages) fails that job and the daemon takes the next.
 """
 from __future__ import annotations
 
@@ -57,15 +58,17 @@ class NodeDaemon:
         self.jobs = JobStore(r, keys)
         self.hb = Heartbeat(r, keys, node_id, role, interval=self.interval,
                             config_dir=Path(config_path).resolve())
-        self.child: StageChild | None = None
+        # one stage process per job (job id -> child), at most max_concurrent_jobs (fed_conf.json) at once
+        self.children: dict[str, StageChild] = {}
+        self.max_jobs = int(getattr(fed, "max_concurrent_jobs", 1) or 1)
         # a warm stage process (imports done) ready for the next stage; XFED_SPARE_CHILD=0 disables it
         self.use_spare = os.environ.get("XFED_SPARE_CHILD", "1") != "0"
         self.spare: SpareChild | None = None
         self._spare_retry_at = 0.0
         self.shutdown = threading.Event()
         self._outbox: list[tuple[EventReporter, str, dict]] = []
-        self._deferred: list[tuple[str, dict]] = []   # run_stage commands waiting for our child to exit
-        self._last_job_check = 0.0
+        self._deferred: list[tuple[str, dict]] = []   # run_stage commands waiting for a child to exit
+        self._child_exited = False
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -83,7 +86,7 @@ class NodeDaemon:
             while not self.shutdown.is_set():
                 try:
                     self._flush_outbox()
-                    block = 100 if self.child else 500
+                    block = 100 if self.children else 500
                     for entry in self.cmds.read_group(GROUP, self.node_id, block_ms=block):
                         self._handle(entry)
                     self._watch_child()
@@ -104,7 +107,7 @@ class NodeDaemon:
                     self.shutdown.wait(backoff)
                     backoff = min(backoff * 2, 2.0)
         finally:
-            self._shutdown_child()
+            self._shutdown_children()
             if self.spare is not None:
                 self.spare.discard()
             self.hb.stop()
@@ -156,9 +159,10 @@ class NodeDaemon:
         if kind == "run_stage":
             self._run_stage(entry.id, msg)
         elif kind == "stop_job":
-            if self.child is not None and self.child.job_id == msg["job"]:
+            child = self.children.get(str(msg["job"]))
+            if child is not None:
                 log.info("stopping job %s: %s", msg["job"], msg["reason"])
-                self.child.stop(msg["reason"])
+                child.stop(msg["reason"])
             self.cmds.ack(GROUP, entry.id)
         else:
             log.warning("ignoring %s command on %s", kind, self.cmds.key)
@@ -168,8 +172,8 @@ class NodeDaemon:
         job_id, stage_id, attempt = msg["job"], msg["stage"], msg["attempt"]
         incarnation = msg.get("incarnation", 0)
         incarnation = incarnation if isinstance(incarnation, int) and not isinstance(incarnation, bool) else 0
-        child = self.child
-        if child is not None and (child.job_id, child.stage_id, child.attempt) == (job_id, stage_id, attempt) \
+        child = self.children.get(job_id)
+        if child is not None and (child.stage_id, child.attempt) == (stage_id, attempt) \
                 and incarnation > child.incarnation:
             # the scheduler counted this node as dropped and re-dispatches it: the old stage process
             # (frozen, cut off) is superseded by a fresh one that rejoins
@@ -177,16 +181,21 @@ class NodeDaemon:
                 child.stop(f"superseded: rejoining the stage as incarnation {incarnation}")
             self._deferred.append((entry_id, msg))
             return
-        if child is not None and (child.stage_id, child.attempt, child.job_id) != (stage_id, attempt, job_id) and (
-                child.job_id == job_id or child.stop_reason or self._job_over(child.job_id)):
-            # our child is done or being stopped (the next stage, or the next job, can arrive between its
-            # last report and its exit): run this once it has exited
-            self._deferred.append((entry_id, msg))
-            return
         if child is not None:
-            if (child.job_id, child.stage_id, child.attempt) != (job_id, stage_id, attempt):
-                self._reporter(job_id, stage_id, attempt).error(
-                    f"{self.node_id} is busy with job {child.job_id} stage {child.stage_id}")
+            if (child.stage_id, child.attempt) != (stage_id, attempt):
+                # the job's next stage (or a resumed attempt) can arrive between the child's last report
+                # and its exit: run it once that child has exited
+                self._deferred.append((entry_id, msg))
+            else:
+                self.cmds.ack(GROUP, entry_id)  # delivered twice
+            return
+        if len(self.children) >= self.max_jobs:
+            if any(c.stop_reason or self._job_over(c.job_id) for c in self.children.values()):
+                self._deferred.append((entry_id, msg))  # a slot frees up as soon as that child exits
+                return
+            busy = ", ".join(f"job {c.job_id} stage {c.stage_id}" for c in self.children.values())
+            limit = f" (max_concurrent_jobs {self.max_jobs})" if self.max_jobs > 1 else ""
+            self._reporter(job_id, stage_id, attempt).error(f"{self.node_id} is busy with {busy}{limit}")
             self.cmds.ack(GROUP, entry_id)
             return
         job = self.jobs.get(job_id)
@@ -212,16 +221,29 @@ class NodeDaemon:
             spare = None
         child.start(spare=spare)
         child.watch = StallWatch(work_dir, self._progress_timeout())
-        self.child = child
-        self.hb.set_job(job_id)
+        self.children[job_id] = child
+        self._advertise_jobs()
         log.info("job %s stage %s: started pid %s (log %s)", job_id, stage_id, child.pid, child.log_path)
         reporter.status("starting", pid=child.pid, log=str(child.log_path))
 
     def _run_deferred(self) -> None:
-        """Commands that waited for the previous child to exit."""
-        while self._deferred and self.child is None:
-            entry_id, msg = self._deferred.pop(0)
-            self._handle(Entry(entry_id, msg=msg))
+        """Commands that waited for a child to exit: tried again (in order) after each exit."""
+        if not self._child_exited:
+            return
+        self._child_exited = False
+        waiting, self._deferred = self._deferred, []
+        while waiting:
+            entry_id, msg = waiting.pop(0)
+            try:
+                self._handle(Entry(entry_id, msg=msg))
+            except BrokerError:  # Redis away: all of them wait for the next try, in order
+                self._deferred[:0] = [(entry_id, msg), *waiting]
+                self._child_exited = True
+                raise
+
+    def _advertise_jobs(self) -> None:
+        """The jobs this daemon runs stages of, for `-c nodes` ("1,3"; empty when idle)."""
+        self.hb.set_job(",".join(sorted(self.children, key=lambda j: (len(j), j))) or None)
 
     def _job_over(self, job_id: str) -> bool:
         state = self.jobs.state(job_id)
@@ -250,8 +272,10 @@ class NodeDaemon:
             return float(getattr(self.fed, "progress_timeout", 300.0) or 300.0)
 
     def _ensure_spare(self) -> None:
-        """Keep one warm stage process while idle (retrying every 5 s if spares die unused)."""
-        if not self.use_spare or self.child is not None:
+        """Keep one warm stage process (retrying every 5 s if spares die unused): while idle, and with
+        max_concurrent_jobs > 1 also while stages run, so the next job (or the next stage, or the job
+        after those running) starts without imports; with 1, nothing extra sits beside a training stage."""
+        if not self.use_spare or (self.children and self.max_jobs == 1):
             return
         if self.spare is not None:
             if self.spare.alive():
@@ -272,9 +296,10 @@ class NodeDaemon:
 
     # -- the child ------------------------------------------------------------------------------
     def _watch_child(self, offline: bool = False) -> None:
-        child = self.child
-        if child is None:
-            return
+        for child in list(self.children.values()):
+            self._watch_one(child, offline)
+
+    def _watch_one(self, child: StageChild, offline: bool) -> None:
         rc = child.poll()
         if rc is None:
             watch = child.watch
@@ -286,8 +311,8 @@ class NodeDaemon:
                               child.stall_reason)
                     child.kill_group()
                     return
-            if not offline and time.monotonic() - self._last_job_check > 0.5:
-                self._last_job_check = time.monotonic()
+            if not offline and time.monotonic() - child.last_job_check > 0.5:
+                child.last_job_check = time.monotonic()
                 state = self.jobs.state(child.job_id)
                 # a SUCCESSFUL job's children are on their way out after reporting `done`
                 if state is None or state in (JobState.FAILED, JobState.STOPPED, JobState.CORRUPT):
@@ -310,19 +335,20 @@ class NodeDaemon:
                 "message": f"{self.node_id}: stage {child.stage_id} process (pid {child.pid}) {what}"
                            + (f"; last log line: {tail}" if tail else "") + f" [log {child.log_path}]",
                 "exit": what})
-        self.child = None
-        self.hb.set_job(None)
+        del self.children[child.job_id]
+        self._child_exited = True
+        self._advertise_jobs()
         try:
             if child.entry_id:
                 self.cmds.ack(GROUP, child.entry_id)
         except BrokerError:
             pass  # left pending: the next incarnation sees the job is over and drops it
 
+    def _shutdown_children(self) -> None:
+        while self.children:
+            self._shutdown_child(self.children.pop(next(iter(self.children))))
 
-    def _shutdown_child(self) -> None:
-        child = self.child
-        if child is None:
-            return
+    def _shutdown_child(self, child: StageChild) -> None:
         child.kill()
         try:
             self._reporter(child.job_id, child.stage_id, child.attempt, child.incarnation).error(
@@ -331,7 +357,6 @@ class NodeDaemon:
                 self.cmds.ack(GROUP, child.entry_id)
         except (BrokerError, XfedError):
             pass
-        self.child = None
 
     # -- events ---------------------------------------------------------------------------------
     def _reporter(self, job_id: str, stage_id: int, attempt: int, incarnation: int = 0) -> EventReporter:

@@ -66,7 +66,17 @@ def claim_output_dir(folder: Path, ctx: Any) -> Path:
         raise ConfigError(f"{node}: output folder {folder} already holds files that are no xfed job's; xfed does "
                           "not write over them: move them away or choose another output.path")
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (MARKER + ".tmp")
+    tmp = folder / f"{MARKER}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps({**ours, "node": node}, indent=1))
-    os.replace(tmp, folder / MARKER)
+    try:  # create-if-absent: two jobs running at once with one output.path must not both claim it
+        os.link(tmp, folder / MARKER)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    marker = read_marker(folder)
+    if marker is None or not same_job(marker, ours):
+        raise ConfigError(f"{node}: output folder {folder} was just claimed by "
+                          f"{describe(marker) if marker else 'another process'}; give each job its own "
+                          "output.path (with a [JOB_ID] level)")
     return folder

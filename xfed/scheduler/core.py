@@ -1,7 +1,8 @@
 """The scheduler loop: requests in, stage commands out, node events and heartbeats watched.
 
 All state lives in Redis (job hashes, event streams with a stored cursor, command streams), so a
-restarted scheduler re-attaches to whatever is running. One loop, no threads besides the heartbeat.
+restarted scheduler re-attaches to whatever is running (up to
+`max_concurrent_jobs` jobs at once, each tracked on its own). One loop, no threads besides the heartbeat.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from xfed.broker.messages import NodeState, StageAction, job_event, stop_job_com
 from xfed.broker.requests import send_reply
 from xfed.broker.streams import ControlStream, Entry, read_many
 from xfed.errors import BrokerError, XfedError
+from xfed.scheduler.capacity import capacity_refusal, only_active_job
 from xfed.scheduler.dropouts import judge_dead, note_secagg, policy_of
 from xfed.scheduler.event_checks import EventChecks
 from xfed.scheduler.membership import MembershipMixin
@@ -49,6 +51,7 @@ class Scheduler(MembershipMixin):
         self.fed, self.r, self.keys = fed, r, keys
         self.interval = float(interval or getattr(fed, "heartbeat_interval", 2.0) or 2.0)
         self.participants = list(fed.node_ids)
+        self.max_jobs = int(getattr(fed, "max_concurrent_jobs", 1) or 1)  # jobs RUNNING at once
         self.jobs = JobStore(r, keys)
         self.requests = ControlStream(r, keys.requests(), maxlen=10_000)
         self.hb = Heartbeat(r, keys, SCHEDULER_ID, "scheduler", interval=self.interval, key=keys.scheduler(),
@@ -192,9 +195,9 @@ class Scheduler(MembershipMixin):
         send_reply(self.r, self.keys, request_id, reply)
 
     def _start(self, msg: dict) -> dict:
-        for job in self.jobs.active():
-            return {"ok": False, "error": f"job {job.job_id} is still {job.state.value}; wait for it or stop it "
-                                         f"(-c stop {job.job_id})"}
+        refusal = capacity_refusal(self.jobs.active(), self.max_jobs)
+        if refusal:
+            return {"ok": False, "error": refusal}
         missing = missing_nodes(self.participants, alive_nodes(self.r, self.keys, self.participants))
         if missing:
             return {"ok": False, "missing": missing,
@@ -238,10 +241,7 @@ class Scheduler(MembershipMixin):
     def _stop(self, msg: dict) -> dict:
         job_id = msg.get("job")
         if job_id is None:
-            active = self.jobs.active()
-            if not active:
-                return {"ok": False, "error": "no job is running"}
-            job_id = active[0].job_id
+            job_id = only_active_job(self.jobs.active())  # JobError naming them when several run
         job = self.jobs.require(str(job_id))
         if not job.active:
             return {"ok": False, "error": f"job {job.job_id} already ended {job.state.value}"}

@@ -20,7 +20,7 @@ from xfed.config import fill_placeholders
 from xfed.errors import ConfigError, JobError, PreflightError, XfedError, blaming
 
 from ..outputs import claim_output_dir, job_identity
-from . import protocol, reporting, resume
+from . import ddp, protocol, reporting, resume
 from .adapter_state import extract_trainable, load_trainable, save_adapter
 from .config import Aggregation, Params, merge_authoritative
 from .fedprox import ProximalCallback
@@ -133,6 +133,7 @@ class _Party:
         self.own = _own_params(ctx)
         self.warnings: list[str] = []
         self.root: Any = None  # the assist trainer's aggregator (its strategy state is resumed)
+        self.group: ddp.DdpGroup | None = None  # a label trainer's DDP group (nproc_per_node > 1): rank 0
 
     # -- local set-up ---------------------------------------------------------------------------
     def setup(self, params: dict[str, Any], model_free: bool = False) -> None:
@@ -224,7 +225,7 @@ class _Party:
         runner = RoundRunner(self.ctx, self.peft_model, aggregate, aggregator, schedule, self.weight,
                              self.output_dir, self.metrics, evaluator=self.evaluator(), trains=trains,
                              after_checkpoint=after_checkpoint, reporter=self.reporter, privatizer=privatizer,
-                             anchors=anchors)
+                             anchors=anchors, after_load=self.group and (lambda: self.group.share_trainable(self.peft_model)))
         self.reporter.start()
         started = self.metrics.started = time.monotonic()  # ETA counts training time, not set-up and preflight
         if trains and start < rounds:
@@ -274,10 +275,22 @@ class _Party:
 class _Label(_Party):
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
+        nproc = ddp.nproc_of(ctx.stage, identity=ctx.identity, node=self.node, cuda=ddp.wants_cuda(self.own))
         if ctx.assist_id is None:
             if len(ctx.trainer_ids) > 1:
                 raise ConfigError(f"{self.node}: {len(ctx.trainer_ids)} label trainers need an assist_trainer in fed_info")
+            if nproc > 1:
+                raise ConfigError(f"{self.node}: model_info.config.nproc_per_node {nproc} needs an assist_trainer "
+                                  "(a party training alone runs as one process)")
             return self._run_alone()
+        if nproc == 1:
+            return self._run_federated()
+        # rank 0 of a DDP group: ranks 1.. start now, so their imports overlap the parameter exchange
+        self.group = ddp.DdpGroup.start(ctx, nproc, cuda=ddp.wants_cuda(self.own), should_stop=ctx.should_stop)
+        return self.group.run(self._run_federated)
+
+    def _run_federated(self) -> dict[str, Any]:
+        ctx = self.ctx
         protocol.send_meta(ctx, ctx.assist_id, protocol.HELLO, {"train_params": self.own})
         reply = protocol.recv_meta(ctx, ctx.assist_id, protocol.PARAMS)
         if not reply.get("ok", True):
@@ -286,7 +299,11 @@ class _Label(_Party):
             self.warnings.append(line)  # the assist trainer reports them to the job's events
             log.warning(line)
         try:
+            if self.group is not None:  # every rank sets up with the federation's parameters
+                self.group.share_json(dict(reply["train_params"]))
             self.setup(validated_params(dict(reply["train_params"]), self.node))
+            if self.group is not None:
+                ddp.check_device(self.group, self.trainer, self.node)
         except XfedError as exc:  # tell the assist trainer, so it fails fast too
             protocol.send_meta(ctx, ctx.assist_id, protocol.PREFLIGHT, {"error": str(exc)})
             raise
@@ -314,6 +331,9 @@ class _Label(_Party):
         start = int(plan.get("resume_from", 0))
         resume.restore(ctx, self.output_dir, start, int(plan["rounds"]))  # checks; the assist sends the aggregate
         load_trainable(self.peft_model, leaf.receive_initial(), source=f"initial adapter from {ctx.assist_id}")
+        if self.group is not None:  # the plan and the starting adapter to ranks 1..
+            self.group.share_json({"rounds": int(plan["rounds"]), "start": start})
+            self.group.share_trainable(self.peft_model)
         return self.run_rounds(int(plan["rounds"]), leaf.aggregate, leaf, start)
 
     def _run_alone(self) -> dict[str, Any]:

@@ -84,6 +84,7 @@ class RoundRunner:
     reporter: Any = None  # reporting.Reporter: the round to the Trainer's integrations + trainer_state.json
     privatizer: Any = None  # xfed.aggregation.privacy.Privatizer with aggregation.dp: clip + noise before upload
     anchors: list[Any] = field(default_factory=list)  # told each round's aggregate (FedProx, DP: set_anchor)
+    after_load: Callable[[], None] | None = None  # the mean is in place (a DDP party's rank 0 broadcasts it)
     _losses: list[float] = field(default_factory=list)
 
     def note_loss(self, loss: float) -> None:
@@ -101,6 +102,8 @@ class RoundRunner:
         agg_ms = (time.monotonic() - agg_started) * 1000
         self._check_finite(averaged, round_idx)
         load_trainable(self.peft_model, averaged, source=f"aggregate of round {round_idx}")
+        if self.after_load is not None:
+            self.after_load()
         for anchor in self.anchors:
             anchor.set_anchor(averaged)
         if self.privatizer is not None:
