@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from xfed.aggregation.keyexchange import OtpSettings, agree_pad_streams
+from xfed.aggregation.settings import encryption_of
 from xfed.crypto import pad_words
 from xfed.errors import ConfigError, SecurityError
 from xfed.security.identity import generate
@@ -15,15 +16,16 @@ SETTINGS = OtpSettings(group_bits=2048)
 
 
 def test_settings_read_xfl_keys_and_refuse_bad_values():
-    s = OtpSettings.from_config({"key_bitlength": 128, "data_type": "torch.Tensor",
-                                 "key_exchange": {"key_bitlength": 4096, "optimized": False},
-                                 "csprng": {"name": "ctr_drbg", "method": "sha256"}})
-    assert (s.bits, s.group_bits, s.optimized, s.csprng) == (128, 4096, False, "ctr_drbg")
+    s = encryption_of({"otp": {"key_bitlength": 128, "data_type": "torch.Tensor",
+                               "key_exchange": {"key_bitlength": 4096, "optimized": False},
+                               "csprng": {"name": "ctr_drbg", "method": "sha256"}}}).otp
+    assert (s.key_bitlength, s.key_exchange.key_bitlength, s.key_exchange.optimized, s.csprng.name) == (
+        128, 4096, False, "ctr_drbg")
     for bad, where in (({"key_bitlength": 32}, "key_bitlength"), ({"key_exchange": {"key_bitlength": 1024}},
                                                                    "key_exchange"),
                        ({"csprng": {"name": "md5"}}, "csprng.name")):
         with pytest.raises(ConfigError, match=where):
-            OtpSettings.from_config(bad)
+            encryption_of({"otp": bad})
 
 
 def _agree(ctxs, nodes, keys=None, identities=None):

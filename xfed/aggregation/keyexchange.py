@@ -15,17 +15,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from xfed.aggregation.settings import Otp
 from xfed.crypto import generate_keypair, named_group, pad_stream, shared_secret, validate_public
 from xfed.crypto.dh import DhGroup
 from xfed.crypto.otp import DEFAULT_LANES, PadStream
-from xfed.errors import ConfigError, FrameError, SecurityError
+from xfed.errors import FrameError, SecurityError
 
 TAG_DH = "otp/dh"
 
 
 @dataclass(frozen=True)
 class OtpSettings:
-    """`encryption.otp` of the stage config (XFL's keys), with xfed's optional additions."""
+    """What the pad code reads of a validated `encryption.otp` (settings.Otp), under the names crypto uses.
+
+    A view, not a parser: `Otp` checked every value once with the stage's train_params."""
 
     bits: int = 64                  # key_bitlength: fixed-point modulus 2^64 or 2^128
     frac_bits: int | None = None    # None: 32 at 64 bits (XFL's scale), 64 at 128 bits
@@ -36,29 +39,9 @@ class OtpSettings:
     lanes: int = DEFAULT_LANES      # sub-streams per pair (both ends must agree)
 
     @classmethod
-    def from_config(cls, otp: Mapping[str, Any] | None) -> OtpSettings:
-        otp = dict(otp or {})
-        kx = dict(otp.get("key_exchange") or {})
-        cs = dict(otp.get("csprng") or {})
-        try:
-            s = cls(bits=int(otp.get("key_bitlength", 64)),
-                    frac_bits=None if otp.get("frac_bits") is None else int(otp["frac_bits"]),
-                    group_bits=int(kx.get("key_bitlength", 3072)), optimized=bool(kx.get("optimized", True)),
-                    csprng=str(cs.get("name", "hmac_drbg")), method=str(cs.get("method", "sha512")),
-                    lanes=int(otp.get("lanes", DEFAULT_LANES)))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"train_params.encryption.otp: {exc}") from None
-        if s.bits not in (64, 128):
-            raise ConfigError(f"train_params.encryption.otp.key_bitlength: expected 64 or 128, got {s.bits}")
-        if s.csprng not in ("hmac_drbg", "ctr_drbg"):
-            raise ConfigError(f"train_params.encryption.otp.csprng.name: expected hmac_drbg or ctr_drbg, got {s.csprng!r}")
-        try:
-            named_group(s.group_bits)
-        except ValueError as exc:
-            raise ConfigError(f"train_params.encryption.otp.key_exchange.key_bitlength: {exc}") from None
-        if not 1 <= s.lanes <= 64:
-            raise ConfigError(f"train_params.encryption.otp.lanes: expected 1..64, got {s.lanes}")
-        return s
+    def of(cls, otp: Otp) -> OtpSettings:
+        return cls(bits=otp.key_bitlength, group_bits=otp.key_exchange.key_bitlength,
+                   optimized=otp.key_exchange.optimized, csprng=otp.csprng.name, method=otp.csprng.method)
 
 
 def exchange_publics(comm: Any, peers: list[str], *, session: str, group: DhGroup, public: int,

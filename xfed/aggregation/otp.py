@@ -17,6 +17,7 @@ import numpy as np
 
 from xfed.aggregation.base import WEIGHT_KEY, LeafBase, RootBase, check_same_layout, encode
 from xfed.aggregation.keyexchange import OtpSettings, agree_pad_streams
+from xfed.aggregation.settings import Otp
 from xfed.crypto import unmask_sum
 from xfed.crypto.fixedpoint import check_params, encoded_shape
 from xfed.errors import FrameError, JobError, blaming
@@ -32,9 +33,9 @@ def _too_few_warning(n: int) -> str:
 
 
 class OtpLeaf(LeafBase):
-    def __init__(self, ctx: Any, otp: Mapping[str, Any] | None = None, **kw: Any) -> None:
+    def __init__(self, ctx: Any, otp: Otp, **kw: Any) -> None:
         super().__init__(ctx, **kw)
-        self.settings = OtpSettings.from_config(otp)
+        self.settings = OtpSettings.of(otp)
         self.peers = [t for t in self.trainers if t != self.node_id]
         self.streams: dict = {}
         self.setup_ms = 0.0
@@ -71,9 +72,9 @@ class OtpLeaf(LeafBase):
 
 
 class OtpRoot(RootBase):
-    def __init__(self, ctx: Any, otp: Mapping[str, Any] | None = None, **kw: Any) -> None:
+    def __init__(self, ctx: Any, otp: Otp, **kw: Any) -> None:
         super().__init__(ctx, **kw)
-        self.settings = OtpSettings.from_config(otp)
+        self.settings = OtpSettings.of(otp)
 
     def setup(self) -> None:
         """The root takes no part in the key exchange; it only warns when masking hides nothing."""

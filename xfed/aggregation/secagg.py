@@ -34,7 +34,7 @@ from xfed.aggregation.base import (
     tag_down,
     tag_up,
 )
-from xfed.aggregation.dropout import check_membership, parse_dropout
+from xfed.aggregation.dropout import check_membership
 from xfed.aggregation.keyexchange import OtpSettings, exchange_publics
 from xfed.aggregation.secagg_join import (
     TAG_CHAN,
@@ -57,6 +57,7 @@ from xfed.aggregation.secagg_keys import (
     open_keys_message,
     round_session,
 )
+from xfed.aggregation.settings import Otp
 from xfed.crypto import generate_keypair, named_group, pad_stream, shared_secret
 from xfed.crypto.fixedpoint import add_into, words_per_element
 from xfed.crypto.otp import PadStream, add_pads
@@ -115,10 +116,9 @@ def _identities(ctx: Any) -> dict[str, str]:
 
 
 class _SecAgg:
-    def _configure(self, otp: Mapping[str, Any] | None, min_parties: int | None) -> None:
-        opts = dict(otp or {})
-        self.settings = OtpSettings.from_config(opts)
-        self.dropout = parse_dropout(opts.get("dropout"))
+    def _configure(self, otp: Otp, min_parties: int | None) -> None:
+        self.settings = OtpSettings.of(otp)
+        self.dropout = otp.dropout
         if self.dropout is None:
             raise JobError("secure aggregation with dropouts needs encryption.otp.dropout")
         self.floor = check_membership(self.dropout, len(self.trainers), min_parties)
@@ -136,7 +136,7 @@ class _SecAgg:
 
 
 class SecAggLeaf(_SecAgg, LeafBase):
-    def __init__(self, ctx: Any, otp: Mapping[str, Any] | None = None, *, min_parties: int | None = None,
+    def __init__(self, ctx: Any, otp: Otp, *, min_parties: int | None = None,
                  **kw: Any) -> None:
         super().__init__(ctx, **kw)
         self._configure(otp, min_parties)

@@ -14,6 +14,7 @@ from xfed.aggregation.base import WEIGHT_KEY, RootBase, as_numpy, check_same_lay
 from xfed.aggregation.secagg import _SecAgg, epoch_session, split_words, tag_ask, tag_reveal
 from xfed.aggregation.secagg_join import TAG_JOIN, TAG_WELCOME, check_join
 from xfed.aggregation.secagg_keys import reconstruct_key, reconstruct_seed, round_session
+from xfed.aggregation.settings import Otp
 from xfed.crypto import pad_stream, shared_secret, unmask_sum, validate_public
 from xfed.crypto.otp import add_pads
 from xfed.crypto.selfmask import SELF_PEER, self_mask_stream
@@ -22,7 +23,7 @@ from xfed.errors import FrameError, JobError, SecurityError
 
 
 class SecAggRoot(_SecAgg, RootBase):
-    def __init__(self, ctx: Any, otp: Mapping[str, Any] | None = None, *, min_parties: int | None = None,
+    def __init__(self, ctx: Any, otp: Otp, *, min_parties: int | None = None,
                  **kw: Any) -> None:
         super().__init__(ctx, **kw)
         self._configure(otp, min_parties)

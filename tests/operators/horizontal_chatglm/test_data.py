@@ -213,11 +213,11 @@ def test_any_file_content_gives_examples_or_one_line_config_error(tmp_path, suff
     ({"prompt_pattern": "{"}, "dataset.prompt_pattern: not a valid pattern"),
     ({"prompt_pattern": "{} {query}"}, "dataset.prompt_pattern: mixes {} slots and named fields"),
     ({"history_template": "{}"}, "dataset.history_template: needs 2 or 3"),
-    ({"max_src_length": 0}, "dataset.max_src_length: expected a positive integer"),
+    ({"max_src_length": 0}, "dataset.max_src_length: Input should be greater than or equal to 1"),
 ])
 def test_bad_dataset_options(params, expected):
     with pytest.raises(ConfigError) as err:
-        data.DatasetOptions.of(params)
+        data.dataset_settings(params)
     assert expected in str(err.value)
 
 
@@ -243,12 +243,6 @@ def test_features_truncate_prompt_and_answer(char_tokenizer, caplog):
         tok.convert_tokens_to_ids(list("ij")) + [tok.eos_token_id]
     assert f["labels"][:4] == [-100] * 4 and f["labels"][-1] == tok.eos_token_id
     assert len(f["input_ids"]) == 4 + 3
-
-
-def test_brief_argument_order_family_then_params(char_tokenizer):
-    ex = [data.Example(prompt="ab", answer="c")]
-    assert data.build_features(ex, char_tokenizer, "auto", {"max_src_length": 2}) == \
-        data.build_features(ex, char_tokenizer, {"max_src_length": 2}, family="auto")
 
 
 def test_build_prompts_match_feature_prompts(char_tokenizer):

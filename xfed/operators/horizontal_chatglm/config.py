@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import json
 import string
-from typing import Any, ClassVar, Literal
+from fractions import Fraction
+from typing import Any, Literal
 
 from pydantic import (
     Field,
@@ -22,14 +23,14 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from xfed.aggregation.dropout import Dropout
 from xfed.aggregation.privacy import DpParams
+from xfed.aggregation.settings import Csprng, Encryption, KeyExchange, Otp, Plain
 from xfed.aggregation.strategy import FedAvg, Strategy, StrategyChoice
-from xfed.config.base import ConfigModel, did_you_mean, fail, reraise
+from xfed.config.base import ConfigModel, ExactlyOne, did_you_mean, fail, reraise
 from xfed.operators.horizontal_chatglm.training_args import check_value, training_argument_specs
 
 PEFT_TYPES = ("LORA", "PREFIX_TUNING")
-ENCRYPTIONS = ("otp", "plain")
+AGG_MAX_DENOMINATOR = 10_000  # agg_steps given as a float such as 0.2 or 0.1: recover the fraction meant
 # Trainer keys that describe a party's own hardware and bookkeeping: each party keeps its own
 # (XFL's demos give label trainers their own batch size and no_cuda). Every other key is shared
 # and the assist trainer's value wins.
@@ -66,24 +67,6 @@ FORCED_TRAINER_ARGS: dict[str, Any] = {
 
 def _complete(info: ValidationInfo) -> bool:
     return (info.context or {}).get("complete", True)
-
-
-class _ExactlyOne(ConfigModel):
-    """A section whose sub-sections are alternatives (`_CHOICES`): exactly one must be given."""
-
-    _CHOICES: ClassVar[tuple[str, ...]] = ()
-
-    @model_validator(mode="after")
-    def _one(self) -> _ExactlyOne:
-        chosen = [k for k in self._CHOICES if getattr(self, k) is not None]
-        if len(chosen) != 1:
-            got = f" (found {' and '.join(chosen)})" if chosen else ""
-            fail(type(self).__name__.lower(), [((), f"exactly one of {', '.join(self._CHOICES)} is required{got}")])
-        return self
-
-    @property
-    def chosen(self) -> str:
-        return next(k for k in self._CHOICES if getattr(self, k) is not None)
 
 
 # ---------------------------------------------------------------- aggregation
@@ -141,49 +124,13 @@ class Aggregation(ConfigModel):
         """The configured server strategy (FedAvg when none is set)."""
         return self.strategy.build() if self.strategy is not None else FedAvg()
 
-
-# ---------------------------------------------------------------- encryption
-class KeyExchange(ConfigModel):
-    key_bitlength: Literal[2048, 3072, 4096, 6144, 8192] = Field(3072, description="RFC 7919 ffdhe group size.")
-    optimized: bool = Field(True, description="Short exponents (NIST SP 800-56A security strength).")
-
-
-class Csprng(ConfigModel):
-    name: Literal["hmac_drbg", "ctr_drbg"] = Field("hmac_drbg", description="SP 800-90A DRBG for the pads.")
-    method: Literal["sha1", "sha224", "sha256", "sha384", "sha512"] = Field(
-        "sha512", description="HMAC_DRBG hash (ctr_drbg always uses AES-256).")
-
-
-class Otp(ConfigModel):
-    """One-time-pad secure aggregation."""
-
-    key_bitlength: Literal[64, 128] = Field(64, description="Fixed-point modulus: 2^64 or 2^128.")
-    data_type: Literal["torch.Tensor", "numpy.ndarray"] = Field("torch.Tensor", description="XFL; accepted.")
-    key_exchange: KeyExchange = Field(default_factory=KeyExchange)
-    csprng: Csprng = Field(default_factory=Csprng)
-    dropout: Dropout | None = Field(
-        None, description="Opt-in dropout-tolerant secure aggregation (docs/SECAGG.md §6): "
-                          '{"threshold": t, "round_timeout_s": s, "precompute_pads": false}.')
-
-
-class Plain(ConfigModel):
-    """No masking: the aggregator sees each party's update (trusted aggregator, debugging)."""
-
-    key_bitlength: Literal[64, 128] = Field(
-        128, description="Fixed-point grid the sum is formed on (exact, order-independent); equal to an "
-                         "otp run with the same key_bitlength bit for bit.")
-
-
-class Encryption(_ExactlyOne):
-    """Exactly one of `otp`, `plain`."""
-
-    _CHOICES = ENCRYPTIONS
-    otp: Otp | None = None
-    plain: Plain | None = None
-
     @property
-    def method(self) -> str:
-        return self.chosen
+    def every(self) -> Fraction | int:
+        """The schedule's unit: an exact `Fraction` of the run (0.2 -> 1/5, no float drift) or an int step
+        interval; None only in a partial config."""
+        if isinstance(self.agg_steps, float):
+            return Fraction(str(self.agg_steps)).limit_denominator(AGG_MAX_DENOMINATOR)
+        return self.agg_steps
 
 
 # ---------------------------------------------------------------- peft
@@ -244,7 +191,7 @@ class PrefixTuning(ConfigModel):
         return data
 
 
-class Peft(_ExactlyOne):
+class Peft(ExactlyOne):
     """Exactly one of `LORA`, `PREFIX_TUNING`."""
 
     _CHOICES = PEFT_TYPES
@@ -265,6 +212,8 @@ def _check_pattern(pattern: str, *, allowed: tuple[str, ...], sizes: tuple[int, 
         fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
     except ValueError as exc:
         raise PydanticCustomError("pattern", "not a valid pattern: {why}", {"why": str(exc)}) from None
+    if "" in fields and any(fields):
+        raise PydanticCustomError("pattern", "mixes {} slots and named fields")
     if all(f == "" for f in fields):
         if len(fields) not in sizes:
             want = " or ".join(str(n) for n in sizes)
@@ -425,6 +374,20 @@ class Params(ConfigModel):
     def trainer_kwargs(self) -> dict[str, Any]:
         """transformers.TrainingArguments keyword arguments (no_cuda mapped to use_cpu)."""
         return trainer_kwargs(self.trainer)
+
+    # a complete Params (the operator's) has every section; these say so to the type checker
+    @property
+    def agg(self) -> Aggregation:
+        assert self.aggregation is not None, "train_params.aggregation: partial config"
+        return self.aggregation
+
+    @property
+    def enc(self) -> Encryption:
+        return self.encryption or Encryption(otp=Otp())
+
+    @property
+    def data(self) -> DatasetParams:
+        return self.dataset or DatasetParams()
 
     def encryption_dict(self) -> dict[str, Any]:
         """{"otp": {...all keys with defaults...}} or {"plain": {}} for xfed.aggregation."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from xfed.aggregation import encryption_kind, make_leaf, make_root, tensors_digest
+from xfed.aggregation import make_leaf, make_root, tensors_digest
 from xfed.aggregation.privacy import Privatizer
 from xfed.config import fill_placeholders
 from xfed.errors import ConfigError, JobError, PreflightError, XfedError, blaming
@@ -22,7 +22,7 @@ from xfed.errors import ConfigError, JobError, PreflightError, XfedError, blamin
 from ..outputs import claim_output_dir, job_identity
 from . import ddp, protocol, reporting, resume
 from .adapter_state import extract_trainable, load_trainable, save_adapter
-from .config import Aggregation, Params, merge_authoritative
+from .config import Params, merge_authoritative
 from .fedprox import ProximalCallback
 from .metrics import MetricsLog
 from .party import (
@@ -64,8 +64,8 @@ def _own_params(ctx: Any) -> dict[str, Any]:
     return dict(params.model_dump(exclude_unset=True) if hasattr(params, "model_dump") else params or {})
 
 
-def validated_params(raw: dict[str, Any], where: str) -> dict[str, Any]:
-    """Complete train_params (defaults filled) checked by the config's Params model; one-line errors."""
+def validated_params(raw: dict[str, Any], where: str) -> Params:
+    """The complete train_params (defaults filled) as the config's Params model; one-line errors."""
     try:
         model = Params.model_validate(raw)
     except ValidationError as exc:
@@ -74,10 +74,7 @@ def validated_params(raw: dict[str, Any], where: str) -> dict[str, Any]:
         loc = ".".join(str(part) for part in first["loc"])
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise ConfigError(f"{where}: train_params.{loc}: {first['msg']}{more}") from None
-    out = model.model_dump(exclude_none=True)
-    out["encryption"] = model.encryption_dict()
-    out["trainer"] = model.trainer_kwargs()
-    return out
+    return model
 
 
 def fed_nodes(ctx: Any) -> list[str]:
@@ -115,15 +112,6 @@ def _output_dir(ctx: Any) -> Path:
     return Path(fill_placeholders(path, job_id=ctx.job_id, node_id=ctx.node_id, stage_id=ctx.stage_id))
 
 
-def _agg_steps(params: dict[str, Any]) -> Any:
-    return (params.get("aggregation") or {}).get("agg_steps", 1.0)
-
-
-def _aggregation(params: dict[str, Any]) -> Aggregation:
-    """The validated `aggregation` section as its model (validated_params dumped it to a dict)."""
-    return Aggregation.model_validate(params.get("aggregation") or {})
-
-
 class _Party:
     """What both roles share: local set-up, outputs, and the round loop around the Trainer."""
 
@@ -136,18 +124,18 @@ class _Party:
         self.group: ddp.DdpGroup | None = None  # a label trainer's DDP group (nproc_per_node > 1): rank 0
 
     # -- local set-up ---------------------------------------------------------------------------
-    def setup(self, params: dict[str, Any], model_free: bool = False) -> None:
+    def setup(self, params: Params, model_free: bool = False) -> None:
         """model_free: an aggregating assist trainer; the base model's layout only (meta device), the
         adapter's trainable tensors in real memory, filled from a trainer's initial adapter."""
         self.params = params
-        self.aggregation = _aggregation(params)
+        self.aggregation = params.agg
         self.proximal: ProximalCallback | None = None
-        trainer_params = dict(params.get("trainer") or {})
+        trainer_params = params.trainer_kwargs()
         self.output_dir = claim_output_dir(_output_dir(self.ctx), self.ctx)  # never another job's folder
         trainer_params.setdefault("run_name", reporting.run_name(self.ctx.job_id, self.node))
         reporting.check_backends(trainer_params.get("report_to"), self.node)
         reporting.set_context_env(self.ctx.job_id, self.node, self.ctx.identity)
-        args = training_arguments(trainer_params, self.ctx.work_dir / "trainer")
+        args = self.args = training_arguments(trainer_params, self.ctx.work_dir / "trainer")
         self.save_total_limit = args.save_total_limit  # checkpoints whose adapters are kept (None: all)
         if model_free:
             from xfed.models.skeleton import materialize_trainable
@@ -177,16 +165,16 @@ class _Party:
                 self.trainer.add_callback(self.proximal)
         self._finish_setup(params, args)
 
-    def _finish_setup(self, params: dict[str, Any], args: Any) -> None:
+    def _finish_setup(self, params: Params, args: Any) -> None:
         self.reporter = reporting.Reporter(args, self.trainer, self.output_dir, job_id=self.ctx.job_id,
                                            node=self.node, identity=self.ctx.identity)
         self.fingerprints = fingerprints(self.model_dir, self.tokenizer, self.peft_model, params)
-        self.weighting = (params.get("aggregation") or {}).get("weighting", "num_examples")  # checked by Params
+        self.weighting = params.agg.weighting
         n = self.data.num_examples if self.data is not None else 0
         self.weight = float(n) if self.weighting == "num_examples" else 1.0
         self.metrics = MetricsLog(self.output_dir / "metrics.json", {
             "job_id": self.ctx.job_id, "node": self.node, "identity": self.ctx.identity,
-            "peft": next(iter(params.get("peft") or {}), None), "encryption": encryption_kind(params.get("encryption"))[0],
+            "peft": params.peft_kind, "encryption": params.enc.method,
             "num_examples": n, "total_steps": self.total_steps, "weighting": self.weighting,
         })
 
@@ -194,11 +182,10 @@ class _Party:
         d = self.data
         if d is None or not (d.val_features or d.val_prompts):
             return None
-        dataset = self.params.get("dataset") or {}
-        batch = int((self.params.get("trainer") or {}).get("per_device_eval_batch_size", 8))
+        dataset = self.params.data
         return Evaluator(d.val_features, d.collator, d.val_prompts, d.val_answers, self.tokenizer,
-                         batch_size=batch, max_new_tokens=int(dataset.get("max_dst_length", 32) or 32),
-                         metrics=dataset.get("metrics"))
+                         batch_size=self.args.per_device_eval_batch_size, max_new_tokens=dataset.max_dst_length,
+                         metrics=dataset.metrics)
 
     # -- rounds -----------------------------------------------------------------------------------
     def run_rounds(self, rounds: int, aggregate, aggregator, start: int = 0) -> dict[str, Any]:
@@ -260,7 +247,7 @@ class _Party:
         dp = self.aggregation.dp
         if dp is None:
             return None
-        kind = encryption_kind(self.params.get("encryption"))[0]
+        kind = self.params.enc.method
         privatizer = Privatizer(dp, rounds, kind, masked_parties=len(self.ctx.trainer_ids), seed=seed)
         self.metrics.write(dp={"epsilon": dp.epsilon, "delta": dp.delta, "clip_norm": dp.clip_norm,
                                "accountant": dp.accountant, "noise_multiplier": privatizer.sigma,
@@ -325,8 +312,8 @@ class _Label(_Party):
             raise blaming(PreflightError(str(plan.get("error", "preflight failed"))), culprit)
         for message in plan.get("warnings") or []:
             self.warnings.append(message)
-        leaf = make_leaf(_KeepWarnings(ctx, self.warnings), self.params.get("encryption"), timeout=ROUND_TIMEOUT_S,
-                         min_parties=(self.params.get("aggregation") or {}).get("min_parties"))
+        leaf = make_leaf(_KeepWarnings(ctx, self.warnings), self.params.enc, timeout=ROUND_TIMEOUT_S,
+                         min_parties=self.aggregation.min_parties)
         leaf.setup()
         start = int(plan.get("resume_from", 0))
         resume.restore(ctx, self.output_dir, start, int(plan["rounds"]))  # checks; the assist sends the aggregate
@@ -341,11 +328,11 @@ class _Label(_Party):
         self.setup(validated_params(self.own, self.node))
         if self.trainer is None:
             raise ConfigError(f"{self.node}: input.trainset: a label trainer needs training data")
-        if encryption_kind(self.params.get("encryption"))[0] == "otp":
+        if self.params.enc.method == "otp":
             self.warn(f"{self.node}: encryption otp with a single party masks nothing; training locally")
         if self.aggregation.dp is not None:
             self.warn(f"{self.node}: aggregation.dp is ignored by a single party: it releases nothing to anyone")
-        rounds = count_rounds(_agg_steps(self.params), {self.node: self.total_steps})
+        rounds = count_rounds(self.aggregation.every, {self.node: self.total_steps})
         start = resume.agree_round(self.ctx, self.output_dir, {})
         restored = resume.restore(self.ctx, self.output_dir, start, rounds)
         if restored is not None:
@@ -386,7 +373,7 @@ class _Assist(_Party):
             steps = {n: int(reports[n].get("num_steps", 0)) for n in trainers}
             if self.trainer is not None:
                 steps[self.node] = self.total_steps
-            rounds = count_rounds(_agg_steps(self.params), steps)
+            rounds = count_rounds(self.aggregation.every, steps)
             start = resume.agree_round(ctx, self.output_dir, reports)
             restored = resume.restore(ctx, self.output_dir, start, rounds)
             if model_free:  # layout checked against our own skeleton's adapter
@@ -404,8 +391,8 @@ class _Assist(_Party):
         if restored is not None:  # a resumed attempt: everyone continues from the aggregate of round `start`
             load_trainable(self.peft_model, restored, source=f"checkpoint-{start} of {self.node}")
         # warns on otp < 2 masked parties
-        root = make_root(_KeepWarnings(ctx, self.warnings), self.params.get("encryption"), timeout=ROUND_TIMEOUT_S,
-                         min_parties=(self.params.get("aggregation") or {}).get("min_parties"),
+        root = make_root(_KeepWarnings(ctx, self.warnings), self.params.enc, timeout=ROUND_TIMEOUT_S,
+                         min_parties=self.aggregation.min_parties,
                          strategy=self.aggregation.build_strategy())
         root.setup()
         root.broadcast_initial(extract_trainable(self.peft_model))

@@ -11,7 +11,7 @@ import torch
 from xfed.errors import ConfigError, ModelError
 
 from .adapter_state import trainable_names
-from .config import LOCAL_DATASET_KEYS
+from .config import LOCAL_DATASET_KEYS, Params
 from .peft_setup import apply_peft, check_trainable, peft_config_summary
 from .preflight import digest, model_fingerprint, tokenizer_fingerprint
 
@@ -113,11 +113,11 @@ class PartyData:
     val_answers: list[str] = field(default_factory=list)
 
 
-def load_party_data(stage: Any, params: dict[str, Any], tokenizer: Any, model: Any) -> PartyData | None:
+def load_party_data(stage: Any, params: Params, tokenizer: Any, model: Any) -> PartyData | None:
     """The party's trainset (None when it has none: an aggregating assist trainer) and optional valset."""
     from . import data
 
-    dataset_params = params.get("dataset") or {}
+    dataset_params = params.data
     trainset = list(getattr(stage.input, "trainset", None) or [])
     if not trainset:
         return None
@@ -137,22 +137,20 @@ def load_party_data(stage: Any, params: dict[str, Any], tokenizer: Any, model: A
     return out
 
 
-def fingerprints(model_dir: Path, tokenizer: Any, peft_model: Any, params: dict[str, Any]) -> dict[str, Any]:
+def fingerprints(model_dir: Path, tokenizer: Any, peft_model: Any, params: Params) -> dict[str, Any]:
     """The four digests every party must share (see preflight.FINGERPRINT_KEYS)."""
     params_peft = dict(peft_model.named_parameters())
     shapes = {name: list(params_peft[name].shape) for name in trainable_names(peft_model)}
     config = peft_config_summary(peft_model.peft_config[peft_model.active_adapter])
-    agg = params.get("aggregation") or {}
-    encryption = params.get("encryption") or {}
     base = model_fingerprint(model_dir, tokenizer)
     return {
         "base_model": digest(base),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "peft": digest({"config": config, "trainable": shapes}),
         "schedule": digest({
-            "agg_steps": agg.get("agg_steps"), "weighting": agg.get("weighting", "num_examples"),
-            "encryption": encryption,
-            "dataset": {k: v for k, v in (params.get("dataset") or {}).items() if k not in LOCAL_DATASET_KEYS},
+            "agg_steps": params.agg.agg_steps, "weighting": params.agg.weighting,
+            "encryption": params.encryption_dict(),
+            "dataset": params.data.model_dump(exclude_none=True, exclude=set(LOCAL_DATASET_KEYS)),
         }),
         "base_model_parts": base,  # which files differ, for the diff table
     }
@@ -165,11 +163,11 @@ def adapter_path(stage: Any) -> Path | None:
     return Path(path) if path else None
 
 
-def build_adapter(model: Any, params: dict[str, Any], resume: Path | None, seed: int) -> Any:
+def build_adapter(model: Any, params: Params, resume: Path | None, seed: int) -> Any:
     """A fresh adapter (seeded; the assist trainer's initial adapter then replaces it) or a resumed one."""
     from transformers import set_seed
 
     set_seed(seed)
-    peft_model = apply_peft(model, params.get("peft") or {}, resume)
+    peft_model = apply_peft(model, params.peft.model_dump(exclude_none=True), resume)
     check_trainable(peft_model, "train_params.peft")
     return peft_model
