@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from xfed.errors import ConfigError
-from xfed.operators.horizontal_chatglm import data
+from xfed.operators.horizontal_chatglm import collate, data
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared"
 POETRY = SHARED / "xfl_compat" / "dataset" / "poetry_small"
@@ -297,11 +297,11 @@ def test_model_family_from_the_loaded_model():
 
 def test_collator_right_pads_with_masked_labels(char_tokenizer):
     feats = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}]
-    batch = data.make_collator(char_tokenizer)(feats)
+    batch = collate.make_collator(char_tokenizer)(feats)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    keep_pad = data.make_collator(char_tokenizer, {"ignore_pad_token_for_loss": False}, pad_to_multiple_of=4)(feats)
+    keep_pad = collate.make_collator(char_tokenizer, {"ignore_pad_token_for_loss": False}, pad_to_multiple_of=4)(feats)
     assert keep_pad["labels"].tolist() == [[-100, 6, 7, 0], [5, 0, 0, 0]]
 
 

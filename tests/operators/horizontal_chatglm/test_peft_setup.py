@@ -64,7 +64,7 @@ def test_prefix_reaches_attention_memorises_and_generates_what_it_learned(tiny_g
     import torch
     from transformers import AutoTokenizer
 
-    from xfed.operators.horizontal_chatglm import data
+    from xfed.operators.horizontal_chatglm import collate, data
     from xfed.operators.horizontal_chatglm.training import greedy_answers
 
     tok = AutoTokenizer.from_pretrained(str(tiny_glm))
@@ -76,7 +76,7 @@ def test_prefix_reaches_attention_memorises_and_generates_what_it_learned(tiny_g
     examples = [data.Example(prompt=f"{q}=", answer=a) for q, a in
                 [("1+1", "2"), ("cat?", "meow"), ("a", "zz9"), ("hello world", "hi")]]  # unequal prompt lengths
     params = {"max_src_length": 20, "max_dst_length": 8}
-    batch = data.make_collator(tok)(data.build_features(examples, tok, params, family="auto"))
+    batch = collate.make_collator(tok)(data.build_features(examples, tok, params, family="auto"))
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(trainable, lr=3e-2 if projection else 1e-1)  # a bare prefix needs the larger rate
     peft_model.train()

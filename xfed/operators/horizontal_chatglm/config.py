@@ -9,8 +9,6 @@ Validate a partial config with `Params.model_validate(d, context={"complete": Fa
 """
 from __future__ import annotations
 
-import copy
-import json
 import string
 from fractions import Fraction
 from typing import Any, Literal
@@ -21,48 +19,25 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
 from xfed.aggregation.privacy import DpParams
 from xfed.aggregation.settings import Csprng, Encryption, KeyExchange, Otp, Plain
 from xfed.aggregation.strategy import FedAvg, Strategy, StrategyChoice
-from xfed.config.base import ConfigModel, ExactlyOne, did_you_mean, fail, reraise
-from xfed.operators.horizontal_chatglm.training_args import check_value, training_argument_specs
+from xfed.config.base import ConfigModel, ExactlyOne, fail, reraise
+from xfed.operators.horizontal_chatglm.merge import (
+    LOCAL_DATASET_KEYS,
+    LOCAL_TRAINER_KEYS,
+    merge_authoritative,
+)
+from xfed.operators.horizontal_chatglm.training_args import (
+    FORCED_TRAINER_ARGS,
+    check_trainer_args,
+    trainer_kwargs,
+)
 
 PEFT_TYPES = ("LORA", "PREFIX_TUNING")
 AGG_MAX_DENOMINATOR = 10_000  # agg_steps given as a float such as 0.2 or 0.1: recover the fraction meant
-# Trainer keys that describe a party's own hardware and bookkeeping: each party keeps its own
-# (XFL's demos give label trainers their own batch size and no_cuda). Every other key is shared
-# and the assist trainer's value wins.
-LOCAL_TRAINER_KEYS = frozenset({
-    "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-    "no_cuda", "use_cpu", "torch_compile", "save_strategy", "save_steps", "save_total_limit",
-    "logging_steps", "logging_strategy", "dataloader_num_workers", "dataloader_pin_memory",
-    "fp16", "bf16", "gradient_checkpointing", "disable_tqdm", "log_level", "report_to", "run_name",
-})
-# A party's reporting is its own choice: the assist trainer's value is not handed on (a party that did
-# not ask must not start sending its losses to W&B or MLflow because the aggregator does).
-PARTY_ONLY_TRAINER_KEYS = frozenset({"report_to", "run_name"})
-# Dataset keys naming a party's own columns (its files may be laid out differently).
-LOCAL_DATASET_KEYS = frozenset({"key_query", "key_answer", "prompt_column", "response_column", "history_column",
-                                "metrics"})
-SHARED_SECTIONS = ("aggregation", "encryption", "peft")
-# Set by xfed itself: a value in the config would be silently overridden, so it is refused.
-RESERVED_TRAINER_KEYS = {"output_dir": "set by xfed from output.path"}
-XFL_TRAINER_ALIASES = {"no_cuda": "use_cpu"}  # removed from TrainingArguments in transformers 5
-# TrainingArguments the operator sets itself (it saves an adapter at every aggregation point and logs
-# every optimizer step for the round's loss): a config value for one of these is ignored, and `validate`
-# says so in a note. report_to is not among them: each party's own, default "none" (reporting.py).
-FORCED_TRAINER_ARGS: dict[str, Any] = {
-    "save_strategy": "no",
-    "eval_strategy": "no",
-    "logging_strategy": "steps",
-    "logging_steps": 1,
-    "disable_tqdm": True,
-    "remove_unused_columns": False,
-    "load_best_model_at_end": False,
-    "push_to_hub": False,
-}
 
 
 def _complete(info: ValidationInfo) -> bool:
@@ -278,38 +253,6 @@ class DatasetParams(ConfigModel):
                               required=("query", "answer"))
 
 
-# ---------------------------------------------------------------- trainer (TrainingArguments)
-def check_trainer_args(trainer: dict[str, Any]) -> list[InitErrorDetails]:
-    """Errors (located at the key) for unknown keys and ill-typed values of TrainingArguments."""
-    specs = training_argument_specs()
-    errors: list[InitErrorDetails] = []
-
-    def error(key: str, message: str) -> None:
-        errors.append(InitErrorDetails(type=PydanticCustomError("trainer_arg", message), loc=(key,), input=None))
-
-    if "no_cuda" in trainer and "use_cpu" in trainer and trainer["no_cuda"] != trainer["use_cpu"]:
-        error("no_cuda", "XFL's no_cuda is use_cpu in transformers 5; they disagree here")
-    for key, value in trainer.items():
-        name = XFL_TRAINER_ALIASES.get(key, key)
-        if key in RESERVED_TRAINER_KEYS:
-            error(key, RESERVED_TRAINER_KEYS[key])
-        elif not specs:  # transformers is not installed here: nothing to check against
-            continue
-        elif name not in specs:
-            error(key, "not a transformers.TrainingArguments field" + did_you_mean(key, [*specs, *XFL_TRAINER_ALIASES]))
-        elif (reason := check_value(specs[name], value, name)) is not None:
-            error(key, reason)
-    return errors
-
-
-def trainer_kwargs(trainer: dict[str, Any] | None) -> dict[str, Any]:
-    """TrainingArguments keyword arguments from a `trainer` section (XFL's no_cuda -> use_cpu)."""
-    out: dict[str, Any] = {}
-    for key, value in (trainer or {}).items():
-        out[XFL_TRAINER_ALIASES.get(key, key)] = value
-    return out
-
-
 # ---------------------------------------------------------------- the whole train_params
 class Params(ConfigModel):
     """`train_info.train_params` of a horizontal_chatglm stage.
@@ -393,66 +336,6 @@ class Params(ConfigModel):
         """{"otp": {...all keys with defaults...}} or {"plain": {}} for xfed.aggregation."""
         enc = self.encryption or Encryption(otp=Otp())
         return enc.model_dump(exclude_none=True)
-
-
-def merge_authoritative(assist: dict[str, Any], party: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """A label trainer's effective train_params: the assist trainer's, plus the party's local keys.
-
-    `aggregation`, `encryption` and `peft` are the assist trainer's outright; in `trainer` and
-    `dataset` a party keeps its own hardware/bookkeeping keys (LOCAL_TRAINER_KEYS,
-    LOCAL_DATASET_KEYS). Returns (merged, conflicts) where each conflict reads
-    "trainer.learning_rate: assist=0.001 party=0.01" for a key both set differently.
-    """
-    assist = _normalised(assist)
-    party = _normalised(party)
-    merged = copy.deepcopy(assist)
-    conflicts: list[str] = []
-
-    def note(key: str, mine: Any, theirs: Any) -> None:
-        if mine is not None and _canonical(mine) != _canonical(theirs):
-            shown = "(unset)" if theirs is None else _canonical(theirs)
-            conflicts.append(f"{key}: assist={shown} party={_canonical(mine)}")
-
-    for section in SHARED_SECTIONS:
-        if party.get(section) is not None:
-            for key, mine, theirs in _leaf_diff(section, party[section], assist.get(section)):
-                note(key, mine, theirs)
-    for section, local in (("trainer", LOCAL_TRAINER_KEYS), ("dataset", LOCAL_DATASET_KEYS)):
-        if assist.get(section) is None and not party.get(section):
-            continue
-        combined = dict(assist.get(section) or {})
-        if section == "trainer":
-            combined = {k: v for k, v in combined.items() if k not in PARTY_ONLY_TRAINER_KEYS}
-        for key, mine in (party.get(section) or {}).items():
-            if key in local or (section == "trainer" and key in FORCED_TRAINER_ARGS):  # no conflict to report
-                combined[key] = mine
-            else:
-                note(f"{section}.{key}", mine, combined.get(key))
-        merged[section] = combined
-    for key, mine in party.items():
-        if key not in (*SHARED_SECTIONS, "trainer", "dataset"):
-            note(key, mine, assist.get(key))
-    return merged, conflicts
-
-
-def _normalised(params: dict[str, Any]) -> dict[str, Any]:
-    params = dict(params or {})
-    trainer = params.get("trainer")
-    if isinstance(trainer, dict) and "no_cuda" in trainer and "use_cpu" not in trainer:
-        params["trainer"] = trainer_kwargs(trainer)
-    return params
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def _leaf_diff(prefix: str, mine: Any, theirs: Any):
-    if isinstance(mine, dict) and isinstance(theirs, dict):
-        for key in sorted(mine):
-            yield from _leaf_diff(f"{prefix}.{key}", mine[key], theirs.get(key))
-    elif _canonical(mine) != _canonical(theirs):
-        yield prefix, mine, theirs
 
 
 def check_stage(stage: Any, *, complete: bool) -> list[tuple[str, ...]]:

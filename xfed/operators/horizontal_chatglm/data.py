@@ -20,7 +20,7 @@ import functools
 import json
 import logging
 import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -304,7 +304,7 @@ def _family_and_options(dataset_params: DatasetParams | Mapping[str, Any] | None
     return fam, opts
 
 
-def _eos_id(tokenizer: Any) -> int:
+def eos_id(tokenizer: Any) -> int:
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
         raise ModelError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r}: has no eos token; "
@@ -353,7 +353,7 @@ def build_features(examples: Sequence[Example], tokenizer: Any, dataset_params: 
                                                 max_dst_length=opts.max_dst_length)
             out.append({"input_ids": list(ids), "labels": list(labels)})
         return out
-    eos = _eos_id(tokenizer)
+    eos = eos_id(tokenizer)
     prompts, cut_prompts = _prompt_ids(tokenizer, [ex.prompt for ex in examples], opts.max_src_length, eos)
     answers = tokenizer([ex.answer for ex in examples], add_special_tokens=False)["input_ids"] if examples else []
     out, cut_answers = [], 0
@@ -378,43 +378,5 @@ def build_prompts(examples: Sequence[Example], tokenizer: Any, dataset_params: D
         formats = _formats()
         return [(list(formats.build_prompt_ids(fam, tokenizer, ex, max_src_length=opts.max_src_length)), ex.answer)
                 for ex in examples]
-    prompts, _ = _prompt_ids(tokenizer, [ex.prompt for ex in examples], opts.max_src_length, _eos_id(tokenizer))
+    prompts, _ = _prompt_ids(tokenizer, [ex.prompt for ex in examples], opts.max_src_length, eos_id(tokenizer))
     return [(p, ex.answer) for p, ex in zip(prompts, examples, strict=True)]
-
-
-class PadCollator:
-    """Right-pads `input_ids` with the pad id and `labels` with -100; adds `attention_mask` (torch tensors)."""
-
-    def __init__(self, pad_token_id: int, label_pad_id: int = IGNORE_INDEX, pad_to_multiple_of: int | None = None):
-        self.pad_token_id = int(pad_token_id)
-        self.label_pad_id = int(label_pad_id)
-        self.pad_to_multiple_of = pad_to_multiple_of
-
-    def __call__(self, features: Iterable[Mapping[str, Sequence[int]]]) -> dict[str, Any]:
-        import torch
-
-        features = list(features)
-        width = max((len(f["input_ids"]) for f in features), default=0)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), width), self.label_pad_id, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        for row, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[row, :n] = torch.tensor(list(f["input_ids"]), dtype=torch.long)
-            labels[row, :n] = torch.tensor(list(f["labels"]), dtype=torch.long)
-            mask[row, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
-def make_collator(tokenizer: Any, dataset_params: DatasetSection = None,
-                  pad_to_multiple_of: int | None = None) -> PadCollator:
-    """The training collator for `tokenizer` (pad id, else eos id); padding labels -100 unless
-    `ignore_pad_token_for_loss` is false (then the pad id, as ChatGLM's p-tuning does)."""
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if pad is None:
-        pad = _eos_id(tokenizer)
-    opts = dataset_settings(dataset_params)
-    label_pad = IGNORE_INDEX if opts.ignore_pad_token_for_loss else pad
-    return PadCollator(pad, label_pad, pad_to_multiple_of)

@@ -22,8 +22,9 @@ from xfed.errors import ConfigError, JobError, PreflightError, XfedError, blamin
 from ..outputs import claim_output_dir, job_identity
 from . import ddp, protocol, reporting, resume
 from .adapter_state import extract_trainable, load_trainable, save_adapter
-from .config import Params, merge_authoritative
+from .config import Params
 from .fedprox import ProximalCallback
+from .merge import merge_authoritative
 from .metrics import MetricsLog
 from .party import (
     PartyData,

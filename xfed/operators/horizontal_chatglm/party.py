@@ -11,7 +11,8 @@ import torch
 from xfed.errors import ConfigError, ModelError
 
 from .adapter_state import trainable_names
-from .config import LOCAL_DATASET_KEYS, Params
+from .config import Params
+from .merge import LOCAL_DATASET_KEYS
 from .peft_setup import apply_peft, check_trainable, peft_config_summary
 from .preflight import digest, model_fingerprint, tokenizer_fingerprint
 
@@ -115,7 +116,7 @@ class PartyData:
 
 def load_party_data(stage: Any, params: Params, tokenizer: Any, model: Any) -> PartyData | None:
     """The party's trainset (None when it has none: an aggregating assist trainer) and optional valset."""
-    from . import data
+    from . import collate, data
 
     dataset_params = params.data
     trainset = list(getattr(stage.input, "trainset", None) or [])
@@ -125,7 +126,7 @@ def load_party_data(stage: Any, params: Params, tokenizer: Any, model: Any) -> P
     if not train_records:
         raise ConfigError(f"input.trainset: {getattr(trainset[0], 'path', trainset[0])}: no training examples")
     train = data.build_features(train_records, tokenizer, dataset_params, model=model)
-    collator = data.make_collator(tokenizer, dataset_params)
+    collator = collate.make_collator(tokenizer, dataset_params)
     out = PartyData(train=train, num_examples=len(train), collator=collator)
     valset = list(getattr(stage.input, "valset", None) or [])
     if valset:
