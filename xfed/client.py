@@ -48,7 +48,7 @@ def run_client(verb: str, config_path: str, args: list[str], *, bar: bool = Fals
         raise XfedError(f"{verb} takes at most one JOB argument")
     fed = load_fed_conf(config_path)
     # a one-shot command should not sit for the daemons' full connect timeout
-    retry_s = min(5.0, float(getattr(getattr(fed, "redis", None), "connect_timeout", 5.0) or 5.0))
+    retry_s = min(5.0, fed.redis.connect_timeout)
     client = Client(fed, connect(fed, retry_s=retry_s, client_name="xfed-client"), Keys(fed.redis.namespace),
                     as_json=as_json, wide=wide)
     if verb == "start":
@@ -93,7 +93,7 @@ class Client:
             tty_width = Console().width if sys.stdout.isatty() else WIDTH
             console = Console(highlight=False, soft_wrap=False, width=400 if wide else min(WIDTH, tty_width))
         self.console = console
-        self.interval = float(getattr(fed, "heartbeat_interval", 2.0) or 2.0)
+        self.interval = fed.heartbeat_interval
 
     # -- talking to the scheduler ------------------------------------------------------------
     def scheduler_alive(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from xfed.aggregation.base import WEIGHT_KEY, LeafBase, RootBase, RoundStats, tensors_digest
+from xfed.aggregation.context import AggregationContext
 from xfed.aggregation.keyexchange import OtpSettings, exchange_publics
 from xfed.aggregation.otp import OtpLeaf, OtpRoot
 from xfed.aggregation.plain import PlainLeaf, PlainRoot
@@ -22,7 +23,7 @@ __all__ = ["make_leaf", "make_root", "encryption_of", "Encryption", "Otp", "Plai
            "exchange_publics", "FedAvg", "Strategy", "WEIGHT_KEY", "tensors_digest"]
 
 
-def make_leaf(ctx: Any, encryption: Encryption | Mapping[str, Any] | None, *, min_parties: int | None = None,
+def make_leaf(ctx: AggregationContext, encryption: Encryption | Mapping[str, Any] | None, *, min_parties: int | None = None,
               **kw: Any) -> LeafBase:
     """The label trainer's aggregator. kw: strategy=, timeout= (seconds per wait; default the Comm's).
 
@@ -34,7 +35,7 @@ def make_leaf(ctx: Any, encryption: Encryption | Mapping[str, Any] | None, *, mi
     return OtpLeaf(ctx, enc.otp, **kw) if enc.otp is not None else PlainLeaf(ctx, **kw)
 
 
-def make_root(ctx: Any, encryption: Encryption | Mapping[str, Any] | None, *, min_parties: int | None = None,
+def make_root(ctx: AggregationContext, encryption: Encryption | Mapping[str, Any] | None, *, min_parties: int | None = None,
               **kw: Any) -> RootBase:
     """The assist trainer's aggregator. kw: strategy= (default FedAvg), timeout=."""
     enc = encryption_of(encryption)

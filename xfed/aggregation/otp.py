@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from xfed.aggregation.base import WEIGHT_KEY, LeafBase, RootBase, check_same_layout, encode
+from xfed.aggregation.context import AggregationContext
 from xfed.aggregation.keyexchange import OtpSettings, agree_pad_streams
 from xfed.aggregation.settings import Otp
 from xfed.crypto import unmask_sum
@@ -23,8 +24,8 @@ from xfed.crypto.fixedpoint import check_params, encoded_shape
 from xfed.errors import FrameError, JobError, blaming
 
 
-def _session(ctx: Any) -> str:
-    return f"{ctx.job_id}/{ctx.stage_id}/{getattr(ctx, 'attempt', 0)}"
+def _session(ctx: AggregationContext) -> str:
+    return f"{ctx.job_id}/{ctx.stage_id}/{ctx.attempt}"
 
 
 def _too_few_warning(n: int) -> str:
@@ -33,7 +34,7 @@ def _too_few_warning(n: int) -> str:
 
 
 class OtpLeaf(LeafBase):
-    def __init__(self, ctx: Any, otp: Otp, **kw: Any) -> None:
+    def __init__(self, ctx: AggregationContext, otp: Otp, **kw: Any) -> None:
         super().__init__(ctx, **kw)
         self.settings = OtpSettings.of(otp)
         self.peers = [t for t in self.trainers if t != self.node_id]
@@ -48,10 +49,9 @@ class OtpLeaf(LeafBase):
             raise JobError(f"{self.node_id} is not a label trainer of this job (trainers: {', '.join(self.trainers)})")
         if len(self.trainers) < 2:
             self.warn(_too_few_warning(len(self.trainers)))
-        fed = getattr(self.ctx, "fed", None)
-        identities = dict(getattr(fed, "identities", None) or {})
+        identities = dict(self.ctx.fed.identities) if self.ctx.fed is not None else {}
         self.streams = agree_pad_streams(self.comm, self.peers, self.settings, session=_session(self.ctx),
-                                         identity_key=getattr(self.ctx, "identity_key", None),
+                                         identity_key=self.ctx.identity_key,
                                          identities=identities, timeout=self.timeout) if self.peers else {}
         self.setup_ms = round((time.perf_counter() - t0) * 1000, 3)
         self._ready = True
@@ -72,7 +72,7 @@ class OtpLeaf(LeafBase):
 
 
 class OtpRoot(RootBase):
-    def __init__(self, ctx: Any, otp: Otp, **kw: Any) -> None:
+    def __init__(self, ctx: AggregationContext, otp: Otp, **kw: Any) -> None:
         super().__init__(ctx, **kw)
         self.settings = OtpSettings.of(otp)
 

@@ -24,6 +24,7 @@ from xfed.aggregation.base import (
     encode,
     layout_of,
 )
+from xfed.aggregation.context import AggregationContext
 from xfed.aggregation.settings import Plain
 from xfed.crypto.fixedpoint import default_frac_bits
 from xfed.crypto.otp import unmask_sum
@@ -37,7 +38,7 @@ class PlainLeaf(LeafBase):
 
 
 class PlainRoot(RootBase):
-    def __init__(self, ctx: Any, plain: Plain, **kw: Any) -> None:
+    def __init__(self, ctx: AggregationContext, plain: Plain, **kw: Any) -> None:
         super().__init__(ctx, **kw)
         self.bits = plain.key_bitlength  # checked once, by settings.Plain
         self.frac_bits = default_frac_bits(self.bits)

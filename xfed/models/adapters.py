@@ -139,26 +139,18 @@ def _after_peft(model: torch.nn.Module, peft_config: Any) -> None:
         install_thudm_semantics(model)
         set_prefix_length(model, peft_config.num_virtual_tokens)
     else:
-        v1 = _v1_module()
-        hook = getattr(v1, "after_peft_model", None) if v1 is not None else None
-        if hook is not None and _is_v1(model):
-            hook(model, peft_config)
+        if _is_v1(model):
+            _v1_module().after_peft_model(model, peft_config)
 
 
 def _v1_module():
-    try:
-        import xfed.models.chatglm as v1
-    except ImportError:
-        return None
+    import xfed.models.chatglm as v1  # lazily: importing it registers the v1 family with transformers
+
     return v1
 
 
 def _is_v1(model: torch.nn.Module) -> bool:
-    v1 = _v1_module()
-    check = getattr(v1, "is_v1_model", None) if v1 is not None else None
-    if check is not None:
-        return bool(check(model))
-    return _model_type(model) not in ("glm", "") and hasattr(getattr(model, "config", None), "position_encoding_2d")
+    return bool(_v1_module().is_v1_model(model))
 
 
 # --- load_adapter ----------------------------------------------------------------------------------

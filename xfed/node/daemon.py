@@ -53,7 +53,7 @@ class NodeDaemon:
         self.node_id, self.role, self.fed, self.r, self.keys = node_id, role, fed, r, keys
         self.work_root = Path(work_root) if work_root else default_work_root(config_path)
         self.stop_grace_s = stop_grace_s
-        self.interval = float(getattr(fed, "heartbeat_interval", 2.0) or 2.0)
+        self.interval = fed.heartbeat_interval
         self.cmds = ControlStream(r, keys.node_cmd(node_id), maxlen=1000)
         self.jobs = JobStore(r, keys)
         self.hb = Heartbeat(r, keys, node_id, role, interval=self.interval,
@@ -269,7 +269,7 @@ class NodeDaemon:
         try:
             return float(load_fed_conf(self.config_path).progress_timeout)
         except XfedError:
-            return float(getattr(self.fed, "progress_timeout", 300.0) or 300.0)
+            return self.fed.progress_timeout
 
     def _ensure_spare(self) -> None:
         """Keep one warm stage process (retrying every 5 s if spares die unused): while idle, and with

@@ -203,7 +203,7 @@ def _make_comm(r, keys, args, watcher, fed=None, identity_key=None):
     from xfed.broker.channels import Comm
 
     auth = None
-    if getattr(fed, "identities", None):
+    if fed.identities:
         from xfed.security.messages import MessageAuth
 
         auth = MessageAuth(fed.identities, identity_key)
@@ -213,7 +213,7 @@ def _make_comm(r, keys, args, watcher, fed=None, identity_key=None):
 
 def unpinned_warning(fed) -> str | None:
     """One line when identities are pinned for some participants but not all (None otherwise)."""
-    pins = getattr(fed, "identities", None) or {}
+    pins = fed.identities
     if not pins:
         return None
     missing = [n for n in fed.node_ids if n not in pins]

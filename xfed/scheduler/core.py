@@ -49,7 +49,7 @@ RECONNECT_BACKOFF_CAP_S = 2.0  # xfed.broker.connection's retry backoff cap
 class Scheduler(MembershipMixin):
     def __init__(self, *, fed: Any, r: Any, keys: Any, interval: float | None = None) -> None:
         self.fed, self.r, self.keys = fed, r, keys
-        self.interval = float(interval or getattr(fed, "heartbeat_interval", 2.0) or 2.0)
+        self.interval = float(interval or fed.heartbeat_interval)
         self.participants = list(fed.node_ids)
         self.max_jobs = int(getattr(fed, "max_concurrent_jobs", 1) or 1)  # jobs RUNNING at once
         self.jobs = JobStore(r, keys)

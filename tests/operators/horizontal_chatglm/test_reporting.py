@@ -33,8 +33,8 @@ class _Ctx:
 
 
 class _Stats:  # what an aggregator measured in its last round
-    last_stats = {"mask_ms": 1.5, "unmask_ms": 0.0, "wait_ms": 2.0, "bytes_sent": 100, "bytes_received": 40,
-                  "parties": 2}
+    last_round_stats = {"mask_ms": 1.5, "unmask_ms": 0.0, "wait_ms": 2.0, "bytes_sent": 100, "bytes_received": 40,
+                        "parties": 2}
 
 
 def test_label_trainer_writes_event_files_and_trainer_state_with_every_step(tiny_glm, tmp_path):

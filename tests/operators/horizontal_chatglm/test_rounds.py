@@ -51,7 +51,7 @@ def _setup(tiny_glm, tmp_path, ctx, aggregate, evaluator=None, rounds=3):
         val = features(4, seed=9)
         evaluator = Evaluator(val, collate, [f["input_ids"][:4] for f in val], ["ab", "cd", "ef", "gh"], tok,
                               max_new_tokens=3)
-    aggregator = SimpleNamespace(last_stats={"mask_ms": 1.5, "wait_ms": 2.0, "bytes_sent": 10, "bytes_received": 20})
+    aggregator = SimpleNamespace(last_round_stats={"mask_ms": 1.5, "wait_ms": 2.0, "bytes_sent": 10, "bytes_received": 20})
     runner = RoundRunner(ctx, peft_model, aggregate, aggregator, schedule, 12.0, tmp_path / "out",
                          MetricsLog(tmp_path / "out" / "metrics.json", {}), evaluator=evaluator)
     callback = FederatedCallback(runner)

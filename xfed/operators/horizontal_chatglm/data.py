@@ -327,11 +327,8 @@ def _prompt_ids(tokenizer: Any, prompts: list[str], max_src: int, eos: int) -> t
 
 
 def _formats():
-    try:
-        from xfed.models import formats
-    except ImportError as err:
-        raise ModelError(f"ChatGLM training format unavailable: xfed.models.formats cannot be imported ({err})"
-                         ) from None
+    from xfed.models import formats  # lazily: reading records never needs torch
+
     return formats
 
 

@@ -55,9 +55,9 @@ class Evaluator:
 
 def _aggregator_stats(aggregator: Any) -> dict[str, float]:
     """mask / unmask / wait milliseconds and bytes of the last round, as the aggregation layer measured them."""
-    stats = getattr(aggregator, "last_stats", None)
-    if not isinstance(stats, dict):
+    if aggregator is None:
         return {}
+    stats = aggregator.last_round_stats
     wanted = ("mask_ms", "unmask_ms", "wait_ms", "bytes_sent", "bytes_received")
     out = {k: round(float(stats[k]), 1) if k.endswith("_ms") else int(stats[k])
            for k in wanted if isinstance(stats.get(k), (int, float))}

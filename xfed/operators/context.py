@@ -1,0 +1,19 @@
+"""What an operator's `run(ctx)` may rely on: the node's StageContext (xfed/node/context.py) provides it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from xfed.aggregation.context import AggregationContext
+
+if TYPE_CHECKING:
+    from xfed.config import FedConf, Stage
+
+
+class OperatorContext(AggregationContext, Protocol):
+    identity: str       # "label_trainer" | "assist_trainer"
+    stage: Stage        # this node's own stage config (never leaves the party)
+    fed: FedConf
+    work_dir: Path
+
+    def should_stop(self) -> bool: ...
