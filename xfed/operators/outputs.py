@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from xfed.errors import ConfigError
+from xfed.operators.context import OperatorContext
 
 MARKER = "xfed_job.json"
 
 
-def job_identity(ctx: Any) -> dict[str, str]:
+def job_identity(ctx: OperatorContext) -> dict[str, str]:
     """What the marker and resume states record about the job running `ctx`."""
     fed = getattr(ctx, "fed", None)
     namespace = getattr(getattr(fed, "redis", None), "namespace", "") or ""

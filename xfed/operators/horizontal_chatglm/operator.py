@@ -18,6 +18,7 @@ from xfed.aggregation import make_leaf, make_root, tensors_digest
 from xfed.aggregation.privacy import Privatizer
 from xfed.config import fill_placeholders
 from xfed.errors import ConfigError, JobError, PreflightError, XfedError, blaming
+from xfed.operators.context import OperatorContext
 
 from ..outputs import claim_output_dir, job_identity
 from . import ddp, protocol, reporting, resume
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 ROUND_TIMEOUT_S = float(os.environ.get("XFED_ROUND_TIMEOUT", str(6 * 3600)))
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: OperatorContext) -> dict[str, Any]:
     """Run this node's part of the stage; returns a small JSON-able summary."""
     set_threads()
     if ctx.identity == "assist_trainer":
@@ -60,7 +61,7 @@ def run(ctx: Any) -> dict[str, Any]:
     raise ConfigError(f"{ctx.node_id}: identity {ctx.identity!r} is not label_trainer or assist_trainer")
 
 
-def _own_params(ctx: Any) -> dict[str, Any]:
+def _own_params(ctx: OperatorContext) -> dict[str, Any]:
     params = ctx.stage.train_info.train_params
     return dict(params.model_dump(exclude_unset=True) if hasattr(params, "model_dump") else params or {})
 
@@ -78,12 +79,12 @@ def validated_params(raw: dict[str, Any], where: str) -> Params:
     return model
 
 
-def fed_nodes(ctx: Any) -> list[str]:
+def fed_nodes(ctx: OperatorContext) -> list[str]:
     """Every participant of the job (label trainers and the assist trainer)."""
     return [*ctx.trainer_ids, *([ctx.assist_id] if ctx.assist_id else [])]
 
 
-def _warn(ctx: Any, message: str) -> None:
+def _warn(ctx: OperatorContext, message: str) -> None:
     log.warning(message)
     ctx.report("warning", {"message": message})
 
@@ -92,7 +93,7 @@ class _KeepWarnings:
     """The ctx an aggregator sees: its warning events (otp with < 2 masked parties) also land in this
     node's result and metrics.json, so the job record keeps them, not only the event stream."""
 
-    def __init__(self, ctx: Any, sink: list[str]) -> None:
+    def __init__(self, ctx: OperatorContext, sink: list[str]) -> None:
         self._ctx, self._sink = ctx, sink
 
     def __getattr__(self, name: str) -> Any:
@@ -104,7 +105,7 @@ class _KeepWarnings:
         self._ctx.report(kind, data)
 
 
-def _output_dir(ctx: Any) -> Path:
+def _output_dir(ctx: OperatorContext) -> Path:
     """output.path with [JOB_ID] / [NODE_ID] / [STAGE_ID] filled in."""
     output = getattr(ctx.stage, "output", None)
     path = str(getattr(output, "path", "") or "")
@@ -116,7 +117,7 @@ def _output_dir(ctx: Any) -> Path:
 class _Party:
     """What both roles share: local set-up, outputs, and the round loop around the Trainer."""
 
-    def __init__(self, ctx: Any):
+    def __init__(self, ctx: OperatorContext):
         self.ctx = ctx
         self.node = ctx.node_id
         self.own = _own_params(ctx)

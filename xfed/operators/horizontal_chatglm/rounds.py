@@ -16,6 +16,7 @@ import numpy as np
 from transformers import TrainerCallback
 
 from xfed.errors import JobError
+from xfed.operators.context import OperatorContext
 
 from .adapter_state import extract_trainable, load_trainable, save_adapter
 from .metrics import MetricsLog, peak_memory_mb
@@ -70,7 +71,7 @@ def _aggregator_stats(aggregator: Any) -> dict[str, float]:
 class RoundRunner:
     """Runs the rounds of one party; shared by label trainers and a training or aggregating assist trainer."""
 
-    ctx: Any
+    ctx: OperatorContext
     peft_model: Any
     aggregate: AggregateFn
     aggregator: Any
