@@ -91,10 +91,6 @@ class Aggregation(ConfigModel):
                                           "party's sensitivity with its share of the examples)")])
         return self
 
-    @property
-    def is_fraction(self) -> bool:
-        return isinstance(self.agg_steps, float)
-
     def build_strategy(self) -> Strategy:
         """The configured server strategy (FedAvg when none is set)."""
         return self.strategy.build() if self.strategy is not None else FedAvg()
@@ -326,16 +322,17 @@ class Params(ConfigModel):
 
     @property
     def enc(self) -> Encryption:
-        return self.encryption or Encryption(otp=Otp())
+        assert self.encryption is not None, "train_params.encryption: partial config"
+        return self.encryption
 
     @property
     def data(self) -> DatasetParams:
-        return self.dataset or DatasetParams()
+        assert self.dataset is not None, "train_params.dataset: partial config"
+        return self.dataset
 
     def encryption_dict(self) -> dict[str, Any]:
-        """{"otp": {...all keys with defaults...}} or {"plain": {}} for xfed.aggregation."""
-        enc = self.encryption or Encryption(otp=Otp())
-        return enc.model_dump(exclude_none=True)
+        """{"otp": {...all keys with defaults...}} or {"plain": {...}}: the fingerprinted form."""
+        return self.enc.model_dump(exclude_none=True)
 
 
 def check_stage(stage: Any, *, complete: bool) -> list[tuple[str, ...]]:
