@@ -91,6 +91,10 @@ class Aggregation(ConfigModel):
                                           "party's sensitivity with its share of the examples)")])
         return self
 
+    @property
+    def is_fraction(self) -> bool:
+        return isinstance(self.agg_steps, float)
+
     def build_strategy(self) -> Strategy:
         """The configured server strategy (FedAvg when none is set)."""
         return self.strategy.build() if self.strategy is not None else FedAvg()
