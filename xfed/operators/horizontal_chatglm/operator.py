@@ -62,8 +62,7 @@ def run(ctx: OperatorContext) -> dict[str, Any]:
 
 
 def _own_params(ctx: OperatorContext) -> dict[str, Any]:
-    params = ctx.stage.train_info.train_params
-    return dict(params.model_dump(exclude_unset=True) if hasattr(params, "model_dump") else params or {})
+    return dict(ctx.stage.train_info.train_params)  # the keys this party set: what merge_authoritative compares
 
 
 def validated_params(raw: dict[str, Any], where: str) -> Params:
@@ -107,8 +106,7 @@ class _KeepWarnings:
 
 def _output_dir(ctx: OperatorContext) -> Path:
     """output.path with [JOB_ID] / [NODE_ID] / [STAGE_ID] filled in."""
-    output = getattr(ctx.stage, "output", None)
-    path = str(getattr(output, "path", "") or "")
+    path = str(ctx.stage.output.path or "")
     if not path:
         raise ConfigError(f"{ctx.node_id}: output.path: required (where adapters and metrics.json go)")
     return Path(fill_placeholders(path, job_id=ctx.job_id, node_id=ctx.node_id, stage_id=ctx.stage_id))
