@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from xfed.aggregation import make_leaf, make_root, tensors_digest
+from xfed.aggregation import LeafBase, RootBase, make_leaf, make_root, tensors_digest
 from xfed.aggregation.privacy import Privatizer
 from xfed.config import fill_placeholders
 from xfed.errors import ConfigError, JobError, PreflightError, XfedError, blaming
@@ -39,7 +39,7 @@ from .party import (
     set_threads,
 )
 from .preflight import compare_fingerprints, conflict_warnings
-from .rounds import Evaluator, FederatedCallback, RoundRunner
+from .rounds import AggregateFn, Evaluator, FederatedCallback, RoundRunner
 from .schedule import count_rounds, party_schedule
 from .training import build_trainer, count_optimizer_steps, training_arguments
 
@@ -120,7 +120,7 @@ class _Party:
         self.node = ctx.node_id
         self.own = _own_params(ctx)
         self.warnings: list[str] = []
-        self.root: Any = None  # the assist trainer's aggregator (its strategy state is resumed)
+        self.root: RootBase | None = None  # the assist trainer's aggregator (its strategy state is resumed)
         self.group: ddp.DdpGroup | None = None  # a label trainer's DDP group (nproc_per_node > 1): rank 0
 
     # -- local set-up ---------------------------------------------------------------------------
@@ -188,7 +188,8 @@ class _Party:
                          metrics=dataset.metrics)
 
     # -- rounds -----------------------------------------------------------------------------------
-    def run_rounds(self, rounds: int, aggregate, aggregator, start: int = 0) -> dict[str, Any]:
+    def run_rounds(self, rounds: int, aggregate: AggregateFn, aggregator: LeafBase | RootBase | None,
+                   start: int = 0) -> dict[str, Any]:
         """Rounds start + 1 .. rounds (start > 0: a resumed attempt, state restored by resume.py)."""
         trains = self.trainer is not None
         schedule = party_schedule(rounds, self.total_steps) if trains else party_schedule(rounds, rounds)
@@ -233,7 +234,8 @@ class _Party:
         self.reporter.save_state(final)
         self.reporter.finish()
         # the evidence of a completed stage: the last aggregate's digest, the same on every party
-        final_digest = getattr(aggregator, "last_digest", None) or tensors_digest(extract_trainable(self.peft_model))
+        agreed = aggregator.last_digest if aggregator is not None else None
+        final_digest = agreed or tensors_digest(extract_trainable(self.peft_model))
         self.metrics.write(final=str(final), elapsed_s=round(time.monotonic() - started, 2), warnings=self.warnings)
         last = self.metrics.rounds[-1] if self.metrics.rounds else {}
         return {"rounds": rounds, "final": str(final), "final_digest": final_digest, "metrics": str(self.metrics.path),
