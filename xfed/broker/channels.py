@@ -279,36 +279,19 @@ class Comm:
 
     def gather(self, peers: Iterable[str], tag: str, timeout: float | None = None) -> dict[str, Message]:
         """One message tagged `tag` from every peer; ChannelTimeout names those that did not answer."""
-        peers = list(dict.fromkeys(peers))
-        limit = self.timeout if timeout is None else float(timeout)
-        start = time.monotonic()
-        deadline = start + limit
-        out: dict[str, Message] = {}
-        inboxes = [self._inbox(p) for p in peers]
-        try:
-            while True:
-                for inbox in inboxes:
-                    if inbox.peer not in out and inbox.pending[tag]:
-                        out[inbox.peer] = inbox.pending[tag].popleft()
-                missing = [ib for ib in inboxes if ib.peer not in out]
-                if not missing:
-                    return {p: out[p] for p in peers}
-                now = time.monotonic()
-                if now >= deadline:
-                    names = ", ".join(ib.peer for ib in missing)
-                    raise ChannelTimeout(f"job {self.job_id} stage {self.stage_id}: no {tag!r} from {names} "
-                                         f"after {limit:g} s")
-                self._check_abort(now, tag)
-                self._pump(missing, min(self.poll_s, deadline - now))
-        finally:
-            self.stats.wait_s += time.monotonic() - start
+        return self._collect(peers, tag, self.timeout if timeout is None else float(timeout), partial=False)
 
     def gather_until(self, peers: Iterable[str], tag: str, timeout: float) -> dict[str, Message]:
         """Like `gather`, but after `timeout` returns what arrived instead of raising (dropout-tolerant
         rounds: the caller decides what a missing peer means). Everything already in Redis is read."""
+        return self._collect(peers, tag, float(timeout), partial=True)
+
+    def _collect(self, peers: Iterable[str], tag: str, limit: float, *, partial: bool) -> dict[str, Message]:
+        """The one receive loop of `gather` (raise at the deadline) and `gather_until` (`partial`: one
+        last read of what is there at the deadline, then return what arrived)."""
         peers = list(dict.fromkeys(peers))
         start = time.monotonic()
-        deadline = start + float(timeout)
+        deadline = start + limit
         out: dict[str, Message] = {}
         inboxes = [self._inbox(p) for p in peers]
         last = False
@@ -321,8 +304,12 @@ class Comm:
                 if not missing or last:
                     return {p: out[p] for p in peers if p in out}
                 now = time.monotonic()
+                if not partial and now >= deadline:
+                    names = ", ".join(ib.peer for ib in missing)
+                    raise ChannelTimeout(f"job {self.job_id} stage {self.stage_id}: no {tag!r} from {names} "
+                                         f"after {limit:g} s")
                 self._check_abort(now, tag)
-                last = now >= deadline  # one more read of what is there, then stop
+                last = partial and now >= deadline  # one more read of what is there, then stop
                 self._pump(missing, 0.001 if last else min(self.poll_s, deadline - now))
         finally:
             self.stats.wait_s += time.monotonic() - start
