@@ -45,8 +45,14 @@ def test_chunked_payload_round_trips_and_consumed_entries_are_deleted(r):
     m = b.recv("a", "big", timeout=5)
     assert np.array_equal(m.tensors["x"], x) and m.tensors["s"] == np.float32(1.5)
     assert m.tensors["x"].flags.writeable
-    assert r.xlen(box) == 0
     assert b.stats.bytes_received == sent == a.stats.bytes_sent
+    assert r.xlen(box) > 0  # consumed entries go with b's next command (no round trip of their own) ...
+    b.send("a", "ack")
+    assert r.xlen(box) == 0
+    a.send("b", "more", {"x": x[:10]})
+    b.recv("a", "more", timeout=5)
+    b.flush()  # ... or now
+    assert r.xlen(box) == 0
 
 
 def test_gather_and_broadcast_between_several_nodes(r):
@@ -189,3 +195,22 @@ def test_a_restarted_peer_gets_fresh_mailboxes_with_sequence_numbers_from_zero(r
     assert not a._inbox("node-b").pending["x"]  # the dead incarnation's unread messages are gone
     with pytest.raises(ChannelTimeout):
         b2.recv("node-a", "x", timeout=0.2)
+
+
+def _calls(r, cmd: str) -> int:
+    return int(r.info("commandstats").get(f"cmdstat_{cmd}", {}).get("calls", 0))
+
+
+def test_receiver_sizes_its_reads_from_the_sender_s_chunks_and_pipelines_its_deletes(r):
+    """A message cut in 1 KiB chunks reaches a receiver that would itself use 4 MiB entries in two
+    XREADs (the first learns the chunk count from the header), not 16 MiB/4 MiB = 4 entries a read;
+    its XDELs ride in front of the next command instead of costing a round trip after each read."""
+    a, b = _comm(r, "a", chunk_bytes=1024), _comm(r, "b")
+    x = np.arange(12_000, dtype=np.uint64)  # ~96 KiB: 94 chunks
+    a.send("b", "big", {"x": x})
+    reads, deletes = _calls(r, "xread"), _calls(r, "xdel")
+    assert np.array_equal(b.recv("a", "big", timeout=5).tensors["x"], x)
+    assert _calls(r, "xread") - reads == 2
+    assert _calls(r, "xdel") - deletes == 1  # the first read's entries, deleted with the second read
+    b.flush()
+    assert r.xlen(Keys("t").mailbox("5", 1, "b", "a")) == 0

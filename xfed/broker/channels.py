@@ -5,8 +5,11 @@ ACL can let a node read only its own mailboxes and write only as itself. A messa
 (`frames.py`) split into entries of at most `chunk_bytes`; every entry carries the message's sequence
 number, its chunk index and count and the frame's total size, so the receiver checks order, refuses
 gaps, skips duplicates left by a retried send, and never allocates more than actually arrived.
-Consumed entries are deleted at once; the sender refreshes a TTL on the mailbox so nothing outlives
-an abandoned job, and `expire_job_keys` expires all of a job's keys when it ends.
+Consumed entries are deleted by XDELs pipelined in front of the node's next command (no round trip
+of their own; `flush` deletes at once); the sender refreshes a TTL on the mailbox so nothing
+outlives an abandoned job, and `expire_job_keys` expires all of a job's keys when it ends. The
+receiver sizes each read from the sender's declared chunk count and frame size, so a message cut
+in small chunks still arrives in few round trips.
 
 Every wait is bounded: `recv`/`gather` raise `ChannelTimeout` naming the peers that did not answer,
 and return early with `JobError` when `should_stop()` turns true or the job's hash says FAILED/STOPPED.
@@ -23,7 +26,7 @@ from __future__ import annotations
 import collections
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
 import numpy as np
 import redis
@@ -45,6 +48,7 @@ from xfed.errors import BrokerError, ChannelTimeout, FrameError, JobError, Secur
 
 DEFAULT_CHUNK_BYTES = 4 << 20  # measured: 4 MiB entries cost nothing over one SET of 29 MB
 DEFAULT_TIMEOUT_S = 600.0
+_READ_BYTES = 16 << 20  # one XREAD asks for about this many bytes per mailbox
 MAILBOX_TTL_S = 7 * 24 * 3600
 _ENTRY_FIELDS = {b"q", b"i", b"n", b"z", b"d"}
 _ABORT_STATES = {b"FAILED", b"STOPPED"}
@@ -170,6 +174,7 @@ class Comm:
         self._inboxes: dict[str, _Inbox] = {}
         self._by_key: dict[bytes, _Inbox] = {}
         self._next_job_check = 0.0
+        self._consumed: dict[str, list[bytes]] = {}  # mailbox -> entry ids read but not yet deleted
 
     # --- sending -------------------------------------------------------------------------------
     def _mailbox(self, receiver: str, sender: str) -> str:
@@ -246,13 +251,17 @@ class Comm:
         """
         def send() -> None:
             pipe = self.r.pipeline(transaction=False)
+            deletes = self._queue_deletes(pipe)
             for fields in entries:
                 pipe.xadd(key, fields)
             pipe.expire(key, self.mailbox_ttl_s)
-            try:
-                pipe.execute()
-            except redis.ResponseError as exc:
-                raise BrokerError(f"job {self.job_id}: Redis refused {tag!r} to {peer} on {key}: {exc}") from None
+            replies = pipe.execute(raise_on_error=False)
+            self._consumed.clear()
+            for reply in replies[deletes:]:
+                if isinstance(reply, _REDIS_DOWN):
+                    raise reply
+                if isinstance(reply, redis.ResponseError):
+                    raise BrokerError(f"job {self.job_id}: Redis refused {tag!r} to {peer} on {key}: {reply}")
 
         def stopped() -> None:
             if self.should_stop():
@@ -279,30 +288,45 @@ class Comm:
 
     def gather(self, peers: Iterable[str], tag: str, timeout: float | None = None) -> dict[str, Message]:
         """One message tagged `tag` from every peer; ChannelTimeout names those that did not answer."""
-        return self._collect(peers, tag, self.timeout if timeout is None else float(timeout), partial=False)
+        peers = list(dict.fromkeys(peers))
+        got = dict(self.arrivals(peers, tag, timeout))
+        return {p: got[p] for p in peers}
 
     def gather_until(self, peers: Iterable[str], tag: str, timeout: float) -> dict[str, Message]:
         """Like `gather`, but after `timeout` returns what arrived instead of raising (dropout-tolerant
         rounds: the caller decides what a missing peer means). Everything already in Redis is read."""
-        return self._collect(peers, tag, float(timeout), partial=True)
-
-    def _collect(self, peers: Iterable[str], tag: str, limit: float, *, partial: bool) -> dict[str, Message]:
-        """The one receive loop of `gather` (raise at the deadline) and `gather_until` (`partial`: one
-        last read of what is there at the deadline, then return what arrived)."""
         peers = list(dict.fromkeys(peers))
+        got = dict(self.arrivals(peers, tag, timeout, partial=True))
+        return {p: got[p] for p in peers if p in got}
+
+    def arrivals(self, peers: Iterable[str], tag: str, timeout: float | None = None, *,
+                 partial: bool = False) -> Iterator[tuple[str, Message]]:
+        """(peer, message) for one message tagged `tag` from each peer, in the order they complete.
+
+        The one receive loop of `gather` (ChannelTimeout at the deadline) and `gather_until`
+        (`partial`: one last read of what is there at the deadline, then stop). A streaming
+        aggregator consumes each upload while the others are still on the wire; the time the
+        caller spends between two yields is not counted as waiting."""
+        peers = list(dict.fromkeys(peers))
+        limit = self.timeout if timeout is None else float(timeout)
         start = time.monotonic()
         deadline = start + limit
-        out: dict[str, Message] = {}
+        done: set[str] = set()
         inboxes = [self._inbox(p) for p in peers]
         last = False
+        t0: float | None = start  # None while the caller holds a yielded message
         try:
             while True:
                 for inbox in inboxes:
-                    if inbox.peer not in out and inbox.pending[tag]:
-                        out[inbox.peer] = inbox.pending[tag].popleft()
-                missing = [ib for ib in inboxes if ib.peer not in out]
+                    if inbox.peer not in done and inbox.pending[tag]:
+                        done.add(inbox.peer)
+                        self.stats.wait_s += time.monotonic() - t0
+                        t0 = None
+                        yield inbox.peer, inbox.pending[tag].popleft()
+                        t0 = time.monotonic()
+                missing = [ib for ib in inboxes if ib.peer not in done]
                 if not missing or last:
-                    return {p: out[p] for p in peers if p in out}
+                    return
                 now = time.monotonic()
                 if not partial and now >= deadline:
                     names = ", ".join(ib.peer for ib in missing)
@@ -312,7 +336,8 @@ class Comm:
                 last = partial and now >= deadline  # one more read of what is there, then stop
                 self._pump(missing, 0.001 if last else min(self.poll_s, deadline - now))
         finally:
-            self.stats.wait_s += time.monotonic() - start
+            if t0 is not None:
+                self.stats.wait_s += time.monotonic() - t0
 
     def recv_any(self, peer: str, tags: list[str], timeout: float | None = None) -> Message:
         """The next message from `peer` tagged with any of `tags` (first in `tags` order if several wait)."""
@@ -349,36 +374,67 @@ class Comm:
             raise JobError(f"job {self.job_id} is {state.decode()}{why} (node {self.node_id} stopped waiting "
                            f"for {tag!r})")
 
+    def _read_count(self, inboxes: list[_Inbox]) -> int:
+        """Entries per mailbox for one XREAD, sized from the senders' own headers: a message being
+        assembled declares its chunk count and size, so the rest of it comes in one read (up to
+        _READ_BYTES of the sender's entries), whatever chunk size this receiver would use itself."""
+        count = max(1, _READ_BYTES // self.chunk_bytes)  # nothing in progress: a first read
+        for ib in inboxes:
+            if ib.chunks and ib.n > len(ib.chunks):
+                entry = max(1, -(-ib.size // ib.n))
+                count = max(count, min(ib.n - len(ib.chunks), max(1, _READ_BYTES // entry)))
+        return count
+
+    def _queue_deletes(self, pipe: Any) -> int:
+        """Put the consumed entries' XDELs in front of `pipe`'s next command; how many were queued."""
+        for key, ids in self._consumed.items():
+            pipe.xdel(key, *ids)
+        return len(self._consumed)
+
+    def flush(self) -> None:
+        """Delete the entries consumed so far now (otherwise they go with this Comm's next command)."""
+        if self._consumed:
+            pipe = self.r.pipeline(transaction=False)
+            self._queue_deletes(pipe)
+            try:
+                pipe.execute(raise_on_error=False)
+            except _REDIS_DOWN:
+                return  # kept for the next command; the mailbox TTL bounds them anyway
+            self._consumed.clear()
+
     def _pump(self, inboxes: list[_Inbox], block_s: float) -> None:
-        """Read what has arrived in these mailboxes (blocking up to block_s), delete it, assemble it."""
+        """Read what has arrived in these mailboxes (blocking up to block_s) and assemble it.
+
+        Consumed entries are deleted by XDELs pipelined in front of this Comm's next command (the
+        next XREAD or send), not by a round trip of their own after each read."""
         streams = {ib.key: ib.last_id for ib in inboxes}
-        count = max(1, (16 << 20) // self.chunk_bytes)  # bounds one reply to ~16 MiB per mailbox
+        pipe = self.r.pipeline(transaction=False)
+        deletes = self._queue_deletes(pipe)
+        pipe.xread(streams, count=self._read_count(inboxes), block=max(1, int(block_s * 1000)))
         try:
-            reply = self.r.xread(streams, count=count, block=max(1, int(block_s * 1000)))
+            replies = pipe.execute(raise_on_error=False)
         except _REDIS_DOWN:
             time.sleep(min(block_s, 0.5))
             return
-        except redis.ResponseError as exc:
-            raise BrokerError(f"job {self.job_id}: Redis refused reading {', '.join(streams)}: {exc}") from None
+        self._consumed.clear()  # a refused XDEL leaves entries to expire with the mailbox
+        reply = replies[deletes]
+        if isinstance(reply, _REDIS_DOWN):
+            time.sleep(min(block_s, 0.5))
+            return
+        if isinstance(reply, redis.ResponseError):
+            raise BrokerError(f"job {self.job_id}: Redis refused reading {', '.join(streams)}: {reply}") from None
         if not reply:
             return
         if isinstance(reply, dict):  # RESP3 answers a map
             reply = list(reply.items())
-        pipe = self.r.pipeline(transaction=False)
-        try:
-            for key, entries in reply:
-                inbox = self._by_key[key if isinstance(key, bytes) else key.encode()]
-                ids = [eid for eid, _ in entries]
-                if ids:
-                    inbox.last_id = ids[-1]
-                    pipe.xdel(inbox.key, *ids)
-                for eid, fields in entries:
-                    self._feed(inbox, eid, fields)
-        finally:
-            try:
-                pipe.execute()
-            except _REDIS_DOWN:
-                pass  # undeleted entries expire with the mailbox; our position is kept in memory
+        for key, entries in reply:
+            inbox = self._by_key[key if isinstance(key, bytes) else key.encode()]
+            ids = [eid for eid, _ in entries]
+            if ids:
+                inbox.last_id = ids[-1]
+                self._consumed.setdefault(inbox.key, []).extend(ids)
+            for eid, fields in entries:
+                self._feed(inbox, eid, fields)
 
     def _feed(self, inbox: _Inbox, eid: bytes, fields: dict) -> None:
         what = f"job {self.job_id}: message from {inbox.peer} (entry {eid.decode(errors='replace')})"
