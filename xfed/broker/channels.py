@@ -300,13 +300,15 @@ class Comm:
         return {p: got[p] for p in peers if p in got}
 
     def arrivals(self, peers: Iterable[str], tag: str, timeout: float | None = None, *,
-                 partial: bool = False) -> Iterator[tuple[str, Message]]:
+                 partial: bool = False, one_by_one: bool = False) -> Iterator[tuple[str, Message]]:
         """(peer, message) for one message tagged `tag` from each peer, in the order they complete.
 
         The one receive loop of `gather` (ChannelTimeout at the deadline) and `gather_until`
         (`partial`: one last read of what is there at the deadline, then stop). A streaming
         aggregator consumes each upload while the others are still on the wire; the time the
-        caller spends between two yields is not counted as waiting."""
+        caller spends between two yields is not counted as waiting. `one_by_one`: while a
+        message is half read, read only its mailbox, so at most one large message (plus one
+        entry from each other mailbox) is in memory at a time; the rest waits in Redis."""
         peers = list(dict.fromkeys(peers))
         limit = self.timeout if timeout is None else float(timeout)
         start = time.monotonic()
@@ -334,7 +336,12 @@ class Comm:
                                          f"after {limit:g} s")
                 self._check_abort(now, tag)
                 last = partial and now >= deadline  # one more read of what is there, then stop
-                self._pump(missing, 0.001 if last else min(self.poll_s, deadline - now))
+                reading, count = missing, None
+                if one_by_one:  # finish the furthest message first; otherwise one entry from each
+                    started = [ib for ib in missing if ib.chunks]
+                    reading, count = ([max(started, key=lambda ib: len(ib.chunks) / ib.n)], None) if started \
+                        else (missing, 1)
+                self._pump(reading, 0.001 if last else min(self.poll_s, deadline - now), count)
         finally:
             if t0 is not None:
                 self.stats.wait_s += time.monotonic() - t0
@@ -402,7 +409,7 @@ class Comm:
                 return  # kept for the next command; the mailbox TTL bounds them anyway
             self._consumed.clear()
 
-    def _pump(self, inboxes: list[_Inbox], block_s: float) -> None:
+    def _pump(self, inboxes: list[_Inbox], block_s: float, count: int | None = None) -> None:
         """Read what has arrived in these mailboxes (blocking up to block_s) and assemble it.
 
         Consumed entries are deleted by XDELs pipelined in front of this Comm's next command (the
@@ -410,7 +417,7 @@ class Comm:
         streams = {ib.key: ib.last_id for ib in inboxes}
         pipe = self.r.pipeline(transaction=False)
         deletes = self._queue_deletes(pipe)
-        pipe.xread(streams, count=self._read_count(inboxes), block=max(1, int(block_s * 1000)))
+        pipe.xread(streams, count=count or self._read_count(inboxes), block=max(1, int(block_s * 1000)))
         try:
             replies = pipe.execute(raise_on_error=False)
         except _REDIS_DOWN:
