@@ -101,7 +101,7 @@ def scheduler_selectors(keys: Keys) -> list[str]:
     """Everything of the control plane; mailboxes write-only (deleted when a job ends, never read)."""
     ns = keys.namespace
     return [f"~{ns}:requests", f"~{ns}:job_counter", f"~{ns}:jobs", f"~{ns}:job:{{*}}",
-            f"~{ns}:job:{{*}}:events", f"%W~{ns}:job:{{*}}:s:*", f"~{ns}:node:{{*}}:*", f"~{ns}:nodes",
+            f"~{ns}:job:{{*}}:events", f"~{ns}:job:{{*}}:signal", f"%W~{ns}:job:{{*}}:s:*", f"~{ns}:node:{{*}}:*", f"~{ns}:nodes",
             f"~{ns}:scheduler", f"~{ns}:reply:*"]
 
 
@@ -109,7 +109,7 @@ def client_selectors(keys: Keys) -> list[str]:
     """Post requests, read answers, job state and events, the node registry; no mailbox at all."""
     ns = keys.namespace
     return [f"%W~{ns}:requests", f"~{ns}:reply:*", f"%R~{ns}:scheduler", f"%R~{ns}:job:{{*}}",
-            f"%R~{ns}:job:{{*}}:events", f"~{ns}:jobs", f"%R~{ns}:nodes", f"%R~{ns}:node:{{*}}:hb",
+            f"%R~{ns}:job:{{*}}:events", f"%W~{ns}:job:{{*}}:signal", f"~{ns}:jobs", f"%R~{ns}:nodes", f"%R~{ns}:node:{{*}}:hb",
             f"%R~{ns}:node:{{*}}:info"]
 
 

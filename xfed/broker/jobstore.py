@@ -367,7 +367,22 @@ class JobStore:
         rc = self._call(self._cas, keys=[self.keys.job(job_id)], args=args)
         if rc == -1:
             raise JobError(f"job {job_id}: no such job")
+        if rc == 1:
+            self.signal(job_id, new.value)
         return rc == 1
+
+    def signal(self, job_id: str, what: str) -> None:
+        """Wake the job's stop watchers (`xfed.node.context.StopWatcher` blocks on this stream).
+
+        Best effort and after the state is written: a watcher that misses it (a Redis blip, a user
+        without the key) still reads the state on its periodic check."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xadd(self.keys.job_signal(job_id), {b"s": what}, maxlen=16, approximate=False)
+        pipe.expire(self.keys.job_signal(job_id), max(1, int(self.retention_s)))
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            pass
 
     def resume(self, job_id: str, *, stage: int, attempt: int) -> bool:
         """FAILED/STOPPED -> RUNNING as a new attempt at `stage` (atomic); keeps the keys from expiring."""
@@ -381,6 +396,7 @@ class JobStore:
         pipe.persist(self.keys.job(job_id))
         pipe.persist(self.keys.job_events(job_id))
         self._call(pipe.execute)
+        self.signal(job_id, "resumed")
         return True
 
     def rejoins(self, job_id: str, stage: int, attempt: int) -> dict[str, int]:
@@ -424,7 +440,7 @@ class JobStore:
             deleted = self._call(self.r.delete, *mailboxes)
         ttl = max(1, int(self.retention_s))
         pipe = self.r.pipeline(transaction=False)
-        for key in (self.keys.job(job_id), self.keys.job_events(job_id), *extra_keys):
+        for key in (self.keys.job(job_id), self.keys.job_events(job_id), self.keys.job_signal(job_id), *extra_keys):
             pipe.expire(key, ttl)
         self._call(pipe.execute)
         return deleted

@@ -7,6 +7,8 @@ Schema (``ns`` = the configurable namespace, so two federations can share one se
     ns:jobs                                      zset     job id -> creation time
     ns:job:{J}                                   hash     job state (state, stage, reason, node, timestamps)
     ns:job:{J}:events                            stream   node -> scheduler events of job J
+    ns:job:{J}:signal                            stream   one entry per state change of job J (a
+                                                          stage's stop watcher blocks on it)
     ns:job:{J}:s:S.A:to:R:from:N                 stream   data-plane mailbox: job J, stage S, attempt A,
                                                           receiver R, sender N
     ns:job:{J}:s:S.A.iI-K:to:R:from:N            stream   the same once R (incarnation I) or N (incarnation
@@ -70,6 +72,9 @@ class Keys:
     def job_events(self, job_id: str | int) -> str:
         return f"{self.job(job_id)}:events"
 
+    def job_signal(self, job_id: str | int) -> str:
+        return f"{self.job(job_id)}:signal"
+
     def job_pattern(self, job_id: str | int) -> str:
         """SCAN/KEYS pattern matching every key of one job (its hash, events and mailboxes)."""
         return f"{self.job(job_id)}*"
@@ -127,6 +132,7 @@ class Keys:
             f"~{ns}:job:*:to:{node}:from:*",      # own mailboxes: read, then XDEL what was consumed
             f"%W~{ns}:job:*:to:*:from:{node}",    # write as itself into others' mailboxes
             f"%R~{ns}:job:{{*}}",                 # job state (to abort when a job fails/stops)
+            f"%R~{ns}:job:{{*}}:signal",          # ... woken by its state changes
             f"%W~{ns}:job:{{*}}:events",          # report events
             f"~{ns}:node:{{{node}}}:*",           # own info, heartbeat and command stream
             f"%R~{ns}:nodes",
