@@ -227,7 +227,8 @@ def test_plain_key_bitlength_is_checked(federation):
 def test_streaming_sum_equals_the_sum_of_the_gathered_uploads_and_holds_one_upload_at_a_time(federation):
     """The root adds each masked upload as it completes (uploads cut in 1 KiB chunks here): its mean is
     bit for bit the unmask_sum of all uploads gathered at once, and while it reads, at most one
-    sender's message is more than one chunk in (the others wait in Redis)."""
+    sender's message is more than one chunk in (the others wait in Redis). The mean is written once
+    and reaches every party."""
     from xfed.crypto import unmask_sum
 
     ctxs = federation(TRAINERS)
@@ -267,13 +268,15 @@ def test_streaming_sum_equals_the_sum_of_the_gathered_uploads_and_holds_one_uplo
         while sum(root_comm.r.exists(root_comm._mailbox("assist", n)) for n in TRAINERS) < 3:
             time.sleep(0.02)  # every upload waits in Redis: a greedy reader would start all three
         time.sleep(0.2)
-        return rt.aggregate(0, None, 0.0)
+        return rt.aggregate(0, None, 0.0), rt.last_round_stats
 
     out = run_parties({**{n: leaf(n, w) for n, w in zip(TRAINERS, (1.0, 2.0, 3.0), strict=True)}, "assist": root})
+    out["assist"], stats = out["assist"]
     sums = unmask_sum([seen[n] for n in TRAINERS], bits=64)
     total = float(sums.pop(WEIGHT_KEY))
     assert total == 6.0
     np.testing.assert_array_equal(out["assist"]["w"], (sums["w"] / total).astype(np.float32))
-    for n in TRAINERS:
+    for n in TRAINERS:  # the one copy of the mean reached every party
         np.testing.assert_array_equal(out[n]["w"], out["assist"]["w"])
+    assert initial["w"].nbytes < stats["bytes_sent"] < 2 * initial["w"].nbytes  # one payload + 3 headers
     assert len(seen) == 3 and max(most_in_progress) <= 1  # a greedy reader has all 3 half read

@@ -188,3 +188,18 @@ def test_without_identities_nothing_is_added_and_the_signature_key_is_reserved(r
     assert frame.meta == {"round": 0}
     with pytest.raises(FrameError, match="'sig' is reserved"):
         plain.send("a", "x", meta={SIGNATURE_KEY: "00"})
+
+
+def test_a_published_payload_altered_in_redis_does_not_verify(r, no_tensor_decoding):
+    root = _comm(r, "root")
+    root.publish(["a", "b"], "agg/0/down", {"mean": np.arange(4.0)})
+    a = _comm(r, "a")
+    assert np.array_equal(a.recv("root", "agg/0/down").tensors["mean"], np.arange(4.0))
+    shared = KEYS.shared("5", 1, "root")
+    [(eid, fields)] = r.xrange(shared)
+    r.delete(shared)
+    r.xadd(shared, {b"u": fields[b"u"], b"d": fields[b"d"].replace(np.float64(3.0).tobytes(),
+                                                                    np.float64(4.0).tobytes())})
+    no_tensor_decoding()
+    with pytest.raises(SecurityError, match="message agg/0/down root -> b: signature does not verify"):
+        _comm(r, "b").recv("root", "agg/0/down")

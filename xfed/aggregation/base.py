@@ -226,6 +226,11 @@ class RootBase(_Party):
     def setup(self) -> None:
         """Nothing to agree for plain aggregation; otp overrides it (the root takes no part in DH)."""
 
+    # the mean is written to Redis once and every label trainer reads that copy (Comm.publish), which
+    # needs every receiver to read round r's mean before round r+1's is published: true where every
+    # trainer uploads every round (plain, otp); a root whose rounds may leave a party out keeps N copies
+    one_copy_mean = False
+
     # names and shapes the root itself broadcast: every upload is checked against these, so the party
     # whose upload is wrong is the one named (not whichever upload happened to come first)
     layout: dict[str, np.ndarray] | None = None
@@ -270,6 +275,7 @@ class RootBase(_Party):
                 weighted_sum[name] += own_weight * value.astype(np.float64, copy=False)
             total_weight += own_weight
         mean = self.strategy.finalize(round_idx, weighted_sum, total_weight)
-        self.comm.broadcast(self.trainers, tag_down(round_idx), mean, meta)
+        send = self.comm.publish if self.one_copy_mean else self.comm.broadcast
+        send(self.trainers, tag_down(round_idx), mean, meta)
         self.last_digest = tensors_digest(mean)
         return mean

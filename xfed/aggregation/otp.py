@@ -71,6 +71,8 @@ class OtpLeaf(LeafBase):
 
 
 class OtpRoot(RootBase):
+    one_copy_mean = True  # every label trainer uploads every round, so each reads every mean
+
     def __init__(self, ctx: Any, otp: Mapping[str, Any] | None = None, **kw: Any) -> None:
         super().__init__(ctx, **kw)
         self.settings = OtpSettings.from_config(otp)

@@ -36,6 +36,8 @@ class PlainLeaf(LeafBase):
 
 
 class PlainRoot(RootBase):
+    one_copy_mean = True  # every label trainer uploads every round, so each reads every mean
+
     def __init__(self, ctx: Any, plain: Mapping[str, Any] | None = None, **kw: Any) -> None:
         super().__init__(ctx, **kw)
         opts = dict(plain or {})

@@ -101,7 +101,8 @@ def scheduler_selectors(keys: Keys) -> list[str]:
     """Everything of the control plane; mailboxes write-only (deleted when a job ends, never read)."""
     ns = keys.namespace
     return [f"~{ns}:requests", f"~{ns}:job_counter", f"~{ns}:jobs", f"~{ns}:job:{{*}}",
-            f"~{ns}:job:{{*}}:events", f"~{ns}:job:{{*}}:signal", f"%W~{ns}:job:{{*}}:s:*", f"~{ns}:node:{{*}}:*", f"~{ns}:nodes",
+            f"~{ns}:job:{{*}}:events", f"~{ns}:job:{{*}}:signal", f"%W~{ns}:job:{{*}}:s:*",
+            f"%W~{ns}:job:{{*}}:p:*", f"~{ns}:node:{{*}}:*", f"~{ns}:nodes",
             f"~{ns}:scheduler", f"~{ns}:reply:*"]
 
 

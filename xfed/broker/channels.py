@@ -51,6 +51,8 @@ DEFAULT_TIMEOUT_S = 600.0
 _READ_BYTES = 16 << 20  # one XREAD asks for about this many bytes per mailbox
 MAILBOX_TTL_S = 7 * 24 * 3600
 _ENTRY_FIELDS = {b"q", b"i", b"n", b"z", b"d"}
+_POINTER_FIELDS = _ENTRY_FIELDS | {b"p"}  # a published message: header here, payload on the shared stream
+_SHARED_FIELDS = {b"u", b"d"}
 _ABORT_STATES = {b"FAILED", b"STOPPED"}
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
 
@@ -175,6 +177,7 @@ class Comm:
         self._by_key: dict[bytes, _Inbox] = {}
         self._next_job_check = 0.0
         self._consumed: dict[str, list[bytes]] = {}  # mailbox -> entry ids read but not yet deleted
+        self._published = 0  # publishes so far (each replaces the one before on the shared stream)
 
     # --- sending -------------------------------------------------------------------------------
     def _mailbox(self, receiver: str, sender: str) -> str:
@@ -237,6 +240,77 @@ class Comm:
             total_sent += size
         return total_sent
 
+    def publish(self, peers: Iterable[str], tag: str, tensors: Mapping[str, Any] | None = None,
+                meta: Mapping[str, Any] | None = None) -> int:
+        """Send the same message to every peer with its payload written once (returns the bytes written).
+
+        The payload goes to this node's shared stream (`Keys.shared`); each peer's mailbox gets the
+        frame's header alone (its own sequence number and signature, which binds the payload's
+        digest as for `broadcast`) pointing at it, and the receiver fetches the payload when it
+        reads the header. Everything is one pipelined round trip. A publish replaces this node's
+        previous one in this stage: use it where every receiver has read a message before the next
+        is published (a round's mean: the next one needs every party's next upload first)."""
+        peers = [check_id("node id", p) for p in peers]
+        if meta and SIGNATURE_KEY in meta:
+            raise FrameError(f"message {tag!r}: meta key {SIGNATURE_KEY!r} is reserved for the signature")
+        if not peers:
+            return 0
+        wire = {name: as_wire_array(name, value) for name, value in (tensors or {}).items()}
+        signing = self.auth is not None and self.auth.can_sign
+        self._published += 1
+        pub = self._published
+        shared = self.keys.shared(self.job_id, self.stage_id, self.node_id, self.attempt)
+        chunks: list | None = None
+        entries: list[tuple[str, str, list[dict]]] = []
+        total = 0
+        body_digest = None
+        for peer in peers:
+            seq = self._send_seq[peer]
+            header = FrameHeader(sender=self.node_id, receiver=peer, job=self.job_id, stage=self.stage_id,
+                                 channel=tag, seq=seq, attempt=self.attempt)
+            parts, size = encode_frame_parts(header, wire, meta)
+            if signing:
+                body_digest = body_digest or payload_digest(parts[1:])
+                sig = self.auth.sign(**self._signed(tag, self.node_id, peer, seq,
+                                                    header_digest(wire_header(parts[0])), body_digest))
+                parts, size = encode_frame_parts(header, wire, {**(meta or {}), SIGNATURE_KEY: sig.hex()})
+            if size > self.max_frame_bytes:
+                raise FrameError(f"message {tag!r} to {peer} is {size} bytes (limit {self.max_frame_bytes})")
+            if chunks is None:
+                chunks = _chunk(parts[1:], self.chunk_bytes) if len(parts) > 1 else []
+                total += size - len(parts[0])
+            entries.append((self._mailbox(peer, self.node_id), peer,
+                            [{b"q": seq, b"i": 0, b"n": 1, b"z": size, b"d": parts[0],
+                              b"p": f"{pub} {len(chunks)}".encode()}]))
+            total += len(parts[0])
+        shared_entries = [{b"u": pub, b"d": c} for c in chunks or []]
+
+        def send() -> None:
+            pipe = self.r.pipeline(transaction=False)
+            deletes = self._queue_deletes(pipe)
+            pipe.delete(shared)  # the previous publish (every receiver has read it: see above)
+            for fields in shared_entries:
+                pipe.xadd(shared, fields)
+            pipe.expire(shared, self.mailbox_ttl_s)
+            for key, _peer, fields_list in entries:
+                for fields in fields_list:
+                    pipe.xadd(key, fields)
+                pipe.expire(key, self.mailbox_ttl_s)
+            replies = pipe.execute(raise_on_error=False)
+            self._consumed.clear()
+            for reply in replies[deletes:]:
+                if isinstance(reply, _REDIS_DOWN):
+                    raise reply
+                if isinstance(reply, redis.ResponseError):
+                    raise BrokerError(f"job {self.job_id}: Redis refused publishing {tag!r} on {shared}: {reply}")
+
+        self._retry_send(send, tag, ", ".join(peers))
+        for _key, peer, _ in entries:
+            self._send_seq[peer] += 1
+            self.stats.messages_sent += 1
+        self.stats.bytes_sent += total
+        return total
+
     def _signed(self, channel: str, sender: str, receiver: str, seq: int, head: bytes, body: bytes) -> dict:
         """The fields a message signature binds (xfed.security.messages.message_transcript)."""
         return dict(namespace=self.keys.namespace, job=self.job_id, stage=self.stage_id, attempt=self.attempt,
@@ -263,6 +337,9 @@ class Comm:
                 if isinstance(reply, redis.ResponseError):
                     raise BrokerError(f"job {self.job_id}: Redis refused {tag!r} to {peer} on {key}: {reply}")
 
+        self._retry_send(send, tag, peer)
+
+    def _retry_send(self, send: Callable[[], None], tag: str, to: str) -> None:
         def stopped() -> None:
             if self.should_stop():
                 raise JobError(f"job {self.job_id}: stopped while node {self.node_id} was sending {tag!r}")
@@ -270,7 +347,7 @@ class Comm:
         retry_until_deadline(
             send, seconds=self.send_retry_s, transient=_REDIS_DOWN, first_delay=0.1, max_delay=2.0,
             between=stopped,
-            give_up=lambda exc: BrokerError(f"job {self.job_id}: could not send {tag!r} to {peer} "
+            give_up=lambda exc: BrokerError(f"job {self.job_id}: could not send {tag!r} to {to} "
                                             f"(Redis unreachable for {self.send_retry_s:g} s: {exc})"))
 
     # --- receiving -----------------------------------------------------------------------------
@@ -443,9 +520,35 @@ class Comm:
             for eid, fields in entries:
                 self._feed(inbox, eid, fields)
 
+    def _fetch_shared(self, inbox: _Inbox, ref: Any, head: bytes, size: int, what: str) -> bytes:
+        """A published message's header + its payload, read from the sender's shared stream."""
+        parts = ref.split(b" ") if isinstance(ref, bytes) else []
+        if len(parts) != 2 or not all(p.isdigit() and len(p) <= 12 for p in parts):
+            raise FrameError(f"{what}: malformed shared-payload reference {str(ref)[:40]}")
+        pub, count = parts[0], int(parts[1])
+        if count > size // 1024 + 2:
+            raise FrameError(f"{what}: shared payload of {count} chunks for a frame of {size} bytes")
+        key = self.keys.shared(self.job_id, self.stage_id, inbox.peer, self.attempt)
+        try:
+            entries = self.r.xrange(key, count=count) if count else []
+        except redis.ResponseError as exc:
+            raise BrokerError(f"job {self.job_id}: Redis refused reading {key}: {exc}") from None
+        data = [head]
+        got = len(head)
+        for _eid, f in entries:
+            if not isinstance(f, dict) or set(f) != _SHARED_FIELDS or f[b"u"] != pub:
+                break
+            data.append(f[b"d"])
+            got += len(f[b"d"])
+            if got > size:
+                break
+        if len(data) != count + 1 or got != size:
+            raise FrameError(f"{what}: the shared payload on {key} is missing or replaced ({got} of {size} bytes)")
+        return b"".join(data)
+
     def _feed(self, inbox: _Inbox, eid: bytes, fields: dict) -> None:
         what = f"job {self.job_id}: message from {inbox.peer} (entry {eid.decode(errors='replace')})"
-        if not isinstance(fields, dict) or set(fields) != _ENTRY_FIELDS:
+        if not isinstance(fields, dict) or set(fields) not in (_ENTRY_FIELDS, _POINTER_FIELDS):
             got = sorted(k.decode(errors="replace") for k in fields) if isinstance(fields, dict) else fields
             raise FrameError(f"{what}: malformed mailbox entry with fields {str(got)[:80]}")
         seq = _int_field(fields, b"q", what, 1 << 53)
@@ -455,6 +558,12 @@ class Comm:
         data = fields[b"d"]
         if n < 1:
             raise FrameError(f"{what}: chunk count 0")
+        if b"p" in fields:
+            if n != 1 or seq < inbox.next_seq:
+                if n != 1:
+                    raise FrameError(f"{what}: a published message's header comes in one entry, not {n}")
+                return  # a duplicate left by a retried publish
+            data = self._fetch_shared(inbox, fields[b"p"], data, size, what)
         if seq < inbox.next_seq:
             return  # a duplicate left by a retried send
         if seq > inbox.next_seq:

@@ -435,7 +435,8 @@ class JobStore:
     def expire(self, job_id: str, *, extra_keys: tuple[str, ...] = ()) -> int:
         """After a job ends: delete its mailboxes now; its hash and events expire after `retention_s`."""
         deleted = 0
-        mailboxes = self._call(lambda: list(self.r.scan_iter(match=self.keys.mailbox_pattern(job_id), count=500)))
+        mailboxes = self._call(lambda: [k for pattern in (self.keys.mailbox_pattern(job_id), self.keys.shared_pattern(job_id))
+                                        for k in self.r.scan_iter(match=pattern, count=500)])
         if mailboxes:
             deleted = self._call(self.r.delete, *mailboxes)
         ttl = max(1, int(self.retention_s))
