@@ -107,12 +107,11 @@ def _serve_links(redis_port: int, links: list[tuple[float, float]], conn) -> Non
             async def handle(reader, writer, up=up, down=down):
                 try:
                     r_reader, r_writer = await asyncio.open_connection("127.0.0.1", redis_port)
-                except OSError:
+                    for sock in (writer.get_extra_info("socket"), r_writer.get_extra_info("socket")):
+                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    await asyncio.gather(_pipe(reader, r_writer, up), _pipe(r_reader, writer, down))
+                except (OSError, asyncio.CancelledError):  # the server went, or the proxy is stopping
                     writer.close()
-                    return
-                for sock in (writer.get_extra_info("socket"), r_writer.get_extra_info("socket")):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                await asyncio.gather(_pipe(reader, r_writer, up), _pipe(r_reader, writer, down))
 
             server = await asyncio.start_server(handle, "127.0.0.1", 0)
             ports.append(server.sockets[0].getsockname()[1])
@@ -175,12 +174,12 @@ def run_config(server: _Server, parties: int, rtt_ms: float, mbit: float, params
     import numpy as np
 
     from xfed.aggregation import make_leaf, make_root
-    from xfed.broker.channels import Comm
     from xfed.broker.connection import connect
     from xfed.broker.jobstore import JobStore
     from xfed.broker.keys import Keys
     from xfed.node.context import StopWatcher
     from xfed.node.events import EventReporter
+    from xfed.node.stage_runner import _make_comm
 
     keys = Keys("xfed-bench-wan")
     trainers = [f"node-{i + 1}" for i in range(parties)]
@@ -196,6 +195,7 @@ def run_config(server: _Server, parties: int, rtt_ms: float, mbit: float, params
     ends: dict[int, list[float]] = {r: [] for r in range(rounds + 1)}
     errors: list[BaseException] = []
     counted: dict[str, dict[str, int]] = {}
+    copies: dict[str, int] = {}
     initial = {"w": np.random.default_rng(0).normal(size=params).astype(np.float32)}
     lock = threading.Lock()
 
@@ -204,14 +204,21 @@ def run_config(server: _Server, parties: int, rtt_ms: float, mbit: float, params
             address = f"127.0.0.1:{proxy.ports[i] if proxy else server.port}"
             r = connect(address, retry_s=10)
             watcher = StopWatcher(JobStore(r, keys), job, 0, 0)
-            comm = Comm(r, keys, job, 0, node, should_stop=watcher, timeout=300)
-            reporter = EventReporter(r, keys, job, node, 0, 0)
+            # the Comm and event reporter exactly as a stage builds them (xfed.node.stage_runner)
+            comm = _make_comm(r, keys, SimpleNamespace(job=job, stage=0, node=node, attempt=0), watcher,
+                              SimpleNamespace(identities={}), None)
+            comm.timeout = 300.0
+            try:
+                reporter = EventReporter(r, keys, job, node, 0, 0, background=True)
+            except TypeError:  # a revision without background events
+                reporter = EventReporter(r, keys, job, node, 0, 0)
             ctx = SimpleNamespace(job_id=job, stage_id=0, attempt=0, node_id=node, trainer_ids=trainers,
                                   assist_id="assist", comm=comm, fed=SimpleNamespace(identities={}),
                                   identity_key=None, report=reporter.report, should_stop=watcher)
             agg = make_root(ctx, encryption) if node == "assist" else make_leaf(ctx, encryption)
             agg.setup()
             if node == "assist":
+                copies["mean"] = 1 if getattr(agg, "one_copy_mean", False) else parties
                 agg.broadcast_initial(initial)
             else:
                 agg.receive_initial()
@@ -253,6 +260,7 @@ def run_config(server: _Server, parties: int, rtt_ms: float, mbit: float, params
     per_round["info"] = per_round.get("info", 0) - 1 / rounds  # the count itself
     per_round = {k: round(v, 1) for k, v in per_round.items() if v > 0}
     return {"parties": parties, "rtt_ms": rtt_ms, "mbit": mbit, "round_s": statistics.median(times),
+            "mean_copies": copies["mean"],
             "cmds_per_round": round(sum(per_round.values()), 1),
             "cmds_top": dict(sorted(per_round.items(), key=lambda kv: -kv[1])[:6])}
 
@@ -279,18 +287,16 @@ def main(argv: list[str] | None = None) -> int:
 
     parties = [int(p) for p in args.parties.split(",")]
     rtts = [float(x) for x in args.rtt_ms.split(",")]
-    mean_copies = None
     server = _Server()
     rows: list[dict[str, Any]] = []
     try:
         job = iter(range(1, 10_000))
         for k in parties:
             local = run_config(server, k, 0.0, 0.0, args.params, args.rounds, str(next(job)))
-            copies = k if mean_copies is None else mean_copies
             for rtt in rtts:
                 row = run_config(server, k, rtt, args.mbit, args.params, args.rounds, str(next(job)))
                 row["local_s"] = local["round_s"]
-                row["bound_s"] = _bound_s(k, args.params, args.mbit, copies)
+                row["bound_s"] = _bound_s(k, args.params, args.mbit, row["mean_copies"])
                 floor = max(row["bound_s"], row["local_s"])
                 row["over_rtt"] = (row["round_s"] - floor) / (rtt / 1000) if rtt > 0 else None
                 rows.append(row)
@@ -306,12 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"secure aggregation round over emulated links: {args.params} params, otp 64-bit, "
           f"{args.mbit:g} Mbit/s per party, median of {args.rounds} rounds; load {load[0]:.2f}")
     print(f"{'parties':>7} {'rtt_ms':>6} {'round_s':>8} {'bound_s':>8} {'local_s':>8} {'over_rtt':>8} "
-          f"{'cmds/round':>10}  busiest commands per round")
+          f"{'means':>5} {'cmds/round':>10}  busiest commands per round")
     for row in rows:
         over = "-" if row["over_rtt"] is None else f"{row['over_rtt']:.1f}"
         top = ", ".join(f"{k} {v:g}" for k, v in list(row["cmds_top"].items())[:4])
         print(f"{row['parties']:>7} {row['rtt_ms']:>6g} {row['round_s']:>8.3f} {row['bound_s']:>8.3f} "
-              f"{row['local_s']:>8.3f} {over:>8} {row['cmds_per_round']:>10g}  {top}")
+              f"{row['local_s']:>8.3f} {over:>8} {row['mean_copies']:>5} {row['cmds_per_round']:>10g}  {top}")
     return 0
 
 

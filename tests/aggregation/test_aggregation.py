@@ -280,3 +280,32 @@ def test_streaming_sum_equals_the_sum_of_the_gathered_uploads_and_holds_one_uplo
         np.testing.assert_array_equal(out[n]["w"], out["assist"]["w"])
     assert initial["w"].nbytes < stats["bytes_sent"] < 2 * initial["w"].nbytes  # one payload + 3 headers
     assert len(seen) == 3 and max(most_in_progress) <= 1  # a greedy reader has all 3 half read
+
+
+def test_sparse_pairing_gives_the_same_mean_with_fewer_pad_streams(federation):
+    """encryption.otp.neighbours 2 with five label trainers: each masks with two pad peers, not four,
+    and the uploads still cancel to the weighted mean."""
+    trainers = [f"node-{i}" for i in range(1, 6)]
+    ctxs = federation(trainers)
+    enc = {"otp": {**OTP["otp"], "neighbours": 2}}
+    initial = {"w": np.arange(12, dtype=np.float32).reshape(3, 4)}
+
+    def leaf(node, weight):
+        def fn():
+            lf = make_leaf(ctxs[node], enc)
+            lf.setup()
+            start = lf.receive_initial()
+            return lf.aggregate(0, {"w": start["w"] * weight}, weight), len(lf.streams)
+        return fn
+
+    def root():
+        rt = make_root(ctxs["assist"], enc)
+        rt.setup()
+        rt.broadcast_initial(initial)
+        return rt.aggregate(0, None, 0.0)
+
+    weights = dict(zip(trainers, (1.0, 2.0, 3.0, 4.0, 5.0), strict=True))
+    out = run_parties({**{n: leaf(n, w) for n, w in weights.items()}, "assist": root})
+    want = sum(w * w * initial["w"].astype(np.float64) for w in weights.values()) / sum(weights.values())
+    np.testing.assert_allclose(out["assist"]["w"], want, rtol=1e-6)
+    assert all(out[n][1] == 2 for n in trainers)

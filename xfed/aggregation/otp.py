@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from xfed.aggregation.base import WEIGHT_KEY, LeafBase, RootBase, check_same_layout, encode
-from xfed.aggregation.keyexchange import OtpSettings, agree_pad_streams
+from xfed.aggregation.keyexchange import OtpSettings, agree_pad_streams, pad_peers
 from xfed.crypto.fixedpoint import check_params, encoded_shape
 from xfed.crypto.running_sum import RunningSum
 from xfed.errors import FrameError, JobError, blaming
@@ -35,7 +35,7 @@ class OtpLeaf(LeafBase):
     def __init__(self, ctx: Any, otp: Mapping[str, Any] | None = None, **kw: Any) -> None:
         super().__init__(ctx, **kw)
         self.settings = OtpSettings.from_config(otp)
-        self.peers = [t for t in self.trainers if t != self.node_id]
+        self.peers = [t for t in self.trainers if t != self.node_id]  # pad peers: set in setup()
         self.streams: dict = {}
         self.setup_ms = 0.0
         self._ready = False
@@ -47,6 +47,8 @@ class OtpLeaf(LeafBase):
             raise JobError(f"{self.node_id} is not a label trainer of this job (trainers: {', '.join(self.trainers)})")
         if len(self.trainers) < 2:
             self.warn(_too_few_warning(len(self.trainers)))
+        if len(self.trainers) > 1:
+            self.peers = pad_peers(self.trainers, self.node_id, self.settings.neighbours)
         fed = getattr(self.ctx, "fed", None)
         identities = dict(getattr(fed, "identities", None) or {})
         self.streams = agree_pad_streams(self.comm, self.peers, self.settings, session=_session(self.ctx),
