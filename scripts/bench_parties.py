@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-
 from bench_wan import _Server  # noqa: E402
+
 from xfed.aggregation import make_leaf, make_root  # noqa: E402
 from xfed.broker.channels import Comm  # noqa: E402
 from xfed.broker.connection import connect  # noqa: E402
