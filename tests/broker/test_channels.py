@@ -236,6 +236,13 @@ def test_publish_writes_the_payload_once_and_every_receiver_reads_it(r):
         m = c.recv("root", "down", timeout=3)
         assert m.meta == {"round": 3} and np.array_equal(m.tensors["mean"], mean) and m.tensors["mean"].flags.writeable
     assert leaves["n2"].recv("root", "other", timeout=3).meta == {"first": True}
+    # once a receiver has seen a published header it reads the sender's shared stream with its mailbox:
+    # the payload comes in the read that brings the header (MULTI/EXEC), no XRANGE of its own
+    ranges = _calls(r, "xrange")
+    root.publish(list(leaves), "down", {"mean": mean * 2})
+    for c in leaves.values():
+        assert np.array_equal(c.recv("root", "down", timeout=3).tensors["mean"], mean * 2)
+    assert _calls(r, "xrange") == ranges
     # the next publish replaces the payload; a receiver that had not read the first finds it gone
     late = _comm(r, "n4")
     root.publish(["n4"], "down", {"mean": mean})

@@ -35,6 +35,8 @@ _BASE = ("-@all", "+@connection", "-@admin", "-@dangerous")
 _NODE_CMDS = (
     # data plane (Comm): append, refresh TTL, read own mailboxes, delete what was consumed
     "xadd", "expire", "pexpire", "xread", "xdel", "xlen",
+    # a published payload and the headers pointing at it land together (one MULTI/EXEC)
+    "multi", "exec", "discard",
     # command stream (consumer group), job state, events, heartbeat + registry
     "xgroup|create", "xgroup|createconsumer", "xgroup|setid", "xreadgroup", "xack", "xpending", "xautoclaim",
     "xclaim", "xinfo|stream", "xrevrange", "xrange", "hget", "hgetall", "hmget", "hset", "sadd", "set", "get",

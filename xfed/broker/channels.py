@@ -107,6 +107,11 @@ class _Inbox:
     chunks: list = field(default_factory=list)
     got: int = 0
     pending: dict[str, collections.deque] = field(default_factory=lambda: collections.defaultdict(collections.deque))
+    # the sender's shared stream (Comm.publish), read with the mailbox once a header pointed at it
+    shared_key: str | None = None
+    shared_last: bytes = b"0-0"
+    shared: dict[bytes, list[bytes]] = field(default_factory=dict)  # publish number -> payload chunks
+    shared_hint: tuple[int, int] = (0, 1)  # (chunks, bytes per chunk) of its last publish: how much to read
 
 
 def _int_field(fields: dict, name: bytes, what: str, hi: int) -> int:
@@ -117,6 +122,11 @@ def _int_field(fields: dict, name: bytes, what: str, hi: int) -> int:
     if value >= hi:
         raise FrameError(f"{what}: field {name.decode()}={value} out of range (< {hi})")
     return value
+
+
+def _stream_id(eid: bytes) -> tuple[int, int]:
+    ms, _, seq = eid.partition(b"-")
+    return int(ms), int(seq or 0)
 
 
 def _chunk(parts: list, chunk_bytes: int) -> list:
@@ -178,6 +188,7 @@ class Comm:
         self._next_job_check = 0.0
         self._consumed: dict[str, list[bytes]] = {}  # mailbox -> entry ids read but not yet deleted
         self._published = 0  # publishes so far (each replaces the one before on the shared stream)
+        self._by_shared: dict[bytes, _Inbox] = {}
 
     # --- sending -------------------------------------------------------------------------------
     def _mailbox(self, receiver: str, sender: str) -> str:
@@ -286,7 +297,9 @@ class Comm:
         shared_entries = [{b"u": pub, b"d": c} for c in chunks or []]
 
         def send() -> None:
-            pipe = self.r.pipeline(transaction=False)
+            # MULTI/EXEC (every key is in the job's slot): a reader blocked on the mailbox and the
+            # shared stream wakes once, with the header and the whole payload in one reply
+            pipe = self.r.pipeline(transaction=True)
             deletes = self._queue_deletes(pipe)
             pipe.delete(shared)  # the previous publish (every receiver has read it: see above)
             for fields in shared_entries:
@@ -467,6 +480,9 @@ class Comm:
             if ib.chunks and ib.n > len(ib.chunks):
                 entry = max(1, -(-ib.size // ib.n))
                 count = max(count, min(ib.n - len(ib.chunks), max(1, _READ_BYTES // entry)))
+            if ib.shared_key is not None:  # the next publish is likely the size of the last one
+                chunks, entry = ib.shared_hint
+                count = max(count, min(chunks, max(1, _READ_BYTES // entry)))
         return count
 
     def _queue_deletes(self, pipe: Any) -> int:
@@ -492,6 +508,9 @@ class Comm:
         Consumed entries are deleted by XDELs pipelined in front of this Comm's next command (the
         next XREAD or send), not by a round trip of their own after each read."""
         streams = {ib.key: ib.last_id for ib in inboxes}
+        for ib in inboxes:  # a published payload arrives in the same read as the header pointing at it
+            if ib.shared_key is not None:
+                streams[ib.shared_key] = ib.shared_last
         pipe = self.r.pipeline(transaction=False)
         deletes = self._queue_deletes(pipe)
         pipe.xread(streams, count=count or self._read_count(inboxes), block=max(1, int(block_s * 1000)))
@@ -511,14 +530,34 @@ class Comm:
             return
         if isinstance(reply, dict):  # RESP3 answers a map
             reply = list(reply.items())
-        for key, entries in reply:
-            inbox = self._by_key[key if isinstance(key, bytes) else key.encode()]
+        mailboxes = []
+        for key, entries in reply:  # shared payloads first: a header in this reply may point at them
+            key = key if isinstance(key, bytes) else key.encode()
+            if key in self._by_shared:
+                self._keep_shared(self._by_shared[key], entries)
+            else:
+                mailboxes.append((key, entries))
+        for key, entries in mailboxes:
+            inbox = self._by_key[key]
             ids = [eid for eid, _ in entries]
             if ids:
                 inbox.last_id = ids[-1]
                 self._consumed.setdefault(inbox.key, []).extend(ids)
             for eid, fields in entries:
                 self._feed(inbox, eid, fields)
+
+    @staticmethod
+    def _keep_shared(inbox: _Inbox, entries: list) -> None:
+        """Hold a sender's published chunks until the header pointing at them is read (only the
+        newest publish: each one replaces the one before). Malformed entries are left to the
+        header's check, which reads the stream itself when what is held does not add up."""
+        for eid, f in entries:
+            inbox.shared_last = eid
+            if not isinstance(f, dict) or set(f) != _SHARED_FIELDS:
+                continue
+            if f[b"u"] not in inbox.shared:
+                inbox.shared = {f[b"u"]: []}
+            inbox.shared[f[b"u"]].append(f[b"d"])
 
     def _fetch_shared(self, inbox: _Inbox, ref: Any, head: bytes, size: int, what: str) -> bytes:
         """A published message's header + its payload, read from the sender's shared stream."""
@@ -529,19 +568,27 @@ class Comm:
         if count > size // 1024 + 2:
             raise FrameError(f"{what}: shared payload of {count} chunks for a frame of {size} bytes")
         key = self.keys.shared(self.job_id, self.stage_id, inbox.peer, self.attempt)
-        try:
-            entries = self.r.xrange(key, count=count) if count else []
-        except redis.ResponseError as exc:
-            raise BrokerError(f"job {self.job_id}: Redis refused reading {key}: {exc}") from None
-        data = [head]
-        got = len(head)
-        for _eid, f in entries:
-            if not isinstance(f, dict) or set(f) != _SHARED_FIELDS or f[b"u"] != pub:
-                break
-            data.append(f[b"d"])
-            got += len(f[b"d"])
-            if got > size:
-                break
+        if inbox.shared_key is None:  # from now on read with the mailbox
+            inbox.shared_key = key
+            self._by_shared[key.encode()] = inbox
+        inbox.shared_hint = (count, max(1, -(-(size - len(head)) // max(1, count))))
+        held = inbox.shared.pop(pub, [])  # what the reads with the mailbox brought (a prefix)
+        if len(held) > count:
+            held = []
+        data = [head, *held]
+        got = sum(len(c) for c in data)
+        if len(held) < count:  # the rest (or all, the first time) in one read
+            first = b"(" + inbox.shared_last if held else b"-"
+            try:
+                entries = self.r.xrange(key, min=first, count=count - len(held))
+            except redis.ResponseError as exc:
+                raise BrokerError(f"job {self.job_id}: Redis refused reading {key}: {exc}") from None
+            for eid, f in entries:
+                if not isinstance(f, dict) or set(f) != _SHARED_FIELDS or f[b"u"] != pub or got > size:
+                    break
+                inbox.shared_last = max(inbox.shared_last, eid, key=_stream_id)
+                data.append(f[b"d"])
+                got += len(f[b"d"])
         if len(data) != count + 1 or got != size:
             raise FrameError(f"{what}: the shared payload on {key} is missing or replaced ({got} of {size} bytes)")
         return b"".join(data)
