@@ -165,7 +165,7 @@ class Otp(ConfigModel):
         None, description="Opt-in dropout-tolerant secure aggregation (docs/SECAGG.md §6): "
                           '{"threshold": t, "round_timeout_s": s, "precompute_pads": false}.')
     neighbours: int | None = Field(
-        None, ge=2, description="Opt-in sparse pairing (docs/SECAGG.md §7): each label trainer shares pads "
+        None, ge=2, description="Opt-in sparse pairing (docs/SECAGG.md §8): each label trainer shares pads "
                                 "with this many neighbours (even) instead of every other one; fewer "
                                 "colluders can then expose a party's update.")
 
