@@ -11,6 +11,9 @@ outlives an abandoned job, and `expire_job_keys` expires all of a job's keys whe
 receiver sizes each read from the sender's declared chunk count and frame size, so a message cut
 in small chunks still arrives in few round trips.
 
+Entry fields, received messages and chunking live in `mailbox.py`; `Comm.publish` (one payload
+written once for several receivers) in `published.py`.
+
 Every wait is bounded: `recv`/`gather` raise `ChannelTimeout` naming the peers that did not answer,
 and return early with `JobError` when `should_stop()` turns true or the job's hash says FAILED/STOPPED.
 
@@ -25,10 +28,8 @@ from __future__ import annotations
 
 import collections
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
-import numpy as np
 import redis
 
 from xfed.broker.frames import (
@@ -43,18 +44,25 @@ from xfed.broker.frames import (
     wire_header,
 )
 from xfed.broker.keys import Keys, check_id
+from xfed.broker.mailbox import (  # noqa: F401 - Message, CommStats and the defaults are part of this module's API
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_TIMEOUT_S,
+    ENTRY_FIELDS,
+    MAILBOX_TTL_S,
+    POINTER_FIELDS,
+    READ_BYTES,
+    REDIS_DOWN,
+    CommStats,
+    Inbox,
+    Message,
+    chunk_parts,
+    int_field,
+)
+from xfed.broker.published import Publishing
 from xfed.broker.retry import retry_until_deadline
 from xfed.errors import BrokerError, ChannelTimeout, FrameError, JobError, SecurityError
 
-DEFAULT_CHUNK_BYTES = 4 << 20  # measured: 4 MiB entries cost nothing over one SET of 29 MB
-DEFAULT_TIMEOUT_S = 600.0
-_READ_BYTES = 16 << 20  # one XREAD asks for about this many bytes per mailbox
-MAILBOX_TTL_S = 7 * 24 * 3600
-_ENTRY_FIELDS = {b"q", b"i", b"n", b"z", b"d"}
-_POINTER_FIELDS = _ENTRY_FIELDS | {b"p"}  # a published message: header here, payload on the shared stream
-_SHARED_FIELDS = {b"u", b"d"}
 _ABORT_STATES = {b"FAILED", b"STOPPED"}
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
 
 
 class MessageAuth(Protocol):
@@ -67,89 +75,7 @@ class MessageAuth(Protocol):
     def verify(self, signature: bytes, **fields: Any) -> bool: ...
 
 
-@dataclass
-class Message:
-    """One received message: JSON meta and named numpy arrays (writable, aligned)."""
-
-    meta: dict[str, Any]
-    tensors: dict[str, np.ndarray]
-    sender: str = ""
-    tag: str = ""
-    seq: int = 0
-    nbytes: int = 0
-
-
-@dataclass
-class CommStats:
-    """Running totals for one Comm; callers take differences around a round."""
-
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    messages_sent: int = 0
-    messages_received: int = 0
-    wait_s: float = 0.0
-
-    def snapshot(self) -> CommStats:
-        return CommStats(**self.__dict__)
-
-
-@dataclass
-class _Inbox:
-    """Receive state for one sender: stream position, message being assembled, messages by tag."""
-
-    peer: str
-    key: str
-    last_id: bytes = b"0-0"
-    next_seq: int = 0
-    seq: int = -1
-    n: int = 0
-    size: int = 0
-    chunks: list = field(default_factory=list)
-    got: int = 0
-    pending: dict[str, collections.deque] = field(default_factory=lambda: collections.defaultdict(collections.deque))
-    # the sender's shared stream (Comm.publish), read with the mailbox once a header pointed at it
-    shared_key: str | None = None
-    shared_last: bytes = b"0-0"
-    shared: dict[bytes, list[bytes]] = field(default_factory=dict)  # publish number -> payload chunks
-    shared_hint: tuple[int, int] = (0, 1)  # (chunks, bytes per chunk) of its last publish: how much to read
-
-
-def _int_field(fields: dict, name: bytes, what: str, hi: int) -> int:
-    raw = fields[name]
-    if not isinstance(raw, bytes) or not raw.isdigit() or len(raw) > 19:
-        raise FrameError(f"{what}: field {name.decode()} is not a non-negative integer")
-    value = int(raw)
-    if value >= hi:
-        raise FrameError(f"{what}: field {name.decode()}={value} out of range (< {hi})")
-    return value
-
-
-def _stream_id(eid: bytes) -> tuple[int, int]:
-    ms, _, seq = eid.partition(b"-")
-    return int(ms), int(seq or 0)
-
-
-def _chunk(parts: list, chunk_bytes: int) -> list:
-    """Cut a frame's buffers into entries of at most chunk_bytes; large tensors are sliced, not copied."""
-    chunks: list = []
-    pieces: list = []
-    room = chunk_bytes
-    for part in parts:
-        view = memoryview(part).cast("B") if not isinstance(part, bytes) else memoryview(part)
-        while len(view):
-            take = view[:room]
-            pieces.append(take)
-            room -= len(take)
-            view = view[len(take):]
-            if room == 0:
-                chunks.append(pieces[0] if len(pieces) == 1 else b"".join(pieces))
-                pieces, room = [], chunk_bytes
-    if pieces or not chunks:
-        chunks.append(pieces[0] if len(pieces) == 1 else b"".join(pieces))
-    return chunks
-
-
-class Comm:
+class Comm(Publishing):
     """Channels of one node within one (job, stage, attempt), over a redis.Redis client.
 
     `timeout` bounds every recv/gather (override per call); `should_stop` is polled while waiting;
@@ -183,12 +109,12 @@ class Comm:
         self.auth = auth
         self.stats = CommStats()
         self._send_seq: dict[str, int] = collections.defaultdict(int)
-        self._inboxes: dict[str, _Inbox] = {}
-        self._by_key: dict[bytes, _Inbox] = {}
+        self._inboxes: dict[str, Inbox] = {}
+        self._by_key: dict[bytes, Inbox] = {}
         self._next_job_check = 0.0
         self._consumed: dict[str, list[bytes]] = {}  # mailbox -> entry ids read but not yet deleted
         self._published = 0  # publishes so far (each replaces the one before on the shared stream)
-        self._by_shared: dict[bytes, _Inbox] = {}
+        self._by_shared: dict[bytes, Inbox] = {}
 
     # --- sending -------------------------------------------------------------------------------
     def _mailbox(self, receiver: str, sender: str) -> str:
@@ -240,7 +166,7 @@ class Comm:
                 parts, size = encode_frame_parts(header, wire, {**(meta or {}), SIGNATURE_KEY: sig.hex()})
             if size > self.max_frame_bytes:
                 raise FrameError(f"message {tag!r} to {peer} is {size} bytes (limit {self.max_frame_bytes})")
-            chunks = _chunk(parts, self.chunk_bytes)
+            chunks = chunk_parts(parts, self.chunk_bytes)
             key = self._mailbox(peer, self.node_id)
             n = len(chunks)
             self._append(key, peer, tag, [{b"q": seq, b"i": i, b"n": n, b"z": size, b"d": data}
@@ -250,80 +176,6 @@ class Comm:
             self.stats.messages_sent += 1
             total_sent += size
         return total_sent
-
-    def publish(self, peers: Iterable[str], tag: str, tensors: Mapping[str, Any] | None = None,
-                meta: Mapping[str, Any] | None = None) -> int:
-        """Send the same message to every peer with its payload written once (returns the bytes written).
-
-        The payload goes to this node's shared stream (`Keys.shared`); each peer's mailbox gets the
-        frame's header alone (its own sequence number and signature, which binds the payload's
-        digest as for `broadcast`) pointing at it, and the receiver fetches the payload when it
-        reads the header. Everything is one pipelined round trip. A publish replaces this node's
-        previous one in this stage: use it where every receiver has read a message before the next
-        is published (a round's mean: the next one needs every party's next upload first)."""
-        peers = [check_id("node id", p) for p in peers]
-        if meta and SIGNATURE_KEY in meta:
-            raise FrameError(f"message {tag!r}: meta key {SIGNATURE_KEY!r} is reserved for the signature")
-        if not peers:
-            return 0
-        wire = {name: as_wire_array(name, value) for name, value in (tensors or {}).items()}
-        signing = self.auth is not None and self.auth.can_sign
-        self._published += 1
-        pub = self._published
-        shared = self.keys.shared(self.job_id, self.stage_id, self.node_id, self.attempt)
-        chunks: list | None = None
-        entries: list[tuple[str, str, list[dict]]] = []
-        total = 0
-        body_digest = None
-        for peer in peers:
-            seq = self._send_seq[peer]
-            header = FrameHeader(sender=self.node_id, receiver=peer, job=self.job_id, stage=self.stage_id,
-                                 channel=tag, seq=seq, attempt=self.attempt)
-            parts, size = encode_frame_parts(header, wire, meta)
-            if signing:
-                body_digest = body_digest or payload_digest(parts[1:])
-                sig = self.auth.sign(**self._signed(tag, self.node_id, peer, seq,
-                                                    header_digest(wire_header(parts[0])), body_digest))
-                parts, size = encode_frame_parts(header, wire, {**(meta or {}), SIGNATURE_KEY: sig.hex()})
-            if size > self.max_frame_bytes:
-                raise FrameError(f"message {tag!r} to {peer} is {size} bytes (limit {self.max_frame_bytes})")
-            if chunks is None:
-                chunks = _chunk(parts[1:], self.chunk_bytes) if len(parts) > 1 else []
-                total += size - len(parts[0])
-            entries.append((self._mailbox(peer, self.node_id), peer,
-                            [{b"q": seq, b"i": 0, b"n": 1, b"z": size, b"d": parts[0],
-                              b"p": f"{pub} {len(chunks)}".encode()}]))
-            total += len(parts[0])
-        shared_entries = [{b"u": pub, b"d": c} for c in chunks or []]
-
-        def send() -> None:
-            # MULTI/EXEC (every key is in the job's slot): a reader blocked on the mailbox and the
-            # shared stream wakes once, with the header and the whole payload in one reply
-            pipe = self.r.pipeline(transaction=True)
-            deletes = self._queue_deletes(pipe)
-            pipe.delete(shared)  # the previous publish (every receiver has read it: see above)
-            for fields in shared_entries:
-                pipe.xadd(shared, fields)
-            pipe.expire(shared, self.mailbox_ttl_s)
-            for key, _peer, fields_list in entries:
-                for fields in fields_list:
-                    pipe.xadd(key, fields)
-                pipe.expire(key, self.mailbox_ttl_s)
-            replies = pipe.execute(raise_on_error=False)
-            self._consumed.clear()
-            for reply in replies[deletes:]:
-                if isinstance(reply, _REDIS_DOWN):
-                    raise reply
-                if isinstance(reply, redis.ResponseError):
-                    raise BrokerError(f"job {self.job_id}: Redis refused publishing {tag!r} on {shared}: {reply}")
-
-        self._retry_send(send, tag, ", ".join(peers))
-        for _key, peer, _ in entries:
-            self._send_seq[peer] += 1
-            self.stats.messages_sent += 1
-        self.stats.bytes_sent += total
-        return total
-
     def _signed(self, channel: str, sender: str, receiver: str, seq: int, head: bytes, body: bytes) -> dict:
         """The fields a message signature binds (xfed.security.messages.message_transcript)."""
         return dict(namespace=self.keys.namespace, job=self.job_id, stage=self.stage_id, attempt=self.attempt,
@@ -345,7 +197,7 @@ class Comm:
             replies = pipe.execute(raise_on_error=False)
             self._consumed.clear()
             for reply in replies[deletes:]:
-                if isinstance(reply, _REDIS_DOWN):
+                if isinstance(reply, REDIS_DOWN):
                     raise reply
                 if isinstance(reply, redis.ResponseError):
                     raise BrokerError(f"job {self.job_id}: Redis refused {tag!r} to {peer} on {key}: {reply}")
@@ -358,17 +210,17 @@ class Comm:
                 raise JobError(f"job {self.job_id}: stopped while node {self.node_id} was sending {tag!r}")
 
         retry_until_deadline(
-            send, seconds=self.send_retry_s, transient=_REDIS_DOWN, first_delay=0.1, max_delay=2.0,
+            send, seconds=self.send_retry_s, transient=REDIS_DOWN, first_delay=0.1, max_delay=2.0,
             between=stopped,
             give_up=lambda exc: BrokerError(f"job {self.job_id}: could not send {tag!r} to {to} "
                                             f"(Redis unreachable for {self.send_retry_s:g} s: {exc})"))
 
     # --- receiving -----------------------------------------------------------------------------
-    def _inbox(self, peer: str) -> _Inbox:
+    def _inbox(self, peer: str) -> Inbox:
         inbox = self._inboxes.get(peer)
         if inbox is None:
             key = self._mailbox(self.node_id, check_id("node id", peer))
-            inbox = self._inboxes[peer] = _Inbox(peer=peer, key=key)
+            inbox = self._inboxes[peer] = Inbox(peer=peer, key=key)
             self._by_key[key.encode()] = inbox
         return inbox
 
@@ -464,25 +316,25 @@ class Comm:
         self._next_job_check = now + self.job_check_s
         try:
             state, reason = self.r.hmget(self.keys.job(self.job_id), ["state", "reason"])
-        except _REDIS_DOWN:
+        except REDIS_DOWN:
             return  # the wait loop keeps retrying until its deadline
         if state in _ABORT_STATES:
             why = f": {reason.decode('utf-8', 'replace')}" if reason else ""
             raise JobError(f"job {self.job_id} is {state.decode()}{why} (node {self.node_id} stopped waiting "
                            f"for {tag!r})")
 
-    def _read_count(self, inboxes: list[_Inbox]) -> int:
+    def _read_count(self, inboxes: list[Inbox]) -> int:
         """Entries per mailbox for one XREAD, sized from the senders' own headers: a message being
         assembled declares its chunk count and size, so the rest of it comes in one read (up to
-        _READ_BYTES of the sender's entries), whatever chunk size this receiver would use itself."""
-        count = max(1, _READ_BYTES // self.chunk_bytes)  # nothing in progress: a first read
+        READ_BYTES of the sender's entries), whatever chunk size this receiver would use itself."""
+        count = max(1, READ_BYTES // self.chunk_bytes)  # nothing in progress: a first read
         for ib in inboxes:
             if ib.chunks and ib.n > len(ib.chunks):
                 entry = max(1, -(-ib.size // ib.n))
-                count = max(count, min(ib.n - len(ib.chunks), max(1, _READ_BYTES // entry)))
+                count = max(count, min(ib.n - len(ib.chunks), max(1, READ_BYTES // entry)))
             if ib.shared_key is not None:  # the next publish is likely the size of the last one
                 chunks, entry = ib.shared_hint
-                count = max(count, min(chunks, max(1, _READ_BYTES // entry)))
+                count = max(count, min(chunks, max(1, READ_BYTES // entry)))
         return count
 
     def _queue_deletes(self, pipe: Any) -> int:
@@ -498,11 +350,11 @@ class Comm:
             self._queue_deletes(pipe)
             try:
                 pipe.execute(raise_on_error=False)
-            except _REDIS_DOWN:
+            except REDIS_DOWN:
                 return  # kept for the next command; the mailbox TTL bounds them anyway
             self._consumed.clear()
 
-    def _pump(self, inboxes: list[_Inbox], block_s: float, count: int | None = None) -> None:
+    def _pump(self, inboxes: list[Inbox], block_s: float, count: int | None = None) -> None:
         """Read what has arrived in these mailboxes (blocking up to block_s) and assemble it.
 
         Consumed entries are deleted by XDELs pipelined in front of this Comm's next command (the
@@ -516,12 +368,12 @@ class Comm:
         pipe.xread(streams, count=count or self._read_count(inboxes), block=max(1, int(block_s * 1000)))
         try:
             replies = pipe.execute(raise_on_error=False)
-        except _REDIS_DOWN:
+        except REDIS_DOWN:
             time.sleep(min(block_s, 0.5))
             return
         self._consumed.clear()  # a refused XDEL leaves entries to expire with the mailbox
         reply = replies[deletes]
-        if isinstance(reply, _REDIS_DOWN):
+        if isinstance(reply, REDIS_DOWN):
             time.sleep(min(block_s, 0.5))
             return
         if isinstance(reply, redis.ResponseError):
@@ -546,62 +398,15 @@ class Comm:
             for eid, fields in entries:
                 self._feed(inbox, eid, fields)
 
-    @staticmethod
-    def _keep_shared(inbox: _Inbox, entries: list) -> None:
-        """Hold a sender's published chunks until the header pointing at them is read (only the
-        newest publish: each one replaces the one before). Malformed entries are left to the
-        header's check, which reads the stream itself when what is held does not add up."""
-        for eid, f in entries:
-            inbox.shared_last = eid
-            if not isinstance(f, dict) or set(f) != _SHARED_FIELDS:
-                continue
-            if f[b"u"] not in inbox.shared:
-                inbox.shared = {f[b"u"]: []}
-            inbox.shared[f[b"u"]].append(f[b"d"])
-
-    def _fetch_shared(self, inbox: _Inbox, ref: Any, head: bytes, size: int, what: str) -> bytes:
-        """A published message's header + its payload, read from the sender's shared stream."""
-        parts = ref.split(b" ") if isinstance(ref, bytes) else []
-        if len(parts) != 2 or not all(p.isdigit() and len(p) <= 12 for p in parts):
-            raise FrameError(f"{what}: malformed shared-payload reference {str(ref)[:40]}")
-        pub, count = parts[0], int(parts[1])
-        if count > size // 1024 + 2:
-            raise FrameError(f"{what}: shared payload of {count} chunks for a frame of {size} bytes")
-        key = self.keys.shared(self.job_id, self.stage_id, inbox.peer, self.attempt)
-        if inbox.shared_key is None:  # from now on read with the mailbox
-            inbox.shared_key = key
-            self._by_shared[key.encode()] = inbox
-        inbox.shared_hint = (count, max(1, -(-(size - len(head)) // max(1, count))))
-        held = inbox.shared.pop(pub, [])  # what the reads with the mailbox brought (a prefix)
-        if len(held) > count:
-            held = []
-        data = [head, *held]
-        got = sum(len(c) for c in data)
-        if len(held) < count:  # the rest (or all, the first time) in one read
-            first = b"(" + inbox.shared_last if held else b"-"
-            try:
-                entries = self.r.xrange(key, min=first, count=count - len(held))
-            except redis.ResponseError as exc:
-                raise BrokerError(f"job {self.job_id}: Redis refused reading {key}: {exc}") from None
-            for eid, f in entries:
-                if not isinstance(f, dict) or set(f) != _SHARED_FIELDS or f[b"u"] != pub or got > size:
-                    break
-                inbox.shared_last = max(inbox.shared_last, eid, key=_stream_id)
-                data.append(f[b"d"])
-                got += len(f[b"d"])
-        if len(data) != count + 1 or got != size:
-            raise FrameError(f"{what}: the shared payload on {key} is missing or replaced ({got} of {size} bytes)")
-        return b"".join(data)
-
-    def _feed(self, inbox: _Inbox, eid: bytes, fields: dict) -> None:
+    def _feed(self, inbox: Inbox, eid: bytes, fields: dict) -> None:
         what = f"job {self.job_id}: message from {inbox.peer} (entry {eid.decode(errors='replace')})"
-        if not isinstance(fields, dict) or set(fields) not in (_ENTRY_FIELDS, _POINTER_FIELDS):
+        if not isinstance(fields, dict) or set(fields) not in (ENTRY_FIELDS, POINTER_FIELDS):
             got = sorted(k.decode(errors="replace") for k in fields) if isinstance(fields, dict) else fields
             raise FrameError(f"{what}: malformed mailbox entry with fields {str(got)[:80]}")
-        seq = _int_field(fields, b"q", what, 1 << 53)
-        size = _int_field(fields, b"z", what, self.max_frame_bytes + 1)
-        n = _int_field(fields, b"n", what, (size // 1024) + 2)
-        i = _int_field(fields, b"i", what, n)
+        seq = int_field(fields, b"q", what, 1 << 53)
+        size = int_field(fields, b"z", what, self.max_frame_bytes + 1)
+        n = int_field(fields, b"n", what, (size // 1024) + 2)
+        i = int_field(fields, b"i", what, n)
         data = fields[b"d"]
         if n < 1:
             raise FrameError(f"{what}: chunk count 0")
