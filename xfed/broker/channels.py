@@ -134,6 +134,8 @@ class Comm(Publishing):
             old = self._inboxes.pop(peer, None)
             if old is not None:
                 self._by_key.pop(old.key.encode(), None)
+                if old.shared_key is not None:
+                    self._by_shared.pop(old.shared_key.encode(), None)
         if outbound and self._out_inc.get(peer, 0) != k:
             self._out_inc[peer] = k
             self._send_seq[peer] = 0
