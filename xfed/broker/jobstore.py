@@ -371,6 +371,18 @@ class JobStore:
             self.signal(job_id, new.value)
         return rc == 1
 
+    def wait_signal(self, job_id: str, last_id: bytes | str, block_s: float) -> bytes | str:
+        """Block up to `block_s` for a state change of the job after `last_id` ("0-0": any); the id
+        of the newest one seen (`last_id` when none came). BrokerError when Redis does not answer."""
+        key = self.keys.job_signal(job_id)
+        reply = self._call(self.r.xread, {key: last_id}, count=16, block=max(1, int(block_s * 1000)))
+        if isinstance(reply, dict):  # RESP3
+            reply = list(reply.items())
+        for _key, entries in reply or []:
+            if entries:
+                last_id = entries[-1][0]
+        return last_id
+
     def signal(self, job_id: str, what: str) -> None:
         """Wake the job's stop watchers (`xfed.node.context.StopWatcher` blocks on this stream).
 

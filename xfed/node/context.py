@@ -70,22 +70,15 @@ class StopWatcher:
             self.stop(f"job is now attempt {int(attempt)}")
 
     def _watch(self) -> None:
-        key = self.jobs.keys.job_signal(self.job_id)
-        last = "0-0"
+        last: bytes | str = "0-0"
         while not self._closed.is_set() and not self.flag.is_set():
             self.check()
             if self.flag.is_set():
                 return
             try:
-                reply = self.jobs.r.xread({key: last}, count=16, block=max(1, int(self.poll_s * 1000)))
-            except Exception:  # noqa: BLE001 - a Redis blip or a user without the key: poll instead
+                last = self.jobs.wait_signal(self.job_id, last, self.poll_s)
+            except BrokerError:  # a Redis blip or a user without the key: poll instead
                 self._closed.wait(min(self.poll_s, 1.0))
-                continue
-            if isinstance(reply, dict):  # RESP3
-                reply = list(reply.items())
-            for _key, entries in reply or []:
-                if entries:
-                    last = entries[-1][0]
 
 
 @dataclass
