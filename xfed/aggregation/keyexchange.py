@@ -34,6 +34,7 @@ class OtpSettings:
     csprng: str = "hmac_drbg"       # csprng.name
     method: str = "sha512"          # csprng.method (hmac_drbg's hash)
     lanes: int = DEFAULT_LANES      # sub-streams per pair (both ends must agree)
+    neighbours: int | None = None   # pad peers per party (SecAgg+-style sparse graph); None: every other party
 
     @classmethod
     def from_config(cls, otp: Mapping[str, Any] | None) -> OtpSettings:
@@ -45,7 +46,8 @@ class OtpSettings:
                     frac_bits=None if otp.get("frac_bits") is None else int(otp["frac_bits"]),
                     group_bits=int(kx.get("key_bitlength", 3072)), optimized=bool(kx.get("optimized", True)),
                     csprng=str(cs.get("name", "hmac_drbg")), method=str(cs.get("method", "sha512")),
-                    lanes=int(otp.get("lanes", DEFAULT_LANES)))
+                    lanes=int(otp.get("lanes", DEFAULT_LANES)),
+                    neighbours=None if otp.get("neighbours") is None else int(otp["neighbours"]))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"train_params.encryption.otp: {exc}") from None
         if s.bits not in (64, 128):
@@ -58,7 +60,28 @@ class OtpSettings:
             raise ConfigError(f"train_params.encryption.otp.key_exchange.key_bitlength: {exc}") from None
         if not 1 <= s.lanes <= 64:
             raise ConfigError(f"train_params.encryption.otp.lanes: expected 1..64, got {s.lanes}")
+        if s.neighbours is not None and (s.neighbours < 2 or s.neighbours % 2):
+            raise ConfigError(f"train_params.encryption.otp.neighbours: expected an even number >= 2, got {s.neighbours}")
         return s
+
+
+def pad_peers(parties: list[str], me: str, neighbours: int | None = None) -> list[str]:
+    """The parties `me` shares a pad stream with.
+
+    None (the default) or neighbours >= len(parties) - 1: every other party. Otherwise the sparse
+    pairing graph of SecAgg+ in its deterministic form: the parties in sorted order on a ring, each
+    paired with the neighbours/2 nearest on either side (a circulant graph, connected and symmetric:
+    b is a's pad peer iff a is b's), so a party draws `neighbours` pad streams, not N-1, and the
+    key exchange sends N * neighbours values, not N * (N-1). docs/SECAGG.md says what it costs."""
+    ring = sorted(set(parties))
+    if me not in ring:
+        raise ValueError(f"{me!r} is not one of the masked parties")
+    n = len(ring)
+    if neighbours is None or neighbours >= n - 1:
+        return [p for p in ring if p != me]
+    i = ring.index(me)
+    near = {ring[(i + d) % n] for k in range(1, neighbours // 2 + 1) for d in (k, -k)}
+    return [p for p in ring if p in near]
 
 
 def exchange_publics(comm: Any, peers: list[str], *, session: str, group: DhGroup, public: int,

@@ -35,6 +35,8 @@ _BASE = ("-@all", "+@connection", "-@admin", "-@dangerous")
 _NODE_CMDS = (
     # data plane (Comm): append, refresh TTL, read own mailboxes, delete what was consumed
     "xadd", "expire", "pexpire", "xread", "xdel", "xlen",
+    # a published payload and the headers pointing at it land together (one MULTI/EXEC)
+    "multi", "exec", "discard",
     # command stream (consumer group), job state, events, heartbeat + registry
     "xgroup|create", "xgroup|createconsumer", "xgroup|setid", "xreadgroup", "xack", "xpending", "xautoclaim",
     "xclaim", "xinfo|stream", "xrevrange", "xrange", "hget", "hgetall", "hmget", "hset", "sadd", "set", "get",
@@ -101,7 +103,8 @@ def scheduler_selectors(keys: Keys) -> list[str]:
     """Everything of the control plane; mailboxes write-only (deleted when a job ends, never read)."""
     ns = keys.namespace
     return [f"~{ns}:requests", f"~{ns}:job_counter", f"~{ns}:jobs", f"~{ns}:job:{{*}}",
-            f"~{ns}:job:{{*}}:events", f"%W~{ns}:job:{{*}}:s:*", f"~{ns}:node:{{*}}:*", f"~{ns}:nodes",
+            f"~{ns}:job:{{*}}:events", f"~{ns}:job:{{*}}:signal", f"%W~{ns}:job:{{*}}:s:*",
+            f"%W~{ns}:job:{{*}}:p:*", f"~{ns}:node:{{*}}:*", f"~{ns}:nodes",
             f"~{ns}:scheduler", f"~{ns}:reply:*"]
 
 
@@ -109,7 +112,7 @@ def client_selectors(keys: Keys) -> list[str]:
     """Post requests, read answers, job state and events, the node registry; no mailbox at all."""
     ns = keys.namespace
     return [f"%W~{ns}:requests", f"~{ns}:reply:*", f"%R~{ns}:scheduler", f"%R~{ns}:job:{{*}}",
-            f"%R~{ns}:job:{{*}}:events", f"~{ns}:jobs", f"%R~{ns}:nodes", f"%R~{ns}:node:{{*}}:hb",
+            f"%R~{ns}:job:{{*}}:events", f"%W~{ns}:job:{{*}}:signal", f"~{ns}:jobs", f"%R~{ns}:nodes", f"%R~{ns}:node:{{*}}:hb",
             f"%R~{ns}:node:{{*}}:info"]
 
 
