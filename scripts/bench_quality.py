@@ -526,7 +526,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
     try:
         strategy_params = json.loads(args.strategy_params)
-        make_strategy(args.strategy, strategy_params)
+        make_strategy(args.strategy, strategy_params, rounds=1)  # validation only
     except ValueError as exc:  # json's and pydantic's errors are ValueErrors
         raise ConfigError(f"--strategy {args.strategy} --strategy-params: {str(exc).splitlines()[0]}") from None
     except XfedError as exc:

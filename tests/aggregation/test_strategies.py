@@ -93,6 +93,26 @@ def test_fedadagrad_hand_computed_step_and_default_without_momentum():
     np.testing.assert_allclose(y1, [1 + 2 / (math.sqrt(4.25) + 0.5), 2.0], rtol=1e-6)
 
 
+def test_cosine_server_lr_decays_over_the_job_rounds_hand_computed():
+    # FedAvgM without momentum: x_{t+1} = x_t + eta_t * delta_t; eta_t = eta * (1 + cos(pi (t - 1) / T)) / 2
+    s = FedAvgM(FedAvgM.Params(server_lr=2.0, momentum=0.0, server_lr_schedule="cosine"), rounds=4)
+    assert [s.server_lr(t) for t in (1, 2, 3, 4)] == pytest.approx([2.0, 1 + math.sqrt(0.5), 1.0, 1 - math.sqrt(0.5)])
+    x1, x2 = _steps(s, [[2, 2], [2, 2]])  # round 1: delta [1, 0] at eta 2; round 2: delta [2 - 3, 0]
+    np.testing.assert_allclose(x1, [3.0, 2.0])
+    np.testing.assert_allclose(x2, [3 - (1 + math.sqrt(0.5)), 2.0], rtol=1e-6)
+    # FedAdam: the same first step as at a constant eta, scaled by eta_t
+    cos = FedAdam(FedAdam.Params(server_lr=1.0, beta_1=0.5, beta_2=0.75, tau=0.5, server_lr_schedule="cosine"),
+                  rounds=3)
+    (c1, c2), (k1, k2) = _steps(_opt(FedAdam, beta_2=0.75), [[3, 2], [3, 2]]), _steps(cos, [[3, 2], [3, 2]])
+    np.testing.assert_allclose(k1, c1, rtol=1e-7)  # round 1: eta_1 = eta
+    np.testing.assert_allclose(k2 - k1, 0.75 * (c2 - c1), rtol=1e-6)  # round 2: same m, v; eta_2 = 0.75 eta
+    with pytest.raises(JobError, match="needs the job's number of rounds"):
+        make_strategy("fedadam", {"server_lr_schedule": "cosine"})
+    with pytest.raises(ValidationError):
+        StrategyChoice.model_validate({"fedadam": {"server_lr_schedule": "step"}})
+    assert make_strategy("fedyogi", {"server_lr_schedule": "cosine"}, rounds=9).server_lr(10) == pytest.approx(0.0)
+
+
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_a_strategy_restored_from_its_state_continues_exactly(name):
     rng = np.random.default_rng(0)
