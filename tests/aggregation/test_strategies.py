@@ -93,6 +93,30 @@ def test_fedadagrad_hand_computed_step_and_default_without_momentum():
     np.testing.assert_allclose(y1, [1 + 2 / (math.sqrt(4.25) + 0.5), 2.0], rtol=1e-6)
 
 
+def test_fedadam_with_bias_correction_over_one_sgd_step_is_torch_adam_on_the_gradients():
+    # each round the parties take one SGD step (lr 1) from the global x: their mean is x - g, the mean gradient
+    import torch
+
+    rng = np.random.default_rng(1)
+    grads = [rng.normal(size=3) * 10 ** rng.uniform(-3, 0, size=3) for _ in range(6)]
+    x0 = np.array([0.5, -1.0, 2.0])
+    s = FedAdam(FedAdam.Params(server_lr=0.1, beta_1=0.9, beta_2=0.999, tau=1e-8, bias_correction=True))
+    s.start({"w": x0.astype(np.float32)})
+    w = torch.nn.Parameter(torch.tensor(x0, dtype=torch.float64))
+    adam = torch.optim.Adam([w], lr=0.1, betas=(0.9, 0.999), eps=1e-8)
+    for r, g in enumerate(grads, 1):
+        x = s.current["w"].astype(np.float64)
+        got = s.step(r, {"w": x - g})["w"]
+        w.data = torch.tensor(x)  # the server's float32 global, as the parties receive it
+        w.grad = torch.tensor(g)
+        adam.step()
+        np.testing.assert_allclose(got, w.detach().numpy().astype(np.float32), rtol=1e-6, atol=1e-7)
+    # FedAdagrad's v is a sum: only m is corrected
+    a = FedAdagrad(FedAdagrad.Params(server_lr=1.0, beta_1=0.5, tau=0.5, bias_correction=True))
+    [y1] = _steps(a, [[3, 2]])  # m = .5 * 2 = 1 -> 1 / (1 - .5) = 2; v = 0 + 4
+    np.testing.assert_allclose(y1, [1 + 2 / (2 + 0.5), 2.0], rtol=1e-6)
+
+
 def test_cosine_server_lr_decays_over_the_job_rounds_hand_computed():
     # FedAvgM without momentum: x_{t+1} = x_t + eta_t * delta_t; eta_t = eta * (1 + cos(pi (t - 1) / T)) / 2
     s = FedAvgM(FedAvgM.Params(server_lr=2.0, momentum=0.0, server_lr_schedule="cosine"), rounds=4)
