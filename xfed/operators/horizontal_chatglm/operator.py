@@ -406,7 +406,7 @@ class _Assist(_Party):
         # warns on otp < 2 masked parties
         root = make_root(_KeepWarnings(ctx, self.warnings), self.params.get("encryption"), timeout=ROUND_TIMEOUT_S,
                          min_parties=(self.params.get("aggregation") or {}).get("min_parties"),
-                         strategy=self.aggregation.build_strategy())
+                         strategy=self.aggregation.build_strategy(rounds))
         root.setup()
         root.broadcast_initial(extract_trainable(self.peft_model))
         resume.restore_strategy(ctx, self.output_dir, start, root.strategy)  # moments of round `start`
