@@ -259,24 +259,18 @@ class SecAggLeaf(_SecAgg, LeafBase):
         # a rejoiner keys late answers (a member that was not among the last round's contributors)
         self._adopt_answers([p for p in self.peers if p not in self.share_keys], 0)
         keyed = [p for p in self.peers if p in self.share_keys]  # a rejoiner may lack a channel with some
-        for peer in keyed:
-            self.comm.send(peer, tag_keys(round_idx), meta=keys_message(
-                own, share_key=self.share_keys[peer], epoch_session=self.session, epoch=self.epoch,
-                round_idx=round_idx, sender=me, receiver=peer, x_receiver=self.index[peer], group_bits=self.group.bits,
-                identity_key=key))
+        # all or none: a party killed while sending must not leave its mask key shared with fewer peers
+        # than pair with it (the root could then not remove its pads: "1 share(s), threshold 3")
+        self.comm.send_each(tag_keys(round_idx), {peer: keys_message(
+            own, share_key=self.share_keys[peer], epoch_session=self.session, epoch=self.epoch,
+            round_idx=round_idx, sender=me, receiver=peer, x_receiver=self.index[peer], group_bits=self.group.bits,
+            identity_key=key) for peer in keyed})
         active = [p for p in keyed if p in self.active]
         got = self.comm.gather_until(active, tag_keys(round_idx), self.wait_s)
         others = [p for p in keyed if p not in self.active]
         if others:  # a party late last round: taken if its keys come within a grace after the others'
             got.update(self.comm.gather_until(others, tag_keys(round_idx), self.grace_s))
-        pinned = _identities(self.ctx)
-        for p in got:
-            if pinned and not pinned.get(p):
-                raise SecurityError(f"round {round_idx} keys {p} -> {me}: fed_conf.json pins identities but none for {p}")
-        held = {p: open_keys_message(msg.meta, group=self.group, share_key=self.share_keys[p],
-                                     epoch_session=self.session, epoch=self.epoch, round_idx=round_idx, sender=p,
-                                     receiver=me, x_receiver=self.index[me], pinned=pinned.get(p) if pinned else None)
-                for p, msg in got.items()}
+        held = self._open_keys(round_idx, got)
         s = self.settings
         streams: dict[str, PadStream] = {
             p: pad_stream(shared_secret(self.group, own.private, h.public), csprng=s.csprng, method=s.method,
@@ -288,6 +282,17 @@ class SecAggLeaf(_SecAgg, LeafBase):
             prep.pad = self._draw(prep, words)
         self._prepared = {round_idx: prep}
         return prep
+
+    def _open_keys(self, round_idx: int, got: Mapping[str, Any]) -> dict[str, Any]:
+        """Verify and decrypt peers' round-key messages (their public values and our shares)."""
+        me, pinned = self.node_id, _identities(self.ctx)
+        for p in got:
+            if pinned and not pinned.get(p):
+                raise SecurityError(f"round {round_idx} keys {p} -> {me}: fed_conf.json pins identities but none for {p}")
+        return {p: open_keys_message(msg.meta, group=self.group, share_key=self.share_keys[p],
+                                     epoch_session=self.session, epoch=self.epoch, round_idx=round_idx, sender=p,
+                                     receiver=me, x_receiver=self.index[me], pinned=pinned.get(p) if pinned else None)
+                for p, msg in got.items()}
 
     def _draw(self, prep: Prepared, words: int) -> np.ndarray:
         pad = np.zeros(words, dtype=np.uint64)
@@ -369,6 +374,13 @@ class SecAggLeaf(_SecAgg, LeafBase):
         self.ledger.allow(round_idx, me=self.node_id, asker=self.assist_id, members=self.trainers,
                           survivors=survivors, dropped=dropped, floor=self.floor)
         me = self.node_id
+        # keys that came after this party stopped waiting still carry our shares: the root may need them
+        # (a party that others paired with, or a survivor whose self-mask needs t seed shares)
+        late = [o for o in survivors + dropped if o != me and o not in prep.held and o in self.share_keys]
+        if late:
+            shares = dict(prep.held)
+            shares.update(self._open_keys(round_idx, self.comm.gather_until(late, tag_keys(round_idx), 0)))
+            prep = Prepared(prep.own, shares, prep.streams, pad=prep.pad)
         seeds = {o: encode_share(prep.own.seed_shares[self.index[me]] if o == me else prep.held[o].seed_share).hex()
                  for o in survivors if o == me or o in prep.held}
         keys = {v: encode_share(prep.held[v].key_share).hex() for v in dropped if v in prep.held}

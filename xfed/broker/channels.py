@@ -149,60 +149,86 @@ class Comm(Publishing):
                   meta: Mapping[str, Any] | None = None) -> int:
         """Send the same message to every peer (encoded once); returns the total bytes sent."""
         peers = [check_id("node id", p) for p in peers]
-        if meta and SIGNATURE_KEY in meta:
-            raise FrameError(f"message {tag!r}: meta key {SIGNATURE_KEY!r} is reserved for the signature")
-        total_sent = 0
         # convert once; per peer only the small JSON prefix differs and the arrays are not copied
         wire = {name: as_wire_array(name, value) for name, value in (tensors or {}).items()}
-        signing = self.auth is not None and self.auth.can_sign
-        body_digest = None
+        digest: list[bytes] = []  # the payload is hashed once for all receivers' signatures
+        total_sent = 0
         for peer in peers:
-            seq = self._send_seq[peer]
-            header = FrameHeader(sender=self.node_id, receiver=peer, job=self.job_id, stage=self.stage_id,
-                                 channel=tag, seq=seq, attempt=self.attempt)
-            parts, size = encode_frame_parts(header, wire, meta)
-            if signing:  # one signature per receiver (it binds the receiver); the payload is hashed once
-                body_digest = body_digest or payload_digest(parts[1:])
-                sig = self.auth.sign(**self._signed(tag, self.node_id, peer, seq,
-                                                    header_digest(wire_header(parts[0])), body_digest))
-                parts, size = encode_frame_parts(header, wire, {**(meta or {}), SIGNATURE_KEY: sig.hex()})
-            if size > self.max_frame_bytes:
-                raise FrameError(f"message {tag!r} to {peer} is {size} bytes (limit {self.max_frame_bytes})")
-            chunks = chunk_parts(parts, self.chunk_bytes)
-            key = self._mailbox(peer, self.node_id)
-            n = len(chunks)
-            self._append(key, peer, tag, [{b"q": seq, b"i": i, b"n": n, b"z": size, b"d": data}
-                                          for i, data in enumerate(chunks)])
-            self._send_seq[peer] = seq + 1
-            self.stats.bytes_sent += size
-            self.stats.messages_sent += 1
+            key, entries, size = self._frame(peer, tag, wire, meta, digest)
+            self._append([(key, entries)], peer, tag)
+            self._sent(peer, size)
             total_sent += size
         return total_sent
+
+    def send_each(self, tag: str, metas: Mapping[str, Mapping[str, Any]]) -> int:
+        """One tensor-less message per peer, each its own meta, appended all or none (MULTI/EXEC): a sender
+        killed while sending leaves either every peer with its message or none (SecAgg's round keys, whose
+        shares must reach all of the peers that pair with the sender, or none of them)."""
+        frames = {check_id("node id", p): self._frame(p, tag, {}, m, []) for p, m in metas.items()}
+        if not frames:
+            return 0
+        self._append([(key, entries) for key, entries, _ in frames.values()], ",".join(frames), tag,
+                     transaction=True)
+        for peer, (_, _, size) in frames.items():
+            self._sent(peer, size)
+        return sum(size for _, _, size in frames.values())
+
+    def _frame(self, peer: str, tag: str, wire: Mapping[str, Any], meta: Mapping[str, Any] | None,
+               digest: list[bytes]) -> tuple[str, list[dict], int]:
+        """The mailbox key and chunk entries of one message to `peer` at its next sequence number."""
+        if meta and SIGNATURE_KEY in meta:
+            raise FrameError(f"message {tag!r}: meta key {SIGNATURE_KEY!r} is reserved for the signature")
+        seq = self._send_seq[peer]
+        header = FrameHeader(sender=self.node_id, receiver=peer, job=self.job_id, stage=self.stage_id,
+                             channel=tag, seq=seq, attempt=self.attempt)
+        parts, size = encode_frame_parts(header, wire, meta)
+        if self.auth is not None and self.auth.can_sign:  # one signature per receiver (it binds the receiver)
+            if not digest:
+                digest.append(payload_digest(parts[1:]))
+            sig = self.auth.sign(**self._signed(tag, self.node_id, peer, seq,
+                                                header_digest(wire_header(parts[0])), digest[0]))
+            parts, size = encode_frame_parts(header, wire, {**(meta or {}), SIGNATURE_KEY: sig.hex()})
+        if size > self.max_frame_bytes:
+            raise FrameError(f"message {tag!r} to {peer} is {size} bytes (limit {self.max_frame_bytes})")
+        chunks = chunk_parts(parts, self.chunk_bytes)
+        n = len(chunks)
+        return (self._mailbox(peer, self.node_id),
+                [{b"q": seq, b"i": i, b"n": n, b"z": size, b"d": data} for i, data in enumerate(chunks)], size)
+
+    def _sent(self, peer: str, size: int) -> None:
+        self._send_seq[peer] += 1
+        self.stats.bytes_sent += size
+        self.stats.messages_sent += 1
+
     def _signed(self, channel: str, sender: str, receiver: str, seq: int, head: bytes, body: bytes) -> dict:
         """The fields a message signature binds (xfed.security.messages.message_transcript)."""
         return dict(namespace=self.keys.namespace, job=self.job_id, stage=self.stage_id, attempt=self.attempt,
                     channel=channel, sender=sender, receiver=receiver, seq=seq, header_digest=head,
                     payload_digest=body)
 
-    def _append(self, key: str, peer: str, tag: str, entries: list[dict]) -> None:
-        """XADD all entries of one message (+ refresh the TTL), retrying through a Redis outage.
+    def _append(self, messages: list[tuple[str, list[dict]]], peer: str, tag: str, *,
+                transaction: bool = False) -> None:
+        """XADD all entries of the messages (+ refresh their TTLs), retrying through a Redis outage.
 
         A retry after a partly applied pipeline re-sends the whole message; the receiver restarts
-        assembly at chunk 0 and skips a complete duplicate by its sequence number.
+        assembly at chunk 0 and skips a complete duplicate by its sequence number. With `transaction`
+        the messages are applied all or none (every key is in the job's {J} slot, so this holds on a
+        Redis Cluster too).
         """
         def send() -> None:
-            pipe = self.r.pipeline(transaction=False)
+            pipe = self.r.pipeline(transaction=transaction)
             deletes = self._queue_deletes(pipe)
-            for fields in entries:
-                pipe.xadd(key, fields)
-            pipe.expire(key, self.mailbox_ttl_s)
+            for key, entries in messages:
+                for fields in entries:
+                    pipe.xadd(key, fields)
+                pipe.expire(key, self.mailbox_ttl_s)
             replies = pipe.execute(raise_on_error=False)
             self._consumed.clear()
             for reply in replies[deletes:]:
                 if isinstance(reply, REDIS_DOWN):
                     raise reply
                 if isinstance(reply, redis.ResponseError):
-                    raise BrokerError(f"job {self.job_id}: Redis refused {tag!r} to {peer} on {key}: {reply}")
+                    raise BrokerError(f"job {self.job_id}: Redis refused {tag!r} to {peer}: {reply}")
 
         self._retry_send(send, tag, peer)
 
