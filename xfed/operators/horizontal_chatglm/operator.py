@@ -251,7 +251,8 @@ class _Party:
         final_digest = getattr(aggregator, "last_digest", None) or tensors_digest(extract_trainable(self.peft_model))
         self.metrics.write(final=str(final), elapsed_s=round(time.monotonic() - started, 2), warnings=self.warnings)
         last = self.metrics.rounds[-1] if self.metrics.rounds else {}
-        return {"rounds": rounds, "first_round": start + 1, "final": str(final), "final_digest": final_digest, "metrics": str(self.metrics.path),
+        return {"rounds": rounds, "first_round": start + 1, "final": str(final), "final_digest": final_digest,
+                "metrics": str(self.metrics.path),
                 "last_round": {k: v for k, v in last.items() if isinstance(v, (int, float, str))},
                 "warnings": self.warnings}
 
@@ -420,11 +421,5 @@ class _Assist(_Party):
         root.broadcast_initial(extract_trainable(self.peft_model))
         resume.restore_strategy(ctx, self.output_dir, start, root.strategy)  # moments of round `start`
         self.root = root
-        desk = rejoin.RejoinDesk(ctx, root, self.own, rounds, self.warn)
-
-        def aggregate(round_idx: int, tensors: Any, weight: float) -> Any:
-            mean = root.aggregate(round_idx, tensors, weight)
-            desk.serve()  # a restarted trainer's request for the plan (after the root read the membership)
-            return mean
-
-        return self.run_rounds(rounds, aggregate, root, start)
+        desk = rejoin.RejoinDesk(ctx, root, self.own, rounds, self.warn)  # restarted trainers' plan requests
+        return self.run_rounds(rounds, desk.aggregate, root, start)

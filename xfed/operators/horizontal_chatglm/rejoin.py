@@ -50,6 +50,12 @@ class RejoinDesk:
         self.ctx, self.root, self.own, self.rounds, self.warn = ctx, root, own, rounds, warn
         self.answered: dict[str, int] = {}
 
+    def aggregate(self, round_idx: int, tensors: Any, weight: float) -> Any:
+        """The root's round, then the plan for whoever asked (the root read the membership in the round)."""
+        mean = self.root.aggregate(round_idx, tensors, weight)
+        self.serve()
+        return mean
+
     def serve(self) -> None:
         listening = dict(getattr(self.root, "listening", None) or {})  # restarted, not admitted (secagg_root)
         waiting = {n: k for n, k in listening.items() if self.answered.get(n) != k}
