@@ -14,7 +14,7 @@ import pytest
 
 from tests.integration.conftest import REPO, load_module, serve
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TRAINERS = ["node-1", "node-2", "node-3", "node-4"]
 ASSIST = "assist_trainer"
