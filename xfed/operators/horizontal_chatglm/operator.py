@@ -288,8 +288,8 @@ class _Label(_Party):
             return self._run_alone()
         if getattr(ctx, "incarnation", 0):  # restarted into the running stage: no preflight (rejoin.py)
             if nproc > 1:
-                raise JobError(f"{self.node}: a restarted DDP party (nproc_per_node {nproc}) cannot rejoin a running "
-                               "stage yet")
+                return rejoin.stay_out(self, f"{self.node}: a restarted DDP party (nproc_per_node {nproc}) cannot "
+                                             "rejoin a running stage yet; it stays out until the stage ends")
             return rejoin.run_label(self)
         if nproc == 1:
             return self._run_federated()

@@ -24,6 +24,7 @@ party's schedule would be.
 """
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,17 @@ def prepare_trainer(trainer: Any, folder: Path, schedule: Any, start: int) -> st
     trainer._load_from_checkpoint = _keep_loaded_weights  # the welcome's global adapter is already loaded
     trainer.add_callback(AdvanceSchedule(step))
     return rejoin_checkpoint(folder, trainer, schedule.total_steps, step)
+
+
+def stay_out(party: Any, why: str) -> dict[str, Any]:
+    """A restart that cannot rejoin: said once, then out of the stage until it ends (like a node the root
+    never admits), so that the restart does not fail a job the survivors can finish."""
+    from xfed.errors import JobError
+
+    party.warn(why)
+    while not party.ctx.should_stop():
+        time.sleep(1.0)
+    raise JobError(f"job {party.ctx.job_id}: stopped")
 
 
 def run_label(party: Any) -> dict[str, Any]:
