@@ -219,6 +219,7 @@ SLOW_FIRST = (
     "tests/integration/test_fault_tolerance.py",
     "tests/integration/test_concurrent_jobs.py",
     "tests/integration/test_chatglm.py",
+    "tests/integration/test_secagg_rejoin_chatglm.py",
     "tests/scripts/test_bench_quality.py",
     "tests/integration/test_reporting_job.py",
     "tests/models/test_quantization.py",

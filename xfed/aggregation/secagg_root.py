@@ -154,10 +154,19 @@ class SecAggRoot(_SecAgg, RootBase):
             paired[node] = set(p)
         survivors = set(got)
         while True:
-            lopsided = sorted(w for u in survivors for w in survivors if w in paired[u] and u not in paired[w])
+            # w in P_u, u not in P_w: u's keys came late to w (u is late, or w stopped waiting)
+            lopsided = [(u, w) for u in survivors for w in survivors if w in paired[u] and u not in paired[w]]
             if not lopsided:
                 return sorted(survivors), paired
-            survivors.discard(lopsided[0])  # w lacks u's keys (they came late): w's upload is left out
+            # leave out the party in most one-sided pairs, the late one on a tie: one late party (a
+            # rejoiner whose keys reached nobody in time) must not cost the round all the others
+            score: dict[str, tuple[int, int]] = {}
+            for u, w in lopsided:
+                n, late = score.get(u, (0, 0))
+                score[u] = (n + 1, late + 1)
+                n, late = score.get(w, (0, 0))
+                score[w] = (n + 1, late)
+            survivors.discard(max(sorted(score), key=lambda node: score[node]))
 
     def _correction(self, round_idx: int, got: Mapping[str, Any], survivors: list[str], dropped: list[str],
                     paired: dict[str, set[str]], reveals: Mapping[str, Any], reference: Mapping[str, np.ndarray],
