@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from xfed.broker.attempts import with_ended_attempt
-from xfed.broker.heartbeat import TTL_FACTOR, Heartbeat, alive_nodes
+from xfed.broker.heartbeat import Heartbeat, alive_nodes
 from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus, can_resume
 from xfed.broker.messages import NodeState, StageAction, job_event, stop_job_command
 from xfed.broker.requests import send_reply
@@ -55,7 +55,7 @@ class Scheduler(MembershipMixin):
         self.jobs = JobStore(r, keys)
         self.requests = ControlStream(r, keys.requests(), maxlen=10_000)
         self.hb = Heartbeat(r, keys, SCHEDULER_ID, "scheduler", interval=self.interval, key=keys.scheduler(),
-                            config_dir=fed.config_dir)
+                            config_dir=fed.config_dir, failover_s=float(getattr(fed, "failover_window_s", 0.0) or 0.0))
         self.cursors: dict[str, str] = {}          # job id -> last event id read
         self.lingering: dict[str, float] = {}      # finished job id -> stop reading at (monotonic)
         self.shutdown = threading.Event()
@@ -68,7 +68,7 @@ class Scheduler(MembershipMixin):
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
         self.hb.on_lost = self.shutdown.set  # another scheduler took over while this one was frozen
-        self.hb.start(wait_s=TTL_FACTOR * self.interval + 1.0)  # atomic lease: one scheduler per namespace
+        self.hb.start()  # atomic lease: one scheduler per namespace (waits out a dead one's TTL + 1 s)
         self.requests.ensure_group(GROUP)
         # a new scheduler cannot tell whether Redis was just away (heartbeat keys lapsed, nodes still
         # reconnecting): the same grace as after an outage before a missing heartbeat fails a job
@@ -89,6 +89,9 @@ class Scheduler(MembershipMixin):
                         self._liveness_grace_until = time.monotonic() + self._grace_s()
                         down_since = None
                 except BrokerError as err:
+                    # no liveness verdict until Redis is back and the grace below has passed: a step that
+                    # succeeds right after an outage must not judge heartbeats that lapsed during it
+                    self._liveness_grace_until = float("inf")
                     if down_since is None:
                         down_since = time.monotonic()
                         log.warning("broker problem, retrying: %s", err)
@@ -414,7 +417,8 @@ class Scheduler(MembershipMixin):
             for node in rejoin_candidates(job, policy_of(job), alive):
                 self._rejoin(job, node)
             dead = missing_nodes(job.participants, alive)
-            verdict = judge_dead(job, policy_of(job), dead, self.interval) if dead else None
+            # judge_dead words the reason as "none for 3 x interval s": give it the lease's real TTL
+            verdict = judge_dead(job, policy_of(job), dead, self.hb.ttl_ms / 3000) if dead else None
             if verdict is None:
                 continue
             if verdict.action == "tolerate":
