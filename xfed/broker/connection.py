@@ -15,7 +15,7 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from xfed.broker.embedded import EmbeddedRedis, default_embedded_dir
-from xfed.broker.failover import DeadlineRetry, cluster_client, sentinel_client
+from xfed.broker.failover import FailoverRedis, cluster_client, connection_retry, sentinel_client
 from xfed.broker.retry import retry_until_deadline
 from xfed.config.fed_conf import FedConf
 from xfed.config.redis_address import RedisAddress
@@ -64,7 +64,7 @@ def connect(target: FedConf | RedisAddress | str, *, retry_s: float | None = Non
     # the first contact is probed without redis-py's own retries, so the deadline is ours and a
     # non-transient failure (TLS, credentials) is reported at once
     if address.kind == "sentinel":
-        probe = sentinel_client(address, common, Retry(NoBackoff(), 0))
+        probe = sentinel_client(address, common, 0.0)
     else:
         probe = redis.Redis(**address.client_kwargs(), **common, retry=Retry(NoBackoff(), 0))
     try:
@@ -72,10 +72,11 @@ def connect(target: FedConf | RedisAddress | str, *, retry_s: float | None = Non
     finally:
         probe.close()
     if address.kind == "sentinel":
-        client = sentinel_client(address, {**common, "health_check_interval": 15}, DeadlineRetry(window_s))
+        client = sentinel_client(address, {**common, "health_check_interval": 15}, window_s)
     else:
-        client = redis.Redis(**address.client_kwargs(), **common, health_check_interval=15,
-                             retry=DeadlineRetry(window_s))
+        client = FailoverRedis(**address.client_kwargs(), **common, health_check_interval=15,
+                               retry=connection_retry())
+        client.window_s = window_s
     if embedded is not None:
         client.xfed_embedded = embedded  # keeps the membership alive as long as the client
     return client

@@ -8,9 +8,9 @@ them pass within the failover; each command is retried through them for a time w
 (`redis.failover_window`, at least `connect_timeout`), not for a count, so a 19 s cluster failover
 and a 2 s restart are both ridden out and nothing waits forever.
 
-- one server and Sentinel: a `DeadlineRetry` on every connection (redis-py calls it for every
-  command and pipeline); a Sentinel-managed connection turns `READONLY` into a reconnect that asks
-  the sentinels where the master is now.
+- one server and Sentinel: `FailoverRedis` wraps each command and pipeline in the window; a
+  connection itself retries once (a Sentinel-managed one asks the sentinels for the master at each
+  connect, and turns `READONLY` into a reconnect).
 - Redis Cluster: redis-py follows MOVED/ASK and refreshes the slot map itself but retries a
   failover only a few times without sleeping, so `FailoverCluster` wraps each command and each
   pipeline in the same deadline (a pipeline is replayed whole; every xfed pipeline is idempotent
@@ -24,6 +24,7 @@ from typing import Any, Callable, TypeVar
 
 import redis
 from redis.backoff import EqualJitterBackoff, NoBackoff
+from redis.client import Pipeline
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.exceptions import (
     BusyLoadingError,
@@ -65,30 +66,12 @@ def backoff() -> EqualJitterBackoff:
     return EqualJitterBackoff(cap=BACKOFF_CAP_S, base=0.05)
 
 
-class DeadlineRetry(Retry):
-    """redis-py's Retry, but bounded by time (`window_s`) instead of a count."""
-
-    def __init__(self, window_s: float) -> None:
-        super().__init__(backoff(), retries=-1, supported_errors=TRANSIENT_ERRORS + (redis.ResponseError,))
-        self.window_s = float(window_s)
-
-    def call_with_retry(self, do: Callable[[], T], fail: Callable[..., Any], is_retryable=None,
-                        with_failure_count: bool = False) -> T:
-        self._backoff.reset()
-        deadline = time.monotonic() + self.window_s
-        failures = 0
-        while True:
-            try:
-                return do()
-            except self._supported_errors as error:
-                if not is_transient(error) or (is_retryable and not is_retryable(error)):
-                    raise
-                failures += 1
-                fail(error, failures) if with_failure_count else fail(error)
-                delay = self._backoff.compute(failures)
-                if time.monotonic() + delay > deadline:
-                    raise
-                time.sleep(delay)
+def connection_retry() -> Retry:
+    """What each connection retries by itself: once, quickly. The window is kept one level up (per
+    command), so that a retry after a failover asks the sentinels again where the master is: a
+    connection retrying its own connect for the whole window would keep the address it was given
+    and could end up on the old master, restarted empty (a split brain)."""
+    return Retry(backoff(), 1)
 
 
 def retry_window(fn: Callable[[], T], window_s: float, what: str = "") -> T:
@@ -108,6 +91,37 @@ def retry_window(fn: Callable[[], T], window_s: float, what: str = "") -> T:
             if failures == 1:
                 log.info("Redis %s: %s: %s (retrying for up to %g s)", what, type(error).__name__, error, window_s)
             time.sleep(delay)
+
+
+class FailoverRedis(redis.Redis):
+    """redis.Redis (one server or a Sentinel-managed master) whose commands and pipelines are
+    retried through transient errors for `window_s`."""
+
+    window_s: float = 30.0
+
+    def execute_command(self, *args, **options):
+        return retry_window(lambda: super(FailoverRedis, self).execute_command(*args, **options),
+                            self.window_s, str(args[0]) if args else "")
+
+    def pipeline(self, transaction=True, shard_hint=None):
+        pipe = FailoverPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+        pipe.window_s = self.window_s
+        return pipe
+
+
+class FailoverPipeline(Pipeline):
+    """A pipeline (or MULTI/EXEC transaction) replayed whole on a transient error, for `window_s`."""
+
+    window_s: float = 30.0
+
+    def execute(self, raise_on_error: bool = True):
+        stack = list(self.command_stack)
+
+        def attempt():
+            self.command_stack = list(stack)  # Pipeline.execute empties it, failed or not
+            return Pipeline.execute(self, raise_on_error)
+
+        return retry_window(attempt, self.window_s, "pipeline")
 
 
 class FailoverCluster(RedisCluster):
@@ -164,13 +178,15 @@ def cluster_client(address: RedisAddress, common: dict[str, Any], window_s: floa
     return client
 
 
-def sentinel_client(address: RedisAddress, common: dict[str, Any], retry: Retry | None) -> redis.Redis:
-    """The master the sentinels name for `address.master_name`; found again after every failover."""
+def sentinel_client(address: RedisAddress, common: dict[str, Any], window_s: float) -> FailoverRedis:
+    """The master the sentinels name for `address.master_name`, asked again at every reconnect."""
     from redis.sentinel import Sentinel
 
     sentinel_kwargs = dict(username=address.sentinel_username, password=address.sentinel_password,
                            socket_timeout=common.get("socket_connect_timeout", 5.0),
                            socket_connect_timeout=common.get("socket_connect_timeout", 5.0), **address.tls_kwargs())
     sentinel = Sentinel(address.nodes, sentinel_kwargs=sentinel_kwargs, **address.client_kwargs())
-    extra = {"retry": retry} if retry is not None else {}
-    return sentinel.master_for(address.master_name, redis_class=redis.Redis, **common, **extra)
+    client = sentinel.master_for(address.master_name, redis_class=FailoverRedis, **common,
+                                 retry=connection_retry() if window_s else Retry(NoBackoff(), 0))
+    client.window_s = float(window_s)
+    return client

@@ -317,6 +317,9 @@ class NodeDaemon:
                 state = self.jobs.state(child.job_id)
                 # a SUCCESSFUL job's children are on their way out after reporting `done`
                 if state is None or state in (JobState.FAILED, JobState.STOPPED, JobState.CORRUPT):
+                    if not child.stop_reason:
+                        log.warning("job %s is %s: stopping its stage process pid %s", child.job_id,
+                                    state.value if state else "gone", child.pid)
                     child.stop(f"job is {state.value if state else 'gone'}")
             return
         reporter = self._reporter(child.job_id, child.stage_id, child.attempt, child.incarnation)

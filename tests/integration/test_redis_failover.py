@@ -1,0 +1,102 @@
+"""Jobs on a real Redis Cluster and a real Sentinel set-up (loopback), with the master killed mid-job.
+
+Scheduler, assist trainer and two trainers run as `python xfed.py` processes on a
+redis+cluster:// or redis+sentinel:// address. The operator is horizontal_mean under OTP masks:
+every round each node checks the aggregate against the exact mean, so a message lost in the
+failover cannot pass unnoticed (it would fail the round, or the sequence check would).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Federation
+from tests.redis_topologies import ClusterServers, SentinelServers, missing_reason
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")]
+
+OTP = {"otp": {"key_bitlength": 64, "key_exchange": {"key_bitlength": 2048, "optimized": True}}}
+PARAMS = {"rounds": 12, "dim": 8, "weighting": "index", "encryption": OTP, "round_delay_s": 0.3, "timeout_s": 60.0}
+FAILOVER_WINDOW_S = 15.0
+# a failover here takes ~1-4 s (down-after / node-timeout 1 s); the job ~5 s; the rest is slack for a
+# loaded 2-core machine. What must never happen is waiting longer: that would be the hang of issue 17.
+BOUND_S = 70.0
+
+
+def _federation(root: Path, servers) -> Federation:
+    fed = Federation(root=root, redis=servers, namespace="fo")
+    fed.write_config(PARAMS, fed_extra={"redis": {"namespace": "fo", "failover_window": FAILOVER_WINDOW_S}})
+    return fed
+
+
+def _run_with_failover(fed: Federation, kill, recover=None) -> tuple[object, float]:
+    """Start a job, `kill()` the master once every stage process runs, maybe `recover()`; the job
+    as it ended and the seconds from the kill to its end."""
+    from xfed.client import Client
+    from xfed.config import load_fed_conf
+
+    fed.start_all()
+    reply = Client(load_fed_conf(fed.config), fed.redis_client(), fed.keys()).request({"type": "start"})
+    assert reply["ok"], f"{reply}\n{fed.logs()}"
+    job_id = reply["job"]
+
+    def mid_job():
+        job = fed.store().require(job_id)
+        return job.state.value == "RUNNING" and any(
+            s.progress.get("round", 0) >= 2 for s in job.nodes.values() if isinstance(s.progress, dict))
+
+    fed.wait_for(mid_job, f"job {job_id} past round 2", timeout=60)
+    killed = time.monotonic()
+    kill()
+    if recover is not None:
+        recover()
+    try:
+        job = fed.wait_job(job_id, timeout=BOUND_S)
+    except AssertionError as err:
+        events = fed.redis_client().xrange(fed.keys().job_events(job_id))
+        raise AssertionError(f"{err}\nevents: {events[-12:]}") from None
+    return job, time.monotonic() - killed
+
+
+def test_cluster_job_survives_the_failover_of_its_shard(tmp_path):
+    """3 masters + 1 replica each: the master serving the job's hash slot is SIGKILLed mid-job."""
+    import signal
+
+    cluster = ClusterServers(tmp_path / "redis", masters=3, replicas=1).start()
+    fed = _federation(tmp_path, cluster)
+    try:
+        shard = cluster.master_of(fed.keys().job("1"))
+        job, took = _run_with_failover(fed, lambda: shard.stop(signal.SIGKILL))
+        print(f"cluster shard failover: job {job.state.value} {took:.1f} s after the kill")
+        assert job.state.value == "SUCCESSFUL", f"{job.reason}\n{fed.logs()}"
+        assert all(s.state == "done" for s in job.nodes.values()), job.nodes
+        assert cluster.master_of(fed.keys().job("1")) is not shard  # the replica took over
+    finally:
+        fed.stop_all()
+        cluster.stop()
+
+
+def test_sentinel_master_killed_mid_job_then_restarted_the_job_ends(tmp_path):
+    """Master SIGKILLed mid-job (Sentinel promotes the replica), then started again on its old port
+    as a master of its own (what a split brain starts from); Sentinel demotes it. The job must end
+    within the bound, SUCCESSFUL."""
+    import signal
+
+    sentinel = SentinelServers(tmp_path / "redis", sentinels=1).start()
+    fed = _federation(tmp_path, sentinel)
+    old_port = sentinel.master.port
+    try:
+        def restart_old_master():
+            fed.wait_for(lambda: sentinel.master_port() != old_port, "Sentinel to promote the replica", 30)
+            sentinel.master.start()  # same port, no replicaof: it believes it is a master
+
+        job, took = _run_with_failover(fed, lambda: sentinel.master.stop(signal.SIGKILL), restart_old_master)
+        print(f"sentinel failover + old master back: job {job.state.value} {took:.1f} s after the kill")
+        assert job.state.value == "SUCCESSFUL", f"{job.reason}\n{fed.logs()}"
+        assert sentinel.master_port() != old_port
+    finally:
+        fed.stop_all()
+        sentinel.stop()
