@@ -54,6 +54,8 @@ BACKOFF_CAP_S = 1.0
 
 def is_transient(exc: BaseException) -> bool:
     """Whether `exc` is what a Redis restart or failover raises (retry it), not a refusal."""
+    if isinstance(exc, redis.AuthenticationError):  # a ConnectionError in redis-py, but no failover fixes it
+        return False
     if isinstance(exc, TRANSIENT_ERRORS):
         return True
     if isinstance(exc, RedisClusterException) and "cannot be connected" in str(exc):
