@@ -1,4 +1,5 @@
-"""Jobs on a real Redis Cluster and a real Sentinel set-up (loopback), with the master killed mid-job.
+"""Jobs on a real Redis Cluster and a real Sentinel set-up (loopback), with the master killed mid-job;
+scripts/redis_acl.py's users on that cluster.
 
 Scheduler, assist trainer and two trainers run as `python xfed.py` processes on a
 redis+cluster:// or redis+sentinel:// address. The operator is horizontal_mean under OTP masks:
@@ -10,7 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import redis
 
 from tests.integration.conftest import Federation
 from tests.redis_topologies import ClusterServers, SentinelServers, missing_reason
@@ -19,7 +22,7 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")]
 
 OTP = {"otp": {"key_bitlength": 64, "key_exchange": {"key_bitlength": 2048, "optimized": True}}}
-PARAMS = {"rounds": 12, "dim": 8, "weighting": "index", "encryption": OTP, "round_delay_s": 0.3, "timeout_s": 60.0}
+PARAMS = {"rounds": 10, "dim": 8, "weighting": "index", "encryption": OTP, "round_delay_s": 0.25, "timeout_s": 60.0}
 FAILOVER_WINDOW_S = 15.0
 # a failover here takes ~1-4 s (down-after / node-timeout 1 s); the job ~5 s; the rest is slack for a
 # loaded 2-core machine. What must never happen is waiting longer: that would be the hang of issue 17.
@@ -61,11 +64,58 @@ def _run_with_failover(fed: Federation, kill, recover=None) -> tuple[object, flo
     return job, time.monotonic() - killed
 
 
-def test_cluster_job_survives_the_failover_of_its_shard(tmp_path):
-    """3 masters + 1 replica each: the master serving the job's hash slot is SIGKILLed mid-job."""
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """3 masters + 1 replica each, shared by this module's cluster tests (the ACL one runs first:
+    the failover test kills a master)."""
+    servers = ClusterServers(tmp_path_factory.mktemp("cluster"), masters=3, replicas=1)
+    try:
+        yield servers.start()
+    finally:
+        servers.stop()
+
+
+def test_acl_users_on_every_cluster_node_and_a_node_user_runs_the_data_plane(cluster):
+    """scripts/redis_acl.py's users: applied on every node (replicas too), enough for a cluster client
+    (CLUSTER SLOTS/SHARDS, COMMAND...), and a node still reads only its own mailboxes."""
+    from dataclasses import replace
+
+    from xfed.broker.acl import apply_users, denied_log, federation_users, verify_users
+    from xfed.broker.channels import Comm
+    from xfed.broker.connection import connect
+    from xfed.broker.heartbeat import Heartbeat
+    from xfed.broker.jobstore import JobStore
+    from xfed.broker.keys import Keys
+    from xfed.config import RedisAddress
+
+    admin = cluster.client()
+    users = federation_users("acl", ["node-1", "node-2", "assist"])
+    apply_users(admin, users)
+    assert verify_users(admin, users, "acl") == []
+    for n in cluster.nodes:  # ACL users are per server: each node must have them
+        plain = redis.Redis(host="127.0.0.1", port=n.port)
+        assert {u.name for u in users} <= {u.decode() for u in plain.execute_command("ACL", "USERS")}
+    keys, address = Keys("acl"), RedisAddress.parse(cluster.address)
+    as_user = {u.subject: connect(replace(address, username=u.name, password=u.password), retry_s=5)
+               for u in users}
+    JobStore(as_user["scheduler"], keys).create(["node-1", "node-2", "assist"], job_id="7")
+    hb = Heartbeat(as_user["node-1"], keys, "node-1", "label_trainer", interval=0.5).start()
+    try:
+        one = Comm(as_user["node-1"], keys, "7", 0, "node-1", timeout=10)
+        two = Comm(as_user["node-2"], keys, "7", 0, "node-2", timeout=10)
+        one.send("node-2", "t", {"x": np.arange(4.0)})
+        assert np.array_equal(two.recv("node-1", "t").tensors["x"], np.arange(4.0))
+    finally:
+        hb.stop()
+    assert denied_log(admin) == []
+    with pytest.raises(redis.exceptions.NoPermissionError):  # still confined: not node-2's mailbox
+        as_user["node-1"].xread({keys.mailbox("7", 0, "node-2", "node-1"): "0"})
+
+
+def test_cluster_job_survives_the_failover_of_its_shard(cluster, tmp_path):
+    """The master serving the job's hash slot is SIGKILLed mid-job; its replica takes over."""
     import signal
 
-    cluster = ClusterServers(tmp_path / "redis", masters=3, replicas=1).start()
     fed = _federation(tmp_path, cluster)
     try:
         shard = cluster.master_of(fed.keys().job("1"))
@@ -76,7 +126,6 @@ def test_cluster_job_survives_the_failover_of_its_shard(tmp_path):
         assert cluster.master_of(fed.keys().job("1")) is not shard  # the replica took over
     finally:
         fed.stop_all()
-        cluster.stop()
 
 
 def test_sentinel_master_killed_mid_job_then_restarted_the_job_ends(tmp_path):
