@@ -149,3 +149,31 @@ def test_sentinel_master_killed_mid_job_then_restarted_the_job_ends(tmp_path):
     finally:
         fed.stop_all()
         sentinel.stop()
+
+
+def test_sentinel_split_brain_a_frozen_master_comes_back_the_job_ends_within_the_bound(tmp_path):
+    """The master is frozen (SIGSTOP) past down-after, Sentinel promotes the replica, then the old
+    master resumes (SIGCONT) with its clients' connections still open: they write to it until
+    Sentinel demotes it and the resync discards those writes. Lost writes may fail the job (with
+    a reason, resumable) or not matter; either way it ends within the bound, never hangs."""
+    import signal
+
+    sentinel = SentinelServers(tmp_path / "redis", sentinels=1).start()
+    fed = _federation(tmp_path, sentinel)
+    old_port = sentinel.master.port
+    try:
+        def thaw_after_promotion():
+            fed.wait_for(lambda: sentinel.master_port() != old_port, "Sentinel to promote the replica", 30)
+            sentinel.master.proc.send_signal(signal.SIGCONT)
+
+        job, took = _run_with_failover(fed, lambda: sentinel.master.proc.send_signal(signal.SIGSTOP),
+                                       thaw_after_promotion)
+        print(f"sentinel split brain: job {job.state.value} {took:.1f} s after the freeze: {job.reason}")
+        assert job.state.value in ("SUCCESSFUL", "FAILED"), job
+        if job.state.value == "FAILED":
+            assert job.reason, job
+    finally:
+        if sentinel.master.alive():
+            sentinel.master.proc.send_signal(signal.SIGCONT)
+        fed.stop_all()
+        sentinel.stop()

@@ -174,7 +174,8 @@ def parse_redis_server(spec: Any) -> RedisAddress:
     if scheme in _MULTI:
         return _multi_host(text, scheme)
     if scheme not in _SCHEMES:
-        raise ValueError(f"scheme {scheme!r} is not one of {', '.join(s + '://' for s in _SCHEMES)}")
+        raise ValueError(f"scheme {scheme!r} is not redis://, rediss://, unix://, redis+cluster:// or "
+                         "redis+sentinel:// (rediss+cluster://, rediss+sentinel:// for TLS)")
     url = urlsplit(text)
     if url.fragment:
         raise ValueError("the URL has a '#' part; percent-encode a '#' in a password as %23")
