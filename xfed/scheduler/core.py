@@ -32,6 +32,7 @@ from xfed.scheduler.progress import (
     plan_field,
 )
 from xfed.scheduler.rejoins import not_yet_admitted, rejoin_candidates, stale_incarnation
+from xfed.scheduler.rollback import RollbackWatch
 
 log = logging.getLogger("xfed.scheduler")
 
@@ -64,6 +65,7 @@ class Scheduler(MembershipMixin):
         # highest job id issued or seen: a Redis that lost its data must not hand out an id again
         self._max_job_id = 0
         self.event_checks = EventChecks(fed, keys.namespace)  # signatures, when identities are pinned
+        self.watch = RollbackWatch(self)  # jobs a Redis failover rolled back, or that went silent
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -133,6 +135,7 @@ class Scheduler(MembershipMixin):
             block = 100 if i == 0 and job_id not in self.lingering else None
             entries = read_many(self.r, {key: self.cursors[job_id]}, block_ms=block).get(key, [])
             if entries:
+                self.watch.heard(job_id)
                 try:
                     self._process_events(job_id, entries)
                 except BrokerError:
@@ -156,6 +159,7 @@ class Scheduler(MembershipMixin):
         if now - self._last_liveness >= self.interval / 4:
             self._last_liveness = now
             self._check_liveness()
+        self.watch.check(now)
 
     def _forget(self, job_id: str) -> None:
         """Stop reading a job's events (ended and lingered, vanished, or unreadable)."""
@@ -288,6 +292,7 @@ class Scheduler(MembershipMixin):
         if job is None or not self.jobs.transition(job_id, state, reason=reason, node=node, **fields):
             return False
         log.info("job %s %s%s", job_id, state.value, f": {reason}" if reason else "")
+        self.watch.ended_as(job_id, state, reason, node)
         if state is not JobState.SUCCESSFUL:
             for n in job.participants:
                 try:
