@@ -41,7 +41,9 @@ def _run_with_failover(fed: Federation, kill, recover=None) -> tuple[object, flo
     from xfed.client import Client
     from xfed.config import load_fed_conf
 
+    t0 = time.monotonic()
     fed.start_all()
+    print(f"processes up in {time.monotonic() - t0:.1f} s")
     reply = Client(load_fed_conf(fed.config), fed.redis_client(), fed.keys()).request({"type": "start"})
     assert reply["ok"], f"{reply}\n{fed.logs()}"
     job_id = reply["job"]

@@ -171,7 +171,20 @@ def data_nodes(r: Any) -> list[tuple[str, Callable[..., Any]]]:
     from redis.cluster import RedisCluster
 
     if isinstance(r, RedisCluster):
-        return [(n.name, functools.partial(r.execute_command, target_nodes=n)) for n in r.get_nodes()]
+        nodes = [(n.name, functools.partial(r.execute_command, target_nodes=n)) for n in r.get_nodes()]
+        # the client knows the masters only; replicas come from CLUSTER NODES (failed ones skipped)
+        kw = {k: v for k, v in r.nodes_manager.connection_kwargs.items()
+              if k in ("username", "password", "socket_timeout", "socket_connect_timeout", "ssl", "ssl_ca_certs",
+                       "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")}
+        known = {name for name, _ in nodes}
+        for name, info in sorted((r.cluster_nodes() or {}).items()):
+            name = name.split("@")[0]
+            flags = str(info.get("flags", ""))
+            if name in known or "fail" in flags or "noaddr" in flags or not info.get("connected", True):
+                continue
+            host, _, port = name.rpartition(":")
+            nodes.append((name, redis.Redis(host=host.strip("[]"), port=int(port), **kw).execute_command))
+        return nodes
     pool = r.connection_pool
     nodes: list[tuple[str, Callable[..., Any]]] = [("master" if hasattr(pool, "sentinel_manager") else "server",
                                                     r.execute_command)]
