@@ -212,6 +212,19 @@ class SentinelServers:
         out = _cmd(self.watchers[0].port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name).split()
         return int(out[1])
 
+    def current_master(self) -> _Proc:
+        port = self.master_port()
+        return next(p for p in (self.master, self.replica) if p.port == port)
+
+    def wait_replica(self, timeout: float = 30.0) -> None:
+        """Until the server that is not the master replicates it and the sentinels list it (a failover
+        needs a replica to promote; an old master becomes one ~10 s after it is back)."""
+        master = self.current_master()
+        other = self.replica if master is self.master else self.master
+        _wait(lambda: "master_link_status:up" in _cmd(other.port, "INFO", "replication")
+              and all("slaves=1" in _cmd(w.port, "INFO", "sentinel") for w in self.watchers),
+              "a replica in sync", timeout)
+
     def client(self):
         from xfed.broker.connection import connect
 
