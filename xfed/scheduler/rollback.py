@@ -60,9 +60,14 @@ class RollbackWatch:
             for job_id in self.heard_at:
                 self.heard_at[job_id] = now
             return
-        for job in s.jobs.list(limit=20):
-            if job.active and (job.job_id not in s.cursors or job.job_id in s.lingering):
-                self._take_up(job, now)
+        for job_id in s.jobs.job_ids(limit=20):  # the newest: a rolled-back job is a recent one
+            if job_id in s.cursors and job_id not in s.lingering:
+                continue  # tracked as running
+            state = s.jobs.state(job_id)
+            if state is not None and not state.terminal:
+                job = s.jobs.get(job_id)
+                if job is not None and job.active:
+                    self._take_up(job, now)
         for job_id in [j for j in s.cursors if j not in s.lingering]:
             last = self.heard_at.setdefault(job_id, now)
             if now - last > self.silence_s:
