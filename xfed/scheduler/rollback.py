@@ -11,8 +11,10 @@ Every few seconds the scheduler reads the newest jobs; an active one it does not
 up again. If the scheduler saw it end (it remembers the last outcomes), that outcome is written
 again with a note: its stages did complete (a SUCCESSFUL was judged on the nodes' `done` evidence)
 and their outputs are on the nodes' disks. Otherwise (a scheduler restarted since) the job is
-watched: with no event from any node for 2 x progress_timeout + the failover window, it is
-FAILED with a reason, resumable.
+watched like every running job: with no event from any node for 2 x progress_timeout + the
+failover window (a lost `done` event, a rolled-back record nobody runs), it is FAILED with a
+reason, resumable. A training node reports progress at least once per step, and progress_timeout
+must already exceed a step and a model load, so a live job is never that silent.
 """
 from __future__ import annotations
 
