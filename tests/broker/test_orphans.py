@@ -1,6 +1,8 @@
 """A job whose scheduler and nodes are all gone is ended (FAILED, resumable) by whoever looks at it."""
 from __future__ import annotations
 
+import time
+
 from xfed.broker.heartbeat import Heartbeat
 from xfed.broker.jobstore import JobState, JobStore, can_resume
 from xfed.broker.keys import Keys
@@ -11,6 +13,7 @@ def _running(r, keys) -> tuple[JobStore, str]:
     jobs = JobStore(r, keys)
     job_id = jobs.create(["n1", "n2"])
     assert jobs.transition(job_id, JobState.RUNNING, stage=0)
+    jobs.set_fields(job_id, updated=repr(time.time() - 120))  # nobody has written it for 2 minutes
     return jobs, job_id
 
 
@@ -40,4 +43,8 @@ def test_one_live_node_or_a_live_scheduler_keeps_it_running(redis_server):
         assert (job.state, note) == (JobState.RUNNING, "")
     finally:
         sched.stop()
+    fresh = JobStore(r, keys).require(job_id)
+    jobs.set_fields(job_id, updated=repr(time.time()))  # just written: not (yet) orphaned
+    assert end_if_orphaned(r, keys, jobs, jobs.require(job_id), recheck_s=0.05)[0].state is JobState.RUNNING
+    jobs.set_fields(job_id, updated=repr(fresh.updated))
     assert end_if_orphaned(r, keys, jobs, jobs.require(job_id), recheck_s=0.05)[0].state is JobState.FAILED

@@ -6,7 +6,8 @@ would stay RUNNING forever and block the next start, so whoever looks at it (`-c
 follower) ends it: FAILED with a reason, resumable with `-c start --resume J`.
 
 "Gone" means no heartbeat lease, seen twice a heartbeat interval apart (a lease outlasts a failover
-window, so a failover alone never looks like this). A client whose ACL user may not write job
+window, so a failover alone never looks like this), and a job record nobody wrote for a while (a
+minute by default: a record just created by hand, or clocks a little apart, do not count). A client whose ACL user may not write job
 state (scripts/redis_acl.py's `client` user) only reports it; the next scheduler fails it.
 """
 from __future__ import annotations
@@ -20,19 +21,22 @@ from xfed.broker.streams import ControlStream
 from xfed.errors import BrokerError
 
 
-def orphaned(r, keys, job: Job) -> bool:
-    """Whether `job` is active while neither its scheduler nor any participant holds a heartbeat lease."""
-    return job.active and not scheduler_alive(r, keys) and not alive_nodes(r, keys, job.participants)
+def orphaned(r, keys, job: Job, *, stale_s: float = 0.0) -> bool:
+    """Whether `job` is active, its record unchanged for `stale_s` seconds (the scheduler writes it
+    whenever events come), and neither its scheduler nor any participant holds a heartbeat lease."""
+    return (job.active and time.time() - (job.updated or 0.0) > stale_s and not scheduler_alive(r, keys)
+            and not alive_nodes(r, keys, job.participants))
 
 
-def end_if_orphaned(r, keys, jobs: JobStore, job: Job, *, recheck_s: float = 2.0) -> tuple[Job, str]:
-    """FAIL `job` when it is orphaned (checked twice, `recheck_s` apart). Returns the job as it is
-    now and a one-line note ("" when nothing was wrong)."""
-    if not orphaned(r, keys, job):
+def end_if_orphaned(r, keys, jobs: JobStore, job: Job, *, recheck_s: float = 2.0,
+                    stale_s: float = 60.0) -> tuple[Job, str]:
+    """FAIL `job` when it is orphaned (record older than `stale_s`; checked twice, `recheck_s`
+    apart). Returns the job as it is now and a one-line note ("" when nothing was wrong)."""
+    if not orphaned(r, keys, job, stale_s=stale_s):
         return job, ""
     time.sleep(recheck_s)
     job = jobs.require(job.job_id)
-    if not orphaned(r, keys, job):
+    if not orphaned(r, keys, job, stale_s=stale_s):
         return job, ""
     reason = (f"orphaned: neither the scheduler nor any node ({', '.join(job.participants)}) has a heartbeat; "
               f"resume with -c start --resume {job.job_id} once they run again")
