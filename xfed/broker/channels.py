@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
 import redis
 
+from xfed.broker.failover import is_transient
 from xfed.broker.frames import (
     DEFAULT_MAX_FRAME_BYTES,
     SIGNATURE_KEY,
@@ -228,6 +229,8 @@ class Comm(Publishing):
                 if isinstance(reply, REDIS_DOWN):
                     raise reply
                 if isinstance(reply, redis.ResponseError):
+                    if is_transient(reply):  # NOREPLICAS, MASTERDOWN...: retried like a lost connection
+                        raise redis.ConnectionError(str(reply))
                     raise BrokerError(f"job {self.job_id}: Redis refused {tag!r} to {peer}: {reply}")
 
         self._retry_send(send, tag, peer)

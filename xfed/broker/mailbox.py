@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import redis
 
+from xfed.broker.failover import TRANSIENT_ERRORS
 from xfed.errors import FrameError
 
 DEFAULT_CHUNK_BYTES = 4 << 20  # measured: 4 MiB entries cost nothing over one SET of 29 MB
@@ -25,7 +25,8 @@ MAILBOX_TTL_S = 7 * 24 * 3600
 ENTRY_FIELDS = {b"q", b"i", b"n", b"z", b"d"}
 POINTER_FIELDS = ENTRY_FIELDS | {b"p"}  # a published message: header here, payload on the shared stream
 SHARED_FIELDS = {b"u", b"d"}
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
+# a restart or failover (READONLY, CLUSTERDOWN, TRYAGAIN, LOADING too): waited out, never a failure
+REDIS_DOWN = (*TRANSIENT_ERRORS, ConnectionError, TimeoutError)
 
 
 @dataclass
