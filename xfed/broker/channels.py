@@ -208,17 +208,19 @@ class Comm(Publishing):
                     payload_digest=body)
 
     def _append(self, messages: list[tuple[str, list[dict]]], peer: str, tag: str, *,
-                transaction: bool = False) -> None:
+                transaction: bool = False, replace: str | None = None) -> None:
         """XADD all entries of the messages (+ refresh their TTLs), retrying through a Redis outage.
 
         A retry after a partly applied pipeline re-sends the whole message; the receiver restarts
         assembly at chunk 0 and skips a complete duplicate by its sequence number. With `transaction`
         the messages are applied all or none (every key is in the job's {J} slot, so this holds on a
-        Redis Cluster too).
+        Redis Cluster too). `replace`: a stream deleted first, in the same pipeline (a publish).
         """
         def send() -> None:
             pipe = self.r.pipeline(transaction=transaction)
             deletes = self._queue_deletes(pipe)
+            if replace is not None:
+                pipe.delete(replace)
             for key, entries in messages:
                 for fields in entries:
                     pipe.xadd(key, fields)

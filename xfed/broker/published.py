@@ -23,7 +23,7 @@ from xfed.broker.frames import (
     wire_header,
 )
 from xfed.broker.keys import check_id
-from xfed.broker.mailbox import REDIS_DOWN, SHARED_FIELDS, Inbox, chunk_parts, stream_id
+from xfed.broker.mailbox import SHARED_FIELDS, Inbox, chunk_parts, stream_id
 from xfed.errors import BrokerError, FrameError
 
 
@@ -75,28 +75,11 @@ class Publishing:
             total += len(parts[0])
         shared_entries = [{b"u": pub, b"d": c} for c in chunks or []]
 
-        def send() -> None:
-            # MULTI/EXEC (every key is in the job's slot): a reader blocked on the mailbox and the
-            # shared stream wakes once, with the header and the whole payload in one reply
-            pipe = self.r.pipeline(transaction=True)
-            deletes = self._queue_deletes(pipe)
-            pipe.delete(shared)  # the previous publish (every receiver has read it: see above)
-            for fields in shared_entries:
-                pipe.xadd(shared, fields)
-            pipe.expire(shared, self.mailbox_ttl_s)
-            for key, _peer, fields_list in entries:
-                for fields in fields_list:
-                    pipe.xadd(key, fields)
-                pipe.expire(key, self.mailbox_ttl_s)
-            replies = pipe.execute(raise_on_error=False)
-            self._consumed.clear()
-            for reply in replies[deletes:]:
-                if isinstance(reply, REDIS_DOWN):
-                    raise reply
-                if isinstance(reply, redis.ResponseError):
-                    raise BrokerError(f"job {self.job_id}: Redis refused publishing {tag!r} on {shared}: {reply}")
-
-        self._retry_send(send, tag, ", ".join(peers))
+        # MULTI/EXEC (every key is in the job's slot): a reader blocked on the mailbox and the shared
+        # stream wakes once, with the header and the whole payload in one reply; the previous publish
+        # is deleted in the same transaction (every receiver has read it: see above)
+        self._append([(shared, shared_entries)] + [(key, fields_list) for key, _peer, fields_list in entries],
+                     ", ".join(peers), tag, transaction=True, replace=shared)
         for _key, peer, _ in entries:
             self._send_seq[peer] += 1
             self.stats.messages_sent += 1
