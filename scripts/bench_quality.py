@@ -92,6 +92,17 @@ class Settings:
     local_optim: str | None = None
     local_lr: float | None = None
     local_trainer: dict[str, Any] = field(default_factory=dict)  # further TrainingArguments of the federated arms
+    # --federated-batch B: the parties take batches of B and steps*batch/B steps each, so the federation
+    # processes the examples that the centralized arm does (3 parties x B ~ its batch) in as many rounds
+    # as the centralized arm takes steps (docs/QUALITY.md: "equal compute")
+    federated_batch: int | None = None
+
+    @property
+    def federated_steps(self) -> int:
+        """Optimizer steps per party in the federated arms (S, or S*batch/B with --federated-batch B)."""
+        if self.federated_batch is None:
+            return self.steps
+        return max(1, round(self.steps * self.batch / self.federated_batch))
 
     @property
     def learning_rate(self) -> float:
@@ -104,7 +115,8 @@ class Settings:
                   "dp": None if self.dp_epsilon is None else {"epsilon": self.dp_epsilon, "delta": self.dp_delta,
                                                               "clip_norm": self.dp_clip}, "arms": list(self.arms),
                   "federated_optim": self.local_optim or "adamw_torch", "federated_trainer": self.local_trainer,
-                  "federated_learning_rate": self.local_lr if self.local_lr is not None else self.learning_rate}
+                  "federated_learning_rate": self.local_lr if self.local_lr is not None else self.learning_rate,
+                  "federated_batch": self.federated_batch or self.batch, "federated_steps_per_party": self.federated_steps}
         return {"peft": self.peft, **prefix, **server, "steps_per_party": self.steps,
                 "centralized_steps": len(TRAINERS) * self.steps,
                 "rounds": self.rounds, "batch": self.batch, "learning_rate": self.learning_rate,
@@ -163,7 +175,8 @@ def train_params(s: Settings, encryption: str, steps: int, federated: bool = Fal
         "aggregation": aggregation_section(s, federated),
         "encryption": encryption_section(encryption, s.otp_bits, s.dh_bits),
         "peft": peft_section(s),
-        "trainer": {"per_device_train_batch_size": s.batch, "max_steps": steps, "learning_rate": lr,
+        "trainer": {"per_device_train_batch_size": s.federated_batch if federated and s.federated_batch else s.batch,
+                    "max_steps": steps, "learning_rate": lr,
                     "lr_scheduler_type": s.lr_schedule, "warmup_steps": 0, "weight_decay": 0.0, "seed": s.seed,
                     "no_cuda": True, **trainer},
         "dataset": {"max_src_length": 40, "max_dst_length": s.max_new_tokens, "prompt_pattern": PROMPT_PATTERN},
@@ -304,18 +317,18 @@ def run_federated(s: Settings, model: Path, shards: dict[str, Path], root: Path)
         redis.start()
         fed.redis_address = redis.address
         fed.write_fed_conf()
-        local = {"trainer": {"per_device_train_batch_size": s.batch, "no_cuda": True}}
+        local = {"trainer": {"per_device_train_batch_size": s.federated_batch or s.batch, "no_cuda": True}}
         for n in TRAINERS:
             fed.write_stage(n, stage("label_trainer", model, out, local, [shards[n]]))
         fed.start()
         for kind in [k for k in ("plain", "otp") if k in s.arms]:
-            fed.write_stage(ASSIST, stage("assist_trainer", model, out, train_params(s, kind, s.steps, True), []))
+            fed.write_stage(ASSIST, stage("assist_trainer", model, out, train_params(s, kind, s.federated_steps, True), []))
             t0 = time.monotonic()
-            log(f"federated {kind}: job started ({len(TRAINERS)} parties x {s.steps} steps, {s.rounds} rounds)")
+            log(f"federated {kind}: job started ({len(TRAINERS)} parties x {s.federated_steps} steps, {s.rounds} rounds)")
             job = fed.run_job()
             if job.state.value != "SUCCESSFUL":
                 raise LaunchError(f"federated {kind} job {job.job_id} {job.state.value}: {job.reason}")
-            arm = Arm(f"federated_{kind}", f"federated, {kind} aggregation", s.steps,
+            arm = Arm(f"federated_{kind}", f"federated, {kind} aggregation", s.federated_steps,
                       nodes={n: out / job.job_id / n for n in [*TRAINERS, ASSIST]}, seconds=time.monotonic() - t0)
             log(f"federated {kind}: job {job.job_id} done in {arm.seconds:.0f} s")
             arms.append(arm)
@@ -424,6 +437,7 @@ def table(result: dict[str, Any], arms: list[Arm]) -> str:
                      f" (target <= 1e-6) {'ok' if met['otp_equals_plain'] else 'MISSED'}")
     settings = result["settings"]
     lines.append(f"federated: parties {settings['federated_optim']} lr {settings['federated_learning_rate']} "
+                 f"batch {settings['federated_batch']} "
                  f"{json.dumps(settings['federated_trainer']) if settings['federated_trainer'] else ''}, "
                  f"server {settings['strategy']} {json.dumps(settings['strategy_params'])}"
                  + (f", fedprox mu {settings['fedprox_mu']}" if settings["fedprox_mu"] else "")
@@ -514,6 +528,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "(default --lr)")
     ap.add_argument("--local-trainer", default="{}", help="further TrainingArguments of the federated arms' "
                     'parties as JSON, e.g. \'{"adam_epsilon": 0.001}\'')
+    ap.add_argument("--federated-batch", type=int, default=None, metavar="B",
+                    help="the federated arms' per-party batch; each party then takes steps*batch/B steps (equal "
+                         "examples: with B ~ batch/3 the federation takes as many rounds as the centralized arm steps)")
     ap.add_argument("--arms", default="local,centralized,plain,otp",
                     help="comma-separated subset of local, centralized, plain, otp (default all)")
     ap.add_argument("--heldout-limit", type=int, default=None, help="score only the first N held-out examples")
@@ -526,7 +543,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
     try:
         strategy_params = json.loads(args.strategy_params)
-        make_strategy(args.strategy, strategy_params)
+        make_strategy(args.strategy, strategy_params, rounds=1)  # validation only
     except ValueError as exc:  # json's and pydantic's errors are ValueErrors
         raise ConfigError(f"--strategy {args.strategy} --strategy-params: {str(exc).splitlines()[0]}") from None
     except XfedError as exc:
@@ -545,6 +562,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
                  prefix_projection=args.prefix_projection, strategy=args.strategy, strategy_params=strategy_params,
                  fedprox_mu=args.fedprox_mu, dp_epsilon=args.dp, dp_delta=args.dp_delta, dp_clip=args.dp_clip,
                  arms=arms, local_optim=args.local_optim, local_lr=args.local_lr, local_trainer=local_trainer)
+    if args.federated_batch is not None:
+        if args.federated_batch < 1:
+            raise ConfigError("--federated-batch: must be >= 1")
+        s.federated_batch = args.federated_batch
     if args.peft == "PREFIX_TUNING":
         s.rounds = s.prefix_rounds
     if args.quick:
@@ -556,8 +577,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
             if value < (0 if key == "heldout_limit" else 1):
                 raise ConfigError(f"--{key.replace('_', '-')}: must be >= {0 if key == 'heldout_limit' else 1}")
             setattr(s, key, value)
-    if s.rounds > s.steps:
-        raise ConfigError(f"--rounds {s.rounds}: more rounds than steps per party ({s.steps})")
+    steps = {"local": s.steps, "centralized": len(TRAINERS) * s.steps, "plain": s.federated_steps,
+             "otp": s.federated_steps}
+    arm, fewest = min(((a, steps[a]) for a in arms), key=lambda x: x[1])
+    if s.rounds > fewest:
+        raise ConfigError(f"--rounds {s.rounds}: more rounds than the {arm} arm's steps ({fewest})")
     return s
 
 

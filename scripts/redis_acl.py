@@ -25,6 +25,7 @@ import json
 import os
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -50,8 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python scripts/redis_acl.py", description=__doc__.splitlines()[0])
     p.add_argument("--config_path", "--config-path", dest="config_path", default="./config",
                    help="folder holding fed_conf.json (default ./config)")
-    p.add_argument("--server", help="address the parties use: host:port, redis://host:port/db, rediss://... "
-                                    "or unix:///path (default: fed_conf's redis_server)")
+    p.add_argument("--server", help="address the parties use: host:port, redis://host:port/db, rediss://..., "
+                                    "unix:///path, redis+cluster://h:p,h:p or redis+sentinel://h:p,h:p/master "
+                                    "(default: fed_conf's redis_server)")
     p.add_argument("--tls", action="store_true", help="print rediss:// URLs (default: as --server says)")
     p.add_argument("--passwords", help="JSON file {user: password}; missing ones are generated and added")
     p.add_argument("--format", choices=("acl-file", "commands", "json"), default="acl-file",
@@ -103,6 +105,9 @@ def server_of(args: argparse.Namespace, fed) -> tuple[str, object]:
 
 
 def url_for(user: AclUser, addr, tls: bool, *, with_credentials: bool = True) -> str:
+    if addr.kind in ("cluster", "sentinel"):  # every node (or the master the sentinels name) takes the user
+        return replace(addr, username=user.name if with_credentials else None,
+                       password=user.password if with_credentials else None, tls=tls or addr.tls).url()
     auth = f"{quote(user.name, safe='')}:{quote(user.password, safe='')}@" if with_credentials else ""
     if addr.kind == "unix":
         return f"unix://{auth}{addr.unix_socket}"

@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh >/dev/null
 . ./env.sh
-exec python -m pytest -q -p no:cacheprovider "$@"
+# Two workers, one test file each at a time (module fixtures such as a federation stay in one process);
+# XFED_TEST_WORKERS=0 runs in one process. The slowest files start first (tests/conftest.py).
+exec python -m pytest -q -p no:cacheprovider -n "${XFED_TEST_WORKERS:-2}" --dist loadfile "$@"

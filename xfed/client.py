@@ -19,6 +19,7 @@ from xfed.broker.attempts import attempt_history
 from xfed.broker.heartbeat import alive_nodes, node_infos
 from xfed.broker.jobstore import Job, JobState, JobStore
 from xfed.broker.messages import NodeState, job_event, stop_job_command
+from xfed.broker.orphans import end_if_orphaned
 from xfed.broker.requests import request, scheduler_alive
 from xfed.broker.streams import ControlStream
 from xfed.display import cell
@@ -189,6 +190,10 @@ class Client:
 
     def status(self, job_id: str | None, *, bar: bool = False) -> int:
         job = self._job(job_id)
+        job, note = end_if_orphaned(self.r, self.keys, self.jobs, job,
+                                    recheck_s=float(getattr(self.fed, "heartbeat_interval", 2.0) or 2.0))
+        if note:
+            print(note, file=sys.stderr, flush=True)
         rounds = self.round_rows(job.job_id)
         alive = alive_nodes(self.r, self.keys, job.participants)
         if self.as_json:

@@ -1,7 +1,9 @@
 """`-c start --follow`: a job's events as they come (or progress bars with --bar) until it ends.
 
 A follower rides out what the daemons ride out: a scheduler restart (up to SCHEDULER_GONE_S) and a
-Redis restart (up to REDIS_GONE_S, then one line).
+Redis restart or failover (each command retries for the failover window; the loop up to
+REDIS_GONE_S, then one line). A job whose scheduler and nodes are all gone is marked FAILED
+(xfed.broker.orphans) instead of being followed forever.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 from rich.console import Console
 
 from xfed.broker.jobstore import Job, JobState
+from xfed.broker.orphans import end_if_orphaned
 from xfed.broker.streams import ControlStream
 from xfed.client import Client, _dur, progress_text, stage_text
 from xfed.display import cell
@@ -104,6 +107,12 @@ class Follower:
         elif gone_since is None:
             gone_since = now
         elif now - gone_since > SCHEDULER_GONE_S:
+            job, note = end_if_orphaned(self.c.r, self.c.keys, self.c.jobs, job,
+                                        recheck_s=float(getattr(self.c.fed, "heartbeat_interval", 2.0) or 2.0))
+            if note:
+                self.say(note)
+            if job.state.terminal:
+                return self._final(job)
             self.say(f"the scheduler has been gone for {SCHEDULER_GONE_S:g} s; job {self.job_id} is still "
                      f"{job.state.value} in Redis (check again with -c status {self.job_id})")
             return 1

@@ -46,10 +46,14 @@ class Ctx:
 def federation(redis_session, request):
     """make(trainers, assist="assist") -> {node: Ctx}; each node has its own Redis client and Comm."""
     made: list = []
-    job = str(abs(hash(request.node.nodeid)) % 10**9)
+    calls = [0]
 
     def make(trainers: list[str], assist: str = "assist", *, identities: dict | None = None,
              attempt: int = 0) -> dict[str, Ctx]:
+        # each federation is its own job: a Comm deletes what it consumed with its next command, so a
+        # second federation on the same mailboxes would find the first one's last messages
+        calls[0] += 1
+        job = f"{abs(hash(request.node.nodeid)) % 10**9}-{calls[0]}"
         keys = Keys("agg")
         out = {}
         for node in [*trainers, assist]:

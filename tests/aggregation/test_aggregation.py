@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -89,21 +91,21 @@ def test_otp_matches_plain_within_1e6_and_uploads_are_masked(federation, redis_s
     plain = _run(federation(TRAINERS), {"plain": {}}, rounds=1)[1]
     ctxs = federation(TRAINERS)
     seen = {}
-    orig_gather = ctxs["assist"].comm.gather
+    orig_arrivals = ctxs["assist"].comm.arrivals
 
-    def spy(peers, tag, timeout=None):
-        out = orig_gather(peers, tag, timeout)
-        if tag.endswith("/up"):
-            seen.update(out)
-        return out
+    def spy(peers, tag, timeout=None, **kw):
+        for node, msg in orig_arrivals(peers, tag, timeout, **kw):
+            if tag.endswith("/up"):  # a copy: the root sums into the first upload it receives
+                seen[node] = {k: v.copy() for k, v in msg.tensors.items()}
+            yield node, msg
 
-    ctxs["assist"].comm.gather = spy
+    ctxs["assist"].comm.arrivals = spy
     otp = _run(ctxs, OTP, rounds=1)[1]
     for node in TRAINERS:
         for k, v in plain[node][1][0].items():
             np.testing.assert_allclose(otp[node][1][0][k], v, atol=1e-6, rtol=0)
     # the aggregator saw only uint64 words, the weight among them, nothing like the fixed-point plaintext
-    up = seen["node-1"].tensors
+    up = seen["node-1"]
     assert WEIGHT_KEY in up and all(a.dtype == np.uint64 for a in up.values())
     plain_words = np.rint((10.0 * (np.asarray(plain["node-1"][0]["lora_A"]) + 1)) * 2.0**32).astype(np.int64)
     assert np.mean(up["lora_A"].view(np.int64) == plain_words) < 0.01
@@ -177,21 +179,22 @@ def test_masked_uploads_that_do_not_cancel_get_a_replay_hint_not_a_weight_0_one(
     from types import SimpleNamespace
 
     from xfed.aggregation.base import layout_of
-    from xfed.aggregation.otp import OtpRoot
+    from xfed.aggregation.otp import MaskedUploads, OtpRoot
     from xfed.aggregation.settings import encryption_of
     from xfed.errors import FrameError
 
     ctx = SimpleNamespace(comm=None, node_id="assist", trainer_ids=["node-1", "node-2"], assist_id="assist")
     root = OtpRoot(ctx, encryption_of(OTP).otp)
     root.layout = layout_of({"w": np.ones(3, np.float32)})
-    up = {n: SimpleNamespace(tensors={"w": np.zeros(3, np.uint64), WEIGHT_KEY: np.array(w, np.uint64)})
-          for n, w in (("node-1", weight_word), ("node-2", 0))}
+    uploads = MaskedUploads(root, 1)
+    for n, w in (("node-1", weight_word), ("node-2", 0)):
+        uploads.add(n, {"w": np.zeros(3, np.uint64), WEIGHT_KEY: np.array(w, np.uint64)})
     if ok:
-        assert root._unmask(1, up)[1] == 2.0
+        assert uploads.result()[1] == 2.0
         return
     with pytest.raises(FrameError, match="round 1: the masked uploads do not cancel .* replayed from another "
                                          "round, altered, or masked with other pads; pin every node's identity"):
-        root._unmask(1, up)
+        uploads.result()
 
 
 def test_zero_total_weight_and_otp_overflow_are_job_errors(federation):
@@ -220,3 +223,90 @@ def test_plain_equals_otp_bit_for_bit_on_the_same_fixed_point_grid(federation, b
 def test_plain_key_bitlength_is_checked(federation):
     with pytest.raises(Exception, match="encryption.plain"):
         make_root(federation(TRAINERS)["assist"], {"plain": {"key_bitlength": 32}})
+
+
+def test_streaming_sum_equals_the_sum_of_the_gathered_uploads_and_holds_one_upload_at_a_time(federation):
+    """The root adds each masked upload as it completes (uploads cut in 1 KiB chunks here): its mean is
+    bit for bit the unmask_sum of all uploads gathered at once, and while it reads, at most one
+    sender's message is more than one chunk in (the others wait in Redis). The mean is written once
+    and reaches every party."""
+    from xfed.crypto import unmask_sum
+
+    ctxs = federation(TRAINERS)
+    for n in TRAINERS:
+        ctxs[n].comm.chunk_bytes = 1024
+    root_comm = ctxs["assist"].comm
+    seen, most_in_progress = {}, []
+    orig_arrivals = root_comm.arrivals
+
+    def spy(peers, tag, timeout=None, **kw):
+        for node, msg in orig_arrivals(peers, tag, timeout, **kw):
+            if tag.endswith("/up"):
+                seen[node] = {k: v.copy() for k, v in msg.tensors.items()}
+            yield node, msg
+
+    orig_pump = root_comm._pump
+
+    def pump(*args):
+        orig_pump(*args)
+        most_in_progress.append(sum(len(ib.chunks) > 1 for ib in root_comm._inboxes.values()))
+
+    root_comm.arrivals, root_comm._pump = spy, pump
+    initial = {"w": np.random.default_rng(5).normal(size=(40, 30)).astype(np.float32)}
+
+    def leaf(node, weight):
+        def fn():
+            lf = make_leaf(ctxs[node], OTP)
+            lf.setup()
+            start = lf.receive_initial()
+            return lf.aggregate(0, {"w": start["w"] * weight}, weight)
+        return fn
+
+    def root():
+        rt = make_root(ctxs["assist"], OTP)
+        rt.setup()
+        rt.broadcast_initial(initial)
+        while sum(root_comm.r.exists(root_comm._mailbox("assist", n)) for n in TRAINERS) < 3:
+            time.sleep(0.02)  # every upload waits in Redis: a greedy reader would start all three
+        time.sleep(0.2)
+        return rt.aggregate(0, None, 0.0), rt.last_round_stats
+
+    out = run_parties({**{n: leaf(n, w) for n, w in zip(TRAINERS, (1.0, 2.0, 3.0), strict=True)}, "assist": root})
+    out["assist"], stats = out["assist"]
+    sums = unmask_sum([seen[n] for n in TRAINERS], bits=64)
+    total = float(sums.pop(WEIGHT_KEY))
+    assert total == 6.0
+    np.testing.assert_array_equal(out["assist"]["w"], (sums["w"] / total).astype(np.float32))
+    for n in TRAINERS:  # the one copy of the mean reached every party
+        np.testing.assert_array_equal(out[n]["w"], out["assist"]["w"])
+    assert initial["w"].nbytes < stats["bytes_sent"] < 2 * initial["w"].nbytes  # one payload + 3 headers
+    assert len(seen) == 3 and max(most_in_progress) <= 1  # a greedy reader has all 3 half read
+
+
+def test_sparse_pairing_gives_the_same_mean_with_fewer_pad_streams(federation):
+    """encryption.otp.neighbours 2 with five label trainers: each masks with two pad peers, not four,
+    and the uploads still cancel to the weighted mean."""
+    trainers = [f"node-{i}" for i in range(1, 6)]
+    ctxs = federation(trainers)
+    enc = {"otp": {**OTP["otp"], "neighbours": 2}}
+    initial = {"w": np.arange(12, dtype=np.float32).reshape(3, 4)}
+
+    def leaf(node, weight):
+        def fn():
+            lf = make_leaf(ctxs[node], enc)
+            lf.setup()
+            start = lf.receive_initial()
+            return lf.aggregate(0, {"w": start["w"] * weight}, weight), len(lf.streams)
+        return fn
+
+    def root():
+        rt = make_root(ctxs["assist"], enc)
+        rt.setup()
+        rt.broadcast_initial(initial)
+        return rt.aggregate(0, None, 0.0)
+
+    weights = dict(zip(trainers, (1.0, 2.0, 3.0, 4.0, 5.0), strict=True))
+    out = run_parties({**{n: leaf(n, w) for n, w in weights.items()}, "assist": root})
+    want = sum(w * w * initial["w"].astype(np.float64) for w in weights.values()) / sum(weights.values())
+    np.testing.assert_allclose(out["assist"]["w"], want, rtol=1e-6)
+    assert all(out[n][1] == 2 for n in trainers)

@@ -64,3 +64,35 @@ def test_pinned_identities_without_own_key_or_signature_are_refused(federation):
     pins = {n: generate(n).public_hex for n in nodes}
     with pytest.raises(SecurityError, match="no identity key"):
         _agree(federation(nodes), nodes, None, pins)
+
+
+@pytest.mark.parametrize("n,k", [(3, 2), (8, 2), (8, 4), (32, 6), (33, 10), (5, 4), (5, 8)])
+def test_sparse_pad_peers_are_symmetric_connected_and_k_per_party(n, k):
+    from xfed.aggregation.keyexchange import pad_peers
+
+    parties = [f"p{i:02d}" for i in range(n)]
+    peers = {p: pad_peers(parties, p, k) for p in parties}
+    for p, mine in peers.items():
+        assert len(mine) == min(k, n - 1) and p not in mine
+        assert all(p in peers[q] for q in mine)  # every pad has both ends: they cancel in the sum
+    seen, todo = set(), [parties[0]]  # connected: the aggregator alone learns only the total
+    while todo:
+        p = todo.pop()
+        if p not in seen:
+            seen.add(p)
+            todo += peers[p]
+    assert seen == set(parties)
+    assert pad_peers(parties, "p01") == [p for p in parties if p != "p01"]
+
+
+def test_neighbours_is_validated():
+    from xfed.aggregation.keyexchange import OtpSettings
+    from xfed.aggregation.settings import encryption_of
+    from xfed.errors import ConfigError
+
+    assert OtpSettings.of(encryption_of({"otp": {"neighbours": 4}}).otp).neighbours == 4
+    for bad in (3, 0, "x"):
+        with pytest.raises(ConfigError, match="encryption.otp"):
+            encryption_of({"otp": {"neighbours": bad}})
+    with pytest.raises(ConfigError, match="encryption.otp.neighbours: .*cannot be combined with dropout"):
+        encryption_of({"otp": {"neighbours": 2, "dropout": {"threshold": 2}}})

@@ -93,6 +93,50 @@ def test_fedadagrad_hand_computed_step_and_default_without_momentum():
     np.testing.assert_allclose(y1, [1 + 2 / (math.sqrt(4.25) + 0.5), 2.0], rtol=1e-6)
 
 
+def test_fedadam_with_bias_correction_over_one_sgd_step_is_torch_adam_on_the_gradients():
+    # each round the parties take one SGD step (lr 1) from the global x: their mean is x - g, the mean gradient
+    import torch
+
+    rng = np.random.default_rng(1)
+    grads = [rng.normal(size=3) * 10 ** rng.uniform(-3, 0, size=3) for _ in range(6)]
+    x0 = np.array([0.5, -1.0, 2.0])
+    s = FedAdam(FedAdam.Params(server_lr=0.1, beta_1=0.9, beta_2=0.999, tau=1e-8, bias_correction=True))
+    s.start({"w": x0.astype(np.float32)})
+    w = torch.nn.Parameter(torch.tensor(x0, dtype=torch.float64))
+    adam = torch.optim.Adam([w], lr=0.1, betas=(0.9, 0.999), eps=1e-8)
+    for r, g in enumerate(grads, 1):
+        x = s.current["w"].astype(np.float64)
+        got = s.step(r, {"w": x - g})["w"]
+        w.data = torch.tensor(x)  # the server's float32 global, as the parties receive it
+        w.grad = torch.tensor(g)
+        adam.step()
+        np.testing.assert_allclose(got, w.detach().numpy().astype(np.float32), rtol=1e-6, atol=1e-7)
+    # FedAdagrad's v is a sum: only m is corrected
+    a = FedAdagrad(FedAdagrad.Params(server_lr=1.0, beta_1=0.5, tau=0.5, bias_correction=True))
+    [y1] = _steps(a, [[3, 2]])  # m = .5 * 2 = 1 -> 1 / (1 - .5) = 2; v = 0 + 4
+    np.testing.assert_allclose(y1, [1 + 2 / (2 + 0.5), 2.0], rtol=1e-6)
+
+
+def test_cosine_server_lr_decays_over_the_job_rounds_hand_computed():
+    # FedAvgM without momentum: x_{t+1} = x_t + eta_t * delta_t; eta_t = eta * (1 + cos(pi (t - 1) / T)) / 2
+    s = FedAvgM(FedAvgM.Params(server_lr=2.0, momentum=0.0, server_lr_schedule="cosine"), rounds=4)
+    assert [s.server_lr(t) for t in (1, 2, 3, 4)] == pytest.approx([2.0, 1 + math.sqrt(0.5), 1.0, 1 - math.sqrt(0.5)])
+    x1, x2 = _steps(s, [[2, 2], [2, 2]])  # round 1: delta [1, 0] at eta 2; round 2: delta [2 - 3, 0]
+    np.testing.assert_allclose(x1, [3.0, 2.0])
+    np.testing.assert_allclose(x2, [3 - (1 + math.sqrt(0.5)), 2.0], rtol=1e-6)
+    # FedAdam: the same first step as at a constant eta, scaled by eta_t
+    cos = FedAdam(FedAdam.Params(server_lr=1.0, beta_1=0.5, beta_2=0.75, tau=0.5, server_lr_schedule="cosine"),
+                  rounds=3)
+    (c1, c2), (k1, k2) = _steps(_opt(FedAdam, beta_2=0.75), [[3, 2], [3, 2]]), _steps(cos, [[3, 2], [3, 2]])
+    np.testing.assert_allclose(k1, c1, rtol=1e-7)  # round 1: eta_1 = eta
+    np.testing.assert_allclose(k2 - k1, 0.75 * (c2 - c1), rtol=1e-6)  # round 2: same m, v; eta_2 = 0.75 eta
+    with pytest.raises(JobError, match="needs the job's number of rounds"):
+        make_strategy("fedadam", {"server_lr_schedule": "cosine"})
+    with pytest.raises(ValidationError):
+        StrategyChoice.model_validate({"fedadam": {"server_lr_schedule": "step"}})
+    assert make_strategy("fedyogi", {"server_lr_schedule": "cosine"}, rounds=9).server_lr(10) == pytest.approx(0.0)
+
+
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_a_strategy_restored_from_its_state_continues_exactly(name):
     rng = np.random.default_rng(0)

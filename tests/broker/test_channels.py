@@ -45,8 +45,14 @@ def test_chunked_payload_round_trips_and_consumed_entries_are_deleted(r):
     m = b.recv("a", "big", timeout=5)
     assert np.array_equal(m.tensors["x"], x) and m.tensors["s"] == np.float32(1.5)
     assert m.tensors["x"].flags.writeable
-    assert r.xlen(box) == 0
     assert b.stats.bytes_received == sent == a.stats.bytes_sent
+    assert r.xlen(box) > 0  # consumed entries go with b's next command (no round trip of their own) ...
+    b.send("a", "ack")
+    assert r.xlen(box) == 0
+    a.send("b", "more", {"x": x[:10]})
+    b.recv("a", "more", timeout=5)
+    b.flush()  # ... or now
+    assert r.xlen(box) == 0
 
 
 def test_gather_and_broadcast_between_several_nodes(r):
@@ -153,6 +159,11 @@ def test_acl_user_reads_only_its_own_mailboxes(redis_server, r):
         n1.xrange(keys.mailbox("5", 1, "n2", "n1"))  # n2's inbox: n1 may write, not read
     with pytest.raises(redis.exceptions.NoPermissionError):
         n1.xadd(keys.mailbox("5", 1, "n2", "n3"), {b"d": b"x"})  # cannot write as n3
+    # a published payload: written once by its sender, read by the others, written by no one else
+    Comm(n1, keys, "6", 1, "n1").publish(["n2"], "mean", {"w": np.full(3, 2.0)})
+    assert Comm(n2, keys, "6", 1, "n2", poll_s=0.05).recv("n1", "mean", timeout=2).tensors["w"].sum() == 6
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        n2.xadd(keys.shared("6", 1, "n1"), {b"u": b"1", b"d": b"x"})
 
 
 def test_send_rides_out_a_short_redis_outage(redis_server, r):
@@ -189,3 +200,66 @@ def test_a_restarted_peer_gets_fresh_mailboxes_with_sequence_numbers_from_zero(r
     assert not a._inbox("node-b").pending["x"]  # the dead incarnation's unread messages are gone
     with pytest.raises(ChannelTimeout):
         b2.recv("node-a", "x", timeout=0.2)
+
+
+def _calls(r, cmd: str) -> int:
+    return int(r.info("commandstats").get(f"cmdstat_{cmd}", {}).get("calls", 0))
+
+
+def test_receiver_sizes_its_reads_from_the_sender_s_chunks_and_pipelines_its_deletes(r):
+    """A message cut in 1 KiB chunks reaches a receiver that would itself use 4 MiB entries in two
+    XREADs (the first learns the chunk count from the header), not 16 MiB/4 MiB = 4 entries a read;
+    its XDELs ride in front of the next command instead of costing a round trip after each read."""
+    a, b = _comm(r, "a", chunk_bytes=1024), _comm(r, "b")
+    x = np.arange(12_000, dtype=np.uint64)  # ~96 KiB: 94 chunks
+    a.send("b", "big", {"x": x})
+    reads, deletes = _calls(r, "xread"), _calls(r, "xdel")
+    assert np.array_equal(b.recv("a", "big", timeout=5).tensors["x"], x)
+    assert _calls(r, "xread") - reads == 2
+    assert _calls(r, "xdel") - deletes == 1  # the first read's entries, deleted with the second read
+    b.flush()
+    assert r.xlen(Keys("t").mailbox("5", 1, "b", "a")) == 0
+
+
+def test_publish_writes_the_payload_once_and_every_receiver_reads_it(r):
+    keys = Keys("t")
+    root = _comm(r, "root", chunk_bytes=4096)
+    leaves = {n: _comm(r, n) for n in ("n1", "n2", "n3")}
+    mean = np.random.default_rng(2).normal(size=5000).astype(np.float32)  # 20 kB: 5 shared chunks
+    root.send("n2", "other", meta={"first": True})  # publish shares the per-pair sequence numbers
+    sent = root.publish(list(leaves), "down", {"mean": mean}, {"round": 3})
+    shared = keys.shared("5", 1, "root")
+    assert r.xlen(shared) == 5
+    assert all(r.xlen(keys.mailbox("5", 1, n, "root")) == (2 if n == "n2" else 1) for n in leaves)
+    assert sent < 2 * mean.nbytes  # one payload, three small headers
+    for c in leaves.values():
+        m = c.recv("root", "down", timeout=3)
+        assert m.meta == {"round": 3} and np.array_equal(m.tensors["mean"], mean) and m.tensors["mean"].flags.writeable
+    assert leaves["n2"].recv("root", "other", timeout=3).meta == {"first": True}
+    # once a receiver has seen a published header it reads the sender's shared stream with its mailbox:
+    # the payload comes in the read that brings the header (MULTI/EXEC), no XRANGE of its own
+    ranges = _calls(r, "xrange")
+    root.publish(list(leaves), "down", {"mean": mean * 2})
+    for c in leaves.values():
+        assert np.array_equal(c.recv("root", "down", timeout=3).tensors["mean"], mean * 2)
+    assert _calls(r, "xrange") == ranges
+    # the next publish replaces the payload; a receiver that had not read the first finds it gone
+    late = _comm(r, "n4")
+    root.publish(["n4"], "down", {"mean": mean})
+    root.publish(["n1", "n4"], "down", {"mean": mean + 1})
+    assert r.xlen(shared) == 5
+    assert np.array_equal(leaves["n1"].recv("root", "down", timeout=3).tensors["mean"], mean + 1)
+    with pytest.raises(FrameError, match="shared payload on .* is missing or replaced"):
+        late.recv("root", "down", timeout=3)
+
+
+def test_a_forged_shared_payload_reference_is_a_frame_error(r):
+    keys = Keys("t")
+    box = keys.mailbox("5", 1, "b", "evil")
+    r.xadd(box, {b"q": b"0", b"i": b"0", b"n": b"1", b"z": b"100", b"d": b"x", b"p": b"1 999999"})
+    with pytest.raises(FrameError, match="shared payload of 999999 chunks"):
+        _comm(r, "b").recv("evil", "x", timeout=2)
+    r.xadd(keys.mailbox("5", 1, "c", "evil"), {b"q": b"0", b"i": b"0", b"n": b"1", b"z": b"100", b"d": b"x",
+                                               b"p": b"one two"})
+    with pytest.raises(FrameError, match="malformed shared-payload reference"):
+        _comm(r, "c").recv("evil", "x", timeout=2)

@@ -86,7 +86,9 @@ def test_broadcast_signs_each_receivers_copy_for_that_receiver(r):
         seq, frame = _take(r, n, "root")
         sigs[n] = frame.meta[SIGNATURE_KEY]
         _put(r, frame, seq)
-        assert np.array_equal(_comm(r, n).recv("root", "agg/0/down").tensors["mean"], np.arange(4.0))
+        c = _comm(r, n)
+        assert np.array_equal(c.recv("root", "agg/0/down").tensors["mean"], np.arange(4.0))
+        c.flush()  # delete what it consumed now, so _take below sees only the next message
     assert sigs["a"] != sigs["b"]
     # a's copy handed to b (receiver rewritten) does not verify for b
     root.broadcast(["a", "b"], "agg/1/down", {"mean": np.arange(4.0)})
@@ -138,6 +140,7 @@ def test_replay_at_another_sequence_number_is_refused(r, no_tensor_decoding):
     _put(r, first, seq0)
     a = _comm(r, "a")
     a.recv("root", "agg/0/down")
+    a.flush()
     root.send("a", "agg/0/down", {"mean": np.arange(3.0) + 9})
     seq1, _ = _take(r, "a", "root")
     _put(r, first, seq1, header=_moved(first.header, seq=seq1))  # the old message, renumbered
@@ -185,3 +188,18 @@ def test_without_identities_nothing_is_added_and_the_signature_key_is_reserved(r
     assert frame.meta == {"round": 0}
     with pytest.raises(FrameError, match="'sig' is reserved"):
         plain.send("a", "x", meta={SIGNATURE_KEY: "00"})
+
+
+def test_a_published_payload_altered_in_redis_does_not_verify(r, no_tensor_decoding):
+    root = _comm(r, "root")
+    root.publish(["a", "b"], "agg/0/down", {"mean": np.arange(4.0)})
+    a = _comm(r, "a")
+    assert np.array_equal(a.recv("root", "agg/0/down").tensors["mean"], np.arange(4.0))
+    shared = KEYS.shared("5", 1, "root")
+    [(eid, fields)] = r.xrange(shared)
+    r.delete(shared)
+    r.xadd(shared, {b"u": fields[b"u"], b"d": fields[b"d"].replace(np.float64(3.0).tobytes(),
+                                                                    np.float64(4.0).tobytes())})
+    no_tensor_decoding()
+    with pytest.raises(SecurityError, match="message agg/0/down root -> b: signature does not verify"):
+        _comm(r, "b").recv("root", "agg/0/down")

@@ -117,3 +117,14 @@ def test_a_lease_taken_over_is_noticed_and_not_renewed_or_deleted(redis_server):
     hb.stop()  # must not delete the successor's key
     assert r.get(keys.heartbeat("n1")) == b"pid 1 on host elsewhere #x"
     assert 3000 < r.pttl(keys.heartbeat("n1")) <= 5000  # and never renewed it
+
+
+def test_the_lease_outlasts_the_failover_window(redis_server):
+    r, keys = redis_server.client(), Keys("hbfo")
+    assert Heartbeat(r, keys, "n", "label_trainer", interval=0.5).ttl_ms == 1500  # one server: 3 beats
+    hb = Heartbeat(r, keys, "n", "label_trainer", interval=0.5, failover_s=10).start()
+    try:
+        assert hb.ttl_ms == 11_000  # window + 2 beats
+        assert 8_000 < r.pttl(keys.heartbeat("n")) <= 11_000  # (a loaded machine may take a while)
+    finally:
+        hb.stop()

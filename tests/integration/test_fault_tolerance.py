@@ -92,6 +92,20 @@ class Harness:
         self.fed.wait_for(lambda: self.last_round(job_id, node) >= k, f"{node} round {k} of job {job_id}",
                           timeout=timeout)
 
+    def newest_state(self, job_id: str, node: str, timeout: float = 300) -> dict:
+        """The node's newest complete resume state, waiting (bounded) until it has one. Waits on the very
+        file it returns: a party is up to a round behind another, and a state can be pruned between
+        finding and reading it (then the next newest is read)."""
+        def read() -> dict | None:
+            k = self.last_round(job_id, node)
+            path = self.out(job_id, node) / f"checkpoint-{k}" / "xfed_resume" / "state.json"
+            try:
+                return json.loads(path.read_text()) if k else None
+            except FileNotFoundError:
+                return None
+
+        return self.fed.wait_for(read, f"a resume state of {node} in job {job_id}", timeout=timeout)
+
     def child_pid(self, job_id: str, node: str) -> int:
         return self.fed.wait_for(lambda: self.fed.child_pids(job_id).get(node), f"{node}'s stage pid")
 
@@ -219,10 +233,12 @@ def test_dp_otp_job_resumes_with_its_noise_seed_and_accounts_every_round_once(h,
     h.fed.wait_for(start, "every node alive to start the DP job", timeout=60)
     job_id = started["job"]
     pid = h.child_pid(job_id, "node-1")
-    for n in TRAINERS:  # every party's own round-1 state (node-2 may write it after node-1 did)
-        h.wait_round(job_id, n, 1)
-    seeds = {n: json.loads((h.out(job_id, n) / "checkpoint-1" / "xfed_resume" / "state.json").read_text())["dp_seed"]
-             for n in TRAINERS}
+    h.wait_round(job_id, "node-1", 1)
+    # Hold node-1 (so the job cannot end before the kill); node-2 is at most a round behind it, so it
+    # completes round 1 too. The seed is the same in every round's state: read each party's newest
+    # (waiting for node-2's: checkpoint-1 of a party is not there yet when node-1's is, and is pruned later).
+    os.kill(pid, signal.SIGSTOP)
+    seeds = {n: h.newest_state(job_id, n)["dp_seed"] for n in TRAINERS}
     assert len(set(seeds.values())) == 2  # each party its own secret seed
     os.kill(pid, signal.SIGKILL)
     assert h.fed.wait_job(job_id).state.value == "FAILED"

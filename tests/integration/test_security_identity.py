@@ -125,6 +125,12 @@ class BrokerInTheMiddle:
                 pass
 
 
+def _shared_key(mailbox: bytes) -> bytes:
+    """ns:job:{J}:s:S.A:to:R:from:N -> ns:job:{J}:p:S.A:N, where N publishes (xfed.broker.keys.Keys.shared)."""
+    prefix, rest = mailbox.split(b":s:", 1)
+    return prefix + b":p:" + rest.split(b":to:", 1)[0] + b":" + mailbox.rsplit(b":from:", 1)[1]
+
+
 class Attacker:
     """What the broker does to mailbox XADDs: log them, swap DH values, strip pads (see `mode`).
 
@@ -145,17 +151,27 @@ class Attacker:
         self._streams: dict[str, object] = {}       # sender -> pad stream it masks with (known to us)
         self.last_signed: dict[tuple[str, str], dict] = {}      # (sender, receiver) -> last genuine DH meta
         self.strip_signatures = False                # with a swap: drop the `sig` field too
+        self._published: dict[tuple[bytes, bytes], list[bytes]] = {}  # (shared key, publish no.) -> chunks
 
     def __call__(self, args: list[bytes]) -> list[bytes]:
-        if len(args) < 5 or args[0].upper() != b"XADD" or b":to:" not in args[1]:
+        if len(args) < 5 or args[0].upper() != b"XADD" or (b":to:" not in args[1] and b":p:" not in args[1]):
             return args
         star = args.index(b"*", 2)
         fields = dict(zip(args[star + 1::2], args[star + 2::2], strict=True))
+        if b":p:" in args[1]:  # a payload published once (Comm.publish): kept to read with its headers
+            with self.lock:
+                self._published.setdefault((args[1], fields[b"u"]), []).append(fields[b"d"])
+            return args
         if fields.get(b"n") != b"1":
             return args
         from xfed.broker.frames import decode_frame, encode_frame
 
-        frame = decode_frame(fields[b"d"])
+        data = fields[b"d"]
+        if b"p" in fields:  # a published message's header: the payload went to the sender's shared stream
+            pub = fields[b"p"].split(b" ")[0]
+            with self.lock:
+                data += b"".join(self._published.get((_shared_key(args[1]), pub), []))
+        frame = decode_frame(data)
         with self.lock:
             self.frames.append(frame)
             new = self._tamper(frame)
@@ -163,6 +179,7 @@ class Attacker:
             return args
         tensors, meta = new
         data = encode_frame(frame.header, tensors, meta)
+        fields.pop(b"p", None)  # the broker's version travels whole in the mailbox (a receiver accepts both)
         fields[b"d"], fields[b"z"] = data, str(len(data)).encode()
         return args[:star + 1] + [x for kv in fields.items() for x in kv]
 

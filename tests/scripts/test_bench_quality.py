@@ -75,3 +75,18 @@ def test_bad_model_folder_is_a_one_line_error(tmp_path, capsys):
 def test_more_rounds_than_steps_is_refused(capsys):
     rc = _bench().main(["--quick", "--steps", "2", "--rounds", "3"])
     assert rc == 2 and "--rounds 3" in capsys.readouterr().err
+
+
+def test_federated_batch_keeps_the_examples_and_sets_the_parties_steps_and_batch(capsys):
+    bench = _bench()
+    s = bench.settings_from(bench.parse_args(["--steps", "300", "--rounds", "960", "--federated-batch", "5",
+                                              "--arms", "plain"]))
+    assert s.federated_steps == 960 and 3 * 960 * 5 == 3 * s.steps * s.batch  # the centralized arm's examples
+    trainer = bench.train_params(s, "plain", s.federated_steps, federated=True)["trainer"]
+    assert trainer["per_device_train_batch_size"] == 5 and trainer["max_steps"] == 960
+    assert bench.train_params(s, "plain", 900)["trainer"]["per_device_train_batch_size"] == 16  # centralized
+    # the lone parties take S = 300 steps, the centralized arm 900: 960 rounds are more than they have
+    assert bench.main(["--steps", "300", "--rounds", "960", "--federated-batch", "5", "--arms", "local,plain"]) == 2
+    assert "more rounds than the local arm's steps (300)" in capsys.readouterr().err
+    assert bench.main(["--steps", "300", "--rounds", "960", "--federated-batch", "5", "--arms", "centralized"]) == 2
+    assert "more rounds than the centralized arm's steps (900)" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol
 
 import numpy as np
 
@@ -128,6 +128,16 @@ def _trainers(ctx: AggregationContext) -> list[str]:
     return trainers
 
 
+class UploadSum(Protocol):
+    """A root's running sum of one round's uploads (plain or masked)."""
+
+    def add(self, node: str, tensors: Mapping[str, np.ndarray]) -> None:
+        """Check `node`'s upload (FrameError blaming it) and add it into the sum."""
+
+    def result(self) -> tuple[dict[str, np.ndarray], float]:
+        """(weighted sums as float64, total weight) once every upload is in."""
+
+
 class _Party:
     """State common to leaves and roots: the ctx, the Comm, the stats of the last round."""
 
@@ -211,6 +221,11 @@ class RootBase(_Party):
     def setup(self) -> None:
         """Nothing to agree for plain aggregation; otp overrides it (the root takes no part in DH)."""
 
+    # the mean is written to Redis once and every label trainer reads that copy (Comm.publish), which
+    # needs every receiver to read round r's mean before round r+1's is published: true where every
+    # trainer uploads every round (plain, otp); a root whose rounds may leave a party out keeps N copies
+    one_copy_mean = False
+
     # names and shapes the root itself broadcast: every upload is checked against these, so the party
     # whose upload is wrong is the one named (not whichever upload happened to come first)
     layout: dict[str, np.ndarray] | None = None
@@ -223,17 +238,24 @@ class RootBase(_Party):
         self.comm.broadcast(self.trainers, TAG_INIT, initial)
 
     def _round(self, round_idx: int, own_tensors: Mapping[str, Any] | None, own_weight: float,
-               sum_uploads: Any) -> dict[str, np.ndarray]:
-        """One root round: gather every upload, `sum_uploads(got) -> (weighted sums, total weight)`
-        (plain or unmasking: the only part that differs), add the root's own tensors, broadcast the mean."""
+               uploads: UploadSum) -> dict[str, np.ndarray]:
+        """One root round: add each upload into `uploads` as it arrives (plain or masked: the only
+        part that differs) and drop it, so the root holds the running sum and about one upload
+        whatever the number of parties, and sums while later uploads are still on the wire; then
+        add the root's own tensors and broadcast the mean."""
         st = self._begin(round_idx)
         who = f"{self.node_id}: round {round_idx}"
         own = as_numpy(own_tensors, who) if own_tensors is not None else None
         own_w = check_weight(own_weight, who, allow_zero=True)
-        got = self.comm.gather(self.trainers, tag_up(round_idx), timeout=self.timeout)
+        busy = 0.0
+        for node, msg in self.comm.arrivals(self.trainers, tag_up(round_idx), timeout=self.timeout, one_by_one=True):
+            t0 = time.perf_counter()
+            uploads.add(node, msg.tensors)
+            del msg  # the next upload is read without this one in memory
+            busy += time.perf_counter() - t0
         t0 = time.perf_counter()
-        sums, total = sum_uploads(got)
-        st.unmask_ms = round((time.perf_counter() - t0) * 1000, 3)
+        sums, total = uploads.result()
+        st.unmask_ms = round((busy + time.perf_counter() - t0) * 1000, 3)
         mean = self._finish(round_idx, sums, total, own, own_w)
         st.parties = len(self.trainers) + (1 if own is not None and own_w > 0 else 0)
         self._end()
@@ -248,6 +270,7 @@ class RootBase(_Party):
                 weighted_sum[name] += own_weight * value.astype(np.float64, copy=False)
             total_weight += own_weight
         mean = self.strategy.finalize(round_idx, weighted_sum, total_weight)
-        self.comm.broadcast(self.trainers, tag_down(round_idx), mean, meta)
+        send = self.comm.publish if self.one_copy_mean else self.comm.broadcast
+        send(self.trainers, tag_down(round_idx), mean, meta)
         self.last_digest = tensors_digest(mean)
         return mean

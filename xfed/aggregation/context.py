@@ -19,5 +19,10 @@ class AggregationContext(Protocol):
     comm: Comm
     fed: FedConf | None                 # its `identities` pin the DH values' signers
     identity_key: IdentityKey | None    # signs this node's DH values when identities are pinned
+    incarnation: int                    # > 0: this node was restarted and rejoins the running stage
 
     def report(self, kind: str, data: dict[str, Any]) -> None: ...
+
+    def membership(self) -> dict[str, int]:
+        """{node: incarnation} of the label trainers restarted into this stage (the SecAgg root admits them)."""
+        ...

@@ -37,11 +37,32 @@ class OtpSettings:
     csprng: str = "hmac_drbg"       # csprng.name
     method: str = "sha512"          # csprng.method (hmac_drbg's hash)
     lanes: int = DEFAULT_LANES      # sub-streams per pair (both ends must agree)
+    neighbours: int | None = None   # pad peers per party (SecAgg+-style sparse graph); None: every other party
 
     @classmethod
     def of(cls, otp: Otp) -> OtpSettings:
         return cls(bits=otp.key_bitlength, group_bits=otp.key_exchange.key_bitlength,
-                   optimized=otp.key_exchange.optimized, csprng=otp.csprng.name, method=otp.csprng.method)
+                   optimized=otp.key_exchange.optimized, csprng=otp.csprng.name, method=otp.csprng.method,
+                   neighbours=otp.neighbours)
+
+
+def pad_peers(parties: list[str], me: str, neighbours: int | None = None) -> list[str]:
+    """The parties `me` shares a pad stream with.
+
+    None (the default) or neighbours >= len(parties) - 1: every other party. Otherwise the sparse
+    pairing graph of SecAgg+ in its deterministic form: the parties in sorted order on a ring, each
+    paired with the neighbours/2 nearest on either side (a circulant graph, connected and symmetric:
+    b is a's pad peer iff a is b's), so a party draws `neighbours` pad streams, not N-1, and the
+    key exchange sends N * neighbours values, not N * (N-1). docs/SECAGG.md says what it costs."""
+    ring = sorted(set(parties))
+    if me not in ring:
+        raise ValueError(f"{me!r} is not one of the masked parties")
+    n = len(ring)
+    if neighbours is None or neighbours >= n - 1:
+        return [p for p in ring if p != me]
+    i = ring.index(me)
+    near = {ring[(i + d) % n] for k in range(1, neighbours // 2 + 1) for d in (k, -k)}
+    return [p for p in ring if p in near]
 
 
 def exchange_publics(comm: Any, peers: list[str], *, session: str, group: DhGroup, public: int,

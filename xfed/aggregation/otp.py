@@ -17,10 +17,10 @@ import numpy as np
 
 from xfed.aggregation.base import WEIGHT_KEY, LeafBase, RootBase, check_same_layout, encode
 from xfed.aggregation.context import AggregationContext
-from xfed.aggregation.keyexchange import OtpSettings, agree_pad_streams
+from xfed.aggregation.keyexchange import OtpSettings, agree_pad_streams, pad_peers
 from xfed.aggregation.settings import Otp
-from xfed.crypto import unmask_sum
 from xfed.crypto.fixedpoint import check_params, encoded_shape
+from xfed.crypto.running_sum import RunningSum
 from xfed.errors import FrameError, JobError, blaming
 
 
@@ -37,7 +37,7 @@ class OtpLeaf(LeafBase):
     def __init__(self, ctx: AggregationContext, otp: Otp, **kw: Any) -> None:
         super().__init__(ctx, **kw)
         self.settings = OtpSettings.of(otp)
-        self.peers = [t for t in self.trainers if t != self.node_id]
+        self.peers = [t for t in self.trainers if t != self.node_id]  # pad peers: set in setup()
         self.streams: dict = {}
         self.setup_ms = 0.0
         self._ready = False
@@ -49,6 +49,8 @@ class OtpLeaf(LeafBase):
             raise JobError(f"{self.node_id} is not a label trainer of this job (trainers: {', '.join(self.trainers)})")
         if len(self.trainers) < 2:
             self.warn(_too_few_warning(len(self.trainers)))
+        if len(self.trainers) > 1:
+            self.peers = pad_peers(self.trainers, self.node_id, self.settings.neighbours)
         identities = dict(self.ctx.fed.identities) if self.ctx.fed is not None else {}
         self.streams = agree_pad_streams(self.comm, self.peers, self.settings, session=_session(self.ctx),
                                          identity_key=self.ctx.identity_key,
@@ -72,6 +74,8 @@ class OtpLeaf(LeafBase):
 
 
 class OtpRoot(RootBase):
+    one_copy_mean = True  # every label trainer uploads every round, so each reads every mean
+
     def __init__(self, ctx: AggregationContext, otp: Otp, **kw: Any) -> None:
         super().__init__(ctx, **kw)
         self.settings = OtpSettings.of(otp)
@@ -83,37 +87,47 @@ class OtpRoot(RootBase):
 
     def aggregate(self, round_idx: int, own_tensors: Mapping[str, Any] | None,
                   own_weight: float = 0.0) -> dict[str, np.ndarray]:
-        """Gather every label trainer's masked dict, unmask the sum, add own tensors, broadcast the mean."""
-        return self._round(round_idx, own_tensors, own_weight, lambda got: self._unmask(round_idx, got))
+        """Add each label trainer's masked dict into the running sum as it arrives, unmask the sum,
+        add own tensors, broadcast the mean."""
+        return self._round(round_idx, own_tensors, own_weight, MaskedUploads(self, round_idx))
 
-    def _unmask(self, round_idx: int, got: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], float]:
-        bits = self.settings.bits
-        if self.layout is not None:  # what this root broadcast, as every leaf must have masked it
-            reference = {k: np.broadcast_to(np.uint64(0), encoded_shape(v.shape, bits)) for k, v in self.layout.items()}
-            reference[WEIGHT_KEY] = np.broadcast_to(np.uint64(0), encoded_shape((), bits))
-        else:  # a caller that never broadcast: the first upload is the reference
-            reference = got[self.trainers[0]].tensors
-            if WEIGHT_KEY not in reference:
-                raise blaming(FrameError(f"round {round_idx} upload from {self.trainers[0]}: missing {WEIGHT_KEY!r}"),
-                              self.trainers[0])
-        for node in self.trainers:
-            try:
-                check_same_layout(reference, got[node].tensors, f"round {round_idx} masked upload from {node}",
-                                  dtype=np.dtype(np.uint64))
-            except FrameError as err:
-                raise blaming(err, node) from None
+
+class MaskedUploads:
+    """One round's masked uploads summed mod 2^bits as they arrive (the pads cancel in the full sum)."""
+
+    def __init__(self, root: OtpRoot, round_idx: int) -> None:
+        self.root, self.round_idx = root, round_idx
+        self.bits, self.frac_bits = root.settings.bits, root.settings.frac_bits
+        self.sum = RunningSum(bits=self.bits, frac_bits=self.frac_bits)
+        self.reference: dict[str, np.ndarray] | None = None
+        if root.layout is not None:  # what the root broadcast, as every leaf must have masked it
+            self.reference = {k: np.broadcast_to(np.uint64(0), encoded_shape(v.shape, self.bits))
+                              for k, v in root.layout.items()}
+            self.reference[WEIGHT_KEY] = np.broadcast_to(np.uint64(0), encoded_shape((), self.bits))
+
+    def add(self, node: str, tensors: Mapping[str, np.ndarray]) -> None:
+        what = f"round {self.round_idx} masked upload from {node}"
         try:
-            sums = unmask_sum([got[n].tensors for n in self.trainers], bits=self.settings.bits,
-                              frac_bits=self.settings.frac_bits)
+            if self.reference is None:  # a caller that never broadcast: the first upload is the reference
+                if WEIGHT_KEY not in tensors:
+                    raise FrameError(f"{what}: missing {WEIGHT_KEY!r}")
+                self.reference = {k: np.broadcast_to(np.uint64(0), np.shape(v)) for k, v in tensors.items()}
+            check_same_layout(self.reference, tensors, what, dtype=np.dtype(np.uint64))
+            self.sum.add(tensors, adopt=True)
         except ValueError as exc:
-            raise FrameError(f"round {round_idx}: masked uploads do not fit together: {exc}") from None
+            raise blaming(FrameError(f"{what}: {exc}"), node) from None
+        except FrameError as err:
+            raise blaming(err, node) from None
+
+    def result(self) -> tuple[dict[str, np.ndarray], float]:
+        sums = self.sum.decode()
         total = float(sums.pop(WEIGHT_KEY))
         # pads that do not cancel leave a uniformly random sum: the weight decodes negative, or above
         # any real total (a quarter of the representable range), 7 times out of 8
-        frac_bits = check_params(bits, self.settings.frac_bits)
-        if not np.isfinite(total) or total < 0 or total > 2.0 ** (bits - 1 - frac_bits - 2):
+        frac_bits = check_params(self.bits, self.frac_bits)
+        if not np.isfinite(total) or total < 0 or total > 2.0 ** (self.bits - 1 - frac_bits - 2):
             raise FrameError(
-                f"round {round_idx}: the masked uploads do not cancel (the total weight decodes to {total:.6g}): "
+                f"round {self.round_idx}: the masked uploads do not cancel (the total weight decodes to {total:.6g}): "
                 "an upload was replayed from another round, altered, or masked with other pads; pin every "
                 "node's identity in fed_conf.json so uploads are signed and bound to their round")
         return sums, total

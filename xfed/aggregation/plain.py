@@ -27,7 +27,7 @@ from xfed.aggregation.base import (
 from xfed.aggregation.context import AggregationContext
 from xfed.aggregation.settings import Plain
 from xfed.crypto.fixedpoint import default_frac_bits
-from xfed.crypto.otp import unmask_sum
+from xfed.crypto.running_sum import RunningSum
 from xfed.errors import FrameError, XfedError, blaming
 
 
@@ -38,6 +38,8 @@ class PlainLeaf(LeafBase):
 
 
 class PlainRoot(RootBase):
+    one_copy_mean = True  # every label trainer uploads every round, so each reads every mean
+
     def __init__(self, ctx: AggregationContext, plain: Plain, **kw: Any) -> None:
         super().__init__(ctx, **kw)
         self.bits = plain.key_bitlength  # checked once, by settings.Plain
@@ -45,31 +47,37 @@ class PlainRoot(RootBase):
 
     def aggregate(self, round_idx: int, own_tensors: Mapping[str, Any] | None,
                   own_weight: float = 0.0) -> dict[str, np.ndarray]:
-        """Gather every label trainer's tensors, add the root's own (if it trains), broadcast the mean."""
-        return self._round(round_idx, own_tensors, own_weight, lambda got: self._sum(round_idx, got))
+        """Add each label trainer's tensors into the running sum as they arrive, add the root's own
+        (if it trains), broadcast the mean."""
+        return self._round(round_idx, own_tensors, own_weight, PlainUploads(self, round_idx))
 
-    def _sum(self, round_idx: int, got: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], float]:
-        reference = self.layout  # what this root broadcast; without it (a caller that never did) the first upload
-        encoded: list[dict[str, np.ndarray]] = []
-        for node in self.trainers:
-            tensors = dict(got[node].tensors)
-            who = f"round {round_idx} upload from {node}"
-            raw_w = tensors.pop(WEIGHT_KEY, None)
-            if raw_w is None or raw_w.shape != ():
-                raise blaming(FrameError(f"{who}: missing the scalar {WEIGHT_KEY!r}"), node)
-            try:
-                w = check_weight(raw_w, who, allow_zero=True)
-                if reference is None:
-                    reference = layout_of(tensors)
-                check_same_layout(reference, tensors, who)
-            except XfedError as err:
-                raise blaming(err, node) from None
+
+class PlainUploads:
+    """One round's clear uploads, encoded on otp's fixed-point grid and summed as they arrive."""
+
+    def __init__(self, root: PlainRoot, round_idx: int) -> None:
+        self.root, self.round_idx = root, round_idx
+        self.reference = root.layout  # what the root broadcast; without it (a caller that never did) the first upload
+        self.sum = RunningSum(bits=root.bits, frac_bits=root.frac_bits)
+
+    def add(self, node: str, tensors: Mapping[str, np.ndarray]) -> None:
+        tensors = dict(tensors)
+        who = f"round {self.round_idx} upload from {node}"
+        raw_w = tensors.pop(WEIGHT_KEY, None)
+        if raw_w is None or raw_w.shape != ():
+            raise blaming(FrameError(f"{who}: missing the scalar {WEIGHT_KEY!r}"), node)
+        try:
+            w = check_weight(raw_w, who, allow_zero=True)
+            if self.reference is None:
+                self.reference = layout_of(tensors)
+            check_same_layout(self.reference, tensors, who)
             # otp's encoding, without pads: the same integers an otp leaf would mask
-            try:
-                encoded.append(encode(tensors, w, who, bits=self.bits, frac_bits=self.frac_bits,
-                                      n_parties=len(self.trainers), self_id=node, peer_streams={},
-                                      bad_input=FrameError))
-            except FrameError as err:
-                raise blaming(err, node) from None
-        sums = unmask_sum(encoded, bits=self.bits, frac_bits=self.frac_bits)
+            encoded = encode(tensors, w, who, bits=self.root.bits, frac_bits=self.root.frac_bits,
+                             n_parties=len(self.root.trainers), self_id=node, peer_streams={}, bad_input=FrameError)
+        except XfedError as err:
+            raise blaming(err, node) from None
+        self.sum.add(encoded, adopt=True)
+
+    def result(self) -> tuple[dict[str, np.ndarray], float]:
+        sums = self.sum.decode()
         return sums, float(sums.pop(WEIGHT_KEY))

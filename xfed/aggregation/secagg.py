@@ -34,6 +34,7 @@ from xfed.aggregation.base import (
     tag_down,
     tag_up,
 )
+from xfed.aggregation.context import AggregationContext
 from xfed.aggregation.dropout import check_membership
 from xfed.aggregation.keyexchange import OtpSettings, exchange_publics
 from xfed.aggregation.secagg_join import (
@@ -78,9 +79,9 @@ def tag_reveal(r: int) -> str:
     return f"sa/{int(r)}/reveal"
 
 
-def epoch_session(ctx: Any, epoch: int = 0) -> str:
+def epoch_session(ctx: AggregationContext, epoch: int = 0) -> str:
     """E: membership epoch 0 per stage attempt, the next one at every round boundary where nodes rejoined."""
-    return f"{ctx.job_id}/{ctx.stage_id}/{getattr(ctx, 'attempt', 0)}/e{int(epoch)}"
+    return f"{ctx.job_id}/{ctx.stage_id}/{ctx.attempt}/e{int(epoch)}"
 
 
 def n_words(layout: Mapping[str, Any], bits: int) -> int:
@@ -111,8 +112,8 @@ class Prepared:
     pad: np.ndarray | None = None
 
 
-def _identities(ctx: Any) -> dict[str, str]:
-    return dict(getattr(getattr(ctx, "fed", None), "identities", None) or {})
+def _identities(ctx: AggregationContext) -> dict[str, str]:
+    return dict(ctx.fed.identities) if ctx.fed is not None else {}
 
 
 class _SecAgg:
@@ -136,7 +137,7 @@ class _SecAgg:
 
 
 class SecAggLeaf(_SecAgg, LeafBase):
-    def __init__(self, ctx: Any, otp: Otp, *, min_parties: int | None = None,
+    def __init__(self, ctx: AggregationContext, otp: Otp, *, min_parties: int | None = None,
                  **kw: Any) -> None:
         super().__init__(ctx, **kw)
         self._configure(otp, min_parties)
@@ -147,7 +148,7 @@ class SecAggLeaf(_SecAgg, LeafBase):
         self._prepared: dict[int, Prepared] = {}
         self._thread: tuple[int, threading.Thread, list] | None = None
         self.setup_ms = 0.0
-        self.incarnation = int(getattr(ctx, "incarnation", 0) or 0)  # > 0: restarted into the running stage
+        self.incarnation = ctx.incarnation  # > 0: restarted into the running stage
         self.start_round = 0  # a rejoiner's first round (from the root's welcome)
         self._ready = False
         self._join_key: tuple[int, int] | None = None
@@ -164,7 +165,7 @@ class SecAggLeaf(_SecAgg, LeafBase):
             return
         private, public = generate_keypair(self.group, optimized=self.settings.optimized)
         publics = exchange_publics(self.comm, self.peers, session=self.session, group=self.group, public=public,
-                                   identity_key=getattr(self.ctx, "identity_key", None),
+                                   identity_key=self.ctx.identity_key,
                                    identities=_identities(self.ctx), timeout=self.timeout)
         self.share_keys = {p: share_key(shared_secret(self.group, private, y), session=self.session,
                                         node_a=self.node_id, node_b=p) for p, y in publics.items()}
@@ -186,7 +187,7 @@ class SecAggLeaf(_SecAgg, LeafBase):
         session = join_session(self.ctx, self.node_id, self.incarnation)
         self.comm.send(self.assist_id, TAG_JOIN, meta=join_message(
             node=self.node_id, incarnation=self.incarnation, peers=self.peers, session=session, group=self.group,
-            public=public, identity_key=getattr(self.ctx, "identity_key", None)))
+            public=public, identity_key=self.ctx.identity_key))
 
     def _receive_welcome(self) -> dict[str, np.ndarray]:
         """Wait until the root admits this node (the Comm's timeout; the job's end stops the wait)."""
@@ -231,7 +232,7 @@ class SecAggLeaf(_SecAgg, LeafBase):
         joined, epoch = meta.get("joined"), meta.get("epoch")
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch <= self.epoch:
             return
-        me, pinned, key = self.node_id, _identities(self.ctx), getattr(self.ctx, "identity_key", None)
+        me, pinned, key = self.node_id, _identities(self.ctx), self.ctx.identity_key
         for node, entry in sorted((joined or {}).items()) if isinstance(joined, dict) else ():
             if node == me or node not in self.index or not isinstance(entry, dict):
                 continue
@@ -255,28 +256,22 @@ class SecAggLeaf(_SecAgg, LeafBase):
         me, rs = self.node_id, round_session(self.session, round_idx)
         own = OwnRound.draw(self.group, optimized=self.settings.optimized, t=self.t, members=self.trainers,
                             session=rs, owner=me)
-        key = getattr(self.ctx, "identity_key", None)
+        key = self.ctx.identity_key
         # a rejoiner keys late answers (a member that was not among the last round's contributors)
         self._adopt_answers([p for p in self.peers if p not in self.share_keys], 0)
         keyed = [p for p in self.peers if p in self.share_keys]  # a rejoiner may lack a channel with some
-        for peer in keyed:
-            self.comm.send(peer, tag_keys(round_idx), meta=keys_message(
-                own, share_key=self.share_keys[peer], epoch_session=self.session, epoch=self.epoch,
-                round_idx=round_idx, sender=me, receiver=peer, x_receiver=self.index[peer], group_bits=self.group.bits,
-                identity_key=key))
+        # all or none: a party killed while sending must not leave its mask key shared with fewer peers
+        # than pair with it (the root could then not remove its pads: "1 share(s), threshold 3")
+        self.comm.send_each(tag_keys(round_idx), {peer: keys_message(
+            own, share_key=self.share_keys[peer], epoch_session=self.session, epoch=self.epoch,
+            round_idx=round_idx, sender=me, receiver=peer, x_receiver=self.index[peer], group_bits=self.group.bits,
+            identity_key=key) for peer in keyed})
         active = [p for p in keyed if p in self.active]
         got = self.comm.gather_until(active, tag_keys(round_idx), self.wait_s)
         others = [p for p in keyed if p not in self.active]
         if others:  # a party late last round: taken if its keys come within a grace after the others'
             got.update(self.comm.gather_until(others, tag_keys(round_idx), self.grace_s))
-        pinned = _identities(self.ctx)
-        for p in got:
-            if pinned and not pinned.get(p):
-                raise SecurityError(f"round {round_idx} keys {p} -> {me}: fed_conf.json pins identities but none for {p}")
-        held = {p: open_keys_message(msg.meta, group=self.group, share_key=self.share_keys[p],
-                                     epoch_session=self.session, epoch=self.epoch, round_idx=round_idx, sender=p,
-                                     receiver=me, x_receiver=self.index[me], pinned=pinned.get(p) if pinned else None)
-                for p, msg in got.items()}
+        held = self._open_keys(round_idx, got)
         s = self.settings
         streams: dict[str, PadStream] = {
             p: pad_stream(shared_secret(self.group, own.private, h.public), csprng=s.csprng, method=s.method,
@@ -288,6 +283,17 @@ class SecAggLeaf(_SecAgg, LeafBase):
             prep.pad = self._draw(prep, words)
         self._prepared = {round_idx: prep}
         return prep
+
+    def _open_keys(self, round_idx: int, got: Mapping[str, Any]) -> dict[str, Any]:
+        """Verify and decrypt peers' round-key messages (their public values and our shares)."""
+        me, pinned = self.node_id, _identities(self.ctx)
+        for p in got:
+            if pinned and not pinned.get(p):
+                raise SecurityError(f"round {round_idx} keys {p} -> {me}: fed_conf.json pins identities but none for {p}")
+        return {p: open_keys_message(msg.meta, group=self.group, share_key=self.share_keys[p],
+                                     epoch_session=self.session, epoch=self.epoch, round_idx=round_idx, sender=p,
+                                     receiver=me, x_receiver=self.index[me], pinned=pinned.get(p) if pinned else None)
+                for p, msg in got.items()}
 
     def _draw(self, prep: Prepared, words: int) -> np.ndarray:
         pad = np.zeros(words, dtype=np.uint64)
@@ -369,6 +375,13 @@ class SecAggLeaf(_SecAgg, LeafBase):
         self.ledger.allow(round_idx, me=self.node_id, asker=self.assist_id, members=self.trainers,
                           survivors=survivors, dropped=dropped, floor=self.floor)
         me = self.node_id
+        # keys that came after this party stopped waiting still carry our shares: the root may need them
+        # (a party that others paired with, or a survivor whose self-mask needs t seed shares)
+        late = [o for o in survivors + dropped if o != me and o not in prep.held and o in self.share_keys]
+        if late:
+            shares = dict(prep.held)
+            shares.update(self._open_keys(round_idx, self.comm.gather_until(late, tag_keys(round_idx), 0)))
+            prep = Prepared(prep.own, shares, prep.streams, pad=prep.pad)
         seeds = {o: encode_share(prep.own.seed_shares[self.index[me]] if o == me else prep.held[o].seed_share).hex()
                  for o in survivors if o == me or o in prep.held}
         keys = {v: encode_share(prep.held[v].key_share).hex() for v in dropped if v in prep.held}

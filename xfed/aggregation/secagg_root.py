@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from xfed.aggregation.base import WEIGHT_KEY, RootBase, as_numpy, check_same_layout, check_weight, tag_up
+from xfed.aggregation.context import AggregationContext
 from xfed.aggregation.secagg import _SecAgg, epoch_session, split_words, tag_ask, tag_reveal
 from xfed.aggregation.secagg_join import TAG_JOIN, TAG_WELCOME, check_join
 from xfed.aggregation.secagg_keys import reconstruct_key, reconstruct_seed, round_session
@@ -23,7 +24,7 @@ from xfed.errors import FrameError, JobError, SecurityError
 
 
 class SecAggRoot(_SecAgg, RootBase):
-    def __init__(self, ctx: Any, otp: Otp, *, min_parties: int | None = None,
+    def __init__(self, ctx: AggregationContext, otp: Otp, *, min_parties: int | None = None,
                  **kw: Any) -> None:
         super().__init__(ctx, **kw)
         self._configure(otp, min_parties)
@@ -87,8 +88,7 @@ class SecAggRoot(_SecAgg, RootBase):
         """Rejoiners (the scheduler's membership record) whose join request is here, admitted from the
         next round on: new epoch, welcome + this round's mean to them, `joined` to everyone (SECAGG.md §7)."""
         self.last_joined = {}
-        membership = getattr(self.ctx, "membership", None)
-        record = membership() if callable(membership) else {}
+        record = self.ctx.membership()
         for node, k in sorted(record.items()):
             if node in self.index and k > self.incarnations.get(node, 0) and self.listening.get(node) != k:
                 self.comm.set_incarnation(node, k, outbound=False)  # its join comes on the new mailboxes
@@ -155,10 +155,19 @@ class SecAggRoot(_SecAgg, RootBase):
             paired[node] = set(p)
         survivors = set(got)
         while True:
-            lopsided = sorted(w for u in survivors for w in survivors if w in paired[u] and u not in paired[w])
+            # w in P_u, u not in P_w: u's keys came late to w (u is late, or w stopped waiting)
+            lopsided = [(u, w) for u in survivors for w in survivors if w in paired[u] and u not in paired[w]]
             if not lopsided:
                 return sorted(survivors), paired
-            survivors.discard(lopsided[0])  # w lacks u's keys (they came late): w's upload is left out
+            # leave out the party in most one-sided pairs, the late one on a tie: one late party (a
+            # rejoiner whose keys reached nobody in time) must not cost the round all the others
+            score: dict[str, tuple[int, int]] = {}
+            for u, w in lopsided:
+                n, late = score.get(u, (0, 0))
+                score[u] = (n + 1, late + 1)
+                n, late = score.get(w, (0, 0))
+                score[w] = (n + 1, late)
+            survivors.discard(max(sorted(score), key=lambda node: score[node]))
 
     def _correction(self, round_idx: int, got: Mapping[str, Any], survivors: list[str], dropped: list[str],
                     paired: dict[str, set[str]], reveals: Mapping[str, Any], reference: Mapping[str, np.ndarray],

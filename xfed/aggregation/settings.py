@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any, Literal, Mapping
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from xfed.aggregation.dropout import Dropout
-from xfed.config.base import ConfigModel, ExactlyOne
+from xfed.config.base import ConfigModel, ExactlyOne, fail
 from xfed.errors import ConfigError
 
 ENCRYPTIONS = ("otp", "plain")
@@ -37,6 +37,19 @@ class Otp(ConfigModel):
     dropout: Dropout | None = Field(
         None, description="Opt-in dropout-tolerant secure aggregation (docs/SECAGG.md §6): "
                           '{"threshold": t, "round_timeout_s": s, "precompute_pads": false}.')
+    neighbours: int | None = Field(
+        None, ge=2, description="Opt-in sparse pairing (docs/SECAGG.md §8): each label trainer shares pads "
+                                "with this many neighbours (even) instead of every other one; fewer "
+                                "colluders can then expose a party's update.")
+
+    @model_validator(mode="after")
+    def _neighbours(self) -> Otp:
+        if self.neighbours is not None and self.neighbours % 2:
+            fail("otp", [(("neighbours",), f"must be even (half on either side of the ring), got {self.neighbours}")])
+        if self.neighbours is not None and self.dropout is not None:
+            fail("otp", [(("neighbours",), "cannot be combined with dropout (its recovery assumes every pair "
+                                           "shares pads)")])
+        return self
 
 
 class Plain(ConfigModel):

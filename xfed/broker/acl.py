@@ -15,10 +15,11 @@ SHA-256 of the password (``#<hex>``); only the per-user connection URLs contain 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 from urllib.parse import quote
 
 import redis
@@ -32,9 +33,15 @@ CLIENT_USER = "client"
 # connection set-up (AUTH/HELLO/PING/SELECT/CLIENT SETNAME ...) minus every admin or dangerous
 # subcommand (CLIENT KILL/LIST/PAUSE ...)
 _BASE = ("-@all", "+@connection", "-@admin", "-@dangerous")
-_NODE_CMDS = (
+# what a cluster client runs to learn the topology and follow redirections (without CLUSTER SLOTS
+# redis-py reports the misleading "Cluster mode is not enabled on this node"); harmless elsewhere
+_TOPOLOGY_CMDS = ("cluster|slots", "cluster|shards", "cluster|nodes", "cluster|myid", "readonly", "readwrite",
+                  "asking", "command")
+_NODE_CMDS = _TOPOLOGY_CMDS + (
     # data plane (Comm): append, refresh TTL, read own mailboxes, delete what was consumed
     "xadd", "expire", "pexpire", "xread", "xdel", "xlen",
+    # a published payload and the headers pointing at it land together (one MULTI/EXEC)
+    "multi", "exec", "discard",
     # command stream (consumer group), job state, events, heartbeat + registry
     "xgroup|create", "xgroup|createconsumer", "xgroup|setid", "xreadgroup", "xack", "xpending", "xautoclaim",
     "xclaim", "xinfo|stream", "xrevrange", "xrange", "hget", "hgetall", "hmget", "hset", "sadd", "set", "get",
@@ -51,8 +58,8 @@ _SCHEDULER_CMDS = _NODE_CMDS + (
     "eval", "script|exists", "hdel", "hsetnx", "hexists", "hkeys", "type",
     "persist", "xtrim",
 )
-_CLIENT_CMDS = ("xadd", "xread", "xrevrange", "blpop", "pttl", "hget", "hgetall", "hmget", "zrange",
-                "zrevrange", "zrem", "smembers", "exists")
+_CLIENT_CMDS = _TOPOLOGY_CMDS + ("xadd", "xread", "xrevrange", "blpop", "pttl", "hget", "hgetall", "hmget",
+                                 "zrange", "zrevrange", "zrem", "smembers", "exists")
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,8 @@ def scheduler_selectors(keys: Keys) -> list[str]:
     """Everything of the control plane; mailboxes write-only (deleted when a job ends, never read)."""
     ns = keys.namespace
     return [f"~{ns}:requests", f"~{ns}:job_counter", f"~{ns}:jobs", f"~{ns}:job:{{*}}",
-            f"~{ns}:job:{{*}}:events", f"%W~{ns}:job:{{*}}:s:*", f"~{ns}:node:{{*}}:*", f"~{ns}:nodes",
+            f"~{ns}:job:{{*}}:events", f"~{ns}:job:{{*}}:signal", f"%W~{ns}:job:{{*}}:s:*",
+            f"%W~{ns}:job:{{*}}:p:*", f"~{ns}:node:{{*}}:*", f"~{ns}:nodes",
             f"~{ns}:scheduler", f"~{ns}:reply:*"]
 
 
@@ -109,7 +117,7 @@ def client_selectors(keys: Keys) -> list[str]:
     """Post requests, read answers, job state and events, the node registry; no mailbox at all."""
     ns = keys.namespace
     return [f"%W~{ns}:requests", f"~{ns}:reply:*", f"%R~{ns}:scheduler", f"%R~{ns}:job:{{*}}",
-            f"%R~{ns}:job:{{*}}:events", f"~{ns}:jobs", f"%R~{ns}:nodes", f"%R~{ns}:node:{{*}}:hb",
+            f"%R~{ns}:job:{{*}}:events", f"%W~{ns}:job:{{*}}:signal", f"~{ns}:jobs", f"%R~{ns}:nodes", f"%R~{ns}:node:{{*}}:hb",
             f"%R~{ns}:node:{{*}}:info"]
 
 
@@ -156,26 +164,64 @@ def acl_file(users: Iterable[AclUser]) -> str:
     return "".join(u.acl_file_line() + "\n" for u in users)
 
 
-def apply_users(r: redis.Redis, users: Iterable[AclUser], *, save: bool = False) -> list[str]:
-    """``ACL SETUSER`` every user on `r` (an admin connection); optionally ``ACL SAVE``.
+def data_nodes(r: Any) -> list[tuple[str, Callable[..., Any]]]:
+    """Every server that holds the federation's data, as (name, run a command there). ACL users are
+    not replicated: a cluster needs them on every node (replicas too: one may become a master), a
+    Sentinel set-up on the master and each replica."""
+    from redis.cluster import RedisCluster
 
-    Returns the user names. BrokerError naming the user when the server refuses a rule (e.g. a
-    server older than Redis 7, which has no %R~/%W~ key permissions).
+    if isinstance(r, RedisCluster):
+        nodes = [(n.name, functools.partial(r.execute_command, target_nodes=n)) for n in r.get_nodes()]
+        # the client knows the masters only; replicas come from CLUSTER NODES (failed ones skipped)
+        kw = {k: v for k, v in r.nodes_manager.connection_kwargs.items()
+              if k in ("username", "password", "socket_timeout", "socket_connect_timeout", "ssl", "ssl_ca_certs",
+                       "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")}
+        known = {name for name, _ in nodes}
+        for name, info in sorted((r.cluster_nodes() or {}).items()):
+            name = name.split("@")[0]
+            flags = str(info.get("flags", ""))
+            if name in known or "fail" in flags or "noaddr" in flags or not info.get("connected", True):
+                continue
+            host, _, port = name.rpartition(":")
+            nodes.append((name, redis.Redis(host=host.strip("[]"), port=int(port), **kw).execute_command))
+        return nodes
+    pool = r.connection_pool
+    nodes: list[tuple[str, Callable[..., Any]]] = [("master" if hasattr(pool, "sentinel_manager") else "server",
+                                                    r.execute_command)]
+    if hasattr(pool, "sentinel_manager"):
+        kw = {k: v for k, v in pool.connection_kwargs.items() if k not in ("connection_class", "retry")}
+        if "SSL" in getattr(pool.connection_kwargs.get("connection_class"), "__name__", ""):
+            kw["ssl"] = True
+        for host, port in pool.sentinel_manager.discover_slaves(pool.service_name):
+            nodes.append((f"{host}:{port}", redis.Redis(host=host, port=port, **kw).execute_command))
+    return nodes
+
+
+def apply_users(r: redis.Redis, users: Iterable[AclUser], *, save: bool = False) -> list[str]:
+    """``ACL SETUSER`` every user on `r` (an admin connection) and, for a cluster or a Sentinel
+    set-up, on every other node (`data_nodes`); optionally ``ACL SAVE`` on each.
+
+    Returns the user names. BrokerError naming the user (and node) when a server refuses a rule
+    (e.g. a server older than Redis 7, which has no %R~/%W~ key permissions).
     """
-    names = []
-    for user in users:
-        try:
-            r.execute_command("ACL", "SETUSER", *user.setuser_args())
-        except redis.ResponseError as exc:
-            raise BrokerError(f"ACL SETUSER {user.name} refused: {exc} (Redis 7 or newer is required)") from None
-        except redis.RedisError as exc:
-            raise BrokerError(f"ACL SETUSER {user.name}: {type(exc).__name__}: {exc}") from None
-        names.append(user.name)
-    if save:
-        try:
-            r.execute_command("ACL", "SAVE")
-        except redis.ResponseError as exc:
-            raise BrokerError(f"ACL SAVE refused: {exc} (start redis-server with an aclfile to persist users)") from None
+    users = list(users)
+    names = [u.name for u in users]
+    nodes = data_nodes(r)
+    for node, run in nodes:
+        where = f" on {node}" if len(nodes) > 1 else ""
+        for user in users:
+            try:
+                run("ACL", "SETUSER", *user.setuser_args())
+            except redis.ResponseError as exc:
+                raise BrokerError(f"ACL SETUSER {user.name}{where} refused: {exc} (Redis 7 or newer is required)") from None
+            except redis.RedisError as exc:
+                raise BrokerError(f"ACL SETUSER {user.name}{where}: {type(exc).__name__}: {exc}") from None
+        if save:
+            try:
+                run("ACL", "SAVE")
+            except redis.ResponseError as exc:
+                raise BrokerError(f"ACL SAVE{where} refused: {exc} (start redis-server with an aclfile to persist "
+                                  "users)") from None
     return names
 
 
@@ -221,9 +267,11 @@ def default_user_open(r: redis.Redis) -> bool:
 
 
 def denied_log(r: redis.Redis, count: int = 128) -> list[dict[str, str]]:
-    """``ACL LOG`` entries (denied commands/keys) as {field: text} dicts, newest first."""
+    """``ACL LOG`` entries (denied commands/keys) as {field: text} dicts, newest first (every node's,
+    one after the other, on a cluster or a Sentinel set-up)."""
     out = []
-    for entry in r.execute_command("ACL", "LOG", str(int(count))) or []:
+    entries = [e for _, run in data_nodes(r) for e in (run("ACL", "LOG", str(int(count))) or [])]
+    for entry in entries:
         if isinstance(entry, dict):
             items = entry.items()
         else:

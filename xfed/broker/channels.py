@@ -5,8 +5,14 @@ ACL can let a node read only its own mailboxes and write only as itself. A messa
 (`frames.py`) split into entries of at most `chunk_bytes`; every entry carries the message's sequence
 number, its chunk index and count and the frame's total size, so the receiver checks order, refuses
 gaps, skips duplicates left by a retried send, and never allocates more than actually arrived.
-Consumed entries are deleted at once; the sender refreshes a TTL on the mailbox so nothing outlives
-an abandoned job, and `expire_job_keys` expires all of a job's keys when it ends.
+Consumed entries are deleted by XDELs pipelined in front of the node's next command (no round trip
+of their own; `flush` deletes at once); the sender refreshes a TTL on the mailbox so nothing
+outlives an abandoned job, and `expire_job_keys` expires all of a job's keys when it ends. The
+receiver sizes each read from the sender's declared chunk count and frame size, so a message cut
+in small chunks still arrives in few round trips.
+
+Entry fields, received messages and chunking live in `mailbox.py`; `Comm.publish` (one payload
+written once for several receivers) in `published.py`.
 
 Every wait is bounded: `recv`/`gather` raise `ChannelTimeout` naming the peers that did not answer,
 and return early with `JobError` when `should_stop()` turns true or the job's hash says FAILED/STOPPED.
@@ -22,12 +28,11 @@ from __future__ import annotations
 
 import collections
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
-import numpy as np
 import redis
 
+from xfed.broker.failover import is_transient
 from xfed.broker.frames import (
     DEFAULT_MAX_FRAME_BYTES,
     SIGNATURE_KEY,
@@ -40,15 +45,25 @@ from xfed.broker.frames import (
     wire_header,
 )
 from xfed.broker.keys import Keys, check_id
+from xfed.broker.mailbox import (  # noqa: F401 - Message, CommStats and the defaults are part of this module's API
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_TIMEOUT_S,
+    ENTRY_FIELDS,
+    MAILBOX_TTL_S,
+    POINTER_FIELDS,
+    READ_BYTES,
+    REDIS_DOWN,
+    CommStats,
+    Inbox,
+    Message,
+    chunk_parts,
+    int_field,
+)
+from xfed.broker.published import Publishing
 from xfed.broker.retry import retry_until_deadline
 from xfed.errors import BrokerError, ChannelTimeout, FrameError, JobError, SecurityError
 
-DEFAULT_CHUNK_BYTES = 4 << 20  # measured: 4 MiB entries cost nothing over one SET of 29 MB
-DEFAULT_TIMEOUT_S = 600.0
-MAILBOX_TTL_S = 7 * 24 * 3600
-_ENTRY_FIELDS = {b"q", b"i", b"n", b"z", b"d"}
 _ABORT_STATES = {b"FAILED", b"STOPPED"}
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, ConnectionError, TimeoutError)
 
 
 class MessageAuth(Protocol):
@@ -61,79 +76,7 @@ class MessageAuth(Protocol):
     def verify(self, signature: bytes, **fields: Any) -> bool: ...
 
 
-@dataclass
-class Message:
-    """One received message: JSON meta and named numpy arrays (writable, aligned)."""
-
-    meta: dict[str, Any]
-    tensors: dict[str, np.ndarray]
-    sender: str = ""
-    tag: str = ""
-    seq: int = 0
-    nbytes: int = 0
-
-
-@dataclass
-class CommStats:
-    """Running totals for one Comm; callers take differences around a round."""
-
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    messages_sent: int = 0
-    messages_received: int = 0
-    wait_s: float = 0.0
-
-    def snapshot(self) -> CommStats:
-        return CommStats(**self.__dict__)
-
-
-@dataclass
-class _Inbox:
-    """Receive state for one sender: stream position, message being assembled, messages by tag."""
-
-    peer: str
-    key: str
-    last_id: bytes = b"0-0"
-    next_seq: int = 0
-    seq: int = -1
-    n: int = 0
-    size: int = 0
-    chunks: list = field(default_factory=list)
-    got: int = 0
-    pending: dict[str, collections.deque] = field(default_factory=lambda: collections.defaultdict(collections.deque))
-
-
-def _int_field(fields: dict, name: bytes, what: str, hi: int) -> int:
-    raw = fields[name]
-    if not isinstance(raw, bytes) or not raw.isdigit() or len(raw) > 19:
-        raise FrameError(f"{what}: field {name.decode()} is not a non-negative integer")
-    value = int(raw)
-    if value >= hi:
-        raise FrameError(f"{what}: field {name.decode()}={value} out of range (< {hi})")
-    return value
-
-
-def _chunk(parts: list, chunk_bytes: int) -> list:
-    """Cut a frame's buffers into entries of at most chunk_bytes; large tensors are sliced, not copied."""
-    chunks: list = []
-    pieces: list = []
-    room = chunk_bytes
-    for part in parts:
-        view = memoryview(part).cast("B") if not isinstance(part, bytes) else memoryview(part)
-        while len(view):
-            take = view[:room]
-            pieces.append(take)
-            room -= len(take)
-            view = view[len(take):]
-            if room == 0:
-                chunks.append(pieces[0] if len(pieces) == 1 else b"".join(pieces))
-                pieces, room = [], chunk_bytes
-    if pieces or not chunks:
-        chunks.append(pieces[0] if len(pieces) == 1 else b"".join(pieces))
-    return chunks
-
-
-class Comm:
+class Comm(Publishing):
     """Channels of one node within one (job, stage, attempt), over a redis.Redis client.
 
     `timeout` bounds every recv/gather (override per call); `should_stop` is polled while waiting;
@@ -167,9 +110,12 @@ class Comm:
         self.auth = auth
         self.stats = CommStats()
         self._send_seq: dict[str, int] = collections.defaultdict(int)
-        self._inboxes: dict[str, _Inbox] = {}
-        self._by_key: dict[bytes, _Inbox] = {}
+        self._inboxes: dict[str, Inbox] = {}
+        self._by_key: dict[bytes, Inbox] = {}
         self._next_job_check = 0.0
+        self._consumed: dict[str, list[bytes]] = {}  # mailbox -> entry ids read but not yet deleted
+        self._published = 0  # publishes so far (each replaces the one before on the shared stream)
+        self._by_shared: dict[bytes, Inbox] = {}
 
     # --- sending -------------------------------------------------------------------------------
     def _mailbox(self, receiver: str, sender: str) -> str:
@@ -189,6 +135,8 @@ class Comm:
             old = self._inboxes.pop(peer, None)
             if old is not None:
                 self._by_key.pop(old.key.encode(), None)
+                if old.shared_key is not None:
+                    self._by_shared.pop(old.shared_key.encode(), None)
         if outbound and self._out_inc.get(peer, 0) != k:
             self._out_inc[peer] = k
             self._send_seq[peer] = 0
@@ -202,35 +150,56 @@ class Comm:
                   meta: Mapping[str, Any] | None = None) -> int:
         """Send the same message to every peer (encoded once); returns the total bytes sent."""
         peers = [check_id("node id", p) for p in peers]
-        if meta and SIGNATURE_KEY in meta:
-            raise FrameError(f"message {tag!r}: meta key {SIGNATURE_KEY!r} is reserved for the signature")
-        total_sent = 0
         # convert once; per peer only the small JSON prefix differs and the arrays are not copied
         wire = {name: as_wire_array(name, value) for name, value in (tensors or {}).items()}
-        signing = self.auth is not None and self.auth.can_sign
-        body_digest = None
+        digest: list[bytes] = []  # the payload is hashed once for all receivers' signatures
+        total_sent = 0
         for peer in peers:
-            seq = self._send_seq[peer]
-            header = FrameHeader(sender=self.node_id, receiver=peer, job=self.job_id, stage=self.stage_id,
-                                 channel=tag, seq=seq, attempt=self.attempt)
-            parts, size = encode_frame_parts(header, wire, meta)
-            if signing:  # one signature per receiver (it binds the receiver); the payload is hashed once
-                body_digest = body_digest or payload_digest(parts[1:])
-                sig = self.auth.sign(**self._signed(tag, self.node_id, peer, seq,
-                                                    header_digest(wire_header(parts[0])), body_digest))
-                parts, size = encode_frame_parts(header, wire, {**(meta or {}), SIGNATURE_KEY: sig.hex()})
-            if size > self.max_frame_bytes:
-                raise FrameError(f"message {tag!r} to {peer} is {size} bytes (limit {self.max_frame_bytes})")
-            chunks = _chunk(parts, self.chunk_bytes)
-            key = self._mailbox(peer, self.node_id)
-            n = len(chunks)
-            self._append(key, peer, tag, [{b"q": seq, b"i": i, b"n": n, b"z": size, b"d": data}
-                                          for i, data in enumerate(chunks)])
-            self._send_seq[peer] = seq + 1
-            self.stats.bytes_sent += size
-            self.stats.messages_sent += 1
+            key, entries, size = self._frame(peer, tag, wire, meta, digest)
+            self._append([(key, entries)], peer, tag)
+            self._sent(peer, size)
             total_sent += size
         return total_sent
+
+    def send_each(self, tag: str, metas: Mapping[str, Mapping[str, Any]]) -> int:
+        """One tensor-less message per peer, each its own meta, appended all or none (MULTI/EXEC): a sender
+        killed while sending leaves either every peer with its message or none (SecAgg's round keys, whose
+        shares must reach all of the peers that pair with the sender, or none of them)."""
+        frames = {check_id("node id", p): self._frame(p, tag, {}, m, []) for p, m in metas.items()}
+        if not frames:
+            return 0
+        self._append([(key, entries) for key, entries, _ in frames.values()], ",".join(frames), tag,
+                     transaction=True)
+        for peer, (_, _, size) in frames.items():
+            self._sent(peer, size)
+        return sum(size for _, _, size in frames.values())
+
+    def _frame(self, peer: str, tag: str, wire: Mapping[str, Any], meta: Mapping[str, Any] | None,
+               digest: list[bytes]) -> tuple[str, list[dict], int]:
+        """The mailbox key and chunk entries of one message to `peer` at its next sequence number."""
+        if meta and SIGNATURE_KEY in meta:
+            raise FrameError(f"message {tag!r}: meta key {SIGNATURE_KEY!r} is reserved for the signature")
+        seq = self._send_seq[peer]
+        header = FrameHeader(sender=self.node_id, receiver=peer, job=self.job_id, stage=self.stage_id,
+                             channel=tag, seq=seq, attempt=self.attempt)
+        parts, size = encode_frame_parts(header, wire, meta)
+        if self.auth is not None and self.auth.can_sign:  # one signature per receiver (it binds the receiver)
+            if not digest:
+                digest.append(payload_digest(parts[1:]))
+            sig = self.auth.sign(**self._signed(tag, self.node_id, peer, seq,
+                                                header_digest(wire_header(parts[0])), digest[0]))
+            parts, size = encode_frame_parts(header, wire, {**(meta or {}), SIGNATURE_KEY: sig.hex()})
+        if size > self.max_frame_bytes:
+            raise FrameError(f"message {tag!r} to {peer} is {size} bytes (limit {self.max_frame_bytes})")
+        chunks = chunk_parts(parts, self.chunk_bytes)
+        n = len(chunks)
+        return (self._mailbox(peer, self.node_id),
+                [{b"q": seq, b"i": i, b"n": n, b"z": size, b"d": data} for i, data in enumerate(chunks)], size)
+
+    def _sent(self, peer: str, size: int) -> None:
+        self._send_seq[peer] += 1
+        self.stats.bytes_sent += size
+        self.stats.messages_sent += 1
 
     def _signed(self, channel: str, sender: str, receiver: str, seq: int, head: bytes, body: bytes) -> dict:
         """The fields a message signature binds (xfed.security.messages.message_transcript)."""
@@ -238,38 +207,53 @@ class Comm:
                     channel=channel, sender=sender, receiver=receiver, seq=seq, header_digest=head,
                     payload_digest=body)
 
-    def _append(self, key: str, peer: str, tag: str, entries: list[dict]) -> None:
-        """XADD all entries of one message (+ refresh the TTL), retrying through a Redis outage.
+    def _append(self, messages: list[tuple[str, list[dict]]], peer: str, tag: str, *,
+                transaction: bool = False, replace: str | None = None) -> None:
+        """XADD all entries of the messages (+ refresh their TTLs), retrying through a Redis outage.
 
         A retry after a partly applied pipeline re-sends the whole message; the receiver restarts
-        assembly at chunk 0 and skips a complete duplicate by its sequence number.
+        assembly at chunk 0 and skips a complete duplicate by its sequence number. With `transaction`
+        the messages are applied all or none (every key is in the job's {J} slot, so this holds on a
+        Redis Cluster too). `replace`: a stream deleted first, in the same pipeline (a publish).
         """
         def send() -> None:
-            pipe = self.r.pipeline(transaction=False)
-            for fields in entries:
-                pipe.xadd(key, fields)
-            pipe.expire(key, self.mailbox_ttl_s)
-            try:
-                pipe.execute()
-            except redis.ResponseError as exc:
-                raise BrokerError(f"job {self.job_id}: Redis refused {tag!r} to {peer} on {key}: {exc}") from None
+            pipe = self.r.pipeline(transaction=transaction)
+            deletes = self._queue_deletes(pipe)
+            if replace is not None:
+                pipe.delete(replace)
+            for key, entries in messages:
+                for fields in entries:
+                    pipe.xadd(key, fields)
+                pipe.expire(key, self.mailbox_ttl_s)
+            replies = pipe.execute(raise_on_error=False)
+            self._consumed.clear()
+            for reply in replies[deletes:]:
+                if isinstance(reply, REDIS_DOWN):
+                    raise reply
+                if isinstance(reply, redis.ResponseError):
+                    if is_transient(reply):  # NOREPLICAS, MASTERDOWN...: retried like a lost connection
+                        raise redis.ConnectionError(str(reply))
+                    raise BrokerError(f"job {self.job_id}: Redis refused {tag!r} to {peer}: {reply}")
 
+        self._retry_send(send, tag, peer)
+
+    def _retry_send(self, send: Callable[[], None], tag: str, to: str) -> None:
         def stopped() -> None:
             if self.should_stop():
                 raise JobError(f"job {self.job_id}: stopped while node {self.node_id} was sending {tag!r}")
 
         retry_until_deadline(
-            send, seconds=self.send_retry_s, transient=_REDIS_DOWN, first_delay=0.1, max_delay=2.0,
+            send, seconds=self.send_retry_s, transient=REDIS_DOWN, first_delay=0.1, max_delay=2.0,
             between=stopped,
-            give_up=lambda exc: BrokerError(f"job {self.job_id}: could not send {tag!r} to {peer} "
+            give_up=lambda exc: BrokerError(f"job {self.job_id}: could not send {tag!r} to {to} "
                                             f"(Redis unreachable for {self.send_retry_s:g} s: {exc})"))
 
     # --- receiving -----------------------------------------------------------------------------
-    def _inbox(self, peer: str) -> _Inbox:
+    def _inbox(self, peer: str) -> Inbox:
         inbox = self._inboxes.get(peer)
         if inbox is None:
             key = self._mailbox(self.node_id, check_id("node id", peer))
-            inbox = self._inboxes[peer] = _Inbox(peer=peer, key=key)
+            inbox = self._inboxes[peer] = Inbox(peer=peer, key=key)
             self._by_key[key.encode()] = inbox
         return inbox
 
@@ -280,52 +264,62 @@ class Comm:
     def gather(self, peers: Iterable[str], tag: str, timeout: float | None = None) -> dict[str, Message]:
         """One message tagged `tag` from every peer; ChannelTimeout names those that did not answer."""
         peers = list(dict.fromkeys(peers))
-        limit = self.timeout if timeout is None else float(timeout)
-        start = time.monotonic()
-        deadline = start + limit
-        out: dict[str, Message] = {}
-        inboxes = [self._inbox(p) for p in peers]
-        try:
-            while True:
-                for inbox in inboxes:
-                    if inbox.peer not in out and inbox.pending[tag]:
-                        out[inbox.peer] = inbox.pending[tag].popleft()
-                missing = [ib for ib in inboxes if ib.peer not in out]
-                if not missing:
-                    return {p: out[p] for p in peers}
-                now = time.monotonic()
-                if now >= deadline:
-                    names = ", ".join(ib.peer for ib in missing)
-                    raise ChannelTimeout(f"job {self.job_id} stage {self.stage_id}: no {tag!r} from {names} "
-                                         f"after {limit:g} s")
-                self._check_abort(now, tag)
-                self._pump(missing, min(self.poll_s, deadline - now))
-        finally:
-            self.stats.wait_s += time.monotonic() - start
+        got = dict(self.arrivals(peers, tag, timeout))
+        return {p: got[p] for p in peers}
 
     def gather_until(self, peers: Iterable[str], tag: str, timeout: float) -> dict[str, Message]:
         """Like `gather`, but after `timeout` returns what arrived instead of raising (dropout-tolerant
         rounds: the caller decides what a missing peer means). Everything already in Redis is read."""
         peers = list(dict.fromkeys(peers))
+        got = dict(self.arrivals(peers, tag, timeout, partial=True))
+        return {p: got[p] for p in peers if p in got}
+
+    def arrivals(self, peers: Iterable[str], tag: str, timeout: float | None = None, *,
+                 partial: bool = False, one_by_one: bool = False) -> Iterator[tuple[str, Message]]:
+        """(peer, message) for one message tagged `tag` from each peer, in the order they complete.
+
+        The one receive loop of `gather` (ChannelTimeout at the deadline) and `gather_until`
+        (`partial`: one last read of what is there at the deadline, then stop). A streaming
+        aggregator consumes each upload while the others are still on the wire; the time the
+        caller spends between two yields is not counted as waiting. `one_by_one`: while a
+        message is half read, read only its mailbox, so at most one large message (plus one
+        entry from each other mailbox) is in memory at a time; the rest waits in Redis."""
+        peers = list(dict.fromkeys(peers))
+        limit = self.timeout if timeout is None else float(timeout)
         start = time.monotonic()
-        deadline = start + float(timeout)
-        out: dict[str, Message] = {}
+        deadline = start + limit
+        done: set[str] = set()
         inboxes = [self._inbox(p) for p in peers]
         last = False
+        t0: float | None = start  # None while the caller holds a yielded message
         try:
             while True:
                 for inbox in inboxes:
-                    if inbox.peer not in out and inbox.pending[tag]:
-                        out[inbox.peer] = inbox.pending[tag].popleft()
-                missing = [ib for ib in inboxes if ib.peer not in out]
+                    if inbox.peer not in done and inbox.pending[tag]:
+                        done.add(inbox.peer)
+                        self.stats.wait_s += time.monotonic() - t0
+                        t0 = None
+                        yield inbox.peer, inbox.pending[tag].popleft()
+                        t0 = time.monotonic()
+                missing = [ib for ib in inboxes if ib.peer not in done]
                 if not missing or last:
-                    return {p: out[p] for p in peers if p in out}
+                    return
                 now = time.monotonic()
+                if not partial and now >= deadline:
+                    names = ", ".join(ib.peer for ib in missing)
+                    raise ChannelTimeout(f"job {self.job_id} stage {self.stage_id}: no {tag!r} from {names} "
+                                         f"after {limit:g} s")
                 self._check_abort(now, tag)
-                last = now >= deadline  # one more read of what is there, then stop
-                self._pump(missing, 0.001 if last else min(self.poll_s, deadline - now))
+                last = partial and now >= deadline  # one more read of what is there, then stop
+                reading, count = missing, None
+                if one_by_one:  # finish the furthest message first; otherwise one entry from each
+                    started = [ib for ib in missing if ib.chunks]
+                    reading, count = ([max(started, key=lambda ib: len(ib.chunks) / ib.n)], None) if started \
+                        else (missing, 1)
+                self._pump(reading, 0.001 if last else min(self.poll_s, deadline - now), count)
         finally:
-            self.stats.wait_s += time.monotonic() - start
+            if t0 is not None:
+                self.stats.wait_s += time.monotonic() - t0
 
     def recv_any(self, peer: str, tags: list[str], timeout: float | None = None) -> Message:
         """The next message from `peer` tagged with any of `tags` (first in `tags` order if several wait)."""
@@ -355,56 +349,106 @@ class Comm:
         self._next_job_check = now + self.job_check_s
         try:
             state, reason = self.r.hmget(self.keys.job(self.job_id), ["state", "reason"])
-        except _REDIS_DOWN:
+        except REDIS_DOWN:
             return  # the wait loop keeps retrying until its deadline
         if state in _ABORT_STATES:
             why = f": {reason.decode('utf-8', 'replace')}" if reason else ""
             raise JobError(f"job {self.job_id} is {state.decode()}{why} (node {self.node_id} stopped waiting "
                            f"for {tag!r})")
 
-    def _pump(self, inboxes: list[_Inbox], block_s: float) -> None:
-        """Read what has arrived in these mailboxes (blocking up to block_s), delete it, assemble it."""
+    def _read_count(self, inboxes: list[Inbox]) -> int:
+        """Entries per mailbox for one XREAD, sized from the senders' own headers: a message being
+        assembled declares its chunk count and size, so the rest of it comes in one read (up to
+        READ_BYTES of the sender's entries), whatever chunk size this receiver would use itself."""
+        count = max(1, READ_BYTES // self.chunk_bytes)  # nothing in progress: a first read
+        for ib in inboxes:
+            if ib.chunks and ib.n > len(ib.chunks):
+                entry = max(1, -(-ib.size // ib.n))
+                count = max(count, min(ib.n - len(ib.chunks), max(1, READ_BYTES // entry)))
+            if ib.shared_key is not None:  # the next publish is likely the size of the last one
+                chunks, entry = ib.shared_hint
+                count = max(count, min(chunks, max(1, READ_BYTES // entry)))
+        return count
+
+    def _queue_deletes(self, pipe: Any) -> int:
+        """Put the consumed entries' XDELs in front of `pipe`'s next command; how many were queued."""
+        for key, ids in self._consumed.items():
+            pipe.xdel(key, *ids)
+        return len(self._consumed)
+
+    def flush(self) -> None:
+        """Delete the entries consumed so far now (otherwise they go with this Comm's next command)."""
+        if self._consumed:
+            pipe = self.r.pipeline(transaction=False)
+            self._queue_deletes(pipe)
+            try:
+                pipe.execute(raise_on_error=False)
+            except REDIS_DOWN:
+                return  # kept for the next command; the mailbox TTL bounds them anyway
+            self._consumed.clear()
+
+    def _pump(self, inboxes: list[Inbox], block_s: float, count: int | None = None) -> None:
+        """Read what has arrived in these mailboxes (blocking up to block_s) and assemble it.
+
+        Consumed entries are deleted by XDELs pipelined in front of this Comm's next command (the
+        next XREAD or send), not by a round trip of their own after each read."""
         streams = {ib.key: ib.last_id for ib in inboxes}
-        count = max(1, (16 << 20) // self.chunk_bytes)  # bounds one reply to ~16 MiB per mailbox
+        for ib in inboxes:  # a published payload arrives in the same read as the header pointing at it
+            if ib.shared_key is not None:
+                streams[ib.shared_key] = ib.shared_last
+        pipe = self.r.pipeline(transaction=False)
+        deletes = self._queue_deletes(pipe)
+        pipe.xread(streams, count=count or self._read_count(inboxes), block=max(1, int(block_s * 1000)))
         try:
-            reply = self.r.xread(streams, count=count, block=max(1, int(block_s * 1000)))
-        except _REDIS_DOWN:
+            replies = pipe.execute(raise_on_error=False)
+        except REDIS_DOWN:
             time.sleep(min(block_s, 0.5))
             return
-        except redis.ResponseError as exc:
-            raise BrokerError(f"job {self.job_id}: Redis refused reading {', '.join(streams)}: {exc}") from None
+        self._consumed.clear()  # a refused XDEL leaves entries to expire with the mailbox
+        reply = replies[deletes]
+        if isinstance(reply, REDIS_DOWN):
+            time.sleep(min(block_s, 0.5))
+            return
+        if isinstance(reply, redis.ResponseError):
+            raise BrokerError(f"job {self.job_id}: Redis refused reading {', '.join(streams)}: {reply}") from None
         if not reply:
             return
         if isinstance(reply, dict):  # RESP3 answers a map
             reply = list(reply.items())
-        pipe = self.r.pipeline(transaction=False)
-        try:
-            for key, entries in reply:
-                inbox = self._by_key[key if isinstance(key, bytes) else key.encode()]
-                ids = [eid for eid, _ in entries]
-                if ids:
-                    inbox.last_id = ids[-1]
-                    pipe.xdel(inbox.key, *ids)
-                for eid, fields in entries:
-                    self._feed(inbox, eid, fields)
-        finally:
-            try:
-                pipe.execute()
-            except _REDIS_DOWN:
-                pass  # undeleted entries expire with the mailbox; our position is kept in memory
+        mailboxes = []
+        for key, entries in reply:  # shared payloads first: a header in this reply may point at them
+            key = key if isinstance(key, bytes) else key.encode()
+            if key in self._by_shared:
+                self._keep_shared(self._by_shared[key], entries)
+            else:
+                mailboxes.append((key, entries))
+        for key, entries in mailboxes:
+            inbox = self._by_key[key]
+            ids = [eid for eid, _ in entries]
+            if ids:
+                inbox.last_id = ids[-1]
+                self._consumed.setdefault(inbox.key, []).extend(ids)
+            for eid, fields in entries:
+                self._feed(inbox, eid, fields)
 
-    def _feed(self, inbox: _Inbox, eid: bytes, fields: dict) -> None:
+    def _feed(self, inbox: Inbox, eid: bytes, fields: dict) -> None:
         what = f"job {self.job_id}: message from {inbox.peer} (entry {eid.decode(errors='replace')})"
-        if not isinstance(fields, dict) or set(fields) != _ENTRY_FIELDS:
+        if not isinstance(fields, dict) or set(fields) not in (ENTRY_FIELDS, POINTER_FIELDS):
             got = sorted(k.decode(errors="replace") for k in fields) if isinstance(fields, dict) else fields
             raise FrameError(f"{what}: malformed mailbox entry with fields {str(got)[:80]}")
-        seq = _int_field(fields, b"q", what, 1 << 53)
-        size = _int_field(fields, b"z", what, self.max_frame_bytes + 1)
-        n = _int_field(fields, b"n", what, (size // 1024) + 2)
-        i = _int_field(fields, b"i", what, n)
+        seq = int_field(fields, b"q", what, 1 << 53)
+        size = int_field(fields, b"z", what, self.max_frame_bytes + 1)
+        n = int_field(fields, b"n", what, (size // 1024) + 2)
+        i = int_field(fields, b"i", what, n)
         data = fields[b"d"]
         if n < 1:
             raise FrameError(f"{what}: chunk count 0")
+        if b"p" in fields:
+            if n != 1 or seq < inbox.next_seq:
+                if n != 1:
+                    raise FrameError(f"{what}: a published message's header comes in one entry, not {n}")
+                return  # a duplicate left by a retried publish
+            data = self._fetch_shared(inbox, fields[b"p"], data, size, what)
         if seq < inbox.next_seq:
             return  # a duplicate left by a retried send
         if seq > inbox.next_seq:

@@ -2,7 +2,8 @@
 
 The heartbeat key `node:{N}:hb` is a lease: a daemon takes it with one `SET NX PX` holding a
 random token, and only then registers (role, node id, host, pid, version) in `node:{N}:info`. A
-background thread renews it every `interval` seconds (TTL `ttl_factor` intervals) with a Lua check
+background thread renews it every `interval` seconds (TTL `ttl_factor` intervals, or longer than a
+failover window plus two intervals when that is longer) with a Lua check
 that the key still holds its own token, so two processes started with one node id at the same
 instant cannot both run: the second waits out the TTL and gives up, and a process whose lease was
 taken over (it was frozen past the TTL and another started) learns so at its next beat
@@ -71,7 +72,7 @@ class Heartbeat:
 
     def __init__(self, r: redis.Redis, keys, node_id: str, role: str, *, interval: float = DEFAULT_INTERVAL,
                  ttl_factor: int = TTL_FACTOR, key: str | None = None, info_key: str | None = None,
-                 config_dir: str | os.PathLike | None = None) -> None:
+                 config_dir: str | os.PathLike | None = None, failover_s: float = 0.0) -> None:
         if interval <= 0:
             raise ValueError("heartbeat interval must be > 0")
         self.r = r
@@ -79,7 +80,9 @@ class Heartbeat:
         self.node_id = node_id
         self.role = role
         self.interval = float(interval)
-        self.ttl_ms = max(1, int(self.interval * ttl_factor * 1000))
+        # the lease outlasts a Redis failover (`redis.failover_window`) plus the beat that renews it after
+        # one: a failover must not look like dead nodes (a cluster one takes ~20 s, 3 beats are 6 s)
+        self.ttl_ms = max(1, int(max(self.interval * ttl_factor, failover_s + 2 * self.interval) * 1000))
         self.key = key or keys.heartbeat(node_id)
         self.info_key = info_key or keys.node_info(node_id)
         self.info: dict[str, str] = {

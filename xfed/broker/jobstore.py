@@ -367,7 +367,34 @@ class JobStore:
         rc = self._call(self._cas, keys=[self.keys.job(job_id)], args=args)
         if rc == -1:
             raise JobError(f"job {job_id}: no such job")
+        if rc == 1:
+            self.signal(job_id, new.value)
         return rc == 1
+
+    def wait_signal(self, job_id: str, last_id: bytes | str, block_s: float) -> bytes | str:
+        """Block up to `block_s` for a state change of the job after `last_id` ("0-0": any); the id
+        of the newest one seen (`last_id` when none came). BrokerError when Redis does not answer."""
+        key = self.keys.job_signal(job_id)
+        reply = self._call(self.r.xread, {key: last_id}, count=16, block=max(1, int(block_s * 1000)))
+        if isinstance(reply, dict):  # RESP3
+            reply = list(reply.items())
+        for _key, entries in reply or []:
+            if entries:
+                last_id = entries[-1][0]
+        return last_id
+
+    def signal(self, job_id: str, what: str) -> None:
+        """Wake the job's stop watchers (`xfed.node.context.StopWatcher` blocks on this stream).
+
+        Best effort and after the state is written: a watcher that misses it (a Redis blip, a user
+        without the key) still reads the state on its periodic check."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xadd(self.keys.job_signal(job_id), {b"s": what}, maxlen=16, approximate=False)
+        pipe.expire(self.keys.job_signal(job_id), max(1, int(self.retention_s)))
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            pass
 
     def resume(self, job_id: str, *, stage: int, attempt: int) -> bool:
         """FAILED/STOPPED -> RUNNING as a new attempt at `stage` (atomic); keeps the keys from expiring."""
@@ -381,6 +408,7 @@ class JobStore:
         pipe.persist(self.keys.job(job_id))
         pipe.persist(self.keys.job_events(job_id))
         self._call(pipe.execute)
+        self.signal(job_id, "resumed")
         return True
 
     def rejoins(self, job_id: str, stage: int, attempt: int) -> dict[str, int]:
@@ -419,12 +447,13 @@ class JobStore:
     def expire(self, job_id: str, *, extra_keys: tuple[str, ...] = ()) -> int:
         """After a job ends: delete its mailboxes now; its hash and events expire after `retention_s`."""
         deleted = 0
-        mailboxes = self._call(lambda: list(self.r.scan_iter(match=self.keys.mailbox_pattern(job_id), count=500)))
+        mailboxes = self._call(lambda: [k for pattern in (self.keys.mailbox_pattern(job_id), self.keys.shared_pattern(job_id))
+                                        for k in self.r.scan_iter(match=pattern, count=500)])
         if mailboxes:
             deleted = self._call(self.r.delete, *mailboxes)
         ttl = max(1, int(self.retention_s))
         pipe = self.r.pipeline(transaction=False)
-        for key in (self.keys.job(job_id), self.keys.job_events(job_id), *extra_keys):
+        for key in (self.keys.job(job_id), self.keys.job_events(job_id), self.keys.job_signal(job_id), *extra_keys):
             pipe.expire(key, ttl)
         self._call(pipe.execute)
         return deleted

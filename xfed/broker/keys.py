@@ -7,11 +7,15 @@ Schema (``ns`` = the configurable namespace, so two federations can share one se
     ns:jobs                                      zset     job id -> creation time
     ns:job:{J}                                   hash     job state (state, stage, reason, node, timestamps)
     ns:job:{J}:events                            stream   node -> scheduler events of job J
+    ns:job:{J}:signal                            stream   one entry per state change of job J (a
+                                                          stage's stop watcher blocks on it)
     ns:job:{J}:s:S.A:to:R:from:N                 stream   data-plane mailbox: job J, stage S, attempt A,
                                                           receiver R, sender N
     ns:job:{J}:s:S.A.iI-K:to:R:from:N            stream   the same once R (incarnation I) or N (incarnation
                                                           K) restarted and rejoined the stage (a rejoin
                                                           starts fresh mailboxes: sequence numbers from 0)
+    ns:job:{J}:p:S.A:N                           stream   a payload N published once for all its
+                                                          receivers (their mailboxes point at it)
     ns:nodes                                     set      registered node ids
     ns:node:{N}:info                             hash     role, host, pid, version of node N
     ns:node:{N}:hb                               string   heartbeat of node N (with a TTL)
@@ -70,6 +74,9 @@ class Keys:
     def job_events(self, job_id: str | int) -> str:
         return f"{self.job(job_id)}:events"
 
+    def job_signal(self, job_id: str | int) -> str:
+        return f"{self.job(job_id)}:signal"
+
     def job_pattern(self, job_id: str | int) -> str:
         """SCAN/KEYS pattern matching every key of one job (its hash, events and mailboxes)."""
         return f"{self.job(job_id)}*"
@@ -110,6 +117,18 @@ class Keys:
         return (f"{self.job(job_id)}:s:{stage}.{attempt}{gen}"
                 f":to:{check_id('node id', receiver)}:from:{check_id('node id', sender)}")
 
+    def shared(self, job_id: str | int, stage: int, sender: str, attempt: int = 0) -> str:
+        """Stream carrying the payload `sender` publishes once for all its receivers (Comm.publish).
+
+        Under `:p:`, not `:s:`: no mailbox key can match the ACL pattern that lets nodes read it."""
+        stage, attempt = int(stage), int(attempt)
+        if stage < 0 or attempt < 0:
+            raise ConfigError(f"invalid stage/attempt {stage}/{attempt}: must be >= 0")
+        return f"{self.job(job_id)}:p:{stage}.{attempt}:{check_id('node id', sender)}"
+
+    def shared_pattern(self, job_id: str | int) -> str:
+        return f"{self.job(job_id)}:p:*"
+
     def mailbox_pattern(self, job_id: str | int) -> str:
         return f"{self.job(job_id)}:s:*"
 
@@ -118,15 +137,19 @@ class Keys:
         """Redis 7 key selectors for node `node_id`'s ACL user.
 
         The node may read and delete entries of its own mailboxes, append to any mailbox only as
-        sender `node_id`, read job hashes, append job events, use its own command stream, info and
-        heartbeat, and read the node registry. It cannot read another node's mailbox.
+        sender `node_id`, publish payloads as itself and read what others published, read job
+        hashes, append job events, use its own command stream, info and heartbeat, and read the
+        node registry. It cannot read another node's mailbox.
         """
         node = check_id("node id", node_id)
         ns = self.namespace
         return [
             f"~{ns}:job:*:to:{node}:from:*",      # own mailboxes: read, then XDEL what was consumed
             f"%W~{ns}:job:*:to:*:from:{node}",    # write as itself into others' mailboxes
+            f"~{ns}:job:{{*}}:p:*:{node}",         # its own published payloads (written once, replaced)
+            f"%R~{ns}:job:{{*}}:p:*",              # read what others published (a round's mean)
             f"%R~{ns}:job:{{*}}",                 # job state (to abort when a job fails/stops)
+            f"%R~{ns}:job:{{*}}:signal",          # ... woken by its state changes
             f"%W~{ns}:job:{{*}}:events",          # report events
             f"~{ns}:node:{{{node}}}:*",           # own info, heartbeat and command stream
             f"%R~{ns}:nodes",

@@ -22,6 +22,9 @@ NODE_ID_RE = ID_RE
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 ED25519_HEX_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 NODE_ID_RULE = f"a node id is {ID_RULE}"
+# a Sentinel failover takes down-after-milliseconds + ~1-5 s; a Cluster one cluster-node-timeout (15 s
+# by default) + ~2-5 s: 30 s covers both defaults with a margin
+FAILOVER_WINDOW_S = 30.0
 
 
 def check_node_ids(ids: dict[str, Any]) -> dict[str, Any]:
@@ -73,6 +76,13 @@ class RedisOptions(ConfigModel):
     embedded_dir: str | None = Field(None, description="Work folder of the embedded server (default: a folder "
                                                        "shared by the processes of this config).")
     connect_timeout: float = Field(10.0, gt=0, le=3600, description="Seconds to wait for Redis at start-up.")
+    failover_window: float | None = Field(
+        None, ge=0, le=3600,
+        description="Seconds a Redis failover may take: every command is retried through it (connection "
+                    "lost, READONLY, CLUSTERDOWN, TRYAGAIN, LOADING; at least connect_timeout in any case) "
+                    "and heartbeat leases outlast it, so a failover does not count as dead nodes (the price: "
+                    "a killed node is noticed only after it too). Default: 30 for redis+cluster:// and "
+                    "redis+sentinel://, 0 for one server (which has no failover).")
 
     @field_validator("namespace")
     @classmethod
@@ -102,7 +112,10 @@ class FedConf(ConfigModel):
 
     fed_info: FedInfo
     redis_server: str = Field("embedded", description='"embedded", "host:port", redis://[user[:pw]@]host:port/db, '
-                                                      'rediss://... (TLS) or unix:///path.sock')
+                                                      'rediss://... (TLS), unix:///path.sock, '
+                                                      'redis+cluster://h1:p1,h2:p2 (Redis Cluster) or '
+                                                      'redis+sentinel://h1:p1,h2:p2/master_name (Sentinel); '
+                                                      'rediss+cluster:// and rediss+sentinel:// for TLS')
     redis: RedisOptions = Field(default_factory=RedisOptions)
     grpc: dict[str, Any] | None = Field(None, description="XFL's gRPC settings: accepted and ignored "
                                                           "(use rediss:// for transport security).")
@@ -148,9 +161,9 @@ class FedConf(ConfigModel):
                 problems.append((("identities", node), "must be an Ed25519 public key as 64 hex digits"))
         address = parse_redis_server(self.redis_server)
         tls_files = self.redis.tls_ca_file or self.redis.tls_cert_file
-        if tls_files and not (address.kind == "tcp" and address.tls):
+        if tls_files and not (address.kind in ("tcp", "cluster", "sentinel") and address.tls):
             problems.append((("redis", "tls_ca_file" if self.redis.tls_ca_file else "tls_cert_file"),
-                             "TLS files need a rediss:// redis_server"))
+                             "TLS files need a rediss:// redis_server (or rediss+cluster://, rediss+sentinel://)"))
         fail("fed_conf", problems)
         return self
 
@@ -180,6 +193,14 @@ class FedConf(ConfigModel):
                           password=password or address.password)
         return address.with_tls_files(ca_file=opts.tls_ca_file, cert_file=opts.tls_cert_file,
                                       key_file=opts.tls_key_file)
+
+    @property
+    def failover_window_s(self) -> float:
+        """Seconds a Redis outage or failover is ridden out (`redis.failover_window`, resolved)."""
+        if self.redis.failover_window is not None:
+            return float(self.redis.failover_window)
+        kind = parse_redis_server(self.redis_server).kind
+        return FAILOVER_WINDOW_S if kind in ("cluster", "sentinel") else 0.0
 
     @property
     def config_dir(self) -> Path | None:

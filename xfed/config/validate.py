@@ -302,12 +302,18 @@ def _remote_broker(redis_server: str) -> bool:
         address = parse_redis_server(redis_server)
     except ValueError:
         return False
-    if address.kind != "tcp" or not address.host or address.host == "localhost":
+    if address.kind not in ("tcp", "cluster", "sentinel"):
         return False
-    try:
-        return not ipaddress.ip_address(address.host.strip("[]")).is_loopback
-    except ValueError:
-        return True  # a host name other than localhost
+
+    def remote(host: str) -> bool:
+        if host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(host.strip("[]")).is_loopback
+        except ValueError:
+            return True  # a host name other than localhost
+
+    return any(remote(h) for h in address.hosts)
 
 
 # ---------------------------------------------------------------- output

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -19,37 +18,53 @@ if TYPE_CHECKING:  # a stage child imports these anyway; the daemon need not
 class StopWatcher:
     """`should_stop()` for a stage: a local flag (SIGTERM) or the job no longer RUNNING this stage.
 
-    Reads the job hash at most every `poll_s` seconds so operators may call it in tight loops."""
+    A call only reads the flag. A background thread keeps it current: it blocks on the job's
+    signal stream (`Keys.job_signal`, one entry per state change) and reads the job's position
+    when woken, and at least every `poll_s` seconds in case a signal was missed; so a stage never
+    spends a round trip on the job's state between steps or while it waits for a message
+    (`fresh=True` reads the state now: classifying a failure)."""
 
-    def __init__(self, jobs: JobStore, job_id: str, stage_id: int, attempt: int, *, poll_s: float = 0.25,
+    def __init__(self, jobs: JobStore, job_id: str, stage_id: int, attempt: int, *, poll_s: float = 5.0,
                  on_poll: Callable[[], None] | None = None) -> None:
         self.jobs, self.job_id = jobs, str(job_id)
         self.on_poll = on_poll  # the stage's pulse (xfed.node.pulse): every poll shows the stage moves
         self.stage_id, self.attempt, self.poll_s = int(stage_id), int(attempt), poll_s
         self.flag = threading.Event()
         self.reason = ""
-        self._checked = 0.0
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def stop(self, reason: str) -> None:
         self.reason = self.reason or reason
         self.flag.set()
 
+    def close(self) -> None:
+        """End the background thread (within one blocking read)."""
+        self._closed.set()
+
     def __call__(self, *, fresh: bool = False) -> bool:
-        """True once the stage should stop; `fresh` skips the read cache (classifying a failure)."""
+        """True once the stage should stop; `fresh` reads the job's state now."""
         if self.on_poll is not None:
             self.on_poll()
         if self.flag.is_set():
             return True
-        now = time.monotonic()
-        with self._lock:
-            if not fresh and now - self._checked < self.poll_s:
-                return False
-            self._checked = now
+        if fresh:
+            self.check()
+        elif self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._watch, name=f"stop-watcher-{self.job_id}",
+                                                    daemon=True)
+                    self._thread.start()
+        return self.flag.is_set()
+
+    def check(self) -> None:
+        """Read the job's position once and set the flag when this stage should stop."""
         try:
             state, stage, attempt = self.jobs.position(self.job_id)
         except BrokerError:  # a Redis blip is not a stop; Comm has its own timeouts
-            return False
+            return
         if state is None:
             self.stop("job no longer exists in Redis")
         elif state != "RUNNING":
@@ -58,7 +73,17 @@ class StopWatcher:
             self.stop(f"job moved to stage {int(stage)}")
         elif attempt is not None and int(attempt) != self.attempt:
             self.stop(f"job is now attempt {int(attempt)}")
-        return self.flag.is_set()
+
+    def _watch(self) -> None:
+        last: bytes | str = "0-0"
+        while not self._closed.is_set() and not self.flag.is_set():
+            self.check()
+            if self.flag.is_set():
+                return
+            try:
+                last = self.jobs.wait_signal(self.job_id, last, self.poll_s)
+            except BrokerError:  # a Redis blip or a user without the key: poll instead
+                self._closed.wait(min(self.poll_s, 1.0))
 
 
 @dataclass

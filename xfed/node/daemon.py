@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from xfed.broker.heartbeat import TTL_FACTOR, Heartbeat
+from xfed.broker.heartbeat import Heartbeat
 from xfed.broker.jobstore import JobState, JobStore
 from xfed.broker.streams import ControlStream, Entry
 from xfed.errors import BrokerError, XfedError
@@ -57,7 +57,8 @@ class NodeDaemon:
         self.cmds = ControlStream(r, keys.node_cmd(node_id), maxlen=1000)
         self.jobs = JobStore(r, keys)
         self.hb = Heartbeat(r, keys, node_id, role, interval=self.interval,
-                            config_dir=Path(config_path).resolve())
+                            config_dir=Path(config_path).resolve(),
+                            failover_s=float(getattr(fed, "failover_window_s", 0.0) or 0.0))
         # one stage process per job (job id -> child), at most max_concurrent_jobs (fed_conf.json) at once
         self.children: dict[str, StageChild] = {}
         self.max_jobs = int(getattr(fed, "max_concurrent_jobs", 1) or 1)
@@ -74,7 +75,7 @@ class NodeDaemon:
     def run(self) -> int:
         # one process per node id: the heartbeat is an atomic lease (a twin waits out the TTL, then gives up)
         self.hb.on_lost = self._lease_lost
-        self.hb.start(wait_s=TTL_FACTOR * self.interval + 1.0)
+        self.hb.start()  # waits out a dead twin's lease (its TTL + 1 s)
         self._ensure_spare()  # warm up while idle, so even the first job starts without imports
         self.cmds.ensure_group(GROUP)
         self._recover_pending()
@@ -316,6 +317,9 @@ class NodeDaemon:
                 state = self.jobs.state(child.job_id)
                 # a SUCCESSFUL job's children are on their way out after reporting `done`
                 if state is None or state in (JobState.FAILED, JobState.STOPPED, JobState.CORRUPT):
+                    if not child.stop_reason:
+                        log.warning("job %s is %s: stopping its stage process pid %s", child.job_id,
+                                    state.value if state else "gone", child.pid)
                     child.stop(f"job is {state.value if state else 'gone'}")
             return
         reporter = self._reporter(child.job_id, child.stage_id, child.attempt, child.incarnation)

@@ -15,5 +15,6 @@ class OperatorContext(AggregationContext, Protocol):
     stage: Stage        # this node's own stage config (never leaves the party)
     fed: FedConf
     work_dir: Path
+    incarnation: int    # > 0: this node was restarted and rejoins the running stage (rejoin.py)
 
     def should_stop(self) -> bool: ...

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from xfed.broker.attempts import with_ended_attempt
-from xfed.broker.heartbeat import TTL_FACTOR, Heartbeat, alive_nodes
+from xfed.broker.heartbeat import Heartbeat, alive_nodes
 from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus, can_resume
 from xfed.broker.messages import NodeState, StageAction, job_event, stop_job_command
 from xfed.broker.requests import send_reply
@@ -32,6 +32,7 @@ from xfed.scheduler.progress import (
     plan_field,
 )
 from xfed.scheduler.rejoins import not_yet_admitted, rejoin_candidates, stale_incarnation
+from xfed.scheduler.rollback import RollbackWatch
 
 log = logging.getLogger("xfed.scheduler")
 
@@ -55,7 +56,7 @@ class Scheduler(MembershipMixin):
         self.jobs = JobStore(r, keys)
         self.requests = ControlStream(r, keys.requests(), maxlen=10_000)
         self.hb = Heartbeat(r, keys, SCHEDULER_ID, "scheduler", interval=self.interval, key=keys.scheduler(),
-                            config_dir=fed.config_dir)
+                            config_dir=fed.config_dir, failover_s=float(getattr(fed, "failover_window_s", 0.0) or 0.0))
         self.cursors: dict[str, str] = {}          # job id -> last event id read
         self.lingering: dict[str, float] = {}      # finished job id -> stop reading at (monotonic)
         self.shutdown = threading.Event()
@@ -64,11 +65,12 @@ class Scheduler(MembershipMixin):
         # highest job id issued or seen: a Redis that lost its data must not hand out an id again
         self._max_job_id = 0
         self.event_checks = EventChecks(fed, keys.namespace)  # signatures, when identities are pinned
+        self.watch = RollbackWatch(self)  # jobs a Redis failover rolled back, or that went silent
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
         self.hb.on_lost = self.shutdown.set  # another scheduler took over while this one was frozen
-        self.hb.start(wait_s=TTL_FACTOR * self.interval + 1.0)  # atomic lease: one scheduler per namespace
+        self.hb.start()  # atomic lease: one scheduler per namespace (waits out a dead one's TTL + 1 s)
         self.requests.ensure_group(GROUP)
         # a new scheduler cannot tell whether Redis was just away (heartbeat keys lapsed, nodes still
         # reconnecting): the same grace as after an outage before a missing heartbeat fails a job
@@ -89,6 +91,9 @@ class Scheduler(MembershipMixin):
                         self._liveness_grace_until = time.monotonic() + self._grace_s()
                         down_since = None
                 except BrokerError as err:
+                    # no liveness verdict until Redis is back and the grace below has passed: a step that
+                    # succeeds right after an outage must not judge heartbeats that lapsed during it
+                    self._liveness_grace_until = float("inf")
                     if down_since is None:
                         down_since = time.monotonic()
                         log.warning("broker problem, retrying: %s", err)
@@ -130,6 +135,7 @@ class Scheduler(MembershipMixin):
             block = 100 if i == 0 and job_id not in self.lingering else None
             entries = read_many(self.r, {key: self.cursors[job_id]}, block_ms=block).get(key, [])
             if entries:
+                self.watch.heard(job_id)
                 try:
                     self._process_events(job_id, entries)
                 except BrokerError:
@@ -153,6 +159,7 @@ class Scheduler(MembershipMixin):
         if now - self._last_liveness >= self.interval / 4:
             self._last_liveness = now
             self._check_liveness()
+        self.watch.check(now)
 
     def _forget(self, job_id: str) -> None:
         """Stop reading a job's events (ended and lingered, vanished, or unreadable)."""
@@ -285,6 +292,7 @@ class Scheduler(MembershipMixin):
         if job is None or not self.jobs.transition(job_id, state, reason=reason, node=node, **fields):
             return False
         log.info("job %s %s%s", job_id, state.value, f": {reason}" if reason else "")
+        self.watch.ended_as(job_id, state, reason, node)
         if state is not JobState.SUCCESSFUL:
             for n in job.participants:
                 try:
@@ -414,7 +422,8 @@ class Scheduler(MembershipMixin):
             for node in rejoin_candidates(job, policy_of(job), alive):
                 self._rejoin(job, node)
             dead = missing_nodes(job.participants, alive)
-            verdict = judge_dead(job, policy_of(job), dead, self.interval) if dead else None
+            # judge_dead words the reason as "none for 3 x interval s": give it the lease's real TTL
+            verdict = judge_dead(job, policy_of(job), dead, self.hb.ttl_ms / 3000) if dead else None
             if verdict is None:
                 continue
             if verdict.action == "tolerate":

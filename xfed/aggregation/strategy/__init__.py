@@ -25,14 +25,16 @@ __all__ = ["STRATEGIES", "Strategy", "StrategyParams", "FedAvg", "FedAvgM", "Fed
            "make_strategy", "weighted_mean", "StrategyChoice"]
 
 
-def make_strategy(name: str = "fedavg", params: StrategyParams | Mapping[str, Any] | None = None) -> Strategy:
-    """The strategy called `name` with its parameters (a validated Params model, or a dict to validate)."""
+def make_strategy(name: str = "fedavg", params: StrategyParams | Mapping[str, Any] | None = None,
+                  rounds: int | None = None) -> Strategy:
+    """The strategy called `name` with its parameters (a validated Params model, or a dict to validate);
+    `rounds`: the job's rounds (needed by a server learning-rate schedule)."""
     cls = STRATEGIES.get(name)
     if cls is None:
         raise ConfigError(f"aggregation.strategy: unknown strategy {name!r} (one of {', '.join(STRATEGIES)})")
     if params is not None and not isinstance(params, cls.Params):
         params = cls.Params.model_validate(dict(params))
-    return cls(params)
+    return cls(params, rounds)
 
 
 class _OneStrategy(StrategyParams):
@@ -61,8 +63,8 @@ class _OneStrategy(StrategyParams):
     def name(self) -> str:
         return next(k for k in STRATEGIES if getattr(self, k) is not None)
 
-    def build(self) -> Strategy:
-        return STRATEGIES[self.name](getattr(self, self.name))
+    def build(self, rounds: int | None = None) -> Strategy:
+        return STRATEGIES[self.name](getattr(self, self.name), rounds)
 
 
 # one optional field per registered strategy, typed by its Params model: the registry is the only list

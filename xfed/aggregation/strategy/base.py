@@ -12,7 +12,8 @@ resume state and `load_state` puts it back after `start` (the global tensors are
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping
+import math
+from typing import ClassVar, Literal, Mapping
 
 import numpy as np
 from pydantic import Field
@@ -23,6 +24,15 @@ from xfed.errors import JobError
 
 class StrategyParams(ConfigModel):
     """Parameters of a strategy without any (FedAvg)."""
+
+
+class ServerLrParams(StrategyParams):
+    """Parameters of a strategy with a server learning rate η (FedAvgM, the FedOpt family)."""
+
+    server_lr: float
+    server_lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant: η every round; cosine: η·½(1 + cos(π(t−1)/T)) in round t "
+                                "of T (η in round 1, decaying towards 0 in the last).")
 
 
 def weighted_mean(round_idx: int, weighted_sum: Mapping[str, np.ndarray], total_weight: float) -> dict[str, np.ndarray]:
@@ -43,9 +53,25 @@ class Strategy:
     name: ClassVar[str] = "strategy"
     Params: ClassVar[type[StrategyParams]] = StrategyParams
 
-    def __init__(self, params: StrategyParams | None = None) -> None:
+    def __init__(self, params: StrategyParams | None = None, rounds: int | None = None) -> None:
         self.params = params if params is not None else self.Params()
+        self.rounds = rounds  # the job's rounds (a server learning-rate schedule needs them)
         self.current: dict[str, np.ndarray] | None = None  # the global tensors last broadcast (float32)
+        if isinstance(self.params, ServerLrParams) and self.params.server_lr_schedule != "constant" and not rounds:
+            raise JobError(f"strategy {self.name}: server_lr_schedule "
+                           f"{self.params.server_lr_schedule!r} needs the job's number of rounds")
+
+    def server_lr(self, round_idx: int) -> float:
+        """η of round `round_idx` (1-based) under the strategy's `server_lr_schedule`: constant, or cosine
+        from η in round 1 towards 0 after the last round, as the parties' own cosine schedule decays per step
+        (a server optimizer at a constant η keeps moving the adapter by ~η a round to the end)."""
+        p = self.params
+        if not isinstance(p, ServerLrParams):
+            raise JobError(f"strategy {self.name} has no server learning rate")
+        if p.server_lr_schedule == "constant":
+            return p.server_lr
+        progress = min(max(round_idx - 1, 0), self.rounds) / self.rounds
+        return p.server_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def start(self, initial: Mapping[str, np.ndarray]) -> None:
         self.current = {k: np.asarray(v, dtype=np.float32).copy() for k, v in initial.items()}

@@ -21,3 +21,6 @@ class FedAdagrad(FedOpt):
 
     def second_moment(self, v: np.ndarray, delta_sq: np.ndarray) -> np.ndarray:
         return v + delta_sq
+
+    def v_correction(self, t: int) -> float:
+        return 1.0  # a sum, not an average: nothing to correct

@@ -13,10 +13,10 @@ from typing import Mapping
 import numpy as np
 from pydantic import Field
 
-from xfed.aggregation.strategy.base import Strategy, StrategyParams, fraction, positive
+from xfed.aggregation.strategy.base import ServerLrParams, Strategy, fraction, positive
 
 
-class FedAvgMParams(StrategyParams):
+class FedAvgMParams(ServerLrParams):
     server_lr: float = positive("η: server learning rate (1.0: the parties' average change).", 1.0)
     momentum: float = fraction("β: server momentum in [0, 1) (0: none).", 0.9)
     nesterov: bool = Field(False, description="Nesterov momentum: x_{t+1} = x_t + η (β v_t + Δ_t).")
@@ -29,18 +29,18 @@ class FedAvgM(Strategy):
     name = "fedavgm"
     Params = FedAvgMParams
 
-    def __init__(self, params: FedAvgMParams | None = None) -> None:
-        super().__init__(params)
+    def __init__(self, params: FedAvgMParams | None = None, rounds: int | None = None) -> None:
+        super().__init__(params, rounds)
         self.velocity: dict[str, np.ndarray] = {}
 
     def update(self, round_idx: int, mean: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        p, x = self.params, self.previous(mean)
+        p, x, lr = self.params, self.previous(mean), self.server_lr(round_idx)
         out = {}
         for k in mean:
             delta = mean[k] - x[k]
             v = p.momentum * self.velocity.get(k, 0.0) + delta
             self.velocity[k] = v
-            out[k] = x[k] + p.server_lr * (p.momentum * v + delta if p.nesterov else v)
+            out[k] = x[k] + lr * (p.momentum * v + delta if p.nesterov else v)
         return out
 
     def state(self) -> dict[str, np.ndarray]:

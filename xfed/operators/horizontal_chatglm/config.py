@@ -95,9 +95,9 @@ class Aggregation(ConfigModel):
     def is_fraction(self) -> bool:
         return isinstance(self.agg_steps, float)
 
-    def build_strategy(self) -> Strategy:
-        """The configured server strategy (FedAvg when none is set)."""
-        return self.strategy.build() if self.strategy is not None else FedAvg()
+    def build_strategy(self, rounds: int | None = None) -> Strategy:
+        """The configured server strategy for a job of `rounds` rounds (FedAvg when none is set)."""
+        return self.strategy.build(rounds) if self.strategy is not None else FedAvg()
 
     @property
     def every(self) -> Fraction | int:

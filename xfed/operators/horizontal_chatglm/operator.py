@@ -14,14 +14,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from xfed.aggregation import LeafBase, RootBase, make_leaf, make_root, tensors_digest
+from xfed.aggregation import LeafBase, RootBase, SecAggRoot, make_leaf, make_root, tensors_digest
 from xfed.aggregation.privacy import Privatizer
 from xfed.config import fill_placeholders
 from xfed.errors import ConfigError, JobError, PreflightError, XfedError, blaming
 from xfed.operators.context import OperatorContext
 
 from ..outputs import claim_output_dir, job_identity
-from . import ddp, protocol, reporting, resume
+from . import ddp, protocol, rejoin, reporting, resume
 from .adapter_state import extract_trainable, load_trainable, save_adapter
 from .config import Params
 from .fedprox import ProximalCallback
@@ -189,8 +189,9 @@ class _Party:
 
     # -- rounds -----------------------------------------------------------------------------------
     def run_rounds(self, rounds: int, aggregate: AggregateFn, aggregator: LeafBase | RootBase | None,
-                   start: int = 0) -> dict[str, Any]:
-        """Rounds start + 1 .. rounds (start > 0: a resumed attempt, state restored by resume.py)."""
+                   start: int = 0, rejoined: bool = False) -> dict[str, Any]:
+        """Rounds start + 1 .. rounds (start > 0: a resumed attempt, state restored by resume.py, or a
+        restarted trainer admitted after round `start`: rejoin.py)."""
         trains = self.trainer is not None
         schedule = party_schedule(rounds, self.total_steps) if trains else party_schedule(rounds, rounds)
         if start > 0:
@@ -220,8 +221,9 @@ class _Party:
             callback = FederatedCallback(runner)
             callback.rounds_done = start
             self.trainer.add_callback(callback)
-            self.trainer.train(resume_from_checkpoint=resume.trainer_checkpoint(self.ctx, self.output_dir, start,
-                                                                                self.trainer))
+            checkpoint = (rejoin.prepare_trainer(self.trainer, self.ctx.work_dir / "rejoin", schedule, start)
+                          if rejoined else resume.trainer_checkpoint(self.ctx, self.output_dir, start, self.trainer))
+            self.trainer.train(resume_from_checkpoint=checkpoint)
             if callback.rounds_done != rounds:
                 raise JobError(f"{self.node}: training ended after {callback.rounds_done} of {rounds} rounds")
         elif not trains:
@@ -238,7 +240,8 @@ class _Party:
         final_digest = agreed or tensors_digest(extract_trainable(self.peft_model))
         self.metrics.write(final=str(final), elapsed_s=round(time.monotonic() - started, 2), warnings=self.warnings)
         last = self.metrics.rounds[-1] if self.metrics.rounds else {}
-        return {"rounds": rounds, "final": str(final), "final_digest": final_digest, "metrics": str(self.metrics.path),
+        return {"rounds": rounds, "first_round": start + 1, "final": str(final), "final_digest": final_digest,
+                "metrics": str(self.metrics.path),
                 "last_round": {k: v for k, v in last.items() if isinstance(v, (int, float, str))},
                 "warnings": self.warnings}
 
@@ -272,6 +275,11 @@ class _Label(_Party):
                 raise ConfigError(f"{self.node}: model_info.config.nproc_per_node {nproc} needs an assist_trainer "
                                   "(a party training alone runs as one process)")
             return self._run_alone()
+        if ctx.incarnation:  # restarted into the running stage: no preflight (rejoin.py)
+            if nproc > 1:
+                return rejoin.stay_out(self, f"{self.node}: a restarted DDP party (nproc_per_node {nproc}) cannot "
+                                             "rejoin a running stage yet; it stays out until the stage ends")
+            return rejoin.run_label(self)
         if nproc == 1:
             return self._run_federated()
         # rank 0 of a DDP group: ranks 1.. start now, so their imports overlap the parameter exchange
@@ -395,9 +403,12 @@ class _Assist(_Party):
         # warns on otp < 2 masked parties
         root = make_root(_KeepWarnings(ctx, self.warnings), self.params.enc, timeout=ROUND_TIMEOUT_S,
                          min_parties=self.aggregation.min_parties,
-                         strategy=self.aggregation.build_strategy())
+                         strategy=self.aggregation.build_strategy(rounds))
+        if isinstance(root, SecAggRoot):  # dropout-tolerant secure aggregation: restarted trainers may rejoin
+            root.last_round = rounds
         root.setup()
         root.broadcast_initial(extract_trainable(self.peft_model))
         resume.restore_strategy(ctx, self.output_dir, start, root.strategy)  # moments of round `start`
         self.root = root
-        return self.run_rounds(rounds, root.aggregate, root, start)
+        desk = rejoin.RejoinDesk(ctx, root, self.own, rounds, self.warn)  # restarted trainers' plan requests
+        return self.run_rounds(rounds, desk.aggregate, root, start)
