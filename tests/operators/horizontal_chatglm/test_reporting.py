@@ -10,6 +10,7 @@ import torch
 from tests.tensorboard_events import read_scalars
 from xfed.errors import ConfigError
 from xfed.operators.horizontal_chatglm import reporting
+from xfed.operators.horizontal_chatglm.config import Peft
 from xfed.operators.horizontal_chatglm.metrics import MetricsLog
 from xfed.operators.horizontal_chatglm.peft_setup import apply_peft
 from xfed.operators.horizontal_chatglm.rounds import FederatedCallback, RoundRunner
@@ -42,7 +43,8 @@ def test_label_trainer_writes_event_files_and_trainer_state_with_every_step(tiny
 
     torch.manual_seed(0)
     peft_model = apply_peft(AutoModelForCausalLM.from_pretrained(str(tiny_glm)),
-                            {"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"]}})
+                            Peft.model_validate({"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"], "lora_alpha": 8,
+                                                          "lora_dropout": 0.0}}))
     args = training_arguments({"per_device_train_batch_size": 2, "num_train_epochs": 1, "learning_rate": 1e-2, "no_cuda": True,
                                "report_to": ["tensorboard"], "run_name": reporting.run_name("7", "node-1")},
                               tmp_path / "trainer")

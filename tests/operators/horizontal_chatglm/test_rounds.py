@@ -8,6 +8,7 @@ import torch
 
 from xfed.errors import JobError
 from xfed.operators.horizontal_chatglm.adapter_state import extract_trainable
+from xfed.operators.horizontal_chatglm.config import Peft
 from xfed.operators.horizontal_chatglm.metrics import MetricsLog
 from xfed.operators.horizontal_chatglm.peft_setup import apply_peft
 from xfed.operators.horizontal_chatglm.rounds import Evaluator, FederatedCallback, RoundRunner
@@ -40,7 +41,8 @@ def _setup(tiny_glm, tmp_path, ctx, aggregate, evaluator=None, rounds=3):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_glm))
-    peft_model = apply_peft(model, {"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"]}})
+    peft_model = apply_peft(model, Peft.model_validate({"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"], "lora_alpha": 8,
+                                                              "lora_dropout": 0.0}}))
     args = training_arguments({"per_device_train_batch_size": 2, "num_train_epochs": 1, "learning_rate": 1e-2,
                                "no_cuda": True, "seed": 3, "save_strategy": "steps"}, tmp_path / "trainer")
     trainer = build_trainer(peft_model, args, features(12), collate, callbacks=[])

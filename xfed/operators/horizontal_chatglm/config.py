@@ -177,6 +177,17 @@ class Peft(ExactlyOne):
     def kind(self) -> str:
         return self.chosen
 
+    def config_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for peft's LoraConfig / PrefixTuningConfig (target_modules may be "auto")."""
+        if self.LORA is not None:
+            return self.LORA.model_dump(exclude_none=True)
+        p = self.PREFIX_TUNING
+        assert p is not None  # exactly one is set
+        kw = {"task_type": p.task_type, "num_virtual_tokens": p.pre_seq_len, "prefix_projection": p.prefix_projection}
+        if p.prefix_hidden_size is not None:
+            kw["encoder_hidden_size"] = p.prefix_hidden_size
+        return kw
+
 
 # ---------------------------------------------------------------- dataset
 def _check_pattern(pattern: str, *, allowed: tuple[str, ...], sizes: tuple[int, ...],
@@ -306,13 +317,7 @@ class Params(ConfigModel):
         """Keyword arguments for peft's LoraConfig / PrefixTuningConfig (target_modules may be "auto")."""
         if self.peft is None:
             raise ValueError("train_params.peft is not set (partial config)")
-        if self.peft.LORA is not None:
-            return self.peft.LORA.model_dump(exclude_defaults=False)
-        p = self.peft.PREFIX_TUNING
-        kw = {"task_type": p.task_type, "num_virtual_tokens": p.pre_seq_len, "prefix_projection": p.prefix_projection}
-        if p.prefix_hidden_size is not None:
-            kw["encoder_hidden_size"] = p.prefix_hidden_size
-        return kw
+        return self.peft.config_kwargs()
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """transformers.TrainingArguments keyword arguments (no_cuda mapped to use_cpu)."""

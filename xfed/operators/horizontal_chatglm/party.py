@@ -169,6 +169,7 @@ def build_adapter(model: Any, params: Params, resume: Path | None, seed: int) ->
     from transformers import set_seed
 
     set_seed(seed)
-    peft_model = apply_peft(model, params.peft.model_dump(exclude_none=True), resume)
+    assert params.peft is not None  # a complete Params has its peft section
+    peft_model = apply_peft(model, params.peft, resume)
     check_trainable(peft_model, "train_params.peft")
     return peft_model
