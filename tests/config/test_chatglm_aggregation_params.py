@@ -6,8 +6,7 @@ from pydantic import ValidationError
 
 from xfed.aggregation.strategy import FedAvg, FedYogi
 from xfed.errors import ConfigError
-from xfed.operators.horizontal_chatglm.config import Params
-from xfed.operators.horizontal_chatglm.operator import validated_params
+from xfed.operators.horizontal_chatglm.config import Params, validated_params
 
 
 def _params(**aggregation):

@@ -28,7 +28,7 @@ def test_unknown_target_module_lists_the_linear_modules_the_model_has(tiny_glm):
 
 
 def _validated(peft: dict):
-    from xfed.operators.horizontal_chatglm.operator import validated_params
+    from xfed.operators.horizontal_chatglm.config import validated_params
 
     return validated_params({"peft": peft, "aggregation": {"agg_steps": 1}}, "node-1")
 

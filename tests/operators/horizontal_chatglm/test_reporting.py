@@ -98,10 +98,14 @@ def test_default_is_no_backend_and_a_missing_backend_is_a_one_line_error(tmp_pat
 
 
 def test_report_to_is_each_partys_own_and_never_handed_on_by_the_assist_trainer():
-    from xfed.operators.horizontal_chatglm.config import merge_authoritative
+    from xfed.operators.horizontal_chatglm.config import validated_params
+    from xfed.operators.horizontal_chatglm.merge import merge_authoritative
 
-    assist = {"trainer": {"learning_rate": 0.1, "report_to": ["wandb"], "run_name": "agg"}}
-    merged, conflicts = merge_authoritative(assist, {"trainer": {"per_device_train_batch_size": 2}})
-    assert "report_to" not in merged["trainer"] and "run_name" not in merged["trainer"] and not conflicts
-    merged, conflicts = merge_authoritative(assist, {"trainer": {"report_to": ["tensorboard"]}})
-    assert merged["trainer"]["report_to"] == ["tensorboard"] and not conflicts
+    def partial(raw: dict):
+        return validated_params(raw, "node-1", complete=False)
+
+    assist = partial({"trainer": {"learning_rate": 0.1, "report_to": ["wandb"], "run_name": "agg"}})
+    merged, conflicts = merge_authoritative(assist, partial({"trainer": {"per_device_train_batch_size": 2}}))
+    assert "report_to" not in merged.trainer and "run_name" not in merged.trainer and not conflicts
+    merged, conflicts = merge_authoritative(assist, partial({"trainer": {"report_to": ["tensorboard"]}}))
+    assert merged.trainer["report_to"] == ["tensorboard"] and not conflicts

@@ -4,7 +4,7 @@ Pydantic only; `trainer` keys are checked against the installed `transformers.Tr
 lazily from its source (xfed.operators.horizontal_chatglm.training_args) so that validating never imports torch.
 
 A label trainer's stage config may be partial when there is an assist trainer: the assist
-trainer's `train_params` are authoritative and `merge_authoritative` combines the two.
+trainer's `train_params` are authoritative and `merge.merge_authoritative` combines the two models.
 Validate a partial config with `Params.model_validate(d, context={"complete": False})`.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import (
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -25,11 +26,7 @@ from xfed.aggregation.privacy import DpParams
 from xfed.aggregation.settings import Csprng, Encryption, KeyExchange, Otp, Plain
 from xfed.aggregation.strategy import FedAvg, Strategy, StrategyChoice
 from xfed.config.base import ConfigModel, ExactlyOne, fail, reraise
-from xfed.operators.horizontal_chatglm.merge import (
-    LOCAL_DATASET_KEYS,
-    LOCAL_TRAINER_KEYS,
-    merge_authoritative,
-)
+from xfed.errors import ConfigError
 from xfed.operators.horizontal_chatglm.training_args import (
     FORCED_TRAINER_ARGS,
     check_trainer_args,
@@ -344,6 +341,20 @@ class Params(ConfigModel):
         return self.enc.model_dump(exclude_none=True)
 
 
+def validated_params(raw: dict[str, Any], where: str, *, complete: bool = True) -> Params:
+    """train_params as the config's Params model: complete (defaults filled), or partial (a label trainer's
+    own keys, which the assist trainer's complete them); one-line errors naming `where`."""
+    try:
+        model = Params.model_validate(raw, context={"complete": complete})
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        loc = ".".join(str(part) for part in first["loc"])
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{where}: train_params.{loc}: {first['msg']}{more}") from None
+    return model
+
+
 def check_stage(stage: Any, *, complete: bool) -> list[tuple[str, ...]]:
     """Stage-level needs of this operator beyond train_params: [(dotted key, message[, "note"])]."""
     problems: list[tuple[str, ...]] = []
@@ -362,6 +373,6 @@ def check_stage(stage: Any, *, complete: bool) -> list[tuple[str, ...]]:
 
 __all__ = [
     "Aggregation", "Csprng", "DatasetParams", "Encryption", "KeyExchange", "Lora", "Otp", "Params", "Peft",
-    "Plain", "PrefixTuning", "check_stage", "check_trainer_args", "merge_authoritative", "trainer_kwargs",
-    "FORCED_TRAINER_ARGS", "LOCAL_TRAINER_KEYS", "LOCAL_DATASET_KEYS", "PEFT_TYPES",
+    "Plain", "PrefixTuning", "check_stage", "check_trainer_args", "trainer_kwargs", "FORCED_TRAINER_ARGS",
+    "PEFT_TYPES", "validated_params",
 ]

@@ -31,6 +31,7 @@ from transformers import TrainerCallback
 from xfed.errors import ConfigError, JobError
 
 from .adapter_state import trainable_names
+from .config import Params
 
 MAX_NPROC = 64
 STAGE_FILE = "stage.json"  # in WORK_DIR/ddp/: written by rank 0 for the ranks it starts
@@ -52,10 +53,9 @@ def nproc_of(stage: Any, *, identity: str, node: str, cuda: bool) -> int:
     return value
 
 
-def wants_cuda(own_params: dict[str, Any]) -> bool:
+def wants_cuda(own: Params) -> bool:
     """Whether this party's Trainer will train on CUDA (training_arguments' rule, from its own params)."""
-    trainer = own_params.get("trainer") or {}
-    return torch.cuda.is_available() and not (trainer.get("use_cpu") or trainer.get("no_cuda"))
+    return torch.cuda.is_available() and not own.trainer_kwargs().get("use_cpu")
 
 
 def check_device(group: DdpGroup, trainer: Any, node: str) -> None:

@@ -1,10 +1,10 @@
 """A label trainer's effective train_params: the assist trainer's, plus the party's own local keys."""
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
 
+from .config import DatasetParams, Params
 from .training_args import FORCED_TRAINER_ARGS, trainer_kwargs
 
 # Trainer keys that describe a party's own hardware and bookkeeping: each party keeps its own
@@ -25,17 +25,17 @@ LOCAL_DATASET_KEYS = frozenset({"key_query", "key_answer", "prompt_column", "res
 SHARED_SECTIONS = ("aggregation", "encryption", "peft")
 
 
-def merge_authoritative(assist: dict[str, Any], party: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def merge_authoritative(assist: Params, party: Params) -> tuple[Params, list[str]]:
     """A label trainer's effective train_params: the assist trainer's, plus the party's local keys.
 
-    `aggregation`, `encryption` and `peft` are the assist trainer's outright; in `trainer` and
-    `dataset` a party keeps its own hardware/bookkeeping keys (LOCAL_TRAINER_KEYS,
-    LOCAL_DATASET_KEYS). Returns (merged, conflicts) where each conflict reads
-    "trainer.learning_rate: assist=0.001 party=0.01" for a key both set differently.
+    Both are validated models (the party's partial: only what it set counts). `aggregation`,
+    `encryption` and `peft` are the assist trainer's outright; in `trainer` and `dataset` a party keeps
+    its own hardware/bookkeeping keys (LOCAL_TRAINER_KEYS, LOCAL_DATASET_KEYS). Returns (merged,
+    conflicts) where each conflict reads "trainer.learning_rate: assist=0.001 party=0.01" for a key
+    both set differently ("assist=(unset)": the assist trainer's default applies).
     """
-    assist = _normalised(assist)
-    party = _normalised(party)
-    merged = copy.deepcopy(assist)
+    mine_all = party.model_dump(mode="json", exclude_unset=True)
+    theirs_all = assist.model_dump(mode="json", exclude_unset=True)
     conflicts: list[str] = []
 
     def note(key: str, mine: Any, theirs: Any) -> None:
@@ -44,33 +44,28 @@ def merge_authoritative(assist: dict[str, Any], party: dict[str, Any]) -> tuple[
             conflicts.append(f"{key}: assist={shown} party={_canonical(mine)}")
 
     for section in SHARED_SECTIONS:
-        if party.get(section) is not None:
-            for key, mine, theirs in _leaf_diff(section, party[section], assist.get(section)):
+        if mine_all.get(section) is not None:
+            for key, mine, theirs in _leaf_diff(section, mine_all[section], theirs_all.get(section)):
                 note(key, mine, theirs)
-    for section, local in (("trainer", LOCAL_TRAINER_KEYS), ("dataset", LOCAL_DATASET_KEYS)):
-        if assist.get(section) is None and not party.get(section):
-            continue
-        combined = dict(assist.get(section) or {})
-        if section == "trainer":
-            combined = {k: v for k, v in combined.items() if k not in PARTY_ONLY_TRAINER_KEYS}
-        for key, mine in (party.get(section) or {}).items():
-            if key in local or (section == "trainer" and key in FORCED_TRAINER_ARGS):  # no conflict to report
-                combined[key] = mine
+    update: dict[str, Any] = {}
+    if assist.trainer is not None or party.trainer:
+        trainer = {k: v for k, v in trainer_kwargs(assist.trainer).items() if k not in PARTY_ONLY_TRAINER_KEYS}
+        for key, mine in trainer_kwargs(party.trainer).items():
+            if key in LOCAL_TRAINER_KEYS or key in FORCED_TRAINER_ARGS:  # no conflict to report
+                trainer[key] = mine
             else:
-                note(f"{section}.{key}", mine, combined.get(key))
-        merged[section] = combined
-    for key, mine in party.items():
-        if key not in (*SHARED_SECTIONS, "trainer", "dataset"):
-            note(key, mine, assist.get(key))
-    return merged, conflicts
-
-
-def _normalised(params: dict[str, Any]) -> dict[str, Any]:
-    params = dict(params or {})
-    trainer = params.get("trainer")
-    if isinstance(trainer, dict) and "no_cuda" in trainer and "use_cpu" not in trainer:
-        params["trainer"] = trainer_kwargs(trainer)
-    return params
+                note(f"trainer.{key}", mine, trainer.get(key))
+        update["trainer"] = trainer
+    if assist.dataset is not None or party.dataset is not None:
+        theirs = theirs_all.get("dataset") or {}
+        local: dict[str, Any] = {}
+        for key, mine in (mine_all.get("dataset") or {}).items():
+            if key in LOCAL_DATASET_KEYS:
+                local[key] = getattr(party.dataset, key)
+            else:
+                note(f"dataset.{key}", mine, theirs.get(key))
+        update["dataset"] = (assist.dataset or DatasetParams()).model_copy(update=local)
+    return assist.model_copy(update=update), conflicts
 
 
 def _canonical(value: Any) -> str:

@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from xfed.aggregation import LeafBase, RootBase, SecAggRoot, make_leaf, make_root, tensors_digest
 from xfed.aggregation.privacy import Privatizer
 from xfed.config import fill_placeholders
@@ -23,7 +21,7 @@ from xfed.operators.context import OperatorContext
 from ..outputs import claim_output_dir, job_identity
 from . import ddp, protocol, rejoin, reporting, resume
 from .adapter_state import extract_trainable, load_trainable, save_adapter
-from .config import Params
+from .config import Params, validated_params
 from .fedprox import ProximalCallback
 from .merge import merge_authoritative
 from .metrics import MetricsLog
@@ -61,21 +59,14 @@ def run(ctx: OperatorContext) -> dict[str, Any]:
     raise ConfigError(f"{ctx.node_id}: identity {ctx.identity!r} is not label_trainer or assist_trainer")
 
 
-def _own_params(ctx: OperatorContext) -> dict[str, Any]:
-    return dict(ctx.stage.train_info.train_params)  # the keys this party set: what merge_authoritative compares
-
-
-def validated_params(raw: dict[str, Any], where: str) -> Params:
-    """The complete train_params (defaults filled) as the config's Params model; one-line errors."""
+def _party_params(node: str, hello: protocol.Hello) -> Params:
+    """A label trainer's own train_params from its hello (partial), or why it could not send them."""
+    if hello.error is not None:
+        raise blaming(JobError(f"{node} failed its set-up: {hello.error}"), node)
     try:
-        model = Params.model_validate(raw)
-    except ValidationError as exc:
-        errors = exc.errors()
-        first = errors[0]
-        loc = ".".join(str(part) for part in first["loc"])
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise ConfigError(f"{where}: train_params.{loc}: {first['msg']}{more}") from None
-    return model
+        return validated_params(hello.train_params, node, complete=False)
+    except ConfigError as exc:
+        raise blaming(exc, node) from None
 
 
 def fed_nodes(ctx: OperatorContext) -> list[str]:
@@ -118,7 +109,6 @@ class _Party:
     def __init__(self, ctx: OperatorContext):
         self.ctx = ctx
         self.node = ctx.node_id
-        self.own = _own_params(ctx)
         self.warnings: list[str] = []
         self.root: RootBase | None = None  # the assist trainer's aggregator (its strategy state is resumed)
         self.group: ddp.DdpGroup | None = None  # a label trainer's DDP group (nproc_per_node > 1): rank 0
@@ -267,6 +257,12 @@ class _Party:
 class _Label(_Party):
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
+        try:  # the keys this party set; with an assist trainer, its train_params complete them
+            self.own = validated_params(ctx.stage.train_info.train_params, self.node, complete=ctx.assist_id is None)
+        except ConfigError as exc:
+            if ctx.assist_id is not None and not ctx.incarnation:  # the assist trainer fails fast too
+                protocol.send(ctx, ctx.assist_id, protocol.Hello(error=str(exc)))
+            raise
         nproc = ddp.nproc_of(ctx.stage, identity=ctx.identity, node=self.node, cuda=ddp.wants_cuda(self.own))
         if ctx.assist_id is None:
             if len(ctx.trainer_ids) > 1:
@@ -288,54 +284,51 @@ class _Label(_Party):
 
     def _run_federated(self) -> dict[str, Any]:
         ctx = self.ctx
-        protocol.send_meta(ctx, ctx.assist_id, protocol.HELLO, {"train_params": self.own})
-        reply = protocol.recv_meta(ctx, ctx.assist_id, protocol.PARAMS)
-        if not reply.get("ok", True):
-            raise blaming(JobError(str(reply.get("error", "assist trainer refused the parameters"))), ctx.assist_id)
-        for line in conflict_warnings(self.node, list(reply.get("conflicts") or [])):
+        assist = ctx.assist_id
+        assert assist is not None  # run() took the path without one
+        protocol.send(ctx, assist, protocol.Hello(train_params=self.own.model_dump(mode="json", exclude_unset=True)))
+        reply = protocol.recv(ctx, assist, protocol.ParamsReply)
+        if not reply.ok:  # the assist trainer's own parameters, or another party's, are wrong
+            culprit = reply.blame if reply.blame in fed_nodes(ctx) else assist
+            raise blaming(JobError(reply.error or "assist trainer refused the parameters"), culprit)
+        for line in conflict_warnings(self.node, reply.conflicts):
             self.warnings.append(line)  # the assist trainer reports them to the job's events
             log.warning(line)
         try:
             if self.group is not None:  # every rank sets up with the federation's parameters
-                self.group.share_json(dict(reply["train_params"]))
-            self.setup(validated_params(dict(reply["train_params"]), self.node))
+                self.group.share_json(reply.train_params)
+            self.setup(validated_params(reply.train_params, self.node))
             if self.group is not None:
                 ddp.check_device(self.group, self.trainer, self.node)
         except XfedError as exc:  # tell the assist trainer, so it fails fast too
-            protocol.send_meta(ctx, ctx.assist_id, protocol.PREFLIGHT, {"error": str(exc)})
+            protocol.send(ctx, assist, protocol.Preflight(error=str(exc)))
             raise
         if self.trainer is None:
             raise ConfigError(f"{self.node}: input.trainset: a label trainer needs training data")
-        report = {
-            "fingerprints": self.fingerprints, "num_steps": self.total_steps,
-            "num_examples": self.data.num_examples if self.data else 0,
-            **resume.preflight_fields(ctx, self.output_dir),
-        }
-        if reply.get("send_initial"):  # a model-free assist trainer starts everyone from this adapter
-            protocol.send_with_tensors(ctx, ctx.assist_id, protocol.PREFLIGHT, report,
-                                       extract_trainable(self.peft_model))
-        else:
-            protocol.send_meta(ctx, ctx.assist_id, protocol.PREFLIGHT, report)
-        plan = protocol.recv_meta(ctx, ctx.assist_id, protocol.PLAN)
-        if not plan.get("ok"):  # someone else's failure: the job records the party it names, not us
-            culprit = plan.get("blame") if plan.get("blame") in fed_nodes(ctx) else ctx.assist_id
-            raise blaming(PreflightError(str(plan.get("error", "preflight failed"))), culprit)
-        for message in plan.get("warnings") or []:
-            self.warnings.append(message)
+        report = protocol.Preflight(fingerprints=self.fingerprints, num_steps=self.total_steps,
+                                    num_examples=self.data.num_examples if self.data else 0,
+                                    resume_round=resume.resume_round(ctx, self.output_dir))
+        # a model-free assist trainer starts everyone from the first trainer's adapter
+        protocol.send(ctx, assist, report, tensors=extract_trainable(self.peft_model) if reply.send_initial else None)
+        plan = protocol.recv(ctx, assist, protocol.Plan)
+        if not plan.ok:  # someone else's failure: the job records the party it names, not us
+            culprit = plan.blame if plan.blame in fed_nodes(ctx) else assist
+            raise blaming(PreflightError(plan.error or "preflight failed"), culprit)
+        self.warnings.extend(plan.warnings)
         leaf = make_leaf(_KeepWarnings(ctx, self.warnings), self.params.enc, timeout=ROUND_TIMEOUT_S,
                          min_parties=self.aggregation.min_parties)
         leaf.setup()
-        start = int(plan.get("resume_from", 0))
-        resume.restore(ctx, self.output_dir, start, int(plan["rounds"]))  # checks; the assist sends the aggregate
-        load_trainable(self.peft_model, leaf.receive_initial(), source=f"initial adapter from {ctx.assist_id}")
+        start = plan.resume_from
+        resume.restore(ctx, self.output_dir, start, plan.rounds)  # checks; the assist sends the aggregate
+        load_trainable(self.peft_model, leaf.receive_initial(), source=f"initial adapter from {assist}")
         if self.group is not None:  # the plan and the starting adapter to ranks 1..
-            self.group.share_json({"rounds": int(plan["rounds"]), "start": start})
+            self.group.share_json({"rounds": plan.rounds, "start": start})
             self.group.share_trainable(self.peft_model)
-        return self.run_rounds(int(plan["rounds"]), leaf.aggregate, leaf, start)
+        return self.run_rounds(plan.rounds, leaf.aggregate, leaf, start)
 
     def _run_alone(self) -> dict[str, Any]:
         """One party, no assist trainer (XFL's 1party demos): local training with the same checkpoints."""
-        self.setup(validated_params(self.own, self.node))
+        self.setup(self.own)
         if self.trainer is None:
             raise ConfigError(f"{self.node}: input.trainset: a label trainer needs training data")
         if self.params.enc.method == "otp":
@@ -356,48 +349,51 @@ class _Assist(_Party):
         trainers = list(ctx.trainer_ids)
         if not trainers:
             raise ConfigError(f"{self.node}: fed_info.trainer lists no label trainers")
-        hellos = protocol.gather_meta(ctx, trainers, protocol.HELLO)
+        hellos = {node: hello for node, (hello, _) in protocol.gather(ctx, trainers, protocol.Hello).items()}
         model_free = aggregates_only(ctx.stage)
+        try:
+            own = self.own = validated_params(ctx.stage.train_info.train_params, self.node)
+            parties = {node: _party_params(node, hellos[node]) for node in trainers}
+        except XfedError as exc:  # every label trainer waits for its parameters: each hears why not
+            for node in trainers:
+                protocol.send(ctx, node, protocol.ParamsReply(ok=False, error=str(exc), blame=exc.blame or self.node))
+            raise
         for node in trainers:
-            effective, conflicts = merge_authoritative(self.own, dict(hellos[node].get("train_params") or {}))
+            effective, conflicts = merge_authoritative(own, parties[node])
             for line in conflict_warnings(node, conflicts):
                 self.warn(line)
-            protocol.send_meta(ctx, node, protocol.PARAMS, {"ok": True, "train_params": effective, "conflicts": conflicts,
-                                                            "send_initial": model_free and node == trainers[0]})
+            protocol.send(ctx, node, protocol.ParamsReply(
+                train_params=effective.model_dump(mode="json", exclude_unset=True), conflicts=conflicts,
+                send_initial=model_free and node == trainers[0]))
         try:
-            self.setup(validated_params(self.own, self.node), model_free=model_free)
-            messages = protocol.gather_messages(ctx, trainers, protocol.PREFLIGHT)
-            reports = {node: dict(msg.meta or {}) for node, msg in messages.items()}
-            failed = {node: r["error"] for node, r in reports.items() if r.get("error")}
+            self.setup(own, model_free=model_free)
+            got = protocol.gather(ctx, trainers, protocol.Preflight)
+            reports = {node: report for node, (report, _) in got.items()}
+            failed = {node: r.error for node, r in reports.items() if r.error}
             if failed:
                 node, error = sorted(failed.items())[0]
                 raise blaming(JobError(f"{node} failed its set-up: {error}"), node)
-            by_node = {self.node: self.fingerprints, **{n: dict(reports[n].get("fingerprints") or {}) for n in trainers}}
+            by_node = {self.node: self.fingerprints, **{n: reports[n].fingerprints for n in trainers}}
             try:
                 compare_fingerprints(self.node, by_node)
-            except XfedError as exc:
-                table = getattr(exc, "table", "")
-                if table:
-                    ctx.report("log", {"message": "preflight diff table\n" + table})
+            except PreflightError as exc:
+                if exc.table:
+                    ctx.report("log", {"message": "preflight diff table\n" + exc.table})
                 raise
-            steps = {n: int(reports[n].get("num_steps", 0)) for n in trainers}
+            steps = {n: reports[n].num_steps for n in trainers}
             if self.trainer is not None:
                 steps[self.node] = self.total_steps
             rounds = count_rounds(self.aggregation.every, steps)
             start = resume.agree_round(ctx, self.output_dir, reports)
             restored = resume.restore(ctx, self.output_dir, start, rounds)
             if model_free:  # layout checked against our own skeleton's adapter
-                load_trainable(self.peft_model, messages[trainers[0]].tensors,
-                               source=f"initial adapter from {trainers[0]}")
+                load_trainable(self.peft_model, got[trainers[0]][1], source=f"initial adapter from {trainers[0]}")
         except XfedError as exc:
-            protocol_error = str(exc)
-            culprit = getattr(exc, "blame", None) or self.node
             for node in trainers:
-                protocol.send_meta(ctx, node, protocol.PLAN, {"ok": False, "error": protocol_error, "blame": culprit})
+                protocol.send(ctx, node, protocol.Plan(ok=False, error=str(exc), blame=exc.blame or self.node))
             raise
         for node in trainers:
-            protocol.send_meta(ctx, node, protocol.PLAN, {"ok": True, "rounds": rounds, "warnings": self.warnings,
-                                                          "resume_from": start})
+            protocol.send(ctx, node, protocol.Plan(ok=True, rounds=rounds, warnings=self.warnings, resume_from=start))
         if restored is not None:  # a resumed attempt: everyone continues from the aggregate of round `start`
             load_trainable(self.peft_model, restored, source=f"checkpoint-{start} of {self.node}")
         # warns on otp < 2 masked parties

@@ -31,30 +31,33 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from transformers import TrainerCallback
 
-from xfed.aggregation import RootBase, SecAggRoot
+from xfed.aggregation import RootBase, SecAggLeaf, SecAggRoot, make_leaf
+from xfed.errors import ConfigError, JobError, XfedError, blaming
 from xfed.operators.context import OperatorContext
 
+from . import protocol
+from .config import Params, validated_params
 from .merge import merge_authoritative
 from .preflight import conflict_warnings
-from .protocol import recv_meta, send_meta
 
 if TYPE_CHECKING:
     from .operator import _Label, _Party
     from .schedule import Schedule
 
-REJOIN, REPLAN = "hcg.rejoin", "hcg.replan"
 
-
-def request_plan(ctx: OperatorContext, own: dict[str, Any]) -> dict[str, Any]:
+def request_plan(ctx: OperatorContext, own: Params) -> protocol.Replan:
     """The rejoiner's side: its own train_params to the assist trainer; the effective ones and the rounds back."""
-    send_meta(ctx, ctx.assist_id, REJOIN, {"train_params": own, "incarnation": int(ctx.incarnation)})
-    return recv_meta(ctx, ctx.assist_id, REPLAN)
+    assist = ctx.assist_id
+    assert assist is not None  # only a label trainer of a federation rejoins
+    protocol.send(ctx, assist, protocol.Rejoin(train_params=own.model_dump(mode="json", exclude_unset=True),
+                                               incarnation=ctx.incarnation))
+    return protocol.recv(ctx, assist, protocol.Replan)
 
 
 class RejoinDesk:
     """The assist trainer's side: answers each restarted trainer's `hcg.rejoin` once, after a round."""
 
-    def __init__(self, ctx: OperatorContext, root: RootBase, own: dict[str, Any], rounds: int,
+    def __init__(self, ctx: OperatorContext, root: RootBase, own: Params, rounds: int,
                  warn: Callable[[str], None]) -> None:
         self.ctx, self.root, self.own, self.rounds, self.warn = ctx, root, own, rounds, warn
         self.answered: dict[str, int] = {}
@@ -73,16 +76,22 @@ class RejoinDesk:
         comm = self.ctx.comm
         for node, k in waiting.items():
             comm.set_incarnation(node, k)  # reads already switched by the root; our answer goes there too
-        got = comm.gather_until(sorted(waiting), REJOIN, 0)
+        got = comm.gather_until(sorted(waiting), protocol.Rejoin.tag, 0)
         for node, msg in sorted(got.items()):
-            meta = dict(msg.meta or {})
-            party = meta.get("train_params") if isinstance(meta.get("train_params"), dict) else {}
+            self.answered[node] = waiting[node]
+            try:
+                party = validated_params(protocol.parse(protocol.Rejoin, node, msg.meta).train_params, node,
+                                         complete=False)
+            except XfedError as exc:  # this restart stays out; the survivors go on
+                self.warn(f"{node} (incarnation {waiting[node]}) cannot rejoin: {exc}")
+                protocol.send(self.ctx, node, protocol.Replan(ok=False, error=str(exc)))
+                continue
             effective, conflicts = merge_authoritative(self.own, party)
             for line in conflict_warnings(node, conflicts):
                 self.warn(line)
-            send_meta(self.ctx, node, REPLAN, {"ok": True, "train_params": effective, "rounds": self.rounds,
-                                               "conflicts": conflicts})
-            self.answered[node] = waiting[node]
+            protocol.send(self.ctx, node, protocol.Replan(
+                ok=True, train_params=effective.model_dump(mode="json", exclude_unset=True), rounds=self.rounds,
+                conflicts=conflicts))
             self.ctx.report("log", {"message": f"{node} (incarnation {waiting[node]}) asked to rejoin: "
                                                "parameters sent; admitted at the next round boundary"})
 
@@ -130,8 +139,6 @@ def prepare_trainer(trainer: Any, folder: Path, schedule: Schedule, start: int) 
 def stay_out(party: _Party, why: str) -> dict[str, Any]:
     """A restart that cannot rejoin: said once, then out of the stage until it ends (like a node the root
     never admits), so that the restart does not fail a job the survivors can finish."""
-    from xfed.errors import JobError
-
     party.warn(why)
     while not party.ctx.should_stop():
         time.sleep(1.0)
@@ -141,20 +148,16 @@ def stay_out(party: _Party, why: str) -> dict[str, Any]:
 def run_label(party: _Label) -> dict[str, Any]:
     """A restarted label trainer's stage: the plan from the assist trainer, local set-up, the welcome's
     global adapter, then the rounds after the one it was admitted at."""
-    from xfed.aggregation import SecAggLeaf, make_leaf
-    from xfed.errors import ConfigError, JobError, blaming
-
     from .adapter_state import load_trainable
-    from .operator import ROUND_TIMEOUT_S, _KeepWarnings, validated_params
+    from .operator import ROUND_TIMEOUT_S, _KeepWarnings
 
     ctx = party.ctx
     plan = request_plan(ctx, party.own)
-    if not plan.get("ok") or not isinstance(plan.get("train_params"), dict) or not isinstance(plan.get("rounds"), int):
-        raise blaming(JobError(f"{party.node}: the assist trainer's rejoin plan is malformed or a refusal: "
-                               f"{str(plan.get('error', plan))[:200]}"), ctx.assist_id)
-    for line in conflict_warnings(party.node, list(plan.get("conflicts") or [])):
+    if not plan.ok:
+        raise blaming(JobError(f"{party.node}: the assist trainer refused the rejoin: {plan.error}"), ctx.assist_id)
+    for line in conflict_warnings(party.node, plan.conflicts):
         party.warnings.append(line)  # the assist trainer reports them to the job's events
-    party.setup(validated_params(dict(plan["train_params"]), party.node))
+    party.setup(validated_params(plan.train_params, party.node))
     if party.trainer is None:
         raise ConfigError(f"{party.node}: input.trainset: a label trainer needs training data")
     leaf = make_leaf(_KeepWarnings(ctx, party.warnings), party.params.enc, timeout=ROUND_TIMEOUT_S,
@@ -167,4 +170,4 @@ def run_label(party: _Label) -> dict[str, Any]:
     first = int(leaf.start_round)
     # written with the first round's record; the first incarnation's records of the rounds it finished are kept
     party.metrics.header.update(first_round=first, incarnation=int(ctx.incarnation))
-    return party.run_rounds(int(plan["rounds"]), leaf.aggregate, leaf, first - 1, rejoined=True)
+    return party.run_rounds(plan.rounds, leaf.aggregate, leaf, first - 1, rejoined=True)

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from xfed.errors import JobError
 from xfed.operators.context import OperatorContext
 
 from ..outputs import describe, job_identity, same_job
+from .protocol import Preflight
 
 RESUME_DIR = "xfed_resume"
 STATE_FILE = "state.json"
@@ -136,21 +137,18 @@ def prune(output_dir: Path, round_idx: int, save_total_limit: int | None = None)
                 folder.rmdir()
 
 
-def preflight_fields(ctx: OperatorContext, output_dir: Path) -> dict[str, int]:
+def resume_round(ctx: OperatorContext, output_dir: Path) -> int | None:
     """What a party adds to its preflight report on a resumed attempt: its last complete round."""
-    return {"resume_round": last_complete_round(output_dir)} if int(ctx.attempt) > 0 else {}
+    return last_complete_round(output_dir) if ctx.attempt > 0 else None
 
 
-def agree_round(ctx: OperatorContext, own_output_dir: Path, reports: dict[str, dict[str, Any]]) -> int:
+def agree_round(ctx: OperatorContext, own_output_dir: Path, reports: Mapping[str, Preflight]) -> int:
     """The round every party can continue from (the lowest last complete round); 0 on a first attempt."""
-    if int(ctx.attempt) <= 0:
+    if ctx.attempt <= 0:
         return 0
     rounds = {ctx.node_id: last_complete_round(own_output_dir)}
     for node, report in reports.items():
-        value = report.get("resume_round", 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise JobError(f"{node}: preflight resume_round must be a round number ≥ 0, got {value!r}")
-        rounds[node] = value
+        rounds[node] = report.resume_round or 0  # a party without one starts over
     start = min(rounds.values())
     message = ", ".join(f"{n}: {r}" for n, r in sorted(rounds.items()))
     ctx.report("log", {"message": f"attempt {ctx.attempt}: resuming after round {start} "
