@@ -24,6 +24,7 @@ from xfed.broker.requests import request, scheduler_alive
 from xfed.broker.streams import ControlStream
 from xfed.display import cell
 from xfed.errors import JobError, XfedError
+from xfed.job_text import duration, progress_text, stage_text
 from xfed.scheduler.capacity import only_active_job
 
 REPLY_TIMEOUT_S = 15.0
@@ -68,20 +69,6 @@ def run_client(verb: str, config_path: str, args: list[str], *, bar: bool = Fals
 
 def _ts(t: float | None) -> str:
     return _dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
-
-
-def stage_text(stage: int, n_stages: int | None = None) -> str:
-    """A stage as every output names it: its index in trainer_config_*.json, from 0 (as [STAGE_ID])."""
-    if stage < 0:
-        return "-"
-    return f"{stage} (of {n_stages})" if n_stages else str(stage)
-
-
-def _dur(job: Job) -> str:
-    if not job.started:
-        return "-"
-    end = job.ended or time.time()
-    return f"{end - job.started:.1f} s"
 
 
 class Client:
@@ -215,7 +202,7 @@ class Client:
         head.add_row("created", _ts(job.created))
         head.add_row("started", _ts(job.started))
         head.add_row("ended", _ts(job.ended))
-        head.add_row("duration", _dur(job))
+        head.add_row("duration", duration(job))
         if job.reason:
             head.add_row("reason", job.reason)
         if job.node:
@@ -293,7 +280,7 @@ class Client:
             table.add_column(col, no_wrap=True)
         table.add_column("reason", overflow="fold")
         for j in jobs:
-            table.add_row(j.job_id, j.state.value, stage_text(j.stage, j.n_stages), _ts(j.created), _dur(j),
+            table.add_row(j.job_id, j.state.value, stage_text(j.stage, j.n_stages), _ts(j.created), duration(j),
                           j.reason or "")
         self.console.print(table)
         return 0
@@ -324,25 +311,7 @@ class Client:
         """Stream a job's events (after `since`) until it ends; 0 when SUCCESSFUL, 1 otherwise."""
         from xfed.follow import Follower
 
-        return Follower(self, job_id, bar=bar, since=since).run()
-
-
-def progress_text(data: dict[str, Any]) -> str:
-    """'round 2/5, step 40/100, eta 1m05s' from whatever of those a progress event carries."""
-    parts = []
-    if "round" in data and "rounds" in data:
-        parts.append(f"round {data['round']}/{data['rounds']}")
-    if "step" in data and "steps" in data:
-        parts.append(f"step {data['step']}/{data['steps']}")
-    if not parts and isinstance(data.get("fraction"), (int, float)):
-        parts.append(f"{100 * float(data['fraction']):.0f}%")
-    eta = data.get("eta_s")
-    if isinstance(eta, (int, float)) and eta > 0:
-        parts.append(f"eta {int(eta) // 60}m{int(eta) % 60:02d}s")
-    eps, delta = data.get("dp_epsilon"), data.get("dp_delta")
-    if isinstance(eps, (int, float)) and isinstance(delta, (int, float)):  # aggregation.dp: budget spent so far
-        parts.append(f"dp eps {eps:.3g} (delta {delta:.0e})")
-    return ", ".join(parts)
+        return Follower(self.r, self.keys, job_id, recheck_s=self.interval, bar=bar, since=since).run()
 
 
 def _num(v: Any) -> float:

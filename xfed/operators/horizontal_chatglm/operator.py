@@ -7,46 +7,22 @@ aggregation set-up (DH for otp) → the assist trainer's initial adapter → rou
 from __future__ import annotations
 
 import logging
-import os
-import time
-from pathlib import Path
 from typing import Any
 
-from xfed.aggregation import LeafBase, RootBase, SecAggRoot, make_leaf, make_root, tensors_digest
-from xfed.aggregation.privacy import Privatizer
-from xfed.config import fill_placeholders
+from xfed.aggregation import SecAggRoot, make_leaf, make_root
 from xfed.errors import ConfigError, JobError, PreflightError, XfedError, blaming
 from xfed.operators.context import OperatorContext
 
-from ..outputs import claim_output_dir, job_identity
-from . import ddp, protocol, rejoin, reporting, resume
-from .adapter_state import extract_trainable, load_trainable, save_adapter
+from . import ddp, protocol, rejoin, resume
+from .adapter_state import extract_trainable, load_trainable
 from .config import Params, validated_params
-from .fedprox import ProximalCallback
 from .merge import merge_authoritative
-from .metrics import MetricsLog
-from .party import (
-    PartyData,
-    adapter_path,
-    aggregates_only,
-    build_adapter,
-    fingerprints,
-    load_base_model,
-    load_base_skeleton,
-    load_party_data,
-    set_threads,
-)
+from .party import aggregates_only, set_threads
+from .party_stage import ROUND_TIMEOUT_S, KeepWarnings, Party
 from .preflight import compare_fingerprints, conflict_warnings
-from .rounds import AggregateFn, Evaluator, FederatedCallback, RoundRunner
-from .schedule import count_rounds, party_schedule
-from .training import build_trainer, count_optimizer_steps, training_arguments
+from .schedule import count_rounds
 
 log = logging.getLogger(__name__)
-
-# A round's wait lasts as long as the slowest party's share of training (hours for a 6B model on a slow
-# party). A dead party fails the job by heartbeat within seconds, which ends every wait at once; this
-# bound only catches a party that is alive but stuck.
-ROUND_TIMEOUT_S = float(os.environ.get("XFED_ROUND_TIMEOUT", str(6 * 3600)))
 
 
 def run(ctx: OperatorContext) -> dict[str, Any]:
@@ -74,187 +50,7 @@ def fed_nodes(ctx: OperatorContext) -> list[str]:
     return [*ctx.trainer_ids, *([ctx.assist_id] if ctx.assist_id else [])]
 
 
-def _warn(ctx: OperatorContext, message: str) -> None:
-    log.warning(message)
-    ctx.report("warning", {"message": message})
-
-
-class _KeepWarnings:
-    """The ctx an aggregator sees: its warning events (otp with < 2 masked parties) also land in this
-    node's result and metrics.json, so the job record keeps them, not only the event stream."""
-
-    def __init__(self, ctx: OperatorContext, sink: list[str]) -> None:
-        self._ctx, self._sink = ctx, sink
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ctx, name)
-
-    def report(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "warning" and isinstance(data, dict) and data.get("message"):
-            self._sink.append(str(data["message"]))
-        self._ctx.report(kind, data)
-
-
-def _output_dir(ctx: OperatorContext) -> Path:
-    """output.path with [JOB_ID] / [NODE_ID] / [STAGE_ID] filled in."""
-    path = str(ctx.stage.output.path or "")
-    if not path:
-        raise ConfigError(f"{ctx.node_id}: output.path: required (where adapters and metrics.json go)")
-    return Path(fill_placeholders(path, job_id=ctx.job_id, node_id=ctx.node_id, stage_id=ctx.stage_id))
-
-
-class _Party:
-    """What both roles share: local set-up, outputs, and the round loop around the Trainer."""
-
-    def __init__(self, ctx: OperatorContext):
-        self.ctx = ctx
-        self.node = ctx.node_id
-        self.warnings: list[str] = []
-        self.root: RootBase | None = None  # the assist trainer's aggregator (its strategy state is resumed)
-        self.group: ddp.DdpGroup | None = None  # a label trainer's DDP group (nproc_per_node > 1): rank 0
-
-    # -- local set-up ---------------------------------------------------------------------------
-    def setup(self, params: Params, model_free: bool = False) -> None:
-        """model_free: an aggregating assist trainer; the base model's layout only (meta device), the
-        adapter's trainable tensors in real memory, filled from a trainer's initial adapter."""
-        self.params = params
-        self.aggregation = params.agg
-        self.proximal: ProximalCallback | None = None
-        trainer_params = params.trainer_kwargs()
-        self.output_dir = claim_output_dir(_output_dir(self.ctx), self.ctx)  # never another job's folder
-        trainer_params.setdefault("run_name", reporting.run_name(self.ctx.job_id, self.node))
-        reporting.check_backends(trainer_params.get("report_to"), self.node)
-        reporting.set_context_env(self.ctx.job_id, self.node, self.ctx.identity)
-        args = self.args = training_arguments(trainer_params, self.ctx.work_dir / "trainer")
-        self.save_total_limit = args.save_total_limit  # checkpoints whose adapters are kept (None: all)
-        if model_free:
-            from xfed.models.skeleton import materialize_trainable
-
-            self.model, self.tokenizer, self.model_dir = load_base_skeleton(self.ctx.stage)
-            self.peft_model = build_adapter(self.model, params, None, args.seed)
-            materialize_trainable(self.peft_model)
-            self.data, self.trainer, self.total_steps = None, None, 0
-            self._finish_setup(params, args)
-            return
-        self.model, self.tokenizer, self.model_dir = load_base_model(self.ctx.stage, args.use_cpu)
-        resume = adapter_path(self.ctx.stage)
-        if resume and self.ctx.identity == "label_trainer" and self.ctx.assist_id:
-            # everyone starts from the assist trainer's initial adapter; a label trainer's own would be replaced
-            self.warn(f"{self.node}: input.adapter_model.path is ignored: every party starts from the assist "
-                      "trainer's adapter (set input.adapter_model.path there to continue training)")
-            resume = None
-        self.peft_model = build_adapter(self.model, params, resume, args.seed)
-        self.data: PartyData | None = load_party_data(self.ctx.stage, params, self.tokenizer, self.peft_model)
-        self.trainer = None
-        self.total_steps = 0
-        if self.data is not None:
-            self.trainer = build_trainer(self.peft_model, args, self.data.train, self.data.collator, callbacks=[])
-            self.total_steps = count_optimizer_steps(self.trainer)
-            if self.aggregation.fedprox_mu > 0:
-                self.proximal = ProximalCallback(self.peft_model, self.aggregation.fedprox_mu)
-                self.trainer.add_callback(self.proximal)
-        self._finish_setup(params, args)
-
-    def _finish_setup(self, params: Params, args: Any) -> None:
-        self.reporter = reporting.Reporter(args, self.trainer, self.output_dir, job_id=self.ctx.job_id,
-                                           node=self.node, identity=self.ctx.identity)
-        self.fingerprints = fingerprints(self.model_dir, self.tokenizer, self.peft_model, params)
-        self.weighting = params.agg.weighting
-        n = self.data.num_examples if self.data is not None else 0
-        self.weight = float(n) if self.weighting == "num_examples" else 1.0
-        self.metrics = MetricsLog(self.output_dir / "metrics.json", {
-            "job_id": self.ctx.job_id, "node": self.node, "identity": self.ctx.identity,
-            "peft": params.peft_kind, "encryption": params.enc.method,
-            "num_examples": n, "total_steps": self.total_steps, "weighting": self.weighting,
-        })
-
-    def evaluator(self) -> Evaluator | None:
-        d = self.data
-        if d is None or not (d.val_features or d.val_prompts):
-            return None
-        dataset = self.params.data
-        return Evaluator(d.val_features, d.collator, d.val_prompts, d.val_answers, self.tokenizer,
-                         batch_size=self.args.per_device_eval_batch_size, max_new_tokens=dataset.max_dst_length,
-                         metrics=dataset.metrics)
-
-    # -- rounds -----------------------------------------------------------------------------------
-    def run_rounds(self, rounds: int, aggregate: AggregateFn, aggregator: LeafBase | RootBase | None,
-                   start: int = 0, rejoined: bool = False) -> dict[str, Any]:
-        """Rounds start + 1 .. rounds (start > 0: a resumed attempt, state restored by resume.py, or a
-        restarted trainer admitted after round `start`: rejoin.py)."""
-        trains = self.trainer is not None
-        schedule = party_schedule(rounds, self.total_steps) if trains else party_schedule(rounds, rounds)
-        if start > 0:
-            self.metrics.rounds = resume.earlier_records(self.metrics.path, start)
-        self.metrics.write(rounds=rounds, schedule_steps=list(schedule.steps) if trains else [])
-
-        def after_checkpoint(round_idx: int) -> None:
-            resume.save_round_state(self.output_dir, round_idx, rounds, extract_trainable(self.peft_model),
-                                    self.trainer, node=self.node, attempt=self.ctx.attempt,
-                                    job=job_identity(self.ctx),
-                                    strategy=self.root.strategy if self.root is not None else None,
-                                    dp_seed=privatizer.seed if privatizer is not None else None)
-            resume.prune(self.output_dir, round_idx, self.save_total_limit)
-
-        privatizer = self.privatizer(rounds, resume.dp_seed(self.output_dir, start)) if aggregator is not None else None
-        anchors = [a for a in (self.proximal, privatizer) if a is not None]
-        start_tensors = extract_trainable(self.peft_model)  # the global adapter round start + 1 begins from
-        for anchor in anchors:
-            anchor.set_anchor(start_tensors)
-        runner = RoundRunner(self.ctx, self.peft_model, aggregate, aggregator, schedule, self.weight,
-                             self.output_dir, self.metrics, evaluator=self.evaluator(), trains=trains,
-                             after_checkpoint=after_checkpoint, reporter=self.reporter, privatizer=privatizer,
-                             anchors=anchors, after_load=self.group and (lambda: self.group.share_trainable(self.peft_model)))
-        self.reporter.start()
-        started = self.metrics.started = time.monotonic()  # ETA counts training time, not set-up and preflight
-        if trains and start < rounds:
-            callback = FederatedCallback(runner)
-            callback.rounds_done = start
-            self.trainer.add_callback(callback)
-            checkpoint = (rejoin.prepare_trainer(self.trainer, self.ctx.work_dir / "rejoin", schedule, start)
-                          if rejoined else resume.trainer_checkpoint(self.ctx, self.output_dir, start, self.trainer))
-            self.trainer.train(resume_from_checkpoint=checkpoint)
-            if callback.rounds_done != rounds:
-                raise JobError(f"{self.node}: training ended after {callback.rounds_done} of {rounds} rounds")
-        elif not trains:
-            for round_idx in range(start + 1, rounds + 1):
-                if self.ctx.should_stop():
-                    raise JobError(f"{self.node}: job stopped before round {round_idx}")
-                runner.run_round(round_idx, None)
-        final = save_adapter(self.peft_model, self.output_dir / "final")
-        self.reporter.save_state()  # the steps logged after the last round too
-        self.reporter.save_state(final)
-        self.reporter.finish()
-        # the evidence of a completed stage: the last aggregate's digest, the same on every party
-        agreed = aggregator.last_digest if aggregator is not None else None
-        final_digest = agreed or tensors_digest(extract_trainable(self.peft_model))
-        self.metrics.write(final=str(final), elapsed_s=round(time.monotonic() - started, 2), warnings=self.warnings)
-        last = self.metrics.rounds[-1] if self.metrics.rounds else {}
-        return {"rounds": rounds, "first_round": start + 1, "final": str(final), "final_digest": final_digest,
-                "metrics": str(self.metrics.path),
-                "last_round": {k: v for k, v in last.items() if isinstance(v, (int, float, str))},
-                "warnings": self.warnings}
-
-    def privatizer(self, rounds: int, seed: int | None) -> Privatizer | None:
-        """Client-level DP (aggregation.dp) for a federation: σ calibrated over `rounds`; the noise share
-        depends on whether the aggregator sees each upload (plain) or only the masked sum (otp); `seed`:
-        a resumed attempt's noise seed (None: a fresh one from the OS CSPRNG)."""
-        dp = self.aggregation.dp
-        if dp is None:
-            return None
-        kind = self.params.enc.method
-        privatizer = Privatizer(dp, rounds, kind, masked_parties=len(self.ctx.trainer_ids), seed=seed)
-        self.metrics.write(dp={"epsilon": dp.epsilon, "delta": dp.delta, "clip_norm": dp.clip_norm,
-                               "accountant": dp.accountant, "noise_multiplier": privatizer.sigma,
-                               "party_noise_std": privatizer.std, "encryption": kind})
-        return privatizer
-
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
-        _warn(self.ctx, message)
-
-
-class _Label(_Party):
+class _Label(Party):
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
         try:  # the keys this party set; with an assist trainer, its train_params complete them
@@ -315,7 +111,7 @@ class _Label(_Party):
             culprit = plan.blame if plan.blame in fed_nodes(ctx) else assist
             raise blaming(PreflightError(plan.error or "preflight failed"), culprit)
         self.warnings.extend(plan.warnings)
-        leaf = make_leaf(_KeepWarnings(ctx, self.warnings), self.params.enc, timeout=ROUND_TIMEOUT_S,
+        leaf = make_leaf(KeepWarnings(ctx, self.warnings), self.params.enc, timeout=ROUND_TIMEOUT_S,
                          min_parties=self.aggregation.min_parties)
         leaf.setup()
         start = plan.resume_from
@@ -343,7 +139,7 @@ class _Label(_Party):
         return self.run_rounds(rounds, lambda _round, tensors, _weight: tensors, None, start)
 
 
-class _Assist(_Party):
+class _Assist(Party):
     def run(self) -> dict[str, Any]:
         ctx = self.ctx
         trainers = list(ctx.trainer_ids)
@@ -397,7 +193,7 @@ class _Assist(_Party):
         if restored is not None:  # a resumed attempt: everyone continues from the aggregate of round `start`
             load_trainable(self.peft_model, restored, source=f"checkpoint-{start} of {self.node}")
         # warns on otp < 2 masked parties
-        root = make_root(_KeepWarnings(ctx, self.warnings), self.params.enc, timeout=ROUND_TIMEOUT_S,
+        root = make_root(KeepWarnings(ctx, self.warnings), self.params.enc, timeout=ROUND_TIMEOUT_S,
                          min_parties=self.aggregation.min_parties,
                          strategy=self.aggregation.build_strategy(rounds))
         if isinstance(root, SecAggRoot):  # dropout-tolerant secure aggregation: restarted trainers may rejoin

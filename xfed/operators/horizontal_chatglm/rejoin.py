@@ -14,35 +14,23 @@ finished it long ago. What the preflight gave its first incarnation it gets inst
 - fingerprints are not compared again: the first incarnation passed the preflight with the same
   configuration; a different adapter layout still fails when the mean is loaded.
 
-Training: the rejoiner runs the Hugging Face Trainer over the whole schedule (the same
-`total_steps`, so the same aggregation points) but resumes it at the optimizer step that ended the
-round before its first one, from a Trainer state holding only that step (`trainer_state.json`): the
-Trainer skips the batches of the missed rounds (the sampler is seeded by `trainer.seed`, as in any
-resume), starts fresh optimizer moments (the dead process's are lost, and they belonged to an older
-model), and `AdvanceSchedule` puts the learning-rate schedule at that step, where an uninterrupted
-party's schedule would be.
+Training: the Trainer resumed at the admission step (rejoin_trainer.py).
 """
 from __future__ import annotations
 
 import time
-import warnings
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
-
-from transformers import TrainerCallback
+from typing import Any, Callable
 
 from xfed.aggregation import RootBase, SecAggLeaf, SecAggRoot, make_leaf
 from xfed.errors import ConfigError, JobError, XfedError, blaming
 from xfed.operators.context import OperatorContext
 
 from . import protocol
+from .adapter_state import load_trainable
 from .config import Params, validated_params
 from .merge import merge_authoritative
+from .party_stage import ROUND_TIMEOUT_S, KeepWarnings, Party
 from .preflight import conflict_warnings
-
-if TYPE_CHECKING:
-    from .operator import _Label, _Party
-    from .schedule import Schedule
 
 
 def request_plan(ctx: OperatorContext, own: Params) -> protocol.Replan:
@@ -96,47 +84,7 @@ class RejoinDesk:
                                                "parameters sent; admitted at the next round boundary"})
 
 
-def rejoin_checkpoint(folder: Path, trainer: Any, total_steps: int, global_step: int) -> str:
-    """A folder for `resume_from_checkpoint` holding only a Trainer state at `global_step` (no optimizer,
-    scheduler or RNG files: the Trainer keeps its fresh ones)."""
-    from transformers.trainer_callback import TrainerState
-
-    folder.mkdir(parents=True, exist_ok=True)
-    state = TrainerState()
-    state.train_batch_size = trainer._train_batch_size
-    state.compute_steps(trainer.args, total_steps)
-    state.max_steps, state.global_step = int(total_steps), int(global_step)
-    state.save_to_json(str(folder / "trainer_state.json"))
-    return str(folder)
-
-
-class AdvanceSchedule(TrainerCallback):
-    """Puts the learning-rate schedule at `step` when training begins (a resume without scheduler state)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = int(step)
-
-    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
-        if lr_scheduler is None or self.step <= 0 or not hasattr(lr_scheduler, "last_epoch"):
-            return control
-        lr_scheduler.last_epoch = self.step - 1
-        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
-            warnings.simplefilter("ignore")
-            lr_scheduler.step()
-        return control
-
-
-def prepare_trainer(trainer: Any, folder: Path, schedule: Schedule, start: int) -> str:
-    """Set the Trainer up to train rounds start + 1 .. last only; returns its `resume_from_checkpoint`."""
-    from .resume import _keep_loaded_weights
-
-    step = int(schedule.steps[start - 1])  # the optimizer step that ended round `start`
-    trainer._load_from_checkpoint = _keep_loaded_weights  # the welcome's global adapter is already loaded
-    trainer.add_callback(AdvanceSchedule(step))
-    return rejoin_checkpoint(folder, trainer, schedule.total_steps, step)
-
-
-def stay_out(party: _Party, why: str) -> dict[str, Any]:
+def stay_out(party: Party, why: str) -> dict[str, Any]:
     """A restart that cannot rejoin: said once, then out of the stage until it ends (like a node the root
     never admits), so that the restart does not fail a job the survivors can finish."""
     party.warn(why)
@@ -145,12 +93,9 @@ def stay_out(party: _Party, why: str) -> dict[str, Any]:
     raise JobError(f"job {party.ctx.job_id}: stopped")
 
 
-def run_label(party: _Label) -> dict[str, Any]:
+def run_label(party: Party) -> dict[str, Any]:
     """A restarted label trainer's stage: the plan from the assist trainer, local set-up, the welcome's
     global adapter, then the rounds after the one it was admitted at."""
-    from .adapter_state import load_trainable
-    from .operator import ROUND_TIMEOUT_S, _KeepWarnings
-
     ctx = party.ctx
     plan = request_plan(ctx, party.own)
     if not plan.ok:
@@ -160,7 +105,7 @@ def run_label(party: _Label) -> dict[str, Any]:
     party.setup(validated_params(plan.train_params, party.node))
     if party.trainer is None:
         raise ConfigError(f"{party.node}: input.trainset: a label trainer needs training data")
-    leaf = make_leaf(_KeepWarnings(ctx, party.warnings), party.params.enc, timeout=ROUND_TIMEOUT_S,
+    leaf = make_leaf(KeepWarnings(ctx, party.warnings), party.params.enc, timeout=ROUND_TIMEOUT_S,
                      min_parties=party.aggregation.min_parties)
     if not isinstance(leaf, SecAggLeaf):
         raise JobError(f"{party.node}: restarted into a stage whose aggregation has no rejoin "
