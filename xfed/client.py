@@ -17,7 +17,8 @@ from rich.table import Table
 
 from xfed.broker.attempts import attempt_history
 from xfed.broker.heartbeat import alive_nodes, node_infos
-from xfed.broker.jobstore import Job, JobState, JobStore
+from xfed.broker.jobrecord import Job, JobState
+from xfed.broker.jobstore import JobStore
 from xfed.broker.messages import NodeState, job_event, stop_job_command
 from xfed.broker.orphans import end_if_orphaned
 from xfed.broker.requests import request, scheduler_alive

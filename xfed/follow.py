@@ -13,7 +13,8 @@ from typing import Any
 
 from rich.console import Console
 
-from xfed.broker.jobstore import Job, JobState, JobStore
+from xfed.broker.jobrecord import Job, JobState
+from xfed.broker.jobstore import JobStore
 from xfed.broker.keys import Keys
 from xfed.broker.orphans import end_if_orphaned
 from xfed.broker.requests import scheduler_alive

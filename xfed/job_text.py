@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from xfed.broker.jobstore import Job
+from xfed.broker.jobrecord import Job
 
 
 def stage_text(stage: int, n_stages: int | None = None) -> str:

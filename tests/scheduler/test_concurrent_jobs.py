@@ -13,7 +13,7 @@ from tests.scheduler.test_scheduler_loop import (
     steps,
     world,  # noqa: F401 - the fixture, reused
 )
-from xfed.broker.jobstore import JobState
+from xfed.broker.jobrecord import JobState
 from xfed.errors import JobError
 from xfed.scheduler.capacity import capacity_refusal, only_active_job
 from xfed.scheduler.core import Scheduler

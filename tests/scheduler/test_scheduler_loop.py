@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from xfed.broker.heartbeat import Heartbeat
-from xfed.broker.jobstore import JobState
+from xfed.broker.jobrecord import JobState
 from xfed.broker.keys import Keys
 from xfed.broker.streams import ControlStream
 from xfed.node.events import EventReporter

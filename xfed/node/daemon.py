@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from xfed.broker.heartbeat import Heartbeat
-from xfed.broker.jobstore import JobState, JobStore
+from xfed.broker.jobrecord import JobState
+from xfed.broker.jobstore import JobStore
 from xfed.broker.streams import ControlStream, Entry
 from xfed.errors import BrokerError, XfedError
 from xfed.node.child import SpareChild, StageChild, describe_exit

@@ -13,7 +13,8 @@ from typing import Any
 
 from xfed.broker.attempts import with_ended_attempt
 from xfed.broker.heartbeat import Heartbeat, alive_nodes
-from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus, can_resume
+from xfed.broker.jobrecord import Job, JobState, NodeStatus, can_resume
+from xfed.broker.jobstore import JobStore
 from xfed.broker.messages import NodeState, StageAction, job_event, stop_job_command
 from xfed.broker.requests import send_reply
 from xfed.broker.streams import ControlStream, Entry, read_many

@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from xfed.broker.channels import Comm
-from xfed.broker.jobstore import JobState, JobStore
+from xfed.broker.jobrecord import JobState
+from xfed.broker.jobstore import JobStore
 from xfed.broker.keys import Keys
 from xfed.errors import JobError
 from xfed.node.context import StageContext
