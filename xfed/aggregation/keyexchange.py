@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from xfed.aggregation.settings import Otp
 from xfed.crypto import generate_keypair, named_group, pad_stream, shared_secret, validate_public
 from xfed.crypto.dh import DhGroup
-from xfed.crypto.otp import DEFAULT_LANES, PadStream
+from xfed.crypto.pads import DEFAULT_LANES, PadStream
 from xfed.errors import FrameError, SecurityError
 
 TAG_DH = "otp/dh"

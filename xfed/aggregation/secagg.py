@@ -61,7 +61,8 @@ from xfed.aggregation.secagg_keys import (
 from xfed.aggregation.settings import Otp
 from xfed.crypto import generate_keypair, named_group, pad_stream, shared_secret
 from xfed.crypto.fixedpoint import add_into, words_per_element
-from xfed.crypto.otp import PadStream, add_pads
+from xfed.crypto.otp import add_pads
+from xfed.crypto.pads import PadStream
 from xfed.crypto.selfmask import SELF_PEER, self_mask_stream
 from xfed.crypto.shamir import encode_share, share_key
 from xfed.errors import FrameError, JobError, SecurityError
