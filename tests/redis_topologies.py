@@ -43,10 +43,12 @@ def _free(port: int) -> bool:
 
 
 def free_ports(n: int, *, bus: bool = False) -> list[int]:
-    """n free loopback ports below the ephemeral range (with port + 10000 free too, for a cluster bus)."""
+    """n free loopback ports below the ephemeral range (Linux: 32768 and up), with port + 10000 free too
+    for a cluster bus (then the port is below 22768, so its bus port is below the ephemeral range as well:
+    an outgoing connection elsewhere on the machine cannot take it between this check and the bind)."""
     ports: list[int] = []
     while len(ports) < n:
-        p = random.randint(20000, 29999)
+        p = random.randint(20000, 22767 if bus else 29999)
         if p not in ports and _free(p) and (not bus or _free(p + 10000)):
             ports.append(p)
     return ports
