@@ -43,10 +43,12 @@ def _free(port: int) -> bool:
 
 
 def free_ports(n: int, *, bus: bool = False) -> list[int]:
-    """n free loopback ports below the ephemeral range (with port + 10000 free too, for a cluster bus)."""
+    """n free loopback ports below the ephemeral range (Linux: 32768 and up), with port + 10000 free too
+    for a cluster bus (then the port is below 22768, so its bus port is below the ephemeral range as well:
+    an outgoing connection elsewhere on the machine cannot take it between this check and the bind)."""
     ports: list[int] = []
     while len(ports) < n:
-        p = random.randint(20000, 29999)
+        p = random.randint(20000, 22767 if bus else 29999)
         if p not in ports and _free(p) and (not bus or _free(p + 10000)):
             ports.append(p)
     return ports
@@ -80,6 +82,18 @@ class _Proc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def _acknowledged(port: int) -> bool:
+    """A write on the master at `port` is acknowledged by a replica (WAIT). "master_link_status:up"
+    on the replica is not enough: after a diskless full sync the master streams nothing to the replica
+    until its first REPLCONF ACK (up to a second later), so a master frozen in that second takes
+    everything written since with it (seen: a whole job missing on the promoted replica)."""
+    import redis
+
+    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=5) as r:
+        r.set("xfed-test:replication-probe", time.monotonic())
+        return r.wait(1, 500) >= 1
 
 
 def _wait(pred, what: str, timeout: float) -> None:
@@ -196,7 +210,8 @@ class SentinelServers:
             self.watchers.append(_Proc(p, folder, [REDIS_SERVER, str(conf), "--sentinel"]))
         # a sentinel learns of replicas from the master's INFO (every 10 s): start it once the replica
         # is attached, so its first INFO already lists it
-        _wait(lambda: "master_link_status:up" in _cmd(r, "INFO", "replication"), "the replica in sync", timeout)
+        _wait(lambda: "master_link_status:up" in _cmd(r, "INFO", "replication") and _acknowledged(m),
+              "the replica in sync", timeout)
         for w in self.watchers:
             w.start()
         _wait(lambda: all(f"127.0.0.1\n{m}" in _cmd(w.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
@@ -222,13 +237,32 @@ class SentinelServers:
         master = self.current_master()
         other = self.replica if master is self.master else self.master
         _wait(lambda: "master_link_status:up" in _cmd(other.port, "INFO", "replication")
-              and all("slaves=1" in _cmd(w.port, "INFO", "sentinel") for w in self.watchers),
-              "a replica in sync", timeout)
+              and all("slaves=1" in _cmd(w.port, "INFO", "sentinel") for w in self.watchers)
+              and _acknowledged(master.port), "a replica in sync", timeout)
 
     def client(self):
         from xfed.broker.connection import connect
 
         return connect(self.address, retry_s=10, failover_s=30)
+
+    def diagnostics(self, lines: int = 25) -> str:
+        """What each server says of its role and offsets, and the tail of every log (for a failure)."""
+        out = []
+        for label, proc in (("master", self.master), ("replica", self.replica)):
+            if proc is None:
+                continue
+            try:
+                info = _cmd(proc.port, "INFO", "replication", timeout=2.0)
+            except subprocess.TimeoutExpired:
+                info = "(no answer: frozen?)"
+            out.append(f"--- {label} :{proc.port} INFO replication ---\n{info.strip()}")
+        for proc in [self.master, self.replica, *self.watchers]:
+            if proc is None:
+                continue
+            for log in proc.folder.glob("*.log"):
+                tail = log.read_text(errors="replace").splitlines()[-lines:]
+                out.append(f"--- {log} ---\n" + "\n".join(tail))
+        return "\n".join(out)
 
     def stop(self) -> None:
         for proc in [*self.watchers, self.replica, self.master]:

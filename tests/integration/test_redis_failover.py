@@ -59,7 +59,8 @@ def _run_job_with_failover(fed: Federation, kill, recover=None) -> tuple[object,
         job = fed.wait_job(job_id, timeout=BOUND_S)
     except AssertionError as err:
         events = fed.redis_client().xrange(fed.keys().job_events(job_id))
-        raise AssertionError(f"{err}\nevents: {events[-12:]}") from None
+        servers = fed.redis.diagnostics() if hasattr(fed.redis, "diagnostics") else ""
+        raise AssertionError(f"{err}\nevents: {events[-12:]}\n{servers}") from None
     return job, time.monotonic() - killed
 
 
@@ -156,7 +157,8 @@ def test_sentinel_master_killed_then_a_split_brain_both_jobs_end(tmp_path):
         job, took = _run_job_with_failover(fed, lambda: old.stop(signal.SIGKILL), restart_old_master)
         print(f"sentinel failover + old master back: job {job.state.value} {took:.1f} s after the kill")
         assert job.state.value == "SUCCESSFUL", f"{job.reason}\n{fed.logs()}"
-        assert sentinel.master_port() != old.port
+        # not asserted: which server is master now. Under load Sentinel may judge the new master down
+        # too (down-after is 1 s) and fail over again, to the restarted old one (seen at load 11)
 
         sentinel.wait_replica()  # the old master, demoted: the next failover promotes it back
         frozen = sentinel.current_master()

@@ -181,3 +181,44 @@ def test_a_re_attached_scheduler_records_when_the_job_ended_not_when_it_looked(w
     got = fresh.jobs.get(job)
     assert got.state is JobState.SUCCESSFUL
     assert abs(got.ended - finished_at) < 0.5, got.ended - finished_at
+
+
+def test_an_ended_job_whose_record_a_failover_lost_is_written_back_once_and_only_soon_after(world):
+    """A Sentinel failover can lose a whole job (the new master never had it): the scheduler that saw
+    it end writes it back from its snapshot with a note; one it has not seen end, or that ended longer
+    ago than the silence bound, stays gone (expired or removed on purpose)."""
+    w = world
+    job = ask(w, {"type": "start"})["job"]
+    steps(w, 2)
+    assert ask(w, {"type": "stop", "job": job})["ok"]
+    before = w.sched.jobs.get(job)
+    assert before.state is JobState.STOPPED
+    running = ask(w, {"type": "start"})["job"]  # not ended: the scheduler has nothing to write back
+    steps(w, 2)
+    w.r.flushall()  # the new master's data: neither job
+    wait_alive(w)
+    w.sched._liveness_grace_until = 0.0  # the outage grace is another test's subject
+    w.sched.watch._next = 0.0
+    w.sched.watch.check(time.monotonic())
+    got = w.sched.jobs.get(job)
+    assert got is not None and got.state is JobState.STOPPED, got
+    assert got.reason.endswith("STOPPED recorded again: a Redis failover lost the job's record after the "
+                               "scheduler saw it end"), got.reason
+    assert got.participants == before.participants and got.extra["uid"] == before.extra["uid"]
+    assert got.created == before.created and got.stage == before.stage
+    assert 0 < w.r.ttl(w.keys.job(job)) <= w.sched.jobs.retention_s
+    assert job in w.sched.jobs.job_ids()
+    assert w.sched.jobs.get(running) is None
+    events = ControlStream(w.r, w.keys.job_events(job)).read()
+    assert events and events[-1].msg["state"] == "STOPPED", events
+    assert 0 < w.r.ttl(w.keys.job_events(job)) <= w.sched.jobs.retention_s
+    # a record there again (replication caught up, or the write-back above) is never overwritten
+    w.r.hset(w.keys.job(job), "reason", "left as found")
+    w.sched.watch._next = 0.0
+    w.sched.watch.check(time.monotonic())
+    assert w.sched.jobs.get(job).reason == "left as found"
+    # past the silence bound a missing record is taken as expired or removed: left alone
+    w.r.delete(w.keys.job(job))
+    w.sched.watch._next = 0.0
+    w.sched.watch.check(time.monotonic() + w.sched.watch.silence_s + 1)
+    assert w.sched.jobs.get(job) is None

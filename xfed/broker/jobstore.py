@@ -52,6 +52,16 @@ return 1
 """
 
 
+# Write back the record of an ended job a Redis failover lost entirely (xfed/scheduler/rollback.py),
+# unless a record is there again. KEYS[1] job hash; ARGV[1] ttl; ARGV[2..] field/value pairs.
+_RESTORE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 _NEXT_ID = """
 local v = redis.call('INCR', KEYS[1])
 local floor = tonumber(ARGV[1])
@@ -73,6 +83,7 @@ class JobStore:
         self._cas = r.register_script(_CAS)
         self._next_id = r.register_script(_NEXT_ID)
         self._hset_if_exists = r.register_script(_HSET_IF_EXISTS)
+        self._restore = r.register_script(_RESTORE)
 
     # -- creation / reading -------------------------------------------------------------
     def new_job_id(self, *, above: int = 0) -> str:
@@ -98,6 +109,25 @@ class JobStore:
         pipe.zadd(self.keys.jobs_index(), {job_id: int(job_id) if job_id.isdigit() else now})
         self._call(pipe.execute)
         return job_id
+
+    def restore(self, job: Job) -> bool:
+        """Write `job` (an ended job's last snapshot) back where Redis has no record of it any more;
+        False when a record is there. The index entry and the retention follow as after any end."""
+        mapping: dict[str, str] = {**job.extra, "state": job.state.value, "stage": str(job.stage),
+                                   "attempt": str(job.attempt), "reason": job.reason, "node": job.node,
+                                   "participants": json.dumps(job.participants), "created": repr(job.created),
+                                   "updated": repr(time.time()), "ended": repr(job.ended or time.time())}
+        if job.started is not None:
+            mapping["started"] = repr(job.started)
+        if job.n_stages is not None:
+            mapping["n_stages"] = str(job.n_stages)
+        mapping.update({f"node:{n}": s.to_json() for n, s in job.nodes.items()})
+        args = [max(1, int(self.retention_s)), *(x for kv in mapping.items() for x in kv)]
+        if self._call(self._restore, keys=[self.keys.job(job.job_id)], args=args) != 1:
+            return False
+        self._call(self.r.zadd, self.keys.jobs_index(),
+                   {job.job_id: int(job.job_id) if job.job_id.isdigit() else job.created})
+        return True
 
     def get(self, job_id: str) -> Job | None:
         h = self._call(self.r.hgetall, self.keys.job(job_id))

@@ -293,7 +293,11 @@ class Scheduler(MembershipMixin):
         if job is None or not self.jobs.transition(job_id, state, reason=reason, node=node, **fields):
             return False
         log.info("job %s %s%s", job_id, state.value, f": {reason}" if reason else "")
-        self.watch.ended_as(job_id, state, reason, node)
+        try:
+            snapshot = self.jobs.get(job_id)  # to write it back should a failover lose it (rollback.py)
+        except BrokerError:
+            snapshot = None
+        self.watch.ended_as(job_id, state, reason, node, snapshot=snapshot)
         if state is not JobState.SUCCESSFUL:
             for n in job.participants:
                 try:
