@@ -179,7 +179,7 @@ class Client:
     def status(self, job_id: str | None, *, bar: bool = False) -> int:
         job = self._job(job_id)
         job, note = end_if_orphaned(self.r, self.keys, self.jobs, job,
-                                    recheck_s=float(getattr(self.fed, "heartbeat_interval", 2.0) or 2.0))
+                                    recheck_s=self.interval)
         if note:
             print(note, file=sys.stderr, flush=True)
         rounds = self.round_rows(job.job_id)

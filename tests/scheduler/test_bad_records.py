@@ -20,7 +20,8 @@ from xfed.scheduler.core import Scheduler
 
 pytestmark = pytest.mark.integration
 NODES = ["a", "b"]
-FED = SimpleNamespace(node_ids=NODES, heartbeat_interval=0.2, config_dir=None)
+FED = SimpleNamespace(node_ids=NODES, heartbeat_interval=0.2, config_dir=None, identities={},
+                                    max_concurrent_jobs=1, failover_window_s=0.0)
 
 
 @pytest.fixture

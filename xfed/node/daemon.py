@@ -59,10 +59,10 @@ class NodeDaemon:
         self.jobs = JobStore(r, keys)
         self.hb = Heartbeat(r, keys, node_id, role, interval=self.interval,
                             config_dir=Path(config_path).resolve(),
-                            failover_s=float(getattr(fed, "failover_window_s", 0.0) or 0.0))
+                            failover_s=fed.failover_window_s)
         # one stage process per job (job id -> child), at most max_concurrent_jobs (fed_conf.json) at once
         self.children: dict[str, StageChild] = {}
-        self.max_jobs = int(getattr(fed, "max_concurrent_jobs", 1) or 1)
+        self.max_jobs = fed.max_concurrent_jobs
         # a warm stage process (imports done) ready for the next stage; XFED_SPARE_CHILD=0 disables it
         self.use_spare = os.environ.get("XFED_SPARE_CHILD", "1") != "0"
         self.spare: SpareChild | None = None

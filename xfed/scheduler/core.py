@@ -50,11 +50,11 @@ class Scheduler(RequestsMixin, MembershipMixin):
         self.fed, self.r, self.keys = fed, r, keys
         self.interval = float(interval or fed.heartbeat_interval)
         self.participants = list(fed.node_ids)
-        self.max_jobs = int(getattr(fed, "max_concurrent_jobs", 1) or 1)  # jobs RUNNING at once
+        self.max_jobs = fed.max_concurrent_jobs  # jobs RUNNING at once
         self.jobs = JobStore(r, keys)
         self.requests = ControlStream(r, keys.requests(), maxlen=10_000)
         self.hb = Heartbeat(r, keys, SCHEDULER_ID, "scheduler", interval=self.interval, key=keys.scheduler(),
-                            config_dir=fed.config_dir, failover_s=float(getattr(fed, "failover_window_s", 0.0) or 0.0))
+                            config_dir=fed.config_dir, failover_s=fed.failover_window_s)
         self.cursors: dict[str, str] = {}          # job id -> last event id read
         self.lingering: dict[str, float] = {}      # finished job id -> stop reading at (monotonic)
         self.shutdown = threading.Event()
