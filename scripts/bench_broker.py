@@ -27,11 +27,12 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+from local_federation import RedisProcess  # scripts/ is on sys.path: these run as scripts
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,33 +42,6 @@ import numpy as np  # noqa: E402
 from xfed.broker.channels import Comm  # noqa: E402
 from xfed.broker.connection import connect  # noqa: E402
 from xfed.broker.keys import Keys  # noqa: E402
-
-REDIS_7 = "/usr/bin/redis-server"
-
-
-class _Server:
-    """A throwaway redis-server for the benchmark (stopped by pid)."""
-
-    def __init__(self) -> None:
-        import socket
-        import subprocess
-
-        self.dir = tempfile.mkdtemp(prefix="xfed-bench-")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc = subprocess.Popen(
-            [REDIS_7, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
-             "--appendonly", "no", "--logfile", os.path.join(self.dir, "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.address = f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except Exception:  # noqa: BLE001
-            self.proc.kill()
 
 
 def _median(fn: Callable[[], float], reps: int) -> float:
@@ -208,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="also print one JSON line")
     ap.add_argument("--skip-orchestration", action="store_true")
     args = ap.parse_args(argv)
-    server = None if args.redis else _Server()
+    server = None if args.redis else RedisProcess.throwaway()
     address = args.redis or server.address
     try:
         chunk = int(args.chunk_mib * (1 << 20))

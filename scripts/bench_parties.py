@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from bench_wan import _Server  # noqa: E402
+from local_federation import RedisProcess  # noqa: E402
 
 from xfed.aggregation import make_leaf, make_root  # noqa: E402
 from xfed.broker.channels import Comm  # noqa: E402
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                            "csprng": {"name": args.csprng, "method": "sha512"}}
     if args.neighbours is not None:
         otp["neighbours"] = args.neighbours
-    server = _Server()
+    server = RedisProcess.throwaway("xfed-bench-parties-")
     rows = []
     try:
         for j, k in enumerate(int(p) for p in args.parties.split(",")):

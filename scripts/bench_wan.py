@@ -37,17 +37,16 @@ import multiprocessing as mp
 import os
 import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from local_federation import RedisProcess  # scripts/ is on sys.path: these run as scripts
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
-REDIS_7 = "/usr/bin/redis-server"
 _PIECE = 64 << 10       # bytes moved per proxy read
 _QUEUE_PIECES = 256     # per direction: at most 16 MiB in flight inside the proxy
 
@@ -148,30 +147,11 @@ class LinkProxy:
 
 
 # --- the federation round ----------------------------------------------------------------------
-class _Server:
-    def __init__(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="xfed-bench-wan-")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.proc = subprocess.Popen(
-            [REDIS_7, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
-             "--appendonly", "no", "--logfile", os.path.join(self.dir, "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 def _commands(r) -> dict[str, int]:
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in r.info("commandstats").items()}
 
 
-def run_config(server: _Server, parties: int, rtt_ms: float, mbit: float, params: int, rounds: int,
+def run_config(server: RedisProcess, parties: int, rtt_ms: float, mbit: float, params: int, rounds: int,
                job: str) -> dict[str, Any]:
     from types import SimpleNamespace
 
@@ -296,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parties = [int(p) for p in args.parties.split(",")]
     rtts = [float(x) for x in args.rtt_ms.split(",")]
-    server = _Server()
+    server = RedisProcess.throwaway("xfed-bench-wan-")
     rows: list[dict[str, Any]] = []
     try:
         job = iter(range(1, 10_000))

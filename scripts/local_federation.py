@@ -3,7 +3,8 @@
 Everything is started by pid and stopped by pid (never by name): `RedisProcess` runs
 /usr/bin/redis-server on a free loopback port, `LocalFederation` writes fed_conf.json, starts
 `python xfed.py -s / -a / -t NODE` with their logs in files, runs jobs through the scheduler and waits
-for them with a timeout. Used by scripts/bench_quality.py; the stage configs are the caller's.
+for them with a timeout. Used by scripts/bench_quality.py (the stage configs are the caller's);
+`RedisProcess.throwaway()` is the server of bench_broker, bench_wan and bench_parties.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,13 @@ class RedisProcess:
 
     def stop(self) -> None:
         _stop(self.proc)
+
+    @classmethod
+    def throwaway(cls, prefix: str = "xfed-bench-") -> RedisProcess:
+        """A started server in a new temporary folder (benchmarks: stop it by pid when done)."""
+        server = cls(Path(tempfile.mkdtemp(prefix=prefix)))
+        server.start()
+        return server
 
 
 class LocalFederation:
