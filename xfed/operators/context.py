@@ -16,5 +16,6 @@ class OperatorContext(AggregationContext, Protocol):
     fed: FedConf
     work_dir: Path
     incarnation: int    # > 0: this node was restarted and rejoins the running stage (rejoin.py)
+    job_uid: str        # the job record's uid: output folders and resume states carry it
 
     def should_stop(self) -> bool: ...
