@@ -12,7 +12,7 @@ from xfed.security.identity import generate
 
 from .conftest import run_parties
 
-SETTINGS = OtpSettings(group_bits=2048)
+SETTINGS = OtpSettings.of(encryption_of({"otp": {"key_exchange": {"key_bitlength": 2048}}}).otp)
 
 
 def test_settings_read_xfl_keys_and_refuse_bad_values():

@@ -30,14 +30,15 @@ class OtpSettings:
 
     A view, not a parser: `Otp` checked every value once with the stage's train_params."""
 
-    bits: int = 64                  # key_bitlength: fixed-point modulus 2^64 or 2^128
+    bits: int                       # key_bitlength: fixed-point modulus 2^64 or 2^128
+    group_bits: int                 # key_exchange.key_bitlength
+    optimized: bool                 # key_exchange.optimized: short exponents
+    csprng: str                     # csprng.name
+    method: str                     # csprng.method (hmac_drbg's hash)
+    neighbours: int | None          # pad peers per party (SecAgg+-style sparse graph); None: every other party
+    # not settings: fixed by the protocol (both ends of a pair must agree)
     frac_bits: int | None = None    # None: 32 at 64 bits (XFL's scale), 64 at 128 bits
-    group_bits: int = 3072          # key_exchange.key_bitlength
-    optimized: bool = True          # key_exchange.optimized: short exponents
-    csprng: str = "hmac_drbg"       # csprng.name
-    method: str = "sha512"          # csprng.method (hmac_drbg's hash)
-    lanes: int = DEFAULT_LANES      # sub-streams per pair (both ends must agree)
-    neighbours: int | None = None   # pad peers per party (SecAgg+-style sparse graph); None: every other party
+    lanes: int = DEFAULT_LANES      # sub-streams per pair
 
     @classmethod
     def of(cls, otp: Otp) -> OtpSettings:
