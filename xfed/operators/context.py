@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 class OperatorContext(AggregationContext, Protocol):
     identity: str       # "label_trainer" | "assist_trainer"
     stage: Stage        # this node's own stage config (never leaves the party)
-    fed: FedConf
+    fed: FedConf | None  # None only in a DDP rank's context (ddp_rank.RankContext)
     work_dir: Path
     incarnation: int    # > 0: this node was restarted and rejoins the running stage (rejoin.py)
     job_uid: str        # the job record's uid: output folders and resume states carry it

@@ -13,7 +13,7 @@ from xfed.operators.horizontal_chatglm import resume
 
 class Ctx(SimpleNamespace):
     def __init__(self, attempt: int = 1, node_id: str = "assist_trainer"):
-        super().__init__(attempt=attempt, node_id=node_id, events=[])
+        super().__init__(attempt=attempt, node_id=node_id, events=[], job_id="1", job_uid="", fed=None)
 
     def report(self, kind, data):
         self.events.append((kind, data))
