@@ -117,6 +117,40 @@ def test_fedadam_with_bias_correction_over_one_sgd_step_is_torch_adam_on_the_gra
     np.testing.assert_allclose(y1, [1 + 2 / (2 + 0.5), 2.0], rtol=1e-6)
 
 
+def test_fedadam_clip_norm_is_torch_adam_after_clip_grad_norm_over_every_tensor():
+    # parties: one SGD step of lr 1, no clipping of their own; the server clips the mean change over both
+    # tensors together, as the centralized Trainer's max_grad_norm clips its gradient before Adam
+    import torch
+
+    rng = np.random.default_rng(2)
+    x0 = {"a": np.array([0.5, -1.0, 2.0]), "b": np.array([[0.1, 0.2], [-0.3, 0.4]])}
+    s = FedAdam(FedAdam.Params(server_lr=0.1, beta_1=0.9, beta_2=0.999, tau=1e-8, bias_correction=True,
+                               clip_norm=1.0))
+    s.start({k: v.astype(np.float32) for k, v in x0.items()})
+    params = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in x0.items()}
+    adam = torch.optim.Adam(params.values(), lr=0.1, betas=(0.9, 0.999), eps=1e-8)
+    clipped = 0
+    for r in range(1, 7):
+        grads = {k: rng.normal(size=v.shape) * (3.0 if r % 2 else 0.1) for k, v in x0.items()}  # above and below 1
+        x = {k: v.astype(np.float64) for k, v in s.current.items()}
+        got = s.step(r, {k: x[k] - grads[k] for k in x})
+        for k, p in params.items():
+            p.data, p.grad = torch.tensor(x[k]), torch.tensor(grads[k])
+        norm = float(torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0))
+        clipped += norm > 1.0
+        adam.step()
+        for k, p in params.items():
+            np.testing.assert_allclose(got[k], p.detach().numpy().astype(np.float32), rtol=1e-6, atol=1e-7)
+    assert 0 < clipped < 6  # both branches taken
+    # hand-computed: delta [3, 4] (norm 5) clipped to norm 1 -> [0.6, 0.8]; beta1 0, eta 1: x1 = x0 + m/(sqrt(v) + tau)
+    h = FedAdam(FedAdam.Params(server_lr=1.0, beta_1=0.0, beta_2=0.0, tau=1.0, clip_norm=1.0))
+    [x1] = _steps(h, [[4, 6]])
+    want = np.array([0.6, 0.8]) * (1 - 1e-6 / 5) / (np.array([0.6, 0.8]) + 1.0)  # coef 1 / (5 + 1e-6)
+    np.testing.assert_allclose(x1, X0["w"] + want, rtol=1e-6)
+    with pytest.raises(ValidationError):
+        StrategyChoice.model_validate({"fedadam": {"clip_norm": 0}})
+
+
 def test_cosine_server_lr_decays_over_the_job_rounds_hand_computed():
     # FedAvgM without momentum: x_{t+1} = x_t + eta_t * delta_t; eta_t = eta * (1 + cos(pi (t - 1) / T)) / 2
     s = FedAvgM(FedAvgM.Params(server_lr=2.0, momentum=0.0, server_lr_schedule="cosine"), rounds=4)

@@ -9,11 +9,15 @@ No bias correction by default (the paper has none; with v_{−1} = τ² the firs
 η·sign(Δ)). With `bias_correction` it is Adam's (Kingma & Ba; Flower's FedAdam has it too): v_{−1} = 0 and
     x_{t+1} = x_t + η_t (m_t / (1 − β1^t)) / (√(v_t / (1 − β2^t)) + τ)     (t = the round, 1-based)
 so FedAdam over parties that each take one plain SGD step (lr 1) per round is Adam on the mean of their
-gradients: the centralized optimizer, with the federation's examples as its batch.
+gradients: the centralized optimizer, with the federation's examples as its batch. `clip_norm` c scales
+Δ_t (all tensors together) by min(1, c / (‖Δ_t‖ + 1e-6)) first, as torch's `clip_grad_norm_` (the
+Trainer's `max_grad_norm`) does to the centralized gradient; with the parties' own clipping off, that
+makes the federation the centralized optimizer including its clipping.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import numpy as np
@@ -30,6 +34,17 @@ class FedOptParams(ServerLrParams):
     tau: float = positive("τ: adaptivity; added to √v (larger τ: closer to server SGD with momentum).", 1e-3)
     bias_correction: bool = Field(False, description="Adam's bias correction of m and v (v starts at 0); "
                                                      "off: Reddi et al.'s FedOpt (v starts at τ²).")
+    clip_norm: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                    description="clip Δ (the L2 norm over every tensor) to this norm before the "
+                                                "step, as torch's clip_grad_norm_ does a gradient; none: no clipping.")
+
+
+def clip_global_norm(tensors: Mapping[str, np.ndarray], max_norm: float) -> dict[str, np.ndarray]:
+    """Every tensor scaled by min(1, max_norm / (‖all‖ + 1e-6)): torch.nn.utils.clip_grad_norm_'s rule, so a
+    server clipping the mean change clips as the centralized Trainer clips its gradient."""
+    total = math.sqrt(sum(float(np.vdot(t, t)) for t in tensors.values()))
+    coef = min(1.0, max_norm / (total + 1e-6))
+    return {k: t * coef for k, t in tensors.items()} if coef < 1.0 else dict(tensors)
 
 
 class FedOpt(Strategy):
@@ -56,9 +71,11 @@ class FedOpt(Strategy):
         if p.bias_correction:
             t = max(int(round_idx), 1)
             m_scale, v_scale, v_start = 1.0 - p.beta_1 ** t, self.v_correction(t), 0.0
+        deltas = {k: mean[k] - x[k] for k in mean}
+        if p.clip_norm is not None:
+            deltas = clip_global_norm(deltas, p.clip_norm)
         out = {}
-        for k in mean:
-            delta = mean[k] - x[k]
+        for k, delta in deltas.items():
             m = p.beta_1 * self.m.get(k, 0.0) + (1 - p.beta_1) * delta
             v = self.second_moment(self.v.get(k, np.full_like(delta, v_start)), delta * delta)
             self.m[k], self.v[k] = m, v
