@@ -17,13 +17,15 @@ from rich.table import Table
 
 from xfed.broker.attempts import attempt_history
 from xfed.broker.heartbeat import alive_nodes, node_infos
-from xfed.broker.jobstore import Job, JobState, JobStore
+from xfed.broker.jobrecord import Job, JobState
+from xfed.broker.jobstore import JobStore
 from xfed.broker.messages import NodeState, job_event, stop_job_command
 from xfed.broker.orphans import end_if_orphaned
 from xfed.broker.requests import request, scheduler_alive
 from xfed.broker.streams import ControlStream
 from xfed.display import cell
 from xfed.errors import JobError, XfedError
+from xfed.job_text import duration, progress_text, stage_text
 from xfed.scheduler.capacity import only_active_job
 
 REPLY_TIMEOUT_S = 15.0
@@ -49,7 +51,7 @@ def run_client(verb: str, config_path: str, args: list[str], *, bar: bool = Fals
         raise XfedError(f"{verb} takes at most one JOB argument")
     fed = load_fed_conf(config_path)
     # a one-shot command should not sit for the daemons' full connect timeout
-    retry_s = min(5.0, float(getattr(getattr(fed, "redis", None), "connect_timeout", 5.0) or 5.0))
+    retry_s = min(5.0, fed.redis.connect_timeout)
     client = Client(fed, connect(fed, retry_s=retry_s, client_name="xfed-client"), Keys(fed.redis.namespace),
                     as_json=as_json, wide=wide)
     if verb == "start":
@@ -70,20 +72,6 @@ def _ts(t: float | None) -> str:
     return _dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
 
 
-def stage_text(stage: int, n_stages: int | None = None) -> str:
-    """A stage as every output names it: its index in trainer_config_*.json, from 0 (as [STAGE_ID])."""
-    if stage < 0:
-        return "-"
-    return f"{stage} (of {n_stages})" if n_stages else str(stage)
-
-
-def _dur(job: Job) -> str:
-    if not job.started:
-        return "-"
-    end = job.ended or time.time()
-    return f"{end - job.started:.1f} s"
-
-
 class Client:
     def __init__(self, fed: Any, r: Any, keys: Any, *, as_json: bool = False, console: Console | None = None,
                  wide: bool = False) -> None:
@@ -94,7 +82,7 @@ class Client:
             tty_width = Console().width if sys.stdout.isatty() else WIDTH
             console = Console(highlight=False, soft_wrap=False, width=400 if wide else min(WIDTH, tty_width))
         self.console = console
-        self.interval = float(getattr(fed, "heartbeat_interval", 2.0) or 2.0)
+        self.interval = fed.heartbeat_interval
 
     # -- talking to the scheduler ------------------------------------------------------------
     def scheduler_alive(self) -> bool:
@@ -191,7 +179,7 @@ class Client:
     def status(self, job_id: str | None, *, bar: bool = False) -> int:
         job = self._job(job_id)
         job, note = end_if_orphaned(self.r, self.keys, self.jobs, job,
-                                    recheck_s=float(getattr(self.fed, "heartbeat_interval", 2.0) or 2.0))
+                                    recheck_s=self.interval)
         if note:
             print(note, file=sys.stderr, flush=True)
         rounds = self.round_rows(job.job_id)
@@ -215,7 +203,7 @@ class Client:
         head.add_row("created", _ts(job.created))
         head.add_row("started", _ts(job.started))
         head.add_row("ended", _ts(job.ended))
-        head.add_row("duration", _dur(job))
+        head.add_row("duration", duration(job))
         if job.reason:
             head.add_row("reason", job.reason)
         if job.node:
@@ -293,7 +281,7 @@ class Client:
             table.add_column(col, no_wrap=True)
         table.add_column("reason", overflow="fold")
         for j in jobs:
-            table.add_row(j.job_id, j.state.value, stage_text(j.stage, j.n_stages), _ts(j.created), _dur(j),
+            table.add_row(j.job_id, j.state.value, stage_text(j.stage, j.n_stages), _ts(j.created), duration(j),
                           j.reason or "")
         self.console.print(table)
         return 0
@@ -324,25 +312,7 @@ class Client:
         """Stream a job's events (after `since`) until it ends; 0 when SUCCESSFUL, 1 otherwise."""
         from xfed.follow import Follower
 
-        return Follower(self, job_id, bar=bar, since=since).run()
-
-
-def progress_text(data: dict[str, Any]) -> str:
-    """'round 2/5, step 40/100, eta 1m05s' from whatever of those a progress event carries."""
-    parts = []
-    if "round" in data and "rounds" in data:
-        parts.append(f"round {data['round']}/{data['rounds']}")
-    if "step" in data and "steps" in data:
-        parts.append(f"step {data['step']}/{data['steps']}")
-    if not parts and isinstance(data.get("fraction"), (int, float)):
-        parts.append(f"{100 * float(data['fraction']):.0f}%")
-    eta = data.get("eta_s")
-    if isinstance(eta, (int, float)) and eta > 0:
-        parts.append(f"eta {int(eta) // 60}m{int(eta) % 60:02d}s")
-    eps, delta = data.get("dp_epsilon"), data.get("dp_delta")
-    if isinstance(eps, (int, float)) and isinstance(delta, (int, float)):  # aggregation.dp: budget spent so far
-        parts.append(f"dp eps {eps:.3g} (delta {delta:.0e})")
-    return ", ".join(parts)
+        return Follower(self.r, self.keys, job_id, recheck_s=self.interval, bar=bar, since=since).run()
 
 
 def _num(v: Any) -> float:

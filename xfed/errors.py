@@ -5,6 +5,7 @@ class XfedError(Exception):
     """Base: the CLI prints `str(err)` on one line and exits 2 (no traceback)."""
 
     exit_code = 2
+    blame: str | None = None  # the party that caused it, when another noticed (`blaming`)
 
 
 class ConfigError(XfedError):
@@ -33,6 +34,8 @@ class ModelError(XfedError):
 
 class PreflightError(JobError):
     """Parties disagree on base model, tokenizer, peft config or schedule."""
+
+    table: str = ""  # the per-party diff table (multi-line), for the job log and the console
 
 
 class SecurityError(XfedError):

@@ -13,12 +13,15 @@ from typing import Any
 
 from rich.console import Console
 
-from xfed.broker.jobstore import Job, JobState
+from xfed.broker.jobrecord import Job, JobState
+from xfed.broker.jobstore import JobStore
+from xfed.broker.keys import Keys
 from xfed.broker.orphans import end_if_orphaned
+from xfed.broker.requests import scheduler_alive
 from xfed.broker.streams import ControlStream
-from xfed.client import Client, _dur, progress_text, stage_text
 from xfed.display import cell
 from xfed.errors import BrokerError
+from xfed.job_text import duration, progress_text, stage_text
 
 SCHEDULER_GONE_S = 30.0
 REDIS_GONE_S = 120.0  # a follower waits this long for an unreachable Redis (the daemons wait longer)
@@ -27,9 +30,12 @@ REDIS_GONE_S = 120.0  # a follower waits this long for an unreachable Redis (the
 class Follower:
     """Prints a job's events as they come (or drives progress bars with --bar) until it ends."""
 
-    def __init__(self, client: Client, job_id: str, *, bar: bool = False, since: str = "0-0") -> None:
-        self.c, self.job_id, self.bar, self.since = client, job_id, bar, since
-        self.stream = ControlStream(client.r, client.keys.job_events(job_id))
+    def __init__(self, r: Any, keys: Keys, job_id: str, *, recheck_s: float, bar: bool = False,
+                 since: str = "0-0") -> None:
+        """recheck_s: how long an orphaned job's nodes get to show a heartbeat (fed heartbeat_interval)."""
+        self.r, self.keys, self.jobs = r, keys, JobStore(r, keys)
+        self.job_id, self.recheck_s, self.bar, self.since = job_id, recheck_s, bar, since
+        self.stream = ControlStream(r, keys.job_events(job_id))
         self.progress = None
         self.tasks: dict[str, Any] = {}
 
@@ -40,7 +46,7 @@ class Follower:
             print(text, flush=True)
 
     def run(self) -> int:
-        job = self.c.jobs.require(self.job_id)
+        job = self.jobs.require(self.job_id)
         if self.bar:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -96,19 +102,18 @@ class Follower:
         if now < next_check:
             return last, next_check, gone_since
         next_check = now + 0.5
-        job = self.c.jobs.require(self.job_id)
+        job = self.jobs.require(self.job_id)
         if job.state.terminal:
             for entry in self.stream.read(last, count=100_000):  # whatever arrived meanwhile
                 if entry.msg is not None:
                     self._show(entry.msg)
             return self._final(job)
-        if self.c.scheduler_alive():
+        if scheduler_alive(self.r, self.keys):
             gone_since = None
         elif gone_since is None:
             gone_since = now
         elif now - gone_since > SCHEDULER_GONE_S:
-            job, note = end_if_orphaned(self.c.r, self.c.keys, self.c.jobs, job,
-                                        recheck_s=float(getattr(self.c.fed, "heartbeat_interval", 2.0) or 2.0))
+            job, note = end_if_orphaned(self.r, self.keys, self.jobs, job, recheck_s=self.recheck_s)
             if note:
                 self.say(note)
             if job.state.terminal:
@@ -120,7 +125,7 @@ class Follower:
 
     def _final(self, job: Job) -> int:
         if job.state is JobState.SUCCESSFUL:
-            self.say(f"job {job.job_id} SUCCESSFUL in {_dur(job)}")
+            self.say(f"job {job.job_id} SUCCESSFUL in {duration(job)}")
             return 0
         why = f": {job.reason}" if job.reason else ""
         self.say(f"job {job.job_id} {job.state.value}{why}")

@@ -180,10 +180,11 @@ def test_masked_uploads_that_do_not_cancel_get_a_replay_hint_not_a_weight_0_one(
 
     from xfed.aggregation.base import layout_of
     from xfed.aggregation.otp import MaskedUploads, OtpRoot
+    from xfed.aggregation.settings import encryption_of
     from xfed.errors import FrameError
 
     ctx = SimpleNamespace(comm=None, node_id="assist", trainer_ids=["node-1", "node-2"], assist_id="assist")
-    root = OtpRoot(ctx, OTP["otp"])
+    root = OtpRoot(ctx, encryption_of(OTP).otp)
     root.layout = layout_of({"w": np.ones(3, np.float32)})
     uploads = MaskedUploads(root, 1)
     for n, w in (("node-1", weight_word), ("node-2", 0)):

@@ -5,25 +5,27 @@ from __future__ import annotations
 import pytest
 
 from xfed.aggregation.keyexchange import OtpSettings, agree_pad_streams
+from xfed.aggregation.settings import encryption_of
 from xfed.crypto import pad_words
 from xfed.errors import ConfigError, SecurityError
 from xfed.security.identity import generate
 
 from .conftest import run_parties
 
-SETTINGS = OtpSettings(group_bits=2048)
+SETTINGS = OtpSettings.of(encryption_of({"otp": {"key_exchange": {"key_bitlength": 2048}}}).otp)
 
 
 def test_settings_read_xfl_keys_and_refuse_bad_values():
-    s = OtpSettings.from_config({"key_bitlength": 128, "data_type": "torch.Tensor",
-                                 "key_exchange": {"key_bitlength": 4096, "optimized": False},
-                                 "csprng": {"name": "ctr_drbg", "method": "sha256"}})
-    assert (s.bits, s.group_bits, s.optimized, s.csprng) == (128, 4096, False, "ctr_drbg")
+    s = encryption_of({"otp": {"key_bitlength": 128, "data_type": "torch.Tensor",
+                               "key_exchange": {"key_bitlength": 4096, "optimized": False},
+                               "csprng": {"name": "ctr_drbg", "method": "sha256"}}}).otp
+    assert (s.key_bitlength, s.key_exchange.key_bitlength, s.key_exchange.optimized, s.csprng.name) == (
+        128, 4096, False, "ctr_drbg")
     for bad, where in (({"key_bitlength": 32}, "key_bitlength"), ({"key_exchange": {"key_bitlength": 1024}},
                                                                    "key_exchange"),
                        ({"csprng": {"name": "md5"}}, "csprng.name")):
         with pytest.raises(ConfigError, match=where):
-            OtpSettings.from_config(bad)
+            encryption_of({"otp": bad})
 
 
 def _agree(ctxs, nodes, keys=None, identities=None):
@@ -85,9 +87,12 @@ def test_sparse_pad_peers_are_symmetric_connected_and_k_per_party(n, k):
 
 def test_neighbours_is_validated():
     from xfed.aggregation.keyexchange import OtpSettings
+    from xfed.aggregation.settings import encryption_of
     from xfed.errors import ConfigError
 
-    assert OtpSettings.from_config({"neighbours": 4}).neighbours == 4
+    assert OtpSettings.of(encryption_of({"otp": {"neighbours": 4}}).otp).neighbours == 4
     for bad in (3, 0, "x"):
         with pytest.raises(ConfigError, match="encryption.otp"):
-            OtpSettings.from_config({"neighbours": bad})
+            encryption_of({"otp": {"neighbours": bad}})
+    with pytest.raises(ConfigError, match="encryption.otp.neighbours: .*cannot be combined with dropout"):
+        encryption_of({"otp": {"neighbours": 2, "dropout": {"threshold": 2}}})

@@ -5,15 +5,8 @@ import time
 
 import pytest
 
-from xfed.broker.jobstore import (
-    JobState,
-    JobStore,
-    NodeStatus,
-    can_resume,
-    can_transition,
-    job_from_hash,
-    parse_state,
-)
+from xfed.broker.jobrecord import JobState, NodeStatus, can_resume, can_transition, job_from_hash, parse_state
+from xfed.broker.jobstore import JobStore
 from xfed.broker.keys import Keys
 from xfed.errors import JobError
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import time
 
 from xfed.broker.heartbeat import Heartbeat
-from xfed.broker.jobstore import JobState, JobStore, can_resume
+from xfed.broker.jobrecord import JobState, can_resume
+from xfed.broker.jobstore import JobStore
 from xfed.broker.keys import Keys
 from xfed.broker.orphans import end_if_orphaned
 

@@ -9,7 +9,8 @@ import pytest
 from rich.console import Console
 
 from xfed.broker.heartbeat import Heartbeat
-from xfed.broker.jobstore import JobState, JobStore, NodeStatus
+from xfed.broker.jobrecord import JobState, NodeStatus
+from xfed.broker.jobstore import JobStore
 from xfed.broker.keys import Keys
 from xfed.broker.streams import ControlStream
 from xfed.client import Client

@@ -9,7 +9,8 @@ import pytest
 from rich.console import Console
 
 from tests.conftest import RedisServer
-from xfed.broker.jobstore import JobState, JobStore
+from xfed.broker.jobrecord import JobState
+from xfed.broker.jobstore import JobStore
 from xfed.broker.keys import Keys
 from xfed.client import Client
 

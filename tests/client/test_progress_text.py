@@ -1,5 +1,5 @@
 """How progress events read in `status` and `--follow`."""
-from xfed.client import progress_text
+from xfed.job_text import progress_text
 
 
 def test_progress_text_uses_what_the_event_carries():

@@ -6,8 +6,7 @@ from pydantic import ValidationError
 
 from xfed.aggregation.strategy import FedAvg, FedYogi
 from xfed.errors import ConfigError
-from xfed.operators.horizontal_chatglm.config import Params
-from xfed.operators.horizontal_chatglm.operator import validated_params
+from xfed.operators.horizontal_chatglm.config import Params, validated_params
 
 
 def _params(**aggregation):
@@ -22,10 +21,8 @@ def test_defaults_are_todays_fedavg_without_fedprox_or_dp():
 def test_strategy_fedprox_and_dp_reach_the_operator_typed():
     raw = _params(strategy={"fedyogi": {"server_lr": 0.05, "tau": 0.01}}, fedprox_mu=0.1, weighting="uniform",
                   dp={"epsilon": 4.0, "clip_norm": 0.5})
-    params = validated_params(raw, "assist_trainer")  # what the operator passes around, and back to the model
-    from xfed.operators.horizontal_chatglm.operator import _aggregation
-
-    agg = _aggregation(params)
+    params = validated_params(raw, "assist_trainer")  # the model the operator passes around
+    agg = params.agg
     strategy = agg.build_strategy()
     assert isinstance(strategy, FedYogi) and strategy.params.server_lr == 0.05 and strategy.params.tau == 0.01
     assert strategy.params.beta_2 == 0.99  # documented default

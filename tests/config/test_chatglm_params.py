@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 from pydantic import ValidationError
 
-from xfed.operators.horizontal_chatglm.config import Params, merge_authoritative
+from xfed.operators.horizontal_chatglm.config import Params, validated_params
+from xfed.operators.horizontal_chatglm.merge import merge_authoritative
 from xfed.operators.horizontal_chatglm.training_args import FieldSpec, check_value, training_argument_specs
 
 FULL = {
@@ -67,15 +68,18 @@ def test_agg_steps_is_a_fraction_or_a_step_interval(value, ok):
 def test_merge_authoritative_keeps_local_keys_and_lists_conflicts():
     party = {"trainer": {"per_device_train_batch_size": 1, "no_cuda": False, "learning_rate": 0.5},
              "peft": {"LORA": {"r": 16}}, "dataset": {"key_query": "q", "max_src_length": 10}}
-    merged, conflicts = merge_authoritative(FULL, party)
-    assert merged["trainer"]["per_device_train_batch_size"] == 1 and merged["trainer"]["use_cpu"] is False
-    assert merged["trainer"]["learning_rate"] == 1e-3 and merged["peft"] == FULL["peft"]
-    assert merged["dataset"]["key_query"] == "q" and merged["dataset"]["max_src_length"] == 64
+    assist = validated_params(FULL, "assist_trainer")
+    merged, conflicts = merge_authoritative(assist, validated_params(party, "node-1", complete=False))
+    assert merged.trainer["per_device_train_batch_size"] == 1 and merged.trainer["use_cpu"] is False
+    assert merged.trainer["learning_rate"] == 1e-3 and merged.peft == assist.peft
+    assert merged.data.key_query == "q" and merged.data.max_src_length == 64
     assert conflicts == ["peft.LORA.r: assist=4 party=16", "trainer.learning_rate: assist=0.001 party=0.5",
                          "dataset.max_src_length: assist=64 party=10"]
-    assert Params.model_validate(merged).trainer_kwargs()["use_cpu"] is False
-    alone, none = merge_authoritative(FULL, {})
-    assert none == [] and alone["peft"] == FULL["peft"] and alone["trainer"]["use_cpu"] is True
+    # what the label trainer receives and validates: the same model
+    sent = validated_params(merged.model_dump(mode="json", exclude_unset=True), "node-1")
+    assert sent == merged and sent.trainer_kwargs()["use_cpu"] is False
+    alone, none = merge_authoritative(assist, validated_params({}, "node-1", complete=False))
+    assert none == [] and alone.peft == assist.peft and alone.trainer["use_cpu"] is True
 
 
 def test_trainer_fields_read_from_source_match_the_real_training_arguments():

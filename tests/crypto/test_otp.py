@@ -25,7 +25,7 @@ from xfed.crypto import (
     sign_for,
     unmask_sum,
 )
-from xfed.crypto.otp import PROTOCOL_LABEL
+from xfed.crypto.pads import PROTOCOL_LABEL
 
 
 def _secret(seed: int, a: str, b: str) -> bytes:

@@ -74,7 +74,8 @@ class ChatglmFed:
         self.valset = write_party_data(self.data, "val", "reverse", 4)
 
     def write(self, params: dict, *, assist_data: bool = False, models: dict[str, Path] | None = None,
-              valsets: bool = False) -> None:
+              valsets: bool = False, own: dict[str, dict] | None = None) -> None:
+        """own: a label trainer's own train_params in place of the usual local keys."""
         out = str(self.root / "out" / "[JOB_ID]" / "[NODE_ID]")
         cfg = self.fed.config
         local = {"trainer": {"per_device_train_batch_size": 4, "no_cuda": True}}
@@ -83,7 +84,7 @@ class ChatglmFed:
             self.trainsets[ASSIST] if assist_data else None)))
         for n in self.trainers:
             (cfg / f"trainer_config_{n}.json").write_text(json.dumps(stage(
-                "label_trainer", (models or {}).get(n, self.model), out, local, self.trainsets[n],
+                "label_trainer", (models or {}).get(n, self.model), out, (own or {}).get(n, local), self.trainsets[n],
                 self.valset if valsets else None)))
 
     def run(self, timeout: float = 600):
@@ -202,6 +203,16 @@ class TestThreeLabelTrainers:
         assert "node-2 differs from assist_trainer in base_model" in reason, reason
         assert "node-3 differs from assist_trainer in tokenizer" in reason, reason
         assert "\n" not in reason
+        assert not (cfed.root / "out" / job_id / "node-1" / "checkpoint-1").exists()  # nobody trained
+
+
+    def test_a_label_trainers_unreadable_own_params_fail_the_job_naming_it_before_anyone_trains(self, cfed):
+        bad = {"trainer": {"per_device_train_batch_size": "four", "no_cuda": True}}
+        cfed.write(authoritative(LORA, PLAIN), own={"node-3": bad})
+        job_id, job = cfed.run()
+        assert job.state.value == "FAILED", job
+        assert job.reason.startswith("node-3: train_params.trainer.per_device_train_batch_size: expected int"), job
+        assert "\n" not in job.reason
         assert not (cfed.root / "out" / job_id / "node-1" / "checkpoint-1").exists()  # nobody trained
 
 

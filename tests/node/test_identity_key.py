@@ -52,7 +52,7 @@ def test_stage_comm_signs_only_when_identities_are_pinned():
     from xfed.broker.keys import Keys
     from xfed.node.stage_runner import _make_comm
 
-    args = SimpleNamespace(job="3", stage=0, node="node-1", attempt=0)
+    args = SimpleNamespace(job="3", stage=0, node="node-1", attempt=0, incarnation=0)
     key = generate("node-1")
     assert _make_comm(None, Keys("t"), args, lambda: False, _fed({}), None).auth is None
     comm = _make_comm(None, Keys("t"), args, lambda: False, _fed({"node-1": key.public_hex}), key)

@@ -5,7 +5,8 @@ import time
 import pytest
 
 from xfed.broker.connection import connect
-from xfed.broker.jobstore import JobState, JobStore
+from xfed.broker.jobrecord import JobState
+from xfed.broker.jobstore import JobStore
 from xfed.broker.keys import Keys
 from xfed.node.context import StopWatcher
 

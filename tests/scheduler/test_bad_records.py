@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from xfed.broker.heartbeat import Heartbeat
-from xfed.broker.jobstore import JobState
+from xfed.broker.jobrecord import JobState
 from xfed.broker.keys import Keys
 from xfed.broker.streams import ControlStream
 from xfed.client import Client
@@ -20,7 +20,8 @@ from xfed.scheduler.core import Scheduler
 
 pytestmark = pytest.mark.integration
 NODES = ["a", "b"]
-FED = SimpleNamespace(node_ids=NODES, heartbeat_interval=0.2, config_dir=None)
+FED = SimpleNamespace(node_ids=NODES, heartbeat_interval=0.2, config_dir=None, identities={},
+                                    max_concurrent_jobs=1, failover_window_s=0.0)
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_redis_emptied_mid_job_is_ridden_out_and_nothing_is_recreated_without_a_
     w.r.flushall()  # Redis restarted with no persistence
     # late writes of the scheduler and of a node into the vanished job
     assert w.sched.jobs.set_fields("1", cursor="9-0") is False
-    from xfed.broker.jobstore import NodeStatus
+    from xfed.broker.jobrecord import NodeStatus
     assert w.sched.jobs.set_node("1", "a", NodeStatus(state="running")) is False
     EventReporter(w.r, w.keys, "1", "a", 0).report("progress", {"round": 2})
     steps(w, 3)

@@ -13,7 +13,7 @@ from tests.scheduler.test_scheduler_loop import (
     steps,
     world,  # noqa: F401 - the fixture, reused
 )
-from xfed.broker.jobstore import JobState
+from xfed.broker.jobrecord import JobState
 from xfed.errors import JobError
 from xfed.scheduler.capacity import capacity_refusal, only_active_job
 from xfed.scheduler.core import Scheduler
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def world2(world):  # noqa: F811 - the same world with room for two jobs
     world.sched = Scheduler(fed=SimpleNamespace(node_ids=NODES, heartbeat_interval=0.2, config_dir=None,
-                                                max_concurrent_jobs=2), r=world.r, keys=world.keys)
+                                                identities={}, max_concurrent_jobs=2, failover_window_s=0.0), r=world.r, keys=world.keys)
     world.sched.requests.ensure_group("scheduler")
     return world
 

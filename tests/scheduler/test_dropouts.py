@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from xfed.broker.jobstore import Job, JobState, NodeStatus
+from xfed.broker.jobrecord import Job, JobState, NodeStatus
 from xfed.scheduler.dropouts import judge_dead, policy_from_event, policy_of, round_record
 from xfed.scheduler.progress import decide_after_stage
 

@@ -1,7 +1,7 @@
 """Pure scheduler decisions: when a stage is complete, what follows, who is missing."""
 from __future__ import annotations
 
-from xfed.broker.jobstore import NodeStatus
+from xfed.broker.jobrecord import NodeStatus
 from xfed.scheduler.progress import decide_after_stage, missing_nodes
 
 P = ["a", "b", "c"]

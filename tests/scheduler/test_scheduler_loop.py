@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from xfed.broker.heartbeat import Heartbeat
-from xfed.broker.jobstore import JobState
+from xfed.broker.jobrecord import JobState
 from xfed.broker.keys import Keys
 from xfed.broker.streams import ControlStream
 from xfed.node.events import EventReporter
@@ -23,7 +23,8 @@ def world(redis_server, request):
     r = redis_server.client()
     keys = Keys("sl" + str(abs(hash(request.node.name)) % 10_000))
     beats = {n: Heartbeat(r, keys, n, "label_trainer", interval=0.2).start() for n in NODES}
-    sched = Scheduler(fed=SimpleNamespace(node_ids=NODES, heartbeat_interval=0.2, config_dir=None), r=r, keys=keys)
+    sched = Scheduler(fed=SimpleNamespace(node_ids=NODES, heartbeat_interval=0.2, config_dir=None, identities={},
+                                    max_concurrent_jobs=1, failover_window_s=0.0), r=r, keys=keys)
     sched.requests.ensure_group("scheduler")
     yield SimpleNamespace(r=r, keys=keys, sched=sched, beats=beats)
     for hb in beats.values():
@@ -168,7 +169,8 @@ def test_restarted_scheduler_finishes_a_job_whose_stage_ended_meanwhile(world):
     job_id = ask(w, {"type": "start"})["job"]
     for n in NODES:
         event(w, job_id, n, "done", n_stages=1)
-    fresh = Scheduler(fed=SimpleNamespace(node_ids=NODES, heartbeat_interval=0.2, config_dir=None), r=w.r, keys=w.keys)
+    fresh = Scheduler(fed=SimpleNamespace(node_ids=NODES, heartbeat_interval=0.2, config_dir=None, identities={},
+                                    max_concurrent_jobs=1, failover_window_s=0.0), r=w.r, keys=w.keys)
     fresh.reattach()
     for _ in range(5):
         fresh.step()

@@ -10,7 +10,8 @@ import urllib.request
 import pytest
 
 from xfed.broker.heartbeat import Heartbeat
-from xfed.broker.jobstore import JobState, JobStore
+from xfed.broker.jobrecord import JobState
+from xfed.broker.jobstore import JobStore
 from xfed.broker.keys import Keys
 from xfed.node.events import EventReporter
 from xfed.web.server import make_server

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
+from xfed.aggregation.context import AggregationContext
 from xfed.aggregation.strategy import FedAvg, Strategy
 from xfed.crypto import mask
 from xfed.errors import ConfigError, FrameError, JobError
@@ -120,8 +121,8 @@ def encode(tensors: Mapping[str, np.ndarray], weight: float, who: str, *, bits: 
         raise bad_input(f"{who}: {exc}") from None
 
 
-def _trainers(ctx: Any) -> list[str]:
-    trainers = sorted(getattr(ctx, "trainer_ids", None) or [])
+def _trainers(ctx: AggregationContext) -> list[str]:
+    trainers = sorted(ctx.trainer_ids)
     if not trainers:
         raise ConfigError("fed_info.trainer lists no label trainers: nothing to aggregate")
     return trainers
@@ -142,23 +143,19 @@ class _Party:
 
     role = "party"
 
-    def __init__(self, ctx: Any, *, strategy: Strategy | None = None, timeout: float | None = None) -> None:
+    def __init__(self, ctx: AggregationContext, *, strategy: Strategy | None = None,
+                 timeout: float | None = None) -> None:
         self.ctx = ctx
         self.comm = ctx.comm
         self.node_id = ctx.node_id
         self.trainers = _trainers(ctx)
-        self.assist_id = getattr(ctx, "assist_id", None)
+        self.assist_id = ctx.assist_id
         self.strategy = strategy or FedAvg()
         self.timeout = timeout  # None: the Comm's own timeout
         self.last_round_stats: dict[str, Any] = {}
         self.last_digest: str | None = None  # tensors_digest of the last aggregate (same on every party)
         self._mark: tuple[int, int, float, float] | None = None
         self._stats = RoundStats()
-
-    @property
-    def last_stats(self) -> dict[str, Any]:
-        """Alias of `last_round_stats` (the operator reads the *_ms keys)."""
-        return self.last_round_stats
 
     def _begin(self, round_idx: int) -> RoundStats:
         s = self.comm.stats
@@ -176,9 +173,7 @@ class _Party:
         self.last_round_stats = asdict(st)
 
     def warn(self, message: str) -> None:
-        report = getattr(self.ctx, "report", None)
-        if callable(report):
-            report("warning", {"message": message, "node": self.node_id})
+        self.ctx.report("warning", {"message": message, "node": self.node_id})
 
 
 class LeafBase(_Party):
@@ -186,7 +181,7 @@ class LeafBase(_Party):
 
     role = "leaf"
 
-    def __init__(self, ctx: Any, **kw: Any) -> None:
+    def __init__(self, ctx: AggregationContext, **kw: Any) -> None:
         super().__init__(ctx, **kw)
         if not self.assist_id:
             raise ConfigError("fed_info.assist_trainer is missing: a label trainer needs an aggregator")

@@ -13,9 +13,7 @@ in a background thread while local steps run (on a CPU-only party they compete w
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from xfed.errors import ConfigError
 
@@ -29,24 +27,6 @@ class Dropout(BaseModel):
     round_timeout_s: float = Field(60.0, gt=0, le=86_400,
                                    description="Seconds to wait for every upload before missing ones count as dropped.")
     precompute_pads: bool = Field(False, description="Draw a round's pads while local steps run.")
-
-
-def parse_dropout(raw: Any) -> Dropout | None:
-    """The validated block, or None when the stage does not ask for dropout tolerance."""
-    if raw is None:
-        return None
-    if isinstance(raw, Dropout):
-        return raw
-    if hasattr(raw, "model_dump"):
-        raw = raw.model_dump()
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{WHERE}: expected an object, got {type(raw).__name__}")
-    try:
-        return Dropout.model_validate(dict(raw))
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{WHERE}{'.' + where if where else ''}: {first['msg']}") from None
 
 
 def check_membership(settings: Dropout, n_trainers: int, min_parties: int | None = None) -> int:

@@ -15,54 +15,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from xfed.aggregation.settings import Otp
 from xfed.crypto import generate_keypair, named_group, pad_stream, shared_secret, validate_public
 from xfed.crypto.dh import DhGroup
-from xfed.crypto.otp import DEFAULT_LANES, PadStream
-from xfed.errors import ConfigError, FrameError, SecurityError
+from xfed.crypto.pads import DEFAULT_LANES, PadStream
+from xfed.errors import FrameError, SecurityError
 
 TAG_DH = "otp/dh"
 
 
 @dataclass(frozen=True)
 class OtpSettings:
-    """`encryption.otp` of the stage config (XFL's keys), with xfed's optional additions."""
+    """What the pad code reads of a validated `encryption.otp` (settings.Otp), under the names crypto uses.
 
-    bits: int = 64                  # key_bitlength: fixed-point modulus 2^64 or 2^128
+    A view, not a parser: `Otp` checked every value once with the stage's train_params."""
+
+    bits: int                       # key_bitlength: fixed-point modulus 2^64 or 2^128
+    group_bits: int                 # key_exchange.key_bitlength
+    optimized: bool                 # key_exchange.optimized: short exponents
+    csprng: str                     # csprng.name
+    method: str                     # csprng.method (hmac_drbg's hash)
+    neighbours: int | None          # pad peers per party (SecAgg+-style sparse graph); None: every other party
+    # not settings: fixed by the protocol (both ends of a pair must agree)
     frac_bits: int | None = None    # None: 32 at 64 bits (XFL's scale), 64 at 128 bits
-    group_bits: int = 3072          # key_exchange.key_bitlength
-    optimized: bool = True          # key_exchange.optimized: short exponents
-    csprng: str = "hmac_drbg"       # csprng.name
-    method: str = "sha512"          # csprng.method (hmac_drbg's hash)
-    lanes: int = DEFAULT_LANES      # sub-streams per pair (both ends must agree)
-    neighbours: int | None = None   # pad peers per party (SecAgg+-style sparse graph); None: every other party
+    lanes: int = DEFAULT_LANES      # sub-streams per pair
 
     @classmethod
-    def from_config(cls, otp: Mapping[str, Any] | None) -> OtpSettings:
-        otp = dict(otp or {})
-        kx = dict(otp.get("key_exchange") or {})
-        cs = dict(otp.get("csprng") or {})
-        try:
-            s = cls(bits=int(otp.get("key_bitlength", 64)),
-                    frac_bits=None if otp.get("frac_bits") is None else int(otp["frac_bits"]),
-                    group_bits=int(kx.get("key_bitlength", 3072)), optimized=bool(kx.get("optimized", True)),
-                    csprng=str(cs.get("name", "hmac_drbg")), method=str(cs.get("method", "sha512")),
-                    lanes=int(otp.get("lanes", DEFAULT_LANES)),
-                    neighbours=None if otp.get("neighbours") is None else int(otp["neighbours"]))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"train_params.encryption.otp: {exc}") from None
-        if s.bits not in (64, 128):
-            raise ConfigError(f"train_params.encryption.otp.key_bitlength: expected 64 or 128, got {s.bits}")
-        if s.csprng not in ("hmac_drbg", "ctr_drbg"):
-            raise ConfigError(f"train_params.encryption.otp.csprng.name: expected hmac_drbg or ctr_drbg, got {s.csprng!r}")
-        try:
-            named_group(s.group_bits)
-        except ValueError as exc:
-            raise ConfigError(f"train_params.encryption.otp.key_exchange.key_bitlength: {exc}") from None
-        if not 1 <= s.lanes <= 64:
-            raise ConfigError(f"train_params.encryption.otp.lanes: expected 1..64, got {s.lanes}")
-        if s.neighbours is not None and (s.neighbours < 2 or s.neighbours % 2):
-            raise ConfigError(f"train_params.encryption.otp.neighbours: expected an even number >= 2, got {s.neighbours}")
-        return s
+    def of(cls, otp: Otp) -> OtpSettings:
+        return cls(bits=otp.key_bitlength, group_bits=otp.key_exchange.key_bitlength,
+                   optimized=otp.key_exchange.optimized, csprng=otp.csprng.name, method=otp.csprng.method,
+                   neighbours=otp.neighbours)
 
 
 def pad_peers(parties: list[str], me: str, neighbours: int | None = None) -> list[str]:

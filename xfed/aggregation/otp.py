@@ -16,14 +16,16 @@ from typing import Any, Mapping
 import numpy as np
 
 from xfed.aggregation.base import WEIGHT_KEY, LeafBase, RootBase, check_same_layout, encode
+from xfed.aggregation.context import AggregationContext
 from xfed.aggregation.keyexchange import OtpSettings, agree_pad_streams, pad_peers
+from xfed.aggregation.settings import Otp
 from xfed.crypto.fixedpoint import check_params, encoded_shape
 from xfed.crypto.running_sum import RunningSum
 from xfed.errors import FrameError, JobError, blaming
 
 
-def _session(ctx: Any) -> str:
-    return f"{ctx.job_id}/{ctx.stage_id}/{getattr(ctx, 'attempt', 0)}"
+def _session(ctx: AggregationContext) -> str:
+    return f"{ctx.job_id}/{ctx.stage_id}/{ctx.attempt}"
 
 
 def _too_few_warning(n: int) -> str:
@@ -32,9 +34,9 @@ def _too_few_warning(n: int) -> str:
 
 
 class OtpLeaf(LeafBase):
-    def __init__(self, ctx: Any, otp: Mapping[str, Any] | None = None, **kw: Any) -> None:
+    def __init__(self, ctx: AggregationContext, otp: Otp, **kw: Any) -> None:
         super().__init__(ctx, **kw)
-        self.settings = OtpSettings.from_config(otp)
+        self.settings = OtpSettings.of(otp)
         self.peers = [t for t in self.trainers if t != self.node_id]  # pad peers: set in setup()
         self.streams: dict = {}
         self.setup_ms = 0.0
@@ -49,10 +51,9 @@ class OtpLeaf(LeafBase):
             self.warn(_too_few_warning(len(self.trainers)))
         if len(self.trainers) > 1:
             self.peers = pad_peers(self.trainers, self.node_id, self.settings.neighbours)
-        fed = getattr(self.ctx, "fed", None)
-        identities = dict(getattr(fed, "identities", None) or {})
+        identities = dict(self.ctx.fed.identities) if self.ctx.fed is not None else {}
         self.streams = agree_pad_streams(self.comm, self.peers, self.settings, session=_session(self.ctx),
-                                         identity_key=getattr(self.ctx, "identity_key", None),
+                                         identity_key=self.ctx.identity_key,
                                          identities=identities, timeout=self.timeout) if self.peers else {}
         self.setup_ms = round((time.perf_counter() - t0) * 1000, 3)
         self._ready = True
@@ -75,9 +76,9 @@ class OtpLeaf(LeafBase):
 class OtpRoot(RootBase):
     one_copy_mean = True  # every label trainer uploads every round, so each reads every mean
 
-    def __init__(self, ctx: Any, otp: Mapping[str, Any] | None = None, **kw: Any) -> None:
+    def __init__(self, ctx: AggregationContext, otp: Otp, **kw: Any) -> None:
         super().__init__(ctx, **kw)
-        self.settings = OtpSettings.from_config(otp)
+        self.settings = OtpSettings.of(otp)
 
     def setup(self) -> None:
         """The root takes no part in the key exchange; it only warns when masking hides nothing."""

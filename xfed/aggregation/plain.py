@@ -24,9 +24,11 @@ from xfed.aggregation.base import (
     encode,
     layout_of,
 )
-from xfed.crypto.fixedpoint import check_params
+from xfed.aggregation.context import AggregationContext
+from xfed.aggregation.settings import Plain
+from xfed.crypto.fixedpoint import default_frac_bits
 from xfed.crypto.running_sum import RunningSum
-from xfed.errors import ConfigError, FrameError, XfedError, blaming
+from xfed.errors import FrameError, XfedError, blaming
 
 
 class PlainLeaf(LeafBase):
@@ -38,14 +40,10 @@ class PlainLeaf(LeafBase):
 class PlainRoot(RootBase):
     one_copy_mean = True  # every label trainer uploads every round, so each reads every mean
 
-    def __init__(self, ctx: Any, plain: Mapping[str, Any] | None = None, **kw: Any) -> None:
+    def __init__(self, ctx: AggregationContext, plain: Plain, **kw: Any) -> None:
         super().__init__(ctx, **kw)
-        opts = dict(plain or {})
-        try:
-            self.bits = int(opts.get("key_bitlength", 128))
-            self.frac_bits = check_params(self.bits, opts.get("frac_bits"))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"train_params.encryption.plain: {exc}") from None
+        self.bits = plain.key_bitlength  # checked once, by settings.Plain
+        self.frac_bits = default_frac_bits(self.bits)
 
     def aggregate(self, round_idx: int, own_tensors: Mapping[str, Any] | None,
                   own_weight: float = 0.0) -> dict[str, np.ndarray]:

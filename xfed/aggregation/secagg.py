@@ -34,7 +34,8 @@ from xfed.aggregation.base import (
     tag_down,
     tag_up,
 )
-from xfed.aggregation.dropout import check_membership, parse_dropout
+from xfed.aggregation.context import AggregationContext
+from xfed.aggregation.dropout import check_membership
 from xfed.aggregation.keyexchange import OtpSettings, exchange_publics
 from xfed.aggregation.secagg_join import (
     TAG_CHAN,
@@ -57,9 +58,11 @@ from xfed.aggregation.secagg_keys import (
     open_keys_message,
     round_session,
 )
+from xfed.aggregation.settings import Otp
 from xfed.crypto import generate_keypair, named_group, pad_stream, shared_secret
 from xfed.crypto.fixedpoint import add_into, words_per_element
-from xfed.crypto.otp import PadStream, add_pads
+from xfed.crypto.otp import add_pads
+from xfed.crypto.pads import PadStream
 from xfed.crypto.selfmask import SELF_PEER, self_mask_stream
 from xfed.crypto.shamir import encode_share, share_key
 from xfed.errors import FrameError, JobError, SecurityError
@@ -77,9 +80,9 @@ def tag_reveal(r: int) -> str:
     return f"sa/{int(r)}/reveal"
 
 
-def epoch_session(ctx: Any, epoch: int = 0) -> str:
+def epoch_session(ctx: AggregationContext, epoch: int = 0) -> str:
     """E: membership epoch 0 per stage attempt, the next one at every round boundary where nodes rejoined."""
-    return f"{ctx.job_id}/{ctx.stage_id}/{getattr(ctx, 'attempt', 0)}/e{int(epoch)}"
+    return f"{ctx.job_id}/{ctx.stage_id}/{ctx.attempt}/e{int(epoch)}"
 
 
 def n_words(layout: Mapping[str, Any], bits: int) -> int:
@@ -110,15 +113,14 @@ class Prepared:
     pad: np.ndarray | None = None
 
 
-def _identities(ctx: Any) -> dict[str, str]:
-    return dict(getattr(getattr(ctx, "fed", None), "identities", None) or {})
+def _identities(ctx: AggregationContext) -> dict[str, str]:
+    return dict(ctx.fed.identities) if ctx.fed is not None else {}
 
 
 class _SecAgg:
-    def _configure(self, otp: Mapping[str, Any] | None, min_parties: int | None) -> None:
-        opts = dict(otp or {})
-        self.settings = OtpSettings.from_config(opts)
-        self.dropout = parse_dropout(opts.get("dropout"))
+    def _configure(self, otp: Otp, min_parties: int | None) -> None:
+        self.settings = OtpSettings.of(otp)
+        self.dropout = otp.dropout
         if self.dropout is None:
             raise JobError("secure aggregation with dropouts needs encryption.otp.dropout")
         self.floor = check_membership(self.dropout, len(self.trainers), min_parties)
@@ -136,7 +138,7 @@ class _SecAgg:
 
 
 class SecAggLeaf(_SecAgg, LeafBase):
-    def __init__(self, ctx: Any, otp: Mapping[str, Any] | None = None, *, min_parties: int | None = None,
+    def __init__(self, ctx: AggregationContext, otp: Otp, *, min_parties: int | None = None,
                  **kw: Any) -> None:
         super().__init__(ctx, **kw)
         self._configure(otp, min_parties)
@@ -147,7 +149,7 @@ class SecAggLeaf(_SecAgg, LeafBase):
         self._prepared: dict[int, Prepared] = {}
         self._thread: tuple[int, threading.Thread, list] | None = None
         self.setup_ms = 0.0
-        self.incarnation = int(getattr(ctx, "incarnation", 0) or 0)  # > 0: restarted into the running stage
+        self.incarnation = ctx.incarnation  # > 0: restarted into the running stage
         self.start_round = 0  # a rejoiner's first round (from the root's welcome)
         self._ready = False
         self._join_key: tuple[int, int] | None = None
@@ -164,7 +166,7 @@ class SecAggLeaf(_SecAgg, LeafBase):
             return
         private, public = generate_keypair(self.group, optimized=self.settings.optimized)
         publics = exchange_publics(self.comm, self.peers, session=self.session, group=self.group, public=public,
-                                   identity_key=getattr(self.ctx, "identity_key", None),
+                                   identity_key=self.ctx.identity_key,
                                    identities=_identities(self.ctx), timeout=self.timeout)
         self.share_keys = {p: share_key(shared_secret(self.group, private, y), session=self.session,
                                         node_a=self.node_id, node_b=p) for p, y in publics.items()}
@@ -186,7 +188,7 @@ class SecAggLeaf(_SecAgg, LeafBase):
         session = join_session(self.ctx, self.node_id, self.incarnation)
         self.comm.send(self.assist_id, TAG_JOIN, meta=join_message(
             node=self.node_id, incarnation=self.incarnation, peers=self.peers, session=session, group=self.group,
-            public=public, identity_key=getattr(self.ctx, "identity_key", None)))
+            public=public, identity_key=self.ctx.identity_key))
 
     def _receive_welcome(self) -> dict[str, np.ndarray]:
         """Wait until the root admits this node (the Comm's timeout; the job's end stops the wait)."""
@@ -231,7 +233,7 @@ class SecAggLeaf(_SecAgg, LeafBase):
         joined, epoch = meta.get("joined"), meta.get("epoch")
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch <= self.epoch:
             return
-        me, pinned, key = self.node_id, _identities(self.ctx), getattr(self.ctx, "identity_key", None)
+        me, pinned, key = self.node_id, _identities(self.ctx), self.ctx.identity_key
         for node, entry in sorted((joined or {}).items()) if isinstance(joined, dict) else ():
             if node == me or node not in self.index or not isinstance(entry, dict):
                 continue
@@ -255,7 +257,7 @@ class SecAggLeaf(_SecAgg, LeafBase):
         me, rs = self.node_id, round_session(self.session, round_idx)
         own = OwnRound.draw(self.group, optimized=self.settings.optimized, t=self.t, members=self.trainers,
                             session=rs, owner=me)
-        key = getattr(self.ctx, "identity_key", None)
+        key = self.ctx.identity_key
         # a rejoiner keys late answers (a member that was not among the last round's contributors)
         self._adopt_answers([p for p in self.peers if p not in self.share_keys], 0)
         keyed = [p for p in self.peers if p in self.share_keys]  # a rejoiner may lack a channel with some

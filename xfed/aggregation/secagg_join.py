@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from xfed.aggregation.context import AggregationContext
 from xfed.crypto import shared_secret, validate_public
 from xfed.crypto.dh import DhGroup
 from xfed.crypto.shamir import share_key
@@ -29,8 +30,8 @@ TAG_WELCOME = "sa/welcome"
 TAG_CHAN = "sa/chan"
 
 
-def join_session(ctx: Any, node: str, incarnation: int) -> str:
-    return f"{ctx.job_id}/{ctx.stage_id}/{getattr(ctx, 'attempt', 0)}/join/{node}/i{int(incarnation)}"
+def join_session(ctx: AggregationContext, node: str, incarnation: int) -> str:
+    return f"{ctx.job_id}/{ctx.stage_id}/{ctx.attempt}/join/{node}/i{int(incarnation)}"
 
 
 def _sign(identity_key: Any, *, session: str, receiver: str, group: DhGroup, public: int) -> str | None:

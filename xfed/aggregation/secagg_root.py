@@ -11,9 +11,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from xfed.aggregation.base import WEIGHT_KEY, RootBase, as_numpy, check_same_layout, check_weight, tag_up
+from xfed.aggregation.context import AggregationContext
 from xfed.aggregation.secagg import _SecAgg, epoch_session, split_words, tag_ask, tag_reveal
 from xfed.aggregation.secagg_join import TAG_JOIN, TAG_WELCOME, check_join
 from xfed.aggregation.secagg_keys import reconstruct_key, reconstruct_seed, round_session
+from xfed.aggregation.settings import Otp
 from xfed.crypto import pad_stream, shared_secret, unmask_sum, validate_public
 from xfed.crypto.otp import add_pads
 from xfed.crypto.selfmask import SELF_PEER, self_mask_stream
@@ -22,7 +24,7 @@ from xfed.errors import FrameError, JobError, SecurityError
 
 
 class SecAggRoot(_SecAgg, RootBase):
-    def __init__(self, ctx: Any, otp: Mapping[str, Any] | None = None, *, min_parties: int | None = None,
+    def __init__(self, ctx: AggregationContext, otp: Otp, *, min_parties: int | None = None,
                  **kw: Any) -> None:
         super().__init__(ctx, **kw)
         self._configure(otp, min_parties)
@@ -86,8 +88,7 @@ class SecAggRoot(_SecAgg, RootBase):
         """Rejoiners (the scheduler's membership record) whose join request is here, admitted from the
         next round on: new epoch, welcome + this round's mean to them, `joined` to everyone (SECAGG.md §7)."""
         self.last_joined = {}
-        membership = getattr(self.ctx, "membership", None)
-        record = membership() if callable(membership) else {}
+        record = self.ctx.membership()
         for node, k in sorted(record.items()):
             if node in self.index and k > self.incarnations.get(node, 0) and self.listening.get(node) != k:
                 self.comm.set_incarnation(node, k, outbound=False)  # its join comes on the new mailboxes

@@ -1,6 +1,6 @@
 """Job state in Redis: one hash per job (state machine, stage, reason, per-node state, timestamps).
 
-The state machine itself (`JobState`, `can_transition`) is pure logic; `JobStore` applies it
+The state machine itself (`JobState`, `can_transition` in jobrecord.py) is pure logic; `JobStore` applies it
 atomically in Redis with a compare-and-set script, so a late stop can never overwrite a failure.
 Everything the scheduler knows about a job lives here, which is what lets a restarted scheduler
 re-attach to running jobs.
@@ -10,215 +10,23 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import redis
 
-from xfed.broker.messages import NodeState
+from xfed.broker.jobrecord import (
+    RESUMABLE,
+    Job,
+    JobState,
+    NodeStatus,
+    field_int,
+    field_text,
+    job_from_hash,
+    parse_state,
+    rejoin_field,
+    states_before,
+)
 from xfed.errors import BrokerError, JobError
-
-
-class JobState(str, Enum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCESSFUL = "SUCCESSFUL"
-    FAILED = "FAILED"
-    STOPPED = "STOPPED"
-    # never written: what a record reads as when it is unreadable or half-written (unknown state,
-    # no state field, malformed core fields). It is shown with the reason and otherwise skipped:
-    # nothing runs it, resumes it or writes into it.
-    CORRUPT = "CORRUPT"
-
-    @property
-    def terminal(self) -> bool:
-        return self in TERMINAL
-
-
-TERMINAL = frozenset({JobState.SUCCESSFUL, JobState.FAILED, JobState.STOPPED, JobState.CORRUPT})
-ACTIVE = frozenset({JobState.PENDING, JobState.RUNNING})
-
-# RUNNING -> RUNNING is a stage advance; terminal states are final (first outcome wins).
-_ALLOWED: dict[JobState, frozenset[JobState]] = {
-    JobState.PENDING: frozenset({JobState.RUNNING, JobState.FAILED, JobState.STOPPED}),
-    JobState.RUNNING: frozenset({JobState.RUNNING, JobState.SUCCESSFUL, JobState.FAILED, JobState.STOPPED}),
-    JobState.SUCCESSFUL: frozenset(),
-    JobState.FAILED: frozenset(),
-    JobState.STOPPED: frozenset(),
-    JobState.CORRUPT: frozenset(),
-}
-
-# What a node can be doing within a job (per-node table of `status`).
-
-
-def rejoin_field(stage: int, attempt: int) -> str:
-    """Job hash field: {node: {"incarnation": k, "admitted": round or null}} of the stage's rejoins."""
-    return f"rejoin:{int(stage)}.{int(attempt)}"
-
-
-def can_transition(old: JobState, new: JobState) -> bool:
-    """Whether the job state machine allows old -> new."""
-    return new in _ALLOWED[old]
-
-
-# The one way out of a terminal state: `--resume` starts a new attempt (RUNNING, attempt + 1).
-RESUMABLE = frozenset({JobState.FAILED, JobState.STOPPED})
-
-
-def can_resume(state: JobState) -> bool:
-    return state in RESUMABLE
-
-
-def parse_state(value: str | bytes | None, *, job_id: str = "?") -> JobState:
-    """The state a stored value stands for; CORRUPT for anything else (never raises)."""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    try:
-        return JobState(value)
-    except ValueError:
-        return JobState.CORRUPT
-
-
-@dataclass
-class NodeStatus:
-    """One node's view inside a job: stored as JSON in the job hash field `node:<id>`."""
-
-    state: NodeState = NodeState.PENDING
-    stage: int = -1
-    pid: int | None = None
-    message: str = ""
-    progress: dict[str, Any] = field(default_factory=dict)
-    n_stages: int | None = None
-    result: dict[str, Any] | None = None
-    updated: float = 0.0
-    finished: float | None = None   # when the node reported its outcome (event time), for the job's `ended`
-
-    def __post_init__(self) -> None:
-        self.state = NodeState(self.state)  # ValueError for a word that is not a node state
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__, separators=(",", ":"), default=str)
-
-    @classmethod
-    def from_json(cls, raw: str | bytes | None) -> NodeStatus:
-        if not raw:
-            return cls()
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            return cls(message="unreadable node status")
-        if not isinstance(data, dict):
-            return cls(message="unreadable node status")
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        try:
-            return cls(**known)
-        except (TypeError, ValueError):
-            return cls(message="unreadable node status")
-
-
-@dataclass
-class Job:
-    """A snapshot of one job hash."""
-
-    job_id: str
-    state: JobState
-    stage: int = -1
-    attempt: int = 0
-    n_stages: int | None = None
-    reason: str = ""
-    node: str = ""
-    participants: list[str] = field(default_factory=list)
-    created: float = 0.0
-    started: float | None = None
-    ended: float | None = None
-    updated: float = 0.0
-    nodes: dict[str, NodeStatus] = field(default_factory=dict)
-    extra: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def active(self) -> bool:
-        return self.state in ACTIVE
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "job": self.job_id, "state": self.state.value, "stage": self.stage, "attempt": self.attempt,
-            "n_stages": self.n_stages, "reason": self.reason, "node": self.node,
-            "participants": self.participants, "created": self.created, "started": self.started,
-            "ended": self.ended, "updated": self.updated, "uid": self.extra.get("uid", ""),
-            "nodes": {n: s.__dict__ for n, s in self.nodes.items()},
-        }
-
-
-def _s(v: bytes | str | None) -> str:
-    if v is None:
-        return ""
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-
-
-def _f(v: bytes | str | None) -> float | None:
-    try:
-        return float(_s(v)) if v not in (None, b"", "") else None
-    except ValueError:
-        return None
-
-
-def _i(v: bytes | str | None, default: int | None = None) -> int | None:
-    try:
-        return int(_s(v)) if v not in (None, b"", "") else default
-    except ValueError:
-        return default
-
-
-def _problems(h: dict[str, Any]) -> list[str]:
-    """Why a job hash cannot be trusted (empty when it reads well)."""
-    problems = []
-    state = h.get("state")
-    if state in (None, b"", ""):
-        problems.append("no state field (half-written, or re-created after Redis lost its data)")
-    elif _s(state) not in {s.value for s in JobState} or _s(state) == JobState.CORRUPT.value:
-        problems.append(f"unknown state {_s(state)[:40]!r}")
-    for name in ("stage", "attempt"):
-        if h.get(name) not in (None, b"", "") and _i(h.get(name)) is None:
-            problems.append(f"{name} {_s(h.get(name))[:40]!r} is not an integer")
-    try:
-        participants = json.loads(_s(h.get("participants")) or "null")
-    except ValueError:
-        participants = None
-    if not (isinstance(participants, list) and participants and all(isinstance(p, str) for p in participants)):
-        problems.append("participants missing or not a list of node ids")
-    return problems
-
-
-def job_from_hash(job_id: str, h: dict) -> Job:
-    """Build a Job from HGETALL output (bytes or str keys); pure, used by tests and the client.
-
-    A record that does not read well comes back as state CORRUPT with the reason (never raises)."""
-    h = {_s(k): v for k, v in h.items()}
-    problems = _problems(h)
-    try:
-        participants = json.loads(_s(h.get("participants")) or "[]")
-        if not isinstance(participants, list):
-            participants = []
-    except ValueError:
-        participants = []
-    if problems:
-        return Job(job_id=job_id, state=JobState.CORRUPT, stage=_i(h.get("stage"), -1),
-                   reason=f"unreadable job record {job_id}: {'; '.join(problems)}",
-                   participants=[str(p) for p in participants], created=_f(h.get("created")) or 0.0,
-                   updated=_f(h.get("updated")) or 0.0)
-    nodes = {k[5:]: NodeStatus.from_json(v) for k, v in h.items() if k.startswith("node:")}
-    known = {"state", "stage", "attempt", "n_stages", "reason", "node", "participants", "created", "started",
-             "ended", "updated"}
-    return Job(
-        job_id=job_id, state=parse_state(h.get("state"), job_id=job_id), stage=_i(h.get("stage"), -1),
-        attempt=_i(h.get("attempt"), 0), n_stages=_i(h.get("n_stages")), reason=_s(h.get("reason")),
-        node=_s(h.get("node")), participants=[str(p) for p in participants],
-        created=_f(h.get("created")) or 0.0, started=_f(h.get("started")), ended=_f(h.get("ended")),
-        updated=_f(h.get("updated")) or 0.0, nodes=nodes,
-        extra={k: _s(v) for k, v in h.items() if k not in known and not k.startswith("node:")},
-    )
-
 
 # Atomic compare-and-set of the state field: KEYS[1] job hash; ARGV[1] new state; ARGV[2] comma
 # separated allowed old states; ARGV[3] now (sets `started` on the first RUNNING); ARGV[4..] field/value
@@ -333,7 +141,7 @@ class JobStore:
 
     def uid(self, job_id: str) -> str:
         """The job's uid ("" for a job created before uids, or one that no longer exists)."""
-        return _s(self._call(self.r.hget, self.keys.job(job_id), "uid"))
+        return field_text(self._call(self.r.hget, self.keys.job(job_id), "uid"))
 
     def require(self, job_id: str) -> Job:
         job = self.get(job_id)
@@ -351,11 +159,11 @@ class JobStore:
     def position(self, job_id: str) -> tuple[str | None, int | None, int | None]:
         """(state, stage, attempt) as stored, None for what is missing: the cheap read a stage polls."""
         state, stage, attempt = self._call(self.r.hmget, self.keys.job(job_id), "state", "stage", "attempt")
-        return (None if state is None else _s(state), _i(stage), _i(attempt))
+        return (None if state is None else field_text(state), field_int(stage), field_int(attempt))
 
     def job_ids(self, *, newest_first: bool = True, limit: int = 100) -> list[str]:
         ids = self._call(self.r.zrange, self.keys.jobs_index(), 0, limit - 1, desc=newest_first)
-        return [_s(i) for i in ids]
+        return [field_text(i) for i in ids]
 
     def list(self, *, limit: int = 100) -> list[Job]:
         jobs, gone = [], []
@@ -386,7 +194,7 @@ class JobStore:
         """Move the job to `new` if the state machine allows it from its current state (atomic).
 
         Returns False when it does not (e.g. a stop arriving after the job already failed)."""
-        allowed_from = [s.value for s, targets in _ALLOWED.items() if new in targets]
+        allowed_from = [s.value for s in states_before(new)]
         now = time.time()
         fields.setdefault("updated", repr(now))
         if new.terminal:

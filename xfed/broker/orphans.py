@@ -15,7 +15,8 @@ from __future__ import annotations
 import time
 
 from xfed.broker.heartbeat import alive_nodes, scheduler_alive
-from xfed.broker.jobstore import Job, JobState, JobStore
+from xfed.broker.jobrecord import Job, JobState
+from xfed.broker.jobstore import JobStore
 from xfed.broker.messages import job_event
 from xfed.broker.streams import ControlStream
 from xfed.errors import BrokerError

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -80,3 +80,21 @@ def fail(title: str, problems: list[tuple[tuple, str]]) -> None:
                              loc=loc, input=None)
             for loc, msg in problems
         ], None)
+
+
+class ExactlyOne(ConfigModel):
+    """A section whose sub-sections are alternatives (`_CHOICES`): exactly one must be given."""
+
+    _CHOICES: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _one(self) -> ExactlyOne:
+        chosen = [k for k in self._CHOICES if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            got = f" (found {' and '.join(chosen)})" if chosen else ""
+            fail(type(self).__name__.lower(), [((), f"exactly one of {', '.join(self._CHOICES)} is required{got}")])
+        return self
+
+    @property
+    def chosen(self) -> str:
+        return next(k for k in self._CHOICES if getattr(self, k) is not None)

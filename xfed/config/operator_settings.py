@@ -20,8 +20,8 @@ class OperatorSettings:
     params: type[BaseModel]
     # (stage, complete=) -> [(key, message[, severity])]: checks that need the whole stage
     check_stage: Callable[..., list[tuple[str, ...]]] | None = None
-    # (assist train_params, party train_params) -> (merged, ["key: note"]): the assist trainer's win
-    merge_authoritative: Callable[[dict[str, Any], dict[str, Any]], tuple[dict[str, Any], list[str]]] | None = None
+    # (assist Params, party's partial Params) -> (merged Params, ["key: note"]): the assist trainer's win
+    merge_authoritative: Callable[[Any, Any], tuple[BaseModel, list[str]]] | None = None
 
 
 class OperatorUnavailable(ConfigError):

@@ -180,7 +180,7 @@ def _check_across_nodes(report: Report) -> None:
                 report.add(file, f"{mine!r} differs from {theirs!r} in {ref_file}", key="model_info.name", stage=i)
                 continue
             if ref == (fed.assist_trainer_id if fed else None) and raw.get("identity") == "label_trainer":
-                _merged(report, node, i, raw, ref_raw, mine)
+                _merged(report, node, i, mine)
 
 
 def _op_name(raw: dict) -> str | None:
@@ -189,7 +189,7 @@ def _op_name(raw: dict) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _merged(report: Report, node: str, i: int, raw: dict, ref_raw: dict, name: str | None) -> None:
+def _merged(report: Report, node: str, i: int, name: str | None) -> None:
     """Notes for a label trainer's settings the assist trainer overrides; errors if the merge is invalid."""
     nf, af = report.files[node], report.files[report.fed.assist_trainer_id]
     if i not in nf.params or i not in af.params or name is None:
@@ -202,15 +202,14 @@ def _merged(report: Report, node: str, i: int, raw: dict, ref_raw: dict, name: s
     if merge is None:
         return
     file = stage_file_name(node)
-    assist_tp = ref_raw.get("train_info", {}).get("train_params", {})
-    party_tp = raw.get("train_info", {}).get("train_params", {})
-    merged, conflicts = merge(assist_tp, party_tp)
+    merged, conflicts = merge(af.params[i], nf.params[i])  # both validated above (the party's maybe partial)
     for line in conflicts:
         key, _, rest = line.partition(": ")
         report.add(file, f"{rest}; the assist trainer's value is used", key=f"{TRAIN_PARAMS}.{key}", stage=i,
                    severity="note")
     try:
-        settings.params.model_validate(merged, context={"complete": True})
+        # as the label trainer reads it at stage start: the merged train_params it receives, complete
+        settings.params.model_validate(merged.model_dump(mode="json", exclude_unset=True), context={"complete": True})
     except ValidationError as exc:
         for p in from_validation_error(exc, file, stage=i, prefix=TRAIN_PARAMS):
             report.add(p.file, f"{p.message} (with the assist trainer's train_params merged in)", key=p.key,

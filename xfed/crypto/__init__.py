@@ -26,19 +26,18 @@ from xfed.crypto.fixedpoint import (
     sub_limbs,
     words_per_element,
 )
-from xfed.crypto.otp import (
+from xfed.crypto.otp import mask, unmask_sum
+from xfed.crypto.pad_workers import PadWorkers, available_cores, get_pad_workers, shutdown_pad_workers
+from xfed.crypto.pads import (
     CSPRNGS,
     DEFAULT_LANES,
     PROTOCOL_LABEL,
     PadStream,
     derivation_inputs,
-    mask,
     pad_stream,
     pad_words,
     sign_for,
-    unmask_sum,
 )
-from xfed.crypto.pad_workers import PadWorkers, available_cores, get_pad_workers, shutdown_pad_workers
 
 __all__ = [
     # DRBGs

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 
 from xfed.crypto.drbg import CtrDrbg, HmacDrbg, normalize_hash_name
-from xfed.crypto.otp import CSPRNGS, DEFAULT_LANES, PadStream
+from xfed.crypto.pads import CSPRNGS, DEFAULT_LANES, PadStream
 
 __all__ = ["SELF_PEER", "SEED_BYTES", "self_mask_stream", "seed_commitment"]
 

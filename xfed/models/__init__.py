@@ -11,7 +11,7 @@ from xfed.models.family import FAMILIES, detect_family, read_config
 _LAZY = {
     "load_pretrained": "xfed.models.loading",
     "resolve_dtype": "xfed.models.loading",
-    "load_adapter": "xfed.models.adapters",
+    "load_adapter": "xfed.models.adapter_loading",
     "make_peft_model": "xfed.models.adapters",
     "resolve_target_modules": "xfed.models.adapters",
     "linear_module_names": "xfed.models.adapters",

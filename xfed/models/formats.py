@@ -171,17 +171,10 @@ def _native_example(tokenizer: Any, query: str, answer: str, *, instruction: str
 
 def _v1_example(tokenizer: Any, prompt: str, answer: str, max_source_length: int | None,
                 max_target_length: int | None) -> Encoded:
-    try:
-        from xfed.models.chatglm import build_v1_example
-    except ImportError as err:
-        raise ConfigError(f"ChatGLM-6B training format is not available in this build ({err})") from None
-    out = build_v1_example(tokenizer, prompt, answer, max_source_length=max_source_length,
-                           max_target_length=max_target_length)
-    if isinstance(out, Encoded):
-        return out
-    if isinstance(out, dict):
-        return Encoded(list(out["input_ids"]), list(out["labels"]))
-    input_ids, labels = out
+    from xfed.models.chatglm import build_v1_example  # lazily: importing it registers the v1 family
+
+    input_ids, labels = build_v1_example(tokenizer, prompt, answer, max_source_length=max_source_length,
+                                         max_target_length=max_target_length)
     return Encoded(list(input_ids), list(labels))
 
 

@@ -6,7 +6,6 @@ through transformers' Auto classes.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -124,19 +123,10 @@ def _load_bnb(folder: Path, family: str, cfg: dict[str, Any], options: dict[str,
 
 def _load_v1(folder: Path, dtype: torch.dtype, device: Any, allow_random_init: bool,
              quantization_bit: int | None = None):
-    try:
-        from xfed.models.chatglm import from_thudm_folder
-    except ImportError as err:
-        raise ModelError(f"{folder}: ChatGLM-6B (v1) support is not available in this build ({err})") from None
-    params = inspect.signature(from_thudm_folder).parameters
-    kwargs: dict[str, Any] = {"dtype": dtype, "device": device}
-    if quantization_bit:
-        kwargs["quantization_bit"] = quantization_bit
-    if "allow_random_init" in params:
-        kwargs["allow_random_init"] = allow_random_init
-    elif not has_weights(folder):
-        raise ModelError(f"{folder}: no weights (pytorch_model.bin, shards with an index, or model.safetensors)")
-    return from_thudm_folder(folder, **kwargs)
+    from xfed.models.chatglm import from_thudm_folder  # lazily: importing it registers the v1 family
+
+    return from_thudm_folder(folder, dtype=dtype, device=device, allow_random_init=allow_random_init,
+                             quantization_bit=quantization_bit or None)
 
 
 def _load_native_model(folder: Path, dtype: torch.dtype, device: Any, allow_random_init: bool):

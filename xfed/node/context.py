@@ -4,10 +4,15 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from xfed.broker.jobstore import JobStore
 from xfed.errors import BrokerError
+
+if TYPE_CHECKING:  # a stage child imports these anyway; the daemon need not
+    from xfed.broker.channels import Comm
+    from xfed.config import FedConf, Stage
+    from xfed.security.identity import IdentityKey
 
 
 class StopWatcher:
@@ -90,13 +95,13 @@ class StageContext:
     attempt: int
     node_id: str
     identity: str
-    stage: Any                      # this node's own Stage config (never leaves the party)
-    fed: Any                        # FedConf
+    stage: Stage                    # this node's own Stage config (never leaves the party)
+    fed: FedConf
     trainer_ids: list[str]
     assist_id: str | None
-    comm: Any                       # xfed.broker.channels.Comm for this (job, stage)
+    comm: Comm                      # this (job, stage)'s channels
     work_dir: Path
-    identity_key: Any = None        # this node's Ed25519 IdentityKey when fed_conf pins identities
+    identity_key: IdentityKey | None = None  # this node's Ed25519 key when fed_conf pins identities
     job_uid: str = ""               # the job record's uid: output folders and resume states carry it
     incarnation: int = 0            # > 0: this node was restarted and rejoins the running stage
     _report: Callable[[str, dict], None] = field(repr=False, default=lambda kind, data: None)

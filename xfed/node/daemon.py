@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from xfed.broker.heartbeat import Heartbeat
-from xfed.broker.jobstore import JobState, JobStore
+from xfed.broker.jobrecord import JobState
+from xfed.broker.jobstore import JobStore
 from xfed.broker.streams import ControlStream, Entry
 from xfed.errors import BrokerError, XfedError
 from xfed.node.child import SpareChild, StageChild, describe_exit
@@ -53,15 +54,15 @@ class NodeDaemon:
         self.node_id, self.role, self.fed, self.r, self.keys = node_id, role, fed, r, keys
         self.work_root = Path(work_root) if work_root else default_work_root(config_path)
         self.stop_grace_s = stop_grace_s
-        self.interval = float(getattr(fed, "heartbeat_interval", 2.0) or 2.0)
+        self.interval = fed.heartbeat_interval
         self.cmds = ControlStream(r, keys.node_cmd(node_id), maxlen=1000)
         self.jobs = JobStore(r, keys)
         self.hb = Heartbeat(r, keys, node_id, role, interval=self.interval,
                             config_dir=Path(config_path).resolve(),
-                            failover_s=float(getattr(fed, "failover_window_s", 0.0) or 0.0))
+                            failover_s=fed.failover_window_s)
         # one stage process per job (job id -> child), at most max_concurrent_jobs (fed_conf.json) at once
         self.children: dict[str, StageChild] = {}
-        self.max_jobs = int(getattr(fed, "max_concurrent_jobs", 1) or 1)
+        self.max_jobs = fed.max_concurrent_jobs
         # a warm stage process (imports done) ready for the next stage; XFED_SPARE_CHILD=0 disables it
         self.use_spare = os.environ.get("XFED_SPARE_CHILD", "1") != "0"
         self.spare: SpareChild | None = None
@@ -270,7 +271,7 @@ class NodeDaemon:
         try:
             return float(load_fed_conf(self.config_path).progress_timeout)
         except XfedError:
-            return float(getattr(self.fed, "progress_timeout", 300.0) or 300.0)
+            return self.fed.progress_timeout
 
     def _ensure_spare(self) -> None:
         """Keep one warm stage process (retrying every 5 s if spares die unused): while idle, and with

@@ -131,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     keys = Keys(fed.redis.namespace)
     r = connect(fed)
     reporter = EventReporter(r, keys, args.job, args.node, args.stage, args.attempt, identity_key=identity_key,
-                             incarnation=getattr(args, "incarnation", 0),
+                             incarnation=args.incarnation,
                              background=True)  # progress/metrics never hold up a round
     pulse = Pulse(args.work_dir)  # the daemon fails a stage whose main thread stops moving
     watcher = StopWatcher(JobStore(r, keys), args.job, args.stage, args.attempt, on_poll=pulse.beat)
@@ -204,19 +204,19 @@ def _make_comm(r, keys, args, watcher, fed=None, identity_key=None):
     from xfed.broker.channels import Comm
 
     auth = None
-    if getattr(fed, "identities", None):
+    if fed.identities:
         from xfed.security.messages import MessageAuth
 
         auth = MessageAuth(fed.identities, identity_key)
     # the watcher wakes on the job's state changes itself: the Comm's own job-state read is only a
     # fallback, and its blocking reads may last a second (a stop is still seen within that second)
     return Comm(r, keys, args.job, args.stage, args.node, attempt=args.attempt, should_stop=watcher, auth=auth,
-                incarnation=getattr(args, "incarnation", 0), poll_s=1.0, job_check_s=30.0)
+                incarnation=args.incarnation, poll_s=1.0, job_check_s=30.0)
 
 
 def unpinned_warning(fed) -> str | None:
     """One line when identities are pinned for some participants but not all (None otherwise)."""
-    pins = getattr(fed, "identities", None) or {}
+    pins = fed.identities
     if not pins:
         return None
     missing = [n for n in fed.node_ids if n not in pins]

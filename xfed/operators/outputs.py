@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from xfed.errors import ConfigError
+from xfed.operators.context import OperatorContext
 
 MARKER = "xfed_job.json"
 
 
-def job_identity(ctx: Any) -> dict[str, str]:
+def job_identity(ctx: OperatorContext) -> dict[str, str]:
     """What the marker and resume states record about the job running `ctx`."""
-    fed = getattr(ctx, "fed", None)
-    namespace = getattr(getattr(fed, "redis", None), "namespace", "") or ""
-    return {"job": str(ctx.job_id), "uid": str(getattr(ctx, "job_uid", "") or ""), "namespace": str(namespace)}
+    namespace = ctx.fed.redis.namespace if ctx.fed is not None else ""  # a DDP rank's context has no FedConf
+    return {"job": str(ctx.job_id), "uid": ctx.job_uid, "namespace": namespace}
 
 
 def same_job(recorded: dict[str, Any], ours: dict[str, str]) -> bool:
@@ -48,11 +48,11 @@ def read_marker(folder: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def claim_output_dir(folder: Path, ctx: Any) -> Path:
+def claim_output_dir(folder: Path, ctx: OperatorContext) -> Path:
     """Create `folder` for this job, or accept it when it is already this job's; ConfigError otherwise."""
     folder = Path(folder)
     ours = job_identity(ctx)
-    node = getattr(ctx, "node_id", "?")
+    node = ctx.node_id
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{node}: output.path {folder} is a file, not a folder")
     marker = read_marker(folder) if folder.is_dir() else None

@@ -2,7 +2,7 @@
 
 Each operator is a package `xfed.operators.<name>` with:
 - `config.py` defining `Params` (pydantic v2 model of `train_info.train_params`; pydantic only),
-  optionally `check_stage(stage, complete=)` and `merge_authoritative(assist, party)`;
+  optionally `check_stage(stage, complete=)`; optionally `merge.py` with `merge_authoritative(assist, party)`;
 - `operator.py` exposing `run(ctx) -> dict` for one stage on one node.
 
 Config imports no operator: `register_operator_settings()` hands each operator's settings to
@@ -11,6 +11,7 @@ Config imports no operator: `register_operator_settings()` hands each operator's
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from xfed.config import operator_settings
@@ -49,9 +50,10 @@ def register_operator_settings() -> None:
     for name, package in OPERATORS.items():
         try:
             module = importlib.import_module(package + ".config")
+            merge = (importlib.import_module(package + ".merge").merge_authoritative
+                     if importlib.util.find_spec(package + ".merge") is not None else None)
             settings: OperatorSettings | str = OperatorSettings(
-                params=module.Params, check_stage=getattr(module, "check_stage", None),
-                merge_authoritative=getattr(module, "merge_authoritative", None))
+                params=module.Params, check_stage=getattr(module, "check_stage", None), merge_authoritative=merge)
         except ImportError as exc:
             settings = f"operator {name!r} is not available here ({exc})"
         except Exception as exc:  # a broken operator package must not turn into a traceback

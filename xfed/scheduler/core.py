@@ -11,14 +11,13 @@ import threading
 import time
 from typing import Any
 
-from xfed.broker.attempts import with_ended_attempt
 from xfed.broker.heartbeat import Heartbeat, alive_nodes
-from xfed.broker.jobstore import Job, JobState, JobStore, NodeStatus, can_resume
+from xfed.broker.jobrecord import Job, JobState, NodeStatus
+from xfed.broker.jobstore import JobStore
 from xfed.broker.messages import NodeState, StageAction, job_event, stop_job_command
-from xfed.broker.requests import send_reply
 from xfed.broker.streams import ControlStream, Entry, read_many
-from xfed.errors import BrokerError, XfedError
-from xfed.scheduler.capacity import capacity_refusal, only_active_job
+from xfed.errors import BrokerError
+from xfed.scheduler.client_requests import GROUP, RequestsMixin
 from xfed.scheduler.dropouts import judge_dead, note_secagg, policy_of
 from xfed.scheduler.event_checks import EventChecks
 from xfed.scheduler.membership import MembershipMixin
@@ -40,23 +39,22 @@ log = logging.getLogger("xfed.scheduler")
 REPORTED_STATES = {"starting": NodeState.RUNNING, "running": NodeState.RUNNING, "stopped": NodeState.STOPPED,
                    **{s.value: s for s in NodeState}}
 
-GROUP = "scheduler"
 SCHEDULER_ID = "scheduler"
 # after a job ends, keep reading its events a little so the per-node table shows who stopped
 LINGER_S = 10.0
 RECONNECT_BACKOFF_CAP_S = 2.0  # xfed.broker.connection's retry backoff cap
 
 
-class Scheduler(MembershipMixin):
+class Scheduler(RequestsMixin, MembershipMixin):
     def __init__(self, *, fed: Any, r: Any, keys: Any, interval: float | None = None) -> None:
         self.fed, self.r, self.keys = fed, r, keys
-        self.interval = float(interval or getattr(fed, "heartbeat_interval", 2.0) or 2.0)
+        self.interval = float(interval or fed.heartbeat_interval)
         self.participants = list(fed.node_ids)
-        self.max_jobs = int(getattr(fed, "max_concurrent_jobs", 1) or 1)  # jobs RUNNING at once
+        self.max_jobs = fed.max_concurrent_jobs  # jobs RUNNING at once
         self.jobs = JobStore(r, keys)
         self.requests = ControlStream(r, keys.requests(), maxlen=10_000)
         self.hb = Heartbeat(r, keys, SCHEDULER_ID, "scheduler", interval=self.interval, key=keys.scheduler(),
-                            config_dir=fed.config_dir, failover_s=float(getattr(fed, "failover_window_s", 0.0) or 0.0))
+                            config_dir=fed.config_dir, failover_s=fed.failover_window_s)
         self.cursors: dict[str, str] = {}          # job id -> last event id read
         self.lingering: dict[str, float] = {}      # finished job id -> stop reading at (monotonic)
         self.shutdown = threading.Event()
@@ -166,94 +164,6 @@ class Scheduler(MembershipMixin):
         self.lingering.pop(job_id, None)
         self.cursors.pop(job_id, None)
         self.event_checks.forget(job_id)
-
-    # -- requests -------------------------------------------------------------------------------
-    def _handle_request(self, entry: Entry) -> None:
-        try:
-            if entry.error:
-                log.warning("ignoring malformed request: %s", entry.error)
-                return
-            msg = entry.msg
-            try:
-                self.keys.reply(msg["request_id"])
-            except XfedError:  # no way to answer it: do not act on it either (the sender learns nothing)
-                log.warning("ignoring %s request: request id %r is not usable as a key", msg["type"],
-                            str(msg["request_id"])[:80])
-                return
-            try:
-                reply = self._start(msg) if msg["type"] == "start" else self._stop(msg)
-            except BrokerError:
-                raise
-            except XfedError as err:
-                reply = {"ok": False, "error": str(err)}
-            except Exception as err:  # noqa: BLE001 - answer the client instead of dying
-                log.exception("request %s failed", entry.id)
-                reply = {"ok": False, "error": f"scheduler error: {type(err).__name__}: {err}"}
-            self._reply(msg["request_id"], reply)
-        finally:
-            self.requests.ack(GROUP, entry.id)
-
-    def _reply(self, request_id: str, reply: dict) -> None:
-        try:
-            self.keys.reply(request_id)
-        except XfedError:
-            log.warning("request id %r is not usable as a key; no reply sent", request_id[:80])
-            return
-        send_reply(self.r, self.keys, request_id, reply)
-
-    def _start(self, msg: dict) -> dict:
-        refusal = capacity_refusal(self.jobs.active(), self.max_jobs)
-        if refusal:
-            return {"ok": False, "error": refusal}
-        missing = missing_nodes(self.participants, alive_nodes(self.r, self.keys, self.participants))
-        if missing:
-            return {"ok": False, "missing": missing,
-                    "error": f"cannot start: node(s) not alive (no heartbeat): {', '.join(missing)}"}
-        if msg.get("resume") is not None:
-            return self._resume(str(msg["resume"]))
-        job_id = self.jobs.create(self.participants, extra={"cursor": "0-0"}, above=self._max_job_id)
-        self._max_job_id = max(self._max_job_id, int(job_id))
-        self.lingering.pop(job_id, None)  # an id reused after Redis lost its data
-        self.cursors[job_id] = "0-0"
-        self._dispatch(job_id, 0, 0, self.participants)
-        log.info("job %s started on %s", job_id, ", ".join(self.participants))
-        return {"ok": True, "job": job_id}
-
-    def _resume(self, job_id: str) -> dict:
-        """A FAILED/STOPPED job runs again from the stage it ended in, as attempt + 1.
-
-        Earlier stages are not re-run. The operator sees `ctx.attempt` and picks up its own
-        checkpoints (for horizontal_chatglm: the last aggregated adapter); mailboxes and pad
-        streams are per attempt, so nothing of the failed attempt is reused."""
-        job = self.jobs.require(job_id)
-        if not can_resume(job.state):
-            return {"ok": False, "error": f"job {job_id} is {job.state.value}; only FAILED or STOPPED jobs "
-                                         f"can be resumed"}
-        if sorted(job.participants) != sorted(self.participants):
-            return {"ok": False, "error": f"job {job_id} ran on {', '.join(job.participants)}; fed_conf.json now "
-                                         f"lists {', '.join(self.participants)}"}
-        stage, attempt = max(job.stage, 0), job.attempt + 1
-        if not self.jobs.resume(job_id, stage=stage, attempt=attempt):
-            return {"ok": False, "error": f"job {job_id} changed state meanwhile; try again"}
-        self.jobs.set_fields(job_id, attempts=with_ended_attempt(job))  # why earlier attempts ended, for status
-        self.lingering.pop(job_id, None)
-        self.cursors[job_id] = ControlStream(self.r, self.keys.job_events(job_id)).last_id()
-        self.jobs.set_fields(job_id, cursor=self.cursors[job_id])
-        for n in job.participants:
-            self.jobs.set_node(job_id, n, NodeStatus(state=NodeState.DISPATCHED, stage=stage))
-        self._send_stage(job_id, stage, attempt, job.participants)
-        log.info("job %s resumed at stage %s (attempt %s)", job_id, stage, attempt)
-        return {"ok": True, "job": job_id, "stage": stage, "attempt": attempt}
-
-    def _stop(self, msg: dict) -> dict:
-        job_id = msg.get("job")
-        if job_id is None:
-            job_id = only_active_job(self.jobs.active())  # JobError naming them when several run
-        job = self.jobs.require(str(job_id))
-        if not job.active:
-            return {"ok": False, "error": f"job {job.job_id} already ended {job.state.value}"}
-        self._finish(job.job_id, JobState.STOPPED, "stopped by client request", "")
-        return {"ok": True, "job": job.job_id, "state": JobState.STOPPED.value}
 
     # -- stages ---------------------------------------------------------------------------------
     def _dispatch(self, job_id: str, stage: int, attempt: int, participants: list[str]) -> None:

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from xfed.broker.jobstore import Job
+from xfed.broker.jobrecord import Job
 
 DROPPED = "dropped"
 MAX_ROUNDS_KEPT = 200

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xfed.errors import XfedError
+
+if TYPE_CHECKING:
+    from xfed.config import FedConf
 
 log = logging.getLogger("xfed.scheduler")
 
@@ -13,7 +16,7 @@ class EventChecks:
     """Per job, the identities' verifier (None when nothing is pinned); fed_conf.json is read again
     for each job, as nodes read it at each stage start."""
 
-    def __init__(self, fed: Any, namespace: str) -> None:
+    def __init__(self, fed: FedConf, namespace: str) -> None:
         self.fed, self.namespace = fed, namespace
         self._by_job: dict[str, Any] = {}   # job id -> EventVerifier | None
 
@@ -25,8 +28,8 @@ class EventChecks:
             from xfed.config import load_fed_conf
             from xfed.security.events import EventVerifier
 
-            identities = getattr(self.fed, "identities", None) or {}
-            config_dir = getattr(self.fed, "config_dir", None)
+            identities = self.fed.identities
+            config_dir = self.fed.config_dir
             if config_dir is not None:
                 try:
                     identities = load_fed_conf(config_dir).identities

@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from xfed.broker.jobstore import Job, NodeStatus, rejoin_field
+from xfed.broker.jobrecord import Job, NodeStatus, rejoin_field
 from xfed.broker.messages import NodeState
 from xfed.broker.streams import ControlStream
 from xfed.scheduler.rejoins import with_admission, with_rejoin

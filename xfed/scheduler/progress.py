@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from xfed.broker.jobstore import NodeStatus
+from xfed.broker.jobrecord import NodeStatus
 from xfed.broker.messages import NodeState, StageAction
 
 

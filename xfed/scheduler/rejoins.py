@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from xfed.broker.jobstore import Job, rejoin_field
+from xfed.broker.jobrecord import Job, rejoin_field
 from xfed.broker.messages import NodeState
 from xfed.scheduler.dropouts import DropoutPolicy
 

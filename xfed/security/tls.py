@@ -12,7 +12,6 @@ Then: redis-server --port 0 --tls-port 6380 --tls-cert-file OUT/server.crt --tls
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import ipaddress
 import os
@@ -20,11 +19,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from xfed.commands import HELP, run
 from xfed.errors import ConfigError
 
 _STEM_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")  # a file name, never a path
@@ -113,23 +114,28 @@ def issue(folder: str | os.PathLike, stem: str, *, hosts: list[str] | None = Non
     return CertFiles(out / f"{stem}.crt", out / f"{stem}.key", out / "ca.crt")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m xfed.security.tls", description=__doc__.splitlines()[0])
-    p.add_argument("out", help="folder for ca.crt/ca.key, server.crt/server.key, <client>.crt/.key")
-    p.add_argument("--host", action="append", default=[], help="name or IP the parties dial (repeatable)")
-    p.add_argument("--client", action="append", default=[], help="party needing a client certificate")
-    p.add_argument("--days", type=int, default=365)
-    args = p.parse_args(argv)
+@click.command(context_settings=HELP, help=__doc__.splitlines()[0])
+@click.argument("out")
+@click.option("--host", "hosts", multiple=True, help="Name or IP the parties dial (repeatable; default localhost, "
+                                                     "127.0.0.1).")
+@click.option("--client", "clients", multiple=True, help="Party needing a client certificate (repeatable).")
+@click.option("--days", type=int, default=365, show_default=True, help="Validity of every certificate.")
+def command(out: str, hosts: tuple[str, ...], clients: tuple[str, ...], days: int) -> int:
+    """OUT: folder for ca.crt/ca.key, server.crt/server.key, <client>.crt/.key."""
     try:
-        make_ca(args.out, days=args.days)
-        issue(args.out, "server", hosts=args.host or ["localhost", "127.0.0.1"], days=args.days)
-        for c in args.client:
-            issue(args.out, c, client=True, days=args.days)
+        make_ca(out, days=days)
+        issue(out, "server", hosts=list(hosts) or ["localhost", "127.0.0.1"], days=days)
+        for c in clients:
+            issue(out, c, client=True, days=days)
     except ConfigError as err:
-        print(f"error: {err}")
+        click.echo(f"error: {err}")
         return 2
-    print(f"wrote ca.crt, server.crt/.key{''.join(f', {c}.crt/.key' for c in args.client)} in {args.out}")
+    click.echo(f"wrote ca.crt, server.crt/.key{''.join(f', {c}.crt/.key' for c in clients)} in {out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(command, argv, "python -m xfed.security.tls")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import click
+
+from xfed.commands import HELP, run
 from xfed.errors import BrokerError, XfedError
 
 from .page import HTML, JS
@@ -99,5 +102,13 @@ def serve_command(config_path: str, host: str = "127.0.0.1", port: int = DEFAULT
     return 0
 
 
+@click.command(context_settings=HELP, help="A read-only status page of the federation (what `xfed -c serve` runs).")
+@click.argument("config_path", default="./config")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (keep it local unless you mean it).")
+@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, help="The page's TCP port.")
+def command(config_path: str, host: str, port: int) -> int:
+    return serve_command(config_path, host, port)
+
+
 if __name__ == "__main__":
-    sys.exit(serve_command(sys.argv[1] if len(sys.argv) > 1 else "./config"))
+    sys.exit(run(command, None, "python -m xfed.web.server"))

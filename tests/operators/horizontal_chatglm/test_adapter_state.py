@@ -11,10 +11,11 @@ from xfed.operators.horizontal_chatglm.adapter_state import (
     load_trainable,
     save_adapter,
 )
+from xfed.operators.horizontal_chatglm.config import Peft
 from xfed.operators.horizontal_chatglm.peft_setup import apply_peft
 
-LORA = {"LORA": {"r": 4, "target_modules": ["q_proj", "v_proj"], "lora_alpha": 8}}
-PREFIX_PROJ = {"PREFIX_TUNING": {"pre_seq_len": 4, "prefix_projection": True, "prefix_hidden_size": 16}}
+LORA = Peft.model_validate({"LORA": {"r": 4, "target_modules": ["q_proj", "v_proj"], "lora_alpha": 8, "lora_dropout": 0.0}})
+PREFIX_PROJ = Peft.model_validate({"PREFIX_TUNING": {"pre_seq_len": 4, "prefix_projection": True, "prefix_hidden_size": 16}})
 
 
 def _base(tiny_glm):
@@ -59,7 +60,7 @@ def test_load_in_place_keeps_parameter_objects_and_checks_shapes(tiny_glm):
         load_trainable(peft_model, {k: v for k, v in tensors.items() if k != name}, source="test")
 
 
-@pytest.mark.parametrize("peft", [LORA, PREFIX_PROJ, {"PREFIX_TUNING": {"pre_seq_len": 3}}],
+@pytest.mark.parametrize("peft", [LORA, PREFIX_PROJ, Peft.model_validate({"PREFIX_TUNING": {"pre_seq_len": 3}})],
                          ids=["lora", "prefix-projection", "prefix"])
 def test_saved_adapter_loads_with_plain_peft_and_gives_the_same_logits(tiny_glm, tmp_path, peft):
     from peft import PeftModel
@@ -77,7 +78,7 @@ def test_saved_adapter_loads_with_plain_peft_and_gives_the_same_logits(tiny_glm,
 
 @pytest.mark.parametrize("peft", [LORA, PREFIX_PROJ], ids=["lora", "prefix-projection"])
 def test_resume_continues_from_the_trainable_state(tiny_glm, tmp_path, peft):
-    kind = next(iter(peft))
+    kind = peft.kind
     peft_model = apply_peft(_base(tiny_glm), peft)
     _perturb(peft_model)
     saved = extract_trainable(peft_model)

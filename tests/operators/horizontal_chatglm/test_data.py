@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from xfed.errors import ConfigError
-from xfed.operators.horizontal_chatglm import data
+from xfed.operators.horizontal_chatglm import collate, data
 
 SHARED = Path(__file__).resolve().parents[3].parent / "shared"
 POETRY = SHARED / "xfl_compat" / "dataset" / "poetry_small"
@@ -213,11 +213,11 @@ def test_any_file_content_gives_examples_or_one_line_config_error(tmp_path, suff
     ({"prompt_pattern": "{"}, "dataset.prompt_pattern: not a valid pattern"),
     ({"prompt_pattern": "{} {query}"}, "dataset.prompt_pattern: mixes {} slots and named fields"),
     ({"history_template": "{}"}, "dataset.history_template: needs 2 or 3"),
-    ({"max_src_length": 0}, "dataset.max_src_length: expected a positive integer"),
+    ({"max_src_length": 0}, "dataset.max_src_length: Input should be greater than or equal to 1"),
 ])
 def test_bad_dataset_options(params, expected):
     with pytest.raises(ConfigError) as err:
-        data.DatasetOptions.of(params)
+        data.dataset_settings(params)
     assert expected in str(err.value)
 
 
@@ -243,12 +243,6 @@ def test_features_truncate_prompt_and_answer(char_tokenizer, caplog):
         tok.convert_tokens_to_ids(list("ij")) + [tok.eos_token_id]
     assert f["labels"][:4] == [-100] * 4 and f["labels"][-1] == tok.eos_token_id
     assert len(f["input_ids"]) == 4 + 3
-
-
-def test_brief_argument_order_family_then_params(char_tokenizer):
-    ex = [data.Example(prompt="ab", answer="c")]
-    assert data.build_features(ex, char_tokenizer, "auto", {"max_src_length": 2}) == \
-        data.build_features(ex, char_tokenizer, {"max_src_length": 2}, family="auto")
 
 
 def test_build_prompts_match_feature_prompts(char_tokenizer):
@@ -303,11 +297,11 @@ def test_model_family_from_the_loaded_model():
 
 def test_collator_right_pads_with_masked_labels(char_tokenizer):
     feats = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}]
-    batch = data.make_collator(char_tokenizer)(feats)
+    batch = collate.make_collator(char_tokenizer)(feats)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    keep_pad = data.make_collator(char_tokenizer, {"ignore_pad_token_for_loss": False}, pad_to_multiple_of=4)(feats)
+    keep_pad = collate.make_collator(char_tokenizer, {"ignore_pad_token_for_loss": False}, pad_to_multiple_of=4)(feats)
     assert keep_pad["labels"].tolist() == [[-100, 6, 7, 0], [5, 0, 0, 0]]
 
 

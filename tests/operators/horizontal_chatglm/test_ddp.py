@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from xfed.errors import ConfigError
+from xfed.operators.horizontal_chatglm.config import Params
 from xfed.operators.horizontal_chatglm.ddp import DdpGroup, check_device, nproc_of, wants_cuda
 
 
@@ -33,10 +34,13 @@ def test_only_label_trainers_run_several_ranks_and_cuda_needs_a_gpu_per_rank(mon
 
 def test_the_backend_follows_the_partys_own_trainer_settings(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
-    assert wants_cuda({}) and wants_cuda({"trainer": {"per_device_train_batch_size": 2}})
-    assert not wants_cuda({"trainer": {"no_cuda": True}}) and not wants_cuda({"trainer": {"use_cpu": True}})
+    def own(raw: dict) -> Params:
+        return Params.model_validate(raw, context={"complete": False})
+
+    assert wants_cuda(own({})) and wants_cuda(own({"trainer": {"per_device_train_batch_size": 2}}))
+    assert not wants_cuda(own({"trainer": {"no_cuda": True}})) and not wants_cuda(own({"trainer": {"use_cpu": True}}))
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    assert not wants_cuda({})
+    assert not wants_cuda(own({}))
     cpu_trainer = SimpleNamespace(args=SimpleNamespace(use_cpu=True))
     check_device(DdpGroup(0, 2, cuda=False), cpu_trainer, "n1")  # agrees: nothing to say
     with pytest.raises(ConfigError, match="started for CUDA, but the job's trainer settings train on CPU"):

@@ -6,6 +6,7 @@ from click.testing import CliRunner
 
 from xfed.infer import main
 from xfed.operators.horizontal_chatglm.adapter_state import save_adapter
+from xfed.operators.horizontal_chatglm.config import Peft
 from xfed.operators.horizontal_chatglm.inference import render_prompt
 from xfed.operators.horizontal_chatglm.peft_setup import apply_peft
 
@@ -16,7 +17,8 @@ def adapter(tiny_glm, tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
     peft_model = apply_peft(AutoModelForCausalLM.from_pretrained(str(tiny_glm)),
-                            {"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"]}})
+                            Peft.model_validate({"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"], "lora_alpha": 8,
+                                                          "lora_dropout": 0.0}}))
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:

@@ -2,7 +2,8 @@
 import pytest
 
 from xfed.errors import PreflightError
-from xfed.operators.horizontal_chatglm.config import merge_authoritative
+from xfed.operators.horizontal_chatglm.config import validated_params
+from xfed.operators.horizontal_chatglm.merge import merge_authoritative
 from xfed.operators.horizontal_chatglm.preflight import (
     compare_fingerprints,
     conflict_warnings,
@@ -18,12 +19,13 @@ ASSIST = {
 
 def test_each_conflicting_key_is_one_warning_naming_party_and_key():
     party = {"trainer": {"learning_rate": 0.5, "per_device_train_batch_size": 4}, "peft": {"LORA": {"r": 16}}}
-    effective, conflicts = merge_authoritative(ASSIST, party)
+    effective, conflicts = merge_authoritative(validated_params(ASSIST, "assist"),
+                                               validated_params(party, "node-2", complete=False))
     lines = conflict_warnings("node-2", conflicts)
     assert len(lines) == 2
     assert any(line.startswith("node-2: train_params.trainer.learning_rate") for line in lines)
     assert any(line.startswith("node-2: train_params.peft.LORA.r") for line in lines)
-    assert effective["trainer"]["learning_rate"] == 1e-3 and effective["trainer"]["per_device_train_batch_size"] == 4
+    assert effective.trainer["learning_rate"] == 1e-3 and effective.trainer["per_device_train_batch_size"] == 4
 
 
 def test_fingerprint_mismatch_names_the_party_and_builds_a_table():

@@ -10,6 +10,7 @@ import torch
 from tests.tensorboard_events import read_scalars
 from xfed.errors import ConfigError
 from xfed.operators.horizontal_chatglm import reporting
+from xfed.operators.horizontal_chatglm.config import Peft
 from xfed.operators.horizontal_chatglm.metrics import MetricsLog
 from xfed.operators.horizontal_chatglm.peft_setup import apply_peft
 from xfed.operators.horizontal_chatglm.rounds import FederatedCallback, RoundRunner
@@ -33,8 +34,8 @@ class _Ctx:
 
 
 class _Stats:  # what an aggregator measured in its last round
-    last_stats = {"mask_ms": 1.5, "unmask_ms": 0.0, "wait_ms": 2.0, "bytes_sent": 100, "bytes_received": 40,
-                  "parties": 2}
+    last_round_stats = {"mask_ms": 1.5, "unmask_ms": 0.0, "wait_ms": 2.0, "bytes_sent": 100, "bytes_received": 40,
+                        "parties": 2}
 
 
 def test_label_trainer_writes_event_files_and_trainer_state_with_every_step(tiny_glm, tmp_path):
@@ -42,7 +43,8 @@ def test_label_trainer_writes_event_files_and_trainer_state_with_every_step(tiny
 
     torch.manual_seed(0)
     peft_model = apply_peft(AutoModelForCausalLM.from_pretrained(str(tiny_glm)),
-                            {"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"]}})
+                            Peft.model_validate({"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"], "lora_alpha": 8,
+                                                          "lora_dropout": 0.0}}))
     args = training_arguments({"per_device_train_batch_size": 2, "num_train_epochs": 1, "learning_rate": 1e-2, "no_cuda": True,
                                "report_to": ["tensorboard"], "run_name": reporting.run_name("7", "node-1")},
                               tmp_path / "trainer")
@@ -96,10 +98,14 @@ def test_default_is_no_backend_and_a_missing_backend_is_a_one_line_error(tmp_pat
 
 
 def test_report_to_is_each_partys_own_and_never_handed_on_by_the_assist_trainer():
-    from xfed.operators.horizontal_chatglm.config import merge_authoritative
+    from xfed.operators.horizontal_chatglm.config import validated_params
+    from xfed.operators.horizontal_chatglm.merge import merge_authoritative
 
-    assist = {"trainer": {"learning_rate": 0.1, "report_to": ["wandb"], "run_name": "agg"}}
-    merged, conflicts = merge_authoritative(assist, {"trainer": {"per_device_train_batch_size": 2}})
-    assert "report_to" not in merged["trainer"] and "run_name" not in merged["trainer"] and not conflicts
-    merged, conflicts = merge_authoritative(assist, {"trainer": {"report_to": ["tensorboard"]}})
-    assert merged["trainer"]["report_to"] == ["tensorboard"] and not conflicts
+    def partial(raw: dict):
+        return validated_params(raw, "node-1", complete=False)
+
+    assist = partial({"trainer": {"learning_rate": 0.1, "report_to": ["wandb"], "run_name": "agg"}})
+    merged, conflicts = merge_authoritative(assist, partial({"trainer": {"per_device_train_batch_size": 2}}))
+    assert "report_to" not in merged.trainer and "run_name" not in merged.trainer and not conflicts
+    merged, conflicts = merge_authoritative(assist, partial({"trainer": {"report_to": ["tensorboard"]}}))
+    assert merged.trainer["report_to"] == ["tensorboard"] and not conflicts

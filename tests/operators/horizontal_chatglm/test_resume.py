@@ -13,7 +13,7 @@ from xfed.operators.horizontal_chatglm import resume
 
 class Ctx(SimpleNamespace):
     def __init__(self, attempt: int = 1, node_id: str = "assist_trainer"):
-        super().__init__(attempt=attempt, node_id=node_id, events=[])
+        super().__init__(attempt=attempt, node_id=node_id, events=[], job_id="1", job_uid="", fed=None)
 
     def report(self, kind, data):
         self.events.append((kind, data))
@@ -71,17 +71,25 @@ def test_prune_honours_save_total_limit_but_keeps_what_resume_needs(tmp_path, li
 
 
 def test_agree_round_takes_the_lowest_and_rejects_nonsense(tmp_path):
-    assert resume.agree_round(Ctx(attempt=0), tmp_path, {"node-1": {"resume_round": 3}}) == 0
+    from xfed.errors import FrameError
+    from xfed.operators.horizontal_chatglm.protocol import Preflight, parse
+
+    def report(meta: dict) -> Preflight:
+        return parse(Preflight, "node-1", meta)
+
+    assert resume.agree_round(Ctx(attempt=0), tmp_path, {"node-1": report({"resume_round": 3})}) == 0
     for k in (1, 2, 3):
         _save(tmp_path, k)
     ctx = Ctx()
-    assert resume.agree_round(ctx, tmp_path, {"node-1": {"resume_round": 3}, "node-2": {"resume_round": 1}}) == 1
+    assert resume.agree_round(ctx, tmp_path, {"node-1": report({"resume_round": 3}),
+                                              "node-2": report({"resume_round": 1})}) == 1
     assert "node-2: 1" in ctx.events[-1][1]["message"]
-    assert resume.agree_round(Ctx(), tmp_path, {"node-1": {}}) == 0  # a party without the field starts over
-    with pytest.raises(JobError, match="node-1: preflight resume_round"):
-        resume.agree_round(Ctx(), tmp_path, {"node-1": {"resume_round": "2"}})
-    assert resume.preflight_fields(Ctx(attempt=0), tmp_path) == {}
-    assert resume.preflight_fields(Ctx(attempt=2), tmp_path) == {"resume_round": 3}
+    assert resume.agree_round(Ctx(), tmp_path, {"node-1": report({})}) == 0  # a party without the field starts over
+    for nonsense in ("2", -1, True):
+        with pytest.raises(FrameError, match="node-1: malformed hcg.preflight message: resume_round"):
+            report({"resume_round": nonsense})
+    assert resume.resume_round(Ctx(attempt=0), tmp_path) is None
+    assert resume.resume_round(Ctx(attempt=2), tmp_path) == 3
 
 
 def test_restore_returns_the_round_and_drops_later_states(tmp_path):

@@ -12,6 +12,7 @@ import torch
 from xfed.aggregation.privacy import DpParams, Privatizer
 from xfed.operators.horizontal_chatglm import resume
 from xfed.operators.horizontal_chatglm.adapter_state import extract_trainable, load_trainable
+from xfed.operators.horizontal_chatglm.config import Peft
 from xfed.operators.horizontal_chatglm.fedprox import ProximalCallback
 from xfed.operators.horizontal_chatglm.metrics import MetricsLog
 from xfed.operators.horizontal_chatglm.peft_setup import apply_peft
@@ -42,8 +43,8 @@ def _aggregate(_round, tensors, _weight):
     return {k: v * np.float32(0.9) for k, v in tensors.items()}
 
 
-LORA = {"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"], "lora_dropout": 0.1}}
-PREFIX = {"PREFIX_TUNING": {"pre_seq_len": 3, "prefix_projection": True, "prefix_hidden_size": 8}}
+LORA = Peft.model_validate({"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"], "lora_alpha": 8, "lora_dropout": 0.1}})
+PREFIX = Peft.model_validate({"PREFIX_TUNING": {"pre_seq_len": 3, "prefix_projection": True, "prefix_hidden_size": 8}})
 
 
 def _party(tiny_glm, tmp_path, name, peft=None, private=False, seed=None):

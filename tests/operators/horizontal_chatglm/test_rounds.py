@@ -8,6 +8,7 @@ import torch
 
 from xfed.errors import JobError
 from xfed.operators.horizontal_chatglm.adapter_state import extract_trainable
+from xfed.operators.horizontal_chatglm.config import Peft
 from xfed.operators.horizontal_chatglm.metrics import MetricsLog
 from xfed.operators.horizontal_chatglm.peft_setup import apply_peft
 from xfed.operators.horizontal_chatglm.rounds import Evaluator, FederatedCallback, RoundRunner
@@ -40,7 +41,8 @@ def _setup(tiny_glm, tmp_path, ctx, aggregate, evaluator=None, rounds=3):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_glm))
-    peft_model = apply_peft(model, {"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"]}})
+    peft_model = apply_peft(model, Peft.model_validate({"LORA": {"r": 2, "target_modules": ["q_proj", "v_proj"], "lora_alpha": 8,
+                                                              "lora_dropout": 0.0}}))
     args = training_arguments({"per_device_train_batch_size": 2, "num_train_epochs": 1, "learning_rate": 1e-2,
                                "no_cuda": True, "seed": 3, "save_strategy": "steps"}, tmp_path / "trainer")
     trainer = build_trainer(peft_model, args, features(12), collate, callbacks=[])
@@ -51,7 +53,7 @@ def _setup(tiny_glm, tmp_path, ctx, aggregate, evaluator=None, rounds=3):
         val = features(4, seed=9)
         evaluator = Evaluator(val, collate, [f["input_ids"][:4] for f in val], ["ab", "cd", "ef", "gh"], tok,
                               max_new_tokens=3)
-    aggregator = SimpleNamespace(last_stats={"mask_ms": 1.5, "wait_ms": 2.0, "bytes_sent": 10, "bytes_received": 20})
+    aggregator = SimpleNamespace(last_round_stats={"mask_ms": 1.5, "wait_ms": 2.0, "bytes_sent": 10, "bytes_received": 20})
     runner = RoundRunner(ctx, peft_model, aggregate, aggregator, schedule, 12.0, tmp_path / "out",
                          MetricsLog(tmp_path / "out" / "metrics.json", {}), evaluator=evaluator)
     callback = FederatedCallback(runner)

@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from xfed.broker.channels import Comm
-from xfed.broker.jobstore import JobState, JobStore
+from xfed.broker.jobrecord import JobState
+from xfed.broker.jobstore import JobStore
 from xfed.broker.keys import Keys
 from xfed.errors import JobError
 from xfed.node.context import StageContext
@@ -36,7 +37,8 @@ def run_federation(server, tmp_path: Path, root_params: dict, leaf_params: dict 
                                 train_info=SimpleNamespace(train_params=params),
                                 output=SimpleNamespace(path=str(tmp_path / "out" / "[JOB_ID]" / "[NODE_ID]")))
         ctx = StageContext(job_id=job_id, stage_id=0, attempt=0, node_id=n, identity=stage.identity, stage=stage,
-                           fed=SimpleNamespace(identities={}, trainer_ids=TRAINERS, assist_trainer_id=ASSIST),
+                           fed=SimpleNamespace(identities={}, trainer_ids=TRAINERS, assist_trainer_id=ASSIST,
+                                               redis=SimpleNamespace(namespace="t")),
                            trainer_ids=TRAINERS, assist_id=ASSIST,
                            comm=Comm(server.client(), keys, job_id, 0, n, timeout=60), work_dir=tmp_path,
                            _report=lambda kind, data, n=n: reports[n].append((kind, data)))

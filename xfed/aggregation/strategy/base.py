@@ -26,6 +26,15 @@ class StrategyParams(ConfigModel):
     """Parameters of a strategy without any (FedAvg)."""
 
 
+class ServerLrParams(StrategyParams):
+    """Parameters of a strategy with a server learning rate η (FedAvgM, the FedOpt family)."""
+
+    server_lr: float
+    server_lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="constant: η every round; cosine: η·½(1 + cos(π(t−1)/T)) in round t "
+                                "of T (η in round 1, decaying towards 0 in the last).")
+
+
 def weighted_mean(round_idx: int, weighted_sum: Mapping[str, np.ndarray], total_weight: float) -> dict[str, np.ndarray]:
     """sum_i(w_i x_i) / sum_i(w_i) in float64; a round whose total weight is 0 has nothing to average."""
     total = float(total_weight)
@@ -48,7 +57,7 @@ class Strategy:
         self.params = params if params is not None else self.Params()
         self.rounds = rounds  # the job's rounds (a server learning-rate schedule needs them)
         self.current: dict[str, np.ndarray] | None = None  # the global tensors last broadcast (float32)
-        if getattr(self.params, "server_lr_schedule", "constant") != "constant" and not rounds:
+        if isinstance(self.params, ServerLrParams) and self.params.server_lr_schedule != "constant" and not rounds:
             raise JobError(f"strategy {self.name}: server_lr_schedule "
                            f"{self.params.server_lr_schedule!r} needs the job's number of rounds")
 
@@ -57,7 +66,9 @@ class Strategy:
         from η in round 1 towards 0 after the last round, as the parties' own cosine schedule decays per step
         (a server optimizer at a constant η keeps moving the adapter by ~η a round to the end)."""
         p = self.params
-        if getattr(p, "server_lr_schedule", "constant") == "constant":
+        if not isinstance(p, ServerLrParams):
+            raise JobError(f"strategy {self.name} has no server learning rate")
+        if p.server_lr_schedule == "constant":
             return p.server_lr
         progress = min(max(round_idx - 1, 0), self.rounds) / self.rounds
         return p.server_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -98,12 +109,6 @@ class Strategy:
 def positive(description: str, default: float) -> float:
     """A Field for a strictly positive float with its documented default."""
     return Field(default, gt=0, allow_inf_nan=False, description=description)
-
-
-def lr_schedule() -> Literal["constant", "cosine"]:
-    """A Field for a server learning-rate schedule over the job's rounds (`Strategy.server_lr`)."""
-    return Field("constant", description="constant: η every round; cosine: η·½(1 + cos(π(t−1)/T)) in round t "
-                                         "of T (η in round 1, decaying towards 0 in the last).")
 
 
 def fraction(description: str, default: float) -> float:

@@ -8,19 +8,18 @@ changes rather than averaging them).
 
 from __future__ import annotations
 
-from typing import Literal, Mapping
+from typing import Mapping
 
 import numpy as np
 from pydantic import Field
 
-from xfed.aggregation.strategy.base import Strategy, StrategyParams, fraction, lr_schedule, positive
+from xfed.aggregation.strategy.base import ServerLrParams, Strategy, fraction, positive
 
 
-class FedAvgMParams(StrategyParams):
+class FedAvgMParams(ServerLrParams):
     server_lr: float = positive("η: server learning rate (1.0: the parties' average change).", 1.0)
     momentum: float = fraction("β: server momentum in [0, 1) (0: none).", 0.9)
     nesterov: bool = Field(False, description="Nesterov momentum: x_{t+1} = x_t + η (β v_t + Δ_t).")
-    server_lr_schedule: Literal["constant", "cosine"] = lr_schedule()
 
 
 class FedAvgM(Strategy):

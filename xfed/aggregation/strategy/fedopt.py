@@ -18,21 +18,20 @@ makes the federation the centralized optimizer including its clipping.
 from __future__ import annotations
 
 import math
-from typing import Literal, Mapping
+from typing import Mapping
 
 import numpy as np
 from pydantic import Field
 
-from xfed.aggregation.strategy.base import Strategy, StrategyParams, fraction, lr_schedule, positive
+from xfed.aggregation.strategy.base import ServerLrParams, Strategy, fraction, positive
 from xfed.errors import JobError
 
 
-class FedOptParams(StrategyParams):
+class FedOptParams(ServerLrParams):
     server_lr: float = positive("η: server learning rate (each element moves by about η per round).", 1e-2)
     beta_1: float = fraction("β1: first-moment (momentum) decay in [0, 1).", 0.9)
     beta_2: float = fraction("β2: second-moment decay in [0, 1) (FedAdam, FedYogi; unused by FedAdagrad).", 0.99)
     tau: float = positive("τ: adaptivity; added to √v (larger τ: closer to server SGD with momentum).", 1e-3)
-    server_lr_schedule: Literal["constant", "cosine"] = lr_schedule()
     bias_correction: bool = Field(False, description="Adam's bias correction of m and v (v starts at 0); "
                                                      "off: Reddi et al.'s FedOpt (v starts at τ²).")
     clip_norm: float | None = Field(None, gt=0, allow_inf_nan=False,

@@ -9,7 +9,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokeni
 
 from .adapters import after_peft_model, is_v1_model, load_v1_lora, load_v1_ptuning, v1_prefix_tuning_config
 from .configuration_chatglm import ChatGLM6BConfig
-from .modeling_chatglm import ChatGLM6BForCausalLM, ChatGLM6BModel, ChatGLM6BPreTrainedModel, v1_position_ids
+from .layers import v1_position_ids
+from .modeling_chatglm import ChatGLM6BForCausalLM, ChatGLM6BModel, ChatGLM6BPreTrainedModel
 from .thudm import build_v1_example, config_from_thudm, from_thudm_folder, is_v1_config, load_v1_tokenizer
 from .tokenization_chatglm import ChatGLM6BTokenizer
 

@@ -4,86 +4,41 @@ Pydantic only; `trainer` keys are checked against the installed `transformers.Tr
 lazily from its source (xfed.operators.horizontal_chatglm.training_args) so that validating never imports torch.
 
 A label trainer's stage config may be partial when there is an assist trainer: the assist
-trainer's `train_params` are authoritative and `merge_authoritative` combines the two.
+trainer's `train_params` are authoritative and `merge.merge_authoritative` combines the two models.
 Validate a partial config with `Params.model_validate(d, context={"complete": False})`.
 """
 from __future__ import annotations
 
-import copy
-import json
 import string
-from typing import Any, ClassVar, Literal
+from fractions import Fraction
+from typing import Any, Literal
 
 from pydantic import (
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
-from xfed.aggregation.dropout import Dropout
 from xfed.aggregation.privacy import DpParams
+from xfed.aggregation.settings import Csprng, Encryption, KeyExchange, Otp, Plain
 from xfed.aggregation.strategy import FedAvg, Strategy, StrategyChoice
-from xfed.config.base import ConfigModel, did_you_mean, fail, reraise
-from xfed.operators.horizontal_chatglm.training_args import check_value, training_argument_specs
+from xfed.config.base import ConfigModel, ExactlyOne, fail, reraise
+from xfed.errors import ConfigError
+from xfed.operators.horizontal_chatglm.training_args import (
+    FORCED_TRAINER_ARGS,
+    check_trainer_args,
+    trainer_kwargs,
+)
 
 PEFT_TYPES = ("LORA", "PREFIX_TUNING")
-ENCRYPTIONS = ("otp", "plain")
-# Trainer keys that describe a party's own hardware and bookkeeping: each party keeps its own
-# (XFL's demos give label trainers their own batch size and no_cuda). Every other key is shared
-# and the assist trainer's value wins.
-LOCAL_TRAINER_KEYS = frozenset({
-    "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-    "no_cuda", "use_cpu", "torch_compile", "save_strategy", "save_steps", "save_total_limit",
-    "logging_steps", "logging_strategy", "dataloader_num_workers", "dataloader_pin_memory",
-    "fp16", "bf16", "gradient_checkpointing", "disable_tqdm", "log_level", "report_to", "run_name",
-})
-# A party's reporting is its own choice: the assist trainer's value is not handed on (a party that did
-# not ask must not start sending its losses to W&B or MLflow because the aggregator does).
-PARTY_ONLY_TRAINER_KEYS = frozenset({"report_to", "run_name"})
-# Dataset keys naming a party's own columns (its files may be laid out differently).
-LOCAL_DATASET_KEYS = frozenset({"key_query", "key_answer", "prompt_column", "response_column", "history_column",
-                                "metrics"})
-SHARED_SECTIONS = ("aggregation", "encryption", "peft")
-# Set by xfed itself: a value in the config would be silently overridden, so it is refused.
-RESERVED_TRAINER_KEYS = {"output_dir": "set by xfed from output.path"}
-XFL_TRAINER_ALIASES = {"no_cuda": "use_cpu"}  # removed from TrainingArguments in transformers 5
-# TrainingArguments the operator sets itself (it saves an adapter at every aggregation point and logs
-# every optimizer step for the round's loss): a config value for one of these is ignored, and `validate`
-# says so in a note. report_to is not among them: each party's own, default "none" (reporting.py).
-FORCED_TRAINER_ARGS: dict[str, Any] = {
-    "save_strategy": "no",
-    "eval_strategy": "no",
-    "logging_strategy": "steps",
-    "logging_steps": 1,
-    "disable_tqdm": True,
-    "remove_unused_columns": False,
-    "load_best_model_at_end": False,
-    "push_to_hub": False,
-}
+AGG_MAX_DENOMINATOR = 10_000  # agg_steps given as a float such as 0.2 or 0.1: recover the fraction meant
 
 
 def _complete(info: ValidationInfo) -> bool:
     return (info.context or {}).get("complete", True)
-
-
-class _ExactlyOne(ConfigModel):
-    """A section whose sub-sections are alternatives (`_CHOICES`): exactly one must be given."""
-
-    _CHOICES: ClassVar[tuple[str, ...]] = ()
-
-    @model_validator(mode="after")
-    def _one(self) -> _ExactlyOne:
-        chosen = [k for k in self._CHOICES if getattr(self, k) is not None]
-        if len(chosen) != 1:
-            got = f" (found {' and '.join(chosen)})" if chosen else ""
-            fail(type(self).__name__.lower(), [((), f"exactly one of {', '.join(self._CHOICES)} is required{got}")])
-        return self
-
-    @property
-    def chosen(self) -> str:
-        return next(k for k in self._CHOICES if getattr(self, k) is not None)
 
 
 # ---------------------------------------------------------------- aggregation
@@ -141,62 +96,13 @@ class Aggregation(ConfigModel):
         """The configured server strategy for a job of `rounds` rounds (FedAvg when none is set)."""
         return self.strategy.build(rounds) if self.strategy is not None else FedAvg()
 
-
-# ---------------------------------------------------------------- encryption
-class KeyExchange(ConfigModel):
-    key_bitlength: Literal[2048, 3072, 4096, 6144, 8192] = Field(3072, description="RFC 7919 ffdhe group size.")
-    optimized: bool = Field(True, description="Short exponents (NIST SP 800-56A security strength).")
-
-
-class Csprng(ConfigModel):
-    name: Literal["hmac_drbg", "ctr_drbg"] = Field("hmac_drbg", description="SP 800-90A DRBG for the pads.")
-    method: Literal["sha1", "sha224", "sha256", "sha384", "sha512"] = Field(
-        "sha512", description="HMAC_DRBG hash (ctr_drbg always uses AES-256).")
-
-
-class Otp(ConfigModel):
-    """One-time-pad secure aggregation."""
-
-    key_bitlength: Literal[64, 128] = Field(64, description="Fixed-point modulus: 2^64 or 2^128.")
-    data_type: Literal["torch.Tensor", "numpy.ndarray"] = Field("torch.Tensor", description="XFL; accepted.")
-    key_exchange: KeyExchange = Field(default_factory=KeyExchange)
-    csprng: Csprng = Field(default_factory=Csprng)
-    dropout: Dropout | None = Field(
-        None, description="Opt-in dropout-tolerant secure aggregation (docs/SECAGG.md §6): "
-                          '{"threshold": t, "round_timeout_s": s, "precompute_pads": false}.')
-    neighbours: int | None = Field(
-        None, ge=2, description="Opt-in sparse pairing (docs/SECAGG.md §8): each label trainer shares pads "
-                                "with this many neighbours (even) instead of every other one; fewer "
-                                "colluders can then expose a party's update.")
-
-    @model_validator(mode="after")
-    def _neighbours(self) -> Otp:
-        if self.neighbours is not None and self.neighbours % 2:
-            fail("otp", [(("neighbours",), f"must be even (half on either side of the ring), got {self.neighbours}")])
-        if self.neighbours is not None and self.dropout is not None:
-            fail("otp", [(("neighbours",), "cannot be combined with dropout (its recovery assumes every pair "
-                                           "shares pads)")])
-        return self
-
-
-class Plain(ConfigModel):
-    """No masking: the aggregator sees each party's update (trusted aggregator, debugging)."""
-
-    key_bitlength: Literal[64, 128] = Field(
-        128, description="Fixed-point grid the sum is formed on (exact, order-independent); equal to an "
-                         "otp run with the same key_bitlength bit for bit.")
-
-
-class Encryption(_ExactlyOne):
-    """Exactly one of `otp`, `plain`."""
-
-    _CHOICES = ENCRYPTIONS
-    otp: Otp | None = None
-    plain: Plain | None = None
-
     @property
-    def method(self) -> str:
-        return self.chosen
+    def every(self) -> Fraction | int:
+        """The schedule's unit: an exact `Fraction` of the run (0.2 -> 1/5, no float drift) or an int step
+        interval; None only in a partial config."""
+        if isinstance(self.agg_steps, float):
+            return Fraction(str(self.agg_steps)).limit_denominator(AGG_MAX_DENOMINATOR)
+        return self.agg_steps
 
 
 # ---------------------------------------------------------------- peft
@@ -257,7 +163,7 @@ class PrefixTuning(ConfigModel):
         return data
 
 
-class Peft(_ExactlyOne):
+class Peft(ExactlyOne):
     """Exactly one of `LORA`, `PREFIX_TUNING`."""
 
     _CHOICES = PEFT_TYPES
@@ -267,6 +173,17 @@ class Peft(_ExactlyOne):
     @property
     def kind(self) -> str:
         return self.chosen
+
+    def config_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for peft's LoraConfig / PrefixTuningConfig (target_modules may be "auto")."""
+        if self.LORA is not None:
+            return self.LORA.model_dump(exclude_none=True)
+        p = self.PREFIX_TUNING
+        assert p is not None  # exactly one is set
+        kw = {"task_type": p.task_type, "num_virtual_tokens": p.pre_seq_len, "prefix_projection": p.prefix_projection}
+        if p.prefix_hidden_size is not None:
+            kw["encoder_hidden_size"] = p.prefix_hidden_size
+        return kw
 
 
 # ---------------------------------------------------------------- dataset
@@ -278,6 +195,8 @@ def _check_pattern(pattern: str, *, allowed: tuple[str, ...], sizes: tuple[int, 
         fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
     except ValueError as exc:
         raise PydanticCustomError("pattern", "not a valid pattern: {why}", {"why": str(exc)}) from None
+    if "" in fields and any(fields):
+        raise PydanticCustomError("pattern", "mixes {} slots and named fields")
     if all(f == "" for f in fields):
         if len(fields) not in sizes:
             want = " or ".join(str(n) for n in sizes)
@@ -342,38 +261,6 @@ class DatasetParams(ConfigModel):
                               required=("query", "answer"))
 
 
-# ---------------------------------------------------------------- trainer (TrainingArguments)
-def check_trainer_args(trainer: dict[str, Any]) -> list[InitErrorDetails]:
-    """Errors (located at the key) for unknown keys and ill-typed values of TrainingArguments."""
-    specs = training_argument_specs()
-    errors: list[InitErrorDetails] = []
-
-    def error(key: str, message: str) -> None:
-        errors.append(InitErrorDetails(type=PydanticCustomError("trainer_arg", message), loc=(key,), input=None))
-
-    if "no_cuda" in trainer and "use_cpu" in trainer and trainer["no_cuda"] != trainer["use_cpu"]:
-        error("no_cuda", "XFL's no_cuda is use_cpu in transformers 5; they disagree here")
-    for key, value in trainer.items():
-        name = XFL_TRAINER_ALIASES.get(key, key)
-        if key in RESERVED_TRAINER_KEYS:
-            error(key, RESERVED_TRAINER_KEYS[key])
-        elif not specs:  # transformers is not installed here: nothing to check against
-            continue
-        elif name not in specs:
-            error(key, "not a transformers.TrainingArguments field" + did_you_mean(key, [*specs, *XFL_TRAINER_ALIASES]))
-        elif (reason := check_value(specs[name], value, name)) is not None:
-            error(key, reason)
-    return errors
-
-
-def trainer_kwargs(trainer: dict[str, Any] | None) -> dict[str, Any]:
-    """TrainingArguments keyword arguments from a `trainer` section (XFL's no_cuda -> use_cpu)."""
-    out: dict[str, Any] = {}
-    for key, value in (trainer or {}).items():
-        out[XFL_TRAINER_ALIASES.get(key, key)] = value
-    return out
-
-
 # ---------------------------------------------------------------- the whole train_params
 class Params(ConfigModel):
     """`train_info.train_params` of a horizontal_chatglm stage.
@@ -427,82 +314,45 @@ class Params(ConfigModel):
         """Keyword arguments for peft's LoraConfig / PrefixTuningConfig (target_modules may be "auto")."""
         if self.peft is None:
             raise ValueError("train_params.peft is not set (partial config)")
-        if self.peft.LORA is not None:
-            return self.peft.LORA.model_dump(exclude_defaults=False)
-        p = self.peft.PREFIX_TUNING
-        kw = {"task_type": p.task_type, "num_virtual_tokens": p.pre_seq_len, "prefix_projection": p.prefix_projection}
-        if p.prefix_hidden_size is not None:
-            kw["encoder_hidden_size"] = p.prefix_hidden_size
-        return kw
+        return self.peft.config_kwargs()
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """transformers.TrainingArguments keyword arguments (no_cuda mapped to use_cpu)."""
         return trainer_kwargs(self.trainer)
 
+    # a complete Params (the operator's) has every section; these say so to the type checker
+    @property
+    def agg(self) -> Aggregation:
+        assert self.aggregation is not None, "train_params.aggregation: partial config"
+        return self.aggregation
+
+    @property
+    def enc(self) -> Encryption:
+        assert self.encryption is not None, "train_params.encryption: partial config"
+        return self.encryption
+
+    @property
+    def data(self) -> DatasetParams:
+        assert self.dataset is not None, "train_params.dataset: partial config"
+        return self.dataset
+
     def encryption_dict(self) -> dict[str, Any]:
-        """{"otp": {...all keys with defaults...}} or {"plain": {}} for xfed.aggregation."""
-        enc = self.encryption or Encryption(otp=Otp())
-        return enc.model_dump(exclude_none=True)
+        """{"otp": {...all keys with defaults...}} or {"plain": {...}}: the fingerprinted form."""
+        return self.enc.model_dump(exclude_none=True)
 
 
-def merge_authoritative(assist: dict[str, Any], party: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """A label trainer's effective train_params: the assist trainer's, plus the party's local keys.
-
-    `aggregation`, `encryption` and `peft` are the assist trainer's outright; in `trainer` and
-    `dataset` a party keeps its own hardware/bookkeeping keys (LOCAL_TRAINER_KEYS,
-    LOCAL_DATASET_KEYS). Returns (merged, conflicts) where each conflict reads
-    "trainer.learning_rate: assist=0.001 party=0.01" for a key both set differently.
-    """
-    assist = _normalised(assist)
-    party = _normalised(party)
-    merged = copy.deepcopy(assist)
-    conflicts: list[str] = []
-
-    def note(key: str, mine: Any, theirs: Any) -> None:
-        if mine is not None and _canonical(mine) != _canonical(theirs):
-            shown = "(unset)" if theirs is None else _canonical(theirs)
-            conflicts.append(f"{key}: assist={shown} party={_canonical(mine)}")
-
-    for section in SHARED_SECTIONS:
-        if party.get(section) is not None:
-            for key, mine, theirs in _leaf_diff(section, party[section], assist.get(section)):
-                note(key, mine, theirs)
-    for section, local in (("trainer", LOCAL_TRAINER_KEYS), ("dataset", LOCAL_DATASET_KEYS)):
-        if assist.get(section) is None and not party.get(section):
-            continue
-        combined = dict(assist.get(section) or {})
-        if section == "trainer":
-            combined = {k: v for k, v in combined.items() if k not in PARTY_ONLY_TRAINER_KEYS}
-        for key, mine in (party.get(section) or {}).items():
-            if key in local or (section == "trainer" and key in FORCED_TRAINER_ARGS):  # no conflict to report
-                combined[key] = mine
-            else:
-                note(f"{section}.{key}", mine, combined.get(key))
-        merged[section] = combined
-    for key, mine in party.items():
-        if key not in (*SHARED_SECTIONS, "trainer", "dataset"):
-            note(key, mine, assist.get(key))
-    return merged, conflicts
-
-
-def _normalised(params: dict[str, Any]) -> dict[str, Any]:
-    params = dict(params or {})
-    trainer = params.get("trainer")
-    if isinstance(trainer, dict) and "no_cuda" in trainer and "use_cpu" not in trainer:
-        params["trainer"] = trainer_kwargs(trainer)
-    return params
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-
-def _leaf_diff(prefix: str, mine: Any, theirs: Any):
-    if isinstance(mine, dict) and isinstance(theirs, dict):
-        for key in sorted(mine):
-            yield from _leaf_diff(f"{prefix}.{key}", mine[key], theirs.get(key))
-    elif _canonical(mine) != _canonical(theirs):
-        yield prefix, mine, theirs
+def validated_params(raw: dict[str, Any], where: str, *, complete: bool = True) -> Params:
+    """train_params as the config's Params model: complete (defaults filled), or partial (a label trainer's
+    own keys, which the assist trainer's complete them); one-line errors naming `where`."""
+    try:
+        model = Params.model_validate(raw, context={"complete": complete})
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        loc = ".".join(str(part) for part in first["loc"])
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{where}: train_params.{loc}: {first['msg']}{more}") from None
+    return model
 
 
 def check_stage(stage: Any, *, complete: bool) -> list[tuple[str, ...]]:
@@ -523,6 +373,6 @@ def check_stage(stage: Any, *, complete: bool) -> list[tuple[str, ...]]:
 
 __all__ = [
     "Aggregation", "Csprng", "DatasetParams", "Encryption", "KeyExchange", "Lora", "Otp", "Params", "Peft",
-    "Plain", "PrefixTuning", "check_stage", "check_trainer_args", "merge_authoritative", "trainer_kwargs",
-    "FORCED_TRAINER_ARGS", "LOCAL_TRAINER_KEYS", "LOCAL_DATASET_KEYS", "PEFT_TYPES",
+    "Plain", "PrefixTuning", "check_stage", "check_trainer_args", "trainer_kwargs", "FORCED_TRAINER_ARGS",
+    "PEFT_TYPES", "validated_params",
 ]

@@ -20,19 +20,22 @@ import functools
 import json
 import logging
 import string
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from xfed.errors import ConfigError, ModelError
 
-DEFAULT_PROMPT_PATTERN = "{}：\n问：{}\n答："
+from .config import DatasetParams
+
+DatasetSection = DatasetParams | Mapping[str, Any] | None  # a plain section is validated by DatasetParams
+
+DEFAULT_PROMPT_PATTERN = DatasetParams.model_fields["prompt_pattern"].default
 # ChatGLM-6B p-tuning's round format (0-based rounds); use {round} for 1-based (ChatGLM2 style)
 DEFAULT_HISTORY_TEMPLATE = "[Round {index}]\n问：{query}\n答：{answer}\n"
-# XFL's defaults are 200/500; these follow xfed's config (DatasetParams) so both agree when a key is unset
-DEFAULT_MAX_SRC_LENGTH = 100
-DEFAULT_MAX_DST_LENGTH = 100
 # columns tried, in order, when a records file has no configured prompt/response column
 _AUTO_COLUMNS = (("prompt", "response"), ("content", "summary"), ("query", "response"), ("input", "output"))
 _DATA_SUFFIXES = (".json", ".jsonl")
@@ -56,98 +59,46 @@ class Example:
     source: str = ""
 
 
-@dataclass(frozen=True)
-class DatasetOptions:
-    """The `dataset` section of train_params with defaults filled in (unset or None keys take defaults)."""
-
-    max_src_length: int = DEFAULT_MAX_SRC_LENGTH
-    max_dst_length: int = DEFAULT_MAX_DST_LENGTH
-    prompt_pattern: str = DEFAULT_PROMPT_PATTERN
-    key_query: str = "input"
-    key_answer: str = "output"
-    prompt_column: str | None = None
-    response_column: str | None = None
-    history_column: str | None = None
-    history_template: str | None = None
-    ignore_pad_token_for_loss: bool = True
-
-    @classmethod
-    def of(cls, params: Any = None) -> DatasetOptions:
-        """From a dict, a pydantic model (DatasetParams), a DatasetOptions, or None."""
-        if isinstance(params, DatasetOptions):
-            return params
-        if params is None:
-            raw: Mapping[str, Any] = {}
-        elif isinstance(params, Mapping):
-            raw = params
-        elif hasattr(params, "model_dump"):
-            raw = params.model_dump()
-        else:
-            raise ConfigError(f"dataset: expected an object, got {type(params).__name__}")
-        kwargs = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__ and v is not None}
-        opts = cls(**kwargs)
-        opts._check()
-        return opts
-
-    def _check(self) -> None:
-        for key in ("max_src_length", "max_dst_length"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"dataset.{key}: expected a positive integer, got {value!r}")
-        _prompt_fields(self.prompt_pattern)
-        if self.history_template is not None:
-            _history_fields(self.history_template)
+def dataset_settings(value: DatasetParams | Mapping[str, Any] | None = None) -> DatasetParams:
+    """The `dataset` settings: the validated model as is; a plain section (tools, tests) validated by it."""
+    if isinstance(value, DatasetParams):
+        return value
+    try:
+        return DatasetParams.model_validate(dict(value or {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"dataset.{loc}: {first['msg']}") from None
 
 
 # ------------------------------------------------------------------------------------------ templates
-def _pattern_fields(pattern: str, key: str, *, allowed: set[str], positional: tuple[str, ...],
-                    sizes: tuple[int, ...]) -> str:
-    """`pattern` rewritten with named fields; positional `{}` slots are named from the end of `positional`.
-
-    One slot in a two-name list means the last name (a one-slot prompt pattern is the query).
-    """
-    if not isinstance(pattern, str):
-        raise ConfigError(f"{key}: expected a string, got {type(pattern).__name__}")
-    try:
-        parsed = list(string.Formatter().parse(pattern))
-    except ValueError as err:
-        raise ConfigError(f"{key}: not a valid pattern ({err}): {pattern!r}") from None
+def _named_fields(pattern: str, positional: tuple[str, ...]) -> str:
+    """A pattern DatasetParams accepted, rewritten with named fields; positional `{}` slots are named from
+    the end of `positional` (one slot in a two-name list means the last name: a one-slot prompt is the query)."""
+    parsed = list(string.Formatter().parse(pattern))
     fields = [f for _, f, _, _ in parsed if f is not None]
-    if "" in fields and any(fields):
-        raise ConfigError(f"{key}: mixes {{}} slots and named fields: {pattern!r}")
-    if all(f == "" for f in fields):
-        if len(fields) not in sizes:
-            want = " or ".join(str(s) for s in sizes)
-            raise ConfigError(f"{key}: needs {want} {{}} slot(s) ({', '.join(positional)}), found {len(fields)}: "
-                              f"{pattern!r}")
-        names = iter(positional[len(positional) - len(fields):])
-        out = []
-        for literal, field, spec, conv in parsed:
-            out.append(literal.replace("{", "{{").replace("}", "}}"))
-            if field is not None:
-                out.append("{" + next(names) + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}")
-        return "".join(out)
-    unknown = sorted({f for f in fields if f not in allowed})
-    if unknown:
-        raise ConfigError(f"{key}: unknown field(s) {', '.join(unknown)} (use {{}} slots or "
-                          f"{', '.join('{' + a + '}' for a in sorted(allowed))}): {pattern!r}")
-    return pattern
+    if not fields or any(fields):
+        return pattern
+    names = iter(positional[len(positional) - len(fields):])
+    out = []
+    for literal, field, spec, conv in parsed:
+        out.append(literal.replace("{", "{{").replace("}", "}}"))
+        if field is not None:
+            out.append("{" + next(names) + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}")
+    return "".join(out)
 
 
 @functools.lru_cache(maxsize=64)  # rendered once per record: parse each template once
 def _history_fields(template: str) -> str:
     """History template with named fields; 2 positional slots = (query, answer), 3 = (index, query, answer)."""
-    named = _pattern_fields(template, "dataset.history_template", allowed={"index", "round", "query", "answer"},
-                            positional=("index", "query", "answer"), sizes=(2, 3))
-    if "{answer" not in named or "{query" not in named:
-        raise ConfigError(f"dataset.history_template: needs both a query and an answer field: {template!r}")
-    return named
+    dataset_settings({"history_template": template})  # a template from a tool, not a stage config
+    return _named_fields(template, ("index", "query", "answer"))
 
 
 @functools.lru_cache(maxsize=64)
 def _prompt_fields(pattern: str) -> str:
-    return _pattern_fields(pattern, "dataset.prompt_pattern", allowed={"instruction", "query"},
-                           positional=("instruction", "query"), sizes=(1, 2))
+    dataset_settings({"prompt_pattern": pattern})
+    return _named_fields(pattern, ("instruction", "query"))
 
 
 def render_qa_prompt(pattern: str, instruction: str, query: str) -> str:
@@ -193,9 +144,9 @@ def data_files(path: str | Path) -> list[Path]:
     raise ConfigError(f"{path}: data file or folder not found")
 
 
-def read_records(entries: Any, dataset_params: Any = None) -> list[Example]:
+def read_records(entries: Any, dataset_params: DatasetSection = None) -> list[Example]:
     """Examples from one or more dataset entries (paths, {"path", "type"} dicts or config objects), in order."""
-    opts = DatasetOptions.of(dataset_params)
+    opts = dataset_settings(dataset_params)
     if isinstance(entries, (str, Path, Mapping)) or hasattr(entries, "path"):
         entries = [entries]
     out: list[Example] = []
@@ -209,9 +160,9 @@ def read_records(entries: Any, dataset_params: Any = None) -> list[Example]:
 read_examples = read_records
 
 
-def read_file(path: str | Path, dataset_params: Any = None, *, kind: str | None = None) -> list[Example]:
+def read_file(path: str | Path, dataset_params: DatasetSection = None, *, kind: str | None = None) -> list[Example]:
     """Examples of one file; the layout is detected (QA object, JSON array, JSON lines) unless kind is "QA"."""
-    opts = DatasetOptions.of(dataset_params)
+    opts = dataset_settings(dataset_params)
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -242,7 +193,7 @@ def read_file(path: str | Path, dataset_params: Any = None, *, kind: str | None 
                       f"got {type(doc).__name__}")
 
 
-def _read_qa(path: Path, doc: dict[str, Any], opts: DatasetOptions) -> list[Example]:
+def _read_qa(path: Path, doc: dict[str, Any], opts: DatasetParams) -> list[Example]:
     instruction = doc.get("instruction", "")
     if not isinstance(instruction, str):
         raise ConfigError(f"{path}: instruction: expected a string, got {type(instruction).__name__}")
@@ -262,7 +213,7 @@ def _read_qa(path: Path, doc: dict[str, Any], opts: DatasetOptions) -> list[Exam
     return out
 
 
-def _read_jsonl(path: Path, text: str, opts: DatasetOptions) -> list[Example]:
+def _read_jsonl(path: Path, text: str, opts: DatasetParams) -> list[Example]:
     out = []
     # split on \n only: str.splitlines would also cut at U+2028/U+2029, which JSON strings may hold raw
     for lineno, line in enumerate(text.split("\n"), start=1):
@@ -278,7 +229,7 @@ def _read_jsonl(path: Path, text: str, opts: DatasetOptions) -> list[Example]:
     return out
 
 
-def _columns(rec: dict[str, Any], opts: DatasetOptions) -> tuple[str, str]:
+def _columns(rec: dict[str, Any], opts: DatasetParams) -> tuple[str, str]:
     """(prompt, response) column names: configured ones, else the first known pair the record has."""
     prompt_col = opts.prompt_column
     response_col = opts.response_column
@@ -290,7 +241,7 @@ def _columns(rec: dict[str, Any], opts: DatasetOptions) -> tuple[str, str]:
     return prompt_col or opts.key_query, response_col or opts.key_answer
 
 
-def _record_example(path: Path, where: str, rec: Any, opts: DatasetOptions) -> Example:
+def _record_example(path: Path, where: str, rec: Any, opts: DatasetParams) -> Example:
     loc = f"{path}: {where}"
     if not isinstance(rec, dict):
         raise ConfigError(f"{loc}: expected a JSON object, got {type(rec).__name__}")
@@ -344,19 +295,16 @@ def model_family(model: Any = None, tokenizer: Any = None) -> str:
     return "auto"
 
 
-def _family_and_options(dataset_params: Any, family: Any, model: Any, tokenizer: Any
-                        ) -> tuple[str, DatasetOptions]:
-    # accept both build_features(ex, tok, params, family=...) and build_features(ex, tok, "auto", params)
-    if isinstance(dataset_params, str) and not isinstance(family, str):
-        dataset_params, family = family, dataset_params
-    opts = DatasetOptions.of(dataset_params)
+def _family_and_options(dataset_params: DatasetParams | Mapping[str, Any] | None, family: str | None, model: Any,
+                        tokenizer: Any) -> tuple[str, DatasetParams]:
+    opts = dataset_settings(dataset_params)
     fam = family or model_family(model, tokenizer)
     if fam not in (*CHATGLM_FAMILIES, "auto"):
         raise ConfigError(f"model family {fam!r}: expected one of chatglm, chatglm2, chatglm3, auto")
     return fam, opts
 
 
-def _eos_id(tokenizer: Any) -> int:
+def eos_id(tokenizer: Any) -> int:
     eos = getattr(tokenizer, "eos_token_id", None)
     if eos is None:
         raise ModelError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r}: has no eos token; "
@@ -379,15 +327,13 @@ def _prompt_ids(tokenizer: Any, prompts: list[str], max_src: int, eos: int) -> t
 
 
 def _formats():
-    try:
-        from xfed.models import formats
-    except ImportError as err:
-        raise ModelError(f"ChatGLM training format unavailable: xfed.models.formats cannot be imported ({err})"
-                         ) from None
+    from xfed.models import formats  # lazily: reading records never needs torch
+
     return formats
 
 
-def build_features(examples: Sequence[Example], tokenizer: Any, dataset_params: Any = None, family: Any = None,
+def build_features(examples: Sequence[Example], tokenizer: Any, dataset_params: DatasetSection = None,
+                   family: str | None = None,
                    *, model: Any = None) -> list[dict[str, list[int]]]:
     """Token features `{"input_ids", "labels"}` per example (labels -100 on the prompt).
 
@@ -404,7 +350,7 @@ def build_features(examples: Sequence[Example], tokenizer: Any, dataset_params: 
                                                 max_dst_length=opts.max_dst_length)
             out.append({"input_ids": list(ids), "labels": list(labels)})
         return out
-    eos = _eos_id(tokenizer)
+    eos = eos_id(tokenizer)
     prompts, cut_prompts = _prompt_ids(tokenizer, [ex.prompt for ex in examples], opts.max_src_length, eos)
     answers = tokenizer([ex.answer for ex in examples], add_special_tokens=False)["input_ids"] if examples else []
     out, cut_answers = [], 0
@@ -420,7 +366,8 @@ def build_features(examples: Sequence[Example], tokenizer: Any, dataset_params: 
     return out
 
 
-def build_prompts(examples: Sequence[Example], tokenizer: Any, dataset_params: Any = None, family: Any = None,
+def build_prompts(examples: Sequence[Example], tokenizer: Any, dataset_params: DatasetSection = None,
+                  family: str | None = None,
                   *, model: Any = None) -> list[tuple[list[int], str]]:
     """(prompt ids ready for generation, reference answer) per example, truncated like build_features."""
     fam, opts = _family_and_options(dataset_params, family, model, tokenizer)
@@ -428,42 +375,5 @@ def build_prompts(examples: Sequence[Example], tokenizer: Any, dataset_params: A
         formats = _formats()
         return [(list(formats.build_prompt_ids(fam, tokenizer, ex, max_src_length=opts.max_src_length)), ex.answer)
                 for ex in examples]
-    prompts, _ = _prompt_ids(tokenizer, [ex.prompt for ex in examples], opts.max_src_length, _eos_id(tokenizer))
+    prompts, _ = _prompt_ids(tokenizer, [ex.prompt for ex in examples], opts.max_src_length, eos_id(tokenizer))
     return [(p, ex.answer) for p, ex in zip(prompts, examples, strict=True)]
-
-
-class PadCollator:
-    """Right-pads `input_ids` with the pad id and `labels` with -100; adds `attention_mask` (torch tensors)."""
-
-    def __init__(self, pad_token_id: int, label_pad_id: int = IGNORE_INDEX, pad_to_multiple_of: int | None = None):
-        self.pad_token_id = int(pad_token_id)
-        self.label_pad_id = int(label_pad_id)
-        self.pad_to_multiple_of = pad_to_multiple_of
-
-    def __call__(self, features: Iterable[Mapping[str, Sequence[int]]]) -> dict[str, Any]:
-        import torch
-
-        features = list(features)
-        width = max((len(f["input_ids"]) for f in features), default=0)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), width), self.label_pad_id, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        for row, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[row, :n] = torch.tensor(list(f["input_ids"]), dtype=torch.long)
-            labels[row, :n] = torch.tensor(list(f["labels"]), dtype=torch.long)
-            mask[row, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
-def make_collator(tokenizer: Any, dataset_params: Any = None, pad_to_multiple_of: int | None = None) -> PadCollator:
-    """The training collator for `tokenizer` (pad id, else eos id); padding labels -100 unless
-    `ignore_pad_token_for_loss` is false (then the pad id, as ChatGLM's p-tuning does)."""
-    pad = getattr(tokenizer, "pad_token_id", None)
-    if pad is None:
-        pad = _eos_id(tokenizer)
-    opts = DatasetOptions.of(dataset_params)
-    label_pad = IGNORE_INDEX if opts.ignore_pad_token_for_loss else pad
-    return PadCollator(pad, label_pad, pad_to_multiple_of)

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -31,15 +31,19 @@ from transformers import TrainerCallback
 from xfed.errors import ConfigError, JobError
 
 from .adapter_state import trainable_names
+from .config import Params
+
+if TYPE_CHECKING:
+    from xfed.config import Stage
 
 MAX_NPROC = 64
 STAGE_FILE = "stage.json"  # in WORK_DIR/ddp/: written by rank 0 for the ranks it starts
 STARTUP_TIMEOUT_S = float(os.environ.get("XFED_DDP_STARTUP_TIMEOUT", "600"))  # imports + joining, per rank
 
 
-def nproc_of(stage: Any, *, identity: str, node: str, cuda: bool) -> int:
+def nproc_of(stage: Stage, *, identity: str, node: str, cuda: bool) -> int:
     """`model_info.config.nproc_per_node` checked (1 when absent); ConfigError naming the key otherwise."""
-    options = getattr(stage.model_info, "config", None) or {}
+    options = stage.model_info.config
     value = options.get("nproc_per_node", 1)
     where = f"{node}: model_info.config.nproc_per_node"
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NPROC:
@@ -52,10 +56,9 @@ def nproc_of(stage: Any, *, identity: str, node: str, cuda: bool) -> int:
     return value
 
 
-def wants_cuda(own_params: dict[str, Any]) -> bool:
+def wants_cuda(own: Params) -> bool:
     """Whether this party's Trainer will train on CUDA (training_arguments' rule, from its own params)."""
-    trainer = own_params.get("trainer") or {}
-    return torch.cuda.is_available() and not (trainer.get("use_cpu") or trainer.get("no_cuda"))
+    return torch.cuda.is_available() and not own.trainer_kwargs().get("use_cpu")
 
 
 def check_device(group: DdpGroup, trainer: Any, node: str) -> None:
@@ -98,7 +101,7 @@ class DdpGroup:
             "stage": ctx.stage.model_dump(mode="json"), "job": str(ctx.job_id), "stage_id": int(ctx.stage_id),
             "attempt": int(ctx.attempt), "node": ctx.node_id, "identity": ctx.identity,
             "assist_id": ctx.assist_id, "trainer_ids": list(ctx.trainer_ids),
-            "job_uid": str(getattr(ctx, "job_uid", "") or ""), "cuda": cuda}))
+            "job_uid": ctx.job_uid, "cuda": cuda}))
         for rank in range(1, world):
             log_path = folder / f"rank-{rank}.log"
             cmd = [sys.executable, "-m", "xfed.operators.horizontal_chatglm.ddp_rank", "--work-dir",

@@ -43,7 +43,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 @dataclass
 class RankContext:
-    """What `_Party.setup` reads of a StageContext, without Redis (reports go to this rank's log)."""
+    """What `Party.setup` reads of a StageContext, without Redis (reports go to this rank's log)."""
 
     job_id: str
     stage_id: int
@@ -71,9 +71,10 @@ def run(work_dir: Path, rank: int, world: int) -> int:
 
     from . import resume
     from .adapter_state import extract_trainable, save_adapter
+    from .config import validated_params
     from .ddp import STAGE_FILE, DdpGroup, FollowerCallback
-    from .operator import _Party, validated_params
     from .party import set_threads
+    from .party_stage import Party
     from .schedule import party_schedule
 
     set_threads()
@@ -90,7 +91,7 @@ def run(work_dir: Path, rank: int, world: int) -> int:
                           stage=stage.model_copy(update={"output": Output(path=str(scratch))}),
                           assist_id=info["assist_id"], trainer_ids=info["trainer_ids"],
                           work_dir=work_dir / "ddp" / f"rank-{rank}", job_uid=info["job_uid"])
-        party = _Party(ctx)
+        party = Party(ctx)
         party.setup(validated_params(group.share_json(), ctx.node_id))
         plan = group.share_json()
         group.share_trainable(party.peft_model)  # the initial (or resumed) global adapter

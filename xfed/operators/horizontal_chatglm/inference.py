@@ -7,6 +7,7 @@ from typing import Any
 from xfed.errors import ConfigError
 
 from . import data
+from .config import DatasetParams
 from .metrics import generation_scores
 from .metrics_thudm import THUDM_METRICS, select_scores
 from .party import load_model_folder
@@ -37,7 +38,7 @@ def render_prompt(query: str, *, history: list[tuple[str, str]] | None = None, p
     return data.render_qa_prompt(pattern or data.DEFAULT_PROMPT_PATTERN, instruction, query)
 
 
-_NO_LIMIT = 1 << 30  # a prompt typed at inference time is never cut
+_NO_LIMIT = DatasetParams(max_src_length=1_000_000)  # a prompt typed at inference time is never cut
 
 
 def prompt_ids(model: Any, tokenizer: Any, prompt: str, *, query: str = "",
@@ -45,7 +46,7 @@ def prompt_ids(model: Any, tokenizer: Any, prompt: str, *, query: str = "",
     """Ids of one rendered prompt in the model family's training layout (ChatGLM3: role tokens, the raw
     query and history as turns when a history is given), not truncated."""
     example = data.Example(prompt=prompt, answer="", history=tuple(history or ()), query=query)
-    [(ids, _)] = data.build_prompts([example], tokenizer, {"max_src_length": _NO_LIMIT}, model=model)
+    [(ids, _)] = data.build_prompts([example], tokenizer, _NO_LIMIT, model=model)
     return ids
 
 
@@ -57,7 +58,7 @@ def answer(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int = 64, *,
     return greedy_answers(model, tokenizer, [ids], max_new_tokens, batch_size=1)[0].strip()
 
 
-def read_eval_pairs(path: str | Path, model: Any, tokenizer: Any, dataset_params: dict[str, Any] | None = None
+def read_eval_pairs(path: str | Path, model: Any, tokenizer: Any, dataset_params: data.DatasetSection = None
                     ) -> list[tuple[list[int], str]]:
     """(prompt ids, reference) pairs of a held-out file, read and tokenised exactly as training data is."""
     examples = data.read_records([str(path)], dataset_params)

@@ -4,16 +4,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from xfed.errors import ConfigError, ModelError
 
 from .adapter_state import trainable_names
-from .config import LOCAL_DATASET_KEYS
+from .config import Params
+from .merge import LOCAL_DATASET_KEYS
 from .peft_setup import apply_peft, check_trainable, peft_config_summary
 from .preflight import digest, model_fingerprint, tokenizer_fingerprint
+
+if TYPE_CHECKING:
+    from xfed.config import Stage
 
 
 def set_threads() -> None:
@@ -21,7 +25,7 @@ def set_threads() -> None:
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
 
 
-def load_base_model(stage: Any, use_cpu: bool) -> tuple[Any, Any, Path]:
+def load_base_model(stage: Stage, use_cpu: bool) -> tuple[Any, Any, Path]:
     """(model, tokenizer, folder) of the stage's input.pretrained_model (a local folder, never downloaded).
 
     dtype (`model_info.config.dtype` overrides): on CUDA bf16 where supported, else fp16; on CPU bf16 for
@@ -29,11 +33,10 @@ def load_base_model(stage: Any, use_cpu: bool) -> tuple[Any, Any, Path]:
     THUDM int4/int8 (packed, any device); `load_in_4bit` / `load_in_8bit`: bitsandbytes QLoRA (CUDA only).
     The model's memory is estimated first and a model that cannot fit is refused in one line.
     """
-    pretrained = getattr(stage.input, "pretrained_model", None)
-    path = getattr(pretrained, "path", None) if pretrained is not None else None
+    path = stage.input.pretrained_model.path if stage.input.pretrained_model is not None else None
     if not path:
         raise ConfigError("input.pretrained_model.path: required (a local model folder)")
-    options = getattr(stage.model_info, "config", None) or {}
+    options = stage.model_info.config
     cuda = torch.cuda.is_available() and not use_cpu
     for key in ("load_in_8bit", "load_in_4bit"):
         if options.get(key) and not cuda:
@@ -63,13 +66,12 @@ def load_base_model(stage: Any, use_cpu: bool) -> tuple[Any, Any, Path]:
     return model, tokenizer, folder
 
 
-def load_base_skeleton(stage: Any) -> tuple[Any, Any, Path]:
+def load_base_skeleton(stage: Stage) -> tuple[Any, Any, Path]:
     """(model on the meta device, tokenizer, folder): the layout of input.pretrained_model without its
     weights, for an assist trainer that only aggregates (xfed.models.skeleton)."""
     from xfed.models.skeleton import load_skeleton
 
-    pretrained = getattr(stage.input, "pretrained_model", None)
-    path = getattr(pretrained, "path", None) if pretrained is not None else None
+    path = stage.input.pretrained_model.path if stage.input.pretrained_model is not None else None
     if not path:
         raise ConfigError("input.pretrained_model.path: required (a local model folder)")
     folder = Path(path)
@@ -81,9 +83,9 @@ def load_base_skeleton(stage: Any) -> tuple[Any, Any, Path]:
     return model, tokenizer, folder
 
 
-def aggregates_only(stage: Any) -> bool:
+def aggregates_only(stage: Stage) -> bool:
     """An assist trainer with no trainset and no adapter to continue from needs no base model."""
-    return not list(getattr(stage.input, "trainset", None) or []) and adapter_path(stage) is None
+    return not stage.input.trainset and adapter_path(stage) is None
 
 
 def load_model_folder(folder: Path, *, device: str = "cpu", dtype: str | None = None,
@@ -113,21 +115,21 @@ class PartyData:
     val_answers: list[str] = field(default_factory=list)
 
 
-def load_party_data(stage: Any, params: dict[str, Any], tokenizer: Any, model: Any) -> PartyData | None:
+def load_party_data(stage: Stage, params: Params, tokenizer: Any, model: Any) -> PartyData | None:
     """The party's trainset (None when it has none: an aggregating assist trainer) and optional valset."""
-    from . import data
+    from . import collate, data
 
-    dataset_params = params.get("dataset") or {}
-    trainset = list(getattr(stage.input, "trainset", None) or [])
+    dataset_params = params.data
+    trainset = list(stage.input.trainset)
     if not trainset:
         return None
     train_records = data.read_records(trainset, dataset_params)
     if not train_records:
-        raise ConfigError(f"input.trainset: {getattr(trainset[0], 'path', trainset[0])}: no training examples")
+        raise ConfigError(f"input.trainset: {trainset[0].path}: no training examples")
     train = data.build_features(train_records, tokenizer, dataset_params, model=model)
-    collator = data.make_collator(tokenizer, dataset_params)
+    collator = collate.make_collator(tokenizer, dataset_params)
     out = PartyData(train=train, num_examples=len(train), collator=collator)
-    valset = list(getattr(stage.input, "valset", None) or [])
+    valset = list(stage.input.valset)
     if valset:
         val_records = data.read_records(valset, dataset_params)
         out.val_features = list(data.build_features(val_records, tokenizer, dataset_params, model=model))
@@ -137,39 +139,37 @@ def load_party_data(stage: Any, params: dict[str, Any], tokenizer: Any, model: A
     return out
 
 
-def fingerprints(model_dir: Path, tokenizer: Any, peft_model: Any, params: dict[str, Any]) -> dict[str, Any]:
+def fingerprints(model_dir: Path, tokenizer: Any, peft_model: Any, params: Params) -> dict[str, Any]:
     """The four digests every party must share (see preflight.FINGERPRINT_KEYS)."""
     params_peft = dict(peft_model.named_parameters())
     shapes = {name: list(params_peft[name].shape) for name in trainable_names(peft_model)}
     config = peft_config_summary(peft_model.peft_config[peft_model.active_adapter])
-    agg = params.get("aggregation") or {}
-    encryption = params.get("encryption") or {}
     base = model_fingerprint(model_dir, tokenizer)
     return {
         "base_model": digest(base),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "peft": digest({"config": config, "trainable": shapes}),
         "schedule": digest({
-            "agg_steps": agg.get("agg_steps"), "weighting": agg.get("weighting", "num_examples"),
-            "encryption": encryption,
-            "dataset": {k: v for k, v in (params.get("dataset") or {}).items() if k not in LOCAL_DATASET_KEYS},
+            "agg_steps": params.agg.agg_steps, "weighting": params.agg.weighting,
+            "encryption": params.encryption_dict(),
+            "dataset": params.data.model_dump(exclude_none=True, exclude=set(LOCAL_DATASET_KEYS)),
         }),
         "base_model_parts": base,  # which files differ, for the diff table
     }
 
 
-def adapter_path(stage: Any) -> Path | None:
+def adapter_path(stage: Stage) -> Path | None:
     """input.adapter_model.path (an adapter to continue training from), or None."""
-    adapter = getattr(stage.input, "adapter_model", None)
-    path = getattr(adapter, "path", None) if adapter is not None else None
+    path = stage.input.adapter_model.path if stage.input.adapter_model is not None else None
     return Path(path) if path else None
 
 
-def build_adapter(model: Any, params: dict[str, Any], resume: Path | None, seed: int) -> Any:
+def build_adapter(model: Any, params: Params, resume: Path | None, seed: int) -> Any:
     """A fresh adapter (seeded; the assist trainer's initial adapter then replaces it) or a resumed one."""
     from transformers import set_seed
 
     set_seed(seed)
-    peft_model = apply_peft(model, params.get("peft") or {}, resume)
+    assert params.peft is not None  # a complete Params has its peft section
+    peft_model = apply_peft(model, params.peft, resume)
     check_trainable(peft_model, "train_params.peft")
     return peft_model

@@ -14,40 +14,39 @@ finished it long ago. What the preflight gave its first incarnation it gets inst
 - fingerprints are not compared again: the first incarnation passed the preflight with the same
   configuration; a different adapter layout still fails when the mean is loaded.
 
-Training: the rejoiner runs the Hugging Face Trainer over the whole schedule (the same
-`total_steps`, so the same aggregation points) but resumes it at the optimizer step that ended the
-round before its first one, from a Trainer state holding only that step (`trainer_state.json`): the
-Trainer skips the batches of the missed rounds (the sampler is seeded by `trainer.seed`, as in any
-resume), starts fresh optimizer moments (the dead process's are lost, and they belonged to an older
-model), and `AdvanceSchedule` puts the learning-rate schedule at that step, where an uninterrupted
-party's schedule would be.
+Training: the Trainer resumed at the admission step (rejoin_trainer.py).
 """
 from __future__ import annotations
 
 import time
-import warnings
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from transformers import TrainerCallback
+from xfed.aggregation import RootBase, SecAggLeaf, SecAggRoot, make_leaf
+from xfed.errors import ConfigError, JobError, XfedError, blaming
+from xfed.operators.context import OperatorContext
 
-from .config import merge_authoritative
+from . import protocol
+from .adapter_state import load_trainable
+from .config import Params, validated_params
+from .merge import merge_authoritative
+from .party_stage import ROUND_TIMEOUT_S, KeepWarnings, Party
 from .preflight import conflict_warnings
-from .protocol import recv_meta, send_meta
-
-REJOIN, REPLAN = "hcg.rejoin", "hcg.replan"
 
 
-def request_plan(ctx: Any, own: dict[str, Any]) -> dict[str, Any]:
+def request_plan(ctx: OperatorContext, own: Params) -> protocol.Replan:
     """The rejoiner's side: its own train_params to the assist trainer; the effective ones and the rounds back."""
-    send_meta(ctx, ctx.assist_id, REJOIN, {"train_params": own, "incarnation": int(ctx.incarnation)})
-    return recv_meta(ctx, ctx.assist_id, REPLAN)
+    assist = ctx.assist_id
+    assert assist is not None  # only a label trainer of a federation rejoins
+    protocol.send(ctx, assist, protocol.Rejoin(train_params=own.model_dump(mode="json", exclude_unset=True),
+                                               incarnation=ctx.incarnation))
+    return protocol.recv(ctx, assist, protocol.Replan)
 
 
 class RejoinDesk:
     """The assist trainer's side: answers each restarted trainer's `hcg.rejoin` once, after a round."""
 
-    def __init__(self, ctx: Any, root: Any, own: dict[str, Any], rounds: int, warn) -> None:
+    def __init__(self, ctx: OperatorContext, root: RootBase, own: Params, rounds: int,
+                 warn: Callable[[str], None]) -> None:
         self.ctx, self.root, self.own, self.rounds, self.warn = ctx, root, own, rounds, warn
         self.answered: dict[str, int] = {}
 
@@ -58,100 +57,57 @@ class RejoinDesk:
         return mean
 
     def serve(self) -> None:
-        listening = dict(getattr(self.root, "listening", None) or {})  # restarted, not admitted (secagg_root)
+        listening = dict(self.root.listening) if isinstance(self.root, SecAggRoot) else {}  # restarted, not admitted
         waiting = {n: k for n, k in listening.items() if self.answered.get(n) != k}
         if not waiting:
             return
         comm = self.ctx.comm
         for node, k in waiting.items():
             comm.set_incarnation(node, k)  # reads already switched by the root; our answer goes there too
-        got = comm.gather_until(sorted(waiting), REJOIN, 0)
+        got = comm.gather_until(sorted(waiting), protocol.Rejoin.tag, 0)
         for node, msg in sorted(got.items()):
-            meta = dict(msg.meta or {})
-            party = meta.get("train_params") if isinstance(meta.get("train_params"), dict) else {}
+            self.answered[node] = waiting[node]
+            try:
+                party = validated_params(protocol.parse(protocol.Rejoin, node, msg.meta).train_params, node,
+                                         complete=False)
+            except XfedError as exc:  # this restart stays out; the survivors go on
+                self.warn(f"{node} (incarnation {waiting[node]}) cannot rejoin: {exc}")
+                protocol.send(self.ctx, node, protocol.Replan(ok=False, error=str(exc)))
+                continue
             effective, conflicts = merge_authoritative(self.own, party)
             for line in conflict_warnings(node, conflicts):
                 self.warn(line)
-            send_meta(self.ctx, node, REPLAN, {"ok": True, "train_params": effective, "rounds": self.rounds,
-                                               "conflicts": conflicts})
-            self.answered[node] = waiting[node]
+            protocol.send(self.ctx, node, protocol.Replan(
+                ok=True, train_params=effective.model_dump(mode="json", exclude_unset=True), rounds=self.rounds,
+                conflicts=conflicts))
             self.ctx.report("log", {"message": f"{node} (incarnation {waiting[node]}) asked to rejoin: "
                                                "parameters sent; admitted at the next round boundary"})
 
 
-def rejoin_checkpoint(folder: Path, trainer: Any, total_steps: int, global_step: int) -> str:
-    """A folder for `resume_from_checkpoint` holding only a Trainer state at `global_step` (no optimizer,
-    scheduler or RNG files: the Trainer keeps its fresh ones)."""
-    from transformers.trainer_callback import TrainerState
-
-    folder.mkdir(parents=True, exist_ok=True)
-    state = TrainerState()
-    state.train_batch_size = trainer._train_batch_size
-    state.compute_steps(trainer.args, total_steps)
-    state.max_steps, state.global_step = int(total_steps), int(global_step)
-    state.save_to_json(str(folder / "trainer_state.json"))
-    return str(folder)
-
-
-class AdvanceSchedule(TrainerCallback):
-    """Puts the learning-rate schedule at `step` when training begins (a resume without scheduler state)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = int(step)
-
-    def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
-        if lr_scheduler is None or self.step <= 0 or not hasattr(lr_scheduler, "last_epoch"):
-            return control
-        lr_scheduler.last_epoch = self.step - 1
-        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
-            warnings.simplefilter("ignore")
-            lr_scheduler.step()
-        return control
-
-
-def prepare_trainer(trainer: Any, folder: Path, schedule: Any, start: int) -> str:
-    """Set the Trainer up to train rounds start + 1 .. last only; returns its `resume_from_checkpoint`."""
-    from .resume import _keep_loaded_weights
-
-    step = int(schedule.steps[start - 1])  # the optimizer step that ended round `start`
-    trainer._load_from_checkpoint = _keep_loaded_weights  # the welcome's global adapter is already loaded
-    trainer.add_callback(AdvanceSchedule(step))
-    return rejoin_checkpoint(folder, trainer, schedule.total_steps, step)
-
-
-def stay_out(party: Any, why: str) -> dict[str, Any]:
+def stay_out(party: Party, why: str) -> dict[str, Any]:
     """A restart that cannot rejoin: said once, then out of the stage until it ends (like a node the root
     never admits), so that the restart does not fail a job the survivors can finish."""
-    from xfed.errors import JobError
-
     party.warn(why)
     while not party.ctx.should_stop():
         time.sleep(1.0)
     raise JobError(f"job {party.ctx.job_id}: stopped")
 
 
-def run_label(party: Any) -> dict[str, Any]:
+def run_label(party: Party) -> dict[str, Any]:
     """A restarted label trainer's stage: the plan from the assist trainer, local set-up, the welcome's
     global adapter, then the rounds after the one it was admitted at."""
-    from xfed.aggregation import make_leaf
-    from xfed.errors import ConfigError, JobError, blaming
-
-    from .adapter_state import load_trainable
-    from .operator import ROUND_TIMEOUT_S, _KeepWarnings, validated_params
-
     ctx = party.ctx
     plan = request_plan(ctx, party.own)
-    if not plan.get("ok") or not isinstance(plan.get("train_params"), dict) or not isinstance(plan.get("rounds"), int):
-        raise blaming(JobError(f"{party.node}: the assist trainer's rejoin plan is malformed or a refusal: "
-                               f"{str(plan.get('error', plan))[:200]}"), ctx.assist_id)
-    for line in conflict_warnings(party.node, list(plan.get("conflicts") or [])):
+    if not plan.ok:
+        raise blaming(JobError(f"{party.node}: the assist trainer refused the rejoin: {plan.error}"), ctx.assist_id)
+    for line in conflict_warnings(party.node, plan.conflicts):
         party.warnings.append(line)  # the assist trainer reports them to the job's events
-    party.setup(validated_params(dict(plan["train_params"]), party.node))
+    party.setup(validated_params(plan.train_params, party.node))
     if party.trainer is None:
         raise ConfigError(f"{party.node}: input.trainset: a label trainer needs training data")
-    leaf = make_leaf(_KeepWarnings(ctx, party.warnings), party.params.get("encryption"), timeout=ROUND_TIMEOUT_S,
-                     min_parties=(party.params.get("aggregation") or {}).get("min_parties"))
-    if not hasattr(leaf, "start_round"):
+    leaf = make_leaf(KeepWarnings(ctx, party.warnings), party.params.enc, timeout=ROUND_TIMEOUT_S,
+                     min_parties=party.aggregation.min_parties)
+    if not isinstance(leaf, SecAggLeaf):
         raise JobError(f"{party.node}: restarted into a stage whose aggregation has no rejoin "
                        "(encryption.otp.dropout is needed)")
     leaf.setup()  # sends the join request; the welcome comes at a round boundary
@@ -159,4 +115,4 @@ def run_label(party: Any) -> dict[str, Any]:
     first = int(leaf.start_round)
     # written with the first round's record; the first incarnation's records of the rounds it finished are kept
     party.metrics.header.update(first_round=first, incarnation=int(ctx.incarnation))
-    return party.run_rounds(int(plan["rounds"]), leaf.aggregate, leaf, first - 1, rejoined=True)
+    return party.run_rounds(plan.rounds, leaf.aggregate, leaf, first - 1, rejoined=True)

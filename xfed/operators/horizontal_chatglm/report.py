@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
+
+from xfed.commands import HELP, run
 from xfed.display import cell
 
 COLUMNS = [("node", "node"), ("round", "round"), ("step", "step"), ("train_loss", "train loss"),
@@ -39,23 +42,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 USAGE = "usage: python -m xfed.operators.horizontal_chatglm.report JOB_DIR [--plot PNG]"
 
 
+class _Command(click.Command):
+    def format_usage(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        formatter.write_text(USAGE)  # the usage line users already know (and the docs show)
+
+
+@click.command(cls=_Command, context_settings=HELP, help=__doc__.strip())
+@click.argument("job_dir", type=click.Path(path_type=Path))
+@click.option("--plot", "png", default=None, metavar="PNG", help="Also draw the curves into PNG.")
+def command(job_dir: Path, png: str | None) -> int:
+    return report(job_dir, png)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args in (["-h"], ["--help"]):
-        print(f"{USAGE}\n\n{__doc__.strip()}")
-        return 0
-    png = None
-    if "--plot" in args:
-        i = args.index("--plot")
-        if i + 1 >= len(args):
-            print(USAGE, file=sys.stderr)
-            return 2
-        png = args[i + 1]
-        del args[i:i + 2]
-    if len(args) != 1 or args[0].startswith("-"):
-        print(USAGE, file=sys.stderr)
-        return 2
-    return report(Path(args[0]), png)
+    return run(command, argv, "python -m xfed.operators.horizontal_chatglm.report")
 
 
 def report(job_dir: Path, png: str | None = None) -> int:

@@ -20,13 +20,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from xfed.errors import JobError
+from xfed.operators.context import OperatorContext
 
 from ..outputs import describe, job_identity, same_job
+from .protocol import Preflight
 
 RESUME_DIR = "xfed_resume"
 STATE_FILE = "state.json"
@@ -135,21 +137,18 @@ def prune(output_dir: Path, round_idx: int, save_total_limit: int | None = None)
                 folder.rmdir()
 
 
-def preflight_fields(ctx: Any, output_dir: Path) -> dict[str, int]:
+def resume_round(ctx: OperatorContext, output_dir: Path) -> int | None:
     """What a party adds to its preflight report on a resumed attempt: its last complete round."""
-    return {"resume_round": last_complete_round(output_dir)} if int(ctx.attempt) > 0 else {}
+    return last_complete_round(output_dir) if ctx.attempt > 0 else None
 
 
-def agree_round(ctx: Any, own_output_dir: Path, reports: dict[str, dict[str, Any]]) -> int:
+def agree_round(ctx: OperatorContext, own_output_dir: Path, reports: Mapping[str, Preflight]) -> int:
     """The round every party can continue from (the lowest last complete round); 0 on a first attempt."""
-    if int(ctx.attempt) <= 0:
+    if ctx.attempt <= 0:
         return 0
     rounds = {ctx.node_id: last_complete_round(own_output_dir)}
     for node, report in reports.items():
-        value = report.get("resume_round", 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise JobError(f"{node}: preflight resume_round must be a round number ≥ 0, got {value!r}")
-        rounds[node] = value
+        rounds[node] = report.resume_round or 0  # a party without one starts over
     start = min(rounds.values())
     message = ", ".join(f"{n}: {r}" for n, r in sorted(rounds.items()))
     ctx.report("log", {"message": f"attempt {ctx.attempt}: resuming after round {start} "
@@ -157,7 +156,7 @@ def agree_round(ctx: Any, own_output_dir: Path, reports: dict[str, dict[str, Any
     return start
 
 
-def restore(ctx: Any, output_dir: Path, start: int, rounds: int) -> dict[str, np.ndarray] | None:
+def restore(ctx: OperatorContext, output_dir: Path, start: int, rounds: int) -> dict[str, np.ndarray] | None:
     """The aggregated tensors of round `start` (None for start 0); later, stale resume states are removed."""
     for later in range(start + 1, rounds + 1):  # their rounds are trained again: never resume from a mix
         shutil.rmtree(checkpoint_dir(output_dir, later) / RESUME_DIR, ignore_errors=True)
@@ -180,7 +179,7 @@ def restore(ctx: Any, output_dir: Path, start: int, rounds: int) -> dict[str, np
         raise JobError(f"{ctx.node_id}: {where / TENSORS_FILE}: unreadable ({exc})") from None
 
 
-def check_owner(ctx: Any, where: Path, state: dict[str, Any]) -> None:
+def check_owner(ctx: OperatorContext, where: Path, state: dict[str, Any]) -> None:
     """JobError naming the owner when a resume state was written by another job (an id reused after
     Redis lost its data, a folder copied in): resuming from it would continue someone else's model."""
     recorded = state.get("job")
@@ -201,7 +200,7 @@ def dp_seed(output_dir: Path, start: int) -> int | None:
         return None
 
 
-def restore_strategy(ctx: Any, output_dir: Path, start: int, strategy: Any) -> None:
+def restore_strategy(ctx: OperatorContext, output_dir: Path, start: int, strategy: Any) -> None:
     """Put the server strategy's state of round `start` back (after `start()` set the global tensors), so a
     resumed job continues the optimizer exactly; refuses a state saved by another strategy."""
     if start <= 0:
@@ -228,7 +227,7 @@ def restore_strategy(ctx: Any, output_dir: Path, start: int, strategy: Any) -> N
     strategy.load_state(tensors)
 
 
-def trainer_checkpoint(ctx: Any, output_dir: Path, start: int, trainer: Any) -> str | None:
+def trainer_checkpoint(ctx: OperatorContext, output_dir: Path, start: int, trainer: Any) -> str | None:
     """The folder to pass as `resume_from_checkpoint` (None when starting from scratch).
 
     The Trainer would also load model weights from it; the aggregate is already in place (loaded

@@ -10,21 +10,31 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 from transformers import TrainerCallback
 
+from xfed.aggregation import LeafBase, RootBase
+from xfed.aggregation.privacy import Privatizer
 from xfed.errors import JobError
+from xfed.operators.context import OperatorContext
 
 from .adapter_state import extract_trainable, load_trainable, save_adapter
 from .metrics import MetricsLog, peak_memory_mb
 from .metrics_thudm import select_scores
+from .reporting import Reporter
 from .schedule import Schedule
 from .training import greedy_answers, valset_loss
 
 # (round, own tensors or None, own weight) -> weighted mean of everyone's tensors
 AggregateFn = Callable[[int, "dict[str, np.ndarray] | None", float], "dict[str, np.ndarray]"]
+
+
+class Anchor(Protocol):
+    """Told each round's global adapter (FedProx's proximal term, DP's clipping reference)."""
+
+    def set_anchor(self, tensors: Mapping[str, np.ndarray]) -> None: ...
 
 
 @dataclass
@@ -53,11 +63,11 @@ class Evaluator:
         return out
 
 
-def _aggregator_stats(aggregator: Any) -> dict[str, float]:
+def _aggregator_stats(aggregator: LeafBase | RootBase | None) -> dict[str, float]:
     """mask / unmask / wait milliseconds and bytes of the last round, as the aggregation layer measured them."""
-    stats = getattr(aggregator, "last_stats", None)
-    if not isinstance(stats, dict):
+    if aggregator is None:
         return {}
+    stats = aggregator.last_round_stats
     wanted = ("mask_ms", "unmask_ms", "wait_ms", "bytes_sent", "bytes_received")
     out = {k: round(float(stats[k]), 1) if k.endswith("_ms") else int(stats[k])
            for k in wanted if isinstance(stats.get(k), (int, float))}
@@ -70,10 +80,10 @@ def _aggregator_stats(aggregator: Any) -> dict[str, float]:
 class RoundRunner:
     """Runs the rounds of one party; shared by label trainers and a training or aggregating assist trainer."""
 
-    ctx: Any
+    ctx: OperatorContext
     peft_model: Any
     aggregate: AggregateFn
-    aggregator: Any
+    aggregator: LeafBase | RootBase | None  # None: a party training alone
     schedule: Schedule
     weight: float
     output_dir: Path
@@ -81,9 +91,9 @@ class RoundRunner:
     evaluator: Evaluator | None = None
     trains: bool = True
     after_checkpoint: Callable[[int], None] | None = None  # resume state of the round (resume.py)
-    reporter: Any = None  # reporting.Reporter: the round to the Trainer's integrations + trainer_state.json
-    privatizer: Any = None  # xfed.aggregation.privacy.Privatizer with aggregation.dp: clip + noise before upload
-    anchors: list[Any] = field(default_factory=list)  # told each round's aggregate (FedProx, DP: set_anchor)
+    reporter: Reporter | None = None  # the round to the Trainer's integrations + trainer_state.json
+    privatizer: Privatizer | None = None  # with aggregation.dp: clip + noise before upload
+    anchors: list[Anchor] = field(default_factory=list)  # told each round's aggregate (FedProx, DP)
     after_load: Callable[[], None] | None = None  # the mean is in place (a DDP party's rank 0 broadcasts it)
     _losses: list[float] = field(default_factory=list)
 

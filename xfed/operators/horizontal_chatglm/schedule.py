@@ -10,34 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
-from xfed.errors import ConfigError, JobError
-
-# agg_steps given as a float such as 0.2 or 0.1: recover the fraction the user meant.
-_MAX_DENOMINATOR = 10_000
+from xfed.errors import JobError
 
 
-def parse_agg_steps(agg_steps: float | int | str) -> Fraction | int:
-    """`agg_steps` as a `Fraction` of the run (0 < f ≤ 1) or an `int` step interval (≥ 1)."""
-    if isinstance(agg_steps, bool):
-        raise ConfigError(f"aggregation.agg_steps: expected a fraction in (0, 1] or an integer ≥ 1, got {agg_steps!r}")
-    if isinstance(agg_steps, int):
-        if agg_steps < 1:
-            raise ConfigError(f"aggregation.agg_steps: an integer step interval must be ≥ 1, got {agg_steps}")
-        return agg_steps
-    try:
-        value = Fraction(str(agg_steps)).limit_denominator(_MAX_DENOMINATOR)
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"aggregation.agg_steps: not a number: {agg_steps!r}") from None
-    if value.denominator == 1 and value > 1:
-        return int(value)
-    if not 0 < value <= 1:
-        raise ConfigError(f"aggregation.agg_steps: expected a fraction in (0, 1] or an integer ≥ 1, got {agg_steps!r}")
-    return value
-
-
-def count_rounds(agg_steps: float | int | str, party_steps: dict[str, int]) -> int:
+def count_rounds(every: Fraction | int, party_steps: dict[str, int]) -> int:
     """How many rounds every party runs, given each party's total optimizer steps.
 
+    `every` is `aggregation.agg_steps` as the config model parsed it (`Aggregation.every`).
     A fraction f gives ceil(1/f) rounds (0.2 → 5; 0.3 → 4: at 30 %, 60 %, 90 % and the end).
     An integer interval s is applied to the longest party: ceil(max_steps / s) rounds; shorter
     parties spread their fewer steps over the same rounds.  Every party must have at least one
@@ -46,12 +25,11 @@ def count_rounds(agg_steps: float | int | str, party_steps: dict[str, int]) -> i
     """
     if not party_steps:
         raise JobError("aggregation schedule: no party reported its number of training steps")
-    spec = parse_agg_steps(agg_steps)
-    if isinstance(spec, Fraction):
-        rounds = -(-spec.denominator // spec.numerator)  # ceil(1/f)
+    if isinstance(every, Fraction):
+        rounds = -(-every.denominator // every.numerator)  # ceil(1/f)
     else:
         longest = max(party_steps.values())
-        rounds = max(1, -(-longest // spec))
+        rounds = max(1, -(-longest // every))
     short = {node: n for node, n in sorted(party_steps.items()) if n < rounds}
     if short:
         who = ", ".join(f"{node} has {n}" for node, n in short.items())

@@ -11,7 +11,7 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from xfed.errors import ConfigError
-from xfed.operators.horizontal_chatglm.config import FORCED_TRAINER_ARGS
+from xfed.operators.horizontal_chatglm.training_args import FORCED_TRAINER_ARGS
 
 _ARG_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
 

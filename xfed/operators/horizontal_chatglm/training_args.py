@@ -1,4 +1,5 @@
-"""The fields of the installed transformers.TrainingArguments, read from its source with `ast`.
+"""The `trainer` section: the fields of the installed transformers.TrainingArguments, read from its
+source with `ast`, and the keys xfed reserves, renames or sets itself.
 
 Checking a `trainer` section must not cost an import of transformers (and torch: ~5-10 s on
 a busy machine), so the dataclass is read from the installed `training_args.py` without
@@ -14,6 +15,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from xfed.config.base import did_you_mean
 
 # Annotation names -> JSON kinds they admit ("float" admits ints too, as Python does).
 _SIMPLE = {"int": {"int"}, "float": {"float", "int"}, "bool": {"bool"}, "str": {"str"},
@@ -185,3 +190,53 @@ def training_argument_specs() -> dict[str, FieldSpec]:
     specs = _from_source(folder / "") if folder.is_dir() else {}
     # A handful of fields would mean the class moved or changed shape: ask the real thing.
     return specs if len(specs) >= 50 else _from_import()
+
+
+# ---------------------------------------------------------------- the `trainer` section
+# Set by xfed itself: a value in the config would be silently overridden, so it is refused.
+RESERVED_TRAINER_KEYS = {"output_dir": "set by xfed from output.path"}
+XFL_TRAINER_ALIASES = {"no_cuda": "use_cpu"}  # removed from TrainingArguments in transformers 5
+# TrainingArguments the operator sets itself (it saves an adapter at every aggregation point and logs
+# every optimizer step for the round's loss): a config value for one of these is ignored, and `validate`
+# says so in a note. report_to is not among them: each party's own, default "none" (reporting.py).
+FORCED_TRAINER_ARGS: dict[str, Any] = {
+    "save_strategy": "no",
+    "eval_strategy": "no",
+    "logging_strategy": "steps",
+    "logging_steps": 1,
+    "disable_tqdm": True,
+    "remove_unused_columns": False,
+    "load_best_model_at_end": False,
+    "push_to_hub": False,
+}
+
+
+def check_trainer_args(trainer: dict[str, Any]) -> list[InitErrorDetails]:
+    """Errors (located at the key) for unknown keys and ill-typed values of TrainingArguments."""
+    specs = training_argument_specs()
+    errors: list[InitErrorDetails] = []
+
+    def error(key: str, message: str) -> None:
+        errors.append(InitErrorDetails(type=PydanticCustomError("trainer_arg", message), loc=(key,), input=None))
+
+    if "no_cuda" in trainer and "use_cpu" in trainer and trainer["no_cuda"] != trainer["use_cpu"]:
+        error("no_cuda", "XFL's no_cuda is use_cpu in transformers 5; they disagree here")
+    for key, value in trainer.items():
+        name = XFL_TRAINER_ALIASES.get(key, key)
+        if key in RESERVED_TRAINER_KEYS:
+            error(key, RESERVED_TRAINER_KEYS[key])
+        elif not specs:  # transformers is not installed here: nothing to check against
+            continue
+        elif name not in specs:
+            error(key, "not a transformers.TrainingArguments field" + did_you_mean(key, [*specs, *XFL_TRAINER_ALIASES]))
+        elif (reason := check_value(specs[name], value, name)) is not None:
+            error(key, reason)
+    return errors
+
+
+def trainer_kwargs(trainer: dict[str, Any] | None) -> dict[str, Any]:
+    """TrainingArguments keyword arguments from a `trainer` section (XFL's no_cuda -> use_cpu)."""
+    out: dict[str, Any] = {}
+    for key, value in (trainer or {}).items():
+        out[XFL_TRAINER_ALIASES.get(key, key)] = value
+    return out

@@ -1,11 +1,11 @@
-"""rejoin.prepare_trainer with a real HF Trainer: a rejoiner trains only the steps after its admission round,
+"""rejoin_trainer.prepare_rejoin with a real HF Trainer: a rejoiner trains only the steps after its admission round,
 with the learning rate an uninterrupted party has at those steps."""
 from __future__ import annotations
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from xfed.operators.horizontal_chatglm.rejoin import prepare_trainer
+from xfed.operators.horizontal_chatglm.rejoin_trainer import prepare_rejoin
 from xfed.operators.horizontal_chatglm.schedule import party_schedule
 
 
@@ -44,7 +44,7 @@ def test_a_rejoiner_takes_the_steps_after_its_admission_round_at_the_uninterrupt
     assert [s for s, _ in full_steps.steps] == list(range(1, 9))
     rejoiner, steps = _trainer(tmp_path, "rejoin")
     schedule = party_schedule(4, 8)  # rounds end at steps 2, 4, 6, 8
-    checkpoint = prepare_trainer(rejoiner, tmp_path / "rejoin-state", schedule, 2)  # admitted after round 2
+    checkpoint = prepare_rejoin(rejoiner, tmp_path / "rejoin-state", schedule, 2)  # admitted after round 2
     rejoiner.train(resume_from_checkpoint=checkpoint)
     assert [s for s, _ in steps.steps] == [5, 6, 7, 8]  # rounds 3 and 4 only
     assert rejoiner.state.global_step == 8
