@@ -186,7 +186,10 @@ class SentinelServers:
     root: Path
     sentinels: int = 1
     name: str = "xfedmaster"
-    down_after_ms: int = 1000
+    # 2 s, not 1: Sentinel pings every second, so with down-after equal to that period a reply a little
+    # late marks a master down; right after a failover that happened to the new master and Sentinel fell
+    # back to the restarted, empty old one (seen in CI: the scheduler's heartbeat was gone with the data)
+    down_after_ms: int = 2000
     master: _Proc | None = None
     replica: _Proc | None = None
     watchers: list[_Proc] = field(default_factory=list)

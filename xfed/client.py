@@ -83,12 +83,19 @@ class Client:
             console = Console(highlight=False, soft_wrap=False, width=400 if wide else min(WIDTH, tty_width))
         self.console = console
         self.interval = fed.heartbeat_interval
+        # a Redis failover can lose the scheduler's heartbeat key (the promoted replica never had it, or
+        # the master Sentinel fell back to came back empty) until the scheduler's next beat after it
+        # reconnects: with a failover window configured, a missing heartbeat is waited for that long
+        self.scheduler_grace_s = fed.failover_window_s + 2 * self.interval if fed.failover_window_s > 0 else 0.0
 
     # -- talking to the scheduler ------------------------------------------------------------
     def scheduler_alive(self) -> bool:
         return scheduler_alive(self.r, self.keys)
 
     def request(self, msg: dict[str, Any], *, timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
+        deadline = time.monotonic() + self.scheduler_grace_s
+        while not self.scheduler_alive() and time.monotonic() < deadline:
+            time.sleep(min(0.2, self.interval))
         if not self.scheduler_alive():
             raise JobError(f"no scheduler is running for namespace {self.keys.namespace!r} "
                            f"(start one: python xfed.py -s --config_path DIR)")

@@ -25,7 +25,7 @@ NODES = ["n1", "assist"]
 def client(redis_server):
     r = redis_server.client()
     keys = Keys("cl")
-    fed = SimpleNamespace(node_ids=NODES, heartbeat_interval=0.5)
+    fed = SimpleNamespace(node_ids=NODES, heartbeat_interval=0.5, failover_window_s=0.0)
     c = Client(fed, r, keys, console=Console(record=True, width=200))
     c.test_keys = keys
     return c
@@ -84,6 +84,33 @@ def test_refusals_name_what_is_missing(client):
             client.request({"type": "start"}, timeout=0.5)
     finally:
         sched.stop()
+
+
+def test_with_a_failover_window_a_missing_scheduler_heartbeat_is_waited_for_then_refused(client):
+    """A Sentinel failover can lose the scheduler's heartbeat key until its next beat (seen: Sentinel fell
+    back to a master that came back empty): with `redis.failover_window` the client waits for it."""
+    import threading
+    import time
+
+    ha = Client(SimpleNamespace(node_ids=NODES, heartbeat_interval=0.2, failover_window_s=1.0), client.r,
+                client.test_keys)
+    assert ha.scheduler_grace_s == pytest.approx(1.4) and client.scheduler_grace_s == 0.0
+    t0 = time.monotonic()
+    with pytest.raises(JobError, match="no scheduler is running"):
+        ha.request({"type": "start"}, timeout=0.5)
+    assert 1.3 < time.monotonic() - t0 < 5.0  # the grace, then one line (not the default's instant refusal)
+    beats: list = []
+    later = threading.Timer(0.6, lambda: beats.append(
+        Heartbeat(client.r, client.test_keys, "scheduler", "scheduler", interval=0.5,
+                  key=client.test_keys.scheduler()).start()))
+    later.start()
+    try:  # the heartbeat comes back within the grace: the request goes out (and, unanswered, times out)
+        with pytest.raises(JobError, match="did not answer the start request within 0.3 s"):
+            ha.request({"type": "start"}, timeout=0.3)
+    finally:
+        later.join()
+        for hb in beats:
+            hb.stop()
 
 
 def test_stop_without_a_scheduler_stops_the_job_directly(client, capsys):

@@ -26,7 +26,7 @@ def test_follow_waits_out_a_redis_restart_and_reports_the_outcome(tmp_path, caps
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        client = Client(SimpleNamespace(node_ids=["n1"], heartbeat_interval=0.5),
+        client = Client(SimpleNamespace(node_ids=["n1"], heartbeat_interval=0.5, failover_window_s=0.0),
                         srv.client(retry=Retry(NoBackoff(), 0), retry_on_timeout=False), keys,
                         console=Console(record=True))
         job = client.jobs.create(["n1"])
