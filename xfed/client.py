@@ -94,11 +94,11 @@ class Client:
 
     def request(self, msg: dict[str, Any], *, timeout: float = REPLY_TIMEOUT_S) -> dict[str, Any]:
         deadline = time.monotonic() + self.scheduler_grace_s
-        while not self.scheduler_alive() and time.monotonic() < deadline:
+        while not self.scheduler_alive():  # one read when it is there (the usual case)
+            if time.monotonic() >= deadline:
+                raise JobError(f"no scheduler is running for namespace {self.keys.namespace!r} "
+                               f"(start one: python xfed.py -s --config_path DIR)")
             time.sleep(min(0.2, self.interval))
-        if not self.scheduler_alive():
-            raise JobError(f"no scheduler is running for namespace {self.keys.namespace!r} "
-                           f"(start one: python xfed.py -s --config_path DIR)")
         return request(self.r, self.keys, msg, timeout=timeout)
 
     # -- verbs ------------------------------------------------------------------------------
