@@ -3,7 +3,16 @@ from __future__ import annotations
 
 import pytest
 
-from xfed.broker.jobrecord import JobState, NodeStatus, can_resume, can_transition, job_from_hash, parse_state
+from xfed.broker.jobrecord import (
+    Job,
+    JobState,
+    NodeStatus,
+    can_resume,
+    can_transition,
+    job_from_hash,
+    job_to_hash,
+    parse_state,
+)
 
 S = JobState
 
@@ -50,3 +59,14 @@ def test_job_from_hash_tolerates_garbage_node_fields_but_not_garbage_core_fields
 
 def test_only_failed_or_stopped_jobs_resume():
     assert [s for s in S if can_resume(s)] == [S.FAILED, S.STOPPED]
+
+
+def test_a_job_written_as_a_hash_reads_back_the_same():
+    job = Job(job_id="9", state=S.STOPPED, stage=1, attempt=2, n_stages=3, reason="stopped by alice", node="n2",
+              participants=["n1", "n2"], created=1.5, started=2.25, ended=9.75, updated=10.0,
+              nodes={"n1": NodeStatus(state="done", stage=1), "n2": NodeStatus(state="stopped", stage=1)},
+              extra={"uid": "abc123", "cursor": "5-0"})
+    as_redis = {k.encode(): v.encode() for k, v in job_to_hash(job).items()}  # what HGETALL answers
+    assert job_from_hash("9", as_redis) == job
+    fresh = Job(job_id="4", state=S.PENDING, participants=["n1"], created=1.0, updated=1.0)
+    assert job_from_hash("4", job_to_hash(fresh)) == fresh and "started" not in job_to_hash(fresh)

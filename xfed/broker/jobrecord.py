@@ -214,3 +214,18 @@ def job_from_hash(job_id: str, h: dict) -> Job:
         updated=field_float(h.get("updated")) or 0.0, nodes=nodes,
         extra={k: field_text(v) for k, v in h.items() if k not in known and not k.startswith("node:")},
     )
+
+
+def job_to_hash(job: Job) -> dict[str, str]:
+    """The hash fields of `job`: what `job_from_hash` reads back as the same Job (unset optional times and
+    n_stages are left out, as a record that never had them)."""
+    h: dict[str, str] = {**job.extra, "state": job.state.value, "stage": str(job.stage), "attempt": str(job.attempt),
+                         "reason": job.reason, "node": job.node, "participants": json.dumps(job.participants),
+                         "created": repr(job.created), "updated": repr(job.updated)}
+    for name in ("started", "ended"):
+        if getattr(job, name) is not None:
+            h[name] = repr(getattr(job, name))
+    if job.n_stages is not None:
+        h["n_stages"] = str(job.n_stages)
+    h.update({f"node:{n}": s.to_json() for n, s in job.nodes.items()})
+    return h

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -22,6 +23,7 @@ from xfed.broker.jobrecord import (
     field_int,
     field_text,
     job_from_hash,
+    job_to_hash,
     parse_state,
     rejoin_field,
     states_before,
@@ -113,15 +115,8 @@ class JobStore:
     def restore(self, job: Job) -> bool:
         """Write `job` (an ended job's last snapshot) back where Redis has no record of it any more;
         False when a record is there. The index entry and the retention follow as after any end."""
-        mapping: dict[str, str] = {**job.extra, "state": job.state.value, "stage": str(job.stage),
-                                   "attempt": str(job.attempt), "reason": job.reason, "node": job.node,
-                                   "participants": json.dumps(job.participants), "created": repr(job.created),
-                                   "updated": repr(time.time()), "ended": repr(job.ended or time.time())}
-        if job.started is not None:
-            mapping["started"] = repr(job.started)
-        if job.n_stages is not None:
-            mapping["n_stages"] = str(job.n_stages)
-        mapping.update({f"node:{n}": s.to_json() for n, s in job.nodes.items()})
+        now = time.time()
+        mapping = job_to_hash(replace(job, updated=now, ended=job.ended or now))
         args = [max(1, int(self.retention_s)), *(x for kv in mapping.items() for x in kv)]
         if self._call(self._restore, keys=[self.keys.job(job.job_id)], args=args) != 1:
             return False
