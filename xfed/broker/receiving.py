@@ -30,6 +30,7 @@ from xfed.broker.mailbox import (
 from xfed.errors import BrokerError, ChannelTimeout, FrameError, JobError, SecurityError
 
 _ABORT_STATES = {b"FAILED", b"STOPPED"}
+_REST_BLOCK_MS = 50  # how long each read after the first in a pipelined pump blocks (at most)
 
 
 class Receiving:
@@ -175,17 +176,20 @@ class Receiving:
         answers a blocked multi-stream XREAD with the one stream that woke it, so K uploads landing
         together cost a wake-up and then another read, a round trip, for the rest. Pipelined, each
         read blocks in turn until its mailbox has something, and the replies come back together. The
-        first read blocks up to block_s, each later one a share of poll_s (a cycle stays within about
-        block_s + poll_s, so stops are still seen); mailboxes are read in the order their last
-        messages arrived, so a read rarely sits behind a late sender while the others wait. A sender's
-        shared stream (a published payload) is read without blocking right after its mailbox: the
-        payload is written with the header pointing at it, so it is there when the header is.
+        first read blocks up to block_s, each later one up to 50 ms (less when there are many: a
+        cycle stays within about block_s + poll_s, so stops are still seen); mailboxes are read in
+        the order their last messages arrived, so a read rarely sits behind a late sender while the
+        others wait. A sender's shared stream (a published payload) is read without blocking right
+        after its mailbox: the payload is written with the header pointing at it, so it is there
+        when the header is.
 
         Consumed entries are deleted by XDELs pipelined in front of this Comm's next command (the
         next XREAD or send), not by a round trip of their own after each read."""
         order = sorted(inboxes, key=lambda ib: ib.arrived)
         first_ms = max(1, int(block_s * 1000))
-        rest_ms = min(first_ms, max(10, int(self.poll_s * 1000 / max(1, len(order) - 1))))
+        # short, so that uploads landing while a cycle idles in a later read are rare (the mailboxes read
+        # before it would wait for the next cycle: a round trip), and a cycle stays within ~2 x poll_s
+        rest_ms = min(first_ms, max(10, min(_REST_BLOCK_MS, int(self.poll_s * 1000 / max(1, len(order) - 1)))))
         pipe = self.r.pipeline(transaction=False)
         deletes = self._queue_deletes(pipe)
         for i, ib in enumerate(order):
