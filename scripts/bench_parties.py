@@ -5,7 +5,9 @@
 
 Every party (the assist trainer and K label trainers) is its own process, as in a deployment, with
 its own Redis client on one redis-server started for the run (`--threads`: threads of this process
-instead, where Python's GIL runs the parties' pad generation one at a time); they run the real
+instead, where Python's GIL runs the parties' pad generation one at a time; party processes run at
+nice 5, so that the one redis-server, on a machine of its own in a deployment, is not starved by K + 1
+busy processes on this machine's cores); they run the real
 aggregation classes (`make_leaf`/`make_root`, 64-bit otp, hmac_drbg sha512 unless --csprng) on
 `--values` float32 values. A round lasts from its start (a barrier) until the last party holds the
 mean; the median of --rounds rounds after one warm-up is reported, with the key exchange (`setup_s`,
@@ -43,11 +45,17 @@ from xfed.broker.channels import Comm  # noqa: E402
 from xfed.broker.connection import connect  # noqa: E402
 from xfed.broker.keys import Keys  # noqa: E402
 
+_PARTY_NICE = 5
+
 
 def _party(i: int, node: str, port: int, trainers: list[str], values: int, rounds: int, otp: dict[str, Any],
            job: str, barrier: Any, results: Any) -> None:
     """One party: key exchange, then rounds; puts (node, timings) or (node, error text) on `results`."""
     try:
+        if not isinstance(barrier, threading.Barrier):
+            # below the redis-server, which has a machine of its own in a deployment: K + 1 busy
+            # processes on this machine's few cores must not starve it
+            os.nice(_PARTY_NICE)
         keys = Keys("xfed-bench-parties")
         r = connect(f"127.0.0.1:{port}", retry_s=10)
         comm = Comm(r, keys, job, 0, node, timeout=300)
