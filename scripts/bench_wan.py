@@ -190,7 +190,7 @@ def run_config(server: RedisProcess, parties: int, rtt_ms: float, mbit: float, p
             r = connect(address, retry_s=10)
             watcher = StopWatcher(JobStore(r, keys), job, 0, 0)
             # the Comm and event reporter exactly as a stage builds them (xfed.node.stage_runner)
-            comm = _make_comm(r, keys, SimpleNamespace(job=job, stage=0, node=node, attempt=0), watcher,
+            comm = _make_comm(r, keys, SimpleNamespace(job=job, stage=0, node=node, attempt=0, incarnation=0), watcher,
                               SimpleNamespace(identities={}), None)
             comm.timeout = 300.0
             try:

@@ -74,6 +74,7 @@ class Inbox:
     shared_last: bytes = b"0-0"
     shared: dict[bytes, list[bytes]] = field(default_factory=dict)  # publish number -> payload chunks
     shared_hint: tuple[int, int] = (0, 1)  # (chunks, bytes per chunk) of its last publish: how much to read
+    arrived: float = 0.0  # monotonic time its last message completed: mailboxes are read earliest first
 
 
 def int_field(fields: dict, name: bytes, what: str, hi: int) -> int:

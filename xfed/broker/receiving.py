@@ -30,6 +30,7 @@ from xfed.broker.mailbox import (
 from xfed.errors import BrokerError, ChannelTimeout, FrameError, JobError, SecurityError
 
 _ABORT_STATES = {b"FAILED", b"STOPPED"}
+_REST_BLOCK_MS = 50  # how long each read after the first in a pipelined pump blocks (at most)
 
 
 class Receiving:
@@ -142,19 +143,14 @@ class Receiving:
             raise JobError(f"job {self.job_id} is {state.decode()}{why} (node {self.node_id} stopped waiting "
                            f"for {tag!r})")
 
-    def _read_count(self, inboxes: list[Inbox]) -> int:
-        """Entries per mailbox for one XREAD, sized from the senders' own headers: a message being
+    def _read_count(self, ib: Inbox) -> int:
+        """Entries for one XREAD of this mailbox, sized from the sender's own header: a message being
         assembled declares its chunk count and size, so the rest of it comes in one read (up to
         READ_BYTES of the sender's entries), whatever chunk size this receiver would use itself."""
-        count = max(1, READ_BYTES // self.chunk_bytes)  # nothing in progress: a first read
-        for ib in inboxes:
-            if ib.chunks and ib.n > len(ib.chunks):
-                entry = max(1, -(-ib.size // ib.n))
-                count = max(count, min(ib.n - len(ib.chunks), max(1, READ_BYTES // entry)))
-            if ib.shared_key is not None:  # the next publish is likely the size of the last one
-                chunks, entry = ib.shared_hint
-                count = max(count, min(chunks, max(1, READ_BYTES // entry)))
-        return count
+        if ib.chunks and ib.n > len(ib.chunks):
+            entry = max(1, -(-ib.size // ib.n))
+            return max(1, min(ib.n - len(ib.chunks), max(1, READ_BYTES // entry)))
+        return max(1, READ_BYTES // self.chunk_bytes)  # nothing in progress: a first read
 
     def _queue_deletes(self, pipe: Any) -> int:
         """Put the consumed entries' XDELs in front of `pipe`'s next command; how many were queued."""
@@ -176,33 +172,50 @@ class Receiving:
     def _pump(self, inboxes: list[Inbox], block_s: float, count: int | None = None) -> None:
         """Read what has arrived in these mailboxes (blocking up to block_s) and assemble it.
 
+        One XREAD per mailbox, pipelined, not one XREAD over all of them: Redis (7.0 and before)
+        answers a blocked multi-stream XREAD with the one stream that woke it, so K uploads landing
+        together cost a wake-up and then another read, a round trip, for the rest. Pipelined, each
+        read blocks in turn until its mailbox has something, and the replies come back together. The
+        first read blocks up to block_s, each later one up to 50 ms (less when there are many: a
+        cycle stays within about block_s + poll_s, so stops are still seen); mailboxes are read in
+        the order their last messages arrived, so a read rarely sits behind a late sender while the
+        others wait. A sender's shared stream (a published payload) is read without blocking right
+        after its mailbox: the payload is written with the header pointing at it, so it is there
+        when the header is.
+
         Consumed entries are deleted by XDELs pipelined in front of this Comm's next command (the
         next XREAD or send), not by a round trip of their own after each read."""
-        streams = {ib.key: ib.last_id for ib in inboxes}
-        for ib in inboxes:  # a published payload arrives in the same read as the header pointing at it
-            if ib.shared_key is not None:
-                streams[ib.shared_key] = ib.shared_last
+        order = sorted(inboxes, key=lambda ib: ib.arrived)
+        first_ms = max(1, int(block_s * 1000))
+        # short, so that uploads landing while a cycle idles in a later read are rare (the mailboxes read
+        # before it would wait for the next cycle: a round trip), and a cycle stays within ~2 x poll_s
+        rest_ms = min(first_ms, max(10, min(_REST_BLOCK_MS, int(self.poll_s * 1000 / max(1, len(order) - 1)))))
         pipe = self.r.pipeline(transaction=False)
         deletes = self._queue_deletes(pipe)
-        pipe.xread(streams, count=count or self._read_count(inboxes), block=max(1, int(block_s * 1000)))
+        for i, ib in enumerate(order):
+            pipe.xread({ib.key: ib.last_id}, count=count or self._read_count(ib),
+                       block=first_ms if i == 0 else rest_ms)
+            if ib.shared_key is not None:
+                chunks, entry = ib.shared_hint
+                pipe.xread({ib.shared_key: ib.shared_last}, count=max(1, min(chunks, READ_BYTES // entry)))
         try:
             replies = pipe.execute(raise_on_error=False)
         except REDIS_DOWN:
             time.sleep(min(block_s, 0.5))
             return
         self._consumed.clear()  # a refused XDEL leaves entries to expire with the mailbox
-        reply = replies[deletes]
-        if isinstance(reply, REDIS_DOWN):
-            time.sleep(min(block_s, 0.5))
-            return
-        if isinstance(reply, redis.ResponseError):
-            raise BrokerError(f"job {self.job_id}: Redis refused reading {', '.join(streams)}: {reply}") from None
-        if not reply:
-            return
-        if isinstance(reply, dict):  # RESP3 answers a map
-            reply = list(reply.items())
+        streams: list = []
+        for reply in replies[deletes:]:
+            if isinstance(reply, REDIS_DOWN):
+                time.sleep(min(block_s, 0.5))
+                return  # nothing taken from this reply: the next read starts where this one did
+            if isinstance(reply, redis.ResponseError):
+                names = ", ".join(ib.key for ib in order)
+                raise BrokerError(f"job {self.job_id}: Redis refused reading {names}: {reply}") from None
+            if reply:
+                streams.extend(reply.items() if isinstance(reply, dict) else reply)  # RESP3 answers a map
         mailboxes = []
-        for key, entries in reply:  # shared payloads first: a header in this reply may point at them
+        for key, entries in streams:  # shared payloads first: a header in this reply may point at them
             key = key if isinstance(key, bytes) else key.encode()
             if key in self._by_shared:
                 self._keep_shared(self._by_shared[key], entries)
@@ -254,6 +267,7 @@ class Receiving:
         buf = bytearray().join(inbox.chunks)  # one copy: writable arrays, no claim-sized allocation
         inbox.chunks = []
         inbox.next_seq = seq + 1
+        inbox.arrived = time.monotonic()
         frame = decode_frame(buf, max_bytes=self.max_frame_bytes, what=what,
                              check=lambda h, head, payload: self._admit(inbox.peer, seq, h, head, payload, what))
         h = frame.header
