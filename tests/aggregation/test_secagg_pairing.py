@@ -1,39 +1,28 @@
 """The root's resolution of one-sided pairings (SECAGG.md §6): the late party is left out, not the others."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
-import numpy as np
-
-from xfed.aggregation.base import WEIGHT_KEY
-from xfed.aggregation.secagg_root import SecAggRoot
+from xfed.aggregation.secagg_sum import survivors
 
 NODES = ["node-1", "node-2", "node-3", "node-4"]
 
 
-def _uploads(paired: dict[str, list[str]]) -> dict[str, SimpleNamespace]:
-    tensors = {"a": np.zeros(3, dtype=np.uint64), WEIGHT_KEY: np.zeros(1, dtype=np.uint64)}
-    return {n: SimpleNamespace(tensors=tensors, meta={"paired": p}) for n, p in paired.items()}
-
-
-def survivors(paired: dict[str, list[str]]) -> list[str]:
-    root = SimpleNamespace(trainers=NODES)
-    return SecAggRoot._survivors(root, 5, _uploads(paired))[0]
+def _survivors(paired: dict[str, list[str]]) -> list[str]:
+    return survivors({n: set(p) for n, p in paired.items()})
 
 
 def test_a_rejoiner_whose_keys_reached_no_member_is_left_out_alone():
     members = NODES[:3]
     paired = {n: [m for m in members if m != n] for n in members}
     paired["node-4"] = list(members)  # it holds everyone's keys; nobody holds its keys
-    assert survivors(paired) == members
+    assert _survivors(paired) == members
 
 
 def test_a_single_one_sided_pair_leaves_out_the_late_party():
     paired = {n: [m for m in NODES if m != n] for n in NODES}
     paired["node-1"].remove("node-3")  # node-3's keys came late to node-1; node-3 holds node-1's
-    assert survivors(paired) == ["node-1", "node-2", "node-4"]
+    assert _survivors(paired) == ["node-1", "node-2", "node-4"]
 
 
 def test_symmetric_pairings_keep_everyone_even_when_partial():
     paired = {"node-1": ["node-2"], "node-2": ["node-1"], "node-3": [], "node-4": []}
-    assert survivors(paired) == NODES
+    assert _survivors(paired) == NODES
