@@ -254,19 +254,33 @@ def test_an_upload_summed_then_left_out_for_a_one_sided_pairing_is_subtracted_ag
 
 
 def test_the_mean_is_published_once_for_the_contributors_and_sent_to_each_other_member(federation):
+    """Contributors read one published copy, every other member its own; a contributor that has not
+    uploaded since keeps the published copy readable for a round (then copies go to everyone)."""
     ctxs = federation(TRAINERS)
     root = make_root(ctxs["assist"], enc())
-    words = 1 << 18  # 1 MB of float32
-    mean = {"a": np.arange(words, dtype=np.float32)}
-    meta = {"contributors": TRAINERS[:3], "dropped": ["node-4"], "epoch": 0, "joined": {}}
-    before = root.comm.stats.bytes_sent
-    root._send_mean(5, mean, meta)
-    sent = root.comm.stats.bytes_sent - before
-    assert 2 * mean["a"].nbytes < sent < 2 * mean["a"].nbytes + 4096  # one published copy + node-4's own
-    for n in TRAINERS:  # every member reads it with the same meta (and, with identities, its own signature)
-        msg = ctxs[n].comm.recv("assist", tag_down(5), timeout=5)
-        np.testing.assert_array_equal(msg.tensors["a"], mean["a"])
-        assert msg.meta["contributors"] == TRAINERS[:3]
+    size = 1 << 20  # 1 MB of float32
+
+    def send(r, uploaded, contributors):
+        root._uploaded = set(uploaded)
+        before = root.comm.stats.bytes_sent
+        root._send_mean(r, {"a": np.full(size // 4, r, dtype=np.float32)},
+                        {"contributors": contributors, "dropped": [n for n in TRAINERS if n not in contributors]})
+        return (root.comm.stats.bytes_sent - before) / size  # copies written
+
+    def read(nodes, r):
+        for n in nodes:  # the same mean and meta for every reader (with identities, each its own signature)
+            msg = ctxs[n].comm.recv("assist", tag_down(r), timeout=5)
+            assert msg.tensors["a"][0] == r and len(msg.tensors["a"]) == size // 4
+            assert "contributors" in msg.meta
+
+    assert round(send(5, TRAINERS, TRAINERS[:3])) == 2  # one published copy + node-4's own
+    read(["node-1", "node-2", "node-4"], 5)
+    stalled = ["node-1", "node-2", "node-4"]  # node-3 has not read round 5's mean, nor uploaded since
+    assert round(send(6, stalled, stalled)) == 4  # so round 5's copy stays: a copy each this round
+    read(["node-3"], 5)
+    read(TRAINERS, 6)
+    assert round(send(7, stalled, stalled)) == 2  # two rounds without node-3's upload: published again
+    read(TRAINERS, 7)
 
 
 def _gather_peak(federation, n: int, words: int) -> tuple[int, int]:

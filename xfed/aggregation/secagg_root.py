@@ -34,6 +34,8 @@ class SecAggRoot(_SecAgg, RootBase):
         self.last_dropped: list[str] = []
         self.last_removed: list[str] = []  # summed, then left out (one-sided pairing): subtracted again
         self.last_spilled_bytes = 0
+        self._uploaded: set[str] = set()  # whose upload of this round was read (they read the last mean)
+        self._unread: dict[str, int] = {}  # readers of the current published mean not known to have read it
         self.incarnations: dict[str, int] = {}  # admitted rejoiners' incarnations (0: never restarted)
         self.listening: dict[str, int] = {}     # restarted, not admitted yet: whose join we read
         self.last_joined: dict[str, int] = {}
@@ -76,6 +78,7 @@ class SecAggRoot(_SecAgg, RootBase):
             del correction
             st.unmask_ms = round((busy + time.perf_counter() - t0) * 1000, 3)
             self.last_spilled_bytes, self.last_removed = uploads.spilled_bytes, list(uploads.removed)
+            self._uploaded = set(uploads.metas)
         self.last_contributors, self.last_dropped = survivors, dropped
         self.active = set(survivors)
         joined = self._admit(round_idx, survivors)
@@ -92,22 +95,30 @@ class SecAggRoot(_SecAgg, RootBase):
 
     def _send_mean(self, round_idx: int, mean: dict[str, np.ndarray], meta: Mapping[str, Any] | None) -> None:
         """One copy of the mean for the round's contributors (`Comm.publish`), a copy of its own for
-        every other member (dropped, late, left out, just admitted).
+        every other member (dropped, late, left out, just admitted): SECAGG.md §6, "One copy".
 
-        A publish replaces the previous one, so each reader of round r's copy must read it before
-        round r + 1's is published. A contributor of round r is waited for in round r + 1 up to
-        round_timeout_s after the first upload (it is in `active`), and it reads the mean before it
-        can upload again; so by the time round r + 1's mean is published it has read round r's, or
-        it has been stalled longer than the timeout and is dropped (reading the replaced copy then
-        fails it, and it rejoins as any dropped party: SECAGG.md §6). Anyone else may read the mean
-        rounds later (a straggler catching up) or never (a dead party): a copy in its own mailbox."""
+        A publish replaces the previous one, whose readers must have read it first. A reader proves
+        it by uploading again (a leaf reads round r's mean before it uploads for r + 1). While one
+        has not, for up to one round (dead, or stalled between its upload and the mean), the mean
+        goes as a copy to everyone and the previous publish stays readable; after two rounds without
+        an upload from it, it is taken for dropped and the root publishes again."""
+        for node in list(self._unread):
+            if node in self._uploaded:
+                del self._unread[node]
+            else:
+                self._unread[node] += 1
+        tag = tag_down(round_idx)
+        if any(missed < 2 for missed in self._unread.values()):
+            self.comm.broadcast(self.trainers, tag, mean, meta)
+            return
         contributors = set((meta or {}).get("contributors") or ())
         shared = [n for n in self.trainers if n in contributors]
         own_copy = [n for n in self.trainers if n not in contributors]
         if shared:
-            self.comm.publish(shared, tag_down(round_idx), mean, meta)
+            self.comm.publish(shared, tag, mean, meta)
+            self._unread = {n: 0 for n in shared}
         if own_copy:
-            self.comm.broadcast(own_copy, tag_down(round_idx), mean, meta)
+            self.comm.broadcast(own_copy, tag, mean, meta)
 
     def _admit(self, round_idx: int, survivors: list[str]) -> dict[str, dict[str, Any]]:
         """Rejoiners (the scheduler's membership record) whose join request is here, admitted from the
