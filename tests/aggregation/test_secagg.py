@@ -318,6 +318,36 @@ def test_the_root_reads_and_sums_one_upload_at_a_time_whatever_the_number_of_par
     assert peak8 - peak2 < 0.5 * words * 8, (peak2, peak8)
 
 
+def test_the_root_sums_uploads_before_the_last_one_is_sent(federation):
+    ctxs = federation(TRAINERS[:3])
+    root = make_root(ctxs["assist"], enc(threshold=2, timeout=20))
+    root.layout = layout_of({"a": np.zeros(8, np.float32)})
+
+    def upload(node):
+        ctxs[node].comm.send("assist", tag_up(0), {"a": np.full(8, 7, np.uint64), WEIGHT_KEY: np.uint64(1)},
+                             meta={"paired": [m for m in TRAINERS[:3] if m != node]})
+
+    upload("node-1")
+    upload("node-2")
+    with SecAggUploads(root, 0) as uploads:
+        def gather():
+            root._gather_uploads(0, uploads)
+            return uploads.summed()
+
+        def last():
+            deadline = time.monotonic() + 20
+            while uploads.sum.count < 2:  # both are in the running sum while node-3 has sent nothing
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            summed = uploads.summed()
+            upload("node-3")
+            return summed
+
+        res = run_parties({"assist": gather, "node-3": last})
+    assert res["node-3"] == TRAINERS[:2] and res["assist"] == TRAINERS[:3]
+    assert uploads.sum.raw()["a"][0] == 21
+
+
 def test_a_root_asking_for_both_shares_of_one_party_is_refused_and_named(federation):
     """A root that says node-4 dropped and also survived: every honest trainer refuses, naming it."""
     ctxs = federation(TRAINERS)
