@@ -13,9 +13,9 @@ the Comm's next command (a deferred XDEL, `xfed.broker.receiving`); keeping entr
 round's survivors are known would make the broker's deletion schedule, which WAN rounds tune, part
 of this protocol, hold N uploads in Redis, and need the entry re-assembled and its signature checked
 again. The spill file is the root's own: every upload's words are appended as they are summed (a
-sequential write into the page cache, about as cheap as the add itself), and read back, one upload
-at a time, only for a party that is left out after summing (rare: a late rejoiner's keys). It is
-an unnamed file (`tempfile.TemporaryFile`: O_TMPFILE, or unlinked at creation; mode 0600) in the
+sequential write into the page cache: a few times the add's cost, small beside reading the upload
+from Redis), and read back, one upload at a time, only for a party that is left out after summing
+(rare: a late rejoiner's keys). It is an unnamed file (`tempfile.TemporaryFile`: O_TMPFILE, or unlinked at creation; mode 0600) in the
 temp directory (`TMPDIR`), so nothing of it outlives the round or the process; it holds only what
 the root already received, masked uploads whose self-masks hide them (SECAGG.md §6).
 """
