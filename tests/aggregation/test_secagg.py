@@ -255,7 +255,8 @@ def test_an_upload_summed_then_left_out_for_a_one_sided_pairing_is_subtracted_ag
 
 def test_the_mean_is_published_once_for_the_contributors_and_sent_to_each_other_member(federation):
     """Contributors read one published copy, every other member its own; a contributor that has not
-    uploaded since keeps the published copy readable for a round (then copies go to everyone)."""
+    uploaded since keeps the published copy readable (copies go to everyone meanwhile) until it uploads
+    again or restarts."""
     ctxs = federation(TRAINERS)
     root = make_root(ctxs["assist"], enc())
     size = 1 << 20  # 1 MB of float32
@@ -279,8 +280,15 @@ def test_the_mean_is_published_once_for_the_contributors_and_sent_to_each_other_
     assert round(send(6, stalled, stalled)) == 4  # so round 5's copy stays: a copy each this round
     read(["node-3"], 5)
     read(TRAINERS, 6)
-    assert round(send(7, stalled, stalled)) == 2  # two rounds without node-3's upload: published again
+    assert round(send(7, stalled, stalled)) == 4  # still no upload from node-3: the copy stays readable
     read(TRAINERS, 7)
+    assert round(send(8, TRAINERS, TRAINERS)) == 1  # node-3 uploaded again (it read round 5's): published
+    read(TRAINERS, 8)
+    assert round(send(9, stalled, stalled)) == 4
+    read(TRAINERS, 9)
+    ctxs["assist"].membership = lambda: {"node-3": 1}  # node-3 restarted: its old incarnation reads nothing
+    root._admit(9, stalled)
+    assert round(send(10, stalled, stalled)) == 2  # published for the three, a copy for node-3
 
 
 def _gather_peak(federation, n: int, words: int) -> tuple[int, int]:

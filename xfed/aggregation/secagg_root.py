@@ -35,7 +35,7 @@ class SecAggRoot(_SecAgg, RootBase):
         self.last_removed: list[str] = []  # summed, then left out (one-sided pairing): subtracted again
         self.last_spilled_bytes = 0
         self._uploaded: set[str] = set()  # whose upload of this round was read (they read the last mean)
-        self._unread: dict[str, int] = {}  # readers of the current published mean not known to have read it
+        self._unread: set[str] = set()  # readers of the current published mean not known to have read it
         self.incarnations: dict[str, int] = {}  # admitted rejoiners' incarnations (0: never restarted)
         self.listening: dict[str, int] = {}     # restarted, not admitted yet: whose join we read
         self.last_joined: dict[str, int] = {}
@@ -99,16 +99,13 @@ class SecAggRoot(_SecAgg, RootBase):
 
         A publish replaces the previous one, whose readers must have read it first. A reader proves
         it by uploading again (a leaf reads round r's mean before it uploads for r + 1). While one
-        has not, for up to one round (dead, or stalled between its upload and the mean), the mean
-        goes as a copy to everyone and the previous publish stays readable; after two rounds without
-        an upload from it, it is taken for dropped and the root publishes again."""
-        for node in list(self._unread):
-            if node in self._uploaded:
-                del self._unread[node]
-            else:
-                self._unread[node] += 1
+        has not (dead, or stalled between its upload and the mean), the mean goes as a copy to
+        everyone and the previous publish stays readable, however long that lasts: a straggler
+        always catches up, as it did when every round went as copies. A reader that restarted (a
+        new incarnation, `_admit`) reads new mailboxes and no longer holds the publish back."""
+        self._unread -= self._uploaded
         tag = tag_down(round_idx)
-        if any(missed < 2 for missed in self._unread.values()):
+        if self._unread:
             self.comm.broadcast(self.trainers, tag, mean, meta)
             return
         contributors = set((meta or {}).get("contributors") or ())
@@ -116,7 +113,7 @@ class SecAggRoot(_SecAgg, RootBase):
         own_copy = [n for n in self.trainers if n not in contributors]
         if shared:
             self.comm.publish(shared, tag, mean, meta)
-            self._unread = {n: 0 for n in shared}
+            self._unread = set(shared)
         if own_copy:
             self.comm.broadcast(own_copy, tag, mean, meta)
 
@@ -129,6 +126,7 @@ class SecAggRoot(_SecAgg, RootBase):
             if node in self.index and k > self.incarnations.get(node, 0) and self.listening.get(node) != k:
                 self.comm.set_incarnation(node, k, outbound=False)  # its join comes on the new mailboxes
                 self.listening[node] = k
+                self._unread.discard(node)  # its old incarnation is gone: it will not read the publish
         if not self.listening or self.last_round is None or round_idx >= self.last_round:
             return {}  # no round left to join (or an operator that does not say how many there are)
         joined: dict[str, dict[str, Any]] = {}
