@@ -25,6 +25,12 @@ from xfed.crypto.shamir import decode_share
 from xfed.errors import FrameError, JobError, SecurityError
 
 
+def _round_of(tag: str) -> int | None:
+    """The round of a per-round tag (`agg/R/up`, `sa/R/keys`, `sa/R/reveal`...); None for the others."""
+    parts = tag.split("/")
+    return int(parts[1]) if len(parts) == 3 and parts[0] in ("agg", "sa") and parts[1].isdigit() else None
+
+
 class SecAggRoot(_SecAgg, RootBase):
     def __init__(self, ctx: AggregationContext, otp: Otp, *, min_parties: int | None = None,
                  **kw: Any) -> None:
@@ -39,6 +45,7 @@ class SecAggRoot(_SecAgg, RootBase):
         self.incarnations: dict[str, int] = {}  # admitted rejoiners' incarnations (0: never restarted)
         self.listening: dict[str, int] = {}     # restarted, not admitted yet: whose join we read
         self.last_joined: dict[str, int] = {}
+        self.discarded = 0  # messages that came after their round and were dropped unread
 
     def setup(self) -> None:
         """Tell the scheduler (through the job's events) that this stage tolerates dropouts, and whether
@@ -90,6 +97,8 @@ class SecAggRoot(_SecAgg, RootBase):
         if joined:  # the scheduler waits for them from now on (xfed.scheduler.rejoins)
             self.ctx.report("metrics", {"secagg": {"joined": self.last_joined, "from_round": round_idx + 1,
                                                    "epoch": self.epoch}})
+        # what came too late for its round (a straggler's upload, keys or shares) is never asked for
+        self.discarded += self.comm.discard(lambda tag: (_round_of(tag) is not None and _round_of(tag) <= round_idx))
         self._end()
         return mean
 
