@@ -25,6 +25,9 @@
   root never touches, are left out of the uploads to keep the run short); the decoded mean is
   checked against the plain weighted mean of the survivors (sa_max_abs_err).
 Leaf rows: medians of `rounds` after a warm-up.
+
+The root's memory and round time as the parties grow (streaming vs holding every upload, over a
+real redis-server) are scripts/bench_secagg_root.py.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from xfed.crypto import generate_keypair, named_group
 from xfed.errors import SecurityError
 
 from .conftest import Ctx, run_parties
-from .test_secagg import TRAINERS, WEIGHTS, check_mean, enc, update
+from .test_secagg import TRAINERS, WEIGHTS, assert_exact, capture_sums, check_mean, enc, update
 
 ROUNDS = 5
 GROUP = named_group(2048)
@@ -64,6 +64,7 @@ def test_a_restarted_trainer_rejoins_and_every_round_is_the_mean_of_its_contribu
 
     def root():
         agg = make_root(ctxs["assist"], e)
+        capture_sums(agg)
         agg.last_round = ROUNDS - 1
         agg.setup()
         agg.broadcast_initial({"a": np.zeros((3, 5), np.float32), "b": np.zeros(7, np.float32)})
@@ -88,6 +89,7 @@ def test_a_restarted_trainer_rejoins_and_every_round_is_the_mean_of_its_contribu
     assert any(c == TRAINERS for c in contributors[first:]), contributors  # it contributed again
     for r, (mean, who) in enumerate(outs):
         check_mean(mean, who, r)  # each round: the plain weighted mean of exactly its contributors
+        assert_exact(agg, r, who)  # and its sum bit for bit that of their encodings (the old path's)
     for r, (mean, who) in mine.items():  # the rejoiner holds the same global model as everyone
         np.testing.assert_array_equal(mean["a"], outs[r][0]["a"])
         assert who == outs[r][1]

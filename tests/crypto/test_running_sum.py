@@ -61,3 +61,23 @@ def test_first_dict_is_checked_and_an_empty_sum_does_not_decode():
         RunningSum(bits=128).add({"a": np.zeros(3, np.uint64)})
     with pytest.raises(ValueError, match="nothing to decode"):
         RunningSum(bits=64).decode()
+
+
+@pytest.mark.parametrize("bits", [64, 128])
+def test_subtracting_an_added_dict_leaves_the_sum_of_the_others_bit_for_bit(bits):
+    dicts = _dicts(bits, n=5, seed=3)
+    acc = RunningSum(bits=bits)
+    for d in dicts:
+        acc.add({k: v.copy() for k, v in d.items()}, adopt=True)
+    acc.subtract(dicts[1])
+    acc.subtract(dicts[0])  # the first one: its arrays became the sum (adopt), the caller's copy is read
+    assert acc.count == 3
+    want = unmask_sum(dicts[2:], bits=bits)
+    got = acc.decode()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    with pytest.raises(ValueError, match="tensor 'a'"):
+        acc.subtract({"a": dicts[0]["a"][:1], "w": dicts[0]["w"]})
+    assert acc.count == 3
+    with pytest.raises(ValueError, match="nothing to subtract"):
+        RunningSum(bits=bits).subtract(dicts[0])

@@ -223,7 +223,8 @@ class RootBase(_Party):
 
     # the mean is written to Redis once and every label trainer reads that copy (Comm.publish), which
     # needs every receiver to read round r's mean before round r+1's is published: true where every
-    # trainer uploads every round (plain, otp); a root whose rounds may leave a party out keeps N copies
+    # trainer uploads every round (plain, otp); the secagg root, whose rounds may leave a party out,
+    # publishes to the round's contributors and sends the others a copy each (SecAggRoot._send_mean)
     one_copy_mean = False
 
     # names and shapes the root itself broadcast: every upload is checked against these, so the party
@@ -270,7 +271,11 @@ class RootBase(_Party):
                 weighted_sum[name] += own_weight * value.astype(np.float64, copy=False)
             total_weight += own_weight
         mean = self.strategy.finalize(round_idx, weighted_sum, total_weight)
-        send = self.comm.publish if self.one_copy_mean else self.comm.broadcast
-        send(self.trainers, tag_down(round_idx), mean, meta)
+        self._send_mean(round_idx, mean, meta)
         self.last_digest = tensors_digest(mean)
         return mean
+
+    def _send_mean(self, round_idx: int, mean: dict[str, np.ndarray], meta: Mapping[str, Any] | None) -> None:
+        """To every label trainer: one published copy (`one_copy_mean`) or a copy each."""
+        send = self.comm.publish if self.one_copy_mean else self.comm.broadcast
+        send(self.trainers, tag_down(round_idx), mean, meta)

@@ -10,17 +10,25 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from xfed.aggregation.base import WEIGHT_KEY, RootBase, as_numpy, check_same_layout, check_weight, tag_up
+from xfed.aggregation.base import RootBase, as_numpy, check_weight, tag_down, tag_up
 from xfed.aggregation.context import AggregationContext
 from xfed.aggregation.secagg import _SecAgg, epoch_session, split_words, tag_ask, tag_reveal
 from xfed.aggregation.secagg_join import TAG_JOIN, TAG_WELCOME, check_join
 from xfed.aggregation.secagg_keys import reconstruct_key, reconstruct_seed, round_session
+from xfed.aggregation.secagg_sum import SecAggUploads
+from xfed.aggregation.secagg_sum import survivors as survivors_of
 from xfed.aggregation.settings import Otp
-from xfed.crypto import pad_stream, shared_secret, unmask_sum, validate_public
+from xfed.crypto import pad_stream, shared_secret, validate_public
 from xfed.crypto.otp import add_pads
 from xfed.crypto.selfmask import SELF_PEER, self_mask_stream
 from xfed.crypto.shamir import decode_share
 from xfed.errors import FrameError, JobError, SecurityError
+
+
+def _round_of(tag: str) -> int | None:
+    """The round of a per-round tag (`agg/R/up`, `sa/R/keys`, `sa/R/reveal`...); None for the others."""
+    parts = tag.split("/")
+    return int(parts[1]) if len(parts) == 3 and parts[0] in ("agg", "sa") and parts[1].isdigit() else None
 
 
 class SecAggRoot(_SecAgg, RootBase):
@@ -30,9 +38,14 @@ class SecAggRoot(_SecAgg, RootBase):
         self._configure(otp, min_parties)
         self.last_contributors: list[str] = []
         self.last_dropped: list[str] = []
+        self.last_removed: list[str] = []  # summed, then left out (one-sided pairing): subtracted again
+        self.last_spilled_bytes = 0
+        self._uploaded: set[str] = set()  # whose upload of this round was read (they read the last mean)
+        self._unread: set[str] = set()  # readers of the current published mean not known to have read it
         self.incarnations: dict[str, int] = {}  # admitted rejoiners' incarnations (0: never restarted)
         self.listening: dict[str, int] = {}     # restarted, not admitted yet: whose join we read
         self.last_joined: dict[str, int] = {}
+        self.discarded = 0  # messages that came after their round and were dropped unread
 
     def setup(self) -> None:
         """Tell the scheduler (through the job's events) that this stage tolerates dropouts, and whether
@@ -47,29 +60,32 @@ class SecAggRoot(_SecAgg, RootBase):
         who = f"{self.node_id}: round {round_idx}"
         own = as_numpy(own_tensors, who) if own_tensors is not None else None
         own_w = check_weight(own_weight, who, allow_zero=True)
-        got = self._gather_uploads(round_idx)
-        t0 = time.perf_counter()
-        survivors, paired = self._survivors(round_idx, got)
-        dropped = [n for n in self.trainers if n not in survivors]
-        if len(survivors) < self.floor:
-            raise JobError(f"round {round_idx}: only {len(survivors)} of {len(self.trainers)} label trainers uploaded "
-                           f"within {self.wait_s:g} s (need {self.floor}); dropped: {', '.join(dropped)}")
-        self.comm.broadcast(survivors, tag_ask(round_idx), meta={"survivors": survivors, "dropped": dropped})
-        # t answers suffice (Shamir): a survivor that dies now still has its upload unmasked by the others
-        reveals = self.comm.gather_until(survivors, tag_reveal(round_idx), self.wait_s)
-        if len(reveals) < self.t:
-            silent = [n for n in survivors if n not in reveals]
-            raise JobError(f"round {round_idx}: only {len(reveals)} survivors sent their shares within "
-                           f"{self.wait_s:g} s (need {self.t}); silent: {', '.join(silent)}")
-        reference = got[survivors[0]].tensors
-        correction = self._correction(round_idx, got, survivors, dropped, paired, reveals, reference)
-        try:
-            sums = unmask_sum([got[n].tensors for n in survivors] + [correction], bits=self.settings.bits,
-                              frac_bits=self.settings.frac_bits)
-        except ValueError as exc:
-            raise FrameError(f"round {round_idx}: masked uploads do not fit together: {exc}") from None
-        total = float(sums.pop(WEIGHT_KEY))
-        st.unmask_ms = round((time.perf_counter() - t0) * 1000, 3)
+        with SecAggUploads(self, round_idx) as uploads:
+            busy = self._gather_uploads(round_idx, uploads)
+            t0 = time.perf_counter()
+            paired = uploads.paired
+            survivors = self._survivors(round_idx, paired)
+            dropped = [n for n in self.trainers if n not in survivors]
+            if len(survivors) < self.floor:
+                raise JobError(f"round {round_idx}: only {len(survivors)} of {len(self.trainers)} label trainers "
+                               f"uploaded within {self.wait_s:g} s (need {self.floor}); dropped: {', '.join(dropped)}")
+            self.comm.broadcast(survivors, tag_ask(round_idx), meta={"survivors": survivors, "dropped": dropped})
+            for node in uploads.summed():  # summed, then left out (one-sided pairing): taken out again,
+                if node not in survivors:  # while the survivors prepare their answers
+                    uploads.remove(node)
+            # t answers suffice (Shamir): a survivor that dies now still has its upload unmasked by the others
+            reveals = self.comm.gather_until(survivors, tag_reveal(round_idx), self.wait_s)
+            if len(reveals) < self.t:
+                silent = [n for n in survivors if n not in reveals]
+                raise JobError(f"round {round_idx}: only {len(reveals)} survivors sent their shares within "
+                               f"{self.wait_s:g} s (need {self.t}); silent: {', '.join(silent)}")
+            correction = self._correction(round_idx, uploads.metas, survivors, dropped, paired, reveals,
+                                          uploads.reference)
+            sums, total = uploads.result_with(correction)
+            del correction
+            st.unmask_ms = round((busy + time.perf_counter() - t0) * 1000, 3)
+            self.last_spilled_bytes, self.last_removed = uploads.spilled_bytes, list(uploads.removed)
+            self._uploaded = set(uploads.metas)
         self.last_contributors, self.last_dropped = survivors, dropped
         self.active = set(survivors)
         joined = self._admit(round_idx, survivors)
@@ -81,8 +97,34 @@ class SecAggRoot(_SecAgg, RootBase):
         if joined:  # the scheduler waits for them from now on (xfed.scheduler.rejoins)
             self.ctx.report("metrics", {"secagg": {"joined": self.last_joined, "from_round": round_idx + 1,
                                                    "epoch": self.epoch}})
+        # what came too late for its round (a straggler's upload, keys or shares) is never asked for
+        self.discarded += self.comm.discard(lambda tag: (_round_of(tag) is not None and _round_of(tag) <= round_idx))
         self._end()
         return mean
+
+    def _send_mean(self, round_idx: int, mean: dict[str, np.ndarray], meta: Mapping[str, Any] | None) -> None:
+        """One copy of the mean for the round's contributors (`Comm.publish`), a copy of its own for
+        every other member (dropped, late, left out, just admitted): SECAGG.md §6, "One copy".
+
+        A publish replaces the previous one, whose readers must have read it first. A reader proves
+        it by uploading again (a leaf reads round r's mean before it uploads for r + 1). While one
+        has not (dead, or stalled between its upload and the mean), the mean goes as a copy to
+        everyone and the previous publish stays readable, however long that lasts: a straggler
+        always catches up, as it did when every round went as copies. A reader that restarted (a
+        new incarnation, `_admit`) reads new mailboxes and no longer holds the publish back."""
+        self._unread -= self._uploaded
+        tag = tag_down(round_idx)
+        if self._unread:
+            self.comm.broadcast(self.trainers, tag, mean, meta)
+            return
+        contributors = set((meta or {}).get("contributors") or ())
+        shared = [n for n in self.trainers if n in contributors]
+        own_copy = [n for n in self.trainers if n not in contributors]
+        if shared:
+            self.comm.publish(shared, tag, mean, meta)
+            self._unread = set(shared)
+        if own_copy:
+            self.comm.broadcast(own_copy, tag, mean, meta)
 
     def _admit(self, round_idx: int, survivors: list[str]) -> dict[str, dict[str, Any]]:
         """Rejoiners (the scheduler's membership record) whose join request is here, admitted from the
@@ -93,6 +135,7 @@ class SecAggRoot(_SecAgg, RootBase):
             if node in self.index and k > self.incarnations.get(node, 0) and self.listening.get(node) != k:
                 self.comm.set_incarnation(node, k, outbound=False)  # its join comes on the new mailboxes
                 self.listening[node] = k
+                self._unread.discard(node)  # its old incarnation is gone: it will not read the publish
         if not self.listening or self.last_round is None or round_idx >= self.last_round:
             return {}  # no round left to join (or an operator that does not say how many there are)
         joined: dict[str, dict[str, Any]] = {}
@@ -118,58 +161,41 @@ class SecAggRoot(_SecAgg, RootBase):
         self.last_joined = {n: e["incarnation"] for n, e in joined.items()}
         return joined
 
-    def _gather_uploads(self, round_idx: int) -> dict[str, Any]:
-        """Wait for the first upload (the Comm's timeout: local steps take what they take), then up to
-        round_timeout_s for the parties of the last round and a grace for the others."""
+    def _gather_uploads(self, round_idx: int, uploads: SecAggUploads) -> float:
+        """Add each upload into `uploads` as it arrives: wait for the first one (the Comm's timeout:
+        local steps take what they take), then up to round_timeout_s for the parties of the last
+        round and a grace for the others. One upload is read at a time (the rest waits in Redis).
+        Returns the seconds spent adding (the rest was waiting)."""
         tag = tag_up(round_idx)
         limit = self.comm.timeout if self.timeout is None else float(self.timeout)
         deadline = time.monotonic() + limit
-        got: dict[str, Any] = {}
-        while not got:
+        busy = 0.0
+
+        def take(peers: list[str], wait_s: float) -> None:
+            nonlocal busy
+            for node, msg in self.comm.arrivals(peers, tag, wait_s, partial=True, one_by_one=True):
+                t0 = time.perf_counter()
+                uploads.add(node, msg.tensors, msg.meta)
+                del msg  # the next upload is read without this one in memory
+                busy += time.perf_counter() - t0
+
+        while not uploads.metas:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise JobError(f"round {round_idx}: no label trainer uploaded within {limit:g} s")
-            got = self.comm.gather_until(self.trainers, tag, min(0.2, left))
-        active = [n for n in self.trainers if n in self.active and n not in got]
-        got.update(self.comm.gather_until(active, tag, self.wait_s))
-        others = [n for n in self.trainers if n not in got and n not in self.active]
+            take(self.trainers, min(0.2, left))
+        take([n for n in self.trainers if n in self.active and n not in uploads.metas], self.wait_s)
+        others = [n for n in self.trainers if n not in uploads.metas and n not in self.active]
         if others:
-            got.update(self.comm.gather_until(others, tag, self.grace_s))
-        return got
+            take(others, self.grace_s)
+        return busy
 
-    def _survivors(self, round_idx: int, got: Mapping[str, Any]) -> tuple[list[str], dict[str, set[str]]]:
-        """Uploads that fit (layout, meta), with pairings made symmetric (a one-sided pair drops its laggard)."""
-        if not got:
-            return [], {}
-        first = sorted(got)[0]
-        reference = got[first].tensors
-        if WEIGHT_KEY not in reference:
-            raise FrameError(f"round {round_idx} upload from {first}: missing {WEIGHT_KEY!r}")
-        paired: dict[str, set[str]] = {}
-        for node, msg in got.items():
-            check_same_layout(reference, msg.tensors, f"round {round_idx} masked upload from {node}",
-                              dtype=np.dtype(np.uint64))
-            p = msg.meta.get("paired")
-            if not isinstance(p, list) or not set(p) <= set(self.trainers) - {node}:
-                raise FrameError(f"round {round_idx} upload from {node}: malformed pairing list")
-            paired[node] = set(p)
-        survivors = set(got)
-        while True:
-            # w in P_u, u not in P_w: u's keys came late to w (u is late, or w stopped waiting)
-            lopsided = [(u, w) for u in survivors for w in survivors if w in paired[u] and u not in paired[w]]
-            if not lopsided:
-                return sorted(survivors), paired
-            # leave out the party in most one-sided pairs, the late one on a tie: one late party (a
-            # rejoiner whose keys reached nobody in time) must not cost the round all the others
-            score: dict[str, tuple[int, int]] = {}
-            for u, w in lopsided:
-                n, late = score.get(u, (0, 0))
-                score[u] = (n + 1, late + 1)
-                n, late = score.get(w, (0, 0))
-                score[w] = (n + 1, late)
-            survivors.discard(max(sorted(score), key=lambda node: score[node]))
+    def _survivors(self, round_idx: int, paired: Mapping[str, set[str]]) -> list[str]:
+        """The uploads' parties with pairings made symmetric (a one-sided pair drops its laggard)."""
+        return survivors_of(paired)
 
-    def _correction(self, round_idx: int, got: Mapping[str, Any], survivors: list[str], dropped: list[str],
+    def _correction(self, round_idx: int, metas: Mapping[str, Mapping[str, Any]], survivors: list[str],
+                    dropped: list[str],
                     paired: dict[str, set[str]], reveals: Mapping[str, Any], reference: Mapping[str, np.ndarray],
                     ) -> dict[str, np.ndarray]:
         """-Σ self-masks of the survivors - Σ pads between survivors and dropped parties, as an upload."""
@@ -194,7 +220,7 @@ class SecAggRoot(_SecAgg, RootBase):
                 raise FrameError(f"round {round_idx} shares from {w}: malformed ({exc})") from None
         self_streams = {}
         for u in survivors:
-            commit = got[u].meta.get("commit")
+            commit = metas[u].get("commit")
             seed = reconstruct_seed(u, seeds[u], self.t, commit=str(commit), session=rs)
             self_streams[u] = self_mask_stream(seed, csprng=s.csprng, method=s.method, session=rs, owner=u,
                                                lanes=s.lanes)
@@ -212,7 +238,7 @@ class SecAggRoot(_SecAgg, RootBase):
             streams = {}
             for u in partners:
                 try:
-                    pu = int(str(got[u].meta.get("public")), 16)
+                    pu = int(str(metas[u].get("public")), 16)
                     validate_public(self.group, pu)
                 except ValueError as exc:
                     raise FrameError(f"round {round_idx} upload from {u}: bad mask public value ({exc})") from None

@@ -6,7 +6,7 @@ signatures checked before any tensor is decoded, consumed entries deleted with t
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import redis
 
@@ -107,6 +107,16 @@ class Receiving:
         finally:
             if t0 is not None:
                 self.stats.wait_s += time.monotonic() - t0
+
+    def discard(self, stale: Callable[[str], bool]) -> int:
+        """Drop the messages read but never asked for whose tag `stale` picks (a straggler's upload
+        that came after its round ended would otherwise stay in memory for the whole stage);
+        returns how many were dropped."""
+        dropped = 0
+        for inbox in self._inboxes.values():
+            for tag in [t for t, q in inbox.pending.items() if q and stale(t)]:
+                dropped += len(inbox.pending.pop(tag))
+        return dropped
 
     def recv_any(self, peer: str, tags: list[str], timeout: float | None = None) -> Message:
         """The next message from `peer` tagged with any of `tags` (first in `tags` order if several wait)."""

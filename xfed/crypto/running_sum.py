@@ -65,6 +65,19 @@ class RunningSum:
                 fixedpoint.add_into(acc, np.asarray(masked[name]), self.bits, carry)
         self.count += 1
 
+    def subtract(self, masked: Mapping[str, np.ndarray]) -> None:
+        """acc -= masked (mod 2^bits): takes back a dict added before, leaving bit for bit the sum
+        without it (a SecAgg root that leaves out an upload it already summed). Checked first."""
+        if not self.count:
+            raise ValueError("a running sum of no dicts has nothing to subtract from")
+        self.check(masked)
+        for name, acc in self._acc.items():
+            carry = self._carry.get(name) if self.bits == 128 else None
+            if self.bits == 128 and carry is None:
+                carry = self._carry[name] = np.empty(acc.shape[:-1], dtype=np.bool_)
+            fixedpoint.sub_into(acc, np.asarray(masked[name]), self.bits, carry)
+        self.count -= 1
+
     def decode(self, *, divide_by: float = 1.0) -> dict[str, np.ndarray]:
         """The decoded sum (name -> float64); ValueError when nothing was added."""
         if not self.count:
