@@ -9,8 +9,8 @@ instead, where Python's GIL runs the parties' pad generation one at a time; part
 nice 5, so that the one redis-server, on a machine of its own in a deployment, is not starved by K + 1
 busy processes on this machine's cores); they run the real
 aggregation classes (`make_leaf`/`make_root`, 64-bit otp, hmac_drbg sha512 unless --csprng) on
-`--values` float32 values. A round lasts from its start (a barrier) until the last party holds the
-mean; the median of --rounds rounds after one warm-up is reported, with the key exchange (`setup_s`,
+`--values` float32 values. A round lasts from the first party leaving the start barrier until the last
+party holds the mean; the median of --rounds rounds after one warm-up is reported, with the key exchange (`setup_s`,
 once per stage) apart. All K + 1 parties share this machine's cores, so `round_ms` is bounded below by
 the parties' total CPU / cores; where each party has a machine of its own, a round costs about one
 party's CPU (`party_cpu_ms`: the median over parties of the CPU one party spends in a round, masking
@@ -119,7 +119,9 @@ def run(port: int, parties: int, values: int, rounds: int, otp: dict[str, Any], 
             if not threads and w.is_alive():
                 w.kill()
     timed = range(1, rounds + 1)  # round 0 warms up
-    times = [max(o["ends"][r] for o in got.values()) - got["assist"]["starts"][r] for r in timed]
+    # from the first party out of the barrier (not the root's own start: a root scheduled late would
+    # find the uploads waiting and make the round look short) to the last party holding the mean
+    times = [max(o["ends"][r] for o in got.values()) - min(o["starts"][r] for o in got.values()) for r in timed]
     leaves = [o for n, o in got.items() if n != "assist"]
     return {"parties": parties, "values": values, "mode": "threads" if threads else "processes",
             "round_ms": round(statistics.median(times) * 1000, 1), "round_min_ms": round(min(times) * 1000, 1),
