@@ -4,7 +4,8 @@ The payload goes to the sender's shared stream (`Keys.shared`); each receiver's 
 frame's header alone, with that receiver's sequence number and signature (which binds the
 payload's digest, as for a broadcast), pointing at it. A receiver that has seen one such header
 reads the sender's shared stream together with its mailbox, so the payload arrives in the read that
-brings the header (the sender writes both in one MULTI/EXEC); otherwise it reads the payload then.
+brings the header (the sender writes both in one MULTI/EXEC, and the receiver reads the shared stream
+right after its mailbox in the same pipeline: `receiving.py`); otherwise it reads the payload then.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ class Publishing:
             total += len(parts[0])
         shared_entries = [{b"u": pub, b"d": c} for c in chunks or []]
 
-        # MULTI/EXEC (every key is in the job's slot): a reader blocked on the mailbox and the shared
-        # stream wakes once, with the header and the whole payload in one reply; the previous publish
+        # MULTI/EXEC (every key is in the job's slot): when a reader's blocked mailbox read wakes on
+        # the header, the payload is already there for the shared-stream read pipelined behind it (Redis
+        # 7.0 would answer one XREAD over both streams with one of them only); the previous publish
         # is deleted in the same transaction (every receiver has read it: see above)
         self._append([(shared, shared_entries)] + [(key, fields_list) for key, _peer, fields_list in entries],
                      ", ".join(peers), tag, transaction=True, replace=shared)
