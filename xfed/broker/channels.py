@@ -186,6 +186,11 @@ class Comm(Receiving, Publishing):
         if size > self.max_frame_bytes:
             raise FrameError(f"message {tag!r} to {peer} is {size} bytes (limit {self.max_frame_bytes})")
         chunks = chunk_parts(parts, self.chunk_bytes)
+        if len(chunks) > 1:
+            # a large message's frame header goes alone first: a receiver that reads one entry from
+            # each of many senders (a streaming root, `arrivals(one_by_one)`) then holds K small
+            # headers and one message at a time, not a chunk of every message
+            chunks = [parts[0], *chunk_parts(parts[1:], self.chunk_bytes)]
         n = len(chunks)
         return (self._mailbox(peer, self.node_id),
                 [{b"q": seq, b"i": i, b"n": n, b"z": size, b"d": data} for i, data in enumerate(chunks)], size)

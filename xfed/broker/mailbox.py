@@ -1,6 +1,7 @@
 """What travels in a mailbox stream: entry fields, received messages, per-sender receive state, chunking.
 
-A message is one frame (`frames.py`) cut into entries of at most the sender's chunk size; every
+A message is one frame (`frames.py`) cut into entries of at most the sender's chunk size (a message
+of several entries has its frame header alone in the first, `Comm._frame`); every
 entry carries the message's sequence number (q), its chunk index (i) and count (n), the frame's
 total size (z) and the bytes (d). A published message (`published.py`) is one entry holding the
 frame's header alone, with p = "<publish number> <chunks>" naming its payload on the sender's

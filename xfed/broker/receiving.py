@@ -247,7 +247,7 @@ class Receiving:
             raise FrameError(f"{what}: malformed mailbox entry with fields {str(got)[:80]}")
         seq = int_field(fields, b"q", what, 1 << 53)
         size = int_field(fields, b"z", what, self.max_frame_bytes + 1)
-        n = int_field(fields, b"n", what, (size // 1024) + 2)
+        n = int_field(fields, b"n", what, (size // 1024) + 3)  # 1 KiB chunks at least, + a header entry
         i = int_field(fields, b"i", what, n)
         data = fields[b"d"]
         if n < 1:
