@@ -68,6 +68,7 @@ class Settings:
     # tokens than THUDM's defaults and a large rate (docs/QUALITY.md: 8 tokens at 1e-2 learn nothing here)
     pre_seq_len: int = 128
     prefix_projection: bool = False
+    prefix_hidden_size: int | None = None  # the projection MLP's hidden size (None: the model's hidden size)
     prefix_rounds: int = 180  # the default --rounds for a prefix: at lr 1e-1 parties drift apart in 15 steps
     lr_schedule: str = "cosine"  # TrainingArguments.lr_scheduler_type, the same for every arm
     seed: int = 42
@@ -112,7 +113,8 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         prefix = {} if self.peft == "LORA" else {"pre_seq_len": self.pre_seq_len,
-                                                 "prefix_projection": self.prefix_projection}
+                                                 "prefix_projection": self.prefix_projection,
+                                                 "prefix_hidden_size": self.prefix_hidden_size}
         server = {"strategy": self.strategy, "strategy_params": self.strategy_params, "fedprox_mu": self.fedprox_mu,
                   "dp": None if self.dp_epsilon is None else {"epsilon": self.dp_epsilon, "delta": self.dp_delta,
                                                               "clip_norm": self.dp_clip}, "arms": list(self.arms),
@@ -134,7 +136,8 @@ QUICK = {"steps": 6, "rounds": 2, "batch": 4, "heldout_limit": 12, "max_new_toke
 def peft_section(s: Settings) -> dict[str, Any]:
     if s.peft == "LORA":
         return {"LORA": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}}
-    return {"PREFIX_TUNING": {"pre_seq_len": s.pre_seq_len, "prefix_projection": s.prefix_projection}}
+    hidden = {} if s.prefix_hidden_size is None else {"prefix_hidden_size": s.prefix_hidden_size}
+    return {"PREFIX_TUNING": {"pre_seq_len": s.pre_seq_len, "prefix_projection": s.prefix_projection, **hidden}}
 
 
 def encryption_section(kind: str, bits: int = 128, dh_bits: int = 3072) -> dict[str, Any]:
@@ -513,6 +516,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--pre-seq-len", type=int, default=None, help="--peft PREFIX_TUNING: virtual tokens (default 128)")
     ap.add_argument("--prefix-projection", action="store_true", help="--peft PREFIX_TUNING: reparametrise through "
                     "THUDM's MLP (default off)")
+    ap.add_argument("--prefix-hidden-size", type=int, default=None, help="--prefix-projection: the MLP's hidden "
+                    "size (default: the model's)")
     ap.add_argument("--lr-schedule", default="cosine", choices=["constant", "linear", "cosine"],
                     help="learning-rate schedule of every arm (default cosine: a constant rate leaves the "
                          "federation oscillating late in training, docs/QUALITY.md)")
@@ -582,7 +587,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.quick:
         for k, v in QUICK.items():
             setattr(s, k, v)
-    for key in ("steps", "rounds", "batch", "heldout_limit", "pre_seq_len"):
+    for key in ("steps", "rounds", "batch", "heldout_limit", "pre_seq_len", "prefix_hidden_size"):
         value = getattr(args, key)
         if value is not None:
             if value < (0 if key == "heldout_limit" else 1):

@@ -102,3 +102,12 @@ def test_trainer_reaches_every_arm_and_local_trainer_overrides_it_for_the_partie
     assert (parties["warmup_steps"], parties["adam_beta2"]) == (0, 0.99)
     assert bench.main(["--quick", "--trainer", "[1]"]) == 2
     assert "--trainer: expected a JSON object" in capsys.readouterr().err
+
+
+def test_prefix_hidden_size_reaches_the_peft_section_only_when_given():
+    bench = _bench()
+    s = bench.settings_from(bench.parse_args(["--peft", "PREFIX_TUNING", "--prefix-projection",
+                                              "--prefix-hidden-size", "512", "--pre-seq-len", "32"]))
+    assert bench.peft_section(s) == {"PREFIX_TUNING": {"pre_seq_len": 32, "prefix_projection": True,
+                                                       "prefix_hidden_size": 512}}
+    assert "prefix_hidden_size" not in bench.peft_section(bench.settings_from(bench.parse_args(["--peft", "PREFIX_TUNING"])))["PREFIX_TUNING"]
