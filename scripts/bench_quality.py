@@ -68,7 +68,7 @@ class Settings:
     # tokens than THUDM's defaults and a large rate (docs/QUALITY.md: 8 tokens at 1e-2 learn nothing here)
     pre_seq_len: int = 128
     prefix_projection: bool = False
-    prefix_hidden_size: int | None = None  # the projection MLP's hidden size (None: the model's hidden size)
+    prefix_hidden_size: int | None = None  # the projection MLP's hidden size (None: peft's, the key/value width)
     prefix_rounds: int = 180  # the default --rounds for a prefix: at lr 1e-1 parties drift apart in 15 steps
     lr_schedule: str = "cosine"  # TrainingArguments.lr_scheduler_type, the same for every arm
     seed: int = 42
@@ -517,7 +517,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--prefix-projection", action="store_true", help="--peft PREFIX_TUNING: reparametrise through "
                     "THUDM's MLP (default off)")
     ap.add_argument("--prefix-hidden-size", type=int, default=None, help="--prefix-projection: the MLP's hidden "
-                    "size (default: the model's)")
+                    "size (default: peft's, the key/value width: 64 on the tiny model)")
     ap.add_argument("--lr-schedule", default="cosine", choices=["constant", "linear", "cosine"],
                     help="learning-rate schedule of every arm (default cosine: a constant rate leaves the "
                          "federation oscillating late in training, docs/QUALITY.md)")
