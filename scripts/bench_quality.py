@@ -68,6 +68,7 @@ class Settings:
     # tokens than THUDM's defaults and a large rate (docs/QUALITY.md: 8 tokens at 1e-2 learn nothing here)
     pre_seq_len: int = 128
     prefix_projection: bool = False
+    prefix_hidden_size: int | None = None  # the projection MLP's hidden size (None: peft's, the key/value width)
     prefix_rounds: int = 180  # the default --rounds for a prefix: at lr 1e-1 parties drift apart in 15 steps
     lr_schedule: str = "cosine"  # TrainingArguments.lr_scheduler_type, the same for every arm
     seed: int = 42
@@ -92,6 +93,8 @@ class Settings:
     local_optim: str | None = None
     local_lr: float | None = None
     local_trainer: dict[str, Any] = field(default_factory=dict)  # further TrainingArguments of the federated arms
+    # further TrainingArguments of every arm (e.g. warmup_steps, adam_beta2), applied before local_trainer
+    trainer: dict[str, Any] = field(default_factory=dict)
     # --federated-batch B: the parties take batches of B and steps*batch/B steps each, so the federation
     # processes the examples that the centralized arm does (3 parties x B ~ its batch) in as many rounds
     # as the centralized arm takes steps (docs/QUALITY.md: "equal compute")
@@ -110,11 +113,13 @@ class Settings:
 
     def to_dict(self) -> dict[str, Any]:
         prefix = {} if self.peft == "LORA" else {"pre_seq_len": self.pre_seq_len,
-                                                 "prefix_projection": self.prefix_projection}
+                                                 "prefix_projection": self.prefix_projection,
+                                                 "prefix_hidden_size": self.prefix_hidden_size}
         server = {"strategy": self.strategy, "strategy_params": self.strategy_params, "fedprox_mu": self.fedprox_mu,
                   "dp": None if self.dp_epsilon is None else {"epsilon": self.dp_epsilon, "delta": self.dp_delta,
                                                               "clip_norm": self.dp_clip}, "arms": list(self.arms),
-                  "federated_optim": self.local_optim or "adamw_torch", "federated_trainer": self.local_trainer,
+                  "federated_optim": self.local_optim or "adamw_torch", "trainer": self.trainer,
+                  "federated_trainer": self.local_trainer,
                   "federated_learning_rate": self.local_lr if self.local_lr is not None else self.learning_rate,
                   "federated_batch": self.federated_batch or self.batch, "federated_steps_per_party": self.federated_steps}
         return {"peft": self.peft, **prefix, **server, "steps_per_party": self.steps,
@@ -131,7 +136,8 @@ QUICK = {"steps": 6, "rounds": 2, "batch": 4, "heldout_limit": 12, "max_new_toke
 def peft_section(s: Settings) -> dict[str, Any]:
     if s.peft == "LORA":
         return {"LORA": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}}
-    return {"PREFIX_TUNING": {"pre_seq_len": s.pre_seq_len, "prefix_projection": s.prefix_projection}}
+    hidden = {} if s.prefix_hidden_size is None else {"prefix_hidden_size": s.prefix_hidden_size}
+    return {"PREFIX_TUNING": {"pre_seq_len": s.pre_seq_len, "prefix_projection": s.prefix_projection, **hidden}}
 
 
 def encryption_section(kind: str, bits: int = 128, dh_bits: int = 3072) -> dict[str, Any]:
@@ -165,7 +171,7 @@ def aggregation_section(s: Settings, federated: bool) -> dict[str, Any]:
 
 def train_params(s: Settings, encryption: str, steps: int, federated: bool = False) -> dict[str, Any]:
     """The authoritative train_params of a stage (the assist trainer's, or a lone party's)."""
-    trainer: dict[str, Any] = {}
+    trainer: dict[str, Any] = dict(s.trainer)
     if federated and s.local_optim:
         trainer["optim"] = s.local_optim
     if federated:
@@ -510,6 +516,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--pre-seq-len", type=int, default=None, help="--peft PREFIX_TUNING: virtual tokens (default 128)")
     ap.add_argument("--prefix-projection", action="store_true", help="--peft PREFIX_TUNING: reparametrise through "
                     "THUDM's MLP (default off)")
+    ap.add_argument("--prefix-hidden-size", type=int, default=None, help="--prefix-projection: the MLP's hidden "
+                    "size (default: peft's, the key/value width: 64 on the tiny model)")
     ap.add_argument("--lr-schedule", default="cosine", choices=["constant", "linear", "cosine"],
                     help="learning-rate schedule of every arm (default cosine: a constant rate leaves the "
                          "federation oscillating late in training, docs/QUALITY.md)")
@@ -528,6 +536,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "(default --lr)")
     ap.add_argument("--local-trainer", default="{}", help="further TrainingArguments of the federated arms' "
                     'parties as JSON, e.g. \'{"adam_epsilon": 0.001}\'')
+    ap.add_argument("--trainer", default="{}", help="further TrainingArguments of every arm as JSON, e.g. "
+                    '\'{"warmup_steps": 60, "adam_beta2": 0.99}\' (the federated arms\' --local-trainer overrides it)')
     ap.add_argument("--federated-batch", type=int, default=None, metavar="B",
                     help="the federated arms' per-party batch; each party then takes steps*batch/B steps (equal "
                          "examples: with B ~ batch/3 the federation takes as many rounds as the centralized arm steps)")
@@ -536,6 +546,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--heldout-limit", type=int, default=None, help="score only the first N held-out examples")
     ap.add_argument("--no-curves", action="store_true", help="score only the final adapters (faster)")
     return ap.parse_args(argv)
+
+
+def json_object(option: str, text: str) -> dict[str, Any]:
+    """A JSON object of TrainingArguments given on the command line (a clear error otherwise)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{option}: expected a JSON object of TrainingArguments")
+    return value
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -548,12 +569,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         raise ConfigError(f"--strategy {args.strategy} --strategy-params: {str(exc).splitlines()[0]}") from None
     except XfedError as exc:
         raise ConfigError(f"--strategy: {exc} (one of {', '.join(STRATEGIES)})") from None
-    try:
-        local_trainer = json.loads(args.local_trainer)
-    except ValueError as exc:
-        raise ConfigError(f"--local-trainer: not JSON ({exc})") from None
-    if not isinstance(local_trainer, dict):
-        raise ConfigError("--local-trainer: expected a JSON object of TrainingArguments")
+    local_trainer, trainer = json_object("--local-trainer", args.local_trainer), json_object("--trainer", args.trainer)
     arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
     unknown = sorted(set(arms) - {"local", "centralized", "plain", "otp"})
     if unknown or not arms:
@@ -561,7 +577,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     s = Settings(peft=args.peft, seed=args.seed, lr=args.lr, lr_schedule=args.lr_schedule, curves=not args.no_curves,
                  prefix_projection=args.prefix_projection, strategy=args.strategy, strategy_params=strategy_params,
                  fedprox_mu=args.fedprox_mu, dp_epsilon=args.dp, dp_delta=args.dp_delta, dp_clip=args.dp_clip,
-                 arms=arms, local_optim=args.local_optim, local_lr=args.local_lr, local_trainer=local_trainer)
+                 arms=arms, local_optim=args.local_optim, local_lr=args.local_lr, local_trainer=local_trainer, trainer=trainer)
     if args.federated_batch is not None:
         if args.federated_batch < 1:
             raise ConfigError("--federated-batch: must be >= 1")
@@ -571,7 +587,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.quick:
         for k, v in QUICK.items():
             setattr(s, k, v)
-    for key in ("steps", "rounds", "batch", "heldout_limit", "pre_seq_len"):
+    for key in ("steps", "rounds", "batch", "heldout_limit", "pre_seq_len", "prefix_hidden_size"):
         value = getattr(args, key)
         if value is not None:
             if value < (0 if key == "heldout_limit" else 1):

@@ -171,6 +171,34 @@ def test_cosine_server_lr_decays_over_the_job_rounds_hand_computed():
     assert make_strategy("fedyogi", {"server_lr_schedule": "cosine"}, rounds=9).server_lr(10) == pytest.approx(0.0)
 
 
+def test_server_warmup_is_transformers_linear_warmup_then_the_schedule():
+    # hand-computed, W 2 of T 6, cosine: rounds 1..6 are steps 0..5 -> 0, eta/2, then cos over the last 4
+    s = FedAdam(FedAdam.Params(server_lr=2.0, server_lr_schedule="cosine", server_warmup_rounds=2), rounds=6)
+    want = [0.0, 1.0, 2.0, 1 + math.sqrt(0.5), 1.0, 1 - math.sqrt(0.5)]
+    assert [s.server_lr(t) for t in range(1, 7)] == pytest.approx(want)
+    # against the schedules a Trainer with warmup_steps W uses (round t = optimizer step t - 1)
+    import torch
+    from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+    for schedule, make in (("cosine", lambda: get_cosine_schedule_with_warmup(opt, 7, 50)),
+                           ("constant", lambda: get_constant_schedule_with_warmup(opt, 7))):
+        ref = make().lr_lambdas[0]
+        s = FedAvgM(FedAvgM.Params(server_lr=0.2, server_lr_schedule=schedule, server_warmup_rounds=7), rounds=50)
+        assert [s.server_lr(t) for t in range(1, 51)] == pytest.approx([0.2 * ref(k) for k in range(50)], abs=1e-12)
+    # round 1 (eta 0) moves nothing but builds the moments: round 2 steps with them
+    w = FedAdam(FedAdam.Params(server_lr=1.0, beta_1=0.5, beta_2=0.75, tau=0.5, server_warmup_rounds=2), rounds=4)
+    x1, x2 = _steps(w, [[3, 2], [3, 2]])
+    np.testing.assert_allclose(x1, X0["w"])
+    # delta 2 both rounds (x stayed at 1); v starts at tau^2 = .25 (no bias correction)
+    m, v = 0.5 * (0.5 * 2) + 0.5 * 2, 0.75 * (0.75 * 0.25 + 0.25 * 4) + 0.25 * 4
+    np.testing.assert_allclose(x2, [1 + 0.5 * m / (math.sqrt(v) + 0.5), 2.0], rtol=1e-6)
+    with pytest.raises(JobError, match="leaves none of the job's 4 rounds"):
+        make_strategy("fedadam", {"server_warmup_rounds": 4}, rounds=4)
+    with pytest.raises(ValidationError):
+        StrategyChoice.model_validate({"fedavgm": {"server_warmup_rounds": -1}})
+
+
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_a_strategy_restored_from_its_state_continues_exactly(name):
     rng = np.random.default_rng(0)

@@ -90,3 +90,24 @@ def test_federated_batch_keeps_the_examples_and_sets_the_parties_steps_and_batch
     assert "more rounds than the local arm's steps (300)" in capsys.readouterr().err
     assert bench.main(["--steps", "300", "--rounds", "960", "--federated-batch", "5", "--arms", "centralized"]) == 2
     assert "more rounds than the centralized arm's steps (900)" in capsys.readouterr().err
+
+
+def test_trainer_reaches_every_arm_and_local_trainer_overrides_it_for_the_parties(capsys):
+    bench = _bench()
+    s = bench.settings_from(bench.parse_args(["--trainer", '{"warmup_steps": 60, "adam_beta2": 0.99}',
+                                              "--local-trainer", '{"warmup_steps": 0}']))
+    central = bench.train_params(s, "plain", 900)["trainer"]
+    parties = bench.train_params(s, "plain", 900, federated=True)["trainer"]
+    assert (central["warmup_steps"], central["adam_beta2"]) == (60, 0.99)
+    assert (parties["warmup_steps"], parties["adam_beta2"]) == (0, 0.99)
+    assert bench.main(["--quick", "--trainer", "[1]"]) == 2
+    assert "--trainer: expected a JSON object" in capsys.readouterr().err
+
+
+def test_prefix_hidden_size_reaches_the_peft_section_only_when_given():
+    bench = _bench()
+    s = bench.settings_from(bench.parse_args(["--peft", "PREFIX_TUNING", "--prefix-projection",
+                                              "--prefix-hidden-size", "512", "--pre-seq-len", "32"]))
+    assert bench.peft_section(s) == {"PREFIX_TUNING": {"pre_seq_len": 32, "prefix_projection": True,
+                                                       "prefix_hidden_size": 512}}
+    assert "prefix_hidden_size" not in bench.peft_section(bench.settings_from(bench.parse_args(["--peft", "PREFIX_TUNING"])))["PREFIX_TUNING"]

@@ -33,6 +33,10 @@ class ServerLrParams(StrategyParams):
     server_lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="constant: η every round; cosine: η·½(1 + cos(π(t−1)/T)) in round t "
                                 "of T (η in round 1, decaying towards 0 in the last).")
+    server_warmup_rounds: int = Field(
+        0, ge=0, description="W: η·(t−1)/W in rounds t ≤ W (round 1 only updates the moments), then the "
+                             "schedule over the remaining T − W rounds: transformers' linear warm-up, so a "
+                             "server optimizer follows a Trainer with warmup_steps W step for step.")
 
 
 def weighted_mean(round_idx: int, weighted_sum: Mapping[str, np.ndarray], total_weight: float) -> dict[str, np.ndarray]:
@@ -60,17 +64,25 @@ class Strategy:
         if isinstance(self.params, ServerLrParams) and self.params.server_lr_schedule != "constant" and not rounds:
             raise JobError(f"strategy {self.name}: server_lr_schedule "
                            f"{self.params.server_lr_schedule!r} needs the job's number of rounds")
+        if isinstance(self.params, ServerLrParams) and rounds and self.params.server_warmup_rounds >= rounds:
+            raise JobError(f"strategy {self.name}: server_warmup_rounds {self.params.server_warmup_rounds} "
+                           f"leaves none of the job's {rounds} rounds after the warm-up")
 
     def server_lr(self, round_idx: int) -> float:
         """η of round `round_idx` (1-based) under the strategy's `server_lr_schedule`: constant, or cosine
         from η in round 1 towards 0 after the last round, as the parties' own cosine schedule decays per step
-        (a server optimizer at a constant η keeps moving the adapter by ~η a round to the end)."""
+        (a server optimizer at a constant η keeps moving the adapter by ~η a round to the end); after
+        `server_warmup_rounds` W of linear warm-up, as transformers' schedules with warmup_steps W
+        (round t is the Trainer's step t − 1: the factor is (t−1)/W, 0 in round 1)."""
         p = self.params
         if not isinstance(p, ServerLrParams):
             raise JobError(f"strategy {self.name} has no server learning rate")
+        step, warmup = max(round_idx - 1, 0), p.server_warmup_rounds
+        if step < warmup:
+            return p.server_lr * step / warmup
         if p.server_lr_schedule == "constant":
             return p.server_lr
-        progress = min(max(round_idx - 1, 0), self.rounds) / self.rounds
+        progress = min(step - warmup, self.rounds - warmup) / (self.rounds - warmup)
         return p.server_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def start(self, initial: Mapping[str, np.ndarray]) -> None:
