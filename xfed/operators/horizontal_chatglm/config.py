@@ -145,7 +145,8 @@ class PrefixTuning(ConfigModel):
     task_type: Literal["CAUSAL_LM"] = "CAUSAL_LM"
     pre_seq_len: int = Field(20, ge=1, le=4096, description="Prefix length (peft's num_virtual_tokens).")
     prefix_projection: bool = Field(False, description="Reparametrise the prefix through a 2-layer MLP.")
-    prefix_hidden_size: int | None = Field(None, ge=1, description="MLP hidden size (default: the model's).")
+    prefix_hidden_size: int | None = Field(None, ge=1, description="MLP hidden size (default: THUDM's, the model's hidden size, on ChatGLM "
+                                                       "folders; peft's encoder_hidden_size on native models).")
 
     @classmethod
     def known_keys(cls) -> set[str]:
