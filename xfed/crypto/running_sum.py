@@ -57,12 +57,7 @@ class RunningSum:
                 self._acc[name] = arr if owned else np.array(arr, dtype=np.uint64, order="C")
         else:
             for name, acc in self._acc.items():
-                carry = None
-                if self.bits == 128:
-                    carry = self._carry.get(name)
-                    if carry is None:
-                        carry = self._carry[name] = np.empty(acc.shape[:-1], dtype=np.bool_)
-                fixedpoint.add_into(acc, np.asarray(masked[name]), self.bits, carry)
+                fixedpoint.add_into(acc, np.asarray(masked[name]), self.bits, self._carry_of(name, acc))
         self.count += 1
 
     def subtract(self, masked: Mapping[str, np.ndarray]) -> None:
@@ -72,11 +67,17 @@ class RunningSum:
             raise ValueError("a running sum of no dicts has nothing to subtract from")
         self.check(masked)
         for name, acc in self._acc.items():
-            carry = self._carry.get(name) if self.bits == 128 else None
-            if self.bits == 128 and carry is None:
-                carry = self._carry[name] = np.empty(acc.shape[:-1], dtype=np.bool_)
-            fixedpoint.sub_into(acc, np.asarray(masked[name]), self.bits, carry)
+            fixedpoint.sub_into(acc, np.asarray(masked[name]), self.bits, self._carry_of(name, acc))
         self.count -= 1
+
+    def _carry_of(self, name: str, acc: np.ndarray) -> np.ndarray | None:
+        """The reusable carry buffer of one 128-bit accumulator (None at 64 bits: no carry between limbs)."""
+        if self.bits != 128:
+            return None
+        carry = self._carry.get(name)
+        if carry is None:
+            carry = self._carry[name] = np.empty(acc.shape[:-1], dtype=np.bool_)
+        return carry
 
     def decode(self, *, divide_by: float = 1.0) -> dict[str, np.ndarray]:
         """The decoded sum (name -> float64); ValueError when nothing was added."""
