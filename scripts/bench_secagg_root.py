@@ -48,6 +48,7 @@ from xfed.aggregation.base import WEIGHT_KEY, RootBase, check_same_layout, encod
 from xfed.aggregation.secagg import tag_ask, tag_reveal  # noqa: E402
 from xfed.aggregation.secagg_keys import OwnRound, indices, round_session  # noqa: E402
 from xfed.aggregation.secagg_root import SecAggRoot  # noqa: E402
+from xfed.aggregation.secagg_sum import survivors as survivors_of  # noqa: E402
 from xfed.aggregation.settings import encryption_of  # noqa: E402
 from xfed.broker.channels import Comm  # noqa: E402
 from xfed.broker.connection import connect  # noqa: E402
@@ -101,7 +102,7 @@ class GatherAllRoot(SecAggRoot):
             metas[node] = {"paired": set(msg.meta["paired"]), "public": msg.meta.get("public"),
                            "commit": msg.meta.get("commit")}
         paired = {n: m["paired"] for n, m in metas.items()}
-        survivors = self._survivors(round_idx, paired)
+        survivors = survivors_of(paired)
         dropped = [n for n in self.trainers if n not in survivors]
         self.comm.broadcast(survivors, tag_ask(round_idx), meta={"survivors": survivors, "dropped": dropped})
         reveals = self.comm.gather_until(survivors, tag_reveal(round_idx), self.wait_s)

@@ -25,10 +25,10 @@ from xfed.crypto.shamir import decode_share
 from xfed.errors import FrameError, JobError, SecurityError
 
 
-def _round_of(tag: str) -> int | None:
-    """The round of a per-round tag (`agg/R/up`, `sa/R/keys`, `sa/R/reveal`...); None for the others."""
+def _of_round_up_to(tag: str, round_idx: int) -> bool:
+    """Whether `tag` is a per-round tag (`agg/R/up`, `sa/R/keys`, `sa/R/reveal`...) of a round R <= round_idx."""
     parts = tag.split("/")
-    return int(parts[1]) if len(parts) == 3 and parts[0] in ("agg", "sa") and parts[1].isdigit() else None
+    return len(parts) == 3 and parts[0] in ("agg", "sa") and parts[1].isdigit() and int(parts[1]) <= round_idx
 
 
 class SecAggRoot(_SecAgg, RootBase):
@@ -64,7 +64,7 @@ class SecAggRoot(_SecAgg, RootBase):
             busy = self._gather_uploads(round_idx, uploads)
             t0 = time.perf_counter()
             paired = uploads.paired
-            survivors = self._survivors(round_idx, paired)
+            survivors = survivors_of(paired)  # pairings made symmetric (a one-sided pair drops its laggard)
             dropped = [n for n in self.trainers if n not in survivors]
             if len(survivors) < self.floor:
                 raise JobError(f"round {round_idx}: only {len(survivors)} of {len(self.trainers)} label trainers "
@@ -98,7 +98,7 @@ class SecAggRoot(_SecAgg, RootBase):
             self.ctx.report("metrics", {"secagg": {"joined": self.last_joined, "from_round": round_idx + 1,
                                                    "epoch": self.epoch}})
         # what came too late for its round (a straggler's upload, keys or shares) is never asked for
-        self.discarded += self.comm.discard(lambda tag: (_round_of(tag) is not None and _round_of(tag) <= round_idx))
+        self.discarded += self.comm.discard(lambda tag: _of_round_up_to(tag, round_idx))
         self._end()
         return mean
 
@@ -189,10 +189,6 @@ class SecAggRoot(_SecAgg, RootBase):
         if others:
             take(others, self.grace_s)
         return busy
-
-    def _survivors(self, round_idx: int, paired: Mapping[str, set[str]]) -> list[str]:
-        """The uploads' parties with pairings made symmetric (a one-sided pair drops its laggard)."""
-        return survivors_of(paired)
 
     def _correction(self, round_idx: int, metas: Mapping[str, Mapping[str, Any]], survivors: list[str],
                     dropped: list[str],
