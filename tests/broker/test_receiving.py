@@ -14,6 +14,7 @@ from xfed.broker.channels import Comm
 from xfed.broker.connection import connect
 from xfed.broker.frames import as_wire_array
 from xfed.broker.keys import Keys
+from xfed.errors import ChannelTimeout
 
 pytestmark = pytest.mark.integration
 
@@ -112,10 +113,10 @@ def test_mailboxes_are_read_in_the_order_their_last_messages_arrived(r):
         leaves[node].send("root", "up", meta={"r": 0})
         root.recv(node, "up", timeout=5)
     order = []
-    orig_xread = root.r.pipeline
+    orig_pipeline = root.r.pipeline
 
     def pipeline(*a, **kw):
-        pipe = orig_xread(*a, **kw)
+        pipe = orig_pipeline(*a, **kw)
         inner = pipe.xread
 
         def xread(streams, **kw2):
@@ -126,7 +127,7 @@ def test_mailboxes_are_read_in_the_order_their_last_messages_arrived(r):
         return pipe
 
     root.r.pipeline = pipeline
-    with pytest.raises(Exception, match="no 'up'"):
+    with pytest.raises(ChannelTimeout, match="no 'up'"):
         root.gather(list(leaves), "up", timeout=0.01)
     keys = Keys("t")
     assert order[:3] == [keys.mailbox("5", 1, "root", n) for n in ("n3", "n1", "n2")]
