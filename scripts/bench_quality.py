@@ -69,6 +69,7 @@ class Settings:
     pre_seq_len: int = 128
     prefix_projection: bool = False
     prefix_hidden_size: int | None = None  # the projection MLP's hidden size (None: peft's, the key/value width)
+    prefix_init_std: float | None = None  # the prefix's initial N(0, std²) (None: nn.Embedding's N(0, 1))
     prefix_rounds: int = 180  # the default --rounds for a prefix: at lr 1e-1 parties drift apart in 15 steps
     lr_schedule: str = "cosine"  # TrainingArguments.lr_scheduler_type, the same for every arm
     seed: int = 42
@@ -114,7 +115,8 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         prefix = {} if self.peft == "LORA" else {"pre_seq_len": self.pre_seq_len,
                                                  "prefix_projection": self.prefix_projection,
-                                                 "prefix_hidden_size": self.prefix_hidden_size}
+                                                 "prefix_hidden_size": self.prefix_hidden_size,
+                                                 "prefix_init_std": self.prefix_init_std}
         server = {"strategy": self.strategy, "strategy_params": self.strategy_params, "fedprox_mu": self.fedprox_mu,
                   "dp": None if self.dp_epsilon is None else {"epsilon": self.dp_epsilon, "delta": self.dp_delta,
                                                               "clip_norm": self.dp_clip}, "arms": list(self.arms),
@@ -136,8 +138,9 @@ QUICK = {"steps": 6, "rounds": 2, "batch": 4, "heldout_limit": 12, "max_new_toke
 def peft_section(s: Settings) -> dict[str, Any]:
     if s.peft == "LORA":
         return {"LORA": {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear"}}
-    hidden = {} if s.prefix_hidden_size is None else {"prefix_hidden_size": s.prefix_hidden_size}
-    return {"PREFIX_TUNING": {"pre_seq_len": s.pre_seq_len, "prefix_projection": s.prefix_projection, **hidden}}
+    given = {k: v for k, v in (("prefix_hidden_size", s.prefix_hidden_size), ("prefix_init_std", s.prefix_init_std))
+             if v is not None}
+    return {"PREFIX_TUNING": {"pre_seq_len": s.pre_seq_len, "prefix_projection": s.prefix_projection, **given}}
 
 
 def encryption_section(kind: str, bits: int = 128, dh_bits: int = 3072) -> dict[str, Any]:
@@ -518,6 +521,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     "THUDM's MLP (default off)")
     ap.add_argument("--prefix-hidden-size", type=int, default=None, help="--prefix-projection: the MLP's hidden "
                     "size (default: peft's, the key/value width: 64 on the tiny model)")
+    ap.add_argument("--prefix-init-std", type=float, default=None, help="--peft PREFIX_TUNING: draw the initial "
+                    "prefix from N(0, STD²) (default: nn.Embedding's N(0, 1), as THUDM)")
     ap.add_argument("--lr-schedule", default="cosine", choices=["constant", "linear", "cosine"],
                     help="learning-rate schedule of every arm (default cosine: a constant rate leaves the "
                          "federation oscillating late in training, docs/QUALITY.md)")
@@ -578,6 +583,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
                  prefix_projection=args.prefix_projection, strategy=args.strategy, strategy_params=strategy_params,
                  fedprox_mu=args.fedprox_mu, dp_epsilon=args.dp, dp_delta=args.dp_delta, dp_clip=args.dp_clip,
                  arms=arms, local_optim=args.local_optim, local_lr=args.local_lr, local_trainer=local_trainer, trainer=trainer)
+    if args.prefix_init_std is not None:
+        if not 0 < args.prefix_init_std <= 10:
+            raise ConfigError("--prefix-init-std: must be > 0 and <= 10")
+        s.prefix_init_std = args.prefix_init_std
     if args.federated_batch is not None:
         if args.federated_batch < 1:
             raise ConfigError("--federated-batch: must be >= 1")

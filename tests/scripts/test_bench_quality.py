@@ -111,3 +111,13 @@ def test_prefix_hidden_size_reaches_the_peft_section_only_when_given():
     assert bench.peft_section(s) == {"PREFIX_TUNING": {"pre_seq_len": 32, "prefix_projection": True,
                                                        "prefix_hidden_size": 512}}
     assert "prefix_hidden_size" not in bench.peft_section(bench.settings_from(bench.parse_args(["--peft", "PREFIX_TUNING"])))["PREFIX_TUNING"]
+
+
+def test_prefix_init_std_reaches_the_peft_section_only_when_given_and_is_checked(capsys):
+    bench = _bench()
+    s = bench.settings_from(bench.parse_args(["--peft", "PREFIX_TUNING", "--prefix-init-std", "0.1"]))
+    assert bench.peft_section(s)["PREFIX_TUNING"]["prefix_init_std"] == 0.1
+    assert s.to_dict()["prefix_init_std"] == 0.1
+    assert "prefix_init_std" not in bench.peft_section(bench.settings_from(bench.parse_args(["--peft", "PREFIX_TUNING"])))["PREFIX_TUNING"]
+    assert bench.main(["--quick", "--peft", "PREFIX_TUNING", "--prefix-init-std", "-1"]) == 2
+    assert "--prefix-init-std: must be > 0" in capsys.readouterr().err

@@ -104,3 +104,31 @@ def test_prefix_reaches_attention_memorises_and_generates_what_it_learned(tiny_g
         for p in trainable:
             p.add_(torch.randn_like(p))
         assert float((peft_model(**batch).logits - before).abs().max()) > 1e-2
+
+
+@pytest.mark.parametrize("projection", [False, True])
+def test_prefix_init_std_draws_the_prefix_embedding_at_that_scale_reproducibly(tiny_glm, projection):
+    import torch
+
+    def embedding(std):
+        torch.manual_seed(7)
+        section = {"pre_seq_len": 64, "prefix_projection": projection, **({} if std is None else {"prefix_init_std": std})}
+        peft_model = apply_peft(_model(tiny_glm), Peft.model_validate({"PREFIX_TUNING": section}))
+        return peft_model.prompt_encoder["default"].embedding.weight.detach().clone()
+
+    default, small, again = embedding(None), embedding(0.1), embedding(0.1)
+    assert 0.95 < float(default.std()) < 1.05  # nn.Embedding's N(0, 1), THUDM's and peft's start
+    assert 0.095 < float(small.std()) < 0.105 and abs(float(small.mean())) < 0.005
+    assert torch.equal(small, again)  # seeded: every party (and a rerun) draws the same prefix
+    assert not torch.allclose(small * 10, default)  # a fresh draw, not the default rescaled
+
+
+def test_prefix_init_std_is_validated_and_lora_has_none():
+    with pytest.raises(ConfigError, match="prefix_init_std"):
+        _validated({"PREFIX_TUNING": {"prefix_init_std": 0}})
+    with pytest.raises(ConfigError, match="prefix_init_std"):
+        _validated({"PREFIX_TUNING": {"prefix_init_std": "small"}})
+    assert Peft.model_validate({"LORA": {}}).prefix_init_std is None
+    assert Peft.model_validate({"PREFIX_TUNING": {"prefix_init_std": 0.1}}).prefix_init_std == 0.1
+    # not a peft PrefixTuningConfig field: it must not reach peft's constructor
+    assert "prefix_init_std" not in Peft.model_validate({"PREFIX_TUNING": {"prefix_init_std": 0.1}}).config_kwargs()

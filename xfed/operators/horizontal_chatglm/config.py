@@ -147,6 +147,8 @@ class PrefixTuning(ConfigModel):
     prefix_projection: bool = Field(False, description="Reparametrise the prefix through a 2-layer MLP.")
     prefix_hidden_size: int | None = Field(None, ge=1, description="MLP hidden size (default: THUDM's, the model's hidden size, on ChatGLM "
                                                        "folders; peft's encoder_hidden_size on native models).")
+    prefix_init_std: float | None = Field(None, gt=0, le=10, description="Standard deviation of the prefix embedding's "
+                                          "initial N(0, std²) draw (default: nn.Embedding's N(0, 1), as THUDM and peft).")
 
     @classmethod
     def known_keys(cls) -> set[str]:
@@ -185,6 +187,11 @@ class Peft(ExactlyOne):
         if p.prefix_hidden_size is not None:
             kw["encoder_hidden_size"] = p.prefix_hidden_size
         return kw
+
+    @property
+    def prefix_init_std(self) -> float | None:
+        """PREFIX_TUNING's prefix_init_std (None: the embedding's own init; always None for LoRA)."""
+        return self.PREFIX_TUNING.prefix_init_std if self.PREFIX_TUNING is not None else None
 
 
 # ---------------------------------------------------------------- dataset

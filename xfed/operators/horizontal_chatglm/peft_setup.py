@@ -42,10 +42,25 @@ def peft_config_summary(config: PeftConfig) -> dict[str, Any]:
 def apply_peft(model: torch.nn.Module, peft: Peft, adapter_path: str | Path | None = None) -> PeftModel:
     """Wrap `model` with a fresh adapter, or with the saved one at `adapter_path` (to continue training)."""
     if adapter_path is None:
-        return make_peft_model(model, build_peft_config(model, peft))
+        peft_model = make_peft_model(model, build_peft_config(model, peft))
+        if peft.prefix_init_std is not None:
+            redraw_prefix(peft_model, peft.prefix_init_std)
+        return peft_model
     from .adapter_state import load_resumable_adapter  # local: adapter_state imports this module
 
     return load_resumable_adapter(model, Path(adapter_path), expected_kind=peft.kind)
+
+
+def redraw_prefix(peft_model: PeftModel, std: float) -> None:
+    """Draw the prefix embedding afresh from N(0, std²) with torch's seeded generator.
+
+    Why: peft's (and THUDM's) prefix is an nn.Embedding, N(0, 1); on pure8 (docs/QUALITY.md) a prefix
+    ten times smaller leaves the loss plateau that the N(0, 1) start often stays on. With
+    `prefix_projection` this is the MLP's input, as in THUDM's PrefixEncoder.
+    """
+    for encoder in peft_model.prompt_encoder.values():
+        with torch.no_grad():
+            encoder.embedding.weight.normal_(0.0, std)
 
 
 def check_trainable(peft_model: PeftModel, where: str) -> None:
