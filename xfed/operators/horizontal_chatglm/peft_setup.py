@@ -54,9 +54,9 @@ def apply_peft(model: torch.nn.Module, peft: Peft, adapter_path: str | Path | No
 def redraw_prefix(peft_model: PeftModel, std: float) -> None:
     """Draw the prefix embedding afresh from N(0, std²) with torch's seeded generator.
 
-    Why: peft's (and THUDM's) prefix is an nn.Embedding, N(0, 1); on pure8 (docs/QUALITY.md) a prefix
-    ten times smaller leaves the loss plateau that the N(0, 1) start often stays on. With
-    `prefix_projection` this is the MLP's input, as in THUDM's PrefixEncoder.
+    Why: peft's (and THUDM's) prefix is an nn.Embedding, N(0, 1), about as loud as the keys the frozen model
+    computes for real context; on pure8 (docs/QUALITY.md) a start of std 0.3 left the loss plateau that the
+    N(0, 1) start often stays on. With `prefix_projection` this is the MLP's input, as in THUDM's PrefixEncoder.
     """
     for encoder in peft_model.prompt_encoder.values():
         with torch.no_grad():
