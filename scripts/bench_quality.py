@@ -74,6 +74,12 @@ class Settings:
     lr_schedule: str = "cosine"  # TrainingArguments.lr_scheduler_type, the same for every arm
     seed: int = 42
     heldout_limit: int = 0  # 0: the whole held-out file
+    job_timeout: float = 0.0  # seconds a federated job may take; 0: 2 s a round, at least 30 minutes
+
+    @property
+    def federated_job_timeout(self) -> float:
+        # a fixed 30 minutes stopped a healthy 2400-round job at round 2333 on a loaded 2-CPU machine
+        return self.job_timeout or max(1800.0, 2.0 * self.rounds)
     max_new_tokens: int = 12
     curves: bool = True
     # OTP at 128 bits; plain aggregation sums on the same fixed-point grid (its default key_bitlength 128),
@@ -334,7 +340,7 @@ def run_federated(s: Settings, model: Path, shards: dict[str, Path], root: Path)
             fed.write_stage(ASSIST, stage("assist_trainer", model, out, train_params(s, kind, s.federated_steps, True), []))
             t0 = time.monotonic()
             log(f"federated {kind}: job started ({len(TRAINERS)} parties x {s.federated_steps} steps, {s.rounds} rounds)")
-            job = fed.run_job()
+            job = fed.run_job(timeout=s.federated_job_timeout)
             if job.state.value != "SUCCESSFUL":
                 raise LaunchError(f"federated {kind} job {job.job_id} {job.state.value}: {job.reason}")
             arm = Arm(f"federated_{kind}", f"federated, {kind} aggregation", s.federated_steps,
@@ -549,6 +555,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--arms", default="local,centralized,plain,otp",
                     help="comma-separated subset of local, centralized, plain, otp (default all)")
     ap.add_argument("--heldout-limit", type=int, default=None, help="score only the first N held-out examples")
+    ap.add_argument("--job-timeout", type=float, default=None, help="seconds a federated job may take before the "
+                    "bench gives up on it (default: 2 s a round, at least 1800)")
     ap.add_argument("--no-curves", action="store_true", help="score only the final adapters (faster)")
     return ap.parse_args(argv)
 
@@ -587,6 +595,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if not 0 < args.prefix_init_std <= 10:
             raise ConfigError("--prefix-init-std: must be > 0 and <= 10")
         s.prefix_init_std = args.prefix_init_std
+    if args.job_timeout is not None:
+        if args.job_timeout <= 0:
+            raise ConfigError("--job-timeout: must be > 0")
+        s.job_timeout = args.job_timeout
     if args.federated_batch is not None:
         if args.federated_batch < 1:
             raise ConfigError("--federated-batch: must be >= 1")

@@ -121,3 +121,13 @@ def test_prefix_init_std_reaches_the_peft_section_only_when_given_and_is_checked
     assert "prefix_init_std" not in bench.peft_section(bench.settings_from(bench.parse_args(["--peft", "PREFIX_TUNING"])))["PREFIX_TUNING"]
     assert bench.main(["--quick", "--peft", "PREFIX_TUNING", "--prefix-init-std", "-1"]) == 2
     assert "--prefix-init-std: must be > 0" in capsys.readouterr().err
+
+
+def test_the_federated_job_timeout_grows_with_the_rounds_and_can_be_set(capsys):
+    bench = _bench()
+    settings = lambda *a: bench.settings_from(bench.parse_args(["--peft", "PREFIX_TUNING", *a]))  # noqa: E731
+    assert settings("--rounds", "60").federated_job_timeout == 1800.0
+    assert settings("--arms", "plain", "--batch", "48", "--federated-batch", "16", "--steps", "800", "--rounds", "2400").federated_job_timeout == 4800.0
+    assert settings("--job-timeout", "90").federated_job_timeout == 90.0
+    assert bench.main(["--quick", "--job-timeout", "0"]) == 2
+    assert "--job-timeout: must be > 0" in capsys.readouterr().err
