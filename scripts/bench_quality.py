@@ -75,11 +75,6 @@ class Settings:
     seed: int = 42
     heldout_limit: int = 0  # 0: the whole held-out file
     job_timeout: float = 0.0  # seconds a federated job may take; 0: 2 s a round, at least 30 minutes
-
-    @property
-    def federated_job_timeout(self) -> float:
-        # a fixed 30 minutes stopped a healthy 2400-round job at round 2333 on a loaded 2-CPU machine
-        return self.job_timeout or max(1800.0, 2.0 * self.rounds)
     max_new_tokens: int = 12
     curves: bool = True
     # OTP at 128 bits; plain aggregation sums on the same fixed-point grid (its default key_bitlength 128),
@@ -117,6 +112,11 @@ class Settings:
     @property
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else (3e-3 if self.peft == "LORA" else 1e-1)
+
+    @property
+    def federated_job_timeout(self) -> float:
+        # a fixed 30 minutes stopped a healthy 2400-round job at round 2333 on a loaded 2-CPU machine
+        return self.job_timeout or max(1800.0, 2.0 * self.rounds)
 
     def to_dict(self) -> dict[str, Any]:
         prefix = {} if self.peft == "LORA" else {"pre_seq_len": self.pre_seq_len,
@@ -592,8 +592,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
                  fedprox_mu=args.fedprox_mu, dp_epsilon=args.dp, dp_delta=args.dp_delta, dp_clip=args.dp_clip,
                  arms=arms, local_optim=args.local_optim, local_lr=args.local_lr, local_trainer=local_trainer, trainer=trainer)
     if args.prefix_init_std is not None:
-        if not 0 < args.prefix_init_std <= 10:
-            raise ConfigError("--prefix-init-std: must be > 0 and <= 10")
+        from pydantic import ValidationError
+
+        from xfed.operators.horizontal_chatglm.config import PrefixTuning
+
+        try:  # the operator's own bounds, validation only
+            PrefixTuning.model_validate({"prefix_init_std": args.prefix_init_std})
+        except ValidationError as exc:
+            raise ConfigError(f"--prefix-init-std: {exc.errors()[0]['msg']}") from None
         s.prefix_init_std = args.prefix_init_std
     if args.job_timeout is not None:
         if args.job_timeout <= 0:

@@ -120,7 +120,9 @@ def test_prefix_init_std_reaches_the_peft_section_only_when_given_and_is_checked
     assert s.to_dict()["prefix_init_std"] == 0.1
     assert "prefix_init_std" not in bench.peft_section(bench.settings_from(bench.parse_args(["--peft", "PREFIX_TUNING"])))["PREFIX_TUNING"]
     assert bench.main(["--quick", "--peft", "PREFIX_TUNING", "--prefix-init-std", "-1"]) == 2
-    assert "--prefix-init-std: must be > 0" in capsys.readouterr().err
+    assert "--prefix-init-std: Input should be greater than 0" in capsys.readouterr().err
+    assert bench.main(["--quick", "--peft", "PREFIX_TUNING", "--prefix-init-std", "11"]) == 2
+    assert "--prefix-init-std: Input should be less than or equal to 10" in capsys.readouterr().err
 
 
 def test_the_federated_job_timeout_grows_with_the_rounds_and_can_be_set(capsys):
