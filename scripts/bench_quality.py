@@ -591,16 +591,20 @@ def settings_from(args: argparse.Namespace) -> Settings:
                  prefix_projection=args.prefix_projection, strategy=args.strategy, strategy_params=strategy_params,
                  fedprox_mu=args.fedprox_mu, dp_epsilon=args.dp, dp_delta=args.dp_delta, dp_clip=args.dp_clip,
                  arms=arms, local_optim=args.local_optim, local_lr=args.local_lr, local_trainer=local_trainer, trainer=trainer)
-    if args.prefix_init_std is not None:
+    prefix = {k: getattr(args, k) for k in ("pre_seq_len", "prefix_hidden_size", "prefix_init_std")
+              if getattr(args, k) is not None}
+    if prefix:
         from pydantic import ValidationError
 
         from xfed.operators.horizontal_chatglm.config import PrefixTuning
 
         try:  # the operator's own bounds, validation only
-            PrefixTuning.model_validate({"prefix_init_std": args.prefix_init_std})
+            PrefixTuning.model_validate(prefix)
         except ValidationError as exc:
-            raise ConfigError(f"--prefix-init-std: {exc.errors()[0]['msg']}") from None
-        s.prefix_init_std = args.prefix_init_std
+            first = exc.errors()[0]
+            raise ConfigError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+        for k, v in prefix.items():
+            setattr(s, k, v)
     if args.job_timeout is not None:
         if args.job_timeout <= 0:
             raise ConfigError("--job-timeout: must be > 0")
@@ -614,7 +618,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.quick:
         for k, v in QUICK.items():
             setattr(s, k, v)
-    for key in ("steps", "rounds", "batch", "heldout_limit", "pre_seq_len", "prefix_hidden_size"):
+    for key in ("steps", "rounds", "batch", "heldout_limit"):
         value = getattr(args, key)
         if value is not None:
             if value < (0 if key == "heldout_limit" else 1):

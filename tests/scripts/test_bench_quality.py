@@ -125,6 +125,16 @@ def test_prefix_init_std_reaches_the_peft_section_only_when_given_and_is_checked
     assert "--prefix-init-std: Input should be less than or equal to 10" in capsys.readouterr().err
 
 
+def test_prefix_sizes_are_checked_by_the_operators_bounds(capsys):
+    bench = _bench()
+    assert bench.main(["--quick", "--peft", "PREFIX_TUNING", "--pre-seq-len", "0"]) == 2
+    assert "--pre-seq-len: Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert bench.main(["--quick", "--peft", "PREFIX_TUNING", "--pre-seq-len", "5000"]) == 2  # the config's le=4096
+    assert "--pre-seq-len: Input should be less than or equal to 4096" in capsys.readouterr().err
+    assert bench.main(["--quick", "--peft", "PREFIX_TUNING", "--prefix-projection", "--prefix-hidden-size", "0"]) == 2
+    assert "--prefix-hidden-size: Input should be greater than or equal to 1" in capsys.readouterr().err
+
+
 def test_the_federated_job_timeout_grows_with_the_rounds_and_can_be_set(capsys):
     bench = _bench()
     settings = lambda *a: bench.settings_from(bench.parse_args(["--peft", "PREFIX_TUNING", *a]))  # noqa: E731
