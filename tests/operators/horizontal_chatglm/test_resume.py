@@ -145,3 +145,23 @@ def test_restore_refuses_another_jobs_state_saying_whose_it_is(tmp_path):
         resume.restore(mine, tmp_path, 2, 4)
     mine.job_uid = "aaaa1111"  # the same job's next attempt resumes
     assert resume.restore(mine, tmp_path, 2, 4)["w"].shape == (2, 3)
+
+
+@pytest.mark.parametrize("limit", [None, 1, 3])
+def test_prune_for_the_next_round_looks_only_at_what_the_last_call_left(tmp_path, limit):
+    full, incremental = tmp_path / "full", tmp_path / "incremental"
+    for k in range(1, 9):
+        for out in (full, incremental):
+            _save(out, k)
+            _adapter(out, k)
+        resume.prune(full, k, save_total_limit=limit)
+        resume.prune(incremental, k, save_total_limit=limit, pruned_for=k - 1)
+    on_disk = lambda out: sorted(str(p.relative_to(out)) for p in out.rglob("*"))  # noqa: E731
+    assert on_disk(incremental) == on_disk(full)
+    # a resume state left in an old checkpoint (by an earlier process) is not looked at again...
+    _save(incremental, 2)
+    resume.prune(incremental, 9, save_total_limit=limit, pruned_for=8)
+    assert resume.read_state(incremental, 2) is not None
+    # ...but a process's first prune looks at every checkpoint
+    resume.prune(incremental, 9, save_total_limit=limit)
+    assert resume.read_state(incremental, 2) is None

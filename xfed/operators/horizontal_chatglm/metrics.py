@@ -1,13 +1,13 @@
 """Per-round metrics: generation scores (exact match, character ROUGE-L), peak memory, and metrics.json."""
 from __future__ import annotations
 
-import json
-import os
 import resource
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from .growing_json import EncodedList, dumps, write_atomic
 
 
 def lcs_length(a: str, b: str) -> int:
@@ -63,6 +63,7 @@ class MetricsLog:
         self.path = path
         self.header = dict(header)
         self.rounds: list[dict[str, Any]] = []
+        self._encoded = EncodedList()  # each record encoded once, not every round (growing_json.py)
         self.started = time.monotonic()
 
     def eta_seconds(self, done_rounds: int, total_rounds: int) -> float:
@@ -78,7 +79,4 @@ class MetricsLog:
 
     def write(self, **extra: Any) -> None:
         self.header.update(extra)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({**self.header, "rounds": self.rounds}, indent=2, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_atomic(self.path, dumps(self.header, "rounds", self._encoded.texts(self.rounds)))

@@ -22,6 +22,8 @@ from typing import Any
 
 from xfed.errors import ConfigError
 
+from .growing_json import save_trainer_state
+
 # record keys that are not numbers worth a curve (or say the same as the step axis)
 _NOT_LOGGED = {"node", "rounds", "step"}
 
@@ -145,10 +147,7 @@ class Reporter:
     def save_state(self, folder: Path | None = None) -> Path:
         """trainer_state.json (the Trainer's TrainerState) in `folder` (default the party's output)."""
         path = (folder or self.output_dir) / "trainer_state.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        self.state.save_to_json(str(tmp))
-        os.replace(tmp, path)
+        save_trainer_state(self.state, path)  # save_to_json's file, log_history not re-encoded each round
         return path
 
     def finish(self) -> None:

@@ -28,6 +28,7 @@ from xfed.errors import JobError
 from xfed.operators.context import OperatorContext
 
 from ..outputs import describe, job_identity, same_job
+from .growing_json import save_trainer_state
 from .protocol import Preflight
 
 RESUME_DIR = "xfed_resume"
@@ -61,7 +62,7 @@ def save_round_state(output_dir: Path, round_idx: int, rounds: int, tensors: dic
         trainer._save_optimizer_and_scheduler(str(folder))
         trainer._save_scaler(str(folder))
         trainer._save_rng_state(str(folder))
-        trainer.state.save_to_json(str(folder / TRAINER_STATE_NAME))
+        save_trainer_state(trainer.state, folder / TRAINER_STATE_NAME)  # save_to_json's file, incrementally
         step = int(trainer.state.global_step)
     state = {"round": round_idx, "rounds": rounds, "step": step, "node": node, "attempt": attempt,
              "trainer_state": trainer is not None, "job": dict(job or {})}  # whose state: --resume checks it
@@ -118,16 +119,23 @@ def last_complete_round(output_dir: Path) -> int:
 KEEP_RESUME_ROUNDS = 2
 
 
-def prune(output_dir: Path, round_idx: int, save_total_limit: int | None = None) -> None:
+def prune(output_dir: Path, round_idx: int, save_total_limit: int | None = None, pruned_for: int = 0) -> None:
     """After round `round_idx`'s state is complete: drop resume states older than the newest two, and
-    with `save_total_limit` N the adapters of all but the newest N checkpoints (never a kept resume state)."""
-    for k in _rounds_on_disk(output_dir):
-        if k > round_idx:
-            continue
+    with `save_total_limit` N the adapters of all but the newest N checkpoints (never a kept resume state).
+
+    `pruned_for` p > 0: this process already pruned for round p, so only the rounds that call left
+    alone are looked at (not every checkpoint on disk each round: that grew with the rounds)."""
+    limit = save_total_limit if save_total_limit and save_total_limit > 0 else 0
+    if pruned_for > 0:
+        first = max(1, pruned_for - max(KEEP_RESUME_ROUNDS, limit) + 1)
+        rounds = [k for k in range(first, round_idx + 1) if checkpoint_dir(output_dir, k).is_dir()]
+    else:
+        rounds = [k for k in _rounds_on_disk(output_dir) if k <= round_idx]
+    for k in rounds:
         folder = checkpoint_dir(output_dir, k)
         if k <= round_idx - KEEP_RESUME_ROUNDS:
             shutil.rmtree(folder / RESUME_DIR, ignore_errors=True)
-        if save_total_limit and save_total_limit > 0 and k <= round_idx - save_total_limit:
+        if limit and k <= round_idx - limit:
             for entry in folder.iterdir():
                 if entry.is_dir() and entry.name != RESUME_DIR:
                     shutil.rmtree(entry)
