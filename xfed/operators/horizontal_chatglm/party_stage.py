@@ -164,16 +164,17 @@ class Party:
             self.metrics.rounds = resume.earlier_records(self.metrics.path, start)
         self.metrics.write(rounds=rounds, schedule_steps=list(schedule.steps) if trains else [])
 
-        pruned_for = [0]  # the round this process last pruned for (0: none yet, look at every checkpoint)
+        pruned_for = 0  # the round this process last pruned for (0: none yet, look at every checkpoint)
 
         def after_checkpoint(round_idx: int) -> None:
+            nonlocal pruned_for
             resume.save_round_state(self.output_dir, round_idx, rounds, extract_trainable(self.peft_model),
                                     self.trainer, node=self.node, attempt=self.ctx.attempt,
                                     job=job_identity(self.ctx),
                                     strategy=self.root.strategy if self.root is not None else None,
                                     dp_seed=privatizer.seed if privatizer is not None else None)
-            resume.prune(self.output_dir, round_idx, self.save_total_limit, pruned_for=pruned_for[0])
-            pruned_for[0] = round_idx
+            resume.prune(self.output_dir, round_idx, self.save_total_limit, pruned_for=pruned_for)
+            pruned_for = round_idx
 
         privatizer = self.privatizer(rounds, resume.dp_seed(self.output_dir, start)) if aggregator is not None else None
         anchors = [a for a in (self.proximal, privatizer) if a is not None]

@@ -17,7 +17,6 @@ trainer's `save_total_limit` asks for fewer.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,7 +27,7 @@ from xfed.errors import JobError
 from xfed.operators.context import OperatorContext
 
 from ..outputs import describe, job_identity, same_job
-from .growing_json import save_trainer_state
+from .growing_json import save_trainer_state, write_atomic
 from .protocol import Preflight
 
 RESUME_DIR = "xfed_resume"
@@ -73,9 +72,7 @@ def save_round_state(output_dir: Path, round_idx: int, rounds: int, tensors: dic
         state["strategy"] = {"name": strategy.name, "tensors": len(strategy_state)}
     if dp_seed is not None:  # the party's own secret, like its adapter: a resumed attempt draws the same noise
         state["dp_seed"] = f"{dp_seed:x}"
-    tmp = folder / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, folder / STATE_FILE)
+    write_atomic(folder / STATE_FILE, json.dumps(state, indent=1))
     return folder
 
 
